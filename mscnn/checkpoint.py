@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import pickle
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,8 +104,9 @@ def load_model(
     if checkpoint is not None:
         loaded = load_checkpoint(checkpoint, preset)
         if loaded.preset not in (None, preset):
-            raise MscnnError(f"checkpoint {checkpoint} is for preset {loaded.preset!r}, "
-                             f"not {preset!r}")
+            raise MscnnError(
+                f"checkpoint {checkpoint} is for preset {loaded.preset!r}, not {preset!r}"
+            )
         return loaded
     p = get_preset(preset)
     with torch.random.fork_rng(devices=[]):  # layer constructors draw from the global RNG
@@ -150,7 +150,7 @@ def _read(path: Path) -> Any:
             f"(refused by weights_only loading: {str(exc).splitlines()[0]}); save just the "
             "weights with torch.save(model.state_dict(), path) and give the preset"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # torch.load on arbitrary bytes can raise almost anything
         raise MscnnError(
             f"checkpoint {path} is not a readable PyTorch checkpoint "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'})"
@@ -178,11 +178,13 @@ def _from_ours(path: Path, data: Mapping, preset: str | None) -> LoadedModel:
             )
     leads = tuple(data["leads"])
     if len(leads) != model.in_channels:
-        raise MscnnError(f"checkpoint {path}: {len(leads)} lead names for "
-                         f"{model.in_channels} input channels")
+        raise MscnnError(
+            f"checkpoint {path}: {len(leads)} lead names for {model.in_channels} input channels"
+        )
     _load_state(model, data["state_dict"], path, "its own config")
-    return LoadedModel(model.eval(), data.get("preset"), leads, int(data["fs"]),
-                       f"checkpoint {path.name}")
+    return LoadedModel(
+        model.eval(), data.get("preset"), leads, int(data["fs"]), f"checkpoint {path.name}"
+    )
 
 
 def _find_state_dict(path: Path, data: Any) -> Mapping[str, torch.Tensor]:
@@ -205,9 +207,12 @@ def _find_state_dict(path: Path, data: Any) -> Mapping[str, torch.Tensor]:
         if len(prefixes) == 1:
             prefix = prefixes.pop()
             ignored = sorted({k.split(".")[0] for k in data if not k.startswith(prefix)})
-            log.info("taking the MultiScopicCNN weights under %r; ignoring %s", prefix,
-                     ", ".join(ignored) or "nothing")
-            data = {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}
+            log.info(
+                "taking the MultiScopicCNN weights under %r; ignoring %s",
+                prefix,
+                ", ".join(ignored) or "nothing",
+            )
+            data = {k[len(prefix) :]: v for k, v in data.items() if k.startswith(prefix)}
     return data
 
 

@@ -187,11 +187,8 @@ def _resolve_block(block: Any) -> dict[str, Any]:
     if not isinstance(block, Mapping):
         raise MscnnError(f"config['block']: expected a mapping, got {type(block).__name__}")
     block = dict(block)
-    if "norm" in block:  # torch_ecg's newer name for the same option
-        norm = block.pop("norm")
-        if "batch_norm" in block and block["batch_norm"] != norm:
-            raise MscnnError("config['block']: 'norm' and 'batch_norm' disagree; give one")
-        block["batch_norm"] = norm
+    if "norm" in block:  # torch_ecg's newer name; it wins over 'batch_norm', as there
+        block["batch_norm"] = block.pop("norm")
     unknown = sorted(set(block) - set(BLOCK_DEFAULTS))
     if unknown:
         raise MscnnError(
@@ -241,8 +238,7 @@ def _list(
         raise MscnnError(f"{where}: expected a non-empty list")
     if length is not None and len(value) != length:
         raise MscnnError(
-            f"{where}: expected {length} entries (one per {what}, as in 'scopes'), "
-            f"got {len(value)}"
+            f"{where}: expected {length} entries (one per {what}, as in 'scopes'), got {len(value)}"
         )
     return list(value)
 

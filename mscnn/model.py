@@ -186,9 +186,9 @@ class MultiScopicCNN(nn.Module):
         # (batch, leads, samples) -> (batch, sum of branch channels, samples / subsample)
         if x.dim() != 3 or x.shape[1] != self.in_channels:
             raise MscnnError(
-                f"input shape {tuple(x.shape)}: expected (batch, {self.in_channels} leads, "
-                "samples)"
+                f"input shape {tuple(x.shape)}: expected (batch, {self.in_channels} leads, samples)"
             )
+        self.compute_output_shape(int(x.shape[-1]))  # a clear error for a too-short input
         return torch.cat([branch(x) for branch in self.branches.values()], dim=1)
 
     def compute_output_shape(
@@ -205,8 +205,9 @@ class MultiScopicCNN(nn.Module):
         if len(set(lengths)) > 1:
             raise MscnnError(
                 f"seq_len {seq_len}: the branches give different output lengths {lengths}, "
-                "so their feature maps cannot be concatenated; use a seq_len divisible by "
-                "every branch's total subsample factor, or matching 'subsample_lengths'"
+                "so their feature maps cannot be concatenated; choose a seq_len for which "
+                "they agree (even filter lengths at even dilations add a sample, pooling "
+                "drops an odd one) or change the config"
             )
         return (batch_size, self.spec.out_channels, lengths[0])
 
@@ -220,10 +221,10 @@ class MultiScopicCNN(nn.Module):
             for c, conv in enumerate(block.convs):
                 span = conv.dilation * (conv.kernel_size - 1)
                 length = length + 2 * same_padding(conv.kernel_size, conv.dilation) - span
-                length += conv.kernel_size % 2 == 0  # the (1, 0) zero pad
-                lengths.append(length)
                 if length < 1:
                     raise MscnnError(self._too_short(seq_len, b, k, f"conv {c}"))
+                length += conv.kernel_size % 2 == 0  # the (1, 0) zero pad
+                lengths.append(length)
             if mode == "conv":
                 length = (length - 1) // block.subsample + 1
             else:
@@ -339,8 +340,10 @@ def check_lead_indices(indices: Sequence[int], n_leads: int) -> None:
         raise MscnnError("lead indices: expected at least one lead")
     for i in indices:
         if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < n_leads:
-            raise MscnnError(f"lead index {i!r} is out of range for a {n_leads}-lead model "
-                             f"(valid: 0..{n_leads - 1})")
+            raise MscnnError(
+                f"lead index {i!r} is out of range for a {n_leads}-lead model "
+                f"(valid: 0..{n_leads - 1})"
+            )
     if len(set(indices)) != len(indices):
         dupes = sorted({i for i in indices if list(indices).count(i) > 1})
         raise MscnnError(f"lead indices {list(indices)}: duplicate index {dupes}")
@@ -362,4 +365,4 @@ def scale_config(config: Mapping[str, Any], leads: int, new_leads: int) -> dict[
     return out
 
 
-__all__ = ["MultiScopicCNN", "scale_config", "same_padding"]
+__all__ = ["MultiScopicCNN", "same_padding", "scale_config"]

@@ -90,6 +90,4 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except (KeyError, TypeError):
-        raise MscnnError(
-            f"unknown preset {name!r}; choose from: {', '.join(PRESETS)}"
-        ) from None
+        raise MscnnError(f"unknown preset {name!r}; choose from: {', '.join(PRESETS)}") from None

@@ -1,0 +1,131 @@
+"""Reduced-lead variants equal the full model fed zeros on the dropped leads."""
+
+import copy
+
+import pytest
+import torch
+
+import mscnn
+from mscnn import LEAD_SETS, LEADS_12, MscnnError, MultiScopicCNN, derive_variant, zero_fill
+
+SEQ_LEN = 1000  # long enough for the full receptive field's padding effects to show
+
+
+@pytest.fixture(scope="module")
+def leadwise():
+    return mscnn.load_model("multi_scopic_leadwise").model
+
+
+def lead_wise_reference(full, x_kept, kept):
+    with torch.no_grad():
+        return full(zero_fill(x_kept, kept, full.in_channels))[:, full.lead_wise_channels(kept)]
+
+
+@pytest.mark.parametrize("lead_set", list(LEAD_SETS))
+def test_cinc_lead_sets_match_zero_filled_full_model(leadwise, lead_set, rng):
+    names, kept = mscnn.resolve_leads(lead_set)
+    assert names == list(LEAD_SETS[lead_set])
+    variant = derive_variant(leadwise, kept)
+    assert variant.in_channels == len(kept) == variant.groups
+    assert not variant.training
+    x = torch.randn(2, len(kept), SEQ_LEN, generator=rng)
+    with torch.no_grad():
+        got = variant(x)
+    expected = lead_wise_reference(leadwise, x, kept)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= 1e-6
+
+
+def test_lead_indices_of_cinc_sets():
+    assert mscnn.resolve_leads("4")[1] == [0, 1, 2, 7]
+    assert mscnn.resolve_leads(3)[1] == [0, 1, 7]
+    assert mscnn.resolve_leads("6")[1] == [0, 1, 2, 3, 4, 5]
+    assert mscnn.resolve_leads("V6,I")[1] == [11, 0]
+    assert mscnn.resolve_leads([0, 7])[0] == ["I", "V2"]
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        {"subsample_mode": "conv", "batch_norm": True},
+        {"batch_norm": "group_norm"},
+        {"activation": "prelu", "kw_activation": {}},
+    ],
+    ids=["conv_down_bn", "group_norm", "prelu"],
+)
+def test_variant_of_non_default_lead_wise_models(block, rng):
+    """Every tensor with per-lead rows is sliced, including the down-sampling conv and the
+    running statistics that torch_ecg's assignment leaves at their defaults."""
+    config = copy.deepcopy(dict(mscnn.PRESETS["multi_scopic_leadwise"].config))
+    config.update(num_filters=[[24, 24, 48]] * 3, filter_lengths=[[3, 7, 5]] * 3)
+    config["block"] = {**config["block"], **block}
+    full = MultiScopicCNN(12, **config)
+    mscnn.seeded_init(full, seed=3)
+    full.eval()
+    kept = [11, 2, 7]  # any order, not only the CinC sets
+    variant = derive_variant(full, kept)
+    x = torch.randn(1, 3, 512, generator=rng)
+    with torch.no_grad():
+        got = variant(x)
+    assert (got - lead_wise_reference(full, x, kept)).abs().max().item() <= 1e-6
+
+
+def test_running_statistics_matter(leadwise, rng):
+    """Weight and bias alone (torch_ecg's assignment) do not give the contract."""
+    kept = mscnn.resolve_leads("2")[1]
+    variant = derive_variant(leadwise, kept)
+    for module in variant.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.reset_running_stats()
+    x = torch.randn(1, 2, SEQ_LEN, generator=rng)
+    with torch.no_grad():
+        drift = (variant(x) - lead_wise_reference(leadwise, x, kept)).abs().max().item()
+    assert drift > 1e-2
+
+
+def test_groups_one_variant_slices_input_weights(rng):
+    full = mscnn.load_model("multi_scopic").model
+    _names, kept = mscnn.resolve_leads("3")
+    variant = derive_variant(full, kept)
+    assert variant.in_channels == 3 and variant.groups == 1
+    x = torch.randn(1, 3, 400, generator=rng)
+    with torch.no_grad():
+        got = variant(x)
+        expected = full(zero_fill(x, kept, 12))
+    assert got.shape == expected.shape  # all channels: nothing is lead-specific
+    assert (got - expected).abs().max().item() <= 1e-5
+
+
+def test_variant_does_not_change_the_source(leadwise):
+    before = {k: v.clone() for k, v in leadwise.state_dict().items()}
+    derive_variant(leadwise, [0, 1])
+    assert all(torch.equal(before[k], v) for k, v in leadwise.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("selection", "message"),
+    [
+        ([0, 0, 1], "more than once"),
+        ([0, 12], "out of range"),
+        (["I", "X"], "unknown lead 'X'"),
+        ([], "expected a lead-set name"),
+        ("5", "unknown lead '5'"),
+    ],
+)
+def test_bad_lead_selections(selection, message):
+    with pytest.raises(MscnnError, match=message):
+        mscnn.resolve_leads(selection)
+
+
+def test_bad_variant_requests(leadwise):
+    with pytest.raises(MscnnError, match="duplicate"):
+        derive_variant(leadwise, [1, 1])
+    with pytest.raises(MscnnError, match="out of range"):
+        derive_variant(leadwise, [0, 12])
+    mixed = MultiScopicCNN(12, **{**mscnn.PRESETS["multi_scopic"].config, "groups": 3})
+    with pytest.raises(MscnnError, match="groups = 1 or groups = in_channels"):
+        derive_variant(mixed, [0, 1])
+    wrong = MultiScopicCNN(2, **{**mscnn.PRESETS["multi_scopic_leadwise"].config, "groups": 2})
+    with pytest.raises(MscnnError, match="differs from the source"):
+        leadwise.assign_weights_lead_wise(wrong, [0, 1])
+    assert LEADS_12[7] == "V2"
