@@ -8,9 +8,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv test lint format clean
+.PHONY: help venv test lint format clean distclean build toolchains print-bundles FORCE
 
 help:
+	@echo "make build   set up, compile the default model for every target and lead variant,"
+	@echo "             check parity, print the summary (TARGETS= VARIANTS= PRESET= CHECKPOINT=)"
 	@echo "make test    set up .venv and run the test suite"
 	@echo "make lint    ruff lint and format check"
 	@echo "make format  apply ruff formatting"
@@ -26,7 +28,66 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# --------------------------------------------------------------------------------------
+# Cross toolchains and qemu-user (Debian packages), installed when run as root.
+APT_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user
+TOOLS        := g++ aarch64-linux-gnu-g++ arm-linux-gnueabihf-g++ qemu-aarch64 qemu-arm
+TOOLCHAINS   := $(VENV)/.toolchains
+
+$(TOOLCHAINS): | $(STAMP)
+	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing cross toolchains and qemu-user (missing:$$missing)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null || exit 1; \
+	  else \
+	    echo "error: missing$$missing; run: sudo apt-get install -y $(APT_PACKAGES)"; exit 1; \
+	  fi; \
+	fi
+	@touch $@
+
+toolchains: $(TOOLCHAINS)
+
+# --------------------------------------------------------------------------------------
+# Bundles: build/<target>/<preset>-<N>lead/, one make target each, so re-running does
+# nothing when nothing changed and `make -j2` builds two at a time.
+comma := ,
+ALL_TARGETS := x86_64 x86_64-avx512 aarch64 armv7 cuda jetson-orin
+TARGETS  ?= $(ALL_TARGETS)
+SAMPLES  ?= 5000
+BATCH    ?= 1
+# The lead-wise model with every CinC lead set, and the 1-lead CPSC2019 model.
+DEFAULT_VARIANTS_multi_scopic_leadwise := 12 6 4 3 2
+DEFAULT_VARIANTS_multi_scopic          := 12 6 4 3 2
+DEFAULT_VARIANTS_cpsc2019              := 1
+BUILD_PRESETS := $(or $(PRESET),multi_scopic_leadwise cpsc2019)
+variants_of    = $(or $(subst $(comma), ,$(VARIANTS)),$(DEFAULT_VARIANTS_$(1)))
+BUNDLES := $(foreach t,$(subst $(comma), ,$(TARGETS)),$(foreach p,$(BUILD_PRESETS),\
+             $(foreach v,$(call variants_of,$(p)),build/$(t)/$(p)-$(v)lead/manifest.json)))
+SOURCES := $(wildcard mscnn/*.py compile/*.py deploy/*.py)
+
+# Options every bundle depends on: rewritten only when they change.
+build/.options: FORCE
+	@mkdir -p build
+	@echo "SAMPLES=$(SAMPLES) BATCH=$(BATCH) CHECKPOINT=$(CHECKPOINT)" > $@.new
+	@cmp -s $@.new $@ && rm $@.new || mv $@.new $@
+
+define bundle_rule
+build/$(1)/$(2)-$(3)lead/manifest.json: $(SOURCES) build/.options $(CHECKPOINT) | $(STAMP) $(TOOLCHAINS)
+	$(PY) -m compile build --preset $(2) --targets $(1) --variants $(3) --samples $(SAMPLES) \
+	  --batch $(BATCH) --out build $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --quiet
+endef
+$(foreach t,$(subst $(comma), ,$(TARGETS)),$(foreach p,$(BUILD_PRESETS),\
+  $(foreach v,$(call variants_of,$(p)),$(eval $(call bundle_rule,$(t),$(p),$(v))))))
+
+build: $(BUNDLES)
+	@$(PY) -m compile summary build
+
+print-bundles:
+	@echo $(BUNDLES)
+
+test: $(STAMP) $(TOOLCHAINS)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -184,11 +184,14 @@ class MultiScopicCNN(nn.Module):
     # -- computation ----------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         # (batch, leads, samples) -> (batch, sum of branch channels, samples / subsample)
-        if x.dim() != 3 or x.shape[1] != self.in_channels:
-            raise MscnnError(
-                f"input shape {tuple(x.shape)}: expected (batch, {self.in_channels} leads, samples)"
-            )
-        self.compute_output_shape(int(x.shape[-1]))  # a clear error for a too-short input
+        if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+            # Clear errors in eager mode; an export sees static shapes checked beforehand.
+            if x.dim() != 3 or x.shape[1] != self.in_channels:
+                raise MscnnError(
+                    f"input shape {tuple(x.shape)}: expected (batch, {self.in_channels} "
+                    "leads, samples)"
+                )
+            self.compute_output_shape(int(x.shape[-1]))  # too short, or lengths disagree
         return torch.cat([branch(x) for branch in self.branches.values()], dim=1)
 
     def compute_output_shape(

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
     "deploy": {"torch", "onnx", "onnxruntime", "mscnn", "compile"},
     "mscnn": {"onnx", "onnxruntime", "tvm", "compile", "deploy", "torch_ecg"},
-    "compile": {"deploy", "torch_ecg"},
+    "compile": {"torch_ecg"},
 }
 
 

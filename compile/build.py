@@ -1,0 +1,474 @@
+"""Build one bundle: a model variant compiled for one target, with the evidence that it
+computes what PyTorch computes.
+
+    Step 1. Variant    the reduced-lead model (mscnn.derive_variant) and its contract
+    Step 2. Golden     seeded inputs and the PyTorch outputs for them (.npy)
+    Step 3. ONNX       export, checker, ONNX Runtime vs PyTorch
+    Step 4. TVM        ONNX -> Relax -> the target's pipeline -> library, (cross-)linked
+    Step 5. Parity     the exported library, reloaded, vs PyTorch (where it runs here)
+    Step 6. Publish    manifest with hashes; temporary folder renamed into place
+
+A bundle whose parity fails is not published: it is kept as `<name>.failed/` with its
+log, and the build raises CompileError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import mscnn
+from deploy.parity import ParityResult, compare, worst
+
+from .errors import CompileError
+from .export import INPUT_NAME, OUTPUT_NAME, check_onnx, export_onnx
+from .golden import golden_inputs
+from .targets import Target, check_compiler, elf_machine_of, runnable_here, tvm_target
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "mscnn-edge/bundle"
+SCHEMA_VERSION = 1
+LIBRARY = "model.so"
+ONNX_FILE = "model.onnx"
+MANIFEST = "manifest.json"
+BUILD_LOG = "build.log"
+
+
+# --------------------------------------------------------------------------------------
+# Variants
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # folder suffix: "6lead", or the lead names for a custom selection
+    leads: tuple[str, ...]
+    indices: tuple[int, ...]  # into the preset's leads
+
+
+def default_variants(loaded: mscnn.LoadedModel) -> list[str]:
+    """Every CinC lead set the model's leads contain, largest first; else its own leads."""
+    sets = [k for k, names in mscnn.LEAD_SETS.items() if set(names) <= set(loaded.leads)]
+    return sets or [str(len(loaded.leads))]
+
+
+def resolve_variant(loaded: mscnn.LoadedModel, spec: str) -> Variant:
+    """A variant from a lead count ("6": a CinC set, or all the model's leads) or a
+    comma-separated list of lead names."""
+    own = str(len(loaded.leads))
+    valid = sorted(set(default_variants(loaded)) | {own}, key=lambda v: -int(v))
+    if spec == own:
+        names, indices = list(loaded.leads), list(range(len(loaded.leads)))
+    elif spec.isdigit() and spec not in valid:
+        raise CompileError(
+            f"unknown variant {spec!r} for a model with leads {', '.join(loaded.leads)}; "
+            f"choose from: {', '.join(valid)} (or a comma-separated list of lead names)"
+        )
+    else:
+        try:
+            names, indices = mscnn.resolve_leads(spec, loaded.leads)
+        except mscnn.MscnnError as exc:
+            raise CompileError(f"variant {spec!r}: {exc}") from None
+    name = f"{len(names)}lead" if spec.isdigit() else "_".join(names)
+    return Variant(name, tuple(names), tuple(indices))
+
+
+# --------------------------------------------------------------------------------------
+# The build
+
+
+@dataclass
+class Bundle:
+    """A published bundle folder and its manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def target(self) -> str:
+        return self.manifest["target"]["name"]
+
+    def parity_cells(self) -> tuple[str, str, str]:
+        """(ONNX Runtime error, TVM error, status) for summaries; errors normalised."""
+        ort, tvm = self.manifest["parity"]["onnxruntime"], self.manifest["parity"]["tvm"]
+        if tvm["passed"] is None:
+            return f"{ort['normalised']:.1e}", tvm["how"], "built"
+        status = "ok" if tvm["passed"] else "FAILED"
+        return f"{ort['normalised']:.1e}", f"{tvm['normalised']:.1e} ({tvm['how']})", status
+
+
+@dataclass
+class BuildOptions:
+    samples: int = 5000
+    batch: int = 1
+    seed: int = 0
+    records: Path | None = None  # MetaSchedule database folder, when tuned
+    keep_failed: bool = True
+    progress: Callable[[str], None] = field(default=lambda stage: None)
+
+
+def bundle_dir(out: Path, target: Target, preset: str | None, variant: Variant) -> Path:
+    return Path(out) / target.name / f"{preset or 'custom'}-{variant.name}"
+
+
+def build(
+    loaded: mscnn.LoadedModel,
+    target: Target,
+    variant: Variant,
+    out: Path,
+    options: BuildOptions | None = None,
+) -> Bundle:
+    """Build and publish one bundle into `out/<target>/<preset>-<variant>/`."""
+    options = options or BuildOptions()
+    _check_shape(loaded, options)
+    check_compiler(target)
+    final = bundle_dir(out, target, loaded.preset, variant)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale(final)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    log_path = tmp / BUILD_LOG
+    journal = _Journal(log_path)
+    try:
+        manifest = _build_into(tmp, final.name, loaded, target, variant, options, journal)
+    except BaseException as exc:
+        journal.write(traceback.format_exc())
+        kept = _keep_failed(tmp, final) if options.keep_failed else None
+        if not isinstance(exc, Exception):  # KeyboardInterrupt: clean up, re-raise
+            raise
+        where = f"; log kept at {kept / BUILD_LOG}" if kept else ""
+        if isinstance(exc, CompileError):
+            raise CompileError(f"{final.name} for {target.name}: {exc}{where}") from None
+        raise CompileError(
+            f"{final.name} for {target.name}: {journal.current} failed: {type(exc).__name__}: "
+            f"{exc}{where}"
+        ) from exc
+    _publish(tmp, final)
+    return Bundle(final, manifest)
+
+
+def _check_shape(loaded: mscnn.LoadedModel, options: BuildOptions) -> None:
+    for key in ("samples", "batch"):
+        value = getattr(options, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CompileError(f"--{key}: expected a positive integer, got {value!r}")
+    try:
+        loaded.model.compute_output_shape(options.samples, options.batch)
+    except mscnn.MscnnError as exc:
+        raise CompileError(f"--samples {options.samples}: {exc}") from None
+
+
+def _build_into(
+    folder: Path,
+    name: str,
+    loaded: mscnn.LoadedModel,
+    target: Target,
+    variant: Variant,
+    options: BuildOptions,
+    journal: _Journal,
+) -> dict[str, Any]:
+    steps = options.progress
+
+    with journal.stage("variant", steps):  # Step 1
+        full = loaded.model.eval()
+        whole = list(variant.indices) == list(range(full.in_channels))
+        model = full if whole else mscnn.derive_variant(full, variant.indices).eval()
+        shape = (options.batch, model.in_channels, options.samples)
+        out_shape = model.compute_output_shape(options.samples, options.batch)
+
+    with journal.stage("golden", steps):  # Step 2
+        inputs = golden_inputs(variant.leads, options.samples, loaded.fs, options.batch,
+                               options.seed)  # fmt: skip
+        expected = {}
+        golden_dir = folder / "golden"
+        golden_dir.mkdir()
+        with torch.no_grad():
+            for key, x in inputs.items():
+                expected[key] = model(torch.from_numpy(x)).numpy()
+                np.save(golden_dir / f"{key}.input.npy", x)
+                np.save(golden_dir / f"{key}.output.npy", expected[key])
+        contract = None if whole else _variant_contract(full, model, variant, inputs)
+
+    with journal.stage("onnx", steps):  # Step 3
+        export_onnx(model, folder / ONNX_FILE, batch=options.batch, samples=options.samples)
+        ort = check_onnx(folder / ONNX_FILE, inputs, expected)
+        journal.write(f"ONNX Runtime vs PyTorch: {ort}")
+        if not ort.passed:
+            raise CompileError(f"ONNX Runtime disagrees with PyTorch: {ort}")
+
+    with journal.stage("tvm", steps):  # Step 4
+        compiler = _compile_tvm(folder / ONNX_FILE, target, shape, folder / LIBRARY, options)
+        machine = elf_machine_of(folder / LIBRARY)
+        if machine != target.elf_machine:
+            raise CompileError(
+                f"{LIBRARY} is ELF machine {machine}, expected {target.elf_machine} "
+                f"({target.arch}); check the cross compiler {target.compiler}"
+            )
+
+    with journal.stage("parity", steps):  # Step 5
+        runs, how = runnable_here(target)
+        if runs:
+            tvm_result = _tvm_parity(folder / LIBRARY, target, inputs, expected)
+            journal.write(f"TVM vs PyTorch: {tvm_result}")
+            tvm_parity = {**tvm_result.to_json(), "how": how}
+        else:
+            tvm_result, tvm_parity = None, {"passed": None, "normalised": None, "how": how}
+
+    with journal.stage("publish", steps):  # Step 6
+        manifest = {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "name": name,
+            "target": {
+                "name": target.name,
+                "tvm": dict(target.tvm),
+                "host": dict(target.host) if target.host else None,
+                "arch": target.arch,
+                "device": target.device,
+                "run": target.run,
+            },
+            "model": {
+                "preset": loaded.preset,
+                "source": loaded.source,
+                "config": model.config,
+                "in_channels": model.in_channels,
+                "num_parameters": model.num_parameters,
+                "receptive_field": model.receptive_field(),
+                "variant_of": list(loaded.leads),
+            },
+            "leads": list(variant.leads),
+            "lead_indices": list(variant.indices),
+            "fs": loaded.fs,
+            "input": {
+                "name": INPUT_NAME,
+                "shape": list(shape),
+                "dtype": "float32",
+                "layout": "batch, leads, samples",
+            },
+            "output": {
+                "name": OUTPUT_NAME,
+                "shape": list(out_shape),
+                "dtype": "float32",
+                "layout": "batch, channels, frames",
+            },
+            "golden": [
+                {"name": n, "input": f"golden/{n}.input.npy", "output": f"golden/{n}.output.npy"}
+                for n in inputs
+            ],
+            "tuning": _tuning_info(options.records),
+            "parity": {
+                "tolerance": tvm_result.tolerance if tvm_result else ort.tolerance,
+                "onnxruntime": ort.to_json(),
+                "tvm": tvm_parity,
+                "variant_contract": contract,
+            },
+            "tools": _tool_versions(compiler),
+            "files": {},
+        }
+        if tvm_result is not None and not tvm_result.passed:
+            _write_manifest(folder, manifest)
+            raise CompileError(f"TVM disagrees with PyTorch: {tvm_result}")
+        _write_manifest(folder, manifest)
+    return manifest
+
+
+def _variant_contract(full, model, variant: Variant, inputs) -> dict[str, Any] | None:
+    """How far the variant is from the full model fed zeros on the dropped leads."""
+    x = torch.from_numpy(inputs["ecg"])
+    with torch.no_grad():
+        reference = full(mscnn.zero_fill(x, variant.indices, full.in_channels))
+        if full.is_lead_wise:
+            reference = reference[:, full.lead_wise_channels(variant.indices)]
+        result = compare(model(x).numpy(), reference.numpy(), "cpu")
+    if not result.passed:
+        raise CompileError(f"the variant breaks its zero-filled-leads contract: {result}")
+    return result.to_json()
+
+
+def _compile_tvm(onnx_path: Path, target: Target, shape, library: Path, options) -> str:
+    import onnx
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+    from tvm.support import cc
+
+    compiler = check_compiler(target)
+    mod = from_onnx(
+        onnx.load(str(onnx_path)),
+        shape_dict={INPUT_NAME: list(shape)},
+        dtype_dict={INPUT_NAME: "float32"},
+    )
+    mod = relax.transform.DecomposeOpsForInference()(mod)  # batch_norm -> scale and shift
+    tv_target = tvm_target(target)
+    from .pipeline import pipeline_for
+
+    with tv_target:
+        executable = tvm.compile(
+            mod, target=tv_target, relax_pipeline=pipeline_for(target, tv_target, options.records)
+        )
+    executable.export_library(str(library), fcompile=cc.cross_compiler(compiler))
+    return compiler
+
+
+def _tvm_parity(library: Path, target: Target, inputs, expected) -> ParityResult:
+    import tvm
+    from tvm import relax
+
+    device = tvm.cuda() if target.device == "cuda" else tvm.cpu()
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), device)
+    results = []
+    for name, x in inputs.items():
+        out = vm["main"](tvm.runtime.tensor(x, device))
+        got = out.numpy() if hasattr(out, "numpy") else out[0].numpy()
+        results.append(compare(got, expected[name], target.device))
+    return worst(results)
+
+
+def _tuning_info(records: Path | None) -> dict[str, Any] | None:
+    if records is None:
+        return None
+    files = sorted(p for p in Path(records).glob("*.json"))
+    return {
+        "records": str(records),
+        "sha256": {p.name: _sha256(p) for p in files},
+    }
+
+
+def _tool_versions(compiler: str) -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in ("torch", "onnx", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    try:
+        first = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                               timeout=30).stdout.splitlines()  # fmt: skip
+        versions["compiler"] = first[0] if first else Path(compiler).name
+    except (OSError, subprocess.SubprocessError):
+        versions["compiler"] = Path(compiler).name
+    versions["mscnn-edge"] = _own_version()
+    return versions
+
+
+def _own_version() -> str:
+    try:
+        return metadata.version("mscnn-edge")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Hash every file of the bundle (the manifest and the log excepted) into it."""
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.name not in (MANIFEST, BUILD_LOG)
+    )
+    manifest["files"] = {
+        str(p.relative_to(folder)): {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+
+
+# --------------------------------------------------------------------------------------
+# Atomic publication
+
+
+class _Journal:
+    """The build log: stage timings and whatever went wrong, kept with a failed bundle."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.current = "setup"
+
+    def write(self, text: str) -> None:
+        with open(self.path, "a") as f:
+            f.write(text.rstrip() + "\n")
+
+    @contextlib.contextmanager
+    def stage(self, name: str, progress: Callable[[str], None]) -> Iterator[None]:
+        self.current = name
+        progress(name)
+        start = time.perf_counter()
+        yield
+        self.write(f"{name}: {time.perf_counter() - start:.2f} s")
+
+
+def _lock(final: Path):
+    lock = open(final.parent / f".{final.name}.lock", "w")  # noqa: SIM115 - held until closed
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Swap the finished folder into place; concurrent builders of one bundle serialise."""
+    lock = _lock(final)
+    try:
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        failed = final.parent / f"{final.name}.failed"
+        shutil.rmtree(failed, ignore_errors=True)
+    finally:
+        lock.close()
+
+
+def _keep_failed(tmp: Path, final: Path) -> Path | None:
+    failed = final.parent / f"{final.name}.failed"
+    try:
+        shutil.rmtree(failed, ignore_errors=True)
+        tmp.rename(failed)
+        return failed
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return None
+
+
+def _clean_stale(final: Path) -> None:
+    """Remove temporary folders left by builders that no longer run (killed midway)."""
+    for prefix in (f".{final.name}.tmp-", f".{final.name}.old-"):
+        for stale in final.parent.glob(prefix + "*"):
+            pid = stale.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,187 @@
+"""`python -m compile`: a thin CLI over compile.build. User errors print `error: ...` and
+exit 2; a build whose parity fails exits 1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import mscnn
+
+from .build import BuildOptions, Bundle, build, default_variants, resolve_variant
+from .errors import CompileError
+from .targets import TARGETS, get_target, runnable_here
+
+log = logging.getLogger("compile")
+
+
+def _csv(value: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m compile",
+        description="Compile MultiScopicCNN to TVM bundles for x86-64, ARM and CUDA.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("targets", help="list the target presets")
+    t.add_argument("--json", action="store_true", help="print the table as JSON")
+
+    b = sub.add_parser("build", help="build bundles", formatter_class=p.formatter_class)
+    b.add_argument("--preset", default=mscnn.DEFAULT_PRESET, choices=list(mscnn.PRESETS),
+                   help="model preset (config, leads, sampling rate)")  # fmt: skip
+    b.add_argument("--checkpoint", type=Path, help="trained weights (default: seeded init)")
+    b.add_argument("--targets", type=_csv, default=list(TARGETS),
+                   help=f"comma-separated, from: {', '.join(TARGETS)}")  # fmt: skip
+    b.add_argument("--variants", type=_csv, default=None,
+                   help="lead counts of CinC lead sets (12,6,4,3,2), or lead names joined "
+                        "by '+' (I+II+V5); default: every lead set of the preset")  # fmt: skip
+    b.add_argument("--samples", type=_positive, default=5000, help="input length (500 Hz: 10 s)")
+    b.add_argument("--batch", type=_positive, default=1, help="input batch size")
+    b.add_argument("--seed", type=int, default=0, help="seed of the default weights and inputs")
+    b.add_argument("--records", type=Path, help="MetaSchedule records to apply")
+    b.add_argument("--out", type=Path, default=Path("build"), help="output folder")
+    b.add_argument("--quiet", action="store_true", help="one line per bundle, no table")
+
+    s = sub.add_parser("summary", help="print the table of built bundles")
+    s.add_argument("folder", type=Path, nargs="?", default=Path("build"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "targets":
+            return _targets(args.json)
+        if args.command == "summary":
+            return _summary(args.folder)
+        return _build(args)
+    except (CompileError, mscnn.MscnnError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1 if "disagrees" in str(exc) else 2
+    except KeyboardInterrupt:
+        print("error: interrupted; no half-written bundle was published", file=sys.stderr)
+        return 130
+
+
+def _targets(as_json: bool) -> int:
+    if as_json:
+        rows = {name: {**asdict(t), "runnable_here": runnable_here(t)[1]}
+                for name, t in TARGETS.items()}  # fmt: skip
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("target", "for", "links with", "run by", "here", title="TVM targets "
+                  "(--json for their TVM target dicts)")  # fmt: skip
+    for t in TARGETS.values():
+        run = {"native": "native", "qemu": t.qemu[0] if t.qemu else "", "gpu": "GPU"}[t.run]
+        table.add_row(t.name, t.description, t.compiler, run, runnable_here(t)[1])
+    Console().print(table)
+    return 0
+
+
+def _build(args) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console(stderr=True)
+    targets = [get_target(t) for t in args.targets]
+    loaded = mscnn.load_model(args.preset, args.checkpoint, seed=args.seed)
+    specs = args.variants or default_variants(loaded)
+    variants = [resolve_variant(loaded, v.replace("+", ",")) for v in specs]
+    console.print(
+        f"[bold]preset[/] {args.preset} ({loaded.source}); [bold]targets[/] "
+        f"{', '.join(t.name for t in targets)}; [bold]variants[/] "
+        f"{', '.join(v.name for v in variants)}; input (batch {args.batch}, leads, "
+        f"{args.samples} samples); out {args.out}/"
+    )
+    bundles: list[Bundle] = []
+    failures: list[str] = []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("building", total=len(targets) * len(variants))
+        for target in targets:
+            for variant in variants:
+                label = f"{target.name}/{args.preset}-{variant.name}"
+
+                def step(stage: str, label: str = label) -> None:
+                    progress.update(task, description=f"{label}: {stage}")
+
+                options = BuildOptions(samples=args.samples, batch=args.batch, seed=args.seed,
+                                       records=args.records, progress=step)  # fmt: skip
+                try:
+                    bundles.append(build(loaded, target, variant, args.out, options))
+                except CompileError as exc:
+                    failures.append(str(exc))
+                    console.print(f"[red]failed[/] {exc}")
+                progress.advance(task)
+    if args.quiet:
+        for b in bundles:
+            console.print(f"{b.target}/{b.name}: {' / '.join(b.parity_cells())}")
+    else:
+        _print_table(bundles, failures)
+    if failures:
+        raise CompileError(f"{len(failures)} of {len(targets) * len(variants)} bundles failed")
+    return 0
+
+
+def _summary(folder: Path) -> int:
+    from .build import MANIFEST
+
+    bundles = []
+    found = folder.glob(f"*/*/{MANIFEST}")
+    for manifest in sorted(
+        found,
+        key=lambda p: (
+            p.parent.parent.name,
+            p.parent.name[:4],
+            -len(json.loads(p.read_text())["leads"]),
+        ),
+    ):
+        bundles.append(Bundle(manifest.parent, json.loads(manifest.read_text())))
+    if not bundles:
+        raise CompileError(f"no bundles under {folder}/; run `make build` first")
+    failed = sorted(str(p.relative_to(folder)) for p in folder.glob("*/*.failed"))
+    _print_table(bundles, [f"{f}: parity or build failed (see its build.log)" for f in failed])
+    return 1 if failed else 0
+
+
+def _print_table(bundles: list[Bundle], failures: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="normalised error vs PyTorch on the golden inputs")
+    table.add_column("target", no_wrap=True)
+    table.add_column("variant", no_wrap=True)
+    for column in ("library", "ONNX err", "TVM err", "status"):
+        table.add_column(column)
+    for b in bundles:
+        size = (b.path / "model.so").stat().st_size
+        table.add_row(b.target, b.name, f"{size / 1024:.0f} KiB", *b.parity_cells())
+    console = Console()
+    console.width = max(console.width, 110)  # a summary table, also in logs and pipes
+    if bundles:
+        console.print(table)
+    for failure in failures:
+        console.print(f"[red]FAILED[/] {failure}", soft_wrap=True)

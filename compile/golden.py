@@ -1,0 +1,46 @@
+"""Golden inputs: the fixed signals every bundle is checked on, at build time and on the
+device. Seeded, so two builds of the same model write the same bytes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Relative amplitude of the QRS complex per lead, roughly a cardiac vector along the
+# frontal axis at +60 degrees projected on each lead (a synthetic signal, not a recording).
+_LEAD_GAIN = {
+    "I": 0.5, "II": 1.0, "III": 0.5, "aVR": -0.75, "aVL": 0.0, "aVF": 0.75,
+    "V1": -0.6, "V2": -0.3, "V3": 0.4, "V4": 1.1, "V5": 1.0, "V6": 0.7,
+}  # fmt: skip
+# P, Q, R, S, T waves: (centre in seconds after the beat, width in seconds, amplitude mV)
+_WAVES = ((-0.20, 0.025, 0.12), (-0.03, 0.010, -0.10), (0.0, 0.012, 1.2),
+          (0.03, 0.010, -0.25), (0.25, 0.040, 0.30))  # fmt: skip
+
+
+def synthetic_ecg(
+    leads: list[str] | tuple[str, ...], samples: int, fs: int, batch: int = 1, seed: int = 0
+) -> np.ndarray:
+    """An ECG-like (batch, leads, samples) float32 signal in mV: sums of Gaussian P-QRS-T
+    waves at ~72 bpm with beat-to-beat jitter, baseline wander and a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / fs
+    out = np.empty((batch, len(leads), samples), dtype=np.float64)
+    for b in range(batch):
+        beats = np.cumsum(rng.normal(60 / 72, 0.03, size=int(samples / fs / 0.6) + 3)) - 0.5
+        beat = np.zeros(samples)
+        for centre in beats:
+            for offset, width, amp in _WAVES:
+                beat += amp * np.exp(-0.5 * ((t - centre - offset) / width) ** 2)
+        wander = 0.1 * np.sin(2 * np.pi * rng.uniform(0.15, 0.35) * t + rng.uniform(0, 2 * np.pi))
+        for i, lead in enumerate(leads):
+            gain = _LEAD_GAIN.get(lead, 1.0)
+            out[b, i] = gain * beat + wander + rng.normal(0, 0.02, samples)
+    return out.astype(np.float32)
+
+
+def golden_inputs(
+    leads: list[str] | tuple[str, ...], samples: int, fs: int, batch: int = 1, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """The named golden inputs of a bundle: white noise and the synthetic ECG."""
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((batch, len(leads), samples), dtype=np.float32)
+    return {"noise": noise, "ecg": synthetic_ecg(leads, samples, fs, batch, seed)}

@@ -1,0 +1,190 @@
+"""Target presets: one table, the only place that knows what a target name means.
+
+Each entry names its TVM target (TVM 0.27 takes them as JSON dicts), the host that runs
+the library's CPU code, the C++ driver that links it (cross or native, with the Debian
+package that provides it) and how its output is run: natively, under qemu-user, or on a
+GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CompileError
+
+# ELF e_machine codes of the architectures we link for.
+ELF_MACHINES = {"x86_64": 62, "aarch64": 183, "armv7": 40}
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    tvm: Mapping[str, Any]  # the TVM target, JSON form
+    arch: str  # the CPU the library's host code runs on: a key of ELF_MACHINES
+    device: str  # "cpu" or "cuda": picks the runtime device and the parity tolerance
+    compiler: str  # C++ driver for export_library
+    apt_package: str  # Debian package that provides `compiler`
+    run: str  # "native", "qemu" or "gpu"
+    host: Mapping[str, Any] | None = None  # for GPU targets: the host CPU's TVM target
+    cpu_flags: tuple[str, ...] = ()  # /proc/cpuinfo flags needed to run natively
+    qemu: tuple[str, ...] = field(default=())  # qemu-user command prefix, for run == "qemu"
+
+    @property
+    def elf_machine(self) -> int:
+        return ELF_MACHINES[self.arch]
+
+
+_X86_HOST = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}
+_AARCH64_HOST = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
+
+TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target(
+            "x86_64",
+            "x86-64 with AVX2 and FMA (Haswell and newer, Zen): portable desktops and servers",
+            _X86_HOST,
+            arch="x86_64",
+            device="cpu",
+            compiler="g++",
+            apt_package="g++",
+            run="native",
+            cpu_flags=("avx2", "fma"),
+        ),
+        Target(
+            "x86_64-avx512",
+            "x86-64 with AVX-512 (Skylake-SP, Ice Lake, Zen 4 and newer)",
+            {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"},
+            arch="x86_64",
+            device="cpu",
+            compiler="g++",
+            apt_package="g++",
+            run="native",
+            cpu_flags=("avx512f", "avx512bw", "avx512vl", "avx512dq"),
+        ),
+        Target(
+            "aarch64",
+            "64-bit Arm Cortex-A with NEON on Linux: Raspberry Pi 4/5, phones, Cortex-A wearables",
+            _AARCH64_HOST,
+            arch="aarch64",
+            device="cpu",
+            compiler="aarch64-linux-gnu-g++",
+            apt_package="g++-aarch64-linux-gnu",
+            run="qemu",
+            qemu=("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"),
+        ),
+        Target(
+            "armv7",
+            "32-bit Arm Cortex-A with NEON, hard-float ABI (Cortex-A7/A9/A53 in 32-bit mode)",
+            # LLVM emits f32 NEON vector code only under fast-math (NEON is not IEEE-exact
+            # for denormals); without it the loops stay scalar VFP.
+            {
+                "kind": "llvm",
+                "mtriple": "armv7a-linux-gnueabihf",
+                "mattr": ["+neon", "+vfp4"],
+                "mfloat-abi": "hard",
+                "fast-math": True,
+            },
+            arch="armv7",
+            device="cpu",
+            compiler="arm-linux-gnueabihf-g++",
+            apt_package="g++-arm-linux-gnueabihf",
+            run="qemu",
+            qemu=("qemu-arm", "-L", "/usr/arm-linux-gnueabihf"),
+        ),
+        Target(
+            "cuda",
+            "NVIDIA GPU (sm_86: RTX 30xx, A10/A40) on an x86-64 host",
+            {"kind": "cuda", "arch": "sm_86"},
+            arch="x86_64",
+            device="cuda",
+            compiler="g++",
+            apt_package="g++",
+            run="gpu",
+            host=_X86_HOST,
+        ),
+        Target(
+            "jetson-orin",
+            "NVIDIA Jetson Orin (CUDA sm_87) with its aarch64 host",
+            {"kind": "cuda", "arch": "sm_87"},
+            arch="aarch64",
+            device="cuda",
+            compiler="aarch64-linux-gnu-g++",
+            apt_package="g++-aarch64-linux-gnu",
+            run="gpu",
+            host=_AARCH64_HOST,
+        ),
+    )
+}
+
+
+def get_target(name: str) -> Target:
+    try:
+        return TARGETS[name]
+    except (KeyError, TypeError):
+        raise CompileError(f"unknown target {name!r}; choose from: {', '.join(TARGETS)}") from None
+
+
+def tvm_target(target: Target):
+    """The `tvm.target.Target` to build with (GPU targets carry their host)."""
+    import tvm
+
+    if target.host is None:
+        return tvm.target.Target(dict(target.tvm))
+    return tvm.target.Target(dict(target.tvm), host=dict(target.host))
+
+
+def check_compiler(target: Target) -> str:
+    """The compiler's path, or a CompileError saying which Debian package to install."""
+    path = shutil.which(target.compiler)
+    if path is None:
+        raise CompileError(
+            f"target {target.name!r} needs the C++ compiler {target.compiler}, which is not "
+            f"installed; run: apt-get install -y {target.apt_package} (or `make toolchains` "
+            "as root)"
+        )
+    return path
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def runnable_here(target: Target) -> tuple[bool, str]:
+    """Whether this machine can run the target's library in-process, and if not, why."""
+    machine = platform.machine()
+    if target.device == "cuda":
+        return False, "not run: no GPU"
+    if target.run == "qemu":
+        return False, "not run: needs the qemu runner"
+    if machine != target.arch:
+        return False, f"not run: host is {machine}"
+    missing = [f for f in target.cpu_flags if f not in _cpu_flags()]
+    if missing:
+        return False, f"not run: CPU lacks {', '.join(missing)}"
+    return True, "native"
+
+
+def elf_machine_of(path: str | Path) -> int | None:
+    """The ELF e_machine field of a file, or None if it is not ELF."""
+    with open(path, "rb") as f:
+        head = f.read(20)
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return None
+    order = "little" if head[5] == 1 else "big"
+    return int.from_bytes(head[18:20], order)
