@@ -37,10 +37,12 @@ import torch
 import mscnn
 from deploy.parity import ParityResult, compare, worst
 
+from .cuda import compile_cuda_library, cubin_archs
 from .errors import CompileError
 from .export import INPUT_NAME, OUTPUT_NAME, check_onnx, export_onnx
 from .golden import golden_inputs
-from .targets import Target, check_compiler, elf_machine_of, runnable_here, tvm_target
+from .pipeline import compile_executable
+from .targets import Target, check_compiler, elf_machine_of, runnable_here
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +221,14 @@ def _build_into(
             raise CompileError(f"ONNX Runtime disagrees with PyTorch: {ort}")
 
     with journal.stage("tvm", steps):  # Step 4
-        compiler = _compile_tvm(folder / ONNX_FILE, target, shape, folder / LIBRARY, options)
+        compiler = _compile_tvm(folder / ONNX_FILE, target, shape, folder / LIBRARY, options,
+                                journal.path)  # fmt: skip
+        kernels = cubin_archs(folder / LIBRARY) if target.device == "cuda" else None
+        if kernels is not None and target.tvm["arch"] not in kernels:
+            raise CompileError(
+                f"{LIBRARY} holds no compiled {target.tvm['arch']} CUDA kernels (found: "
+                f"{', '.join(kernels) or 'none'})"
+            )
         machine = elf_machine_of(folder / LIBRARY)
         if machine != target.elf_machine:
             raise CompileError(
@@ -248,6 +257,7 @@ def _build_into(
                 "arch": target.arch,
                 "device": target.device,
                 "run": target.run,
+                "cuda_kernels": kernels,
             },
             "model": {
                 "preset": loaded.preset,
@@ -307,27 +317,15 @@ def _variant_contract(full, model, variant: Variant, inputs) -> dict[str, Any] |
     return result.to_json()
 
 
-def _compile_tvm(onnx_path: Path, target: Target, shape, library: Path, options) -> str:
-    import onnx
-    import tvm
-    from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
+def _compile_tvm(onnx_path: Path, target: Target, shape, library: Path, options, log: Path):
+    """Compile and link `library`; returns the compiler used (for the manifest)."""
+    compiler = check_compiler(target)
+    if target.device == "cuda":  # isolated: TVM's CUDA runtime is chosen at import
+        compile_cuda_library(onnx_path, target.name, shape, library, log)
+        return compiler
     from tvm.support import cc
 
-    compiler = check_compiler(target)
-    mod = from_onnx(
-        onnx.load(str(onnx_path)),
-        shape_dict={INPUT_NAME: list(shape)},
-        dtype_dict={INPUT_NAME: "float32"},
-    )
-    mod = relax.transform.DecomposeOpsForInference()(mod)  # batch_norm -> scale and shift
-    tv_target = tvm_target(target)
-    from .pipeline import pipeline_for
-
-    with tv_target:
-        executable = tvm.compile(
-            mod, target=tv_target, relax_pipeline=pipeline_for(target, tv_target, options.records)
-        )
+    executable = compile_executable(onnx_path, target, shape, options.records)
     executable.export_library(str(library), fcompile=cc.cross_compiler(compiler))
     return compiler
 

@@ -1,8 +1,8 @@
-"""The Relax pipeline per device kind: what turns the imported graph into scheduled code.
+"""ONNX -> Relax -> the target's pipeline -> a TVM executable.
 
 CPU: TVM's cpu_generic passes (legalize, fold constants, fuse conv + bias + relu and the
 pooling into few kernels, lower). Without tuning records the loops keep their default
-(unscheduled) order; with records (MetaSchedule database) the tuned schedules are applied.
+(unscheduled) order; with records (a MetaSchedule database) the tuned schedules are applied.
 GPU: TVM's default GPU pipeline, whose dlight rules bind every kernel to threads.
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .targets import Target
+from .export import INPUT_NAME
+from .targets import Target, tvm_target
 
 
 def pipeline_for(target: Target, tv_target, records: Path | None = None):
@@ -22,11 +23,6 @@ def pipeline_for(target: Target, tv_target, records: Path | None = None):
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     passes = cpu.library_dispatch_passes(tv_target) + cpu.legalize_passes(tv_target)
-    if records is not None:
-        from tvm.s_tir import meta_schedule as ms
-
-        passes.append(relax.transform.MetaScheduleApplyDatabase(str(records)))
-        _ = ms  # the database is read by the pass; imported for its registration
     passes += cpu.dataflow_lower_passes(tv_target) + cpu.finalize_passes(tv_target)
 
     @tvm.transform.module_pass(opt_level=0, name="mscnn_cpu_pipeline")
@@ -35,3 +31,23 @@ def pipeline_for(target: Target, tv_target, records: Path | None = None):
             return tvm.transform.Sequential(passes)(mod)
 
     return run
+
+
+def compile_executable(onnx_path: Path, target: Target, shape, records: Path | None = None):
+    """The compiled (not yet exported) Relax executable for `target`."""
+    import onnx
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    mod = from_onnx(
+        onnx.load(str(onnx_path)),
+        shape_dict={INPUT_NAME: list(shape)},
+        dtype_dict={INPUT_NAME: "float32"},
+    )
+    mod = relax.transform.DecomposeOpsForInference()(mod)  # batch_norm -> scale and shift
+    tv_target = tvm_target(target)
+    # The CUDA compile callback reads the arch from the current target: keep it in scope.
+    with tv_target:
+        return tvm.compile(mod, target=tv_target,
+                           relax_pipeline=pipeline_for(target, tv_target, records))  # fmt: skip
