@@ -55,6 +55,7 @@ toolchains: $(TOOLCHAINS)
 comma := ,
 ALL_TARGETS := x86_64 x86_64-avx512 aarch64 armv7 cuda jetson-orin
 TARGETS  ?= $(ALL_TARGETS)
+BUILD    ?= build
 SAMPLES  ?= 5000
 BATCH    ?= 1
 # The lead-wise model with every CinC lead set, and the 1-lead CPSC2019 model.
@@ -64,25 +65,25 @@ DEFAULT_VARIANTS_cpsc2019              := 1
 BUILD_PRESETS := $(or $(PRESET),multi_scopic_leadwise cpsc2019)
 variants_of    = $(or $(subst $(comma), ,$(VARIANTS)),$(DEFAULT_VARIANTS_$(1)))
 BUNDLES := $(foreach t,$(subst $(comma), ,$(TARGETS)),$(foreach p,$(BUILD_PRESETS),\
-             $(foreach v,$(call variants_of,$(p)),build/$(t)/$(p)-$(v)lead/manifest.json)))
-SOURCES := $(wildcard mscnn/*.py compile/*.py deploy/*.py)
+             $(foreach v,$(call variants_of,$(p)),$(BUILD)/$(t)/$(p)-$(v)lead/manifest.json)))
+SOURCES := $(wildcard mscnn/*.py compile/*.py compile/*.c deploy/*.py)
 
 # Options every bundle depends on: rewritten only when they change.
-build/.options: FORCE
-	@mkdir -p build
+$(BUILD)/.options: FORCE
+	@mkdir -p $(BUILD)
 	@echo "SAMPLES=$(SAMPLES) BATCH=$(BATCH) CHECKPOINT=$(CHECKPOINT)" > $@.new
 	@cmp -s $@.new $@ && rm $@.new || mv $@.new $@
 
 define bundle_rule
-build/$(1)/$(2)-$(3)lead/manifest.json: $(SOURCES) build/.options $(CHECKPOINT) | $(STAMP) $(TOOLCHAINS)
+$(BUILD)/$(1)/$(2)-$(3)lead/manifest.json: $(SOURCES) $(BUILD)/.options $(CHECKPOINT) | $(STAMP) $(TOOLCHAINS)
 	$(PY) -m compile build --preset $(2) --targets $(1) --variants $(3) --samples $(SAMPLES) \
-	  --batch $(BATCH) --out build $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --quiet
+	  --batch $(BATCH) --out $(BUILD) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --quiet
 endef
 $(foreach t,$(subst $(comma), ,$(TARGETS)),$(foreach p,$(BUILD_PRESETS),\
   $(foreach v,$(call variants_of,$(p)),$(eval $(call bundle_rule,$(t),$(p),$(v))))))
 
 build: $(BUNDLES)
-	@$(PY) -m compile summary build
+	@$(PY) -m compile summary $(BUILD)
 
 print-bundles:
 	@echo $(BUNDLES)

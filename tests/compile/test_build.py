@@ -1,0 +1,177 @@
+"""Bundles: one per target and variant, complete, hashed, right architecture, with parity."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import deploy.parity
+import mscnn
+from compile import TARGETS, BuildOptions, CompileError, build, resolve_variant
+from compile.cuda import cubin_archs
+from compile.targets import elf_machine_of, runnable_here
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_bundle_per_target(cpsc_bundles, bundle_samples, name):
+    bundle = cpsc_bundles[name]
+    target = TARGETS[name]
+    m = bundle.manifest
+    assert bundle.path.name == "cpsc2019-1lead" and bundle.path.parent.name == name
+    assert m["schema"] == "mscnn-edge/bundle" and m["target"]["tvm"] == dict(target.tvm)
+    assert m["leads"] == ["ECG"] and m["fs"] == 500
+    assert m["input"] == {"name": "ecg", "shape": [1, 1, bundle_samples], "dtype": "float32",
+                          "layout": "batch, leads, samples"}  # fmt: skip
+    assert m["output"]["shape"] == [1, 192, bundle_samples // 8]
+    assert m["model"]["config"] == mscnn.PRESETS["cpsc2019"].config | {"groups": 1}
+    assert set(m["tools"]) >= {"torch", "onnx", "onnxruntime", "apache-tvm", "compiler"}
+    # Every file is listed with its hash, and nothing else is in the folder.
+    listed = set(m["files"])
+    on_disk = {str(p.relative_to(bundle.path)) for p in bundle.path.rglob("*") if p.is_file()}
+    assert listed == on_disk - {"manifest.json", "build.log"}
+    assert {"model.so", "model.onnx", "golden/noise.input.npy", "golden/ecg.output.npy"} <= listed
+    for rel, entry in m["files"].items():
+        data = (bundle.path / rel).read_bytes()
+        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    # The library is ELF for the target's machine.
+    assert elf_machine_of(bundle.path / "model.so") == target.elf_machine
+    assert m["parity"]["onnxruntime"]["passed"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n, t in TARGETS.items() if t.device == "cuda"])
+def test_cuda_bundles_hold_compiled_kernels(cpsc_bundles, name):
+    """Not CUDA source: an embedded cubin (ELF for EM_CUDA) of the target's SM."""
+    library = cpsc_bundles[name].path / "model.so"
+    assert TARGETS[name].tvm["arch"] in cubin_archs(library)
+    assert b"__global__" not in library.read_bytes()  # no kernel source left behind
+    assert cpsc_bundles[name].manifest["target"]["cuda_kernels"] == [TARGETS[name].tvm["arch"]]
+
+
+def test_cubin_detector_sees_source_only_libraries(tmp_path):
+    fake = tmp_path / "lib.so"
+    fake.write_bytes(b"\x7fELF" + b"\0" * 60 + b'extern "C" __global__ void k() {}')
+    assert cubin_archs(fake) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lead_set", list(mscnn.LEAD_SETS))
+def test_x86_parity_for_every_lead_set(leadwise_bundles, lead_set):
+    m = leadwise_bundles[lead_set].manifest
+    names = list(mscnn.LEAD_SETS[lead_set])
+    assert m["leads"] == names
+    assert m["lead_indices"] == [mscnn.LEADS_12.index(n) for n in names]
+    tvm = m["parity"]["tvm"]
+    assert tvm["how"] == "native" and tvm["passed"] is True
+    assert tvm["normalised"] <= 1e-5
+    if lead_set != "12":
+        assert m["parity"]["variant_contract"]["passed"] is True
+
+
+@pytest.mark.slow
+def test_golden_data_is_plain_npy_and_reproduces(cpsc_bundles, cpsc):
+    """Golden outputs are what PyTorch gives for the golden inputs, in plain .npy files."""
+    import torch
+
+    bundle = cpsc_bundles["x86_64"]
+    for entry in bundle.manifest["golden"]:
+        raw = (bundle.path / entry["input"]).read_bytes()
+        assert raw.startswith(b"\x93NUMPY")
+        x = np.load(bundle.path / entry["input"])
+        y = np.load(bundle.path / entry["output"])
+        with torch.no_grad():
+            assert np.array_equal(cpsc.model(torch.from_numpy(x)).numpy(), y)
+
+
+def test_no_temporary_folders_left(cpsc_bundles):
+    out = next(iter(cpsc_bundles.values())).path.parents[1]
+    leftovers = [p for p in out.rglob(".*") if p.is_dir()]
+    assert leftovers == []
+
+
+@pytest.mark.slow
+def test_failed_parity_keeps_the_log_and_publishes_nothing(tmp_path, cpsc, monkeypatch):
+    monkeypatch.setitem(deploy.parity.TOLERANCES, "cpu", 1e-15)
+    variant = resolve_variant(cpsc, "1")
+    with pytest.raises(CompileError, match=r"disagrees with PyTorch.*log kept at"):
+        build(cpsc, TARGETS["x86_64"], variant, tmp_path, BuildOptions(samples=256))
+    assert not (tmp_path / "x86_64" / "cpsc2019-1lead").exists()
+    log = (tmp_path / "x86_64" / "cpsc2019-1lead.failed" / "build.log").read_text()
+    assert "FAIL" in log
+
+
+def test_bad_variants_and_sizes(cpsc, leadwise, tmp_path):
+    with pytest.raises(CompileError, match=r"unknown variant '6'.*choose from: 1"):
+        resolve_variant(cpsc, "6")
+    with pytest.raises(CompileError, match="unknown lead 'V9'"):
+        resolve_variant(leadwise, "I,V9")
+    assert resolve_variant(leadwise, "V5,I").name == "V5_I"
+    with pytest.raises(CompileError, match="--samples 4: seq_len 4 is too short"):
+        build(cpsc, TARGETS["x86_64"], resolve_variant(cpsc, "1"), tmp_path,
+              BuildOptions(samples=4))  # fmt: skip
+
+
+def run_cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "compile", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=timeout)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--targets", "arm9"], "unknown target 'arm9'; choose from: x86_64"),
+        (["--preset", "cpsc2019", "--variants", "6"], "unknown variant '6'"),
+        (["--checkpoint", "nope.pt"], "checkpoint nope.pt: no such file"),
+        (["--samples", "0"], "expected a positive integer"),
+        (["--preset", "vgg"], "invalid choice: 'vgg'"),
+    ],
+)
+def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):
+    done = run_cli("build", "--out", str(tmp_path), *args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_cli_checkpoint_of_another_preset(tmp_path, cpsc):
+    path = mscnn.save_checkpoint(tmp_path / "c.pt", cpsc.model, leads=cpsc.leads, fs=500,
+                                 preset="cpsc2019")  # fmt: skip
+    done = run_cli("build", "--preset", "multi_scopic_leadwise", "--checkpoint", str(path),
+                   "--out", str(tmp_path))  # fmt: skip
+    assert done.returncode == 2 and "different model than preset" in done.stderr
+
+
+@pytest.mark.slow
+def test_interrupted_build_leaves_no_bundle_and_recovers(tmp_path):
+    """Kill a build midway: nothing is published; the next build cleans up and succeeds."""
+    args = ["build", "--preset", "cpsc2019", "--targets", "x86_64", "--samples", "256",
+            "--out", str(tmp_path), "--quiet"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "compile", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    target_dir = tmp_path / "x86_64"
+    deadline = time.monotonic() + 120
+    while not list(target_dir.glob(".cpsc2019-1lead.tmp-*/model.onnx")):
+        assert proc.poll() is None and time.monotonic() < deadline, "build never started"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (target_dir / "cpsc2019-1lead").exists()
+    assert list(target_dir.glob(".cpsc2019-1lead.tmp-*"))  # the remains of the killed build
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((target_dir / "cpsc2019-1lead" / "manifest.json").read_text())
+    assert not list(target_dir.glob(".cpsc2019-1lead.tmp-*"))
+
+
+def test_x86_bundles_run_here():
+    assert runnable_here(TARGETS["x86_64"]) == (True, "native")

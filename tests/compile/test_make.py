@@ -1,0 +1,59 @@
+"""`make build`: bundles are real make targets, rebuilt only when an input changes."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import mscnn
+from compile import TARGETS, default_variants
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make(*args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+
+
+def test_default_matrix_matches_the_python_defaults():
+    """The Makefile's matrix: every target x every variant of both default presets."""
+    done = make("print-bundles", "BUILD=b")
+    got = set(done.stdout.split())
+    expected = {
+        f"b/{t}/{p}-{v}lead/manifest.json"
+        for t in TARGETS
+        for p in ("multi_scopic_leadwise", "cpsc2019")
+        for v in default_variants(mscnn.load_model(p))
+    }
+    assert got == expected and len(got) == 36
+
+
+@pytest.mark.slow
+def test_incremental_and_parallel(tmp_path):
+    common = [f"BUILD={tmp_path}", "PRESET=cpsc2019", "TARGETS=x86_64,aarch64"]
+    first = make("-j2", "build", *common, "SAMPLES=256")
+    assert first.returncode == 0, first.stderr
+    manifests = [tmp_path / t / "cpsc2019-1lead" / "manifest.json" for t in ("x86_64", "aarch64")]
+    stamps = [m.stat().st_mtime_ns for m in manifests]
+    assert "x86_64" in first.stdout and "aarch64" in first.stdout  # the summary table
+
+    again = make("build", *common, "SAMPLES=256")
+    assert again.returncode == 0, again.stderr
+    assert "-m compile build" not in again.stdout
+    assert [m.stat().st_mtime_ns for m in manifests] == stamps
+
+    changed = make("build", *common[:2], "TARGETS=x86_64", "SAMPLES=320")
+    assert changed.returncode == 0, changed.stderr
+    assert "-m compile build" in changed.stdout
+    assert json.loads(manifests[0].read_text())["input"]["shape"] == [1, 1, 320]
+
+
+def test_unknown_target_in_make_is_a_clear_error(tmp_path):
+    done = make("build", f"BUILD={tmp_path}", "PRESET=cpsc2019", "TARGETS=arm9")
+    assert done.returncode != 0
+    assert "unknown target 'arm9'; choose from: x86_64" in done.stderr
+    assert "Traceback" not in done.stderr

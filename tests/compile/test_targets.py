@@ -1,0 +1,51 @@
+"""The target table: every entry is a valid TVM target with a known way to run it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from compile import TARGETS, CompileError, get_target
+from compile.targets import ELF_MACHINES, check_compiler, tvm_target
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_every_target_is_valid_for_tvm(name):
+    target = TARGETS[name]
+    built = tvm_target(target)
+    assert built.kind.name == target.tvm["kind"]
+    assert target.arch in ELF_MACHINES
+    assert target.run in ("native", "qemu", "gpu")
+    assert (target.host is not None) == (target.device == "cuda")
+    assert bool(target.qemu) == (target.run == "qemu")
+
+
+def test_issue_targets_are_present():
+    assert {"x86_64", "x86_64-avx512", "aarch64", "armv7", "cuda", "jetson-orin"} <= set(TARGETS)
+    assert TARGETS["jetson-orin"].tvm["arch"] == "sm_87"
+    assert TARGETS["armv7"].tvm["mfloat-abi"] == "hard"
+
+
+def test_unknown_target_lists_valid_ones():
+    with pytest.raises(CompileError, match="unknown target 'arm9'; choose from: x86_64, "):
+        get_target("arm9")
+
+
+def test_missing_compiler_names_the_package(monkeypatch):
+    monkeypatch.setattr("compile.targets.shutil.which", lambda name: None)
+    with pytest.raises(CompileError, match="apt-get install -y g\\+\\+-aarch64-linux-gnu"):
+        check_compiler(TARGETS["aarch64"])
+
+
+def test_cli_lists_targets():
+    done = subprocess.run([sys.executable, "-m", "compile", "targets", "--json"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    rows = json.loads(done.stdout)
+    assert set(rows) == set(TARGETS)
+    assert rows["aarch64"]["tvm"]["mtriple"] == "aarch64-linux-gnu"
+    env = {"COLUMNS": "160", "PATH": ""}
+    table = subprocess.run([sys.executable, "-m", "compile", "targets"], capture_output=True,
+                           text=True, check=True, env=env).stdout  # fmt: skip
+    for name in TARGETS:
+        assert name in table
