@@ -5,8 +5,9 @@ computes what PyTorch computes.
     Step 2. Golden     seeded inputs and the PyTorch outputs for them (.npy)
     Step 3. ONNX       export, checker, ONNX Runtime vs PyTorch
     Step 4. TVM        ONNX -> Relax -> the target's pipeline -> library, (cross-)linked
-    Step 5. Parity     the exported library, reloaded, vs PyTorch (where it runs here)
-    Step 6. Publish    manifest with hashes; temporary folder renamed into place
+    Step 5. Manifest   config, leads, shapes, versions and the sha256 of every file
+    Step 6. Parity     the bundle loaded as a device loads it (deploy.check_parity), vs
+                       PyTorch, where it runs here; then renamed into place
 
 A bundle whose parity fails is not published: it is kept as `<name>.failed/` with its
 log, and the build raises CompileError.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -35,7 +35,17 @@ import numpy as np
 import torch
 
 import mscnn
-from deploy.parity import ParityResult, compare, worst
+from deploy.bundle import (
+    BUILD_LOG,
+    LIBRARY,
+    MANIFEST,
+    ONNX_FILE,
+    SCHEMA,
+    SCHEMA_VERSION,
+    sha256_file,
+)
+from deploy.parity import TOLERANCES, compare
+from deploy.predictor import check_parity
 
 from .cuda import compile_cuda_library, cubin_archs
 from .errors import CompileError
@@ -45,13 +55,6 @@ from .pipeline import compile_executable
 from .targets import Target, check_compiler, elf_machine_of, runnable_here
 
 log = logging.getLogger(__name__)
-
-SCHEMA = "mscnn-edge/bundle"
-SCHEMA_VERSION = 1
-LIBRARY = "model.so"
-ONNX_FILE = "model.onnx"
-MANIFEST = "manifest.json"
-BUILD_LOG = "build.log"
 
 
 # --------------------------------------------------------------------------------------
@@ -236,16 +239,7 @@ def _build_into(
                 f"({target.arch}); check the cross compiler {target.compiler}"
             )
 
-    with journal.stage("parity", steps):  # Step 5
-        runs, how = runnable_here(target)
-        if runs:
-            tvm_result = _tvm_parity(folder / LIBRARY, target, inputs, expected)
-            journal.write(f"TVM vs PyTorch: {tvm_result}")
-            tvm_parity = {**tvm_result.to_json(), "how": how}
-        else:
-            tvm_result, tvm_parity = None, {"passed": None, "normalised": None, "how": how}
-
-    with journal.stage("publish", steps):  # Step 6
+    with journal.stage("manifest", steps):  # Step 5
         manifest = {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
@@ -257,6 +251,8 @@ def _build_into(
                 "arch": target.arch,
                 "device": target.device,
                 "run": target.run,
+                "emulator": list(target.qemu) or None,  # how a non-native host runs it
+                "cpu_flags": list(target.cpu_flags),
                 "cuda_kernels": kernels,
             },
             "model": {
@@ -289,18 +285,27 @@ def _build_into(
             ],
             "tuning": _tuning_info(options.records),
             "parity": {
-                "tolerance": tvm_result.tolerance if tvm_result else ort.tolerance,
+                "tolerance": TOLERANCES[target.device],
                 "onnxruntime": ort.to_json(),
-                "tvm": tvm_parity,
+                "tvm": {"passed": None, "normalised": None, "how": "not run"},
                 "variant_contract": contract,
             },
             "tools": _tool_versions(compiler),
             "files": {},
         }
-        if tvm_result is not None and not tvm_result.passed:
-            _write_manifest(folder, manifest)
-            raise CompileError(f"TVM disagrees with PyTorch: {tvm_result}")
         _write_manifest(folder, manifest)
+
+    with journal.stage("parity", steps):  # Step 6: the bundle as a device would load it
+        runs, how = runnable_here(target)
+        if runs:
+            result, _ = check_parity(folder)
+            journal.write(f"TVM vs PyTorch: {result}")
+            manifest["parity"]["tvm"] = {**result.to_json(), "how": how}
+        else:
+            manifest["parity"]["tvm"]["how"] = f"not run: {how}"
+        _write_manifest(folder, manifest)
+        if runs and not result.passed:
+            raise CompileError(f"TVM disagrees with PyTorch: {result}")
     return manifest
 
 
@@ -330,27 +335,13 @@ def _compile_tvm(onnx_path: Path, target: Target, shape, library: Path, options,
     return compiler
 
 
-def _tvm_parity(library: Path, target: Target, inputs, expected) -> ParityResult:
-    import tvm
-    from tvm import relax
-
-    device = tvm.cuda() if target.device == "cuda" else tvm.cpu()
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), device)
-    results = []
-    for name, x in inputs.items():
-        out = vm["main"](tvm.runtime.tensor(x, device))
-        got = out.numpy() if hasattr(out, "numpy") else out[0].numpy()
-        results.append(compare(got, expected[name], target.device))
-    return worst(results)
-
-
 def _tuning_info(records: Path | None) -> dict[str, Any] | None:
     if records is None:
         return None
     files = sorted(p for p in Path(records).glob("*.json"))
     return {
         "records": str(records),
-        "sha256": {p.name: _sha256(p) for p in files},
+        "sha256": {p.name: sha256_file(p) for p in files},
     }
 
 
@@ -378,21 +369,14 @@ def _own_version() -> str:
         return "unknown"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     """Hash every file of the bundle (the manifest and the log excepted) into it."""
     files = sorted(
         p for p in folder.rglob("*") if p.is_file() and p.name not in (MANIFEST, BUILD_LOG)
     )
     manifest["files"] = {
-        str(p.relative_to(folder)): {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files
+        str(p.relative_to(folder)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in files
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
 

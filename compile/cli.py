@@ -147,7 +147,7 @@ def _build(args) -> int:
 
 
 def _summary(folder: Path) -> int:
-    from .build import MANIFEST
+    from deploy.bundle import MANIFEST
 
     bundles = []
     found = folder.glob(f"*/*/{MANIFEST}")

@@ -8,13 +8,13 @@ GPU.
 
 from __future__ import annotations
 
-import functools
-import platform
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from deploy.bundle import can_run_here
 
 from .errors import CompileError
 
@@ -153,31 +153,9 @@ def check_compiler(target: Target) -> str:
     return path
 
 
-@functools.cache
-def _cpu_flags() -> frozenset[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
 def runnable_here(target: Target) -> tuple[bool, str]:
-    """Whether this machine can run the target's library in-process, and if not, why."""
-    machine = platform.machine()
-    if target.device == "cuda":
-        return False, "not run: no GPU"
-    if target.run == "qemu":
-        return False, "not run: needs the qemu runner"
-    if machine != target.arch:
-        return False, f"not run: host is {machine}"
-    missing = [f for f in target.cpu_flags if f not in _cpu_flags()]
-    if missing:
-        return False, f"not run: CPU lacks {', '.join(missing)}"
-    return True, "native"
+    """Whether this machine runs the target's libraries in-process, and if not, why."""
+    return can_run_here(target.arch, target.device, target.cpu_flags)
 
 
 def elf_machine_of(path: str | Path) -> int | None:

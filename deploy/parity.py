@@ -33,11 +33,9 @@ class ParityResult:
 
     def __str__(self) -> str:
         verdict = "pass" if self.passed else "FAIL"
-        extra = f" ({self.detail})" if self.detail else ""
-        return (
-            f"{verdict}: max abs {self.max_abs:.3g}, normalised {self.normalised:.3g} "
-            f"<= {self.tolerance:g}?{extra}"
-        )
+        extra = f"; {self.detail}" if self.detail else ""
+        return (f"{verdict}: max abs {self.max_abs:.2g}, normalised {self.normalised:.2g} "
+                f"(tolerance {self.tolerance:g}{extra})")  # fmt: skip
 
 
 def compare(got: np.ndarray, expected: np.ndarray, device: str = "cpu") -> ParityResult:

@@ -1,0 +1,99 @@
+"""`python -m deploy`: run, check and describe bundles with the TVM runtime and numpy only.
+
+Exit codes: 0 success (parity passed), 1 parity mismatch, 2 unusable bundle or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import Bundle, load_bundle, read_npy
+from .errors import DeployError
+from .predictor import Predictor, check_parity
+
+EXIT_OK, EXIT_MISMATCH, EXIT_UNUSABLE = 0, 1, 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m deploy",
+        description="Run and check mscnn-edge bundles (exit 0 ok, 1 parity mismatch, "
+        "2 unusable bundle or input).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run one input .npy through a bundle")
+    r.add_argument("bundle", type=Path)
+    r.add_argument("--input", type=Path, required=True, help="(batch, leads, samples) float32")
+    r.add_argument("--output", type=Path, required=True, help="where to write the .npy output")
+    c = sub.add_parser("check", help="run the golden inputs and compare with PyTorch's outputs")
+    c.add_argument("bundle", type=Path)
+    c.add_argument("--json", action="store_true", help="print the figures as JSON")
+    i = sub.add_parser("info", help="describe a bundle (verifies it, loads nothing)")
+    i.add_argument("bundle", type=Path)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser_ = parser()
+    args = parser_.parse_args(argv)
+    try:
+        if args.command == "info":
+            return _info(load_bundle(args.bundle))
+        if args.command == "check":
+            return _check(args.bundle, args.json)
+        return _run(args.bundle, args.input, args.output)
+    except DeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+
+
+def _info(bundle: Bundle) -> int:
+    m = bundle.manifest
+    runs, why = bundle.runnable_here()
+    lines = [
+        ("bundle", f"{bundle.name} ({bundle.path})"),
+        ("target", f"{m['target']['name']} ({m['target']['arch']}, {m['target']['device']})"),
+        ("model", f"{m['model'].get('preset')} — {m['model'].get('source')}"),
+        ("leads", ", ".join(bundle.leads) + f" at {m['fs']} Hz"),
+        ("input", f"{m['input']['name']} {tuple(m['input']['shape'])} {m['input']['dtype']}"),
+        ("output", f"{m['output']['name']} {tuple(m['output']['shape'])} {m['output']['dtype']}"),
+        ("library", f"{m['files']['model.so']['bytes'] / 1024:.0f} KiB, sha256 verified"),
+        ("runs here", "yes" if runs else f"no: {why}"),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        print(f"{key:<{width}}  {value}")
+    return EXIT_OK
+
+
+def _check(path: Path, as_json: bool) -> int:
+    verdict, results = check_parity(path)
+    if as_json:
+        print(
+            json.dumps(
+                {"passed": verdict.passed, "golden": {k: r.to_json() for k, r in results.items()}},
+                indent=2,
+            )
+        )
+    else:
+        for name, result in results.items():
+            print(f"{name:<8} {result}")
+        print(f"parity {'passed' if verdict.passed else 'FAILED'}")
+    return EXIT_OK if verdict.passed else EXIT_MISMATCH
+
+
+def _run(path: Path, input_path: Path, output_path: Path) -> int:
+    predictor = Predictor(path)
+    y = predictor(read_npy(input_path))
+    try:
+        np.save(output_path, y)
+    except OSError as exc:
+        raise DeployError(f"cannot write {output_path}: {exc.strerror}") from None
+    print(f"wrote {output_path} {y.shape} {y.dtype}")
+    return EXIT_OK
