@@ -175,3 +175,12 @@ def test_interrupted_build_leaves_no_bundle_and_recovers(tmp_path):
 
 def test_x86_bundles_run_here():
     assert runnable_here(TARGETS["x86_64"]) == (True, "native")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["x86_64", "aarch64"])
+def test_rebuild_is_byte_identical(cpsc_bundles, cpsc, tmp_path, name, bundle_samples):
+    """Same checkpoint, same options: the same bytes, TVM library included."""
+    again = build(cpsc, TARGETS[name], resolve_variant(cpsc, "1"), tmp_path,
+                  BuildOptions(samples=bundle_samples))  # fmt: skip
+    assert again.manifest["files"] == cpsc_bundles[name].manifest["files"]
