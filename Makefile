@@ -8,11 +8,16 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv test lint format clean distclean build toolchains print-bundles FORCE
+.PHONY: help venv test lint format clean distclean build toolchains print-bundles runners \
+        parity package FORCE
 
 help:
 	@echo "make build   set up, compile the default model for every target and lead variant,"
 	@echo "             check parity, print the summary (TARGETS= VARIANTS= PRESET= CHECKPOINT=)"
+	@echo "make parity  check every bundle in build/: x86 in-process, ARM under qemu with"
+	@echo "             the native runner, CUDA only where a GPU is present"
+	@echo "make package TARGET=aarch64   a tarball of the runner, runtime and bundles"
+	@echo "make runners build the native runner for x86_64, aarch64 and armv7"
 	@echo "make test    set up .venv and run the test suite"
 	@echo "make lint    ruff lint and format check"
 	@echo "make format  apply ruff formatting"
@@ -87,6 +92,27 @@ build: $(BUNDLES)
 
 print-bundles:
 	@echo $(BUNDLES)
+
+# --------------------------------------------------------------------------------------
+# The native runner (deploy/native), one relocatable folder per architecture.
+NATIVE_ARCHES := x86_64 aarch64 armv7
+RUNNERS := $(foreach a,$(NATIVE_ARCHES),$(BUILD)/native/$(a)/mscnn-run)
+NATIVE_SOURCES := $(wildcard deploy/native/Makefile deploy/native/*.mk deploy/native/src/* \
+                    deploy/native/runtime/*/* deploy/native/runtime/include/tvm/support/*)
+
+$(BUILD)/native/%/mscnn-run: $(NATIVE_SOURCES) | $(STAMP) $(TOOLCHAINS)
+	$(MAKE) -C deploy/native ARCH=$* OUT=$(abspath $(BUILD)/native/$*) PYTHON=$(abspath $(PY))
+
+runners: $(RUNNERS)
+
+parity: $(RUNNERS)
+	$(PY) -m deploy parity $(BUILD) --runners $(BUILD)/native
+
+# make package TARGET=aarch64: the runner, the runtime and that target's bundles.
+package: | $(STAMP)
+	@test -n "$(TARGET)" || { echo "error: give TARGET=<target>, e.g. make package TARGET=aarch64"; exit 2; }
+	$(MAKE) --no-print-directory $(filter $(BUILD)/$(TARGET)/%,$(BUNDLES)) runners
+	$(PY) -m deploy package $(TARGET) --build $(BUILD) --runners $(BUILD)/native --out $(BUILD)/package
 
 test: $(STAMP) $(TOOLCHAINS)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -14,7 +14,9 @@ import numpy as np
 
 from .bundle import Bundle, load_bundle, read_npy
 from .errors import DeployError
+from .package import package
 from .predictor import Predictor, check_parity
+from .sweep import format_table, sweep
 
 EXIT_OK, EXIT_MISMATCH, EXIT_UNUSABLE = 0, 1, 2
 
@@ -36,6 +38,16 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the figures as JSON")
     i = sub.add_parser("info", help="describe a bundle (verifies it, loads nothing)")
     i.add_argument("bundle", type=Path)
+    s = sub.add_parser("parity", help="check every bundle of a build folder, each as its "
+                       "machine runs it (native, qemu + native runner, GPU)")  # fmt: skip
+    s.add_argument("folder", type=Path, nargs="?", default=Path("build"))
+    s.add_argument("--runners", type=Path, default=Path("build/native"),
+                   help="folder of native runners, one per architecture")  # fmt: skip
+    k = sub.add_parser("package", help="tarball of one target's runner, runtime and bundles")
+    k.add_argument("target", help="a target folder name under the build folder, e.g. aarch64")
+    k.add_argument("--build", type=Path, default=Path("build"))
+    k.add_argument("--runners", type=Path, default=Path("build/native"))
+    k.add_argument("--out", type=Path, default=Path("build/package"))
     return p
 
 
@@ -47,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
             return _info(load_bundle(args.bundle))
         if args.command == "check":
             return _check(args.bundle, args.json)
+        if args.command == "parity":
+            return _sweep(args.folder, args.runners)
+        if args.command == "package":
+            archive, size = package(args.build, args.target, args.runners, args.out)
+            print(f"wrote {archive} ({size / 1e6:.1f} MB)")
+            return EXIT_OK
         return _run(args.bundle, args.input, args.output)
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -97,3 +115,13 @@ def _run(path: Path, input_path: Path, output_path: Path) -> int:
         raise DeployError(f"cannot write {output_path}: {exc.strerror}") from None
     print(f"wrote {output_path} {y.shape} {y.dtype}")
     return EXIT_OK
+
+
+def _sweep(folder: Path, runners: Path) -> int:
+    rows = sweep(folder, runners)
+    if not rows:
+        raise DeployError(f"no bundles under {folder}/; run `make build` first")
+    print(format_table(rows))
+    if any(r.status == "unusable" for r in rows):
+        return EXIT_UNUSABLE
+    return EXIT_MISMATCH if any(r.status == "FAIL" for r in rows) else EXIT_OK

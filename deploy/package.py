@@ -1,0 +1,85 @@
+"""A tarball for one target: the native runner, the TVM runtime it loads and every bundle
+built for that target, with a README saying how to run it on the device."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+from .bundle import MANIFEST, load_bundle
+from .errors import DeployError
+from .sweep import RUNNER
+
+README = """\
+mscnn-edge package for target {target} ({arch}, {device})
+=================================================={underline}
+
+Contents
+  runner/{runner}       the native runner (no Python needed)
+  runner/lib/           the TVM runtime libraries it loads (found through its rpath)
+  bundles/<name>/       one compiled model per lead variant: model.so, manifest.json,
+                        golden/*.npy (inputs and PyTorch's outputs), model.onnx
+
+On the device
+  tar xzf {archive}
+  cd {folder}
+  ./runner/{runner} bundles/{example} --info
+  ./runner/{runner} bundles/{example} --check          # parity against PyTorch{device_flag}
+  ./runner/{runner} bundles/{example} --input x.npy --output y.npy{device_flag}
+
+  x.npy: float32, little-endian, C order, shape {shape} (batch, leads, samples)
+  leads, in this order: {leads}; sampling rate {fs} Hz.
+
+Exit codes: 0 ok (parity passed), 1 parity mismatch, 2 unusable bundle or input (the
+message says which file or value and why). Every file's sha256 is checked against the
+manifest before the model library is loaded.
+
+Bundles: {bundles}
+"""
+
+
+def package(build: Path, target: str, runners: Path, out: Path) -> tuple[Path, int]:
+    """Write `out/mscnn-edge-<target>.tar.gz`; returns its path and size in bytes."""
+    folder = Path(build) / target
+    bundle_dirs = sorted(p.parent for p in folder.glob(f"*/{MANIFEST}"))
+    if not bundle_dirs:
+        raise DeployError(f"no bundles for target {target!r} under {folder}/; run "
+                          f"`make build TARGETS={target}` first")  # fmt: skip
+    bundles = [load_bundle(p) for p in bundle_dirs]  # verified before they are shipped
+    arch, device = bundles[0].target["arch"], bundles[0].device
+    runner_dir = Path(runners) / arch
+    if not (runner_dir / RUNNER).is_file():
+        raise DeployError(f"no {arch} runner at {runner_dir}/; run `make runners`")
+    name = f"mscnn-edge-{target}"
+    archive = Path(out) / f"{name}.tar.gz"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    example = bundles[-1]
+    readme = README.format(
+        target=target, arch=arch, device=device, underline="=" * len(target + arch + device),
+        runner=RUNNER, archive=archive.name, folder=name, example=example.name,
+        device_flag=" --device cuda" if device == "cuda" else "",
+        shape=tuple(example.input_shape), leads=", ".join(example.leads),
+        fs=example.manifest["fs"], bundles=", ".join(b.name for b in bundles),
+    )  # fmt: skip
+    tmp = archive.with_name(archive.name + ".tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        tar.add(runner_dir, arcname=f"{name}/runner", filter=_skip_objects)
+        for bundle in bundles:
+            tar.add(bundle.path, arcname=f"{name}/bundles/{bundle.name}")
+        data = readme.encode()
+        info = tarfile.TarInfo(f"{name}/README.txt")
+        info.size, info.mode = len(data), 0o644
+        tar.addfile(info, io.BytesIO(data))
+        index = json.dumps({"target": target, "bundles": [b.name for b in bundles]}).encode()
+        info = tarfile.TarInfo(f"{name}/package.json")
+        info.size, info.mode = len(index), 0o644
+        tar.addfile(info, io.BytesIO(index))
+    tmp.replace(archive)
+    return archive, archive.stat().st_size
+
+
+def _skip_objects(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    """Ship the runner and its libraries, not the build's intermediate files."""
+    return None if info.name.endswith((".o", ".d", ".a")) else info

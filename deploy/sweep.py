@@ -1,0 +1,82 @@
+"""Parity of every bundle in a build folder, each run the way its machine would run it:
+in this process where it can, under qemu-user with the native runner for other CPUs, and
+never reported as passed when it could not run (a CUDA bundle without a GPU)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .bundle import MANIFEST, can_run_here, load_bundle
+from .errors import DeployError
+from .predictor import check_parity
+
+RUNNER = "mscnn-run"
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    bundle: str  # target/name
+    how: str  # how it was run, or why not
+    normalised: float | None
+    status: str  # "pass", "FAIL", "not run", "unusable"
+
+
+def sweep(folder: Path, runners: Path, timeout: float = 1800) -> list[SweepRow]:
+    """Check every bundle under `folder` (`<target>/<bundle>/manifest.json`)."""
+    rows = []
+    for manifest in sorted(Path(folder).glob(f"*/*/{MANIFEST}")):
+        path = manifest.parent
+        label = f"{path.parent.name}/{path.name}"
+        try:
+            rows.append(_one(label, path, runners, timeout))
+        except DeployError as exc:
+            rows.append(SweepRow(label, str(exc), None, "unusable"))
+    return rows
+
+
+def _one(label: str, path: Path, runners: Path, timeout: float) -> SweepRow:
+    bundle = load_bundle(path)
+    target = bundle.target
+    runs, why = can_run_here(target["arch"], target["device"], target.get("cpu_flags", ()))
+    if runs:
+        verdict, _ = check_parity(bundle)
+        return SweepRow(label, "native (Python)", verdict.normalised,
+                        "pass" if verdict.passed else "FAIL")  # fmt: skip
+    if target["device"] == "cuda":  # a GPU bundle runs on its own machine or not at all
+        return SweepRow(label, f"not run: {why}", None, "not run")
+    emulator = target.get("emulator")
+    runner = Path(runners) / target["arch"] / RUNNER
+    if not emulator:
+        return SweepRow(label, f"not run: {why}", None, "not run")
+    if not runner.is_file():
+        return SweepRow(label, f"not run: no {target['arch']} runner at {runner} "
+                        "(make runners)", None, "not run")  # fmt: skip
+    done = subprocess.run([*emulator, str(runner), str(path), "--check"], capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+    how = f"{emulator[0]} + {RUNNER}"
+    found = re.search(r"worst_normalised=(\S+)", done.stdout)
+    normalised = float(found.group(1)) if found else None
+    if done.returncode == 0:
+        return SweepRow(label, how, normalised, "pass")
+    if done.returncode == 1:
+        return SweepRow(label, how, normalised, "FAIL")
+    message = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    return SweepRow(label, f"{how}: {message}", None, "unusable")
+
+
+def format_table(rows: list[SweepRow]) -> str:
+    """A plain-text table (no dependencies beyond the standard library: runs on devices)."""
+    header = ("bundle", "run by", "normalised error", "status")
+    cells = [header] + [
+        (r.bundle, r.how, "-" if r.normalised is None else f"{r.normalised:.2e}", r.status)
+        for r in rows
+    ]
+    widths = [max(len(c[i]) for c in cells) for i in range(4)]
+    lines = ["  ".join(c[i].ljust(widths[i]) for i in range(4)).rstrip() for c in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    counts = {s: sum(r.status == s for r in rows) for s in ("pass", "FAIL", "not run", "unusable")}
+    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
+    return "\n".join(lines)
