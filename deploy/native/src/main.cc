@@ -1,0 +1,446 @@
+// mscnn-run: runs a compiled mscnn-edge bundle on a device with no Python.
+//
+//   mscnn-run BUNDLE --check [--device cpu|cuda]
+//   mscnn-run BUNDLE --input x.npy --output y.npy [--device cpu|cuda]
+//   mscnn-run BUNDLE --info
+//   mscnn-run --tolerances
+//
+// Exit codes: 0 done (and every golden input matched), 1 a golden output did not match,
+// 2 refused: the bundle, the input, the arguments or the runtime failed, with one
+// `error:` line on stderr.
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "bundle.h"
+#include "model.h"
+#include "npy.h"
+#include "refusal.h"
+
+namespace mscnn {
+namespace {
+
+#if defined(__x86_64__)
+constexpr const char* kRunnerArch = "x86_64";
+#elif defined(__aarch64__)
+constexpr const char* kRunnerArch = "aarch64";
+#elif defined(__arm__) && defined(__ARM_ARCH) && __ARM_ARCH >= 7
+constexpr const char* kRunnerArch = "armv7";
+#else
+#error "mscnn-run targets x86_64, aarch64 and armv7 only (the bundle architectures)"
+#endif
+
+constexpr const char* kVersion = "0.1.0";
+
+// Must match deploy/parity.py TOLERANCES, which a test compares with `--tolerances`.
+struct Tolerance {
+  const char* device;
+  double normalised;
+};
+constexpr Tolerance kTolerances[] = {{"cpu", 1e-5}, {"cuda", 1e-4}};
+
+constexpr const char* kUsage =
+    "usage: mscnn-run BUNDLE --check [--device cpu|cuda]\n"
+    "       mscnn-run BUNDLE --input X.npy --output Y.npy [--device cpu|cuda]\n"
+    "       mscnn-run BUNDLE --info\n"
+    "       mscnn-run --tolerances | --version | --help\n"
+    "\n"
+    "BUNDLE is a folder made by `python -m compile build` (manifest.json, model.so,\n"
+    "golden/). Every file the manifest lists is checked against its SHA-256 before\n"
+    "model.so is loaded. Exit codes: 0 ok, 1 golden mismatch, 2 refused (see stderr).\n";
+
+struct Options {
+  std::string bundle;
+  std::string mode;  // "check", "run", "info", "tolerances", "version", "help"
+  std::string input;
+  std::string output;
+  std::string device;
+};
+
+void SetMode(Options* o, const std::string& mode) {
+  if (!o->mode.empty() && o->mode != mode) {
+    throw Refusal("--" + o->mode + " and --" + mode + " cannot be combined; run mscnn-run --help");
+  }
+  o->mode = mode;
+}
+
+Options ParseArgs(int argc, char** argv) {
+  Options o;
+  bool have_input = false, have_output = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    std::string value;
+    bool inline_value = false;
+    if (arg.rfind("--", 0) == 0) {
+      std::size_t eq = arg.find('=');
+      if (eq != std::string::npos) {
+        value = arg.substr(eq + 1);
+        arg = arg.substr(0, eq);
+        inline_value = true;
+      }
+    }
+    auto take_value = [&](const char* flag) {
+      if (inline_value) return value;
+      if (i + 1 >= argc) throw Refusal(std::string(flag) + " needs a value; run mscnn-run --help");
+      return std::string(argv[++i]);
+    };
+    if (arg == "--check") {
+      SetMode(&o, "check");
+    } else if (arg == "--info") {
+      SetMode(&o, "info");
+    } else if (arg == "--tolerances") {
+      SetMode(&o, "tolerances");
+    } else if (arg == "--version") {
+      SetMode(&o, "version");
+    } else if (arg == "--help" || arg == "-h") {
+      SetMode(&o, "help");
+    } else if (arg == "--input") {
+      o.input = take_value("--input");
+      have_input = true;
+    } else if (arg == "--output") {
+      o.output = take_value("--output");
+      have_output = true;
+    } else if (arg == "--device") {
+      o.device = take_value("--device");
+      if (o.device != "cpu" && o.device != "cuda") {
+        throw Refusal("--device must be cpu or cuda, not '" + o.device + "'");
+      }
+    } else if (arg.size() > 1 && arg[0] == '-') {
+      throw Refusal("unknown option " + arg + "; run mscnn-run --help");
+    } else if (o.bundle.empty()) {
+      o.bundle = arg;
+    } else {
+      throw Refusal("more than one bundle given (" + o.bundle + ", " + arg +
+                    "); run mscnn-run --help");
+    }
+  }
+  if (have_input || have_output) {
+    if (!(have_input && have_output)) {
+      throw Refusal("--input and --output go together: give both, or use --check");
+    }
+    if (o.input.empty() || o.output.empty()) throw Refusal("--input and --output need file names");
+    SetMode(&o, "run");
+  }
+  if (o.mode.empty()) {
+    throw Refusal(o.bundle.empty() ? "no bundle given; run mscnn-run --help"
+                                   : "say what to do with the bundle: --check, --info or "
+                                     "--input X.npy --output Y.npy");
+  }
+  const bool needs_bundle = o.mode == "check" || o.mode == "run" || o.mode == "info";
+  if (needs_bundle && o.bundle.empty()) throw Refusal("--" + o.mode + " needs a BUNDLE folder");
+  if (!needs_bundle && !o.bundle.empty()) {
+    throw Refusal("--" + o.mode + " takes no bundle; run mscnn-run --help");
+  }
+  if (!o.device.empty() && o.mode != "check" && o.mode != "run") {
+    throw Refusal("--device applies to --check and --input/--output only");
+  }
+  return o;
+}
+
+// Runtime libraries ship in lib/ next to the executable (the rpath says the same).
+std::string RuntimeDir() {
+  std::vector<char> path(4096);
+  ssize_t n = ::readlink("/proc/self/exe", path.data(), path.size() - 1);
+  if (n <= 0) return "lib";
+  std::string exe(path.data(), std::size_t(n));
+  std::size_t slash = exe.rfind('/');
+  return (slash == std::string::npos ? std::string(".") : exe.substr(0, slash)) + "/lib";
+}
+
+double ToleranceOf(const std::string& device) {
+  for (const Tolerance& t : kTolerances) {
+    if (device == t.device) return t.normalised;
+  }
+  throw Refusal("no tolerance for device " + device);
+}
+
+std::string DeviceFor(const Bundle& bundle, const Options& o) {
+  const Manifest& m = bundle.manifest();
+  if (!o.device.empty() && o.device != m.device) {
+    throw Refusal("bundle " + m.name + " is built for device " + m.device + " (target " +
+                  m.target_name + "), not " + o.device + "; drop --device or pass --device " +
+                  m.device);
+  }
+  return m.device;
+}
+
+// The checks that must pass before model.so may be loaded (loading runs its code).
+void Admit(const Bundle& bundle) {
+  bundle.RequireArch(kRunnerArch);
+  bundle.VerifyFiles();
+  bundle.CheckLibraryMachine(kRunnerArch);
+}
+
+std::string Locate(const Manifest& m, std::int64_t flat) {
+  const std::int64_t leads = m.input.shape[1], samples = m.input.shape[2];
+  const std::int64_t batch = flat / (leads * samples);
+  const std::int64_t lead = (flat / samples) % leads;
+  const std::int64_t sample = flat % samples;
+  std::string where = "batch " + std::to_string(batch) + ", lead " + std::to_string(lead);
+  if (lead < std::int64_t(m.leads.size())) where += " (" + m.leads[std::size_t(lead)] + ")";
+  return where + ", sample " + std::to_string(sample);
+}
+
+void RequireFiniteInput(const Manifest& m, const Array& x, const std::string& label) {
+  std::int64_t count = 0;
+  std::int64_t first = FirstNonFinite(x.data, &count);
+  if (first >= 0) {
+    throw Refusal(label + " holds " + std::to_string(count) +
+                  " NaN or Inf value(s), the first at " + Locate(m, first) +
+                  "; the model needs finite samples: fill gaps (interpolate or zero) first");
+  }
+}
+
+double Millis(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration<double, std::milli>(d).count();
+}
+
+// The parity rule of deploy/parity.py: max |got - expected| over max |expected|.
+struct Verdict {
+  bool passed = false;
+  double max_abs = 0.0;
+  double normalised = 0.0;
+  std::string detail;
+};
+
+Verdict Compare(const Array& got, const Array& expected, double tolerance) {
+  Verdict v;
+  if (got.shape != expected.shape) {
+    v.max_abs = v.normalised = INFINITY;
+    v.detail = "output shape " + ShapeText(got.shape) + " != expected " + ShapeText(expected.shape);
+    return v;
+  }
+  std::int64_t bad = 0;
+  if (FirstNonFinite(got.data, &bad) >= 0) {
+    v.max_abs = v.normalised = NAN;
+    v.detail = "output holds NaN or Inf";
+    return v;
+  }
+  double max_abs = 0.0, scale = 0.0;
+  for (std::size_t i = 0; i < got.data.size(); ++i) {
+    const double g = got.data[i], e = expected.data[i];
+    const double diff = std::fabs(g - e);
+    if (diff > max_abs) max_abs = diff;
+    if (std::fabs(e) > scale) scale = std::fabs(e);
+  }
+  v.max_abs = max_abs;
+  v.normalised = scale > 0.0 ? max_abs / scale : max_abs;
+  v.passed = v.normalised <= tolerance;
+  return v;
+}
+
+int Check(const Options& o) {
+  Bundle bundle = Bundle::Open(o.bundle);
+  const Manifest& m = bundle.manifest();
+  const std::string device = DeviceFor(bundle, o);
+  const double tolerance = ToleranceOf(device);
+  Admit(bundle);
+  if (m.golden.empty()) {
+    throw Refusal("bundle " + m.name + " lists no golden data, so there is nothing to check; "
+                  "rebuild the bundle with `python -m compile build`");
+  }
+
+  struct Case {
+    const GoldenPair* pair;
+    Array input, expected;
+  };
+  std::vector<Case> cases;
+  for (const GoldenPair& pair : m.golden) {
+    Case c{&pair, ReadNpy(bundle.PathOf(pair.input), "golden input " + pair.input),
+           ReadNpy(bundle.PathOf(pair.output), "golden output " + pair.output)};
+    if (c.input.shape != m.input.shape) {
+      throw Refusal("golden input " + pair.input + " does not match the manifest: " +
+                    DescribeShapeMismatch(m, c.input.shape) + "; rebuild the bundle");
+    }
+    RequireFiniteInput(m, c.input, "golden input " + pair.input);
+    cases.push_back(std::move(c));
+  }
+
+  const auto load_start = std::chrono::steady_clock::now();
+  Model model(bundle.PathOf("model.so"), device, RuntimeDir());
+  const double load_ms = Millis(std::chrono::steady_clock::now() - load_start);
+  std::printf("%s: %s runner, %s device, tolerance %g, load %.1f ms\n", m.name.c_str(),
+              kRunnerArch, device.c_str(), tolerance, load_ms);
+
+  int passed = 0;
+  double worst = 0.0;
+  for (const Case& c : cases) {
+    const auto start = std::chrono::steady_clock::now();
+    Array got = model.Run(c.input);
+    const double run_ms = Millis(std::chrono::steady_clock::now() - start);
+    Verdict v = Compare(got, c.expected, tolerance);
+    if (v.passed) ++passed;
+    if (!std::isnan(worst) && !(v.normalised <= worst)) worst = v.normalised;  // NaN sticks
+    std::printf("%s: %s max_abs=%.3g normalised=%.3g tolerance=%g run_ms=%.1f%s%s%s\n",
+                c.pair->name.c_str(), v.passed ? "pass" : "FAIL", v.max_abs, v.normalised,
+                tolerance, run_ms, v.detail.empty() ? "" : " (", v.detail.c_str(),
+                v.detail.empty() ? "" : ")");
+  }
+  const bool ok = passed == int(cases.size());
+  std::printf("check: %s %d/%zu worst_normalised=%.3g\n", ok ? "pass" : "FAIL", passed,
+              cases.size(), worst);
+  std::fflush(stdout);
+  return ok ? 0 : 1;
+}
+
+// Writes to a sibling temporary file and renames it into place, so a failed run never
+// leaves a half-written output behind; opening it first proves the path writable
+// before any time is spent on the model.
+class OutputFile {
+ public:
+  explicit OutputFile(const std::string& path) : path_(path) {
+    struct stat st;
+    if (::stat(path.c_str(), &st) == 0) {
+      if (S_ISDIR(st.st_mode)) {
+        throw Refusal("output path " + path + " is a folder; give a file name such as y.npy");
+      }
+      if (::access(path.c_str(), W_OK) != 0) {
+        throw Refusal("output path " + path + " is not writable (" + std::strerror(errno) +
+                      "); choose another --output");
+      }
+    }
+    temp_ = path + ".partial-" + std::to_string(::getpid());
+    fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd_ < 0) {
+      throw Refusal("output path " + path + " is not writable (" + std::strerror(errno) +
+                    "); choose a writable folder for --output");
+    }
+  }
+  ~OutputFile() {
+    if (fd_ >= 0) ::close(fd_);
+    if (!committed_) ::unlink(temp_.c_str());
+  }
+
+  void Commit(const std::string& header, const void* data, std::size_t size) {
+    if (!WriteAll(header.data(), header.size()) || !WriteAll(data, size) || ::fsync(fd_) != 0) {
+      throw Refusal("cannot write " + path_ + ": " + std::strerror(errno));
+    }
+    int fd = fd_;
+    fd_ = -1;
+    if (::close(fd) != 0 || ::rename(temp_.c_str(), path_.c_str()) != 0) {
+      throw Refusal("cannot write " + path_ + ": " + std::strerror(errno));
+    }
+    committed_ = true;
+  }
+
+ private:
+  bool WriteAll(const void* data, std::size_t size) {
+    const char* p = static_cast<const char*>(data);
+    while (size > 0) {
+      ssize_t n = ::write(fd_, p, size);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      p += n;
+      size -= std::size_t(n);
+    }
+    return true;
+  }
+
+  std::string path_, temp_;
+  int fd_ = -1;
+  bool committed_ = false;
+};
+
+int RunOne(const Options& o) {
+  Bundle bundle = Bundle::Open(o.bundle);
+  const Manifest& m = bundle.manifest();
+  const std::string device = DeviceFor(bundle, o);
+  Admit(bundle);
+
+  const std::string label = "input " + o.input;
+  Array x = ReadNpy(o.input, label);
+  if (x.shape != m.input.shape) {
+    throw Refusal(label + " has the wrong shape for bundle " + m.name + ": " +
+                  DescribeShapeMismatch(m, x.shape));
+  }
+  RequireFiniteInput(m, x, label);
+  OutputFile out(o.output);
+
+  Model model(bundle.PathOf("model.so"), device, RuntimeDir());
+  const auto start = std::chrono::steady_clock::now();
+  Array y = model.Run(x);
+  const double run_ms = Millis(std::chrono::steady_clock::now() - start);
+  out.Commit(NpyHeader(y.shape), y.data.data(), y.data.size() * sizeof(float));
+
+  std::int64_t bad = 0;
+  if (FirstNonFinite(y.data, &bad) >= 0) {
+    std::fprintf(stderr, "warning: the output holds %lld NaN or Inf value(s)\n",
+                 static_cast<long long>(bad));
+  }
+  std::printf("%s: wrote %s, shape %s float32, run_ms=%.1f\n", m.name.c_str(), o.output.c_str(),
+              ShapeText(y.shape).c_str(), run_ms);
+  return 0;
+}
+
+int Info(const Options& o) {
+  Bundle bundle = Bundle::Open(o.bundle);
+  const Manifest& m = bundle.manifest();
+  std::string leads;
+  for (std::size_t i = 0; i < m.leads.size(); ++i) leads += (i ? ", " : "") + m.leads[i];
+  std::string golden;
+  for (std::size_t i = 0; i < m.golden.size(); ++i) golden += (i ? ", " : "") + m.golden[i].name;
+  std::printf("name: %s\n", m.name.c_str());
+  std::printf("target: %s (arch %s, device %s)\n", m.target_name.c_str(), m.arch.c_str(),
+              m.device.c_str());
+  std::printf("leads: %zu [%s]\n", m.leads.size(), leads.c_str());
+  std::printf("fs: %g Hz\n", m.fs);
+  std::printf("input: %s float32 %s (batch, leads, samples)\n", m.input.name.c_str(),
+              ShapeText(m.input.shape).c_str());
+  std::printf("output: %s float32 %s\n", m.output.name.c_str(), ShapeText(m.output.shape).c_str());
+  std::printf("golden: %s\n", golden.empty() ? "(none)" : golden.c_str());
+  std::printf("runner: %s, %s\n", kRunnerArch,
+              m.arch == kRunnerArch ? "can run this bundle"
+                                    : ("needs the " + m.arch + " build of mscnn-run").c_str());
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  Options o = ParseArgs(argc, argv);
+  if (o.mode == "help") {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (o.mode == "version") {
+    std::printf("mscnn-run %s (%s)\n", kVersion, kRunnerArch);
+    return 0;
+  }
+  if (o.mode == "tolerances") {
+    for (const Tolerance& t : kTolerances) std::printf("%s %g\n", t.device, t.normalised);
+    return 0;
+  }
+  if (o.mode == "info") return Info(o);
+  if (o.mode == "check") return Check(o);
+  return RunOne(o);
+}
+
+}  // namespace
+}  // namespace mscnn
+
+int main(int argc, char** argv) {
+  try {
+    return mscnn::Main(argc, argv);
+  } catch (const mscnn::Refusal& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "error: %s\n", e.what());
+  } catch (const std::bad_alloc&) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "error: out of memory; the input is too large for this device\n");
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "error: unexpected failure: %s\n", e.what());
+  } catch (...) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "error: unexpected failure of an unknown kind\n");
+  }
+  return 2;
+}

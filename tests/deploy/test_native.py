@@ -1,0 +1,128 @@
+"""The native runner (deploy/native), built for x86-64, aarch64 and armv7 and run on this
+machine (ARM under qemu-user): parity on every variant, and every refusal."""
+
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from native_cases import run_cases
+
+import mscnn
+from compile import TARGETS
+from deploy.parity import TOLERANCES
+
+ROOT = Path(__file__).resolve().parents[2]
+ARCHES = ("x86_64", "aarch64", "armv7")
+EMULATOR = {t.arch: list(t.qemu) for t in TARGETS.values() if t.run == "qemu"}
+TOOLS = {"x86_64": ["g++"], "aarch64": ["aarch64-linux-gnu-g++", "qemu-aarch64"],
+         "armv7": ["arm-linux-gnueabihf-g++", "qemu-arm"]}  # fmt: skip
+
+pytestmark = [pytest.mark.slow, pytest.mark.cross]
+_built: dict[str, Path] = {}
+
+
+def runner_for(arch: str) -> Path:
+    """Build (incrementally) the runner into build/native/<arch>, once per session."""
+    if arch not in _built:
+        missing = [t for t in TOOLS[arch] if shutil.which(t) is None]
+        if missing:
+            pytest.skip(f"{arch} runner needs {', '.join(missing)}: run `make toolchains` as "
+                        "root (make test does)")  # fmt: skip
+        out = ROOT / "build" / "native" / arch
+        done = subprocess.run(["make", "-j2", "-C", str(ROOT / "deploy" / "native"), f"ARCH={arch}",
+                               f"OUT={out}", f"PYTHON={sys.executable}"], capture_output=True,
+                              text=True, timeout=1200)  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        _built[arch] = out / "mscnn-run"
+    return _built[arch]
+
+
+def run(arch: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([*EMULATOR.get(arch, []), str(runner_for(arch)), *map(str, args)],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def bundle_of(arch, spec, cpsc_bundles, leadwise_bundles, arm_leadwise_bundles):
+    if spec == "cpsc2019":
+        return cpsc_bundles[arch].path
+    if arch == "x86_64":
+        return leadwise_bundles[spec].path
+    return arm_leadwise_bundles[(arch, spec)].path
+
+
+@pytest.mark.parametrize("spec", ["cpsc2019", *mscnn.LEAD_SETS])
+@pytest.mark.parametrize("arch", ARCHES)
+def test_parity_of_every_variant(arch, spec, cpsc_bundles, leadwise_bundles,
+                                 arm_leadwise_bundles):  # fmt: skip
+    bundle = bundle_of(arch, spec, cpsc_bundles, leadwise_bundles, arm_leadwise_bundles)
+    done = run(arch, bundle, "--check")
+    assert done.returncode == 0, done.stdout + done.stderr
+    worst = float(re.search(r"worst_normalised=(\S+)", done.stdout).group(1))
+    assert worst <= TOLERANCES["cpu"]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_refusals_and_round_trips(arch, cpsc_bundles, tmp_path):
+    """Tampered files, bad manifests, another architecture, bad inputs: exit 2 and one
+    clear line, the library never loaded before its hash matched; a mismatch exits 1."""
+    foreign = cpsc_bundles["armv7" if arch == "aarch64" else "aarch64"].path
+    report, problems = run_cases(str(runner_for(arch)), arch, EMULATOR.get(arch, []),
+                                 [cpsc_bundles[arch].path], foreign, tmp_path)  # fmt: skip
+    assert not problems, "\n".join(problems + ["", *report])
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_tolerances_are_the_python_table(arch):
+    done = run(arch, "--tolerances")
+    table = dict(line.split() for line in done.stdout.splitlines())
+    assert {k: float(v) for k, v in table.items()} == TOLERANCES
+
+
+def test_parity_sweep_runs_each_bundle_its_way(cpsc_bundles):
+    """`make parity`'s engine: x86 in-process, ARM under qemu, CUDA never 'passed' here."""
+    for arch in ARCHES:
+        runner_for(arch)
+    folder = cpsc_bundles["x86_64"].path.parents[1]
+    done = subprocess.run([sys.executable, "-m", "deploy", "parity", str(folder), "--runners",
+                           str(ROOT / "build" / "native")], capture_output=True, text=True,
+                          timeout=1200)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()[2:-1]}
+    assert "native (Python)" in rows["x86_64/cpsc2019-1lead"]
+    assert "qemu-aarch64 + mscnn-run" in rows["aarch64/cpsc2019-1lead"]
+    assert "qemu-arm + mscnn-run" in rows["armv7/cpsc2019-1lead"]
+    for name in ("x86_64", "aarch64", "armv7"):
+        assert rows[f"{name}/cpsc2019-1lead"].rstrip().endswith("pass")
+    import tvm
+
+    if not tvm.cuda(0).exist:
+        assert rows["cuda/cpsc2019-1lead"].rstrip().endswith("not run")
+        assert "not run: no GPU" in rows["cuda/cpsc2019-1lead"]
+
+
+def test_package_runs_where_it_is_unpacked(cpsc_bundles, tmp_path):
+    runner_for("aarch64")
+    folder = cpsc_bundles["x86_64"].path.parents[1]
+    done = subprocess.run([sys.executable, "-m", "deploy", "package", "aarch64", "--build",
+                           str(folder), "--runners", str(ROOT / "build" / "native"), "--out",
+                           str(tmp_path)], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    archive = tmp_path / "mscnn-edge-aarch64.tar.gz"
+    assert f"({archive.stat().st_size / 1e6:.1f} MB)" in done.stdout
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+        tar.extractall(tmp_path / "device", filter="data")
+    top = "mscnn-edge-aarch64"
+    assert {f"{top}/runner/mscnn-run", f"{top}/README.txt",
+            f"{top}/bundles/cpsc2019-1lead/manifest.json"} <= names  # fmt: skip
+    assert not any(n.endswith(".o") for n in names)
+    home = tmp_path / "device" / top
+    assert "qemu" not in (home / "README.txt").read_text()
+    check = subprocess.run([*EMULATOR["aarch64"], str(home / "runner" / "mscnn-run"),
+                            str(home / "bundles" / "cpsc2019-1lead"), "--check"],
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
