@@ -149,11 +149,15 @@ def build(
     _check_shape(loaded, options)
     check_compiler(target)
     final = bundle_dir(out, target, loaded.preset, variant)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale(final)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale(final)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise CompileError(f"cannot write bundles under {out}: {exc.strerror} "
+                           f"({exc.filename}); choose a writable --out") from None  # fmt: skip
     log_path = tmp / BUILD_LOG
     journal = _Journal(log_path)
     try:
@@ -166,6 +170,11 @@ def build(
         where = f"; log kept at {kept / BUILD_LOG}" if kept else ""
         if isinstance(exc, CompileError):
             raise CompileError(f"{final.name} for {target.name}: {exc}{where}") from None
+        if isinstance(exc, OSError) and exc.strerror:  # disk full, permissions: no traceback
+            raise CompileError(
+                f"{final.name} for {target.name}: {journal.current} could not write: "
+                f"{exc.strerror} ({exc.filename}){where}"
+            ) from None
         raise CompileError(
             f"{final.name} for {target.name}: {journal.current} failed: {type(exc).__name__}: "
             f"{exc}{where}"
@@ -393,8 +402,11 @@ class _Journal:
         self.current = "setup"
 
     def write(self, text: str) -> None:
-        with open(self.path, "a") as f:
-            f.write(text.rstrip() + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(text.rstrip() + "\n")
+        except OSError:  # a full disk must not hide the error being reported
+            pass
 
     @contextlib.contextmanager
     def stage(self, name: str, progress: Callable[[str], None]) -> Iterator[None]:

@@ -18,9 +18,9 @@ def validate_input(bundle: Bundle, x: object) -> np.ndarray:
     batch, leads, samples = shape
     if not isinstance(x, np.ndarray):
         raise DeployError(f"input: expected a numpy array, got {type(x).__name__}")
-    if x.dtype != np.float32:
-        raise DeployError(f"input dtype {x.dtype}: expected float32 (convert with "
-                          "x.astype(np.float32))")  # fmt: skip
+    if x.dtype != np.dtype("<f4"):
+        raise DeployError(f"input dtype {x.dtype.str} ({x.dtype.name}): expected little-endian "
+                          "float32, '<f4' (convert with x.astype('<f4'))")  # fmt: skip
     if x.size == 0:
         raise DeployError(f"input is empty: expected shape {shape}")
     if x.shape != shape:

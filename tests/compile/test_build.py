@@ -184,3 +184,13 @@ def test_rebuild_is_byte_identical(cpsc_bundles, cpsc, tmp_path, name, bundle_sa
     again = build(cpsc, TARGETS[name], resolve_variant(cpsc, "1"), tmp_path,
                   BuildOptions(samples=bundle_samples))  # fmt: skip
     assert again.manifest["files"] == cpsc_bundles[name].manifest["files"]
+
+
+def test_unwritable_output_is_one_clear_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    done = run_cli("build", "--preset", "cpsc2019", "--targets", "x86_64", "--samples", "256",
+                   "--out", str(blocker / "build"))  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "cannot write bundles under" in done.stderr and "choose a writable --out" in done.stderr
+    assert "Traceback" not in done.stderr
