@@ -1,13 +1,12 @@
 """compile: torch -> ONNX (checked) -> TVM Relax -> a bundle per target and variant."""
 
-from .build import BuildOptions, Bundle, Variant, build, default_variants, resolve_variant
+from .build import BuildOptions, Variant, build, default_variants, resolve_variant
 from .errors import CompileError
 from .targets import TARGETS, Target, get_target
 
 __all__ = [
     "TARGETS",
     "BuildOptions",
-    "Bundle",
     "CompileError",
     "Target",
     "Variant",

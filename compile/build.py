@@ -42,6 +42,7 @@ from deploy.bundle import (
     ONNX_FILE,
     SCHEMA,
     SCHEMA_VERSION,
+    Bundle,
     sha256_file,
 )
 from deploy.parity import TOLERANCES, compare
@@ -97,30 +98,6 @@ def resolve_variant(loaded: mscnn.LoadedModel, spec: str) -> Variant:
 
 # --------------------------------------------------------------------------------------
 # The build
-
-
-@dataclass
-class Bundle:
-    """A published bundle folder and its manifest."""
-
-    path: Path
-    manifest: dict[str, Any]
-
-    @property
-    def name(self) -> str:
-        return self.manifest["name"]
-
-    @property
-    def target(self) -> str:
-        return self.manifest["target"]["name"]
-
-    def parity_cells(self) -> tuple[str, str, str]:
-        """(ONNX Runtime error, TVM error, status) for summaries; errors normalised."""
-        ort, tvm = self.manifest["parity"]["onnxruntime"], self.manifest["parity"]["tvm"]
-        if tvm["passed"] is None:
-            return f"{ort['normalised']:.1e}", tvm["how"], "built"
-        status = "ok" if tvm["passed"] else "FAILED"
-        return f"{ort['normalised']:.1e}", f"{tvm['normalised']:.1e} ({tvm['how']})", status
 
 
 @dataclass

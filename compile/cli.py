@@ -11,8 +11,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import mscnn
+from deploy.bundle import Bundle
 
-from .build import BuildOptions, Bundle, build, default_variants, resolve_variant
+from .build import BuildOptions, build, default_variants, resolve_variant
 from .errors import CompileError
 from .targets import TARGETS, get_target, runnable_here
 
@@ -138,7 +139,7 @@ def _build(args) -> int:
                 progress.advance(task)
     if args.quiet:
         for b in bundles:
-            console.print(f"{b.target}/{b.name}: {' / '.join(b.parity_cells())}")
+            console.print(f"{b.target['name']}/{b.name}: {' / '.join(parity_cells(b))}")
     else:
         _print_table(bundles, failures)
     if failures:
@@ -178,10 +179,20 @@ def _print_table(bundles: list[Bundle], failures: list[str]) -> None:
         table.add_column(column)
     for b in bundles:
         size = (b.path / "model.so").stat().st_size
-        table.add_row(b.target, b.name, f"{size / 1024:.0f} KiB", *b.parity_cells())
+        table.add_row(b.target["name"], b.name, f"{size / 1024:.0f} KiB", *parity_cells(b))
     console = Console()
     console.width = max(console.width, 110)  # a summary table, also in logs and pipes
     if bundles:
         console.print(table)
     for failure in failures:
         console.print(f"[red]FAILED[/] {failure}", soft_wrap=True)
+
+
+def parity_cells(bundle: Bundle) -> tuple[str, str, str]:
+    """(ONNX Runtime error, TVM error, status) for summaries; errors normalised."""
+    parity = bundle.manifest["parity"]
+    ort, tvm = parity["onnxruntime"], parity["tvm"]
+    if tvm["passed"] is None:
+        return f"{ort['normalised']:.1e}", tvm["how"], "built"
+    status = "ok" if tvm["passed"] else "FAILED"
+    return f"{ort['normalised']:.1e}", f"{tvm['normalised']:.1e} ({tvm['how']})", status
