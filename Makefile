@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: help venv test lint format clean distclean build toolchains print-bundles runners \
-        parity package FORCE
+        parity package bench FORCE
 
 help:
 	@echo "make build   set up, compile the default model for every target and lead variant,"
@@ -18,6 +18,7 @@ help:
 	@echo "             the native runner, CUDA only where a GPU is present"
 	@echo "make package TARGET=aarch64   a tarball of the runner, runtime and bundles"
 	@echo "make runners build the native runner for x86_64, aarch64 and armv7"
+	@echo "make bench   PyTorch vs ONNX Runtime vs TVM latency on this machine (THREADS=)"
 	@echo "make test    set up .venv and run the test suite"
 	@echo "make lint    ruff lint and format check"
 	@echo "make format  apply ruff formatting"
@@ -131,3 +132,19 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV) *.egg-info
+
+# --------------------------------------------------------------------------------------
+# Latency side by side (PyTorch eager, ONNX Runtime, TVM) on this machine, batch 1 for
+# every preset and lead variant, and batch 8 for two of them. Table, JSON and PNG.
+BENCH_TARGETS ?= x86_64,x86_64-avx512
+THREADS ?= $(shell nproc)
+BENCH_BUILD := $(PY) -m compile build --targets $(BENCH_TARGETS) --samples $(SAMPLES) --quiet
+
+bench: | $(STAMP) $(TOOLCHAINS)
+	$(BENCH_BUILD) --preset multi_scopic_leadwise --out $(BUILD)/bench
+	$(BENCH_BUILD) --preset cpsc2019 --out $(BUILD)/bench
+	$(BENCH_BUILD) --preset multi_scopic --variants 12 --out $(BUILD)/bench
+	$(BENCH_BUILD) --preset cpsc2019 --batch 8 --out $(BUILD)/bench-batch8
+	$(BENCH_BUILD) --preset multi_scopic_leadwise --variants 12 --batch 8 --out $(BUILD)/bench-batch8
+	$(PY) -m compile bench $(BUILD)/bench $(BUILD)/bench-batch8 --targets $(BENCH_TARGETS) \
+	  --threads $(THREADS) --out $(BUILD)/bench

@@ -26,7 +26,7 @@ import subprocess
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -105,7 +105,6 @@ class BuildOptions:
     samples: int = 5000
     batch: int = 1
     seed: int = 0
-    records: Path | None = None  # MetaSchedule database folder, when tuned
     keep_failed: bool = True
     progress: Callable[[str], None] = field(default=lambda stage: None)
 
@@ -269,7 +268,7 @@ def _build_into(
                 {"name": n, "input": f"golden/{n}.input.npy", "output": f"golden/{n}.output.npy"}
                 for n in inputs
             ],
-            "tuning": _tuning_info(options.records),
+            "schedule": _schedule_info(target),
             "parity": {
                 "tolerance": TOLERANCES[target.device],
                 "onnxruntime": ort.to_json(),
@@ -316,19 +315,16 @@ def _compile_tvm(onnx_path: Path, target: Target, shape, library: Path, options,
         return compiler
     from tvm.support import cc
 
-    executable = compile_executable(onnx_path, target, shape, options.records)
+    executable = compile_executable(onnx_path, target, shape)
     executable.export_library(str(library), fcompile=cc.cross_compiler(compiler))
     return compiler
 
 
-def _tuning_info(records: Path | None) -> dict[str, Any] | None:
-    if records is None:
-        return None
-    files = sorted(p for p in Path(records).glob("*.json"))
-    return {
-        "records": str(records),
-        "sha256": {p.name: sha256_file(p) for p in files},
-    }
+def _schedule_info(target: Target) -> dict[str, Any]:
+    """How the kernels were scheduled: no tuning records are used yet."""
+    if target.tile is not None:
+        return {"kind": "mscnn conv schedule", "tile": asdict(target.tile), "tuning": None}
+    return {"kind": "tvm default GPU pipeline (dlight)", "tile": None, "tuning": None}
 
 
 def _tool_versions(compiler: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -59,9 +60,20 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--samples", type=_positive, default=5000, help="input length (500 Hz: 10 s)")
     b.add_argument("--batch", type=_positive, default=1, help="input batch size")
     b.add_argument("--seed", type=int, default=0, help="seed of the default weights and inputs")
-    b.add_argument("--records", type=Path, help="MetaSchedule records to apply")
     b.add_argument("--out", type=Path, default=Path("build"), help="output folder")
     b.add_argument("--quiet", action="store_true", help="one line per bundle, no table")
+
+    m = sub.add_parser("bench", help="PyTorch vs ONNX Runtime vs TVM latency, side by side",
+                       formatter_class=p.formatter_class)  # fmt: skip
+    m.add_argument("folders", type=Path, nargs="+", help="build folders holding the bundles")
+    m.add_argument("--targets", type=_csv, default=["x86_64", "x86_64-avx512"],
+                   help="bundles of these targets are timed (those that run here)")  # fmt: skip
+    m.add_argument("--threads", type=_positive, default=os.cpu_count() or 1,
+                   help="threads for every runtime")  # fmt: skip
+    m.add_argument("--rounds", type=_positive, default=5, help="alternating rounds")
+    m.add_argument("--runs", type=_positive, default=10, help="timed calls per round")
+    m.add_argument("--checkpoint", type=Path, help="the weights the bundles were built from")
+    m.add_argument("--out", type=Path, default=Path("build/bench"), help="JSON and PNG go here")
 
     s = sub.add_parser("summary", help="print the table of built bundles")
     s.add_argument("folder", type=Path, nargs="?", default=Path("build"))
@@ -76,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             return _targets(args.json)
         if args.command == "summary":
             return _summary(args.folder)
+        if args.command == "bench":
+            return _bench(args)
         return _build(args)
     except (CompileError, mscnn.MscnnError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -130,7 +144,7 @@ def _build(args) -> int:
                     progress.update(task, description=f"{label}: {stage}")
 
                 options = BuildOptions(samples=args.samples, batch=args.batch, seed=args.seed,
-                                       records=args.records, progress=step)  # fmt: skip
+                                       progress=step)  # fmt: skip
                 try:
                     bundles.append(build(loaded, target, variant, args.out, options))
                 except CompileError as exc:
@@ -196,3 +210,62 @@ def parity_cells(bundle: Bundle) -> tuple[str, str, str]:
         return f"{ort['normalised']:.1e}", tvm["how"], "built"
     status = "ok" if tvm["passed"] else "FAILED"
     return f"{ort['normalised']:.1e}", f"{tvm['normalised']:.1e} ({tvm['how']})", status
+
+
+def _bench(args) -> int:
+    # TVM reads its thread count when its pool starts: set it before TVM is imported.
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    from rich.console import Console
+    from rich.table import Table
+
+    from deploy.bundle import MANIFEST, load_bundle
+
+    from .bench import bench_bundle, peak_gflops, save
+
+    paths = sorted(
+        p.parent for folder in args.folders for t in args.targets
+        for p in (folder / t).glob(f"*/{MANIFEST}")
+    )  # fmt: skip
+    if not paths:
+        raise CompileError(f"no bundles of {', '.join(args.targets)} under "
+                           f"{', '.join(map(str, args.folders))}; run `make bench`")  # fmt: skip
+    console = Console(stderr=True)
+    rows, models = [], {}
+    for path in paths:
+        bundle = load_bundle(path)
+        if not bundle.runnable_here()[0]:
+            console.print(f"skipped {path}: {bundle.runnable_here()[1]}")
+            continue
+        preset = bundle.manifest["model"]["preset"]
+        if preset not in models:
+            models[preset] = mscnn.load_model(preset, args.checkpoint).model
+        model = models[preset]
+        indices = bundle.manifest["lead_indices"]
+        if indices != list(range(model.in_channels)):
+            model = mscnn.derive_variant(model, indices).eval()
+        console.print(f"timing {path} ...")
+        rows.append(bench_bundle(path, model, args.threads, args.rounds, args.runs))
+    peak, how = peak_gflops(args.threads)
+    table = Table(title=f"median ms ({args.threads} threads); ratio to ONNX Runtime; "
+                  f"GFLOP/s of a {peak:.0f} GFLOP/s nominal peak")  # fmt: skip
+    for column in ("variant", "target", "batch", "PyTorch", "ONNX Runtime", "TVM", "TVM/ORT",
+                   "TVM GFLOP/s", "library", "weights"):  # fmt: skip
+        table.add_column(column, no_wrap=column == "variant")
+    for r in rows:
+        t = r.timings
+        table.add_row(
+            r.variant,
+            r.target,
+            str(r.batch),
+            *(f"{t[n].median_ms:.2f}" for n in ("pytorch", "onnxruntime", "tvm")),
+            f"{t['tvm'].ratio_to_ort:.2f}",
+            f"{t['tvm'].gflops:.0f}",
+            f"{r.library_bytes / 2**20:.1f} MiB",
+            f"{r.weights_bytes / 2**20:.1f} MiB",
+        )
+    out = Console()
+    out.width = max(out.width, 130)
+    out.print(table)
+    json_path, png_path = save(rows, args.threads, args.out)
+    out.print(f"peak: {how}\nsaved {json_path} and {png_path}")
+    return 0

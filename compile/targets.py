@@ -17,6 +17,7 @@ from typing import Any
 from deploy.bundle import can_run_here
 
 from .errors import CompileError
+from .schedule import ConvTile
 
 # ELF e_machine codes of the architectures we link for.
 ELF_MACHINES = {"x86_64": 62, "aarch64": 183, "armv7": 40}
@@ -35,6 +36,7 @@ class Target:
     host: Mapping[str, Any] | None = None  # for GPU targets: the host CPU's TVM target
     cpu_flags: tuple[str, ...] = ()  # /proc/cpuinfo flags needed to run natively
     qemu: tuple[str, ...] = field(default=())  # qemu-user command prefix, for run == "qemu"
+    tile: ConvTile | None = None  # our conv schedule's register tile (CPU targets)
 
     @property
     def elf_machine(self) -> int:
@@ -57,6 +59,7 @@ TARGETS: dict[str, Target] = {
             apt_package="g++",
             run="native",
             cpu_flags=("avx2", "fma"),
+            tile=ConvTile(vec=8, t_tile=6, f_vecs=2),  # 12 of 16 ymm registers
         ),
         Target(
             "x86_64-avx512",
@@ -68,6 +71,7 @@ TARGETS: dict[str, Target] = {
             apt_package="g++",
             run="native",
             cpu_flags=("avx512f", "avx512bw", "avx512vl", "avx512dq"),
+            tile=ConvTile(vec=16, t_tile=10, f_vecs=2),  # 20 of 32 zmm registers
         ),
         Target(
             "aarch64",
@@ -79,6 +83,7 @@ TARGETS: dict[str, Target] = {
             apt_package="g++-aarch64-linux-gnu",
             run="qemu",
             qemu=("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"),
+            tile=ConvTile(vec=4, t_tile=6, f_vecs=2),  # 12 of 32 q registers
         ),
         Target(
             "armv7",
@@ -98,6 +103,7 @@ TARGETS: dict[str, Target] = {
             apt_package="g++-arm-linux-gnueabihf",
             run="qemu",
             qemu=("qemu-arm", "-L", "/usr/arm-linux-gnueabihf"),
+            tile=ConvTile(vec=4, t_tile=6, f_vecs=2),  # 12 of 16 q registers
         ),
         Target(
             "cuda",

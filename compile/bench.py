@@ -1,0 +1,158 @@
+"""Latency side by side: PyTorch eager vs ONNX Runtime vs TVM, same input, same threads.
+
+Each runtime is timed in rounds that alternate between the runtimes, with a pause
+between them: ONNX Runtime's and PyTorch's worker threads keep spinning for a while after
+a run and would otherwise steal a core from whichever runtime is timed next. Per runtime:
+warm-up, then `runs` timed calls per round; median, p90 and min over all calls. Achieved
+GFLOP/s = 2 x the model's conv MACs / median time. Timings are never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+RUNTIMES = ("pytorch", "onnxruntime", "tvm")
+
+
+@dataclass
+class Timing:
+    runtime: str
+    median_ms: float
+    p90_ms: float
+    min_ms: float
+    runs: int
+    gflops: float
+    ratio_to_ort: float | None = None
+
+
+@dataclass
+class BenchRow:
+    preset: str
+    variant: str
+    target: str
+    batch: int
+    samples: int
+    macs: int
+    library_bytes: int
+    weights_bytes: int
+    timings: dict[str, Timing] = field(default_factory=dict)
+
+
+def peak_gflops(threads: int) -> tuple[float, str]:
+    """A nominal FP32 peak and how it was derived (an estimate, stated as such)."""
+    from deploy.bundle import cpu_flags
+
+    flags = cpu_flags()
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    mhz = 0.0
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                mhz = max(mhz, float(line.split(":")[1]))
+    except OSError:
+        pass
+    peak = threads * mhz / 1000 * lanes * 2 * 2
+    how = (
+        f"{threads} core(s) x {mhz / 1000:.2f} GHz (/proc/cpuinfo) x {lanes} f32 lanes x "
+        "2 FMA pipes x 2 FLOP per FMA (assumed: two FMA units of the widest vectors)"
+    )
+    return peak, how
+
+
+def _time(fn, runs: int) -> list[float]:
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1e3)
+    return out
+
+
+def bench_bundle(bundle_path: Path, model, threads: int, rounds: int, runs: int,
+                 pause: float = 0.5) -> BenchRow:  # fmt: skip
+    """Time one bundle against PyTorch and ONNX Runtime on its golden ECG input."""
+    import onnxruntime as ort
+    import torch
+
+    from deploy import Predictor
+
+    predictor = Predictor(bundle_path)
+    m = predictor.bundle.manifest
+    x, _ = predictor.bundle.golden["ecg"]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(bundle_path / "model.onnx"), options,
+                                   providers=["CPUExecutionProvider"])  # fmt: skip
+    torch.set_num_threads(threads)
+    xt = torch.from_numpy(x)
+
+    def run_torch():
+        with torch.inference_mode():
+            model(xt)
+
+    calls = {
+        "pytorch": run_torch,
+        "onnxruntime": lambda: session.run(None, {m["input"]["name"]: x}),
+        "tvm": lambda: predictor(x),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in RUNTIMES}
+    for name in RUNTIMES:  # warm-up
+        _time(calls[name], 3)
+    for _ in range(rounds):
+        for name in RUNTIMES:
+            time.sleep(pause)
+            samples[name] += _time(calls[name], runs)
+    macs = model.count_macs(m["input"]["shape"][2], m["input"]["shape"][0])
+    row = BenchRow(
+        preset=m["model"]["preset"] or "custom", variant=m["name"], target=m["target"]["name"],
+        batch=m["input"]["shape"][0], samples=m["input"]["shape"][2], macs=macs,
+        library_bytes=m["files"]["model.so"]["bytes"],
+        weights_bytes=4 * m["model"]["num_parameters"],
+    )  # fmt: skip
+    for name, values in samples.items():
+        median = statistics.median(values)
+        row.timings[name] = Timing(name, median, float(np.percentile(values, 90)), min(values),
+                                   len(values), 2 * macs / median / 1e6)  # fmt: skip
+    for t in row.timings.values():
+        t.ratio_to_ort = t.median_ms / row.timings["onnxruntime"].median_ms
+    return row
+
+
+def save(rows: list[BenchRow], threads: int, out: Path) -> tuple[Path, Path]:
+    """JSON with every figure, and a PNG chart of the ratios to ONNX Runtime."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    peak, how = peak_gflops(threads)
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"threads": threads, "peak_gflops": peak, "peak_derivation": how,
+            "machine": os.uname().machine, "rows": [asdict(r) for r in rows]}  # fmt: skip
+    json_path = out / "bench.json"
+    json_path.write_text(json.dumps(data, indent=2) + "\n")
+    labels = [f"{r.variant}\n{r.target} b{r.batch}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4.5))
+    width = 0.27
+    for i, name in enumerate(RUNTIMES):
+        ax.bar([j + (i - 1) * width for j in range(len(rows))],
+               [r.timings[name].ratio_to_ort for r in rows], width, label=name)  # fmt: skip
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.axhline(0.8, color="grey", linestyle="--", linewidth=0.8, label="goal 0.8x")
+    ax.set_xticks(range(len(rows)), labels, fontsize=7)
+    ax.set_ylabel("median latency / ONNX Runtime's")
+    ax.set_title(f"Latency relative to ONNX Runtime ({threads} threads, lower is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png_path = out / "bench.png"
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return json_path, png_path
