@@ -139,15 +139,21 @@ def save(rows: list[BenchRow], threads: int, out: Path) -> tuple[Path, Path]:
             "machine": os.uname().machine, "rows": [asdict(r) for r in rows]}  # fmt: skip
     json_path = out / "bench.json"
     json_path.write_text(json.dumps(data, indent=2) + "\n")
-    labels = [f"{r.variant}\n{r.target} b{r.batch}" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4.5))
+    short = {"multi_scopic_leadwise": "leadwise", "multi_scopic": "mixed"}
+    labels = []
+    for r in rows:
+        name = r.variant
+        for long, brief in short.items():
+            name = name.replace(long, brief)
+        labels.append(f"{name} {r.target.replace('x86_64-', '')} b{r.batch}")
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows)), 5))
     width = 0.27
     for i, name in enumerate(RUNTIMES):
         ax.bar([j + (i - 1) * width for j in range(len(rows))],
                [r.timings[name].ratio_to_ort for r in rows], width, label=name)  # fmt: skip
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.axhline(0.8, color="grey", linestyle="--", linewidth=0.8, label="goal 0.8x")
-    ax.set_xticks(range(len(rows)), labels, fontsize=7)
+    ax.set_xticks(range(len(rows)), labels, fontsize=7, rotation=40, ha="right")
     ax.set_ylabel("median latency / ONNX Runtime's")
     ax.set_title(f"Latency relative to ONNX Runtime ({threads} threads, lower is better)")
     ax.legend(fontsize=8)
