@@ -77,8 +77,8 @@ SOURCES := $(wildcard mscnn/*.py compile/*.py compile/*.c deploy/*.py)
 # Options every bundle depends on: rewritten only when they change.
 $(BUILD)/.options: FORCE
 	@mkdir -p $(BUILD)
-	@echo "SAMPLES=$(SAMPLES) BATCH=$(BATCH) CHECKPOINT=$(CHECKPOINT)" > $@.new
-	@cmp -s $@.new $@ && rm $@.new || mv $@.new $@
+	@echo "SAMPLES=$(SAMPLES) BATCH=$(BATCH) CHECKPOINT=$(CHECKPOINT)" > $@.new.$$$$ && \
+	  { cmp -s $@.new.$$$$ $@ && rm $@.new.$$$$ || mv $@.new.$$$$ $@; }
 
 define bundle_rule
 $(BUILD)/$(1)/$(2)-$(3)lead/manifest.json: $(SOURCES) $(BUILD)/.options $(CHECKPOINT) | $(STAMP) $(TOOLCHAINS)

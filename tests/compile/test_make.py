@@ -57,3 +57,24 @@ def test_unknown_target_in_make_is_a_clear_error(tmp_path):
     assert done.returncode != 0
     assert "unknown target 'arm9'; choose from: x86_64" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_two_parallel_builds_into_one_folder(tmp_path):
+    """Two `make -j2 build` at once, same folder: both finish, every bundle is whole."""
+    from deploy import load_bundle
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    args = ["make", "--no-print-directory", "-j2", "build", f"BUILD={tmp_path}",
+            "PRESET=cpsc2019", "TARGETS=x86_64,aarch64", "SAMPLES=256"]  # fmt: skip
+    runs = [subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    for run in runs:
+        out, err = run.communicate(timeout=900)
+        assert run.returncode == 0, out + err
+    for target in ("x86_64", "aarch64"):
+        bundle = load_bundle(tmp_path / target / "cpsc2019-1lead")  # every hash checks out
+        assert bundle.input_shape == (1, 1, 256)
+    leftovers = [p.name for p in tmp_path.rglob(".*") if p.is_dir()]
+    assert leftovers == []
+    assert not list(tmp_path.glob(".options.new*"))
