@@ -42,6 +42,7 @@ class BenchRow:
     macs: int
     library_bytes: int
     weights_bytes: int
+    activation_bytes: int | None
     timings: dict[str, Timing] = field(default_factory=dict)
 
 
@@ -111,11 +112,13 @@ def bench_bundle(bundle_path: Path, model, threads: int, rounds: int, runs: int,
             time.sleep(pause)
             samples[name] += _time(calls[name], runs)
     macs = model.count_macs(m["input"]["shape"][2], m["input"]["shape"][0])
+    footprint = m.get("footprint") or {}
     row = BenchRow(
         preset=m["model"]["preset"] or "custom", variant=m["name"], target=m["target"]["name"],
         batch=m["input"]["shape"][0], samples=m["input"]["shape"][2], macs=macs,
         library_bytes=m["files"]["model.so"]["bytes"],
-        weights_bytes=4 * m["model"]["num_parameters"],
+        weights_bytes=footprint.get("weights_bytes") or 4 * m["model"]["num_parameters"],
+        activation_bytes=footprint.get("activation_bytes"),
     )  # fmt: skip
     for name, values in samples.items():
         median = statistics.median(values)

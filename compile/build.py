@@ -209,7 +209,8 @@ def _build_into(
             raise CompileError(f"ONNX Runtime disagrees with PyTorch: {ort}")
 
     with journal.stage("tvm", steps):  # Step 4
-        compiler = _compile_tvm(folder / ONNX_FILE, target, shape, folder / LIBRARY, options,
+        plan: dict[str, Any] = {}
+        compiler = _compile_tvm(folder / ONNX_FILE, target, shape, folder / LIBRARY, plan,
                                 journal.path)  # fmt: skip
         kernels = cubin_archs(folder / LIBRARY) if target.device == "cuda" else None
         if kernels is not None and target.tvm["arch"] not in kernels:
@@ -269,6 +270,14 @@ def _build_into(
                 for n in inputs
             ],
             "schedule": _schedule_info(target),
+            # What a device must hold: flash (library, weights inside it) and RAM (the
+            # static plan's storage blocks plus the outputs). Not read for GPU builds.
+            "footprint": {
+                "library_bytes": (folder / LIBRARY).stat().st_size,
+                "weights_bytes": plan.get("weights_bytes"),
+                "activation_bytes": plan.get("activation_bytes"),
+                "output_bytes": plan.get("output_bytes"),
+            },
             "parity": {
                 "tolerance": TOLERANCES[target.device],
                 "onnxruntime": ort.to_json(),
@@ -307,15 +316,16 @@ def _variant_contract(full, model, variant: Variant, inputs) -> dict[str, Any] |
     return result.to_json()
 
 
-def _compile_tvm(onnx_path: Path, target: Target, shape, library: Path, options, log: Path):
-    """Compile and link `library`; returns the compiler used (for the manifest)."""
+def _compile_tvm(onnx_path: Path, target: Target, shape, library: Path, plan: dict, log: Path):
+    """Compile and link `library`; returns the compiler used (for the manifest). For CPU
+    targets `plan` receives the memory plan's figures."""
     compiler = check_compiler(target)
     if target.device == "cuda":  # isolated: TVM's CUDA runtime is chosen at import
         compile_cuda_library(onnx_path, target.name, shape, library, log)
         return compiler
     from tvm.support import cc
 
-    executable = compile_executable(onnx_path, target, shape)
+    executable = compile_executable(onnx_path, target, shape, plan)
     executable.export_library(str(library), fcompile=cc.cross_compiler(compiler))
     return compiler
 

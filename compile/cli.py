@@ -249,7 +249,7 @@ def _bench(args) -> int:
     table = Table(title=f"median ms ({args.threads} threads); ratio to ONNX Runtime; "
                   f"GFLOP/s of a {peak:.0f} GFLOP/s nominal peak")  # fmt: skip
     for column in ("variant", "target", "batch", "PyTorch", "ONNX Runtime", "TVM", "TVM/ORT",
-                   "TVM GFLOP/s", "library", "weights"):  # fmt: skip
+                   "TVM GFLOP/s", "library", "weights", "activations"):  # fmt: skip
         table.add_column(column, no_wrap=column == "variant")
     for r in rows:
         t = r.timings

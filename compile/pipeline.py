@@ -15,7 +15,7 @@ from .schedule import schedule_pass
 from .targets import Target, tvm_target
 
 
-def pipeline_for(target: Target, tv_target):
+def pipeline_for(target: Target, tv_target, footprint: dict | None = None):
     import tvm
     from tvm import relax
 
@@ -26,7 +26,11 @@ def pipeline_for(target: Target, tv_target):
     passes = cpu.library_dispatch_passes(tv_target) + cpu.legalize_passes(tv_target)
     if target.tile is not None:
         passes.append(schedule_pass(target.tile))
-    passes += cpu.dataflow_lower_passes(tv_target) + cpu.finalize_passes(tv_target)
+    passes += cpu.dataflow_lower_passes(tv_target)
+    for p in cpu.finalize_passes(tv_target):
+        passes.append(p)
+        if p.info.name == "StaticPlanBlockMemory" and footprint is not None:
+            passes.append(_measure(footprint))
 
     @tvm.transform.module_pass(opt_level=0, name="mscnn_cpu_pipeline")
     def run(mod, _ctx):
@@ -36,8 +40,9 @@ def pipeline_for(target: Target, tv_target):
     return run
 
 
-def compile_executable(onnx_path: Path, target: Target, shape):
-    """The compiled (not yet exported) Relax executable for `target`."""
+def compile_executable(onnx_path: Path, target: Target, shape, footprint: dict | None = None):
+    """The compiled (not yet exported) Relax executable for `target`; for CPU targets,
+    `footprint` (if given) receives the memory plan's figures."""
     import onnx
     import tvm
     from tvm import relax
@@ -53,4 +58,61 @@ def compile_executable(onnx_path: Path, target: Target, shape):
     # The CUDA compile callback reads the arch from the current target: keep it in scope.
     with tv_target:
         return tvm.compile(mod, target=tv_target,
-                           relax_pipeline=pipeline_for(target, tv_target))  # fmt: skip
+                           relax_pipeline=pipeline_for(target, tv_target, footprint))  # fmt: skip
+
+
+def _measure(footprint: dict):
+    """Read the static memory plan: what a device's RAM and flash must hold.
+
+    After StaticPlanBlockMemory every intermediate tensor lives in a planned storage block
+    (`relax.memory.alloc_storage`, sized in bytes) reused once its tensors are dead; the
+    function's outputs are allocated on their own (`relax.builtin.alloc_tensor`). Their sum
+    bounds the activation memory at any moment. Weights are the constants the graph holds
+    (after constant folding and our weight repacking).
+    """
+    import tvm
+    from tvm import relax
+
+    storage_op = tvm.ir.Op.get("relax.memory.alloc_storage")
+    tensor_op = tvm.ir.Op.get("relax.builtin.alloc_tensor")
+
+    @relax.expr_functor.visitor
+    class _Sizes(relax.PyExprVisitor):
+        def __init__(self):
+            super().__init__()
+            self.storage, self.outputs, self.weights = [], [], 0
+
+        def visit_call_(self, call):
+            super().visit_call_(call)
+            if call.op == storage_op:
+                self.storage.append(int(call.args[0].values[0]))
+            elif call.op == tensor_op:
+                shape = [int(v) for v in call.args[0].values]
+                self.outputs.append(int(np_prod(shape)) * call.args[1].value.bits // 8)
+
+        def visit_generic_const_(self, const):
+            if hasattr(const.value, "numpy"):  # tensors; other constants are dtypes etc.
+                self.weights += const.value.numpy().nbytes
+
+    @tvm.transform.module_pass(opt_level=0, name="mscnn_measure_memory")
+    def run(mod, _ctx):
+        sizes = _Sizes()
+        for func in mod.functions.values():
+            if isinstance(func, relax.Function):
+                sizes.visit_expr(func)
+        footprint.update(
+            activation_bytes=sum(sizes.storage) + sum(sizes.outputs),
+            storage_blocks=sizes.storage,
+            output_bytes=sum(sizes.outputs),
+            weights_bytes=sizes.weights,
+        )
+        return mod
+
+    return run
+
+
+def np_prod(values) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out

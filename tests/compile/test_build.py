@@ -194,3 +194,15 @@ def test_unwritable_output_is_one_clear_line(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "cannot write bundles under" in done.stderr and "choose a writable --out" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_footprint_is_the_memory_plan(cpsc_bundles, bundle_samples):
+    """Weights as held in the library; activations = planned blocks + outputs."""
+    fp = cpsc_bundles["x86_64"].manifest["footprint"]
+    params = mscnn.load_model("cpsc2019").model.num_parameters
+    assert fp["library_bytes"] == cpsc_bundles["x86_64"].manifest["files"]["model.so"]["bytes"]
+    assert 4 * params <= fp["weights_bytes"] <= 4 * params * 1.05  # + folded BN constants
+    assert fp["output_bytes"] == 4 * 192 * (bundle_samples // 8)
+    # The widest intermediate (16 channels at full length) fits in the planned blocks.
+    assert fp["activation_bytes"] >= fp["output_bytes"] + 4 * 16 * bundle_samples
+    assert cpsc_bundles["cuda"].manifest["footprint"]["activation_bytes"] is None
