@@ -49,7 +49,7 @@ from deploy.parity import TOLERANCES, compare
 from deploy.predictor import check_parity
 
 from .cuda import compile_cuda_library, cubin_archs
-from .errors import CompileError
+from .errors import CompileError, ParityError
 from .export import INPUT_NAME, OUTPUT_NAME, check_onnx, export_onnx
 from .golden import golden_inputs
 from .pipeline import compile_executable
@@ -145,7 +145,7 @@ def build(
             raise
         where = f"; log kept at {kept / BUILD_LOG}" if kept else ""
         if isinstance(exc, CompileError):
-            raise CompileError(f"{final.name} for {target.name}: {exc}{where}") from None
+            raise type(exc)(f"{final.name} for {target.name}: {exc}{where}") from None
         if isinstance(exc, OSError) and exc.strerror:  # disk full, permissions: no traceback
             raise CompileError(
                 f"{final.name} for {target.name}: {journal.current} could not write: "
@@ -206,7 +206,7 @@ def _build_into(
         ort = check_onnx(folder / ONNX_FILE, inputs, expected)
         journal.write(f"ONNX Runtime vs PyTorch: {ort}")
         if not ort.passed:
-            raise CompileError(f"ONNX Runtime disagrees with PyTorch: {ort}")
+            raise ParityError(f"ONNX Runtime disagrees with PyTorch: {ort}")
 
     with journal.stage("tvm", steps):  # Step 4
         plan: dict[str, Any] = {}
@@ -299,7 +299,7 @@ def _build_into(
             manifest["parity"]["tvm"]["how"] = f"not run: {how}"
         _write_manifest(folder, manifest)
         if runs and not result.passed:
-            raise CompileError(f"TVM disagrees with PyTorch: {result}")
+            raise ParityError(f"TVM disagrees with PyTorch: {result}")
     return manifest
 
 

@@ -15,7 +15,7 @@ import mscnn
 from deploy.bundle import Bundle
 
 from .build import BuildOptions, build, default_variants, resolve_variant
-from .errors import CompileError
+from .errors import CompileError, ParityError
 from .targets import TARGETS, get_target, runnable_here
 
 log = logging.getLogger("compile")
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return _build(args)
     except (CompileError, mscnn.MscnnError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1 if "disagrees" in str(exc) else 2
+        return 1 if isinstance(exc, ParityError) else 2
     except KeyboardInterrupt:
         print("error: interrupted; no half-written bundle was published", file=sys.stderr)
         return 130
@@ -133,7 +133,7 @@ def _build(args) -> int:
         f"{args.samples} samples); out {args.out}/"
     )
     bundles: list[Bundle] = []
-    failures: list[str] = []
+    failures: list[CompileError] = []
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("building", total=len(targets) * len(variants))
         for target in targets:
@@ -148,16 +148,17 @@ def _build(args) -> int:
                 try:
                     bundles.append(build(loaded, target, variant, args.out, options))
                 except CompileError as exc:
-                    failures.append(str(exc))
+                    failures.append(exc)
                     console.print(f"[red]failed[/] {exc}")
                 progress.advance(task)
     if args.quiet:
         for b in bundles:
             console.print(f"{b.target['name']}/{b.name}: {' / '.join(parity_cells(b))}")
     else:
-        _print_table(bundles, failures)
+        _print_table(bundles, [str(f) for f in failures])
     if failures:
-        raise CompileError(f"{len(failures)} of {len(targets) * len(variants)} bundles failed")
+        kind = ParityError if all(isinstance(f, ParityError) for f in failures) else CompileError
+        raise kind(f"{len(failures)} of {len(targets) * len(variants)} bundles failed")
     return 0
 
 

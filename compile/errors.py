@@ -6,3 +6,7 @@ class CompileError(RuntimeError):
 
     The message names the stage or value and what to do; CLIs print `error: <message>`.
     """
+
+
+class ParityError(CompileError):
+    """The build finished but its output disagrees with PyTorch (CLI exit status 1)."""

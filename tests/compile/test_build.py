@@ -206,3 +206,13 @@ def test_footprint_is_the_memory_plan(cpsc_bundles, bundle_samples):
     # The widest intermediate (16 channels at full length) fits in the planned blocks.
     assert fp["activation_bytes"] >= fp["output_bytes"] + 4 * 16 * bundle_samples
     assert cpsc_bundles["cuda"].manifest["footprint"]["activation_bytes"] is None
+
+
+def test_cli_parity_failure_exits_1(tmp_path, monkeypatch, capsys):
+    from compile.cli import main
+
+    monkeypatch.setitem(deploy.parity.TOLERANCES, "cpu", 1e-15)
+    code = main(["build", "--preset", "cpsc2019", "--targets", "x86_64", "--samples", "256",
+                 "--out", str(tmp_path), "--quiet"])  # fmt: skip
+    assert code == 1
+    assert "disagrees with PyTorch" in capsys.readouterr().err
