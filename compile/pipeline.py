@@ -88,7 +88,7 @@ def _measure(footprint: dict):
                 self.storage.append(int(call.args[0].values[0]))
             elif call.op == tensor_op:
                 shape = [int(v) for v in call.args[0].values]
-                self.outputs.append(int(np_prod(shape)) * call.args[1].value.bits // 8)
+                self.outputs.append(_product(shape) * call.args[1].value.bits // 8)
 
         def visit_generic_const_(self, const):
             if hasattr(const.value, "numpy"):  # tensors; other constants are dtypes etc.
@@ -111,7 +111,7 @@ def _measure(footprint: dict):
     return run
 
 
-def np_prod(values) -> int:
+def _product(values) -> int:
     out = 1
     for v in values:
         out *= v
