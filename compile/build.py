@@ -105,7 +105,6 @@ class BuildOptions:
     samples: int = 5000
     batch: int = 1
     seed: int = 0
-    keep_failed: bool = True
     progress: Callable[[str], None] = field(default=lambda stage: None)
 
 
@@ -140,7 +139,7 @@ def build(
         manifest = _build_into(tmp, final.name, loaded, target, variant, options, journal)
     except BaseException as exc:
         journal.write(traceback.format_exc())
-        kept = _keep_failed(tmp, final) if options.keep_failed else None
+        kept = _keep_failed(tmp, final)
         if not isinstance(exc, Exception):  # KeyboardInterrupt: clean up, re-raise
             raise
         where = f"; log kept at {kept / BUILD_LOG}" if kept else ""

@@ -14,16 +14,14 @@ from compile.targets import tvm_target
 CPU_TARGETS = [name for name, t in TARGETS.items() if t.tile is not None]
 
 
-def scheduled_module(model, target, samples=256):
+def scheduled_module(model, target, folder, samples=256):
     import onnx
     import tvm
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
     from tvm.relax.frontend.onnx import from_onnx
 
-    tmp = pytest.importorskip("tempfile").mkdtemp()
-    path = export_onnx(model, __import__("pathlib").Path(tmp) / "m.onnx", batch=1,
-                       samples=samples)  # fmt: skip
+    path = export_onnx(model, folder / "m.onnx", batch=1, samples=samples)
     mod = from_onnx(onnx.load(str(path)), shape_dict={INPUT_NAME: [1, model.in_channels,
                     samples]}, dtype_dict={INPUT_NAME: "float32"})  # fmt: skip
     mod = relax.transform.DecomposeOpsForInference()(mod)
@@ -44,9 +42,9 @@ def conv_kernels(mod):
 
 @pytest.mark.parametrize("name", CPU_TARGETS)
 @pytest.mark.parametrize("preset", ["cpsc2019", "multi_scopic_leadwise"])
-def test_every_conv_kernel_is_scheduled(name, preset):
+def test_every_conv_kernel_is_scheduled(name, preset, tmp_path):
     model = mscnn.load_model(preset).model
-    before, after = scheduled_module(model, TARGETS[name])
+    before, after = scheduled_module(model, TARGETS[name], tmp_path)
     convs = conv_kernels(before)
     assert len(convs) == 18  # 3 branches x (1 + 2 + 3) convs
     kernels = {gv.name_hint: f for gv, f in after.functions.items()}
@@ -73,10 +71,10 @@ def test_unsupported_kernels_keep_default_loops_and_stay_correct(tmp_path, caplo
     assert bundle.manifest["parity"]["tvm"]["passed"] is True
 
 
-def test_no_global_rng_use():
+def test_no_global_rng_use(tmp_path):
     """Building leaves torch's global RNG as it was (seeded generators only)."""
     torch.manual_seed(3)
     expected = torch.rand(2)
     torch.manual_seed(3)
-    scheduled_module(mscnn.load_model("cpsc2019").model, TARGETS["x86_64"])
+    scheduled_module(mscnn.load_model("cpsc2019").model, TARGETS["x86_64"], tmp_path)
     assert torch.equal(torch.rand(2), expected)
