@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: help venv test lint format clean distclean build toolchains print-bundles runners \
-        parity package bench FORCE
+        parity package bench tune FORCE
 
 help:
 	@echo "make build   set up, compile the default model for every target and lead variant,"
@@ -19,6 +19,8 @@ help:
 	@echo "make package TARGET=aarch64   a tarball of the runner, runtime and bundles"
 	@echo "make runners build the native runner for x86_64, aarch64 and armv7"
 	@echo "make bench   PyTorch vs ONNX Runtime vs TVM latency on this machine (THREADS=)"
+	@echo "make tune TARGET=x86_64   tune the conv kernels, write compile/tuning/<target>/"
+	@echo "             (RPC_TRACKER=host:port RPC_KEY=key: measure on a device)"
 	@echo "make test    set up .venv and run the test suite"
 	@echo "make lint    ruff lint and format check"
 	@echo "make format  apply ruff formatting"
@@ -72,7 +74,7 @@ BUILD_PRESETS := $(or $(PRESET),multi_scopic_leadwise cpsc2019)
 variants_of    = $(or $(subst $(comma), ,$(VARIANTS)),$(DEFAULT_VARIANTS_$(1)))
 BUNDLES := $(foreach t,$(subst $(comma), ,$(TARGETS)),$(foreach p,$(BUILD_PRESETS),\
              $(foreach v,$(call variants_of,$(p)),$(BUILD)/$(t)/$(p)-$(v)lead/manifest.json)))
-SOURCES := $(wildcard mscnn/*.py compile/*.py compile/*.c deploy/*.py)
+SOURCES := $(wildcard mscnn/*.py compile/*.py compile/*.c deploy/*.py compile/tuning/*/*.json)
 
 # Options every bundle depends on: rewritten only when they change.
 $(BUILD)/.options: FORCE
@@ -132,6 +134,17 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV) *.egg-info
+
+# --------------------------------------------------------------------------------------
+# Tuning: MetaSchedule over our conv schedule's tiles, for the presets `make build`
+# builds; the records land in compile/tuning/<target>/ (commit them) and every later
+# build of that target applies them. RPC_TRACKER/RPC_KEY measure on a device instead.
+TUNE_PRESETS ?= $(BUILD_PRESETS)
+tune: | $(STAMP) $(TOOLCHAINS)
+	@test -n "$(TARGET)" || { echo "error: give TARGET=<target>, e.g. make tune TARGET=x86_64"; exit 2; }
+	$(PY) -m compile tune --target $(TARGET) --presets $(subst $(eval) ,$(comma),$(strip $(TUNE_PRESETS))) \
+	  --samples $(SAMPLES) --batch $(BATCH) $(if $(VARIANTS),--variants $(VARIANTS)) \
+	  $(if $(RPC_TRACKER),--rpc-tracker $(RPC_TRACKER) --rpc-key $(RPC_KEY))
 
 # --------------------------------------------------------------------------------------
 # Latency side by side (PyTorch eager, ONNX Runtime, TVM) on this machine, batch 1 for

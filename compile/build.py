@@ -54,6 +54,7 @@ from .export import INPUT_NAME, OUTPUT_NAME, check_onnx, export_onnx
 from .golden import golden_inputs
 from .pipeline import compile_executable
 from .targets import Target, check_compiler, elf_machine_of, runnable_here
+from .tune import load_records
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ class BuildOptions:
     batch: int = 1
     seed: int = 0
     progress: Callable[[str], None] = field(default=lambda stage: None)
+    tuning: bool = True  # apply the target's tuning records (compile/tuning/<target>/)
+    records_dir: Path | None = None  # another records folder (tests)
 
 
 def bundle_dir(out: Path, target: Target, preset: str | None, variant: Variant) -> Path:
@@ -209,8 +212,9 @@ def _build_into(
 
     with journal.stage("tvm", steps):  # Step 4
         plan: dict[str, Any] = {}
+        records, schedule = _schedule_info(target, options)
         compiler = _compile_tvm(folder / ONNX_FILE, target, shape, folder / LIBRARY, plan,
-                                journal.path)  # fmt: skip
+                                journal.path, records, schedule)  # fmt: skip
         kernels = cubin_archs(folder / LIBRARY) if target.device == "cuda" else None
         if kernels is not None and target.tvm["arch"] not in kernels:
             raise CompileError(
@@ -268,7 +272,7 @@ def _build_into(
                 {"name": n, "input": f"golden/{n}.input.npy", "output": f"golden/{n}.output.npy"}
                 for n in inputs
             ],
-            "schedule": _schedule_info(target),
+            "schedule": schedule,
             # What a device must hold: flash (library, weights inside it) and RAM (the
             # static plan's storage blocks plus the outputs). Not read for GPU builds.
             "footprint": {
@@ -315,25 +319,38 @@ def _variant_contract(full, model, variant: Variant, inputs) -> dict[str, Any] |
     return result.to_json()
 
 
-def _compile_tvm(onnx_path: Path, target: Target, shape, library: Path, plan: dict, log: Path):
+def _compile_tvm(onnx_path: Path, target: Target, shape, library: Path, plan: dict, log: Path,
+                 records: dict, schedule: dict[str, Any]):  # fmt: skip
     """Compile and link `library`; returns the compiler used (for the manifest). For CPU
-    targets `plan` receives the memory plan's figures."""
+    targets `plan` receives the memory plan's figures and `schedule["tuning"]` how many
+    kernels took a tuned tile."""
     compiler = check_compiler(target)
     if target.device == "cuda":  # isolated: TVM's CUDA runtime is chosen at import
         compile_cuda_library(onnx_path, target.name, shape, library, log)
         return compiler
     from tvm.support import cc
 
-    executable = compile_executable(onnx_path, target, shape, plan)
+    tuning = schedule.get("tuning")
+    report: dict[str, int] = {}
+    executable = compile_executable(onnx_path, target, shape, plan, records=records,
+                                    report=report)  # fmt: skip
+    if tuning is not None:
+        tuning.update(report)
     executable.export_library(str(library), fcompile=cc.cross_compiler(compiler))
     return compiler
 
 
-def _schedule_info(target: Target) -> dict[str, Any]:
-    """How the kernels were scheduled: no tuning records are used yet."""
-    if target.tile is not None:
-        return {"kind": "mscnn conv schedule", "tile": asdict(target.tile), "tuning": None}
-    return {"kind": "tvm default GPU pipeline (dlight)", "tile": None, "tuning": None}
+def _schedule_info(target: Target, options: BuildOptions) -> tuple[dict, dict[str, Any]]:
+    """The tuned tiles to apply, and how the kernels are scheduled (for the manifest:
+    the tuning record files used, if any)."""
+    if target.tile is None:
+        return {}, {"kind": "tvm default GPU pipeline (dlight)", "tile": None, "tuning": None}
+    info: dict[str, Any] = {"kind": "mscnn conv schedule", "tile": asdict(target.tile),
+                            "tuning": None}  # fmt: skip
+    records, files = load_records(target, options.records_dir) if options.tuning else ({}, [])
+    if files:
+        info["tuning"] = {"records": files}
+    return records, info
 
 
 def _tool_versions(compiler: str) -> dict[str, str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mscnn
 from deploy.bundle import Bundle
+from deploy.errors import DeployError
 
 from .build import BuildOptions, build, default_variants, resolve_variant
 from .errors import CompileError, ParityError
@@ -75,6 +76,52 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--checkpoint", type=Path, help="the weights the bundles were built from")
     m.add_argument("--out", type=Path, default=Path("build/bench"), help="JSON and PNG go here")
 
+    u = sub.add_parser(
+        "tune",
+        help="tune the conv kernels' register tiles (MetaSchedule) and "
+        "write the records builds apply",
+        formatter_class=p.formatter_class,
+    )
+    u.add_argument("--target", required=True, help=f"one of: {', '.join(TARGETS)}")
+    u.add_argument(
+        "--presets",
+        type=_csv,
+        default=["multi_scopic_leadwise", "cpsc2019"],
+        help="presets whose kernels are tuned (weights do not matter, shapes do)",
+    )
+    u.add_argument(
+        "--variants",
+        type=_csv,
+        default=None,
+        help="lead variants (default: every lead set of each preset)",
+    )
+    u.add_argument("--samples", type=_positive, default=5000, help="input length")
+    u.add_argument("--batch", type=_positive, default=1, help="input batch size")
+    u.add_argument(
+        "--threads",
+        type=_positive,
+        default=os.cpu_count() or 1,
+        help="threads each kernel runs with while measured",
+    )
+    u.add_argument(
+        "--max-trials",
+        type=_positive,
+        default=None,
+        help="candidates per kernel (default: every point of its space)",
+    )
+    u.add_argument(
+        "--rpc-tracker",
+        metavar="HOST:PORT",
+        help="measure on a device through this TVM RPC tracker",
+    )
+    u.add_argument("--rpc-key", metavar="KEY", help="the device's key at the tracker")
+    u.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="records folder (default: compile/tuning, which builds read)",
+    )
+
     s = sub.add_parser("summary", help="print the table of built bundles")
     s.add_argument("folder", type=Path, nargs="?", default=Path("build"))
     return p
@@ -90,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
             return _summary(args.folder)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "tune":
+            return _tune(args)
         return _build(args)
-    except (CompileError, mscnn.MscnnError) as exc:
+    except (CompileError, mscnn.MscnnError, DeployError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1 if isinstance(exc, ParityError) else 2
     except KeyboardInterrupt:
@@ -275,4 +324,93 @@ def _bench(args) -> int:
                   "run faster than the clock /proc/cpuinfo reports (boost), so read the peak "
                   "as a lower bound")  # fmt: skip
     out.print(f"saved {json_path} and {png_path}")
+    return 0
+
+
+def _tune(args) -> int:
+    import tempfile
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from deploy.remote import Rpc
+
+    from .export import export_onnx
+    from .tune import RECORDS_DIR, records_file, tune, write_records
+
+    target = get_target(args.target)
+    try:
+        rpc = Rpc.parse(args.rpc_tracker, args.rpc_key)
+    except DeployError as exc:
+        raise CompileError(str(exc)) from None
+    for preset in args.presets:
+        if preset not in mscnn.PRESETS:
+            raise CompileError(
+                f"unknown preset {preset!r}; choose from: {', '.join(mscnn.PRESETS)}"
+            )
+    console = Console(stderr=True)
+    out = Console()
+    out.width = max(out.width, 120)
+    total = 0.0
+    for preset in args.presets:
+        loaded = mscnn.load_model(preset)
+        variants = [
+            resolve_variant(loaded, v.replace("+", ","))
+            for v in args.variants or default_variants(loaded)
+        ]
+        with tempfile.TemporaryDirectory(prefix="mscnn-tune-") as tmp:
+            models = {}
+            for variant in variants:
+                model = loaded.model.eval()
+                if list(variant.indices) != list(range(model.in_channels)):
+                    model = mscnn.derive_variant(model, variant.indices).eval()
+                path = Path(tmp) / f"{variant.name}.onnx"
+                export_onnx(model, path, batch=args.batch, samples=args.samples)
+                models[variant.name] = (path, (args.batch, model.in_channels, args.samples))
+            console.print(f"[bold]{target.name}[/] {preset}: {', '.join(models)}")
+            # Plain lines, no live spinner: a refresh thread would steal a core from the
+            # kernels being timed.
+            records, summary = tune(
+                target,
+                models,
+                Path(tmp) / "work",
+                threads=args.threads,
+                rpc=rpc,
+                max_trials=args.max_trials,
+                progress=lambda stage: console.print(f"  {stage}", highlight=False),
+            )
+        path = records_file(target, preset, args.batch, args.samples)
+        if args.out is not None:
+            path = args.out / path.relative_to(RECORDS_DIR)
+        covers = {
+            "preset": preset,
+            "variants": list(models),
+            "batch": args.batch,
+            "samples": args.samples,
+        }
+        table = Table(
+            title=f"{target.name} {preset}: tuned tile per conv kernel "
+            f"({summary['threads']} threads, {summary['measured_on']})"
+        )
+        for column in ("kernel", "tile (t x f)", "tried", "default us", "tuned us", "gain"):
+            table.add_column(column, no_wrap=column == "kernel")
+        for r in sorted(records, key=lambda r: -(r["default_us"] or r["us"])):
+            gain = f"{r['default_us'] / r['us']:.2f}x" if r["default_us"] else "-"
+            table.add_row(
+                r["kernel"],
+                f"{r['t_tile']} x {r['f_vecs']}",
+                str(r["candidates"]),
+                f"{r['default_us'] or float('nan'):.1f}",
+                f"{r['us']:.1f}",
+                gain,
+            )
+        write_records(path, target, covers, records, summary)
+        out.print(table)
+        out.print(
+            f"{summary['tuned']} of {summary['kernels']} kernels tuned, "
+            f"{summary['candidates']} candidates measured in {summary['seconds']:.0f} s; "
+            f"wrote {path}"
+        )
+        total += summary["seconds"]
+    out.print(f"total tuning time: {total:.0f} s")
     return 0

@@ -14,18 +14,33 @@ from .export import INPUT_NAME
 from .schedule import schedule_pass
 from .targets import Target, tvm_target
 
+SCHEDULES = ("tuned", "default-tile", "none")
 
-def pipeline_for(target: Target, tv_target, footprint: dict | None = None):
+
+def front_passes(tv_target) -> list:
+    """CPU passes up to the fused kernels (what tuning sees and our schedule rewrites)."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    return cpu.library_dispatch_passes(tv_target) + cpu.legalize_passes(tv_target)
+
+
+def pipeline_for(target: Target, tv_target, footprint: dict | None = None,
+                 schedule: str = "tuned", records=None, report: dict | None = None):  # fmt: skip
+    """The target's Relax pipeline. CPU `schedule`: "tuned" (our schedule with the tiles
+    of `records` where a kernel has one), "default-tile" (our schedule, the target's
+    tile everywhere) or "none" (TVM's default loops; for benchmarks)."""
     import tvm
     from tvm import relax
 
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule {schedule!r} is not one of {SCHEDULES}")
     if target.device == "cuda":
         return relax.get_default_pipeline(tv_target)
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    passes = cpu.library_dispatch_passes(tv_target) + cpu.legalize_passes(tv_target)
-    if target.tile is not None:
-        passes.append(schedule_pass(target.tile))
+    passes = front_passes(tv_target)
+    if target.tile is not None and schedule != "none":
+        passes.append(schedule_pass(target.tile, records if schedule == "tuned" else None, report))
     passes += cpu.dataflow_lower_passes(tv_target)
     for p in cpu.finalize_passes(tv_target):
         passes.append(p)
@@ -40,11 +55,9 @@ def pipeline_for(target: Target, tv_target, footprint: dict | None = None):
     return run
 
 
-def compile_executable(onnx_path: Path, target: Target, shape, footprint: dict | None = None):
-    """The compiled (not yet exported) Relax executable for `target`; for CPU targets,
-    `footprint` (if given) receives the memory plan's figures."""
+def import_onnx(onnx_path: Path, shape):
+    """The ONNX file as a Relax module with a static input shape."""
     import onnx
-    import tvm
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -53,12 +66,29 @@ def compile_executable(onnx_path: Path, target: Target, shape, footprint: dict |
         shape_dict={INPUT_NAME: list(shape)},
         dtype_dict={INPUT_NAME: "float32"},
     )
-    mod = relax.transform.DecomposeOpsForInference()(mod)  # batch_norm -> scale and shift
+    return relax.transform.DecomposeOpsForInference()(mod)  # batch_norm -> scale and shift
+
+
+def compile_executable(
+    onnx_path: Path,
+    target: Target,
+    shape,
+    footprint: dict | None = None,
+    schedule: str = "tuned",
+    records=None,
+    report: dict | None = None,
+):
+    """The compiled (not yet exported) Relax executable for `target`; for CPU targets,
+    `footprint` (if given) receives the memory plan's figures and `report` how many
+    kernels took tuned tiles (see pipeline_for)."""
+    import tvm
+
+    mod = import_onnx(onnx_path, shape)
     tv_target = tvm_target(target)
+    pipeline = pipeline_for(target, tv_target, footprint, schedule, records, report)
     # The CUDA compile callback reads the arch from the current target: keep it in scope.
     with tv_target:
-        return tvm.compile(mod, target=tv_target,
-                           relax_pipeline=pipeline_for(target, tv_target, footprint))  # fmt: skip
+        return tvm.compile(mod, target=tv_target, relax_pipeline=pipeline)
 
 
 def _measure(footprint: dict):

@@ -33,6 +33,7 @@ class ConvTile:
     vec: int  # f32 lanes: 16 AVX-512, 8 AVX2, 4 NEON
     t_tile: int  # time steps per tile (the largest divisor of the length <= this)
     f_vecs: int  # output-channel vectors per tile
+    registers: int = 16  # vector registers of the ISA: bounds the tiles tuning tries
 
 
 def _largest_divisor_at_most(n: int, cap: int) -> int:
@@ -64,14 +65,37 @@ def _weight_read(sch, conv) -> int:
     )  # fmt: skip
 
 
-def _schedule_conv(func, tile: ConvTile):
-    """The conv kernel with its weight read as [F/vec, C, K, vec], scheduled.
-
-    Returns (new function, index of the weight parameter)."""
+def conv_shape(func) -> tuple[int, int]:
+    """(output channels, output length) of a fused conv kernel."""
     import tvm
 
-    vec = tile.vec
     sch = tvm.s_tir.Schedule(func)
+    conv = next(b for b in _blocks(sch) if sch.get(b).name_hint in CONV_BLOCKS)
+    _, f, t, _, _ = sch.get_loops(conv)
+    return int(sch.get(f).extent), int(sch.get(t).extent)
+
+
+def tile_choices(func, tile: ConvTile) -> tuple[list[int], list[int]]:
+    """The register tiles worth measuring for one conv kernel: time steps that divide its
+    length and channel vectors that divide its channel count (no tails, no predicates),
+    within the ISA's vector registers (accumulators plus two: weights, input broadcast).
+    The default tile's values are always among them."""
+    channels, length = conv_shape(func)
+    vectors = channels // tile.vec
+    t_tiles = {t for t in range(2, 17) if length % t == 0 and t + 2 <= tile.registers}
+    f_vecs = {f for f in range(1, 5) if vectors % f == 0 and 2 * f + 2 <= tile.registers}
+    t_tiles.add(_largest_divisor_at_most(length, tile.t_tile))
+    f_vecs.add(_largest_divisor_at_most(vectors, tile.f_vecs))
+    return sorted(t_tiles), sorted(f_vecs)
+
+
+def apply_conv(sch, tile: ConvTile, t_tile=None, f_vecs=None) -> int:
+    """Schedule the conv kernel held by `sch` in place; returns its weight parameter's index.
+
+    `t_tile` and `f_vecs` default to the tile's (rounded to divisors of the kernel's
+    length and channels); tuning passes sampled random variables instead."""
+    vec = tile.vec
+    func = sch.mod["main"]
     blocks = _blocks(sch)
     names = [sch.get(b).name_hint for b in blocks]
     at = next(i for i, n in enumerate(names) if n in CONV_BLOCKS)
@@ -93,8 +117,10 @@ def _schedule_conv(func, tile: ConvTile):
         out = sch.cache_write(conv, 0, "local")
     # Accumulators time-major, so each channel vector is contiguous in registers.
     sch.transform_layout(conv, ("write", 0), lambda a, b, d: (a, d, b))
-    f_vecs = _largest_divisor_at_most(channels // vec, tile.f_vecs)
-    t_tile = _largest_divisor_at_most(length, tile.t_tile)
+    if f_vecs is None:
+        f_vecs = _largest_divisor_at_most(channels // vec, tile.f_vecs)
+    if t_tile is None:
+        t_tile = _largest_divisor_at_most(length, tile.t_tile)
     fo, fu, fv = sch.split(f, [None, f_vecs, vec])
     to, ti = sch.split(t, [None, t_tile])
     sch.reorder(n, fo, to, c, k, ti, fu, fv)
@@ -112,6 +138,17 @@ def _schedule_conv(func, tile: ConvTile):
     sch.decompose_reduction(conv, c)
     for pad in pads:
         sch.parallel(sch.fuse(*sch.get_loops(pad)[:-1]))
+    return weight_param
+
+
+def _schedule_conv(func, tile: ConvTile, t_tile=None, f_vecs=None):
+    """The conv kernel with its weight read as [F/vec, C, K, vec], scheduled.
+
+    Returns (new function, index of the weight parameter)."""
+    import tvm
+
+    sch = tvm.s_tir.Schedule(func)
+    weight_param = apply_conv(sch, tile, t_tile, f_vecs)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True), weight_param
 
 
@@ -138,10 +175,23 @@ def _pack(weights, vec: int):
     return np.ascontiguousarray(weights.reshape(f // vec, vec, c, k).transpose(0, 2, 3, 1))
 
 
-def schedule_pass(tile: ConvTile):
-    """The module pass: schedule the kernels, repack the conv weights their callers pass."""
+def workload_key(func) -> str:
+    """A kernel's identity for tuning records: TVM's structural hash of the fused
+    PrimFunc (shapes, dilation, epilogue; not names, not weights), as 16 hex digits."""
+    import tvm_ffi
+
+    return f"{tvm_ffi.structural_hash(func) & (1 << 64) - 1:016x}"
+
+
+def schedule_pass(tile: ConvTile, records=None, report: dict | None = None):
+    """The module pass: schedule the kernels, repack the conv weights their callers pass.
+
+    `records` maps a conv kernel's workload_key to its tuned (t_tile, f_vecs); kernels
+    without a record get `tile`'s. `report` (if given) receives the counts."""
     import tvm
     from tvm import relax, tirx
+
+    records = records or {}
 
     call_tir = tvm.ir.Op.get("relax.call_tir")
 
@@ -166,6 +216,7 @@ def schedule_pass(tile: ConvTile):
     @tvm.transform.module_pass(opt_level=0, name="mscnn_schedule")
     def run(mod, _ctx):
         packed, updates, skipped = {}, {}, []
+        counts = {"tuned": 0, "default": 0}
         constants = _constant_weights(mod, call_tir)
         for gv, func in mod.functions.items():
             if not isinstance(func, tirx.PrimFunc):
@@ -175,9 +226,11 @@ def schedule_pass(tile: ConvTile):
             kind = _kind(func)
             try:
                 if kind == "conv":
-                    new, index = _schedule_conv(func, tile)
+                    tuned = records.get(workload_key(func))
+                    new, index = _schedule_conv(func, tile, *(tuned or (None, None)))
                     if (gv.name_hint, index) not in constants:
                         raise ValueError("its weights are not a compile-time constant")
+                    counts["tuned" if tuned else "default"] += 1
                     updates[gv], packed[gv.name_hint] = new, index
                 elif kind == "spatial":
                     updates[gv] = _schedule_spatial(func)
@@ -185,6 +238,9 @@ def schedule_pass(tile: ConvTile):
                 skipped.append(f"{gv.name_hint} ({exc})")
         if skipped:
             log.info("default loops kept for %d kernel(s): %s", len(skipped), "; ".join(skipped))
+        if report is not None:
+            report.update(conv_tuned=counts["tuned"], conv_default_tile=counts["default"],
+                          unscheduled=len(skipped))  # fmt: skip
         # A GlobalVar carries its callee's type: re-add the changed kernels under new names.
         builder = relax.BlockBuilder(mod)
         renamed = {

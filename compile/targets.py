@@ -59,7 +59,7 @@ TARGETS: dict[str, Target] = {
             apt_package="g++",
             run="native",
             cpu_flags=("avx2", "fma"),
-            tile=ConvTile(vec=8, t_tile=6, f_vecs=2),  # 12 of 16 ymm registers
+            tile=ConvTile(vec=8, t_tile=6, f_vecs=2, registers=16),  # 12 of 16 ymm
         ),
         Target(
             "x86_64-avx512",
@@ -71,7 +71,7 @@ TARGETS: dict[str, Target] = {
             apt_package="g++",
             run="native",
             cpu_flags=("avx512f", "avx512bw", "avx512vl", "avx512dq"),
-            tile=ConvTile(vec=16, t_tile=10, f_vecs=2),  # 20 of 32 zmm registers
+            tile=ConvTile(vec=16, t_tile=10, f_vecs=2, registers=32),  # 20 of 32 zmm
         ),
         Target(
             "aarch64",
@@ -83,7 +83,7 @@ TARGETS: dict[str, Target] = {
             apt_package="g++-aarch64-linux-gnu",
             run="qemu",
             qemu=("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"),
-            tile=ConvTile(vec=4, t_tile=6, f_vecs=2),  # 12 of 32 q registers
+            tile=ConvTile(vec=4, t_tile=6, f_vecs=2, registers=32),  # 12 of 32 q regs
         ),
         Target(
             "armv7",
@@ -103,7 +103,7 @@ TARGETS: dict[str, Target] = {
             apt_package="g++-arm-linux-gnueabihf",
             run="qemu",
             qemu=("qemu-arm", "-L", "/usr/arm-linux-gnueabihf"),
-            tile=ConvTile(vec=4, t_tile=6, f_vecs=2),  # 12 of 16 q registers
+            tile=ConvTile(vec=4, t_tile=6, f_vecs=2, registers=16),  # 12 of 16 q regs
         ),
         Target(
             "cuda",

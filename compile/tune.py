@@ -1,0 +1,423 @@
+"""Tuning: MetaSchedule searches our conv schedule's register tiles, kernel by kernel.
+
+The search space is our own schedule (compile/schedule.py) with its two free choices
+sampled: time steps per tile and channel vectors per tile, among those that leave no
+tails and fit the ISA's registers. That space holds a few to ~20 points per kernel, so
+the evolutionary search (random cost model; MetaSchedule never measures a candidate
+twice) measures every point: the result is the best tile per kernel as measured, never
+worse than the default tile, which is always one of the points. TVM's generic search
+space was tried first and stays far behind our schedule (see README, Performance).
+
+Kernels are measured on this machine (LocalRunner) or on a device through TVM's RPC
+tracker (RPCRunner), after being built and linked here with the target's compiler.
+
+Records: compile/tuning/<target>/<preset>.b<batch>x<samples>.json, one file per preset
+and input shape (every lead variant in it), keyed by the kernel's workload_key. A build
+reads every file of its target and takes, per kernel, the fastest record.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deploy.remote import Device, Rpc, median_us
+
+from .errors import CompileError
+from .pipeline import front_passes, import_onnx
+from .schedule import (
+    CONV_BLOCKS,
+    _kind,
+    _weight_read,
+    apply_conv,
+    conv_shape,
+    tile_choices,
+    workload_key,
+)
+from .targets import Target, check_compiler, runnable_here
+
+log = logging.getLogger(__name__)
+
+RECORDS_DIR = Path(__file__).resolve().parent / "tuning"
+CONFIRM = 3  # candidates per kernel re-timed after the search
+FORMAT = "mscnn-edge tuning records"
+VERSION = 1
+
+
+@dataclass
+class Kernel:
+    key: str
+    name: str
+    func: Any
+    description: str
+    models: list[str]
+
+
+def records_file(target: Target, preset: str, batch: int, samples: int) -> Path:
+    return RECORDS_DIR / target.name / f"{preset}.b{batch}x{samples}.json"
+
+
+def load_records(target: Target, folder: Path | None = None) -> tuple[dict, list[dict]]:
+    """Every record file of `target`: ({workload_key: (t_tile, f_vecs)}, the files used).
+
+    Where several files hold a kernel, the fastest measurement wins. A malformed file
+    is an error naming it (a build must not silently lose its tuning)."""
+    folder = (folder or RECORDS_DIR) / target.name
+    best: dict[str, tuple[float, tuple[int, int]]] = {}
+    used = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        data = _read_records(path, target)
+        for key, rec in data["records"].items():
+            tile = (int(rec["t_tile"]), int(rec["f_vecs"]))
+            if key not in best or rec["us"] < best[key][0]:
+                best[key] = (float(rec["us"]), tile)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        used.append(
+            {
+                "file": f"{target.name}/{path.name}",
+                "sha256": digest,
+                "kernels": len(data["records"]),
+            }
+        )
+    return {key: tile for key, (_, tile) in best.items()}, used
+
+
+def _read_records(path: Path, target: Target) -> dict:
+    fix = f"delete it or re-run `make tune TARGET={target.name}`"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CompileError(f"tuning records {path} are unreadable ({exc}); {fix}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CompileError(f"{path} is not a mscnn-edge tuning record file; {fix}")
+    if data.get("version") != VERSION:
+        raise CompileError(
+            f"{path} has record version {data.get('version')!r}, this "
+            f"mscnn-edge reads version {VERSION}; {fix}"
+        )
+    if data.get("target") != target.name:
+        raise CompileError(
+            f"{path} holds records for target {data.get('target')!r}, not {target.name!r}; {fix}"
+        )
+    records = data.get("records")
+    if not isinstance(records, dict):
+        raise CompileError(f"{path} has no 'records' table; {fix}")
+    for key, rec in records.items():
+        ok = (
+            isinstance(rec, dict)
+            and all(isinstance(rec.get(k), int) and rec[k] > 0 for k in ("t_tile", "f_vecs"))
+            and isinstance(rec.get("us"), int | float)
+            and rec["us"] > 0
+        )
+        if not ok:
+            raise CompileError(
+                f"{path}: record {key!r} needs positive integers t_tile and "
+                f"f_vecs and a positive time 'us'; {fix}"
+            )
+    return data
+
+
+def conv_kernels(models: Mapping[str, tuple[Path, tuple[int, ...]]], target: Target):
+    """The distinct conv kernels of the given models ({label: (onnx file, input shape)}),
+    as the build sees them: a kernel that occurs in several models is tuned once."""
+    import tvm
+
+    from .targets import tvm_target
+
+    tv = tvm_target(target)
+    kernels: dict[str, Kernel] = {}
+    for label, (onnx_path, shape) in models.items():
+        mod = import_onnx(onnx_path, shape)
+        with tv:
+            mod = tvm.transform.Sequential(front_passes(tv))(mod)
+        for gv, func in mod.functions.items():
+            if not isinstance(func, tvm.tirx.PrimFunc) or _kind(func) != "conv":
+                continue
+            key = workload_key(func)
+            if key in kernels:
+                kernels[key].models.append(label)
+                continue
+            try:
+                tile_choices(func, target.tile)
+            except Exception as exc:  # our schedule does not take it: nothing to tune
+                log.info("not tuned: %s (%s)", gv.name_hint, exc)
+                continue
+            kernels[key] = Kernel(key, gv.name_hint, func, describe(func), [label])
+    return list(kernels.values())
+
+
+def describe(func) -> str:
+    """A kernel in words, for readers of the records: shapes and dilated span."""
+    import tvm
+
+    sch = tvm.s_tir.Schedule(func)
+    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    names = [sch.get(b).name_hint for b in blocks]
+    conv = next(b for b in blocks if sch.get(b).name_hint in CONV_BLOCKS)
+    reads = sch.get(conv).reads
+    weight_at = _weight_read(sch, conv)
+    weight = [int(v) for v in reads[weight_at].source.shape]
+    data = next([int(v) for v in r.source.shape] for i, r in enumerate(reads) if i != weight_at)
+    channels, length = conv_shape(func)
+    c_in, k = data[1], weight[2]
+    span = data[2] - length + 1  # dilation * (kernel - 1) + 1 for "same" padding
+    bn = "+bn" if any(n.startswith(("T_subtract", "T_divide")) for n in names) else ""
+    return (
+        f"conv1d {c_in}->{channels} ch, groups {c_in // weight[1]}, kernel {k}, span {span}, "
+        f"length {length}, bias+relu{bn}"
+    )
+
+
+def _build_kernel(mod, target, _params):
+    # MetaSchedule's default builder first imports tvm.s_tir.tensor_intrin (~20-55 s per
+    # worker, for tensor intrinsics our schedule never uses): build directly instead.
+    import tvm
+
+    return tvm.driver.build(mod, target=target)
+
+
+def _export_kernel(compiler: str, mod) -> str:
+    # Linked here with the target's (cross) compiler, so a device needs no toolchain.
+    from tvm.support import cc
+
+    path = os.path.join(tempfile.mkdtemp(prefix="mscnn-tune-"), "kernel.so")
+    mod.export_library(path, fcompile=cc.cross_compiler(compiler))
+    return path
+
+
+def tune(
+    target: Target,
+    models: Mapping[str, tuple[Path, tuple[int, ...]]],
+    work_dir: Path,
+    *,
+    threads: int,
+    rpc: Rpc | None = None,
+    max_trials: int | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> tuple[list[dict], dict]:
+    """Tune every conv kernel of `models` for `target`: (records, summary)."""
+    if target.tile is None:
+        raise CompileError(
+            f"target {target.name!r} uses TVM's GPU schedules (dlight); "
+            "tuning covers our CPU conv schedule only"
+        )
+    compiler = check_compiler(target)
+    if rpc is None:
+        ok, why = runnable_here(target)
+        if not ok:
+            raise CompileError(
+                f"{target.name} kernels cannot be measured here ({why}); tune on "
+                "a device with --rpc-tracker HOST:PORT --rpc-key KEY"
+            )
+    # The measuring workers read their thread count from here when their pool starts.
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    # MetaSchedule logs every task's table at INFO: keep its files, not the console.
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    progress("extracting kernels")
+    kernels = conv_kernels(models, target)
+    if not kernels:
+        raise CompileError("no conv kernel of these models takes our schedule: nothing to tune")
+    tile = target.tile
+    tv = tvm.target.Target({**dict(target.tvm), "num-cores": threads})
+
+    def space(sch):
+        t_tiles, f_vecs = tile_choices(sch.mod["main"], tile)
+        t = sch.sample_categorical(t_tiles, [1 / len(t_tiles)] * len(t_tiles))
+        f = sch.sample_categorical(f_vecs, [1 / len(f_vecs)] * len(f_vecs))
+        apply_conv(sch, tile, t, f)
+        return sch
+
+    sizes = [_space_size(k.func, tile) for k in kernels]
+    per_task = max(sizes) if max_trials is None else max_trials
+    contexts = [
+        ms.TuneContext(
+            mod=tvm.IRModule({"main": k.func.with_attr("global_symbol", "main")}),
+            target=tv,
+            space_generator=ms.space_generator.ScheduleFn(
+                space, sch_rules=[], postprocs=[], mutator_probs={}
+            ),
+            search_strategy=ms.search_strategy.EvolutionarySearch(
+                population_size=64, init_measured_ratio=0.0
+            ),
+            task_name=k.name,
+            num_threads=threads,
+            rand_state=0,
+        )
+        for k in kernels
+    ]
+    evaluator = ms.runner.EvaluatorConfig(
+        number=5, repeat=3, min_repeat_ms=20, enable_cpu_cache_flush=False
+    )
+    if rpc is None:
+        runner = ms.runner.LocalRunner(evaluator_config=evaluator, timeout_sec=60)
+    else:
+        runner = ms.runner.RPCRunner(
+            rpc_config=ms.runner.RPCConfig(
+                tracker_host=rpc.host,
+                tracker_port=rpc.port,
+                tracker_key=rpc.key,
+                session_priority=1,
+                session_timeout_sec=rpc.timeout,
+            ),
+            evaluator_config=evaluator,
+            max_workers=1,
+        )
+    builder = ms.builder.LocalBuilder(
+        max_workers=max(1, min(threads, os.cpu_count() or 1)),
+        f_build=_build_kernel,
+        f_export=functools.partial(_export_kernel, compiler),
+        timeout_sec=120,
+    )
+    progress(f"tuning {len(kernels)} kernels, {sum(min(s, per_task) for s in sizes)} candidates")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    database = ms.tune.tune_tasks(
+        tasks=contexts,
+        task_weights=[1.0] * len(contexts),
+        work_dir=str(work_dir),
+        max_trials_global=sum(min(s, per_task) for s in sizes),
+        max_trials_per_task=per_task,
+        num_trials_per_iter=min(16, per_task),
+        builder=builder,
+        runner=runner,
+        database=ms.database.MemoryDatabase(),
+        cost_model="random",
+    )
+    seconds = time.monotonic() - start
+    records = []
+    for kernel, context in zip(kernels, contexts, strict=True):
+        measured = _measured(database, context.mod)
+        if not measured:
+            log.warning("no valid measurement for %s; it keeps the default tile", kernel.name)
+            continue
+        default = tuple(_default_tile(kernel.func, tile))
+        (best_us, best_tile), default_us = measured[0], dict((t, u) for u, t in measured)
+        records.append(
+            {
+                "key": kernel.key,
+                "kernel": kernel.description,
+                "t_tile": best_tile[0],
+                "f_vecs": best_tile[1],
+                "us": round(best_us, 3),
+                "default_us": round(default_us[default], 3) if default in default_us else None,
+                "candidates": len(measured),
+                "models": kernel.models,
+            }
+        )
+    summary = {
+        "target": target.name,
+        "kernels": len(kernels),
+        "tuned": len(records),
+        "candidates": sum(r["candidates"] for r in records),
+        "seconds": round(seconds, 1),
+        "threads": threads,
+        "measured_on": f"rpc {rpc.host}:{rpc.port} key {rpc.key}" if rpc else _machine(),
+    }
+    return records, summary
+
+
+def _time_tile(
+    kernel: Kernel, tile_choice, target: Target, tv, compiler: str, device: Device, tmp: Path
+) -> float:
+    """Median microseconds of one kernel with one tile, built and timed alone."""
+    import numpy as np
+    import tvm
+    from tvm.support import cc
+
+    from .schedule import _schedule_conv
+
+    func, _ = _schedule_conv(kernel.func, target.tile, *tile_choice)
+    lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=tv)
+    path = tmp / f"{kernel.key}-{tile_choice[0]}x{tile_choice[1]}.so"
+    lib.export_library(str(path), fcompile=cc.cross_compiler(compiler))
+    rng = np.random.default_rng(0)
+    args = [
+        device.tensor(rng.standard_normal([int(d) for d in p.shape]).astype(p.dtype))
+        for p in func.params
+    ]
+    return median_us(device.time(device.load(path), "main", args, repeat=7, min_repeat_ms=30))
+
+
+def _space_size(func, tile) -> int:
+    t_tiles, f_vecs = tile_choices(func, tile)
+    return len(t_tiles) * len(f_vecs)
+
+
+def _default_tile(func, tile) -> tuple[int, int]:
+    from .schedule import _largest_divisor_at_most
+
+    channels, length = conv_shape(func)
+    return (
+        _largest_divisor_at_most(length, tile.t_tile),
+        _largest_divisor_at_most(channels // tile.vec, tile.f_vecs),
+    )
+
+
+def _measured(database, mod) -> list[tuple[float, tuple[int, int]]]:
+    """(mean microseconds, (t_tile, f_vecs)) of every valid candidate, fastest first."""
+    workload = database.commit_workload(mod)
+    out = []
+    for rec in database.get_top_k(workload, 1000):
+        if not rec.run_secs:
+            continue
+        decisions = [
+            int(inst.attrs[0][int(rec.trace.decisions[inst])])
+            for inst in rec.trace.insts
+            if inst.kind.name == "SampleCategorical"
+        ]
+        secs = [float(s) for s in rec.run_secs]
+        out.append((sum(secs) / len(secs) * 1e6, (decisions[0], decisions[1])))
+    return sorted(out)
+
+
+def write_records(
+    path: Path, target: Target, covers: dict, records: list[dict], summary: dict
+) -> Path:
+    import tvm
+
+    data = {
+        "format": FORMAT,
+        "version": VERSION,
+        "target": target.name,
+        "tvm_target": dict(target.tvm),
+        "tvm": tvm.__version__,
+        "covers": covers,
+        "tuning": {
+            **summary,
+            "search": "MetaSchedule evolutionary search (random cost model) over the mscnn "
+            "conv schedule's (t_tile, f_vecs) space, every point measured",
+            "date": datetime.date.today().isoformat(),
+        },
+        "records": {r.pop("key"): r for r in sorted(records, key=lambda r: r["kernel"])},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp.{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _machine() -> str:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores"

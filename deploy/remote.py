@@ -1,0 +1,98 @@
+"""Where libraries are timed: this machine, or a device reached through TVM's RPC tracker.
+
+A device runs TVM's RPC server registered at a tracker under a key:
+
+    host$   python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port 9190
+    device$ python -m tvm.exec.rpc_server --tracker HOST:9190 --key rpi5
+
+and `--rpc-tracker HOST:9190 --rpc-key rpi5` (tuning, `deploy bench`) then uploads the
+library built here, loads it there and times it there with TVM's time evaluator.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DeployError
+
+
+@dataclass(frozen=True)
+class Rpc:
+    """A TVM RPC tracker and the key its device registered with."""
+
+    host: str
+    port: int
+    key: str
+    timeout: float = 120.0
+
+    @classmethod
+    def parse(cls, tracker: str | None, key: str | None) -> Rpc | None:
+        """From the CLI's --rpc-tracker HOST:PORT and --rpc-key; None when neither."""
+        if tracker is None and key is None:
+            return None
+        if tracker is None:
+            raise DeployError("--rpc-key needs --rpc-tracker HOST:PORT")
+        host, sep, port = tracker.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise DeployError(f"--rpc-tracker {tracker!r} is not HOST:PORT, e.g. 10.0.0.2:9190")
+        if not key:
+            raise DeployError(
+                "--rpc-tracker needs --rpc-key: the key the device's RPC server registered "
+                "with (python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY)"
+            )
+        return cls(host, int(port), key)
+
+    def __str__(self) -> str:
+        return f"{self.key} via tracker {self.host}:{self.port}"
+
+
+class Device:
+    """A CPU to time libraries on: local (`rpc` None) or a remote session."""
+
+    def __init__(self, rpc: Rpc | None = None) -> None:
+        import tvm
+
+        self.rpc = rpc
+        if rpc is None:
+            self.session, self.dev = None, tvm.cpu(0)
+            return
+        from tvm import rpc as tvm_rpc
+
+        try:
+            tracker = tvm_rpc.connect_tracker(rpc.host, rpc.port)
+            self.session = tracker.request(rpc.key, priority=1, session_timeout=rpc.timeout)
+        except Exception as exc:  # refused, unreachable, no such key: say which
+            raise DeployError(
+                f"cannot get a device {rpc}: {exc}; check that the tracker runs and that "
+                "`python -m tvm.exec.query_rpc_tracker` lists the key"
+            ) from None
+        self.dev = self.session.cpu(0)
+
+    def load(self, library: Path):
+        """The library loaded where it is timed (uploaded first when remote)."""
+        import tvm
+
+        if self.session is None:
+            return tvm.runtime.load_module(str(library))
+        self.session.upload(str(library))
+        return self.session.load_module(os.path.basename(library))
+
+    def tensor(self, array: np.ndarray):
+        import tvm
+
+        return tvm.runtime.tensor(array, self.dev)
+
+    def time(self, module, name: str, args, *, repeat: int = 5, min_repeat_ms: int = 50):
+        """Seconds per call, one figure per repeat (each repeat lasts >= min_repeat_ms)."""
+        timer = module.time_evaluator(name, self.dev, number=1, repeat=repeat,
+                                      min_repeat_ms=min_repeat_ms)  # fmt: skip
+        return list(timer(*args).results)
+
+
+def median_us(seconds: list[float]) -> float:
+    return statistics.median(seconds) * 1e6
