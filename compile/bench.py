@@ -1,10 +1,17 @@
 """Latency side by side: PyTorch eager vs ONNX Runtime vs TVM, same input, same threads.
 
+TVM comes three ways: the bundle as built (our schedule with the target's tuning records,
+"tvm"), our schedule with the default tile everywhere ("tvm-default-tile"), and TVM's
+default CPU pipeline without any schedule ("tvm-untuned"); the last two are compiled
+here from the bundle's ONNX file, for CPU bundles.
+
 Each runtime is timed in rounds that alternate between the runtimes, with a pause
 between them: ONNX Runtime's and PyTorch's worker threads keep spinning for a while after
 a run and would otherwise steal a core from whichever runtime is timed next. Per runtime:
-warm-up, then `runs` timed calls per round; median, p90 and min over all calls. Achieved
-GFLOP/s = 2 x the model's conv MACs / median time. Timings are never asserted in tests.
+warm-up, then up to `runs` timed calls per round (fewer for a runtime whose call takes
+long: a round gets about a second; untuned TVM takes seconds per call); median, p90 and
+min over all calls. Achieved GFLOP/s = 2 x the model's conv MACs / median time. Timings
+are never asserted in tests.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-RUNTIMES = ("pytorch", "onnxruntime", "tvm")
+RUNTIMES = ("pytorch", "onnxruntime", "tvm", "tvm-default-tile", "tvm-untuned")
+ROUND_SECONDS = 1.0  # a runtime's share of one round, at least one call
 
 
 @dataclass
@@ -43,6 +51,7 @@ class BenchRow:
     library_bytes: int
     weights_bytes: int
     activation_bytes: int | None
+    tuned_kernels: str = ""  # "18/18": conv kernels that took a tuned tile
     timings: dict[str, Timing] = field(default_factory=dict)
 
 
@@ -77,7 +86,7 @@ def _time(fn, runs: int) -> list[float]:
 
 
 def bench_bundle(bundle_path: Path, model, threads: int, rounds: int, runs: int,
-                 pause: float = 0.5) -> BenchRow:  # fmt: skip
+                 pause: float = 0.5, runtimes=RUNTIMES) -> BenchRow:  # fmt: skip
     """Time one bundle against PyTorch and ONNX Runtime on its golden ECG input."""
     import onnxruntime as ort
     import torch
@@ -104,21 +113,30 @@ def bench_bundle(bundle_path: Path, model, threads: int, rounds: int, runs: int,
         "onnxruntime": lambda: session.run(None, {m["input"]["name"]: x}),
         "tvm": lambda: predictor(x),
     }
-    samples: dict[str, list[float]] = {name: [] for name in RUNTIMES}
-    for name in RUNTIMES:  # warm-up
-        _time(calls[name], 3)
+    for name, schedule in (("tvm-default-tile", "default-tile"), ("tvm-untuned", "none")):
+        if name in runtimes and m["target"]["device"] == "cpu":
+            calls[name] = _compiled(bundle_path, m, schedule, x)
+    calls = {name: call for name, call in calls.items() if name in runtimes}
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    per_round = {}
+    for name, call in calls.items():  # warm-up; a slow runtime gets fewer calls per round
+        warm = min(_time(call, 2))
+        per_round[name] = max(1, min(runs, int(ROUND_SECONDS * 1e3 / max(warm, 1e-3))))
     for _ in range(rounds):
-        for name in RUNTIMES:
+        for name, call in calls.items():
             time.sleep(pause)
-            samples[name] += _time(calls[name], runs)
+            samples[name] += _time(call, per_round[name])
     macs = model.count_macs(m["input"]["shape"][2], m["input"]["shape"][0])
     footprint = m.get("footprint") or {}
+    tuning = (m.get("schedule") or {}).get("tuning") or {}
+    kernels = tuning.get("conv_tuned", 0) + tuning.get("conv_default_tile", 0)
     row = BenchRow(
         preset=m["model"]["preset"] or "custom", variant=m["name"], target=m["target"]["name"],
         batch=m["input"]["shape"][0], samples=m["input"]["shape"][2], macs=macs,
         library_bytes=m["files"]["model.so"]["bytes"],
         weights_bytes=footprint.get("weights_bytes") or 4 * m["model"]["num_parameters"],
         activation_bytes=footprint.get("activation_bytes"),
+        tuned_kernels=f"{tuning.get('conv_tuned', 0)}/{kernels}" if tuning else "none",
     )  # fmt: skip
     for name, values in samples.items():
         median = statistics.median(values)
@@ -127,6 +145,22 @@ def bench_bundle(bundle_path: Path, model, threads: int, rounds: int, runs: int,
     for t in row.timings.values():
         t.ratio_to_ort = t.median_ms / row.timings["onnxruntime"].median_ms
     return row
+
+
+def _compiled(bundle_path: Path, manifest: dict, schedule: str, x: np.ndarray):
+    """A call of the bundle's ONNX model compiled here with another schedule."""
+    import tvm
+    from tvm import relax
+
+    from .pipeline import compile_executable
+    from .targets import get_target
+
+    target = get_target(manifest["target"]["name"])
+    shape = tuple(manifest["input"]["shape"])
+    executable = compile_executable(bundle_path / "model.onnx", target, shape, schedule=schedule)
+    vm = relax.VirtualMachine(executable, tvm.cpu(0))
+    main, data = vm["main"], tvm.runtime.tensor(x)
+    return lambda: main(data)
 
 
 def save(rows: list[BenchRow], threads: int, out: Path) -> tuple[Path, Path]:
@@ -150,15 +184,18 @@ def save(rows: list[BenchRow], threads: int, out: Path) -> tuple[Path, Path]:
             name = name.replace(long, brief)
         labels.append(f"{name} {r.target.replace('x86_64-', '')} b{r.batch}")
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows)), 5))
-    width = 0.27
-    for i, name in enumerate(RUNTIMES):
-        ax.bar([j + (i - 1) * width for j in range(len(rows))],
-               [r.timings[name].ratio_to_ort for r in rows], width, label=name)  # fmt: skip
+    names = [n for n in RUNTIMES if any(n in r.timings for r in rows) and n != "tvm-untuned"]
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        ax.bar([j + (i - (len(names) - 1) / 2) * width for j in range(len(rows))],
+               [r.timings[name].ratio_to_ort if name in r.timings else 0 for r in rows],
+               width, label=name)  # fmt: skip
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.axhline(0.8, color="grey", linestyle="--", linewidth=0.8, label="goal 0.8x")
     ax.set_xticks(range(len(rows)), labels, fontsize=7, rotation=40, ha="right")
     ax.set_ylabel("median latency / ONNX Runtime's")
-    ax.set_title(f"Latency relative to ONNX Runtime ({threads} threads, lower is better)")
+    ax.set_title(f"Latency relative to ONNX Runtime ({threads} threads, lower is better; "
+                 "untuned TVM, 30-300x, in bench.json)", fontsize=9)  # fmt: skip
     ax.legend(fontsize=8)
     fig.tight_layout()
     png_path = out / "bench.png"

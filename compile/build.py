@@ -31,7 +31,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import mscnn
@@ -44,6 +43,7 @@ from deploy.bundle import (
     SCHEMA_VERSION,
     Bundle,
     sha256_file,
+    write_npy,
 )
 from deploy.parity import TOLERANCES, compare
 from deploy.predictor import check_parity
@@ -199,8 +199,8 @@ def _build_into(
         with torch.no_grad():
             for key, x in inputs.items():
                 expected[key] = model(torch.from_numpy(x)).numpy()
-                np.save(golden_dir / f"{key}.input.npy", x)
-                np.save(golden_dir / f"{key}.output.npy", expected[key])
+                write_npy(golden_dir / f"{key}.input.npy", x)
+                write_npy(golden_dir / f"{key}.output.npy", expected[key])
         contract = None if whole else _variant_contract(full, model, variant, inputs)
 
     with journal.stage("onnx", steps):  # Step 3

@@ -74,6 +74,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--rounds", type=_positive, default=5, help="alternating rounds")
     m.add_argument("--runs", type=_positive, default=10, help="timed calls per round")
     m.add_argument("--checkpoint", type=Path, help="the weights the bundles were built from")
+    m.add_argument("--no-untuned", action="store_true",
+                   help="skip TVM without schedules (seconds per call on big models)")  # fmt: skip
     m.add_argument("--out", type=Path, default=Path("build/bench"), help="JSON and PNG go here")
 
     u = sub.add_parser(
@@ -143,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CompileError, mscnn.MscnnError, DeployError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1 if isinstance(exc, ParityError) else 2
+    except OSError as exc:  # disk full, read-only or missing folders outside a build
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("error: interrupted; no half-written bundle was published", file=sys.stderr)
         return 130
@@ -198,7 +204,7 @@ def _build(args) -> int:
                     bundles.append(build(loaded, target, variant, args.out, options))
                 except CompileError as exc:
                     failures.append(exc)
-                    console.print(f"[red]failed[/] {exc}")
+                    console.print(f"[red]failed[/] {exc}", soft_wrap=True)
                 progress.advance(task)
     if args.quiet:
         for b in bundles:
@@ -270,7 +276,7 @@ def _bench(args) -> int:
 
     from deploy.bundle import MANIFEST, load_bundle
 
-    from .bench import bench_bundle, peak_gflops, save
+    from .bench import RUNTIMES, bench_bundle, peak_gflops, save
 
     paths = sorted(
         p.parent for folder in args.folders for t in args.targets
@@ -294,27 +300,37 @@ def _bench(args) -> int:
         if indices != list(range(model.in_channels)):
             model = mscnn.derive_variant(model, indices).eval()
         console.print(f"timing {path} ...")
-        rows.append(bench_bundle(path, model, args.threads, args.rounds, args.runs))
+        runtimes = [r for r in RUNTIMES if not (args.no_untuned and r == "tvm-untuned")]
+        rows.append(bench_bundle(path, model, args.threads, args.rounds, args.runs,
+                                 runtimes=runtimes))  # fmt: skip
     peak, how = peak_gflops(args.threads)
-    table = Table(title=f"median ms ({args.threads} threads); ratio to ONNX Runtime; "
-                  f"GFLOP/s of a {peak:.0f} GFLOP/s nominal peak")  # fmt: skip
-    for column in ("variant", "target", "batch", "PyTorch", "ONNX Runtime", "TVM", "TVM/ORT",
-                   "TVM GFLOP/s", "library", "weights", "activations"):  # fmt: skip
+    table = Table(title=f"median ms ({args.threads} threads); TVM as built (tuned) / ONNX "
+                  f"Runtime; GFLOP/s of a {peak:.0f} GFLOP/s nominal peak")  # fmt: skip
+    columns = ("variant", "target", "batch", "PyTorch", "ONNX Runtime", "TVM untuned",
+               "TVM default tile", "TVM tuned", "tuned kernels", "TVM/ORT", "TVM GFLOP/s",
+               "library", "weights", "activations")  # fmt: skip
+    for column in columns:
         table.add_column(column, no_wrap=column == "variant")
+
+    def cell(row, name):
+        return f"{row.timings[name].median_ms:.2f}" if name in row.timings else "-"
+
     for r in rows:
         t = r.timings
         table.add_row(
-            r.variant,
+            r.variant.replace("multi_scopic_leadwise", "leadwise"),
             r.target,
             str(r.batch),
-            *(f"{t[n].median_ms:.2f}" for n in ("pytorch", "onnxruntime", "tvm")),
+            *(cell(r, n) for n in RUNTIMES),
+            r.tuned_kernels,
             f"{t['tvm'].ratio_to_ort:.2f}",
             f"{t['tvm'].gflops:.0f}",
             f"{r.library_bytes / 2**20:.1f} MiB",
             f"{r.weights_bytes / 2**20:.1f} MiB",
+            f"{r.activation_bytes / 2**20:.1f} MiB" if r.activation_bytes else "-",
         )
     out = Console()
-    out.width = max(out.width, 130)
+    out.width = max(out.width, 170)
     out.print(table)
     json_path, png_path = save(rows, args.threads, args.out)
     best = max(t.gflops for r in rows for t in r.timings.values())
@@ -336,13 +352,14 @@ def _tune(args) -> int:
     from deploy.remote import Rpc
 
     from .export import export_onnx
-    from .tune import RECORDS_DIR, records_file, tune, write_records
+    from .tune import RECORDS_DIR, check_tunable, records_file, tune, write_records
 
     target = get_target(args.target)
     try:
         rpc = Rpc.parse(args.rpc_tracker, args.rpc_key)
     except DeployError as exc:
         raise CompileError(str(exc)) from None
+    check_tunable(target, rpc)
     for preset in args.presets:
         if preset not in mscnn.PRESETS:
             raise CompileError(

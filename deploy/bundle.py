@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 from dataclasses import dataclass
 from functools import cached_property
@@ -177,6 +178,29 @@ def _check_files(path: Path, manifest: dict[str, Any]) -> None:
         if sha256_file(file) != entry.get("sha256"):
             raise DeployError(f"bundle {path}: {rel} does not match its sha256 in the "
                               "manifest (tampered or corrupted); it was not loaded")  # fmt: skip
+
+
+def write_npy(path: str | Path, array: np.ndarray) -> None:
+    """Write a .npy file so that a failed write raises (disk full, read-only).
+
+    np.save streams the data with C stdio, and a write error there (ENOSPC on /dev/full,
+    a full disk) goes unreported: the file is short and nothing says so. Serialise in
+    memory, then write through a Python file, which raises on every failed write; an
+    existing file is replaced only once the new one is whole."""
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:  # a sibling first, renamed into place: a failed write leaves no short file
+        with open(temp, "wb") as out:
+            out.write(buffer.getbuffer())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def read_npy(path: str | Path) -> np.ndarray:

@@ -10,9 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from .bundle import Bundle, load_bundle, read_npy
+from .bundle import Bundle, load_bundle, read_npy, write_npy
 from .errors import DeployError
 from .package import package
 from .predictor import Predictor, check_parity
@@ -43,6 +41,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("folder", type=Path, nargs="?", default=Path("build"))
     s.add_argument("--runners", type=Path, default=Path("build/native"),
                    help="folder of native runners, one per architecture")  # fmt: skip
+    b = sub.add_parser("bench", help="TVM latency of bundles, here or on a device via RPC "
+                       "(vs PyTorch and ONNX Runtime: python -m compile bench)")  # fmt: skip
+    b.add_argument("bundles", type=Path, nargs="+")
+    b.add_argument("--threads", type=_positive, default=None,
+                   help="TVM threads (default: TVM's, the device's physical cores)")  # fmt: skip
+    b.add_argument("--repeat", type=_positive, default=20, help="timed repeats")
+    b.add_argument("--min-repeat-ms", type=_positive, default=100,
+                   help="each repeat runs the model as often as fills this")  # fmt: skip
+    b.add_argument("--rpc-tracker", metavar="HOST:PORT", help="time on a device via this tracker")
+    b.add_argument("--rpc-key", metavar="KEY", help="the device's key at the tracker")
+    b.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     k = sub.add_parser("package", help="tarball of one target's runner, runtime and bundles")
     k.add_argument("target", help="a target folder name under the build folder, e.g. aarch64")
     k.add_argument("--build", type=Path, default=Path("build"))
@@ -61,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args.bundle, args.json)
         if args.command == "parity":
             return _sweep(args.folder, args.runners)
+        if args.command == "bench":
+            return _bench(args)
         if args.command == "package":
             archive, size = package(args.build, args.target, args.runners, args.out)
             print(f"wrote {archive} ({size / 1e6:.1f} MB)")
@@ -69,6 +80,37 @@ def main(argv: list[str] | None = None) -> int:
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
+    except OSError as exc:  # disk full or read-only where a file is written
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_UNUSABLE
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def _bench(args) -> int:
+    from .remote import Device, Rpc, time_bundle
+
+    rpc = Rpc.parse(args.rpc_tracker, args.rpc_key)
+    bundles = [load_bundle(p) for p in args.bundles]  # every hash checked before timing
+    device = Device(rpc)
+    rows = []
+    print(f"{'bundle':<34} {'target':<14} {'median ms':>10} {'p90 ms':>8} {'min ms':>8}  where")
+    for bundle in bundles:
+        t = time_bundle(bundle, device, args.threads, args.repeat, args.min_repeat_ms)
+        rows.append(t)
+        print(f"{t.bundle:<34} {t.target:<14} {t.median_ms:>10.3f} {t.p90_ms:>8.3f} "
+              f"{t.min_ms:>8.3f}  {t.where}", flush=True)  # fmt: skip
+    if args.json:
+        try:
+            args.json.write_text(json.dumps([r.to_json() for r in rows], indent=2) + "\n")
+        except OSError as exc:
+            raise DeployError(f"cannot write {args.json}: {exc.strerror}") from None
+    return EXIT_OK
 
 
 def _info(bundle: Bundle) -> int:
@@ -107,10 +149,15 @@ def _check(path: Path, as_json: bool) -> int:
 
 
 def _run(path: Path, input_path: Path, output_path: Path) -> int:
+    if output_path.is_dir():
+        raise DeployError(f"output path {output_path} is a folder; give a file name such as y.npy")
+    if output_path.exists() and not output_path.is_file():  # a device or pipe: not replaced
+        raise DeployError(f"output path {output_path} is not a regular file; give a file "
+                          "name such as y.npy")  # fmt: skip
     predictor = Predictor(path)
     y = predictor(read_npy(input_path))
     try:
-        np.save(output_path, y)
+        write_npy(output_path, y)
     except OSError as exc:
         raise DeployError(f"cannot write {output_path}: {exc.strerror}") from None
     print(f"wrote {output_path} {y.shape} {y.dtype}")

@@ -96,3 +96,56 @@ class Device:
 
 def median_us(seconds: list[float]) -> float:
     return statistics.median(seconds) * 1e6
+
+
+@dataclass
+class BundleTiming:
+    bundle: str
+    target: str
+    where: str
+    threads: int | None
+    median_ms: float
+    p90_ms: float
+    min_ms: float
+    repeats: int
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def time_bundle(bundle, device: Device, threads: int | None = None, repeat: int = 20,
+                min_repeat_ms: int = 100) -> BundleTiming:  # fmt: skip
+    """TVM latency of one verified bundle on `device`, on its golden ECG input: one
+    figure per repeat (the mean of as many calls as fill min_repeat_ms)."""
+    import tvm
+    from tvm import relax
+
+    from .bundle import LIBRARY
+
+    if bundle.device != "cpu":
+        raise DeployError(f"bundle {bundle.name} is a {bundle.device} bundle; deploy bench "
+                          "times CPU bundles")  # fmt: skip
+    if device.session is None:
+        runs, why = bundle.runnable_here()
+        if not runs:
+            raise DeployError(f"bundle {bundle.name} cannot run here: {why}; time it on its "
+                              "device with --rpc-tracker HOST:PORT --rpc-key KEY")  # fmt: skip
+    if threads is not None:
+        configure = (tvm.get_global_func("runtime.config_threadpool") if device.session is None
+                     else device.session.get_function("runtime.config_threadpool"))  # fmt: skip
+        configure(1, threads)  # 1: the fastest cores first; threads: how many
+    try:
+        vm = relax.VirtualMachine(device.load(bundle.path / LIBRARY), device.dev)
+    except DeployError:
+        raise
+    except Exception as exc:  # another architecture, a runtime too old: unusable
+        raise DeployError(f"bundle {bundle.name}: {device.rpc or 'this machine'} cannot "
+                          f"load {LIBRARY} ({type(exc).__name__}: {exc})") from None  # fmt: skip
+    x, _ = bundle.golden["ecg"]
+    vm.set_input("main", device.tensor(x))
+    timer = vm.time_evaluator("invoke_stateful", device.dev, number=1, repeat=repeat,
+                              min_repeat_ms=min_repeat_ms)  # fmt: skip
+    ms = [s * 1e3 for s in timer("main").results]
+    return BundleTiming(bundle.name, bundle.manifest["target"]["name"], str(device.rpc or "local"),
+                        threads, statistics.median(ms), float(np.percentile(ms, 90)), min(ms),
+                        len(ms))  # fmt: skip

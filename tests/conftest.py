@@ -1,6 +1,8 @@
 """Shared test settings: hypothesis profiles and a quiet, deterministic torch."""
 
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,3 +67,50 @@ def leadwise_bundles(tmp_path_factory, leadwise):
         spec: build(leadwise, TARGETS["x86_64"], resolve_variant(leadwise, spec), out, options)
         for spec in mscnn.LEAD_SETS
     }
+
+
+@pytest.fixture(scope="session")
+def rpc_device():
+    """A TVM RPC tracker and server on loopback: the path a real device takes."""
+    import time
+
+    from tvm import rpc
+    from tvm.rpc.tracker import Tracker
+
+    from deploy.remote import Rpc
+
+    tracker = Tracker("127.0.0.1", port=19190, port_end=19290, silent=True)
+    server = rpc.Server("127.0.0.1", port=19300, port_end=19400, key="loopback",
+                        tracker_addr=("127.0.0.1", tracker.port), silent=True)  # fmt: skip
+    try:
+        client = rpc.connect_tracker("127.0.0.1", tracker.port)
+        for _ in range(100):  # the server registers with the tracker asynchronously
+            if "loopback" in client.text_summary():
+                break
+            time.sleep(0.1)
+        yield Rpc("127.0.0.1", tracker.port, "loopback", timeout=300)
+    finally:
+        server.terminate()
+        tracker.terminate()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """Mount a tmpfs of the given size (optionally read-only); unmounted afterwards."""
+    mounts = []
+
+    def mount(size: str, read_only: bool = False) -> Path:
+        point = tmp_path / f"disk{len(mounts)}"
+        point.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+                              capture_output=True, text=True)  # fmt: skip
+        if done.returncode != 0:
+            pytest.skip(f"a small tmpfs cannot be mounted here (needs root with "
+                        f"CAP_SYS_ADMIN): {done.stderr.strip()}")  # fmt: skip
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", str(point)], check=False)

@@ -196,6 +196,22 @@ def test_unwritable_output_is_one_clear_line(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(("size", "read_only", "expected"), [
+    ("1m", False, "No space left on device"),
+    ("1m", True, "Read-only file system"),
+])  # fmt: skip
+def test_full_or_read_only_disk_is_one_clear_line(small_disk, size, read_only, expected):
+    """A disk that fills up during the build (cpsc2019 needs ~2 MB) or refuses writes:
+    exit 2, the reason and the path in one line, no bundle published."""
+    out = small_disk(size, read_only)
+    done = run_cli("build", "--preset", "cpsc2019", "--targets", "x86_64", "--samples", "256",
+                   "--out", str(out))  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr and "Traceback" not in done.stderr
+    assert not list(out.glob("*/*/manifest.json"))
+    assert not list(out.glob("*/.*.tmp-*"))  # the temporary folder is not left behind
+
+
 def test_footprint_is_the_memory_plan(cpsc_bundles, bundle_samples):
     """Weights as held in the library; activations = planned blocks + outputs."""
     fp = cpsc_bundles["x86_64"].manifest["footprint"]

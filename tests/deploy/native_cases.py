@@ -338,6 +338,14 @@ def refusal_cases(
             ["is a folder"],
         )
     )
+    cases.append(
+        Case(
+            "output is a device",
+            [str(base), "--input", str(golden_in), "--output", "/dev/full"],
+            2,
+            ["not a regular file"],
+        )
+    )
     cases.append(Case("no arguments", [], 2, ["no bundle"]))
     cases.append(Case("unknown option", [str(base), "--frobnicate"], 2, ["unknown option"]))
     cases.append(

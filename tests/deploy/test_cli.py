@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,8 +48,10 @@ def test_run_round_trip(cpsc_bundles, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["tampered", "wrong_arch", "bad_npy", "wrong_shape",
-                                  "nan", "unwritable", "missing"])  # fmt: skip
-def test_unusable_exits_2_without_traceback(cpsc_bundles, bundle_copy, tmp_path, case):
+                                  "nan", "unwritable", "device", "disk_full", "read_only",
+                                  "missing"])  # fmt: skip
+def test_unusable_exits_2_without_traceback(cpsc_bundles, bundle_copy, tmp_path, case,
+                                            small_disk):  # fmt: skip
     bundle = cpsc_bundles["x86_64"].path
     x = np.load(bundle / "golden/ecg.input.npy")
     inp, out = tmp_path / "x.npy", tmp_path / "y.npy"
@@ -67,12 +70,23 @@ def test_unusable_exits_2_without_traceback(cpsc_bundles, bundle_copy, tmp_path,
         np.save(inp, x)
     elif case == "unwritable":
         out = tmp_path / "no-such-dir" / "y.npy"
+    elif case == "device":
+        out = "/dev/full"  # never replaced by a rename, never written
+    elif case == "disk_full":
+        out = small_disk("8k") / "y.npy"  # two pages; the output needs 49 KiB
+    elif case == "read_only":
+        out = small_disk("1m", read_only=True) / "y.npy"
     elif case == "missing":
         inp = tmp_path / "absent.npy"
     done = deploy("run", bundle, "--input", inp, "--output", out)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+    expected = {"device": "not a regular file", "disk_full": "No space left on device",
+                "read_only": "Read-only file system"}  # fmt: skip
+    assert expected.get(case, "") in done.stderr
+    if case in ("disk_full", "read_only"):
+        assert not list(Path(out).parent.iterdir())  # no partial file left behind
 
 
 def test_info_describes_without_loading(cpsc_bundles):

@@ -304,6 +304,10 @@ class OutputFile {
       if (S_ISDIR(st.st_mode)) {
         throw Refusal("output path " + path + " is a folder; give a file name such as y.npy");
       }
+      if (!S_ISREG(st.st_mode)) {  // a device or a pipe would be replaced by the rename
+        throw Refusal("output path " + path +
+                      " is not a regular file; give a file name such as y.npy");
+      }
       if (::access(path.c_str(), W_OK) != 0) {
         throw Refusal("output path " + path + " is not writable (" + std::strerror(errno) +
                       "); choose another --output");
