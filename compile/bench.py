@@ -1,9 +1,11 @@
 """Latency side by side: PyTorch eager vs ONNX Runtime vs TVM, same input, same threads.
 
-TVM comes three ways: the bundle as built (our schedule with the target's tuning records,
-"tvm"), our schedule with the default tile everywhere ("tvm-default-tile"), and TVM's
-default CPU pipeline without any schedule ("tvm-untuned"); the last two are compiled
-here from the bundle's ONNX file, for CPU bundles.
+TVM comes four ways: the bundle as built (our schedule with the target's tuning records,
+"tvm"), our schedule with the default tile everywhere ("tvm-default-tile"), the rule ARM
+builds use untuned, i.e. our schedule with the aarch64 tile (4-lane vectors), compiled
+for this CPU ("tvm-arm-rule"), and TVM's default CPU pipeline without any schedule
+("tvm-untuned"); all but the first are compiled here from the bundle's ONNX file, for
+CPU bundles.
 
 Each runtime is timed in rounds that alternate between the runtimes, with a pause
 between them: ONNX Runtime's and PyTorch's worker threads keep spinning for a while after
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-RUNTIMES = ("pytorch", "onnxruntime", "tvm", "tvm-default-tile", "tvm-untuned")
+RUNTIMES = ("pytorch", "onnxruntime", "tvm", "tvm-default-tile", "tvm-arm-rule", "tvm-untuned")
 ROUND_SECONDS = 1.0  # a runtime's share of one round, at least one call
 
 
@@ -113,9 +115,14 @@ def bench_bundle(bundle_path: Path, model, threads: int, rounds: int, runs: int,
         "onnxruntime": lambda: session.run(None, {m["input"]["name"]: x}),
         "tvm": lambda: predictor(x),
     }
-    for name, schedule in (("tvm-default-tile", "default-tile"), ("tvm-untuned", "none")):
+    from .targets import TARGETS
+
+    arm_tile = TARGETS["aarch64"].tile
+    for name, schedule, tile in (("tvm-default-tile", "default-tile", None),
+                                 ("tvm-arm-rule", "default-tile", arm_tile),
+                                 ("tvm-untuned", "none", None)):  # fmt: skip
         if name in runtimes and m["target"]["device"] == "cpu":
-            calls[name] = _compiled(bundle_path, m, schedule, x)
+            calls[name] = _compiled(bundle_path, m, schedule, x, tile)
     calls = {name: call for name, call in calls.items() if name in runtimes}
     samples: dict[str, list[float]] = {name: [] for name in calls}
     per_round = {}
@@ -147,8 +154,10 @@ def bench_bundle(bundle_path: Path, model, threads: int, rounds: int, runs: int,
     return row
 
 
-def _compiled(bundle_path: Path, manifest: dict, schedule: str, x: np.ndarray):
-    """A call of the bundle's ONNX model compiled here with another schedule."""
+def _compiled(bundle_path: Path, manifest: dict, schedule: str, x: np.ndarray, tile=None):
+    """A call of the bundle's ONNX model compiled here with another schedule (and tile)."""
+    import dataclasses
+
     import tvm
     from tvm import relax
 
@@ -156,6 +165,8 @@ def _compiled(bundle_path: Path, manifest: dict, schedule: str, x: np.ndarray):
     from .targets import get_target
 
     target = get_target(manifest["target"]["name"])
+    if tile is not None:
+        target = dataclasses.replace(target, tile=tile)
     shape = tuple(manifest["input"]["shape"])
     executable = compile_executable(bundle_path / "model.onnx", target, shape, schedule=schedule)
     vm = relax.VirtualMachine(executable, tvm.cpu(0))

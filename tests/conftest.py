@@ -91,7 +91,9 @@ def rpc_device():
         yield Rpc("127.0.0.1", tracker.port, "loopback", timeout=300)
     finally:
         server.terminate()
-        tracker.terminate()
+        if tracker.proc is not None:  # kill: its own stop handshake can race the teardown
+            tracker.proc.kill()
+            tracker.proc = None
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ def test_bench_writes_table_json_and_chart(cpsc_bundles, tmp_path):
 
     assert row["macs"] == mscnn.load_model("cpsc2019").model.count_macs(row["samples"])
     assert set(row["timings"]) == {"pytorch", "onnxruntime", "tvm", "tvm-default-tile",
-                                   "tvm-untuned"}  # fmt: skip
+                                   "tvm-arm-rule", "tvm-untuned"}  # fmt: skip
     assert row["timings"]["onnxruntime"]["ratio_to_ort"] == 1.0
     assert all(t["runs"] == 2 and t["min_ms"] <= t["median_ms"] <= t["p90_ms"]
                for t in row["timings"].values())  # fmt: skip

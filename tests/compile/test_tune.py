@@ -50,8 +50,8 @@ def small(tmp_path_factory):
     return loaded, {"1lead": (path, (1, 1, SMALL_SAMPLES))}
 
 
-def records_json(target, records, **changes):
-    data = {"format": FORMAT, "version": VERSION, "target": target.name, "records": records}
+def records_json(of, records, **changes):
+    data = {"format": FORMAT, "version": VERSION, "target": of.name, "records": records}
     return json.dumps({**data, **changes})
 
 

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "file.h"
 #include "json.h"
 #include "npy.h"
 #include "refusal.h"
@@ -138,13 +139,7 @@ Bundle Bundle::Open(const std::string& dir_arg) {
     }
     throw Refusal("cannot read " + where + ": " + std::strerror(errno));
   }
-  std::string text;
-  char chunk[1 << 14];
-  std::size_t got;
-  while ((got = std::fread(chunk, 1, sizeof chunk, f)) > 0) text.append(chunk, got);
-  bool read_error = std::ferror(f) != 0;
-  std::fclose(f);
-  if (read_error) throw Refusal("cannot read " + where + ": I/O error");
+  const std::string text = ReadAllAndClose(f, where);
 
   Json root;
   try {

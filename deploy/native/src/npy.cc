@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 
+#include "file.h"
 #include "refusal.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -166,13 +167,7 @@ Array ReadNpy(const std::string& path, const std::string& label) {
   if (f == nullptr) {
     throw Refusal("cannot read " + label + ": " + std::strerror(errno));
   }
-  std::string bytes;
-  char chunk[1 << 16];
-  std::size_t got;
-  while ((got = std::fread(chunk, 1, sizeof chunk, f)) > 0) bytes.append(chunk, got);
-  bool read_error = std::ferror(f) != 0;
-  std::fclose(f);
-  if (read_error) throw Refusal("cannot read " + label + ": I/O error");
+  const std::string bytes = ReadAllAndClose(f, label);
   if (bytes.empty()) throw Refusal(label + " is an empty file; expected a .npy array");
 
   if (bytes.size() < kMagicSize + 4 || bytes.compare(0, kMagicSize, kMagic, kMagicSize) != 0) {
