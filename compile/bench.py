@@ -205,9 +205,18 @@ def save(rows: list[BenchRow], threads: int, out: Path) -> tuple[Path, Path]:
     ax.axhline(0.8, color="grey", linestyle="--", linewidth=0.8, label="goal 0.8x")
     ax.set_xticks(range(len(rows)), labels, fontsize=7, rotation=40, ha="right")
     ax.set_ylabel("median latency / ONNX Runtime's")
-    ax.set_title(f"Latency relative to ONNX Runtime ({threads} threads, lower is better; "
-                 "untuned TVM, 30-300x, in bench.json)", fontsize=9)  # fmt: skip
-    ax.legend(fontsize=8)
+    untuned = [r.timings["tvm-untuned"].ratio_to_ort for r in rows if "tvm-untuned" in r.timings]
+    note = (
+        f"\nuntuned TVM ({min(untuned):.0f}-{max(untuned):.0f}x) is in bench.json"
+        if untuned
+        else ""
+    )
+    ax.set_title(f"Latency relative to ONNX Runtime ({threads} threads, lower is better){note}",
+                 fontsize=9)  # fmt: skip
+    top = max((r.timings[n].ratio_to_ort for r in rows for n in names if n in r.timings),
+              default=1.0)  # fmt: skip
+    ax.set_ylim(0, max(top, 1.0) * 1.35)  # room for the legend above the bars
+    ax.legend(fontsize=8, ncol=3, loc="upper left")
     fig.tight_layout()
     png_path = out / "bench.png"
     fig.savefig(png_path, dpi=120)
