@@ -226,19 +226,7 @@ def tune(
     progress: Callable[[str], None] = lambda _: None,
 ) -> tuple[list[dict], dict]:
     """Tune every conv kernel of `models` for `target`: (records, summary)."""
-    if target.tile is None:
-        raise CompileError(
-            f"target {target.name!r} uses TVM's GPU schedules (dlight); "
-            "tuning covers our CPU conv schedule only"
-        )
-    compiler = check_compiler(target)
-    if rpc is None:
-        ok, why = runnable_here(target)
-        if not ok:
-            raise CompileError(
-                f"{target.name} kernels cannot be measured here ({why}); tune on "
-                "a device with --rpc-tracker HOST:PORT --rpc-key KEY"
-            )
+    compiler = check_tunable(target, rpc)
     # The measuring workers read their thread count from here when their pool starts.
     os.environ["TVM_NUM_THREADS"] = str(threads)
     import tvm
