@@ -75,18 +75,31 @@ def conv_shape(func) -> tuple[int, int]:
     return int(sch.get(f).extent), int(sch.get(t).extent)
 
 
+def _default_tile(channels: int, length: int, tile: ConvTile) -> tuple[int, int]:
+    if channels % tile.vec:
+        raise ValueError(f"{channels} output channels are no multiple of {tile.vec} lanes")
+    return (_largest_divisor_at_most(length, tile.t_tile),
+            _largest_divisor_at_most(channels // tile.vec, tile.f_vecs))  # fmt: skip
+
+
+def default_tile(func, tile: ConvTile) -> tuple[int, int]:
+    """(t_tile, f_vecs) a conv kernel gets without tuning: the target's tile, rounded
+    down to divisors of the kernel's length and channel vectors. ValueError where the
+    channels are no multiple of the vector width (the schedule does not take it)."""
+    return _default_tile(*conv_shape(func), tile)
+
+
 def tile_choices(func, tile: ConvTile) -> tuple[list[int], list[int]]:
     """The register tiles worth measuring for one conv kernel: time steps that divide its
     length and channel vectors that divide its channel count (no tails, no predicates),
     within the ISA's vector registers (accumulators plus two: weights, input broadcast).
     The default tile's values are always among them."""
     channels, length = conv_shape(func)
+    default_t, default_f = _default_tile(channels, length, tile)
     vectors = channels // tile.vec
     t_tiles = {t for t in range(2, 17) if length % t == 0 and t + 2 <= tile.registers}
     f_vecs = {f for f in range(1, 5) if vectors % f == 0 and 2 * f + 2 <= tile.registers}
-    t_tiles.add(_largest_divisor_at_most(length, tile.t_tile))
-    f_vecs.add(_largest_divisor_at_most(vectors, tile.f_vecs))
-    return sorted(t_tiles), sorted(f_vecs)
+    return sorted(t_tiles | {default_t}), sorted(f_vecs | {default_f})
 
 
 def apply_conv(sch, tile: ConvTile, t_tile=None, f_vecs=None) -> int:
@@ -102,8 +115,7 @@ def apply_conv(sch, tile: ConvTile, t_tile=None, f_vecs=None) -> int:
     conv, pads, epilogue = blocks[at], blocks[:at], blocks[at + 1 :]
     n, f, t, c, k = sch.get_loops(conv)
     channels, length = int(sch.get(f).extent), int(sch.get(t).extent)
-    if channels % vec:
-        raise ValueError(f"{channels} output channels are no multiple of {vec} lanes")
+    default_t, default_f = _default_tile(channels, length, tile)
     read = _weight_read(sch, conv)
     weight_param = [p.name for p in func.params].index(sch.get(conv).reads[read].source.name)
     sch.transform_layout(conv, ("read", read), lambda a, b, d: (a // vec, b, d, a % vec))
@@ -117,10 +129,8 @@ def apply_conv(sch, tile: ConvTile, t_tile=None, f_vecs=None) -> int:
         out = sch.cache_write(conv, 0, "local")
     # Accumulators time-major, so each channel vector is contiguous in registers.
     sch.transform_layout(conv, ("write", 0), lambda a, b, d: (a, d, b))
-    if f_vecs is None:
-        f_vecs = _largest_divisor_at_most(channels // vec, tile.f_vecs)
-    if t_tile is None:
-        t_tile = _largest_divisor_at_most(length, tile.t_tile)
+    t_tile = default_t if t_tile is None else t_tile
+    f_vecs = default_f if f_vecs is None else f_vecs
     fo, fu, fv = sch.split(f, [None, f_vecs, vec])
     to, ti = sch.split(t, [None, t_tile])
     sch.reorder(n, fo, to, c, k, ti, fu, fv)

@@ -42,6 +42,7 @@ from .schedule import (
     _weight_read,
     apply_conv,
     conv_shape,
+    default_tile,
     tile_choices,
     workload_key,
 )
@@ -149,8 +150,8 @@ def conv_kernels(models: Mapping[str, tuple[Path, tuple[int, ...]]], target: Tar
                 kernels[key].models.append(label)
                 continue
             try:
-                tile_choices(func, target.tile)
-            except Exception as exc:  # our schedule does not take it: nothing to tune
+                default_tile(func, target.tile)
+            except ValueError as exc:  # our schedule does not take it: nothing to tune
                 log.info("not tuned: %s (%s)", gv.name_hint, exc)
                 continue
             kernels[key] = Kernel(key, gv.name_hint, func, describe(func), [label])
@@ -292,7 +293,6 @@ def tune(
         timeout_sec=120,
     )
     progress(f"tuning {len(kernels)} kernels, {sum(min(s, per_task) for s in sizes)} candidates")
-    work_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     database = ms.tune.tune_tasks(
         tasks=contexts,
@@ -318,7 +318,7 @@ def tune(
     with tempfile.TemporaryDirectory(prefix="confirm-", dir=work_dir) as tmp:
         for kernel, context in zip(kernels, contexts, strict=True):
             measured = _measured(database, context.mod)
-            default = _default_tile(kernel.func, tile)
+            default = default_tile(kernel.func, tile)
             shortlist = list(dict.fromkeys([t for _, t in measured[:CONFIRM]] + [default]))
             timed = _confirm(kernel, shortlist, target, tv, compiler, device, Path(tmp))
             best = min(timed, key=timed.get)
@@ -380,16 +380,6 @@ def _confirm(kernel: Kernel, tiles: list, target: Target, tv, compiler: str, dev
 def _space_size(func, tile) -> int:
     t_tiles, f_vecs = tile_choices(func, tile)
     return len(t_tiles) * len(f_vecs)
-
-
-def _default_tile(func, tile) -> tuple[int, int]:
-    from .schedule import _largest_divisor_at_most
-
-    channels, length = conv_shape(func)
-    return (
-        _largest_divisor_at_most(length, tile.t_tile),
-        _largest_divisor_at_most(channels // tile.vec, tile.f_vecs),
-    )
 
 
 def _measured(database, mod) -> list[tuple[float, tuple[int, int]]]:

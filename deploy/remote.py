@@ -136,8 +136,6 @@ def time_bundle(bundle, device: Device, threads: int | None = None, repeat: int 
         configure(1, threads)  # 1: the fastest cores first; threads: how many
     try:
         vm = relax.VirtualMachine(device.load(bundle.path / LIBRARY), device.dev)
-    except DeployError:
-        raise
     except Exception as exc:  # another architecture, a runtime too old: unusable
         raise DeployError(f"bundle {bundle.name}: {device.rpc or 'this machine'} cannot "
                           f"load {LIBRARY} ({type(exc).__name__}: {exc})") from None  # fmt: skip

@@ -11,12 +11,11 @@ import mscnn
 from compile import TARGETS, BuildOptions, build, resolve_variant
 from compile.errors import CompileError
 from compile.export import export_onnx
-from compile.schedule import tile_choices
+from compile.schedule import conv_shape, default_tile, tile_choices
 from compile.tune import (
     FORMAT,
     RECORDS_DIR,
     VERSION,
-    _default_tile,
     conv_kernels,
     load_records,
     tune,
@@ -64,13 +63,11 @@ def test_tile_space_has_no_tails_fits_registers_and_holds_the_default(target, tm
     tile = target.tile
     for kernel in kernels:
         t_tiles, f_vecs = tile_choices(kernel.func, tile)
-        from compile.schedule import conv_shape
-
         channels, length = conv_shape(kernel.func)
         assert all(length % t == 0 for t in t_tiles)
         assert all((channels // tile.vec) % f == 0 for f in f_vecs)
         assert max(t_tiles) + 2 <= tile.registers and 2 * max(f_vecs) + 2 <= tile.registers
-        t, f = _default_tile(kernel.func, tile)
+        t, f = default_tile(kernel.func, tile)
         assert t in t_tiles and f in f_vecs
         assert len(t_tiles) * len(f_vecs) >= 4  # a real choice on every kernel
 
