@@ -21,10 +21,44 @@ def lead_wise_reference(full, x_kept, kept):
         return full(zero_fill(x_kept, kept, full.in_channels))[:, full.lead_wise_channels(kept)]
 
 
-@pytest.mark.parametrize("lead_set", list(LEAD_SETS))
+# PhysioNet/CinC Challenge 2021 ("Will Two Do?"): the 12 standard leads in the order the
+# challenge's records store them, and its reduced-lead sets. Written out here from the
+# challenge's definition, not read back from mscnn.LEAD_SETS.
+CINC_12 = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+CINC_SETS = {
+    "12": CINC_12,
+    "6": ["I", "II", "III", "aVR", "aVL", "aVF"],
+    "4": ["I", "II", "III", "V2"],
+    "3": ["I", "II", "V2"],
+    "2": ["I", "II"],
+}
+# The same sets as indices into the 12-lead order, counted by hand.
+CINC_INDICES = {
+    "12": list(range(12)),
+    "6": [0, 1, 2, 3, 4, 5],
+    "4": [0, 1, 2, 7],
+    "3": [0, 1, 7],
+    "2": [0, 1],
+}
+
+
+def test_lead_sets_are_the_cinc_2021_sets():
+    assert list(LEADS_12) == CINC_12
+    assert {k: list(v) for k, v in LEAD_SETS.items()} == CINC_SETS
+
+
+@pytest.mark.parametrize("lead_set", list(CINC_SETS))
+def test_resolve_leads_gives_the_cinc_names_and_indices(lead_set):
+    expected = (CINC_SETS[lead_set], CINC_INDICES[lead_set])
+    assert mscnn.resolve_leads(lead_set) == expected
+    assert mscnn.resolve_leads(int(lead_set)) == expected
+    assert mscnn.resolve_leads(",".join(CINC_SETS[lead_set])) == expected
+    assert mscnn.resolve_leads(CINC_INDICES[lead_set]) == expected
+
+
+@pytest.mark.parametrize("lead_set", list(CINC_SETS))
 def test_cinc_lead_sets_match_zero_filled_full_model(leadwise, lead_set, rng):
-    names, kept = mscnn.resolve_leads(lead_set)
-    assert names == list(LEAD_SETS[lead_set])
+    kept = CINC_INDICES[lead_set]
     variant = derive_variant(leadwise, kept)
     assert variant.in_channels == len(kept) == variant.groups
     assert not variant.training
@@ -36,12 +70,13 @@ def test_cinc_lead_sets_match_zero_filled_full_model(leadwise, lead_set, rng):
     assert (got - expected).abs().max().item() <= 1e-6
 
 
-def test_lead_indices_of_cinc_sets():
-    assert mscnn.resolve_leads("4")[1] == [0, 1, 2, 7]
-    assert mscnn.resolve_leads(3)[1] == [0, 1, 7]
-    assert mscnn.resolve_leads("6")[1] == [0, 1, 2, 3, 4, 5]
+def test_lead_indices_of_custom_selections():
     assert mscnn.resolve_leads("V6,I")[1] == [11, 0]
+    assert mscnn.resolve_leads(" aVF , V1 ") == (["aVF", "V1"], [5, 6])
     assert mscnn.resolve_leads([0, 7])[0] == ["I", "V2"]
+    assert mscnn.resolve_leads(["V2", 3]) == (["V2", "aVR"], [7, 3])
+    custom = ["A", "B", "C"]
+    assert mscnn.resolve_leads("C,A", available=custom) == (["C", "A"], [2, 0])
 
 
 @pytest.mark.parametrize(
@@ -72,7 +107,7 @@ def test_variant_of_non_default_lead_wise_models(block, rng):
 
 def test_running_statistics_matter(leadwise, rng):
     """Weight and bias alone (torch_ecg's assignment) do not give the contract."""
-    kept = mscnn.resolve_leads("2")[1]
+    kept = CINC_INDICES["2"]
     variant = derive_variant(leadwise, kept)
     for module in variant.modules():
         if isinstance(module, torch.nn.BatchNorm1d):
@@ -85,7 +120,7 @@ def test_running_statistics_matter(leadwise, rng):
 
 def test_groups_one_variant_slices_input_weights(rng):
     full = mscnn.load_model("multi_scopic").model
-    _names, kept = mscnn.resolve_leads("3")
+    kept = CINC_INDICES["3"]
     variant = derive_variant(full, kept)
     assert variant.in_channels == 3 and variant.groups == 1
     x = torch.randn(1, 3, 400, generator=rng)
