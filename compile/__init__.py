@@ -1,8 +1,9 @@
 """compile: torch -> ONNX (checked) -> TVM Relax -> a bundle per target and variant."""
 
-from .build import BuildOptions, Variant, build, default_variants, resolve_variant
+from .build import BuildOptions, build
 from .errors import CompileError
 from .targets import TARGETS, Target, get_target
+from .variants import Variant, default_variants, resolve_variant, variant_model
 
 __all__ = [
     "TARGETS",
@@ -14,4 +15,5 @@ __all__ = [
     "default_variants",
     "get_target",
     "resolve_variant",
+    "variant_model",
 ]

@@ -87,8 +87,15 @@ def _time(fn, runs: int) -> list[float]:
     return out
 
 
-def bench_bundle(bundle_path: Path, model, threads: int, rounds: int, runs: int,
-                 pause: float = 0.5, runtimes=RUNTIMES) -> BenchRow:  # fmt: skip
+def bench_bundle(
+    bundle_path: Path,
+    model,
+    threads: int,
+    rounds: int,
+    runs: int,
+    pause: float = 0.5,
+    runtimes=RUNTIMES,
+) -> BenchRow:
     """Time one bundle against PyTorch and ONNX Runtime on its golden ECG input."""
     import onnxruntime as ort
     import torch
@@ -101,8 +108,9 @@ def bench_bundle(bundle_path: Path, model, threads: int, rounds: int, runs: int,
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(bundle_path / "model.onnx"), options,
-                                   providers=["CPUExecutionProvider"])  # fmt: skip
+    session = ort.InferenceSession(
+        str(bundle_path / "model.onnx"), options, providers=["CPUExecutionProvider"]
+    )
     torch.set_num_threads(threads)
     xt = torch.from_numpy(x)
 
@@ -112,16 +120,18 @@ def bench_bundle(bundle_path: Path, model, threads: int, rounds: int, runs: int,
 
     calls = {
         "pytorch": run_torch,
-        "onnxruntime": lambda: session.run(None, {m["input"]["name"]: x}),
+        "onnxruntime": lambda: session.run(None, {m.input.name: x}),
         "tvm": lambda: predictor(x),
     }
     from .targets import TARGETS
 
     arm_tile = TARGETS["aarch64"].tile
-    for name, schedule, tile in (("tvm-default-tile", "default-tile", None),
-                                 ("tvm-arm-rule", "default-tile", arm_tile),
-                                 ("tvm-untuned", "none", None)):  # fmt: skip
-        if name in runtimes and m["target"]["device"] == "cpu":
+    for name, schedule, tile in (
+        ("tvm-default-tile", "default-tile", None),
+        ("tvm-arm-rule", "default-tile", arm_tile),
+        ("tvm-untuned", "none", None),
+    ):
+        if name in runtimes and not m.target.is_gpu:
             calls[name] = _compiled(bundle_path, m, schedule, x, tile)
     calls = {name: call for name, call in calls.items() if name in runtimes}
     samples: dict[str, list[float]] = {name: [] for name in calls}
@@ -133,28 +143,38 @@ def bench_bundle(bundle_path: Path, model, threads: int, rounds: int, runs: int,
         for name, call in calls.items():
             time.sleep(pause)
             samples[name] += _time(call, per_round[name])
-    macs = model.count_macs(m["input"]["shape"][2], m["input"]["shape"][0])
-    footprint = m.get("footprint") or {}
-    tuning = (m.get("schedule") or {}).get("tuning") or {}
+    batch, _, length = m.input.shape
+    macs = model.count_macs(length, batch)
+    tuning = m.schedule.tuning or {}
     kernels = tuning.get("conv_tuned", 0) + tuning.get("conv_default_tile", 0)
     row = BenchRow(
-        preset=m["model"]["preset"] or "custom", variant=m["name"], target=m["target"]["name"],
-        batch=m["input"]["shape"][0], samples=m["input"]["shape"][2], macs=macs,
-        library_bytes=m["files"]["model.so"]["bytes"],
-        weights_bytes=footprint.get("weights_bytes") or 4 * m["model"]["num_parameters"],
-        activation_bytes=footprint.get("activation_bytes"),
+        preset=m.model.preset or "custom",
+        variant=m.name,
+        target=m.target.name,
+        batch=batch,
+        samples=length,
+        macs=macs,
+        library_bytes=m.files["model.so"].bytes,
+        weights_bytes=m.footprint.weights_bytes or 4 * m.model.num_parameters,
+        activation_bytes=m.footprint.activation_bytes,
         tuned_kernels=f"{tuning.get('conv_tuned', 0)}/{kernels}" if tuning else "none",
-    )  # fmt: skip
+    )
     for name, values in samples.items():
         median = statistics.median(values)
-        row.timings[name] = Timing(name, median, float(np.percentile(values, 90)), min(values),
-                                   len(values), 2 * macs / median / 1e6)  # fmt: skip
+        row.timings[name] = Timing(
+            name,
+            median,
+            float(np.percentile(values, 90)),
+            min(values),
+            len(values),
+            2 * macs / median / 1e6,
+        )
     for t in row.timings.values():
         t.ratio_to_ort = t.median_ms / row.timings["onnxruntime"].median_ms
     return row
 
 
-def _compiled(bundle_path: Path, manifest: dict, schedule: str, x: np.ndarray, tile=None):
+def _compiled(bundle_path: Path, manifest, schedule: str, x: np.ndarray, tile=None):
     """A call of the bundle's ONNX model compiled here with another schedule (and tile)."""
     import dataclasses
 
@@ -164,11 +184,12 @@ def _compiled(bundle_path: Path, manifest: dict, schedule: str, x: np.ndarray, t
     from .pipeline import compile_executable
     from .targets import get_target
 
-    target = get_target(manifest["target"]["name"])
+    target = get_target(manifest.target.name)
     if tile is not None:
         target = dataclasses.replace(target, tile=tile)
-    shape = tuple(manifest["input"]["shape"])
-    executable = compile_executable(bundle_path / "model.onnx", target, shape, schedule=schedule)
+    shape = manifest.input.shape
+    compiled = compile_executable(bundle_path / "model.onnx", target, shape, schedule=schedule)
+    executable = compiled.executable
     main = relax.VirtualMachine(executable, tvm.cpu(0))["main"]
     # numpy in, numpy out, as ONNX Runtime and the bundle's Predictor are timed
     return lambda: main(tvm.runtime.tensor(x)).numpy()
@@ -183,8 +204,13 @@ def save(rows: list[BenchRow], threads: int, out: Path) -> tuple[Path, Path]:
 
     peak, how = peak_gflops(threads)
     out.mkdir(parents=True, exist_ok=True)
-    data = {"threads": threads, "peak_gflops": peak, "peak_derivation": how,
-            "machine": os.uname().machine, "rows": [asdict(r) for r in rows]}  # fmt: skip
+    data = {
+        "threads": threads,
+        "peak_gflops": peak,
+        "peak_derivation": how,
+        "machine": os.uname().machine,
+        "rows": [asdict(r) for r in rows],
+    }
     json_path = out / "bench.json"
     json_path.write_text(json.dumps(data, indent=2) + "\n")
     short = {"multi_scopic_leadwise": "leadwise", "multi_scopic": "mixed"}
@@ -198,9 +224,12 @@ def save(rows: list[BenchRow], threads: int, out: Path) -> tuple[Path, Path]:
     names = [n for n in RUNTIMES if any(n in r.timings for r in rows) and n != "tvm-untuned"]
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-        ax.bar([j + (i - (len(names) - 1) / 2) * width for j in range(len(rows))],
-               [r.timings[name].ratio_to_ort if name in r.timings else 0 for r in rows],
-               width, label=name)  # fmt: skip
+        ax.bar(
+            [j + (i - (len(names) - 1) / 2) * width for j in range(len(rows))],
+            [r.timings[name].ratio_to_ort if name in r.timings else 0 for r in rows],
+            width,
+            label=name,
+        )
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.axhline(0.8, color="grey", linestyle="--", linewidth=0.8, label="goal 0.8x")
     ax.set_xticks(range(len(rows)), labels, fontsize=7, rotation=40, ha="right")
@@ -211,10 +240,12 @@ def save(rows: list[BenchRow], threads: int, out: Path) -> tuple[Path, Path]:
         if untuned
         else ""
     )
-    ax.set_title(f"Latency relative to ONNX Runtime ({threads} threads, lower is better){note}",
-                 fontsize=9)  # fmt: skip
-    top = max((r.timings[n].ratio_to_ort for r in rows for n in names if n in r.timings),
-              default=1.0)  # fmt: skip
+    ax.set_title(
+        f"Latency relative to ONNX Runtime ({threads} threads, lower is better){note}", fontsize=9
+    )
+    top = max(
+        (r.timings[n].ratio_to_ort for r in rows for n in names if n in r.timings), default=1.0
+    )
     ax.set_ylim(0, max(top, 1.0) * 1.35)  # room for the legend above the bars
     ax.legend(fontsize=8, ncol=3, loc="upper left")
     fig.tight_layout()
@@ -222,3 +253,108 @@ def save(rows: list[BenchRow], threads: int, out: Path) -> tuple[Path, Path]:
     fig.savefig(png_path, dpi=120)
     plt.close(fig)
     return json_path, png_path
+
+
+def bundle_paths(folders: list[Path], targets: list[str]) -> list[Path]:
+    """The bundles of `targets` under the build folders."""
+    from deploy.bundle import MANIFEST
+
+    return sorted(
+        p.parent for folder in folders for t in targets for p in (folder / t).glob(f"*/{MANIFEST}")
+    )
+
+
+def run_bench(
+    paths: list[Path],
+    threads: int,
+    rounds: int,
+    runs: int,
+    checkpoint: Path | None = None,
+    untuned: bool = True,
+    say=lambda text: None,
+) -> list[BenchRow]:
+    """Time every bundle that runs here against PyTorch (the model it was built from,
+    re-derived for its lead variant) and ONNX Runtime."""
+    import mscnn
+    from deploy.bundle import load_bundle
+    from deploy.predictor import set_threads
+
+    from .variants import Variant, variant_model
+
+    set_threads(threads)
+    rows, models = [], {}
+    for path in paths:
+        bundle = load_bundle(path)
+        runs_here, why = bundle.runnable_here()
+        if not runs_here:
+            say(f"skipped {path}: {why}")
+            continue
+        m = bundle.manifest
+        if m.model.preset not in models:
+            models[m.model.preset] = mscnn.load_model(m.model.preset, checkpoint)
+        variant = Variant(m.name, tuple(m.leads), tuple(m.lead_indices))
+        model = variant_model(models[m.model.preset], variant)
+        say(f"timing {path} ...")
+        # Untuned TVM takes seconds per call on the big models: batch 1 only.
+        skip_untuned = not untuned or bundle.input_shape[0] > 1
+        runtimes = [r for r in RUNTIMES if not (skip_untuned and r == "tvm-untuned")]
+        rows.append(bench_bundle(path, model, threads, rounds, runs, runtimes=runtimes))
+    return rows
+
+
+def table(rows: list[BenchRow], threads: int):
+    """The rich table `make bench` prints."""
+    from rich.table import Table
+
+    peak, _ = peak_gflops(threads)
+    out = Table(
+        title=f"median ms ({threads} threads); TVM as built (tuned) / ONNX Runtime; "
+        f"GFLOP/s of a {peak:.0f} GFLOP/s nominal peak"
+    )
+    columns = (
+        "variant",
+        "target",
+        "batch",
+        "PyTorch",
+        "ONNX Runtime",
+        "TVM tuned",
+        "TVM default tile",
+        "ARM rule",
+        "TVM untuned",
+        "tuned kernels",
+        "TVM/ORT",
+        "TVM GFLOP/s",
+        "library",
+        "weights",
+        "activations",
+    )
+    for column in columns:
+        out.add_column(column, no_wrap=column == "variant")
+    for r in rows:
+        t = r.timings
+        out.add_row(
+            r.variant.replace("multi_scopic_leadwise", "leadwise"),
+            r.target,
+            str(r.batch),
+            *(f"{t[n].median_ms:.2f}" if n in t else "-" for n in RUNTIMES),
+            r.tuned_kernels,
+            f"{t['tvm'].ratio_to_ort:.2f}",
+            f"{t['tvm'].gflops:.0f}",
+            f"{r.library_bytes / 2**20:.1f} MiB",
+            f"{r.weights_bytes / 2**20:.1f} MiB",
+            f"{r.activation_bytes / 2**20:.1f} MiB" if r.activation_bytes else "-",
+        )
+    return out
+
+
+def peak_note(rows: list[BenchRow], threads: int) -> str:
+    peak, how = peak_gflops(threads)
+    best = max(t.gflops for r in rows for t in r.timings.values())
+    note = f"peak: {how}"
+    if best > peak:
+        note += (
+            f"\nnote: {best:.0f} GFLOP/s was achieved, above that nominal peak: the cores "
+            "run faster than the clock /proc/cpuinfo reports (boost), so read the peak "
+            "as a lower bound"
+        )
+    return note

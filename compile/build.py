@@ -1,104 +1,64 @@
 """Build one bundle: a model variant compiled for one target, with the evidence that it
 computes what PyTorch computes.
 
-    Step 1. Variant    the reduced-lead model (mscnn.derive_variant) and its contract
-    Step 2. Golden     seeded inputs and the PyTorch outputs for them (.npy)
+    Step 1. Variant    the reduced-lead model (compile/variants.py)
+    Step 2. Golden     seeded inputs and the PyTorch outputs for them (.npy), and the
+                       variant's contract with the full model
     Step 3. ONNX       export, checker, ONNX Runtime vs PyTorch
     Step 4. TVM        ONNX -> Relax -> the target's pipeline -> library, (cross-)linked
-    Step 5. Manifest   config, leads, shapes, versions and the sha256 of every file
+    Step 5. Manifest   the typed manifest (deploy/manifest.py) with every file's sha256
     Step 6. Parity     the bundle loaded as a device loads it (deploy.check_parity), vs
-                       PyTorch, where it runs here; then renamed into place
+                       PyTorch, where it runs here; then renamed into place (publish.py)
 
-A bundle whose parity fails is not published: it is kept as `<name>.failed/` with its
-log, and the build raises CompileError.
+Each step is a function that takes and returns plain values. A bundle whose parity
+fails is not published: it is kept as `<name>.failed/` with its log, and the build
+raises CompileError.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
-import logging
-import os
+import dataclasses
 import platform
-import shutil
 import subprocess
-import time
 import traceback
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import torch
 
 import mscnn
-from deploy.bundle import (
-    BUILD_LOG,
-    LIBRARY,
-    MANIFEST,
-    ONNX_FILE,
-    SCHEMA,
-    SCHEMA_VERSION,
-    Bundle,
-    sha256_file,
-    write_npy,
+from deploy.bundle import BUILD_LOG, LIBRARY, MANIFEST, ONNX_FILE, Bundle
+from deploy.files import sha256_file, write_npy
+from deploy.manifest import (
+    FileEntry,
+    Footprint,
+    GoldenCase,
+    Manifest,
+    ModelInfo,
+    Parity,
+    Schedule,
+    TargetInfo,
+    TensorInfo,
+    Verdict,
 )
-from deploy.parity import TOLERANCES, compare
+from deploy.parity import TOLERANCES, ParityResult, compare
 from deploy.predictor import check_parity
 
 from .cuda import compile_cuda_library, cubin_archs
 from .errors import CompileError, ParityError
 from .export import INPUT_NAME, OUTPUT_NAME, check_onnx, export_onnx
 from .golden import golden_inputs
-from .pipeline import compile_executable
+from .pipeline import MemoryPlan, compile_executable
+from .publish import Journal, keep_failed, publish, start
+from .records import load_records
+from .schedule import KernelCounts
 from .targets import Target, check_compiler, elf_machine_of, runnable_here
-from .tune import load_records
+from .variants import Variant, default_variants, is_whole, resolve_variant, variant_model
 
-log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------------------
-# Variants
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str  # folder suffix: "6lead", or the lead names for a custom selection
-    leads: tuple[str, ...]
-    indices: tuple[int, ...]  # into the preset's leads
-
-
-def default_variants(loaded: mscnn.LoadedModel) -> list[str]:
-    """Every CinC lead set the model's leads contain, largest first; else its own leads."""
-    sets = [k for k, names in mscnn.LEAD_SETS.items() if set(names) <= set(loaded.leads)]
-    return sets or [str(len(loaded.leads))]
-
-
-def resolve_variant(loaded: mscnn.LoadedModel, spec: str) -> Variant:
-    """A variant from a lead count ("6": a CinC set, or all the model's leads) or a
-    comma-separated list of lead names."""
-    own = str(len(loaded.leads))
-    valid = sorted(set(default_variants(loaded)) | {own}, key=lambda v: -int(v))
-    if spec == own:
-        names, indices = list(loaded.leads), list(range(len(loaded.leads)))
-    elif spec.isdigit() and spec not in valid:
-        raise CompileError(
-            f"unknown variant {spec!r} for a model with leads {', '.join(loaded.leads)}; "
-            f"choose from: {', '.join(valid)} (or a comma-separated list of lead names)"
-        )
-    else:
-        try:
-            names, indices = mscnn.resolve_leads(spec, loaded.leads)
-        except mscnn.MscnnError as exc:
-            raise CompileError(f"variant {spec!r}: {exc}") from None
-    name = f"{len(names)}lead" if spec.isdigit() else "_".join(names)
-    return Variant(name, tuple(names), tuple(indices))
-
-
-# --------------------------------------------------------------------------------------
-# The build
+__all__ = ["BuildOptions", "Variant", "build", "bundle_dir", "default_variants", "resolve_variant"]
 
 
 @dataclass
@@ -127,38 +87,31 @@ def build(
     _check_shape(loaded, options)
     check_compiler(target)
     final = bundle_dir(out, target, loaded.preset, variant)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        _clean_stale(final)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    except OSError as exc:
-        raise CompileError(f"cannot write bundles under {out}: {exc.strerror} "
-                           f"({exc.filename}); choose a writable --out") from None  # fmt: skip
-    log_path = tmp / BUILD_LOG
-    journal = _Journal(log_path)
+    tmp = start(final)
+    journal = Journal(tmp / BUILD_LOG)
     try:
         manifest = _build_into(tmp, final.name, loaded, target, variant, options, journal)
     except BaseException as exc:
         journal.write(traceback.format_exc())
-        kept = _keep_failed(tmp, final)
+        kept = keep_failed(tmp, final)
         if not isinstance(exc, Exception):  # KeyboardInterrupt: clean up, re-raise
             raise
-        where = f"; log kept at {kept / BUILD_LOG}" if kept else ""
-        if isinstance(exc, CompileError):
-            raise type(exc)(f"{final.name} for {target.name}: {exc}{where}") from None
-        if isinstance(exc, OSError) and exc.strerror:  # disk full, permissions: no traceback
-            raise CompileError(
-                f"{final.name} for {target.name}: {journal.current} could not write: "
-                f"{exc.strerror} ({exc.filename}){where}"
-            ) from None
-        raise CompileError(
-            f"{final.name} for {target.name}: {journal.current} failed: {type(exc).__name__}: "
-            f"{exc}{where}"
-        ) from exc
-    _publish(tmp, final)
+        raise _failure(exc, f"{final.name} for {target.name}", journal.current, kept) from (
+            None if isinstance(exc, CompileError | OSError) else exc
+        )
+    publish(tmp, final)
     return Bundle(final, manifest)
+
+
+def _failure(exc: Exception, label: str, stage: str, kept: Path | None) -> CompileError:
+    where = f"; log kept at {kept / BUILD_LOG}" if kept else ""
+    if isinstance(exc, CompileError):
+        return type(exc)(f"{label}: {exc}{where}")
+    if isinstance(exc, OSError) and exc.strerror:  # disk full, permissions: no traceback
+        return CompileError(
+            f"{label}: {stage} could not write: {exc.strerror} ({exc.filename}){where}"
+        )
+    return CompileError(f"{label}: {stage} failed: {type(exc).__name__}: {exc}{where}")
 
 
 def _check_shape(loaded: mscnn.LoadedModel, options: BuildOptions) -> None:
@@ -179,181 +132,250 @@ def _build_into(
     target: Target,
     variant: Variant,
     options: BuildOptions,
-    journal: _Journal,
-) -> dict[str, Any]:
-    steps = options.progress
+    journal: Journal,
+) -> Manifest:
+    def step(stage: str):
+        return journal.stage(stage, options.progress)
 
-    with journal.stage("variant", steps):  # Step 1
-        full = loaded.model.eval()
-        whole = list(variant.indices) == list(range(full.in_channels))
-        model = full if whole else mscnn.derive_variant(full, variant.indices).eval()
+    with step("variant"):  # Step 1
+        model = variant_model(loaded, variant)
         shape = (options.batch, model.in_channels, options.samples)
-        out_shape = model.compute_output_shape(options.samples, options.batch)
-
-    with journal.stage("golden", steps):  # Step 2
-        inputs = golden_inputs(variant.leads, options.samples, loaded.fs, options.batch,
-                               options.seed)  # fmt: skip
-        expected = {}
-        golden_dir = folder / "golden"
-        golden_dir.mkdir()
-        with torch.no_grad():
-            for key, x in inputs.items():
-                expected[key] = model(torch.from_numpy(x)).numpy()
-                write_npy(golden_dir / f"{key}.input.npy", x)
-                write_npy(golden_dir / f"{key}.output.npy", expected[key])
-        contract = None if whole else _variant_contract(full, model, variant, inputs)
-
-    with journal.stage("onnx", steps):  # Step 3
-        export_onnx(model, folder / ONNX_FILE, batch=options.batch, samples=options.samples)
-        ort = check_onnx(folder / ONNX_FILE, inputs, expected)
+    with step("golden"):  # Step 2
+        inputs, expected = write_golden(folder, model, variant, loaded.fs, options)
+        contract = variant_contract(loaded, model, variant, inputs["ecg"])
+    with step("onnx"):  # Step 3
+        ort = export_checked(model, folder / ONNX_FILE, shape, inputs, expected)
         journal.write(f"ONNX Runtime vs PyTorch: {ort}")
-        if not ort.passed:
-            raise ParityError(f"ONNX Runtime disagrees with PyTorch: {ort}")
-
-    with journal.stage("tvm", steps):  # Step 4
-        plan: dict[str, Any] = {}
-        records, schedule = _schedule_info(target, options)
-        compiler = _compile_tvm(folder / ONNX_FILE, target, shape, folder / LIBRARY, plan,
-                                journal.path, records, schedule)  # fmt: skip
-        kernels = cubin_archs(folder / LIBRARY) if target.device == "cuda" else None
-        if kernels is not None and target.tvm["arch"] not in kernels:
-            raise CompileError(
-                f"{LIBRARY} holds no compiled {target.tvm['arch']} CUDA kernels (found: "
-                f"{', '.join(kernels) or 'none'})"
-            )
-        machine = elf_machine_of(folder / LIBRARY)
-        if machine != target.elf_machine:
-            raise CompileError(
-                f"{LIBRARY} is ELF machine {machine}, expected {target.elf_machine} "
-                f"({target.arch}); check the cross compiler {target.compiler}"
-            )
-
-    with journal.stage("manifest", steps):  # Step 5
-        manifest = {
-            "schema": SCHEMA,
-            "schema_version": SCHEMA_VERSION,
-            "name": name,
-            "target": {
-                "name": target.name,
-                "tvm": dict(target.tvm),
-                "host": dict(target.host) if target.host else None,
-                "arch": target.arch,
-                "device": target.device,
-                "run": target.run,
-                "emulator": list(target.qemu) or None,  # how a non-native host runs it
-                "cpu_flags": list(target.cpu_flags),
-                "cuda_kernels": kernels,
-            },
-            "model": {
-                "preset": loaded.preset,
-                "source": loaded.source,
-                "config": model.config,
-                "in_channels": model.in_channels,
-                "num_parameters": model.num_parameters,
-                "receptive_field": model.receptive_field(),
-                "variant_of": list(loaded.leads),
-            },
-            "leads": list(variant.leads),
-            "lead_indices": list(variant.indices),
-            "fs": loaded.fs,
-            "input": {
-                "name": INPUT_NAME,
-                "shape": list(shape),
-                "dtype": "float32",
-                "layout": "batch, leads, samples",
-            },
-            "output": {
-                "name": OUTPUT_NAME,
-                "shape": list(out_shape),
-                "dtype": "float32",
-                "layout": "batch, channels, frames",
-            },
-            "golden": [
-                {"name": n, "input": f"golden/{n}.input.npy", "output": f"golden/{n}.output.npy"}
-                for n in inputs
-            ],
-            "schedule": schedule,
-            # What a device must hold: flash (library, weights inside it) and RAM (the
-            # static plan's storage blocks plus the outputs). Not read for GPU builds.
-            "footprint": {
-                "library_bytes": (folder / LIBRARY).stat().st_size,
-                "weights_bytes": plan.get("weights_bytes"),
-                "activation_bytes": plan.get("activation_bytes"),
-                "output_bytes": plan.get("output_bytes"),
-            },
-            "parity": {
-                "tolerance": TOLERANCES[target.device],
-                "onnxruntime": ort.to_json(),
-                "tvm": {"passed": None, "normalised": None, "how": "not run"},
-                "variant_contract": contract,
-            },
-            "tools": _tool_versions(compiler),
-            "files": {},
-        }
-        _write_manifest(folder, manifest)
-
-    with journal.stage("parity", steps):  # Step 6: the bundle as a device would load it
-        runs, how = runnable_here(target)
-        if runs:
-            result, _ = check_parity(folder)
-            journal.write(f"TVM vs PyTorch: {result}")
-            manifest["parity"]["tvm"] = {**result.to_json(), "how": how}
-        else:
-            manifest["parity"]["tvm"]["how"] = f"not run: {how}"
-        _write_manifest(folder, manifest)
-        if runs and not result.passed:
-            raise ParityError(f"TVM disagrees with PyTorch: {result}")
+    with step("tvm"):  # Step 4
+        library = compile_library(
+            folder / ONNX_FILE, target, shape, folder / LIBRARY, journal.path, options
+        )
+    with step("manifest"):  # Step 5
+        manifest = write_manifest(
+            folder,
+            describe(
+                name,
+                loaded,
+                model,
+                target,
+                variant,
+                shape,
+                list(inputs),
+                library,
+                Parity(
+                    TOLERANCES[target.device],
+                    verdict(ort),
+                    Verdict.not_run("not run"),
+                    verdict(contract),
+                ),
+            ),
+        )
+    with step("parity"):  # Step 6
+        manifest = check_built(folder, manifest, target)
+        journal.write(f"TVM vs PyTorch: {manifest.parity.tvm}")
     return manifest
 
 
-def _variant_contract(full, model, variant: Variant, inputs) -> dict[str, Any] | None:
-    """How far the variant is from the full model fed zeros on the dropped leads."""
-    x = torch.from_numpy(inputs["ecg"])
+# --------------------------------------------------------------------------------------
+# The steps
+
+
+def write_golden(
+    folder: Path, model: torch.nn.Module, variant: Variant, fs: int, options: BuildOptions
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The golden inputs and PyTorch's outputs for them, written as plain .npy."""
+    inputs = golden_inputs(variant.leads, options.samples, fs, options.batch, options.seed)
+    expected = {}
+    (folder / "golden").mkdir()
     with torch.no_grad():
-        reference = full(mscnn.zero_fill(x, variant.indices, full.in_channels))
+        for key, x in inputs.items():
+            expected[key] = model(torch.from_numpy(x)).numpy()
+            write_npy(folder / "golden" / f"{key}.input.npy", x)
+            write_npy(folder / "golden" / f"{key}.output.npy", expected[key])
+    return inputs, expected
+
+
+def variant_contract(
+    loaded: mscnn.LoadedModel, model: torch.nn.Module, variant: Variant, x: np.ndarray
+) -> ParityResult | None:
+    """How far the variant is from the full model fed zeros on the dropped leads."""
+    if is_whole(loaded, variant):
+        return None
+    full, xt = loaded.model, torch.from_numpy(x)
+    with torch.no_grad():
+        reference = full(mscnn.zero_fill(xt, variant.indices, full.in_channels))
         if full.is_lead_wise:
             reference = reference[:, full.lead_wise_channels(variant.indices)]
-        result = compare(model(x).numpy(), reference.numpy(), "cpu")
+        result = compare(model(xt).numpy(), reference.numpy(), "cpu")
     if not result.passed:
         raise CompileError(f"the variant breaks its zero-filled-leads contract: {result}")
-    return result.to_json()
+    return result
 
 
-def _compile_tvm(onnx_path: Path, target: Target, shape, library: Path, plan: dict, log: Path,
-                 records: dict, schedule: dict[str, Any]):  # fmt: skip
-    """Compile and link `library`; returns the compiler used (for the manifest). For CPU
-    targets `plan` receives the memory plan's figures and `schedule["tuning"]` how many
-    kernels took a tuned tile."""
+def export_checked(
+    model: torch.nn.Module, path: Path, shape: tuple[int, int, int], inputs: dict, expected: dict
+) -> ParityResult:
+    """Export to ONNX; the ONNX checker and ONNX Runtime vs PyTorch must both pass."""
+    export_onnx(model, path, batch=shape[0], samples=shape[2])
+    ort = check_onnx(path, inputs, expected)
+    if not ort.passed:
+        raise ParityError(f"ONNX Runtime disagrees with PyTorch: {ort}")
+    return ort
+
+
+@dataclass(frozen=True)
+class Library:
+    """A linked TVM library and what its compilation reported."""
+
+    compiler: str
+    schedule: Schedule
+    memory: MemoryPlan | None
+    cuda_kernels: list[str] | None
+
+
+def compile_library(
+    onnx_path: Path, target: Target, shape, library: Path, log: Path, options: BuildOptions
+) -> Library:
+    """Compile and link `library` for `target`, checking what came out (ELF machine,
+    compiled CUDA kernels)."""
     compiler = check_compiler(target)
-    if target.device == "cuda":  # isolated: TVM's CUDA runtime is chosen at import
+    if target.is_gpu:  # isolated: TVM's CUDA runtime is chosen at import
         compile_cuda_library(onnx_path, target.name, shape, library, log)
-        return compiler
-    from tvm.support import cc
+        compiled_memory, counts = None, None
+    else:
+        from tvm.support import cc
 
-    tuning = schedule.get("tuning")
-    report: dict[str, int] = {}
-    executable = compile_executable(onnx_path, target, shape, plan, records=records,
-                                    report=report)  # fmt: skip
-    if tuning is not None:
-        tuning.update(report)
-    executable.export_library(str(library), fcompile=cc.cross_compiler(compiler))
-    return compiler
+        records, _ = _records(target, options)
+        compiled = compile_executable(onnx_path, target, shape, records=records)
+        compiled.executable.export_library(str(library), fcompile=cc.cross_compiler(compiler))
+        compiled_memory, counts = compiled.memory, compiled.kernels
+    kernels = cubin_archs(library) if target.is_gpu else None
+    if kernels is not None and target.tvm["arch"] not in kernels:
+        raise CompileError(
+            f"{LIBRARY} holds no compiled {target.tvm['arch']} CUDA kernels "
+            f"(found: {', '.join(kernels) or 'none'})"
+        )
+    machine = elf_machine_of(library)
+    if machine != target.elf_machine:
+        raise CompileError(
+            f"{LIBRARY} is ELF machine {machine}, expected {target.elf_machine} "
+            f"({target.arch}); check the cross compiler {target.compiler}"
+        )
+    return Library(compiler, _schedule(target, options, counts), compiled_memory, kernels)
 
 
-def _schedule_info(target: Target, options: BuildOptions) -> tuple[dict, dict[str, Any]]:
-    """The tuned tiles to apply, and how the kernels are scheduled (for the manifest:
-    the tuning record files used, if any)."""
+def _records(target: Target, options: BuildOptions) -> tuple[dict, list[dict]]:
+    if target.tile is None or not options.tuning:
+        return {}, []
+    return load_records(target, options.records_dir)
+
+
+def _schedule(target: Target, options: BuildOptions, counts: KernelCounts | None) -> Schedule:
+    """How the kernels were scheduled: the tile, and the tuning record files used."""
     if target.tile is None:
-        return {}, {"kind": "tvm default GPU pipeline (dlight)", "tile": None, "tuning": None}
-    info: dict[str, Any] = {"kind": "mscnn conv schedule", "tile": asdict(target.tile),
-                            "tuning": None}  # fmt: skip
-    records, files = load_records(target, options.records_dir) if options.tuning else ({}, [])
-    if files:
-        info["tuning"] = {"records": files}
-    return records, info
+        return Schedule("tvm default GPU pipeline (dlight)", None, None)
+    _, files = _records(target, options)
+    tuning = {"records": files, **dataclasses.asdict(counts)} if files and counts else None
+    return Schedule("mscnn conv schedule", dataclasses.asdict(target.tile), tuning)
 
 
-def _tool_versions(compiler: str) -> dict[str, str]:
+def describe(
+    name: str,
+    loaded: mscnn.LoadedModel,
+    model,
+    target: Target,
+    variant: Variant,
+    shape,
+    golden: list[str],
+    library: Library,
+    parity: Parity,
+) -> Manifest:
+    """The bundle's manifest, files not yet hashed."""
+    memory = library.memory
+    return Manifest(
+        name=name,
+        target=TargetInfo(
+            target.name,
+            dict(target.tvm),
+            dict(target.host) if target.host else None,
+            target.arch,
+            target.device,
+            target.run,
+            list(target.qemu) or None,
+            list(target.cpu_flags),
+            library.cuda_kernels,
+        ),
+        model=ModelInfo(
+            loaded.preset,
+            loaded.source,
+            model.config,
+            model.in_channels,
+            model.num_parameters,
+            model.receptive_field(),
+            list(loaded.leads),
+        ),
+        leads=list(variant.leads),
+        lead_indices=list(variant.indices),
+        fs=loaded.fs,
+        input=TensorInfo(INPUT_NAME, tuple(shape), "float32", "batch, leads, samples"),
+        output=TensorInfo(
+            OUTPUT_NAME,
+            tuple(model.compute_output_shape(shape[2], shape[0])),
+            "float32",
+            "batch, channels, frames",
+        ),
+        golden=[GoldenCase(n, f"golden/{n}.input.npy", f"golden/{n}.output.npy") for n in golden],
+        schedule=library.schedule,
+        footprint=Footprint(
+            0,
+            *(
+                (memory.weights_bytes, memory.activation_bytes, memory.output_bytes)
+                if memory
+                else (None, None, None)
+            ),
+        ),
+        parity=parity,
+        tools=tool_versions(library.compiler),
+    )
+
+
+def verdict(result: ParityResult | None, how: str | None = None) -> Verdict | None:
+    if result is None:
+        return None
+    j = result.to_json()
+    return Verdict(j["passed"], j["normalised"], j["max_abs"], j["tolerance"], j["detail"], how)
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
+    """Hash every file of the bundle (the manifest and the log excepted) into the
+    manifest, and write it."""
+    paths = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.name not in (MANIFEST, BUILD_LOG)
+    )
+    files = {str(p.relative_to(folder)): FileEntry(sha256_file(p), p.stat().st_size) for p in paths}
+    footprint = dataclasses.replace(manifest.footprint, library_bytes=files[LIBRARY].bytes)
+    manifest = dataclasses.replace(manifest, files=files, footprint=footprint)
+    (folder / MANIFEST).write_text(manifest.to_json())
+    return manifest
+
+
+def check_built(folder: Path, manifest: Manifest, target: Target) -> Manifest:
+    """Load the bundle as a device would and compare with PyTorch, where it runs here;
+    the manifest is rewritten with the result (or why it was not run)."""
+    runs, how = runnable_here(target)
+    if runs:
+        result, _ = check_parity(folder)
+        tvm = verdict(result, how)
+    else:
+        result, tvm = None, Verdict.not_run(f"not run: {how}")
+    parity = dataclasses.replace(manifest.parity, tvm=tvm)
+    manifest = write_manifest(folder, dataclasses.replace(manifest, parity=parity))
+    if result is not None and not result.passed:
+        raise ParityError(f"TVM disagrees with PyTorch: {result}")
+    return manifest
+
+
+def tool_versions(compiler: str) -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for dist in ("torch", "onnx", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "numpy"):
         try:
@@ -361,107 +383,14 @@ def _tool_versions(compiler: str) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[dist] = "not installed"
     try:
-        first = subprocess.run([compiler, "--version"], capture_output=True, text=True,
-                               timeout=30).stdout.splitlines()  # fmt: skip
+        first = subprocess.run(
+            [compiler, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout.splitlines()
         versions["compiler"] = first[0] if first else Path(compiler).name
     except (OSError, subprocess.SubprocessError):
         versions["compiler"] = Path(compiler).name
-    versions["mscnn-edge"] = _own_version()
-    return versions
-
-
-def _own_version() -> str:
     try:
-        return metadata.version("mscnn-edge")
+        versions["mscnn-edge"] = metadata.version("mscnn-edge")
     except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    """Hash every file of the bundle (the manifest and the log excepted) into it."""
-    files = sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.name not in (MANIFEST, BUILD_LOG)
-    )
-    manifest["files"] = {
-        str(p.relative_to(folder)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-        for p in files
-    }
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-
-
-# --------------------------------------------------------------------------------------
-# Atomic publication
-
-
-class _Journal:
-    """The build log: stage timings and whatever went wrong, kept with a failed bundle."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.current = "setup"
-
-    def write(self, text: str) -> None:
-        try:
-            with open(self.path, "a") as f:
-                f.write(text.rstrip() + "\n")
-        except OSError:  # a full disk must not hide the error being reported
-            pass
-
-    @contextlib.contextmanager
-    def stage(self, name: str, progress: Callable[[str], None]) -> Iterator[None]:
-        self.current = name
-        progress(name)
-        start = time.perf_counter()
-        yield
-        self.write(f"{name}: {time.perf_counter() - start:.2f} s")
-
-
-def _lock(final: Path):
-    lock = open(final.parent / f".{final.name}.lock", "w")  # noqa: SIM115 - held until closed
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    return lock
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Swap the finished folder into place; concurrent builders of one bundle serialise."""
-    lock = _lock(final)
-    try:
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-        failed = final.parent / f"{final.name}.failed"
-        shutil.rmtree(failed, ignore_errors=True)
-    finally:
-        lock.close()
-
-
-def _keep_failed(tmp: Path, final: Path) -> Path | None:
-    failed = final.parent / f"{final.name}.failed"
-    try:
-        shutil.rmtree(failed, ignore_errors=True)
-        tmp.rename(failed)
-        return failed
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        return None
-
-
-def _clean_stale(final: Path) -> None:
-    """Remove temporary folders left by builders that no longer run (killed midway)."""
-    for prefix in (f".{final.name}.tmp-", f".{final.name}.old-"):
-        for stale in final.parent.glob(prefix + "*"):
-            pid = stale.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        versions["mscnn-edge"] = "unknown"
+    return versions

@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     target = get_target(args.target)
-    executable = compile_executable(args.onnx, target, args.shape)
+    executable = compile_executable(args.onnx, target, args.shape).executable
     kinds = _module_kinds(executable.mod)
     if not any(kind == "cuda" and runnable for kind, runnable in kinds):
         print(f"error: TVM kept CUDA kernels as source (modules: {kinds}); its CUDA runtime "

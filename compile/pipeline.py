@@ -8,10 +8,13 @@ GPU: TVM's default GPU pipeline, whose dlight rules bind every kernel to threads
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .export import INPUT_NAME
-from .schedule import schedule_pass
+from .schedule import KernelCounts, schedule_pass
 from .targets import Target, tvm_target
 
 SCHEDULES = ("tuned", "default-tile", "none")
@@ -24,28 +27,56 @@ def front_passes(tv_target) -> list:
     return cpu.library_dispatch_passes(tv_target) + cpu.legalize_passes(tv_target)
 
 
-def pipeline_for(target: Target, tv_target, footprint: dict | None = None,
-                 schedule: str = "tuned", records=None, report: dict | None = None):  # fmt: skip
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What a device must hold, read from TVM's static memory plan (CPU targets)."""
+
+    activation_bytes: int  # planned storage blocks plus the outputs
+    output_bytes: int
+    weights_bytes: int  # the constants the graph holds (after repacking)
+    storage_blocks: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A compiled, not yet exported, Relax executable and what the build learnt on the way
+    (None where the target's pipeline does not tell: GPU targets, no schedule)."""
+
+    executable: Any
+    memory: MemoryPlan | None
+    kernels: KernelCounts | None
+
+
+def pipeline_for(
+    target: Target,
+    tv_target,
+    schedule: str = "tuned",
+    records=None,
+    on_kernels=None,
+    on_memory=None,
+):
     """The target's Relax pipeline. CPU `schedule`: "tuned" (our schedule with the tiles
     of `records` where a kernel has one), "default-tile" (our schedule, the target's
-    tile everywhere) or "none" (TVM's default loops; for benchmarks)."""
+    tile everywhere) or "none" (TVM's default loops; for benchmarks). `on_kernels` and
+    `on_memory` are told the schedule's counts and the memory plan as the passes run."""
     import tvm
     from tvm import relax
 
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule {schedule!r} is not one of {SCHEDULES}")
-    if target.device == "cuda":
+    if target.is_gpu:
         return relax.get_default_pipeline(tv_target)
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     passes = front_passes(tv_target)
     if target.tile is not None and schedule != "none":
-        passes.append(schedule_pass(target.tile, records if schedule == "tuned" else None, report))
+        tiles = records if schedule == "tuned" else None
+        passes.append(schedule_pass(target.tile, tiles, on_kernels))
     passes += cpu.dataflow_lower_passes(tv_target)
     for p in cpu.finalize_passes(tv_target):
         passes.append(p)
-        if p.info.name == "StaticPlanBlockMemory" and footprint is not None:
-            passes.append(_measure(footprint))
+        if p.info.name == "StaticPlanBlockMemory" and on_memory is not None:
+            passes.append(_measure(on_memory))
 
     @tvm.transform.module_pass(opt_level=0, name="mscnn_cpu_pipeline")
     def run(mod, _ctx):
@@ -70,28 +101,29 @@ def import_onnx(onnx_path: Path, shape):
 
 
 def compile_executable(
-    onnx_path: Path,
-    target: Target,
-    shape,
-    footprint: dict | None = None,
-    schedule: str = "tuned",
-    records=None,
-    report: dict | None = None,
-):
-    """The compiled (not yet exported) Relax executable for `target`; for CPU targets,
-    `footprint` (if given) receives the memory plan's figures and `report` how many
-    kernels took tuned tiles (see pipeline_for)."""
+    onnx_path: Path, target: Target, shape, schedule: str = "tuned", records=None
+) -> Compiled:
+    """Compile the ONNX model for `target` at the static input `shape`."""
     import tvm
 
+    seen: dict[str, Any] = {}
     mod = import_onnx(onnx_path, shape)
     tv_target = tvm_target(target)
-    pipeline = pipeline_for(target, tv_target, footprint, schedule, records, report)
+    pipeline = pipeline_for(
+        target,
+        tv_target,
+        schedule,
+        records,
+        on_kernels=lambda k: seen.update(kernels=k),
+        on_memory=lambda m: seen.update(memory=m),
+    )
     # The CUDA compile callback reads the arch from the current target: keep it in scope.
     with tv_target:
-        return tvm.compile(mod, target=tv_target, relax_pipeline=pipeline)
+        executable = tvm.compile(mod, target=tv_target, relax_pipeline=pipeline)
+    return Compiled(executable, seen.get("memory"), seen.get("kernels"))
 
 
-def _measure(footprint: dict):
+def _measure(on_memory):
     """Read the static memory plan: what a device's RAM and flash must hold.
 
     After StaticPlanBlockMemory every intermediate tensor lives in a planned storage block
@@ -118,7 +150,7 @@ def _measure(footprint: dict):
                 self.storage.append(int(call.args[0].values[0]))
             elif call.op == tensor_op:
                 shape = [int(v) for v in call.args[0].values]
-                self.outputs.append(_product(shape) * call.args[1].value.bits // 8)
+                self.outputs.append(math.prod(shape) * call.args[1].value.bits // 8)
 
         def visit_generic_const_(self, const):
             if hasattr(const.value, "numpy"):  # tensors; other constants are dtypes etc.
@@ -130,19 +162,14 @@ def _measure(footprint: dict):
         for func in mod.functions.values():
             if isinstance(func, relax.Function):
                 sizes.visit_expr(func)
-        footprint.update(
-            activation_bytes=sum(sizes.storage) + sum(sizes.outputs),
-            storage_blocks=sizes.storage,
-            output_bytes=sum(sizes.outputs),
-            weights_bytes=sizes.weights,
+        on_memory(
+            MemoryPlan(
+                sum(sizes.storage) + sum(sizes.outputs),
+                sum(sizes.outputs),
+                sizes.weights,
+                tuple(sizes.storage),
+            )
         )
         return mod
 
     return run
-
-
-def _product(values) -> int:
-    out = 1
-    for v in values:
-        out *= v
-    return out

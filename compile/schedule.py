@@ -19,6 +19,7 @@ target table (`Target.tile`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -193,11 +194,22 @@ def workload_key(func) -> str:
     return f"{tvm_ffi.structural_hash(func) & (1 << 64) - 1:016x}"
 
 
-def schedule_pass(tile: ConvTile, records=None, report: dict | None = None):
+@dataclass(frozen=True)
+class KernelCounts:
+    """How the schedule pass treated the fused kernels of one module."""
+
+    conv_tuned: int  # conv kernels given a tuned tile from the records
+    conv_default_tile: int  # conv kernels given the target's default tile
+    unscheduled: int  # kernels left with TVM's default loops
+
+
+def schedule_pass(tile: ConvTile, records=None,
+                  on_done: Callable[[KernelCounts], None] | None = None):  # fmt: skip
     """The module pass: schedule the kernels, repack the conv weights their callers pass.
 
     `records` maps a conv kernel's workload_key to its tuned (t_tile, f_vecs); kernels
-    without a record get `tile`'s. `report` (if given) receives the counts."""
+    without a record get `tile`'s. `on_done` (if given) is told the counts when the pass
+    has run (a pass runs inside tvm.compile: the caller collects them there)."""
     import tvm
     from tvm import relax, tirx
 
@@ -248,9 +260,8 @@ def schedule_pass(tile: ConvTile, records=None, report: dict | None = None):
                 skipped.append(f"{gv.name_hint} ({exc})")
         if skipped:
             log.info("default loops kept for %d kernel(s): %s", len(skipped), "; ".join(skipped))
-        if report is not None:
-            report.update(conv_tuned=counts["tuned"], conv_default_tile=counts["default"],
-                          unscheduled=len(skipped))  # fmt: skip
+        if on_done is not None:
+            on_done(KernelCounts(counts["tuned"], counts["default"], len(skipped)))
         # A GlobalVar carries its callee's type: re-add the changed kernels under new names.
         builder = relax.BlockBuilder(mod)
         renamed = {

@@ -42,6 +42,10 @@ class Target:
     def elf_machine(self) -> int:
         return ELF_MACHINES[self.arch]
 
+    @property
+    def is_gpu(self) -> bool:
+        return self.device == "cuda"
+
 
 _X86_HOST = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}
 _AARCH64_HOST = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}

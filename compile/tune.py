@@ -11,17 +11,13 @@ space was tried first and stays far behind our schedule (see README, Performance
 Kernels are measured on this machine (LocalRunner) or on a device through TVM's RPC
 tracker (RPCRunner), after being built and linked here with the target's compiler.
 
-Records: compile/tuning/<target>/<preset>.b<batch>x<samples>.json, one file per preset
-and input shape (every lead variant in it), keyed by the kernel's workload_key. A build
-reads every file of its target and takes, per kernel, the fastest record.
+The records it writes are read and written by compile/records.py (a build imports only
+that module, never the search).
 """
 
 from __future__ import annotations
 
-import datetime
 import functools
-import hashlib
-import json
 import logging
 import os
 import platform
@@ -36,6 +32,7 @@ from deploy.remote import Device, Rpc, median_us
 
 from .errors import CompileError
 from .pipeline import front_passes, import_onnx
+from .records import FORMAT, RECORDS_DIR, VERSION, load_records, write_records  # noqa: F401
 from .schedule import (
     CONV_BLOCKS,
     _kind,
@@ -50,10 +47,7 @@ from .targets import Target, check_compiler, runnable_here
 
 log = logging.getLogger(__name__)
 
-RECORDS_DIR = Path(__file__).resolve().parent / "tuning"
 CONFIRM = 3  # candidates per kernel re-timed after the search
-FORMAT = "mscnn-edge tuning records"
-VERSION = 1
 
 
 @dataclass
@@ -63,70 +57,6 @@ class Kernel:
     func: Any
     description: str
     models: list[str]
-
-
-def records_file(target: Target, preset: str, batch: int, samples: int) -> Path:
-    return RECORDS_DIR / target.name / f"{preset}.b{batch}x{samples}.json"
-
-
-def load_records(target: Target, folder: Path | None = None) -> tuple[dict, list[dict]]:
-    """Every record file of `target`: ({workload_key: (t_tile, f_vecs)}, the files used).
-
-    Where several files hold a kernel, the fastest measurement wins. A malformed file
-    is an error naming it (a build must not silently lose its tuning)."""
-    folder = (folder or RECORDS_DIR) / target.name
-    best: dict[str, tuple[float, tuple[int, int]]] = {}
-    used = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        data = _read_records(path, target)
-        for key, rec in data["records"].items():
-            tile = (int(rec["t_tile"]), int(rec["f_vecs"]))
-            if key not in best or rec["us"] < best[key][0]:
-                best[key] = (float(rec["us"]), tile)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        used.append(
-            {
-                "file": f"{target.name}/{path.name}",
-                "sha256": digest,
-                "kernels": len(data["records"]),
-            }
-        )
-    return {key: tile for key, (_, tile) in best.items()}, used
-
-
-def _read_records(path: Path, target: Target) -> dict:
-    fix = f"delete it or re-run `make tune TARGET={target.name}`"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CompileError(f"tuning records {path} are unreadable ({exc}); {fix}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CompileError(f"{path} is not a mscnn-edge tuning record file; {fix}")
-    if data.get("version") != VERSION:
-        raise CompileError(
-            f"{path} has record version {data.get('version')!r}, this "
-            f"mscnn-edge reads version {VERSION}; {fix}"
-        )
-    if data.get("target") != target.name:
-        raise CompileError(
-            f"{path} holds records for target {data.get('target')!r}, not {target.name!r}; {fix}"
-        )
-    records = data.get("records")
-    if not isinstance(records, dict):
-        raise CompileError(f"{path} has no 'records' table; {fix}")
-    for key, rec in records.items():
-        ok = (
-            isinstance(rec, dict)
-            and all(isinstance(rec.get(k), int) and rec[k] > 0 for k in ("t_tile", "f_vecs"))
-            and isinstance(rec.get("us"), int | float)
-            and rec["us"] > 0
-        )
-        if not ok:
-            raise CompileError(
-                f"{path}: record {key!r} needs positive integers t_tile and "
-                f"f_vecs and a positive time 'us'; {fix}"
-            )
-    return data
 
 
 def conv_kernels(models: Mapping[str, tuple[Path, tuple[int, ...]]], target: Target):
@@ -348,8 +278,16 @@ def tune(
     return records, summary
 
 
-def _confirm(kernel: Kernel, tiles: list, target: Target, tv, compiler: str, device: Device,
-             tmp: Path, rounds: int = 3) -> dict[tuple[int, int], float]:  # fmt: skip
+def _confirm(
+    kernel: Kernel,
+    tiles: list,
+    target: Target,
+    tv,
+    compiler: str,
+    device: Device,
+    tmp: Path,
+    rounds: int = 3,
+) -> dict[tuple[int, int], float]:
     """Microseconds per call of one kernel with each tile: the fastest of `rounds`
     interleaved rounds of timing (each the median of 5 repeats)."""
     import numpy as np
@@ -366,8 +304,10 @@ def _confirm(kernel: Kernel, tiles: list, target: Target, tv, compiler: str, dev
         path = tmp / f"{kernel.key}-{tile_choice[0]}x{tile_choice[1]}.so"
         library = tvm.tirx.build(module, target=tv)
         library.export_library(str(path), fcompile=cc.cross_compiler(compiler))
-        args = [device.tensor(rng.standard_normal([int(d) for d in p.shape]).astype(p.dtype))
-                for p in func.params]  # fmt: skip
+        args = [
+            device.tensor(rng.standard_normal([int(d) for d in p.shape]).astype(p.dtype))
+            for p in func.params
+        ]
         calls[tile_choice] = (device.load(path), args)
     best = dict.fromkeys(tiles, float("inf"))
     for _ in range(rounds):
@@ -399,33 +339,6 @@ def _measured(database, mod) -> list[tuple[float, tuple[int, int]]]:
     return sorted(out)
 
 
-def write_records(
-    path: Path, target: Target, covers: dict, records: list[dict], summary: dict
-) -> Path:
-    import tvm
-
-    data = {
-        "format": FORMAT,
-        "version": VERSION,
-        "target": target.name,
-        "tvm_target": dict(target.tvm),
-        "tvm": tvm.__version__,
-        "covers": covers,
-        "tuning": {
-            **summary,
-            "search": "MetaSchedule evolutionary search (random cost model) over the mscnn "
-            "conv schedule's (t_tile, f_vecs) space, every point measured",
-            "date": datetime.date.today().isoformat(),
-        },
-        "records": {r.pop("key"): r for r in sorted(records, key=lambda r: r["kernel"])},
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
 def _machine() -> str:
     model = ""
     try:
@@ -436,3 +349,84 @@ def _machine() -> str:
     except OSError:
         pass
     return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+@dataclass(frozen=True)
+class PresetTuning:
+    """The outcome of tuning one preset's kernels: the records written and a summary."""
+
+    preset: str
+    path: Path
+    records: list[dict]
+    summary: dict
+
+
+def tune_preset(
+    target: Target,
+    preset: str,
+    variants: list[str] | None,
+    *,
+    samples: int,
+    batch: int,
+    threads: int,
+    rpc: Rpc | None = None,
+    max_trials: int | None = None,
+    out: Path | None = None,
+    progress: Callable[[str], None] = lambda s: None,
+) -> PresetTuning:
+    """Tune the conv kernels of every lead variant of `preset` and write the records
+    (`out`: another records folder than the one builds read)."""
+    import mscnn
+
+    from .export import export_onnx
+    from .records import records_file
+    from .variants import resolve_variants, variant_model
+
+    loaded = mscnn.load_model(preset)
+    with tempfile.TemporaryDirectory(prefix="mscnn-tune-") as tmp:
+        models = {}
+        for variant in resolve_variants(loaded, variants):
+            model = variant_model(loaded, variant)
+            path = Path(tmp) / f"{variant.name}.onnx"
+            export_onnx(model, path, batch=batch, samples=samples)
+            models[variant.name] = (path, (batch, model.in_channels, samples))
+        progress(f"{target.name} {preset}: {', '.join(models)}")
+        records, summary = tune(
+            target,
+            models,
+            Path(tmp) / "work",
+            threads=threads,
+            rpc=rpc,
+            max_trials=max_trials,
+            progress=progress,
+        )
+    path = records_file(target, preset, batch, samples)
+    if out is not None:
+        path = out / path.relative_to(RECORDS_DIR)
+    covers = {"preset": preset, "variants": list(models), "batch": batch, "samples": samples}
+    write_records(path, target, covers, [dict(r) for r in records], summary)
+    return PresetTuning(preset, path, records, summary)
+
+
+def tuning_table(target: Target, result: PresetTuning):
+    """A rich table of the tuned tile per kernel, slowest kernel first."""
+    from rich.table import Table
+
+    s = result.summary
+    table = Table(
+        title=f"{target.name} {result.preset}: tuned tile per conv kernel "
+        f"({s['threads']} threads, {s['measured_on']})"
+    )
+    for column in ("kernel", "tile (t x f)", "tried", "default us", "tuned us", "gain"):
+        table.add_column(column, no_wrap=column == "kernel")
+    for r in sorted(result.records, key=lambda r: -(r["default_us"] or r["us"])):
+        gain = f"{r['default_us'] / r['us']:.2f}x" if r["default_us"] else "-"
+        table.add_row(
+            r["kernel"],
+            f"{r['t_tile']} x {r['f_vecs']}",
+            str(r["candidates"]),
+            f"{r['default_us'] or float('nan'):.1f}",
+            f"{r['us']:.1f}",
+            gain,
+        )
+    return table

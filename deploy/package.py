@@ -45,10 +45,12 @@ def package(build: Path, target: str, runners: Path, out: Path) -> tuple[Path, i
     folder = Path(build) / target
     bundle_dirs = sorted(p.parent for p in folder.glob(f"*/{MANIFEST}"))
     if not bundle_dirs:
-        raise DeployError(f"no bundles for target {target!r} under {folder}/; run "
-                          f"`make build TARGETS={target}` first")  # fmt: skip
+        raise DeployError(
+            f"no bundles for target {target!r} under {folder}/; run "
+            f"`make build TARGETS={target}` first"
+        )
     bundles = [load_bundle(p) for p in bundle_dirs]  # verified before they are shipped
-    arch, device = bundles[0].target["arch"], bundles[0].device
+    arch, device = bundles[0].target.arch, bundles[0].device
     runner_dir = Path(runners) / arch
     if not (runner_dir / RUNNER).is_file():
         raise DeployError(f"no {arch} runner at {runner_dir}/; run `make runners`")
@@ -57,12 +59,20 @@ def package(build: Path, target: str, runners: Path, out: Path) -> tuple[Path, i
     archive.parent.mkdir(parents=True, exist_ok=True)
     example = bundles[-1]
     readme = README.format(
-        target=target, arch=arch, device=device, underline="=" * len(target + arch + device),
-        runner=RUNNER, archive=archive.name, folder=name, example=example.name,
+        target=target,
+        arch=arch,
+        device=device,
+        underline="=" * len(target + arch + device),
+        runner=RUNNER,
+        archive=archive.name,
+        folder=name,
+        example=example.name,
         device_flag=" --device cuda" if device == "cuda" else "",
-        shape=tuple(example.input_shape), leads=", ".join(example.leads),
-        fs=example.manifest["fs"], bundles=", ".join(b.name for b in bundles),
-    )  # fmt: skip
+        shape=tuple(example.input_shape),
+        leads=", ".join(example.leads),
+        fs=example.manifest.fs,
+        bundles=", ".join(b.name for b in bundles),
+    )
     tmp = archive.with_name(archive.name + ".tmp")
     with tarfile.open(tmp, "w:gz") as tar:
         tar.add(runner_dir, arcname=f"{name}/runner", filter=_skip_objects)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from .bundle import LIBRARY, Bundle, load_bundle
 from .errors import DeployError
+from .files import read_npy, show, write_npy
 from .parity import ParityResult, compare, worst
 
 
@@ -19,16 +19,19 @@ def validate_input(bundle: Bundle, x: object) -> np.ndarray:
     if not isinstance(x, np.ndarray):
         raise DeployError(f"input: expected a numpy array, got {type(x).__name__}")
     if x.dtype != np.dtype("<f4"):
-        raise DeployError(f"input dtype {x.dtype.str} ({x.dtype.name}): expected little-endian "
-                          "float32, '<f4' (convert with x.astype('<f4'))")  # fmt: skip
+        raise DeployError(
+            f"input dtype {x.dtype.str} ({x.dtype.name}): expected little-endian "
+            "float32, '<f4' (convert with x.astype('<f4'))"
+        )
     if x.size == 0:
         raise DeployError(f"input is empty: expected shape {shape}")
     if x.shape != shape:
         if x.ndim == 3 and x.shape[1] != leads:
-            detail = (f"{x.shape[1]} leads, expected {leads} "
-                      f"({', '.join(bundle.leads)}, in this order)")  # fmt: skip
+            detail = (
+                f"{x.shape[1]} leads, expected {leads} ({', '.join(bundle.leads)}, in this order)"
+            )
         elif x.ndim == 3 and x.shape[2] != samples:
-            fs = bundle.manifest["fs"]
+            fs = bundle.manifest.fs
             detail = f"{x.shape[2]} samples, expected {samples} ({samples / fs:g} s at {fs} Hz)"
         elif x.ndim == 3:
             detail = f"batch {x.shape[0]}, expected {batch}"
@@ -37,9 +40,11 @@ def validate_input(bundle: Bundle, x: object) -> np.ndarray:
         raise DeployError(f"input shape {x.shape}: {detail}; this bundle takes {shape}")
     if not np.isfinite(x).all():
         bad = np.argwhere(~np.isfinite(x))[0]
-        raise DeployError(f"input holds NaN or Inf (first at batch {bad[0]}, lead "
-                          f"{bundle.leads[bad[1]]}, sample {bad[2]}); clean or interpolate "
-                          "the signal first")  # fmt: skip
+        raise DeployError(
+            f"input holds NaN or Inf (first at batch {bad[0]}, lead "
+            f"{bundle.leads[bad[1]]}, sample {bad[2]}); clean or interpolate "
+            "the signal first"
+        )
     return np.ascontiguousarray(x)
 
 
@@ -51,18 +56,22 @@ class Predictor:
         runs, why = self.bundle.runnable_here()
         if not runs:
             raise DeployError(f"bundle {self.bundle.name} cannot run here: {why}")
-        if threads is not None:  # read by TVM's thread pool when it starts
-            os.environ["TVM_NUM_THREADS"] = str(threads)
         import tvm
         from tvm import relax
 
+        if threads is not None:
+            set_threads(threads)
         self.device = tvm.cuda(0) if self.bundle.device == "cuda" else tvm.cpu(0)
         try:
-            library = tvm.runtime.load_module(str(self.bundle.path / LIBRARY))
-            self._vm = relax.VirtualMachine(library, self.device)
+            with self.bundle.private_library() as library:
+                self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), self.device)
+        except DeployError:
+            raise
         except Exception as exc:  # a library TVM cannot load is unusable, not a crash
-            raise DeployError(f"bundle {self.bundle.name}: TVM cannot load {LIBRARY} "
-                              f"({type(exc).__name__}: {exc})") from None  # fmt: skip
+            raise DeployError(
+                f"bundle {self.bundle.name}: TVM cannot load {LIBRARY} "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
         self._main = self._vm["main"]
         self._tvm = tvm
 
@@ -70,6 +79,16 @@ class Predictor:
         x = validate_input(self.bundle, x)
         out = self._main(self._tvm.runtime.tensor(x, self.device))
         return out.numpy() if hasattr(out, "numpy") else out[0].numpy()
+
+
+def set_threads(threads: int, remote=None) -> None:
+    """TVM's CPU thread pool: `threads` workers, fastest cores first (one way, for every
+    caller; `remote` is an RPC session whose device pool is configured instead)."""
+    import tvm
+
+    name = "runtime.config_threadpool"
+    configure = tvm.get_global_func(name) if remote is None else remote.get_function(name)
+    configure(1, threads)  # 1: big cores first; threads: how many
 
 
 def check_parity(bundle: Bundle | str | Path) -> tuple[ParityResult, dict[str, ParityResult]]:
@@ -80,3 +99,24 @@ def check_parity(bundle: Bundle | str | Path) -> tuple[ParityResult, dict[str, P
         for name, (x, expected) in predictor.bundle.golden.items()
     }
     return worst(list(results.values())), results
+
+
+def run_file(bundle: Bundle | str | Path, input_path: Path, output_path: Path) -> np.ndarray:
+    """Run one .npy input through a bundle and write the output .npy; returns the output.
+    The output path is checked before anything runs, so a bad one loses no work."""
+    output_path = Path(output_path)
+    if output_path.is_dir():
+        raise DeployError(
+            f"output path {show(output_path)} is a folder; give a file name such as y.npy"
+        )
+    if output_path.exists() and not output_path.is_file():  # a device or pipe: not replaced
+        raise DeployError(
+            f"output path {show(output_path)} is not a regular file; give a file name such as y.npy"
+        )
+    predictor = Predictor(bundle)
+    y = predictor(read_npy(input_path))
+    try:
+        write_npy(output_path, y)
+    except OSError as exc:
+        raise DeployError(f"cannot write {show(output_path)}: {exc.strerror}") from None
+    return y

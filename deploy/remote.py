@@ -11,8 +11,10 @@ library built here, loads it there and times it there with TVM's time evaluator.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,8 +91,9 @@ class Device:
 
     def time(self, module, name: str, args, *, repeat: int = 5, min_repeat_ms: int = 50):
         """Seconds per call, one figure per repeat (each repeat lasts >= min_repeat_ms)."""
-        timer = module.time_evaluator(name, self.dev, number=1, repeat=repeat,
-                                      min_repeat_ms=min_repeat_ms)  # fmt: skip
+        timer = module.time_evaluator(
+            name, self.dev, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms
+        )
         return list(timer(*args).results)
 
 
@@ -113,37 +116,78 @@ class BundleTiming:
         return dict(self.__dict__)
 
 
-def time_bundle(bundle, device: Device, threads: int | None = None, repeat: int = 20,
-                min_repeat_ms: int = 100) -> BundleTiming:  # fmt: skip
+def time_bundle(
+    bundle, device: Device, threads: int | None = None, repeat: int = 20, min_repeat_ms: int = 100
+) -> BundleTiming:
     """TVM latency of one verified bundle on `device`, on its golden ECG input: one
     figure per repeat (the mean of as many calls as fill min_repeat_ms)."""
-    import tvm
     from tvm import relax
 
     from .bundle import LIBRARY
 
     if bundle.device != "cpu":
-        raise DeployError(f"bundle {bundle.name} is a {bundle.device} bundle; deploy bench "
-                          "times CPU bundles")  # fmt: skip
+        raise DeployError(
+            f"bundle {bundle.name} is a {bundle.device} bundle; deploy bench times CPU bundles"
+        )
     if device.session is None:
         runs, why = bundle.runnable_here()
         if not runs:
-            raise DeployError(f"bundle {bundle.name} cannot run here: {why}; time it on its "
-                              "device with --rpc-tracker HOST:PORT --rpc-key KEY")  # fmt: skip
+            raise DeployError(
+                f"bundle {bundle.name} cannot run here: {why}; time it on its "
+                "device with --rpc-tracker HOST:PORT --rpc-key KEY"
+            )
     if threads is not None:
-        configure = (tvm.get_global_func("runtime.config_threadpool") if device.session is None
-                     else device.session.get_function("runtime.config_threadpool"))  # fmt: skip
-        configure(1, threads)  # 1: the fastest cores first; threads: how many
+        from .predictor import set_threads
+
+        set_threads(threads, device.session)
     try:
-        vm = relax.VirtualMachine(device.load(bundle.path / LIBRARY), device.dev)
+        with bundle.private_library() as library:  # the verified bytes, nothing else
+            vm = relax.VirtualMachine(device.load(library), device.dev)
+    except DeployError:
+        raise
     except Exception as exc:  # another architecture, a runtime too old: unusable
-        raise DeployError(f"bundle {bundle.name}: {device.rpc or 'this machine'} cannot "
-                          f"load {LIBRARY} ({type(exc).__name__}: {exc})") from None  # fmt: skip
+        raise DeployError(
+            f"bundle {bundle.name}: {device.rpc or 'this machine'} cannot "
+            f"load {LIBRARY} ({type(exc).__name__}: {exc})"
+        ) from None
     x, _ = bundle.golden["ecg"]
     vm.set_input("main", device.tensor(x))
-    timer = vm.time_evaluator("invoke_stateful", device.dev, number=1, repeat=repeat,
-                              min_repeat_ms=min_repeat_ms)  # fmt: skip
+    timer = vm.time_evaluator(
+        "invoke_stateful", device.dev, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms
+    )
     ms = [s * 1e3 for s in timer("main").results]
-    return BundleTiming(bundle.name, bundle.manifest["target"]["name"], str(device.rpc or "local"),
-                        threads, statistics.median(ms), float(np.percentile(ms, 90)), min(ms),
-                        len(ms))  # fmt: skip
+    return BundleTiming(
+        bundle.name,
+        bundle.target.name,
+        str(device.rpc or "local"),
+        threads,
+        statistics.median(ms),
+        float(np.percentile(ms, 90)),
+        min(ms),
+        len(ms),
+    )
+
+
+def time_bundles(
+    paths,
+    rpc: Rpc | None,
+    threads: int | None,
+    repeat: int,
+    min_repeat_ms: int,
+    json_path: Path | None = None,
+) -> Iterator[BundleTiming]:
+    """Time bundles one after another (every hash checked before the first is timed);
+    yields each figure as it comes and writes them all to `json_path` at the end."""
+    from .bundle import load_bundle
+
+    bundles = [load_bundle(p) for p in paths]
+    device = Device(rpc)
+    rows = []
+    for bundle in bundles:
+        rows.append(time_bundle(bundle, device, threads, repeat, min_repeat_ms))
+        yield rows[-1]
+    if json_path is not None:
+        try:
+            json_path.write_text(json.dumps([r.to_json() for r in rows], indent=2) + "\n")
+        except OSError as exc:
+            raise DeployError(f"cannot write {json_path}: {exc.strerror}") from None

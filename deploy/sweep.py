@@ -40,22 +40,28 @@ def sweep(folder: Path, runners: Path, timeout: float = 1800) -> list[SweepRow]:
 def _one(label: str, path: Path, runners: Path, timeout: float) -> SweepRow:
     bundle = load_bundle(path)
     target = bundle.target
-    runs, why = can_run_here(target["arch"], target["device"], target.get("cpu_flags", ()))
+    runs, why = can_run_here(target.arch, target.device, target.cpu_flags)
     if runs:
         verdict, _ = check_parity(bundle)
-        return SweepRow(label, "native (Python)", verdict.normalised,
-                        "pass" if verdict.passed else "FAIL")  # fmt: skip
-    if target["device"] == "cuda":  # a GPU bundle runs on its own machine or not at all
+        return SweepRow(
+            label, "native (Python)", verdict.normalised, "pass" if verdict.passed else "FAIL"
+        )
+    if target.is_gpu:  # a GPU bundle runs on its own machine or not at all
         return SweepRow(label, f"not run: {why}", None, "not run")
-    emulator = target.get("emulator")
-    runner = Path(runners) / target["arch"] / RUNNER
+    emulator = target.emulator
+    runner = Path(runners) / target.arch / RUNNER
     if not emulator:
         return SweepRow(label, f"not run: {why}", None, "not run")
     if not runner.is_file():
-        return SweepRow(label, f"not run: no {target['arch']} runner at {runner} "
-                        "(make runners)", None, "not run")  # fmt: skip
-    done = subprocess.run([*emulator, str(runner), str(path), "--check"], capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+        return SweepRow(
+            label, f"not run: no {target.arch} runner at {runner} (make runners)", None, "not run"
+        )
+    done = subprocess.run(
+        [*emulator, str(runner), str(path), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     how = f"{emulator[0]} + {RUNNER}"
     found = re.search(r"worst_normalised=(\S+)", done.stdout)
     normalised = float(found.group(1)) if found else None

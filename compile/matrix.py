@@ -1,0 +1,97 @@
+"""Build a matrix of bundles (targets x lead variants of one model): what `make build`
+and `python -m compile build` run. One failed bundle does not stop the others."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mscnn
+from deploy.bundle import Bundle
+
+from .build import BuildOptions, build
+from .errors import CompileError, ParityError
+from .targets import Target, get_target
+from .variants import Variant, resolve_variants
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to build: a preset (and optional checkpoint), targets and lead variants."""
+
+    preset: str = mscnn.DEFAULT_PRESET
+    checkpoint: Path | None = None
+    targets: list[str] = field(default_factory=list)
+    variants: list[str] | None = None  # None: every lead set of the model
+    samples: int = 5000
+    batch: int = 1
+    seed: int = 0
+    out: Path = Path("build")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The request resolved: the model, targets and variants, checked before building."""
+
+    request: Request
+    loaded: mscnn.LoadedModel
+    targets: list[Target]
+    variants: list[Variant]
+
+    def __str__(self) -> str:
+        r = self.request
+        return (
+            f"preset {r.preset} ({self.loaded.source}); targets "
+            f"{', '.join(t.name for t in self.targets)}; variants "
+            f"{', '.join(v.name for v in self.variants)}; input (batch {r.batch}, leads, "
+            f"{r.samples} samples); out {r.out}/"
+        )
+
+
+@dataclass
+class Outcome:
+    bundles: list[Bundle]
+    failures: list[CompileError]
+
+
+def plan(request: Request) -> Plan:
+    """Resolve and check everything a build needs before the first bundle starts."""
+    targets = [get_target(t) for t in request.targets]
+    loaded = mscnn.load_model(request.preset, request.checkpoint, seed=request.seed)
+    return Plan(request, loaded, targets, resolve_variants(loaded, request.variants))
+
+
+def build_matrix(
+    planned: Plan,
+    progress: Callable[[str, str], None] = lambda b, s: None,
+    done: Callable[[str, CompileError | None], None] = lambda b, e: None,
+) -> Outcome:
+    """Build every bundle of the plan; `progress(label, stage)` and `done(label, error)`
+    report as it goes. Raises ParityError (all failures were parity) or CompileError
+    after the last bundle when any failed."""
+    r = planned.request
+    outcome = Outcome([], [])
+    for target in planned.targets:
+        for variant in planned.variants:
+            label = f"{target.name}/{r.preset}-{variant.name}"
+            options = BuildOptions(
+                samples=r.samples,
+                batch=r.batch,
+                seed=r.seed,
+                progress=lambda stage, label=label: progress(label, stage),
+            )
+            try:
+                outcome.bundles.append(build(planned.loaded, target, variant, r.out, options))
+                done(label, None)
+            except CompileError as exc:
+                outcome.failures.append(exc)
+                done(label, exc)
+    return outcome
+
+
+def raise_failures(outcome: Outcome, total: int) -> None:
+    if outcome.failures:
+        parity_only = all(isinstance(f, ParityError) for f in outcome.failures)
+        kind = ParityError if parity_only else CompileError
+        raise kind(f"{len(outcome.failures)} of {total} bundles failed")

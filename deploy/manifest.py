@@ -1,0 +1,559 @@
+"""The bundle manifest: the contract between compile and every device, as typed data.
+
+This is the only module that knows the JSON keys. `Manifest.to_json()` writes them;
+`Manifest.from_json()` reads them back and checks every type and range on the way, so a
+reader elsewhere uses attributes and never meets a value of the wrong kind. A manifest is
+hostile until checked: duplicate keys, `NaN` literals, absurd nesting or integers, paths
+that leave the bundle and control characters are refused with one clear line, and every
+value quoted in a message is escaped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from .errors import DeployError
+
+SCHEMA = "mscnn-edge/bundle"
+SCHEMA_VERSION = 1
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a few KiB; refuse to parse anything huge
+MAX_DIGITS = 18  # integers in a manifest are sizes and shapes: 18 digits is plenty
+MAX_ELEMENTS = 1 << 31  # a tensor of more elements is no ECG model's input or output
+DEVICES = ("cpu", "cuda")
+RUNS = ("native", "qemu", "gpu")
+
+
+class ManifestError(DeployError):
+    """The manifest is malformed: what is wrong and where, on one line."""
+
+
+def quote(value: object, limit: int = 80) -> str:
+    """`value` for an error message: control characters escaped, long text cut."""
+    text = value if isinstance(value, str) else repr(value)
+    out = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text[:limit])
+    return out + ("..." if len(text) > limit else "")
+
+
+# --------------------------------------------------------------------------------------
+# The parts of a manifest
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    name: str
+    tvm: dict[str, Any]  # the TVM target as TVM takes it (JSON form)
+    host: dict[str, Any] | None
+    arch: str  # the CPU the library's host code runs on
+    device: str  # "cpu" or "cuda"
+    run: str  # "native", "qemu" or "gpu"
+    emulator: list[str] | None  # how a non-native host runs it (qemu-user prefix)
+    cpu_flags: list[str]
+    cuda_kernels: list[str] | None  # compiled CUDA archs inside the library
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.device == "cuda"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    preset: str | None
+    source: str
+    config: dict[str, Any]
+    in_channels: int
+    num_parameters: int
+    receptive_field: int
+    variant_of: list[str]  # the leads of the model this variant was derived from
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    layout: str
+
+    @property
+    def elements(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class GoldenCase:
+    name: str
+    input: str  # paths inside the bundle
+    output: str
+
+
+@dataclass(frozen=True)
+class Schedule:
+    kind: str
+    tile: dict[str, Any] | None
+    tuning: dict[str, Any] | None  # record files used and how many kernels took them
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a device must hold: flash (library, weights) and RAM (activations)."""
+
+    library_bytes: int
+    weights_bytes: int | None = None
+    activation_bytes: int | None = None
+    output_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One parity figure: ParityResult's fields, plus how it was run (or why not)."""
+
+    passed: bool | None
+    normalised: float | None
+    max_abs: float | None = None
+    tolerance: float | None = None
+    detail: str | None = None
+    how: str | None = None
+
+    @classmethod
+    def not_run(cls, how: str) -> Verdict:
+        return cls(None, None, how=how)
+
+    @property
+    def ran(self) -> bool:
+        return self.passed is not None
+
+
+@dataclass(frozen=True)
+class Parity:
+    tolerance: float
+    onnxruntime: Verdict
+    tvm: Verdict
+    variant_contract: Verdict | None
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    target: TargetInfo
+    model: ModelInfo
+    leads: list[str]
+    lead_indices: list[int]
+    fs: int
+    input: TensorInfo
+    output: TensorInfo
+    golden: list[GoldenCase]
+    schedule: Schedule
+    footprint: Footprint
+    parity: Parity
+    tools: dict[str, str]
+    files: dict[str, FileEntry] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(_write_manifest(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes, where: str = "manifest.json") -> Manifest:
+        """Parse and validate; a ManifestError names the first problem found."""
+        data = _parse(text, where)
+        if not isinstance(data, dict):
+            raise ManifestError(
+                f"{where} is not an mscnn-edge bundle manifest ({_kind(data)}, not an object)"
+            )
+        return _read_manifest(_Obj(data, where, ""))
+
+
+# --------------------------------------------------------------------------------------
+# Writing: the key order is the file's, so rebuilds give identical manifests
+
+
+def _write_manifest(m: Manifest) -> dict[str, Any]:
+    t = m.target
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "name": m.name,
+        "target": {
+            "name": t.name,
+            "tvm": t.tvm,
+            "host": t.host,
+            "arch": t.arch,
+            "device": t.device,
+            "run": t.run,
+            "emulator": t.emulator,
+            "cpu_flags": t.cpu_flags,
+            "cuda_kernels": t.cuda_kernels,
+        },
+        "model": dict(vars(m.model)),
+        "leads": m.leads,
+        "lead_indices": m.lead_indices,
+        "fs": m.fs,
+        "input": _write_tensor(m.input),
+        "output": _write_tensor(m.output),
+        "golden": [dict(vars(g)) for g in m.golden],
+        "schedule": dict(vars(m.schedule)),
+        "footprint": dict(vars(m.footprint)),
+        "parity": {
+            "tolerance": m.parity.tolerance,
+            "onnxruntime": _write_verdict(m.parity.onnxruntime),
+            "tvm": _write_verdict(m.parity.tvm),
+            "variant_contract": _write_verdict(m.parity.variant_contract),
+        },
+        "tools": m.tools,
+        "files": {rel: dict(vars(entry)) for rel, entry in m.files.items()},
+    }
+
+
+def _write_tensor(t: TensorInfo) -> dict[str, Any]:
+    return {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "layout": t.layout}
+
+
+def _write_verdict(v: Verdict | None) -> dict[str, Any] | None:
+    if v is None:
+        return None
+    if not v.ran:
+        return {"passed": None, "normalised": None, "how": v.how}
+    out = {
+        "max_abs": v.max_abs,
+        "normalised": v.normalised,
+        "tolerance": v.tolerance,
+        "passed": v.passed,
+        "detail": v.detail or "",
+    }
+    if v.how is not None:
+        out["how"] = v.how
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Reading
+
+
+def _parse(text: str | bytes, where: str) -> Any:
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise ManifestError(
+            f"{where} is larger than any real manifest "
+            f"({len(text)} bytes > {MAX_MANIFEST_BYTES}); refusing to parse it"
+        )
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+            parse_int=_bounded_int,
+        )
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            f"{where} is not UTF-8 text ({exc.reason} at byte {exc.start}); rebuild the bundle"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise ManifestError(
+            f"{where} is not valid JSON ({exc.msg} at line {exc.lineno} "
+            f"column {exc.colno}); rebuild the bundle"
+        ) from None
+    except RecursionError:
+        raise ManifestError(
+            f"{where} nests too deeply to be a manifest; rebuild the bundle"
+        ) from None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise json.JSONDecodeError(f"duplicate key {quote(key)!s}", "", 0)
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not a JSON number", "", 0)
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_DIGITS:
+        raise json.JSONDecodeError(f"an integer of {len(digits)} digits", "", 0)
+    return int(digits)
+
+
+class _Obj:
+    """Typed access to one JSON object; errors name the field's path."""
+
+    def __init__(self, data: Any, where: str, path: str) -> None:
+        if not isinstance(data, dict):
+            raise ManifestError(
+                f"{where}: {path or 'the manifest'} must be a JSON object, got {_kind(data)}"
+            )
+        self.data, self.where, self.path = data, where, path
+
+    def _field(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def fail(self, key: str, expected: str, value: Any = None) -> ManifestError:
+        got = f", got {quote(value)}" if value is not None else ""
+        return ManifestError(
+            f"{self.where}: field {self._field(key)!r} must be {expected}{got}; rebuild the bundle"
+        )
+
+    def get(
+        self, key: str, check: Callable[[Any], bool], expected: str, optional: bool = False
+    ) -> Any:
+        if key not in self.data:
+            if optional:
+                return None
+            raise ManifestError(
+                f"{self.where}: manifest lacks {self._field(key)!r}; rebuild the bundle"
+            )
+        value = self.data[key]
+        if value is None and optional:
+            return None
+        if not check(value):
+            raise self.fail(key, expected, value)
+        return value
+
+    def str(self, key: str, optional: bool = False, choices: tuple[str, ...] = ()) -> Any:
+        value = self.get(key, _is_text, "a string without control characters", optional)
+        if choices and value is not None and value not in choices:
+            raise self.fail(key, f"one of {', '.join(choices)}", value)
+        return value
+
+    def int(self, key: str, optional: bool = False, minimum: int = 0) -> Any:
+        return self.get(
+            key, lambda v: _is_int(v) and v >= minimum, f"an integer >= {minimum}", optional
+        )
+
+    def number(self, key: str, optional: bool = False) -> Any:
+        value = self.get(key, _is_number, "a finite number", optional)
+        return None if value is None else float(value)
+
+    def bool(self, key: str, optional: bool = False) -> Any:
+        return self.get(key, lambda v: isinstance(v, bool), "true or false", optional)
+
+    def obj(self, key: str, optional: bool = False) -> Any:
+        value = self.get(key, lambda v: isinstance(v, dict), "an object", optional)
+        return None if value is None else _Obj(value, self.where, self._field(key))
+
+    def strs(self, key: str, optional: bool = False, nonempty: bool = False) -> Any:
+        value = self.get(
+            key,
+            lambda v: isinstance(v, list) and all(map(_is_text, v)) and (v or not nonempty),
+            "a list of strings" + (" (not empty)" if nonempty else ""),
+            optional,
+        )
+        return None if value is None else list(value)
+
+    def ints(self, key: str, minimum: int = 0) -> list[int]:
+        return list(
+            self.get(
+                key,
+                lambda v: isinstance(v, list) and all(_is_int(i) and i >= minimum for i in v),
+                f"a list of integers >= {minimum}",
+            )
+        )
+
+    def plain(self, key: str, optional: bool = False) -> Any:
+        """A JSON object whose content is opaque here (a TVM target, a model config)."""
+        value = self.get(key, lambda v: isinstance(v, dict), "an object", optional)
+        return None if value is None else value
+
+    def list(self, key: str, nonempty: bool = False) -> list[Any]:
+        return self.get(
+            key,
+            lambda v: isinstance(v, list) and (v or not nonempty),
+            "a list" + (" (not empty)" if nonempty else ""),
+        )
+
+
+def _kind(value: Any) -> str:
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+    }.get(type(value), "a number")
+
+
+def _is_text(v: Any) -> bool:
+    return isinstance(v, str) and v.isprintable()
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _read_manifest(root: _Obj) -> Manifest:
+    schema = root.data.get("schema")
+    if schema != SCHEMA:
+        raise ManifestError(
+            f"{root.where} is not an mscnn-edge bundle manifest (schema {quote(schema)})"
+        )
+    version = root.data.get("schema_version")
+    if not _is_int(version) or version != SCHEMA_VERSION:
+        raise ManifestError(
+            f"{root.where}: manifest schema version {quote(version)}; this "
+            f"deploy reads version {SCHEMA_VERSION}: rebuild the bundle with "
+            "a matching mscnn-edge"
+        )
+    files = _read_files(root)
+    manifest = Manifest(
+        name=root.str("name"),
+        target=_read_target(root.obj("target")),
+        model=_read_model(root.obj("model")),
+        leads=root.strs("leads", nonempty=True),
+        lead_indices=root.ints("lead_indices"),
+        fs=root.int("fs", minimum=1),
+        input=_read_tensor(root.obj("input")),
+        output=_read_tensor(root.obj("output")),
+        golden=_read_golden(root, files),
+        schedule=_read_schedule(root.obj("schedule")),
+        footprint=_read_footprint(root.obj("footprint")),
+        parity=_read_parity(root.obj("parity")),
+        tools=_read_tools(root.obj("tools")),
+        files=files,
+    )
+    _check_consistent(root, manifest)
+    return manifest
+
+
+def _read_target(t: _Obj) -> TargetInfo:
+    return TargetInfo(
+        name=t.str("name"),
+        tvm=t.plain("tvm"),
+        host=t.plain("host", optional=True),
+        arch=t.str("arch"),
+        device=t.str("device", choices=DEVICES),
+        run=t.str("run", choices=RUNS),
+        emulator=t.strs("emulator", optional=True, nonempty=True),
+        cpu_flags=t.strs("cpu_flags"),
+        cuda_kernels=t.strs("cuda_kernels", optional=True),
+    )
+
+
+def _read_model(m: _Obj) -> ModelInfo:
+    return ModelInfo(
+        preset=m.str("preset", optional=True),
+        source=m.str("source"),
+        config=m.plain("config"),
+        in_channels=m.int("in_channels", minimum=1),
+        num_parameters=m.int("num_parameters"),
+        receptive_field=m.int("receptive_field", minimum=1),
+        variant_of=m.strs("variant_of", nonempty=True),
+    )
+
+
+def _read_tensor(t: _Obj) -> TensorInfo:
+    shape = tuple(t.ints("shape", minimum=1))
+    if len(shape) != 3 or math.prod(shape) > MAX_ELEMENTS:
+        raise t.fail(
+            "shape", f"three positive sizes of at most {MAX_ELEMENTS} elements", list(shape)
+        )
+    return TensorInfo(t.str("name"), shape, t.str("dtype", choices=("float32",)), t.str("layout"))
+
+
+def _read_golden(root: _Obj, files: Mapping[str, FileEntry]) -> list[GoldenCase]:
+    cases, names = [], set()
+    for k, entry in enumerate(root.list("golden", nonempty=True)):
+        g = _Obj(entry, root.where, f"golden[{k}]")
+        case = GoldenCase(g.str("name"), g.str("input"), g.str("output"))
+        if case.name in names:
+            raise g.fail("name", "unique among the golden cases", case.name)
+        names.add(case.name)
+        for key in ("input", "output"):
+            if getattr(case, key) not in files:
+                raise g.fail(key, "a file hashed in the manifest", getattr(case, key))
+        cases.append(case)
+    return cases
+
+
+def _read_schedule(s: _Obj) -> Schedule:
+    return Schedule(s.str("kind"), s.plain("tile", optional=True), s.plain("tuning", optional=True))
+
+
+def _read_footprint(f: _Obj) -> Footprint:
+    return Footprint(
+        f.int("library_bytes"),
+        f.int("weights_bytes", optional=True),
+        f.int("activation_bytes", optional=True),
+        f.int("output_bytes", optional=True),
+    )
+
+
+def _read_verdict(v: _Obj | None) -> Verdict | None:
+    if v is None:
+        return None
+    return Verdict(
+        passed=v.bool("passed", optional=True),
+        normalised=v.number("normalised", optional=True),
+        max_abs=v.number("max_abs", optional=True),
+        tolerance=v.number("tolerance", optional=True),
+        detail=v.str("detail", optional=True),
+        how=v.str("how", optional=True),
+    )
+
+
+def _read_parity(p: _Obj) -> Parity:
+    ort, tvm = _read_verdict(p.obj("onnxruntime")), _read_verdict(p.obj("tvm"))
+    assert ort is not None and tvm is not None  # obj() without optional never gives None
+    return Parity(
+        p.number("tolerance"), ort, tvm, _read_verdict(p.obj("variant_contract", optional=True))
+    )
+
+
+def _read_tools(t: _Obj) -> dict[str, str]:
+    return {key: t.str(key) for key in t.data}
+
+
+def _read_files(root: _Obj) -> dict[str, FileEntry]:
+    listing = root.obj("files")
+    files = {}
+    for rel in listing.data:
+        check_relative_path(rel, root.where)
+        entry = listing.obj(rel)
+        sha = entry.str("sha256")
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise entry.fail("sha256", "64 lower-case hex digits", sha)
+        files[rel] = FileEntry(sha, entry.int("bytes"))
+    return files
+
+
+def check_relative_path(rel: str, where: str) -> None:
+    """A listed file must name a plain path inside the bundle: no '..', no absolute path,
+    no empty or control-character component."""
+    parts = PurePosixPath(rel).parts if _is_text(rel) else ()
+    if (
+        not parts
+        or rel.startswith("/")
+        or "\\" in rel
+        or "\0" in rel
+        or any(p in ("..", ".") for p in rel.split("/"))
+    ):
+        raise ManifestError(
+            f"{where}: manifest names {quote(rel)!r}, which is not a path inside the bundle"
+        )
+
+
+def _check_consistent(root: _Obj, m: Manifest) -> None:
+    if len(m.lead_indices) != len(m.leads):
+        raise root.fail("lead_indices", f"one index per lead ({len(m.leads)})", m.lead_indices)
+    if m.input.shape[1] != len(m.leads):
+        raise ManifestError(
+            f"{root.where}: input shape {list(m.input.shape)} has "
+            f"{m.input.shape[1]} leads, the manifest lists {len(m.leads)}; "
+            "rebuild the bundle"
+        )

@@ -1,0 +1,315 @@
+"""The typed manifest: the one reader of the JSON keys, and what it refuses.
+
+These tests build manifests in memory (no compilation), so they can afford to try every
+field and many hostile variations: a manifest is hostile until checked."""
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deploy import DeployError
+from deploy.files import read_npy, write_npy
+from deploy.manifest import (
+    FileEntry,
+    Footprint,
+    GoldenCase,
+    Manifest,
+    ManifestError,
+    ModelInfo,
+    Parity,
+    Schedule,
+    TargetInfo,
+    TensorInfo,
+    Verdict,
+)
+
+SHA = "ab" * 32
+
+
+def sample() -> Manifest:
+    files = {
+        rel: FileEntry(SHA, 10)
+        for rel in ("model.so", "model.onnx", "golden/ecg.input.npy", "golden/ecg.output.npy")
+    }
+    return Manifest(
+        name="cpsc2019-1lead",
+        target=TargetInfo(
+            "x86_64", {"kind": "llvm"}, None, "x86_64", "cpu", "native", None, ["avx2"], None
+        ),
+        model=ModelInfo("cpsc2019", "seeded", {"groups": 1}, 1, 100, 1984, ["ECG"]),
+        leads=["ECG"],
+        lead_indices=[0],
+        fs=500,
+        input=TensorInfo("ecg", (1, 1, 512), "float32", "batch, leads, samples"),
+        output=TensorInfo("features", (1, 192, 64), "float32", "batch, channels, frames"),
+        golden=[GoldenCase("ecg", "golden/ecg.input.npy", "golden/ecg.output.npy")],
+        schedule=Schedule("mscnn conv schedule", {"vec": 8}, None),
+        footprint=Footprint(10, 4, 8, 2),
+        parity=Parity(1e-5, Verdict(True, 1e-7, 1e-7, 1e-5, ""), Verdict.not_run("not run"), None),
+        tools={"torch": "2.13.0"},
+        files=files,
+    )
+
+
+def as_dict() -> dict:
+    return json.loads(sample().to_json())
+
+
+def parse(data) -> Manifest:
+    text = data if isinstance(data, str | bytes) else json.dumps(data)
+    return Manifest.from_json(text, "manifest.json")
+
+
+def test_round_trip():
+    m = sample()
+    assert Manifest.from_json(m.to_json()) == m
+    assert parse(as_dict()).to_json() == m.to_json()
+
+
+# Every field a reader relies on, written out: removing any of them must be refused, and
+# removing anything else must not be (optional fields and opaque objects).
+REQUIRED = {
+    "name",
+    "target",
+    "target.name",
+    "target.tvm",
+    "target.arch",
+    "target.device",
+    "target.run",
+    "target.cpu_flags",
+    "model",
+    "model.source",
+    "model.config",
+    "model.in_channels",
+    "model.num_parameters",
+    "model.receptive_field",
+    "model.variant_of",
+    "leads",
+    "lead_indices",
+    "fs",
+    "input",
+    "input.name",
+    "input.shape",
+    "input.dtype",
+    "input.layout",
+    "output",
+    "output.name",
+    "output.shape",
+    "output.dtype",
+    "output.layout",
+    "golden",
+    "schedule",
+    "schedule.kind",
+    "footprint",
+    "footprint.library_bytes",
+    "parity",
+    "parity.tolerance",
+    "parity.onnxruntime",
+    "parity.tvm",
+    "tools",
+    "files",
+}
+OPAQUE = {"target.tvm", "model.config", "schedule.tile", "tools", "files"}
+
+
+def _paths(data: dict, prefix: str = ""):
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if path in ("schema", "schema_version"):
+            continue
+        yield path
+        if isinstance(value, dict) and path not in OPAQUE and not path.startswith("parity."):
+            yield from _paths(value, path + ".")
+
+
+@pytest.mark.parametrize("path", sorted(set(_paths(as_dict())) | REQUIRED))
+def test_each_required_field(path):
+    data = as_dict()
+    *parents, key = path.split(".")
+    node = data
+    for p in parents:
+        node = node[p]
+    node.pop(key)
+    if path in REQUIRED:
+        with pytest.raises(ManifestError, match=re.escape(f"lacks '{path}'")):
+            parse(data)
+    else:
+        parse(data)  # optional: still a valid manifest
+
+
+def _edit(fn):
+    data = as_dict()
+    fn(data)
+    return json.dumps(data)
+
+
+HOSTILE = {
+    "duplicate key": ('{"schema": "mscnn-edge/bundle", "schema": "x"}', "duplicate key"),
+    "NaN literal": (
+        _edit(lambda d: d.update(fs=1)).replace('"fs": 1', '"fs": NaN'),
+        "NaN is not a JSON number",
+    ),
+    "5000 digits": (
+        _edit(lambda d: d.update(fs=1)).replace('"fs": 1', '"fs": ' + "9" * 5000),
+        "integer of 5000 digits",
+    ),
+    "deep nesting": ("[" * 100000 + "]" * 100000, "nests too deeply"),
+    "version 1.0": (_edit(lambda d: d.update(schema_version=1.0)), "schema version 1.0"),
+    "version true": (_edit(lambda d: d.update(schema_version=True)), "schema version True"),
+    "fs string": (_edit(lambda d: d.update(fs="500")), "'fs' must be an integer"),
+    "shape 2-D": (_edit(lambda d: d["input"].update(shape=[1, 512])), "three positive sizes"),
+    "shape not list": (_edit(lambda d: d["input"].update(shape="1,1,512")), "list of integers"),
+    "shape zero": (_edit(lambda d: d["input"].update(shape=[1, 0, 512])), "integers >= 1"),
+    "shape huge": (
+        _edit(lambda d: d["input"].update(shape=[10**9, 10**9, 10**9])),
+        "three positive sizes",
+    ),
+    "golden empty": (_edit(lambda d: d.update(golden=[])), "must be a list \\(not empty\\)"),
+    "golden not list": (_edit(lambda d: d.update(golden={})), "'golden' must be a list"),
+    "golden no name": (_edit(lambda d: d["golden"][0].pop("name")), "lacks 'golden\\[0\\].name'"),
+    "golden twice": (_edit(lambda d: d["golden"].append(d["golden"][0])), "unique"),
+    "target not object": (_edit(lambda d: d.update(target="x86_64")), "'target' must be an"),
+    "unknown device": (_edit(lambda d: d["target"].update(device="tpu")), "one of cpu, cuda"),
+    "NUL in files key": (
+        _edit(lambda d: d["files"].update({"a\0b": {"sha256": SHA, "bytes": 1}})),
+        "not a path inside the bundle",
+    ),
+    "lone surrogate": (
+        '{"files": {"\\ud800": 1}, "schema": "mscnn-edge/bundle", "schema_version": 1}',
+        "not a path inside the bundle",
+    ),
+    "parent path": (
+        _edit(lambda d: d["files"].update({"../x": {"sha256": SHA, "bytes": 1}})),
+        "not a path inside the bundle",
+    ),
+    "absolute path": (
+        _edit(lambda d: d["files"].update({"/etc/passwd": {"sha256": SHA, "bytes": 1}})),
+        "not a path inside the bundle",
+    ),
+    "bad sha": (_edit(lambda d: d["files"]["model.so"].update(sha256="0")), "64 lower-case hex"),
+    "negative size": (_edit(lambda d: d["files"]["model.so"].update(bytes=-1)), "integer >= 0"),
+    "newline in name": (
+        _edit(lambda d: d.update(name="x\nerror: forged")),
+        "without control characters, got x\\\\nerror",
+    ),
+    "leads mismatch": (_edit(lambda d: d.update(leads=["I", "II"])), "one index per lead"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_manifests_are_one_clear_line(case):
+    text, message = HOSTILE[case]
+    with pytest.raises(ManifestError, match=message) as caught:
+        parse(text)
+    assert "\n" not in str(caught.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_mutated_manifests_never_crash(data):
+    """Byte flips, cuts and splices of a valid manifest: parsed or refused, nothing else."""
+    text = bytearray(sample().to_json().encode())
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(text) - 1))
+        op = data.draw(st.sampled_from(["flip", "cut", "dup"]))
+        if op == "flip":
+            text[at] ^= 1 << data.draw(st.integers(0, 7))
+        elif op == "cut":
+            del text[at : at + data.draw(st.integers(1, 40))]
+        else:
+            text[at:at] = text[at : at + data.draw(st.integers(1, 40))]
+    try:
+        Manifest.from_json(bytes(text))
+    except ManifestError as exc:
+        assert "\n" not in str(exc)
+
+
+# --------------------------------------------------------------------------------------
+# .npy files from outside
+
+
+def _npy(tmp_path, header: dict, data: bytes, name="x.npy") -> os.PathLike:
+    text = repr(header).encode()
+    text += b" " * (63 - (10 + len(text)) % 64) + b"\n"
+    path = tmp_path / name
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + data)
+    return path
+
+
+NPY = {
+    "header length lies": lambda p: p.write_bytes(b"\x93NUMPY\x01\x00\xff\xff{'descr'"),
+    "10^12 elements in 20 KB": lambda p: _npy(
+        p.parent,
+        {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)},
+        b"\0" * 20000,
+        p.name,
+    ),
+    "20-digit dimension": lambda p: _npy(
+        p.parent, {"descr": "<f4", "fortran_order": False, "shape": (10**19,)}, b"\0" * 16, p.name
+    ),
+    "trailing bytes": lambda p: _npy(
+        p.parent, {"descr": "<f4", "fortran_order": False, "shape": (2,)}, b"\0" * 12, p.name
+    ),
+    "object dtype": lambda p: _npy(
+        p.parent, {"descr": "|O", "fortran_order": False, "shape": (1,)}, b"\0" * 8, p.name
+    ),
+    "not npy": lambda p: p.write_bytes(b"hello"),
+}
+
+
+@pytest.mark.parametrize("case", list(NPY))
+def test_hostile_npy_is_one_clear_line(tmp_path, case):
+    path = tmp_path / "x.npy"
+    NPY[case](path)
+    with pytest.raises(DeployError) as caught:
+        read_npy(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_npy_reader_reads_what_numpy_writes(tmp_path):
+    for array in (
+        np.arange(12, dtype="<f4").reshape(3, 4),
+        np.zeros((2, 0, 3), "<f4"),
+        np.asfortranarray(np.ones((2, 3), "<f8")),
+    ):
+        np.save(tmp_path / "a.npy", array)
+        got = read_npy(tmp_path / "a.npy")
+        assert got.dtype == array.dtype and np.array_equal(got, array)
+
+
+def test_a_fifo_or_device_is_not_read(tmp_path):
+    fifo = tmp_path / "fifo.npy"
+    os.mkfifo(fifo)
+    with pytest.raises(DeployError, match="not a regular file"):
+        read_npy(fifo)  # returns at once: no writer is waited for
+    with pytest.raises(DeployError, match="not a regular file"):
+        read_npy("/dev/zero")
+
+
+def test_write_npy_never_writes_through_a_planted_symlink(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / f".y.npy.partial-{os.getpid()}").symlink_to(victim)
+    with pytest.raises(FileExistsError):
+        write_npy(tmp_path / "y.npy", np.zeros(3, "<f4"))
+    assert victim.read_text() == "precious"
+    assert not (tmp_path / "y.npy").exists()
+
+
+def test_manifest_keys_are_read_in_one_module():
+    """No module outside deploy/manifest.py indexes a manifest by string key."""
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    pattern = re.compile(r"manifest\s*(\[\s*[\"']|\.get\()")
+    offenders = [
+        str(p.relative_to(root))
+        for pkg in ("mscnn", "compile", "deploy")
+        for p in (root / pkg).rglob("*.py")
+        if p.name != "manifest.py" and pattern.search(p.read_text())
+    ]
+    assert offenders == []
+    assert pattern.search('m = manifest["files"]')  # the pattern does see such code
