@@ -47,9 +47,22 @@ def test_run_round_trip(cpsc_bundles, tmp_path):
     assert np.abs(got - expected).max() / np.abs(expected).max() <= 1e-5
 
 
-@pytest.mark.parametrize("case", ["tampered", "wrong_arch", "bad_npy", "wrong_shape",
-                                  "nan", "unwritable", "device", "disk_full", "read_only",
-                                  "missing"])  # fmt: skip
+# What each unusable case must say: the problem, named (the rest of the line says the fix).
+UNUSABLE = {
+    "tampered": "model.so does not match its sha256 in the manifest",
+    "wrong_arch": "cannot run here: built for aarch64, this machine is x86_64",
+    "bad_npy": "x.npy: .npy header",
+    "wrong_shape": "100 samples, expected 512",
+    "nan": "input holds NaN or Inf (first at batch 0, lead ECG, sample 3)",
+    "unwritable": "no-such-dir/y.npy: No such file or directory",
+    "device": "not a regular file",
+    "disk_full": "No space left on device",
+    "read_only": "Read-only file system",
+    "missing": "absent.npy: No such file or directory",
+}
+
+
+@pytest.mark.parametrize("case", list(UNUSABLE))
 def test_unusable_exits_2_without_traceback(cpsc_bundles, bundle_copy, tmp_path, case,
                                             small_disk):  # fmt: skip
     bundle = cpsc_bundles["x86_64"].path
@@ -82,9 +95,7 @@ def test_unusable_exits_2_without_traceback(cpsc_bundles, bundle_copy, tmp_path,
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
-    expected = {"device": "not a regular file", "disk_full": "No space left on device",
-                "read_only": "Read-only file system"}  # fmt: skip
-    assert expected.get(case, "") in done.stderr
+    assert UNUSABLE[case] in done.stderr, done.stderr
     if case in ("disk_full", "read_only"):
         assert not list(Path(out).parent.iterdir())  # no partial file left behind
 

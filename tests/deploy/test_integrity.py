@@ -1,0 +1,273 @@
+"""load_bundle's integrity checks on a tiny bundle: fast enough to run for every mutant.
+
+The bundle (a two-branch model, 64 samples, x86-64) is built once per source version and
+kept in pytest's cache, keyed by a hash of the mscnn, compile and deploy sources, so a
+run that changes nothing reuses it and a changed source rebuilds it. Every test tampers
+with a private copy."""
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import compile as compile_package
+import deploy
+import mscnn
+from deploy import DeployError, load_bundle
+from deploy import bundle as bundle_module
+
+SAMPLES = 64
+FILES = ["model.so", "model.onnx", "golden/noise.input.npy", "golden/ecg.output.npy"]
+
+
+def _sources_digest() -> str:
+    digest = hashlib.sha256()
+    for package in (mscnn, compile_package, deploy):
+        root = Path(package.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _build_tiny(out: Path) -> Path:
+    from compile import TARGETS, BuildOptions, build, resolve_variant
+
+    config = {
+        **mscnn.PRESETS["cpsc2019"].config,
+        "scopes": [[[1]], [[2]]],
+        "num_filters": [[8], [8]],
+        "filter_lengths": [[3], [3]],
+        "subsample_lengths": [2, 2],
+        "dropouts": 0,
+    }
+    model = mscnn.MultiScopicCNN(1, **config)
+    mscnn.seeded_init(model, 5)
+    loaded = mscnn.LoadedModel(model.eval(), None, ("ECG",), 500, "tiny test model")
+    options = BuildOptions(samples=SAMPLES, tuning=False)
+    return build(loaded, TARGETS["x86_64"], resolve_variant(loaded, "1"), out, options).path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(request, tmp_path_factory) -> Path:
+    cache = getattr(request.config, "cache", None)
+    if cache is None:  # pytest's cache disabled: build per session
+        return _build_tiny(tmp_path_factory.mktemp("tiny"))
+    folder = cache.mkdir(f"tiny-bundle-{_sources_digest()}")
+    for stale in folder.parent.glob("tiny-bundle-*"):  # from other sources, unused for an hour
+        if stale != folder and time.time() - stale.stat().st_mtime > 3600:
+            shutil.rmtree(stale, ignore_errors=True)
+    found = [p.parent for p in folder.glob("*/*/manifest.json")]
+    return found[0] if found else _build_tiny(folder)
+
+
+@pytest.fixture
+def tiny(tiny_bundle, tmp_path) -> Path:
+    """A private, writable copy of the tiny bundle."""
+    return Path(shutil.copytree(tiny_bundle, tmp_path / tiny_bundle.name))
+
+
+def manifest_of(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text())
+
+
+def rewrite_manifest(path: Path, change) -> None:
+    data = manifest_of(path)
+    change(data)
+    (path / "manifest.json").write_text(json.dumps(data))
+
+
+def relist(path: Path, rel: str) -> None:
+    """Re-hash one file into the manifest, as someone who tampers with care would."""
+    data = (path / rel).read_bytes()
+    entry = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    rewrite_manifest(path, lambda m: m["files"].update({rel: entry}))
+
+
+def refusal(path: Path) -> str:
+    with pytest.raises(DeployError) as err:
+        load_bundle(path)
+    message = str(err.value)
+    assert message.startswith(f"bundle {path}: ") and "\n" not in message, message
+    return message
+
+
+# --------------------------------------------------------------------------------------
+# A good bundle
+
+
+def test_a_good_bundle_loads_with_what_its_manifest_says(tiny):
+    bundle = load_bundle(tiny)
+    assert bundle.path == tiny and bundle.name == "custom-1lead"
+    assert bundle.device == "cpu" and bundle.target.name == "x86_64"
+    assert bundle.input_shape == (1, 1, SAMPLES) and bundle.output_shape == (1, 16, SAMPLES // 2)
+    assert bundle.leads == ["ECG"]
+    assert bundle.runnable_here() == (True, "native")
+    listed = manifest_of(tiny)["files"]
+    for rel in FILES:
+        data = (tiny / rel).read_bytes()
+        assert bundle.manifest.files[rel].sha256 == hashlib.sha256(data).hexdigest()
+        assert bundle.manifest.files[rel].bytes == len(data) == listed[rel]["bytes"]
+    assert set(bundle.golden) == {"noise", "ecg"}
+    for name, (x, y) in bundle.golden.items():
+        assert np.array_equal(x, np.load(tiny / "golden" / f"{name}.input.npy"))
+        assert np.array_equal(y, np.load(tiny / "golden" / f"{name}.output.npy"))
+        assert x.shape == bundle.input_shape and y.shape == bundle.output_shape
+
+
+# --------------------------------------------------------------------------------------
+# Every listed file, checked before anything is loaded
+
+
+@pytest.mark.parametrize("rel", FILES)
+def test_a_flipped_bit_in_any_file_is_refused(tiny, rel):
+    data = bytearray((tiny / rel).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (tiny / rel).write_bytes(bytes(data))
+    assert f"{rel} does not match its sha256 in the manifest (tampered or corrupted); it " \
+           "was not loaded" in refusal(tiny)  # fmt: skip
+
+
+@pytest.mark.parametrize("rel", FILES)
+def test_a_changed_size_is_refused_before_hashing(tiny, rel):
+    size = (tiny / rel).stat().st_size
+    with open(tiny / rel, "ab") as f:
+        f.write(b"\0")
+    message = refusal(tiny)
+    assert f"{rel} is {size + 1} bytes, the manifest says {size} (truncated or replaced)" in (
+        message
+    )
+    (tiny / rel).write_bytes((tiny / rel).read_bytes()[: size - 1])
+    assert f"{rel} is {size - 1} bytes, the manifest says {size}" in refusal(tiny)
+
+
+@pytest.mark.parametrize("rel", FILES)
+def test_a_missing_file_is_refused(tiny, rel):
+    (tiny / rel).unlink()
+    assert f"{rel} is missing" in refusal(tiny)
+
+
+def test_the_last_listed_file_is_checked_too(tiny):
+    """Every entry, not only the first few: the check runs over the whole list."""
+    last = list(manifest_of(tiny)["files"])[-1]
+    data = bytearray((tiny / last).read_bytes())
+    data[-1] ^= 0x80
+    (tiny / last).write_bytes(bytes(data))
+    assert f"{last} does not match its sha256" in refusal(tiny)
+
+
+def test_a_library_rehashed_into_the_manifest_must_still_be_elf(tiny):
+    (tiny / "model.so").write_bytes(b"#!/bin/sh\necho not a library\n" * 8)
+    relist(tiny, "model.so")
+    assert "model.so is not an ELF library" in refusal(tiny)
+
+
+def test_a_manifest_without_the_library_is_refused(tiny):
+    rewrite_manifest(tiny, lambda m: m["files"].pop("model.so"))
+    assert refusal(tiny).endswith(": manifest lists no model.so")
+
+
+def test_not_a_bundle_folder(tmp_path, tiny):
+    with pytest.raises(DeployError, match=r"no such folder"):
+        load_bundle(tmp_path / "absent")
+    with pytest.raises(DeployError, match=r"no such folder"):
+        load_bundle(tiny / "model.so")
+    with pytest.raises(DeployError, match=r"no manifest\.json; is this a bundle folder\?"):
+        load_bundle(tmp_path)
+
+
+def test_a_manifest_that_is_a_symlink_is_refused(tiny, tmp_path):
+    outside = tmp_path / "manifest-elsewhere.json"
+    (tiny / "manifest.json").rename(outside)
+    (tiny / "manifest.json").symlink_to(outside)
+    assert "manifest.json: a symlink; bundle files must be plain files" in refusal(tiny)
+    outside.unlink()  # dangling: still refused, still as a symlink, not "no manifest"
+    assert "symlink" in refusal(tiny)
+
+
+def test_an_unreadable_manifest_is_refused_with_the_bundle_named(tiny):
+    (tiny / "manifest.json").write_text("{not json")
+    assert "manifest.json is not valid JSON" in refusal(tiny)
+
+
+def test_a_golden_file_swapped_for_a_symlink_is_refused(tiny, tmp_path):
+    rel = "golden/ecg.input.npy"
+    shutil.copy(tiny / rel, tmp_path / "copy.npy")
+    (tiny / rel).unlink()
+    (tiny / rel).symlink_to(tmp_path / "copy.npy")  # same bytes, but outside the folder
+    assert "symlink" in refusal(tiny)
+
+
+# --------------------------------------------------------------------------------------
+# The library that is loaded is the one that was verified
+
+
+def test_the_private_library_is_a_verified_copy_in_a_private_folder(tiny):
+    bundle = load_bundle(tiny)
+    with bundle.private_library() as copy:
+        assert copy.name == "model.so" and copy.parent != tiny
+        assert copy.read_bytes() == (tiny / "model.so").read_bytes()
+        assert stat.S_IMODE(copy.parent.stat().st_mode) == 0o700
+        folder = copy.parent
+    assert not folder.exists()  # removed afterwards
+
+
+def test_a_library_changed_after_verification_is_not_loaded(tiny):
+    bundle = load_bundle(tiny)
+    data = bytearray((tiny / "model.so").read_bytes())
+    data[len(data) // 2] ^= 0x01  # same size, other bytes: after load_bundle checked it
+    (tiny / "model.so").write_bytes(bytes(data))
+    with pytest.raises(DeployError, match="model.so changed after it was verified; it was "
+                       "not loaded"), bundle.private_library():  # fmt: skip
+        pass
+
+
+# --------------------------------------------------------------------------------------
+# Where a bundle can run
+
+
+def test_can_run_here():
+    here = bundle_module.host_arch()
+    other = "aarch64" if here != "aarch64" else "x86_64"
+    assert bundle_module.can_run_here(here, "cpu") == (True, "native")
+    assert bundle_module.can_run_here(other, "cpu") == (
+        False,
+        f"built for {other}, this machine is {here}",
+    )
+    flags = sorted(bundle_module.cpu_flags())
+    assert flags, "no CPU flags read from /proc/cpuinfo"
+    assert bundle_module.can_run_here(here, "cpu", flags[:3]) == (True, "native")
+    assert bundle_module.can_run_here(here, "cpu", [flags[0], "zz_none", "aa_none"]) == (
+        False,
+        "this CPU lacks aa_none, zz_none",
+    )
+
+
+def test_a_cuda_bundle_needs_a_gpu():
+    import tvm
+
+    if tvm.cuda(0).exist:
+        pytest.skip("a GPU is present here: the no-GPU refusal cannot be seen")
+    assert bundle_module.can_run_here(bundle_module.host_arch(), "cuda") == (False, "no GPU")
+
+
+@pytest.mark.parametrize(
+    ("machine", "arch"),
+    [("x86_64", "x86_64"), ("AMD64", "x86_64"), ("aarch64", "aarch64"), ("arm64", "aarch64"),
+     ("armv7l", "armv7"), ("armv8l", "armv7"), ("riscv64", "riscv64")],
+)  # fmt: skip
+def test_host_arch_names_match_manifest_arches(monkeypatch, machine, arch):
+    monkeypatch.setattr(bundle_module.platform, "machine", lambda: machine)
+    assert bundle_module.host_arch() == arch
+
+
+def test_the_manifest_file_on_disk_is_never_rewritten_by_loading(tiny):
+    before = (tiny / "manifest.json").read_bytes(), os.stat(tiny / "manifest.json").st_mtime_ns
+    load_bundle(tiny)
+    after = (tiny / "manifest.json").read_bytes(), os.stat(tiny / "manifest.json").st_mtime_ns
+    assert before == after
