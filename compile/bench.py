@@ -97,19 +97,43 @@ def bench_bundle(
     runtimes=RUNTIMES,
 ) -> BenchRow:
     """Time one bundle against PyTorch and ONNX Runtime on its golden ECG input."""
-    import onnxruntime as ort
-    import torch
-
     from deploy import Predictor
 
     predictor = Predictor(bundle_path)
     m = predictor.bundle.manifest
     x, _ = predictor.bundle.golden["ecg"]
+    calls = _calls(predictor, model, threads, x, runtimes)
+    samples = time_rounds(calls, rounds, runs, pause)
+    row = _row(m, model)
+    for name, values in samples.items():
+        median = statistics.median(values)
+        row.timings[name] = Timing(
+            name,
+            median,
+            float(np.percentile(values, 90)),
+            min(values),
+            len(values),
+            2 * row.macs / median / 1e6,
+        )
+    for t in row.timings.values():
+        t.ratio_to_ort = t.median_ms / row.timings["onnxruntime"].median_ms
+    return row
+
+
+def _calls(predictor, model, threads: int, x: np.ndarray, runtimes) -> dict:
+    """One call per runtime asked for, on the same input, same thread count (TVM with
+    other schedules compiled here from the bundle's ONNX, for CPU bundles)."""
+    import onnxruntime as ort
+    import torch
+
+    from .targets import TARGETS
+
+    m, path = predictor.bundle.manifest, predictor.bundle.path
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.log_severity_level = 3
     session = ort.InferenceSession(
-        str(bundle_path / "model.onnx"), options, providers=["CPUExecutionProvider"]
+        str(path / "model.onnx"), options, providers=["CPUExecutionProvider"]
     )
     torch.set_num_threads(threads)
     xt = torch.from_numpy(x)
@@ -123,17 +147,19 @@ def bench_bundle(
         "onnxruntime": lambda: session.run(None, {m.input.name: x}),
         "tvm": lambda: predictor(x),
     }
-    from .targets import TARGETS
-
-    arm_tile = TARGETS["aarch64"].tile
-    for name, schedule, tile in (
-        ("tvm-default-tile", "default-tile", None),
-        ("tvm-arm-rule", "default-tile", arm_tile),
-        ("tvm-untuned", "none", None),
-    ):
+    others = {
+        "tvm-default-tile": ("default-tile", None),
+        "tvm-arm-rule": ("default-tile", TARGETS["aarch64"].tile),
+        "tvm-untuned": ("none", None),
+    }
+    for name, (schedule, tile) in others.items():
         if name in runtimes and not m.target.is_gpu:
-            calls[name] = _compiled(bundle_path, m, schedule, x, tile)
-    calls = {name: call for name, call in calls.items() if name in runtimes}
+            calls[name] = _compiled(path, m, schedule, x, tile)
+    return {name: call for name, call in calls.items() if name in runtimes}
+
+
+def time_rounds(calls: dict, rounds: int, runs: int, pause: float) -> dict[str, list[float]]:
+    """Milliseconds per call, per runtime, over rounds that alternate the runtimes."""
     samples: dict[str, list[float]] = {name: [] for name in calls}
     per_round = {}
     for name, call in calls.items():  # warm-up; a slow runtime gets fewer calls per round
@@ -143,35 +169,25 @@ def bench_bundle(
         for name, call in calls.items():
             time.sleep(pause)
             samples[name] += _time(call, per_round[name])
+    return samples
+
+
+def _row(m, model) -> BenchRow:
     batch, _, length = m.input.shape
-    macs = model.count_macs(length, batch)
     tuning = m.schedule.tuning or {}
     kernels = tuning.get("conv_tuned", 0) + tuning.get("conv_default_tile", 0)
-    row = BenchRow(
+    return BenchRow(
         preset=m.model.preset or "custom",
         variant=m.name,
         target=m.target.name,
         batch=batch,
         samples=length,
-        macs=macs,
+        macs=model.count_macs(length, batch),
         library_bytes=m.files["model.so"].bytes,
         weights_bytes=m.footprint.weights_bytes or 4 * m.model.num_parameters,
         activation_bytes=m.footprint.activation_bytes,
         tuned_kernels=f"{tuning.get('conv_tuned', 0)}/{kernels}" if tuning else "none",
     )
-    for name, values in samples.items():
-        median = statistics.median(values)
-        row.timings[name] = Timing(
-            name,
-            median,
-            float(np.percentile(values, 90)),
-            min(values),
-            len(values),
-            2 * macs / median / 1e6,
-        )
-    for t in row.timings.values():
-        t.ratio_to_ort = t.median_ms / row.timings["onnxruntime"].median_ms
-    return row
 
 
 def _compiled(bundle_path: Path, manifest, schedule: str, x: np.ndarray, tile=None):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 
@@ -14,8 +13,6 @@ import torch
 from deploy.parity import ParityResult, compare, worst
 
 from .errors import CompileError
-
-log = logging.getLogger(__name__)
 
 INPUT_NAME = "ecg"
 OUTPUT_NAME = "features"

@@ -211,7 +211,7 @@ def schedule_pass(tile: ConvTile, records=None,
     without a record get `tile`'s. `on_done` (if given) is told the counts when the pass
     has run (a pass runs inside tvm.compile: the caller collects them there)."""
     import tvm
-    from tvm import relax, tirx
+    from tvm import relax
 
     records = records or {}
 
@@ -237,27 +237,8 @@ def schedule_pass(tile: ConvTile, records=None,
 
     @tvm.transform.module_pass(opt_level=0, name="mscnn_schedule")
     def run(mod, _ctx):
-        packed, updates, skipped = {}, {}, []
-        counts = {"tuned": 0, "default": 0}
         constants = _constant_weights(mod, call_tir)
-        for gv, func in mod.functions.items():
-            if not isinstance(func, tirx.PrimFunc):
-                continue
-            if func.attrs is not None and func.attrs.get("tirx.is_scheduled", False):
-                continue
-            kind = _kind(func)
-            try:
-                if kind == "conv":
-                    tuned = records.get(workload_key(func))
-                    new, index = _schedule_conv(func, tile, *(tuned or (None, None)))
-                    if (gv.name_hint, index) not in constants:
-                        raise ValueError("its weights are not a compile-time constant")
-                    counts["tuned" if tuned else "default"] += 1
-                    updates[gv], packed[gv.name_hint] = new, index
-                elif kind == "spatial":
-                    updates[gv] = _schedule_spatial(func)
-            except Exception as exc:  # keep TVM's default loops for what we do not know
-                skipped.append(f"{gv.name_hint} ({exc})")
+        updates, packed, counts, skipped = _schedule_kernels(mod, tile, records, constants)
         if skipped:
             log.info("default loops kept for %d kernel(s): %s", len(skipped), "; ".join(skipped))
         if on_done is not None:
@@ -275,6 +256,34 @@ def schedule_pass(tile: ConvTile, records=None,
         return relax.transform.DeadCodeElimination()(mod)
 
     return run
+
+
+def _schedule_kernels(mod, tile: ConvTile, records: dict, constants: set):
+    """Scheduled copies of the module's conv and spatial kernels: (new functions by
+    GlobalVar, the conv weight argument to repack by kernel name, counts, skipped)."""
+    from tvm import tirx
+
+    packed, updates, skipped = {}, {}, []
+    counts = {"tuned": 0, "default": 0}
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        if func.attrs is not None and func.attrs.get("tirx.is_scheduled", False):
+            continue
+        kind = _kind(func)
+        try:
+            if kind == "conv":
+                tuned = records.get(workload_key(func))
+                new, index = _schedule_conv(func, tile, *(tuned or (None, None)))
+                if (gv.name_hint, index) not in constants:
+                    raise ValueError("its weights are not a compile-time constant")
+                counts["tuned" if tuned else "default"] += 1
+                updates[gv], packed[gv.name_hint] = new, index
+            elif kind == "spatial":
+                updates[gv] = _schedule_spatial(func)
+        except Exception as exc:  # keep TVM's default loops for what we do not know
+            skipped.append(f"{gv.name_hint} ({exc})")
+    return updates, packed, counts, skipped
 
 
 def _constant_weights(mod, call_tir) -> set[tuple[str, int]]:

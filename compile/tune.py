@@ -158,10 +158,10 @@ def tune(
 ) -> tuple[list[dict], dict]:
     """Tune every conv kernel of `models` for `target`: (records, summary)."""
     compiler = check_tunable(target, rpc)
-    # The measuring workers read their thread count from here when their pool starts.
+    # The measuring workers are processes of their own: they read their thread count
+    # from the environment when their pool starts.
     os.environ["TVM_NUM_THREADS"] = str(threads)
     import tvm
-    from tvm.s_tir import meta_schedule as ms
 
     # MetaSchedule logs every task's table at INFO: keep its files, not the console.
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
@@ -169,16 +169,45 @@ def tune(
     kernels = conv_kernels(models, target)
     if not kernels:
         raise CompileError("no conv kernel of these models takes our schedule: nothing to tune")
-    tile = target.tile
     tv = tvm.target.Target({**dict(target.tvm), "num-cores": threads})
+    start = time.monotonic()
+    database, contexts = _search(
+        kernels, target, tv, compiler, work_dir, threads, rpc, max_trials, progress
+    )
+    search_seconds = time.monotonic() - start
+    progress(f"confirming the best {CONFIRM} tiles of each of {len(kernels)} kernels")
+    records = _confirm_all(kernels, contexts, database, target, tv, compiler, rpc, work_dir)
+    summary = {
+        "target": target.name,
+        "kernels": len(kernels),
+        "tuned": len(records),
+        "candidates": sum(r["candidates"] for r in records),
+        "seconds": round(time.monotonic() - start, 1),
+        "search_seconds": round(search_seconds, 1),
+        "threads": threads,
+        "measured_on": str(rpc) if rpc else _machine(),
+    }
+    return records, summary
 
-    def space(sch):
-        t_tiles, f_vecs = tile_choices(sch.mod["main"], tile)
-        t = sch.sample_categorical(t_tiles, [1 / len(t_tiles)] * len(t_tiles))
-        f = sch.sample_categorical(f_vecs, [1 / len(f_vecs)] * len(f_vecs))
-        apply_conv(sch, tile, t, f)
-        return sch
 
+def _search(
+    kernels: list[Kernel],
+    target: Target,
+    tv,
+    compiler: str,
+    work_dir: Path,
+    threads: int,
+    rpc: Rpc | None,
+    max_trials: int | None,
+    progress,
+):
+    """MetaSchedule's evolutionary search over each kernel's tile space: the database of
+    measurements and the tuning contexts (one per kernel)."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    tile = target.tile
+    space = functools.partial(_sample_tile, tile=tile)
     sizes = [_space_size(k.func, tile) for k in kernels]
     per_task = max(sizes) if max_trials is None else max_trials
     contexts = [
@@ -197,23 +226,6 @@ def tune(
         )
         for k in kernels
     ]
-    evaluator = ms.runner.EvaluatorConfig(
-        number=3, repeat=5, min_repeat_ms=10, enable_cpu_cache_flush=False
-    )
-    if rpc is None:
-        runner = ms.runner.LocalRunner(evaluator_config=evaluator, timeout_sec=60)
-    else:
-        runner = ms.runner.RPCRunner(
-            rpc_config=ms.runner.RPCConfig(
-                tracker_host=rpc.host,
-                tracker_port=rpc.port,
-                tracker_key=rpc.key,
-                session_priority=1,
-                session_timeout_sec=rpc.timeout,
-            ),
-            evaluator_config=evaluator,
-            max_workers=1,
-        )
     artifacts = work_dir / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     builder = ms.builder.LocalBuilder(
@@ -222,33 +234,64 @@ def tune(
         f_export=functools.partial(_export_kernel, compiler, folder=str(artifacts)),
         timeout_sec=120,
     )
-    progress(f"tuning {len(kernels)} kernels, {sum(min(s, per_task) for s in sizes)} candidates")
-    start = time.monotonic()
+    total = sum(min(s, per_task) for s in sizes)
+    progress(f"tuning {len(kernels)} kernels, {total} candidates")
     database = ms.tune.tune_tasks(
         tasks=contexts,
         task_weights=[1.0] * len(contexts),
         work_dir=str(work_dir),
-        max_trials_global=sum(min(s, per_task) for s in sizes),
+        max_trials_global=total,
         max_trials_per_task=per_task,
         num_trials_per_iter=min(16, per_task),
         builder=builder,
-        runner=runner,
+        runner=_runner(ms, rpc),
         database=ms.database.MemoryDatabase(),
         cost_model="random",
     )
-    search_seconds = time.monotonic() - start
-    # On a small machine single measurements inside the search are noisy (a kernel's
-    # first run in the measuring worker pays for page faults and the thread pool's
-    # start; another process takes a core for a moment). Confirm: the search's best
-    # few and the default tile, rebuilt, then timed in interleaved rounds; the
-    # fastest round counts, since interference only ever adds time.
-    progress(f"confirming the best {CONFIRM} tiles of each of {len(kernels)} kernels")
+    return database, contexts
+
+
+def _sample_tile(sch, tile):
+    """The search space of one conv kernel: a (t_tile, f_vecs) pair from its choices."""
+    t_tiles, f_vecs = tile_choices(sch.mod["main"], tile)
+    t = sch.sample_categorical(t_tiles, [1 / len(t_tiles)] * len(t_tiles))
+    f = sch.sample_categorical(f_vecs, [1 / len(f_vecs)] * len(f_vecs))
+    apply_conv(sch, tile, t, f)
+    return sch
+
+
+def _runner(ms, rpc: Rpc | None):
+    """Where candidates are timed: this machine, or the device behind the RPC tracker."""
+    evaluator = ms.runner.EvaluatorConfig(
+        number=3, repeat=5, min_repeat_ms=10, enable_cpu_cache_flush=False
+    )
+    if rpc is None:
+        return ms.runner.LocalRunner(evaluator_config=evaluator, timeout_sec=60)
+    config = ms.runner.RPCConfig(
+        tracker_host=rpc.host,
+        tracker_port=rpc.port,
+        tracker_key=rpc.key,
+        session_priority=1,
+        session_timeout_sec=rpc.timeout,
+    )
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)
+
+
+def _confirm_all(
+    kernels, contexts, database, target: Target, tv, compiler: str, rpc: Rpc | None, work_dir: Path
+) -> list[dict]:
+    """One record per kernel: the fastest of the search's best few and the default tile.
+
+    On a small machine single measurements inside the search are noisy (a kernel's first
+    run in the measuring worker pays for page faults and the thread pool's start; another
+    process takes a core for a moment). So the shortlist is rebuilt and timed again in
+    interleaved rounds; the fastest round counts, since interference only ever adds time."""
     device = Device(rpc)
     records = []
     with tempfile.TemporaryDirectory(prefix="confirm-", dir=work_dir) as tmp:
         for kernel, context in zip(kernels, contexts, strict=True):
             measured = _measured(database, context.mod)
-            default = default_tile(kernel.func, tile)
+            default = default_tile(kernel.func, target.tile)
             shortlist = list(dict.fromkeys([t for _, t in measured[:CONFIRM]] + [default]))
             timed = _confirm(kernel, shortlist, target, tv, compiler, device, Path(tmp))
             best = min(timed, key=timed.get)
@@ -264,18 +307,7 @@ def tune(
                     "models": kernel.models,
                 }
             )
-    seconds = time.monotonic() - start
-    summary = {
-        "target": target.name,
-        "kernels": len(kernels),
-        "tuned": len(records),
-        "candidates": sum(r["candidates"] for r in records),
-        "seconds": round(seconds, 1),
-        "search_seconds": round(search_seconds, 1),
-        "threads": threads,
-        "measured_on": str(rpc) if rpc else _machine(),
-    }
-    return records, summary
+    return records
 
 
 def _confirm(

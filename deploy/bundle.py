@@ -35,6 +35,7 @@ from .files import (
     write_npy,
 )
 from .manifest import (
+    GPU_DEVICES,
     MAX_MANIFEST_BYTES,
     SCHEMA,
     SCHEMA_VERSION,
@@ -96,7 +97,7 @@ def can_run_here(arch: str, device: str, needs_flags=()) -> tuple[bool, str]:
     missing = sorted(set(needs_flags) - cpu_flags())
     if missing:
         return False, f"this CPU lacks {', '.join(missing)}"
-    if device == "cuda":
+    if device in GPU_DEVICES:
         import tvm
 
         if not tvm.cuda(0).exist:

@@ -25,6 +25,7 @@ MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a few KiB; refuse to parse anythin
 MAX_DIGITS = 18  # integers in a manifest are sizes and shapes: 18 digits is plenty
 MAX_ELEMENTS = 1 << 31  # a tensor of more elements is no ECG model's input or output
 DEVICES = ("cpu", "cuda")
+GPU_DEVICES = ("cuda",)
 RUNS = ("native", "qemu", "gpu")
 
 
@@ -57,7 +58,7 @@ class TargetInfo:
 
     @property
     def is_gpu(self) -> bool:
-        return self.device == "cuda"
+        return self.device in GPU_DEVICES
 
 
 @dataclass(frozen=True)

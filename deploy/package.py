@@ -67,7 +67,7 @@ def package(build: Path, target: str, runners: Path, out: Path) -> tuple[Path, i
         archive=archive.name,
         folder=name,
         example=example.name,
-        device_flag=" --device cuda" if device == "cuda" else "",
+        device_flag=" --device cuda" if bundles[0].target.is_gpu else "",
         shape=tuple(example.input_shape),
         leads=", ".join(example.leads),
         fs=example.manifest.fs,

@@ -61,7 +61,7 @@ class Predictor:
 
         if threads is not None:
             set_threads(threads)
-        self.device = tvm.cuda(0) if self.bundle.device == "cuda" else tvm.cpu(0)
+        self.device = tvm.cuda(0) if self.bundle.target.is_gpu else tvm.cpu(0)
         try:
             with self.bundle.private_library() as library:
                 self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), self.device)
