@@ -170,6 +170,6 @@ def test_macs_of_even_kernels_match_torch_flop_counter():
 
 def test_preset_macs_match_torch_flop_counter():
     """The figure the benchmark's GFLOP/s rest on, for each preset at 10 s of 500 Hz."""
-    for name in mscnn.PRESETS:
+    for name in ("cpsc2019", "multi_scopic", "multi_scopic_leadwise"):  # the backbones
         model = mscnn.load_model(name).model.eval()
         assert model.count_macs(5000) == torch_conv_macs(model, 1, 5000), name
