@@ -45,12 +45,13 @@ from deploy.manifest import (
     Verdict,
 )
 from deploy.parity import TOLERANCES, ParityResult, compare
-from deploy.predictor import check_parity
+from deploy.predictor import check_bundle
+from deploy.rpeaks import RPeakRule
 
 from .cuda import compile_cuda_library, cubin_archs
 from .errors import CompileError, ParityError
 from .export import INPUT_NAME, OUTPUT_NAME, check_onnx, export_onnx
-from .golden import golden_inputs
+from .golden import golden_inputs, real_inputs
 from .pipeline import MemoryPlan, compile_executable
 from .publish import Journal, keep_failed, publish, start
 from .records import load_records
@@ -172,7 +173,7 @@ def _build_into(
         )
     with step("parity"):  # Step 6
         manifest = check_built(folder, manifest, target)
-        journal.write(f"TVM vs PyTorch: {manifest.parity.tvm}")
+        journal.write(f"TVM vs PyTorch: {manifest.parity.tvm}; task: {manifest.parity.task}")
     return manifest
 
 
@@ -183,8 +184,12 @@ def _build_into(
 def write_golden(
     folder: Path, model: torch.nn.Module, variant: Variant, fs: int, options: BuildOptions
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The golden inputs and PyTorch's outputs for them, written as plain .npy."""
+    """The golden inputs and PyTorch's outputs for them, written as plain .npy: seeded
+    noise and a synthetic ECG, and for a whole model real records (compile/golden.py)."""
     inputs = golden_inputs(variant.leads, options.samples, fs, options.batch, options.seed)
+    if task_of(model) != "features":
+        records, _ = real_inputs(task_of(model), variant.leads, options.samples, options.batch)
+        inputs.update(records)
     expected = {}
     (folder / "golden").mkdir()
     with torch.no_grad():
@@ -195,16 +200,22 @@ def write_golden(
     return inputs, expected
 
 
+def task_of(model: torch.nn.Module) -> str:
+    """What the model's output means: "features" (a bare backbone) or its head's task."""
+    return getattr(model, "task", "features")
+
+
 def variant_contract(
     loaded: mscnn.LoadedModel, model: torch.nn.Module, variant: Variant, x: np.ndarray
 ) -> ParityResult | None:
-    """How far the variant is from the full model fed zeros on the dropped leads."""
+    """How far the variant is from the full model fed zeros on the dropped leads (for a
+    bare lead-wise backbone: on the kept leads' channels)."""
     if is_whole(loaded, variant):
         return None
     full, xt = loaded.model, torch.from_numpy(x)
     with torch.no_grad():
         reference = full(mscnn.zero_fill(xt, variant.indices, full.in_channels))
-        if full.is_lead_wise:
+        if full.is_lead_wise and task_of(full) == "features":
             reference = reference[:, full.lead_wise_channels(variant.indices)]
         result = compare(model(xt).numpy(), reference.numpy(), "cpu")
     if not result.passed:
@@ -291,29 +302,11 @@ def describe(
     parity: Parity,
 ) -> Manifest:
     """The bundle's manifest, files not yet hashed."""
-    memory = library.memory
+    memory, task = library.memory, task_of(model)
     return Manifest(
         name=name,
-        target=TargetInfo(
-            target.name,
-            dict(target.tvm),
-            dict(target.host) if target.host else None,
-            target.arch,
-            target.device,
-            target.run,
-            list(target.qemu) or None,
-            list(target.cpu_flags),
-            library.cuda_kernels,
-        ),
-        model=ModelInfo(
-            loaded.preset,
-            loaded.source,
-            model.config,
-            model.in_channels,
-            model.num_parameters,
-            model.receptive_field(),
-            list(loaded.leads),
-        ),
+        target=_target_info(target, library.cuda_kernels),
+        model=_model_info(loaded, model),
         leads=list(variant.leads),
         lead_indices=list(variant.indices),
         fs=loaded.fs,
@@ -322,7 +315,7 @@ def describe(
             OUTPUT_NAME,
             tuple(model.compute_output_shape(shape[2], shape[0])),
             "float32",
-            "batch, channels, frames",
+            LAYOUTS[task],
         ),
         golden=[GoldenCase(n, f"golden/{n}.input.npy", f"golden/{n}.output.npy") for n in golden],
         schedule=library.schedule,
@@ -336,7 +329,47 @@ def describe(
         ),
         parity=parity,
         tools=tool_versions(library.compiler),
+        detect=RPeakRule(reduction=model.reduction, fs=loaded.fs)
+        if task == "qrs_detection"
+        else None,
     )
+
+
+def _target_info(target: Target, cuda_kernels: list[str] | None) -> TargetInfo:
+    host = dict(target.host) if target.host else None
+    return TargetInfo(
+        target.name,
+        dict(target.tvm),
+        host,
+        target.arch,
+        target.device,
+        target.run,
+        list(target.qemu) or None,
+        list(target.cpu_flags),
+        cuda_kernels,
+    )
+
+
+def _model_info(loaded: mscnn.LoadedModel, model) -> ModelInfo:
+    return ModelInfo(
+        loaded.preset,
+        loaded.source,
+        model.config,
+        model.in_channels,
+        model.num_parameters,
+        model.receptive_field(),
+        list(loaded.leads),
+        getattr(model, "head", None),
+        task_of(model),
+        list(getattr(model, "classes", [])),
+    )
+
+
+LAYOUTS = {
+    "features": "batch, channels, frames",
+    "qrs_detection": "batch, frames, classes (logits)",
+    "classification": "batch, classes (logits)",
+}
 
 
 def verdict(result: ParityResult | None, how: str | None = None) -> Verdict | None:
@@ -360,18 +393,24 @@ def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
 
 
 def check_built(folder: Path, manifest: Manifest, target: Target) -> Manifest:
-    """Load the bundle as a device would and compare with PyTorch, where it runs here;
-    the manifest is rewritten with the result (or why it was not run)."""
+    """Load the bundle as a device would and compare with PyTorch, where it runs here:
+    tensors, and for whole models the beats or decisions on the real records. The
+    manifest is rewritten with the result (or why it was not run)."""
     runs, how = runnable_here(target)
     if runs:
-        result, _ = check_parity(folder)
-        tvm = verdict(result, how)
+        done = check_bundle(folder, how)
+        tvm, task = verdict(done.verdict, how), done.task
     else:
-        result, tvm = None, Verdict.not_run(f"not run: {how}")
-    parity = dataclasses.replace(manifest.parity, tvm=tvm)
+        done, tvm, task = None, Verdict.not_run(f"not run: {how}"), None
+    parity = dataclasses.replace(manifest.parity, tvm=tvm, task=task)
     manifest = write_manifest(folder, dataclasses.replace(manifest, parity=parity))
-    if result is not None and not result.passed:
-        raise ParityError(f"TVM disagrees with PyTorch: {result}")
+    if done is not None and not done.verdict.passed:
+        raise ParityError(f"TVM disagrees with PyTorch: {done.verdict}")
+    if task is not None and not task.passed:
+        raise ParityError(
+            f"TVM finds other {task.kind} than PyTorch on "
+            f"{task.cases - task.identical} of {task.cases} real records"
+        )
     return manifest
 
 

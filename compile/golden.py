@@ -8,12 +8,27 @@ import numpy as np
 # Relative amplitude of the QRS complex per lead, roughly a cardiac vector along the
 # frontal axis at +60 degrees projected on each lead (a synthetic signal, not a recording).
 _LEAD_GAIN = {
-    "I": 0.5, "II": 1.0, "III": 0.5, "aVR": -0.75, "aVL": 0.0, "aVF": 0.75,
-    "V1": -0.6, "V2": -0.3, "V3": 0.4, "V4": 1.1, "V5": 1.0, "V6": 0.7,
-}  # fmt: skip
+    "I": 0.5,
+    "II": 1.0,
+    "III": 0.5,
+    "aVR": -0.75,
+    "aVL": 0.0,
+    "aVF": 0.75,
+    "V1": -0.6,
+    "V2": -0.3,
+    "V3": 0.4,
+    "V4": 1.1,
+    "V5": 1.0,
+    "V6": 0.7,
+}
 # P, Q, R, S, T waves: (centre in seconds after the beat, width in seconds, amplitude mV)
-_WAVES = ((-0.20, 0.025, 0.12), (-0.03, 0.010, -0.10), (0.0, 0.012, 1.2),
-          (0.03, 0.010, -0.25), (0.25, 0.040, 0.30))  # fmt: skip
+_WAVES = (
+    (-0.20, 0.025, 0.12),
+    (-0.03, 0.010, -0.10),
+    (0.0, 0.012, 1.2),
+    (0.03, 0.010, -0.25),
+    (0.25, 0.040, 0.30),
+)
 
 
 def synthetic_ecg(
@@ -44,3 +59,42 @@ def golden_inputs(
     rng = np.random.default_rng(seed)
     noise = rng.standard_normal((batch, len(leads), samples), dtype=np.float32)
     return {"noise": noise, "ecg": synthetic_ecg(leads, samples, fs, batch, seed)}
+
+
+# Real records as golden cases of whole models: the detector is checked on every CPSC2019
+# record (its beats must be PyTorch's), a classifier on a few CinC 2021 records.
+CLASSIFIER_RECORDS = 10
+RECORD_PREFIX = "record-"
+
+
+def real_inputs(
+    task: str, leads: tuple[str, ...], samples: int, batch: int
+) -> tuple[dict[str, np.ndarray], str]:
+    """Golden inputs from the shared real ECG for a whole model's task, cropped to the
+    window, `batch` records per case; ({} and why) when there are none to use."""
+    import mscnn
+    from mscnn import data
+
+    if task == "qrs_detection" and len(leads) == 1:
+        try:
+            records = data.cpsc2019_records()
+        except mscnn.MscnnError as exc:
+            return {}, str(exc)
+        signals, names = records.signals[:, None, :], records.names
+    elif task == "classification" and set(leads) <= set(mscnn.LEADS_12):
+        try:
+            records = data.cinc2021_records()
+        except mscnn.MscnnError as exc:
+            return {}, str(exc)
+        order = [records.leads.index(lead) for lead in leads]
+        signals = records.signals[:CLASSIFIER_RECORDS][:, order]
+        names = records.names[:CLASSIFIER_RECORDS]
+    else:
+        return {}, f"no real records for a {task} model on leads {', '.join(leads)}"
+    if signals.shape[-1] < samples:
+        return {}, f"the records hold {signals.shape[-1]} samples, the window {samples}"
+    cases = {}
+    for k in range(0, len(names) - batch + 1, batch):
+        x = np.ascontiguousarray(signals[k : k + batch, :, :samples], dtype=np.float32)
+        cases[RECORD_PREFIX + names[k]] = x
+    return cases, f"{len(cases)} real records"

@@ -49,17 +49,59 @@ def _add_check(sub) -> None:
 
 
 def _check(args) -> int:
-    from .predictor import check_parity
+    from .predictor import check_bundle
 
-    verdict, results = check_parity(args.bundle)
+    done = check_bundle(args.bundle)
     if args.json:
-        golden = {k: r.to_json() for k, r in results.items()}
-        print(json.dumps({"passed": verdict.passed, "golden": golden}, indent=2))
+        golden = {k: r.to_json() for k, r in done.cases.items()}
+        task = vars(done.task) if done.task else None
+        print(json.dumps({"passed": done.passed, "golden": golden, "task": task}, indent=2))
     else:
-        for name, result in results.items():
+        for name, result in done.cases.items():
             print(f"{name:<8} {result}")
-        print(f"parity {'passed' if verdict.passed else 'FAILED'}")
-    return EXIT_OK if verdict.passed else EXIT_MISMATCH
+        if done.task is not None:
+            t = done.task
+            print(f"{t.kind}: {t.identical} of {t.cases} real records as PyTorch's")
+        print(f"parity {'passed' if done.passed else 'FAILED'}")
+    return EXIT_OK if done.passed else EXIT_MISMATCH
+
+
+def _add_detect(sub) -> None:
+    d = sub.add_parser("detect", help="R-peaks and heart rate of one record (detector bundles)")
+    d.add_argument("bundle", type=Path)
+    d.add_argument(
+        "--input",
+        type=Path,
+        required=True,
+        help="the record: .npy float32 mV, (samples,), (leads, samples) or (1, leads, samples)",
+    )
+    d.add_argument(
+        "--fs",
+        type=positive,
+        default=None,
+        help="the record's sampling rate, checked against the bundle's",
+    )
+    d.add_argument("--json", action="store_true", help="print beats and heart rate as JSON")
+    d.add_argument("--plot", type=Path, help="also draw the record and its beats to this PNG")
+    d.set_defaults(func=_detect)
+
+
+def _detect(args) -> int:
+    from .detect import detect, plot
+    from .files import read_npy
+
+    record = read_npy(args.input)
+    found = detect(args.bundle, record, args.fs)
+    if args.json:
+        print(json.dumps(found.to_json()))
+    else:
+        rate = f"{found.heart_rate_bpm:.1f} bpm" if found.heart_rate_bpm else "n/a"
+        print(f"{len(found.beats)} beats in {found.samples / found.fs:g} s, heart rate {rate}")
+        print("R-peaks (samples):", " ".join(map(str, found.beats.tolist())))
+    if args.plot is not None:
+        plot(record, found, args.plot, title=show(args.input.name))
+        print(f"wrote {show(args.plot)}", file=sys.stderr if args.json else sys.stdout)
+    return EXIT_OK
 
 
 def _add_info(sub) -> None:
@@ -165,7 +207,7 @@ def _package(args) -> int:
     return EXIT_OK
 
 
-SUBCOMMANDS = [_add_run, _add_check, _add_info, _add_parity, _add_bench, _add_package]
+SUBCOMMANDS = [_add_run, _add_check, _add_detect, _add_info, _add_parity, _add_bench, _add_package]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ def describe(bundle: Bundle) -> list[tuple[str, str]]:
         ("bundle", f"{bundle.name} ({bundle.path})"),
         ("target", f"{m.target.name} ({m.target.arch}, {m.target.device})"),
         ("model", f"{m.model.preset} — {m.model.source}"),
+        ("task", m.model.task + (f" ({', '.join(m.model.classes)})" if m.model.classes else "")),
         ("leads", ", ".join(m.leads) + f" at {m.fs} Hz"),
         ("input", shape[m.input]),
         ("output", shape[m.output]),

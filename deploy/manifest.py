@@ -18,15 +18,17 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from .errors import DeployError
+from .rpeaks import RPeakRule
 
 SCHEMA = "mscnn-edge/bundle"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: whole models (task, classes, detection rule, task parity)
 MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a few KiB; refuse to parse anything huge
 MAX_DIGITS = 18  # integers in a manifest are sizes and shapes: 18 digits is plenty
 MAX_ELEMENTS = 1 << 31  # a tensor of more elements is no ECG model's input or output
 DEVICES = ("cpu", "cuda")
 GPU_DEVICES = ("cuda",)
 RUNS = ("native", "qemu", "gpu")
+TASKS = ("features", "qrs_detection", "classification")
 
 
 class ManifestError(DeployError):
@@ -70,6 +72,9 @@ class ModelInfo:
     num_parameters: int
     receptive_field: int
     variant_of: list[str]  # the leads of the model this variant was derived from
+    head: str | None = None  # "ECG_SEQ_LAB_NET", "ECG_CRNN"; None: the bare backbone
+    task: str = "features"  # what the output means: one of TASKS
+    classes: list[str] = field(default_factory=list)  # output classes of a whole model
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,11 @@ class GoldenCase:
     name: str
     input: str  # paths inside the bundle
     output: str
+
+    @property
+    def is_record(self) -> bool:
+        """A real recording (judged on the task too), not a synthetic signal."""
+        return self.name.startswith("record-")
 
 
 @dataclass(frozen=True)
@@ -129,11 +139,27 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class TaskVerdict:
+    """Parity judged on the task: the same beats (detector) or decisions (classifier) as
+    PyTorch's, case by case over the golden records."""
+
+    kind: str  # "beats" or "decisions"
+    cases: int
+    identical: int
+    how: str
+
+    @property
+    def passed(self) -> bool:
+        return self.cases > 0 and self.identical == self.cases
+
+
+@dataclass(frozen=True)
 class Parity:
     tolerance: float
     onnxruntime: Verdict
     tvm: Verdict
     variant_contract: Verdict | None
+    task: TaskVerdict | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +184,7 @@ class Manifest:
     parity: Parity
     tools: dict[str, str]
     files: dict[str, FileEntry] = field(default_factory=dict)
+    detect: RPeakRule | None = None  # the R-peak rule of a QRS detector
 
     def to_json(self) -> str:
         return json.dumps(_write_manifest(self), indent=2) + "\n"
@@ -200,6 +227,7 @@ def _write_manifest(m: Manifest) -> dict[str, Any]:
         "fs": m.fs,
         "input": _write_tensor(m.input),
         "output": _write_tensor(m.output),
+        "detect": m.detect.to_dict() if m.detect else None,
         "golden": [dict(vars(g)) for g in m.golden],
         "schedule": dict(vars(m.schedule)),
         "footprint": dict(vars(m.footprint)),
@@ -208,6 +236,7 @@ def _write_manifest(m: Manifest) -> dict[str, Any]:
             "onnxruntime": _write_verdict(m.parity.onnxruntime),
             "tvm": _write_verdict(m.parity.tvm),
             "variant_contract": _write_verdict(m.parity.variant_contract),
+            "task": dict(vars(m.parity.task)) if m.parity.task else None,
         },
         "tools": m.tools,
         "files": {rel: dict(vars(entry)) for rel, entry in m.files.items()},
@@ -419,14 +448,15 @@ def _read_manifest(root: _Obj) -> Manifest:
         leads=root.strs("leads", nonempty=True),
         lead_indices=root.ints("lead_indices"),
         fs=root.int("fs", minimum=1),
-        input=_read_tensor(root.obj("input")),
-        output=_read_tensor(root.obj("output")),
+        input=_read_tensor(root.obj("input"), (3,)),
+        output=_read_tensor(root.obj("output"), (2, 3)),
         golden=_read_golden(root, files),
         schedule=_read_schedule(root.obj("schedule")),
         footprint=_read_footprint(root.obj("footprint")),
         parity=_read_parity(root.obj("parity")),
         tools=_read_tools(root.obj("tools")),
         files=files,
+        detect=_read_rule(root),
     )
     _check_consistent(root, manifest)
     return manifest
@@ -455,14 +485,18 @@ def _read_model(m: _Obj) -> ModelInfo:
         num_parameters=m.int("num_parameters"),
         receptive_field=m.int("receptive_field", minimum=1),
         variant_of=m.strs("variant_of", nonempty=True),
+        head=m.str("head", optional=True),
+        task=m.str("task", choices=TASKS),
+        classes=m.strs("classes"),
     )
 
 
-def _read_tensor(t: _Obj) -> TensorInfo:
+def _read_tensor(t: _Obj, dims: tuple[int, ...]) -> TensorInfo:
     shape = tuple(t.ints("shape", minimum=1))
-    if len(shape) != 3 or math.prod(shape) > MAX_ELEMENTS:
+    if len(shape) not in dims or math.prod(shape) > MAX_ELEMENTS:
+        count = " or ".join(map(str, dims))
         raise t.fail(
-            "shape", f"three positive sizes of at most {MAX_ELEMENTS} elements", list(shape)
+            "shape", f"{count} positive sizes of at most {MAX_ELEMENTS} elements", list(shape)
         )
     return TensorInfo(t.str("name"), shape, t.str("dtype", choices=("float32",)), t.str("layout"))
 
@@ -511,9 +545,39 @@ def _read_verdict(v: _Obj | None) -> Verdict | None:
 def _read_parity(p: _Obj) -> Parity:
     ort, tvm = _read_verdict(p.obj("onnxruntime")), _read_verdict(p.obj("tvm"))
     assert ort is not None and tvm is not None  # obj() without optional never gives None
+    task = p.obj("task", optional=True)
+    if task is not None:
+        task = TaskVerdict(
+            task.str("kind", choices=("beats", "decisions")),
+            task.int("cases"),
+            task.int("identical"),
+            task.str("how"),
+        )
     return Parity(
-        p.number("tolerance"), ort, tvm, _read_verdict(p.obj("variant_contract", optional=True))
+        p.number("tolerance"),
+        ort,
+        tvm,
+        _read_verdict(p.obj("variant_contract", optional=True)),
+        task,
     )
+
+
+def _read_rule(root: _Obj) -> RPeakRule | None:
+    rule = root.obj("detect", optional=True)
+    if rule is None:
+        return None
+    try:
+        return RPeakRule.from_dict(
+            {
+                "threshold": rule.number("threshold"),
+                "min_rr_ms": rule.int("min_rr_ms"),
+                "edge_ms": rule.int("edge_ms"),
+                "reduction": rule.int("reduction", minimum=1),
+                "fs": rule.int("fs", minimum=1),
+            }
+        )
+    except DeployError as exc:
+        raise ManifestError(f"{root.where}: field 'detect': {exc}; rebuild the bundle") from None
 
 
 def _read_tools(t: _Obj) -> dict[str, str]:

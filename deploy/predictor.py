@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,9 @@ import numpy as np
 from .bundle import LIBRARY, Bundle, load_bundle
 from .errors import DeployError
 from .files import read_npy, show, write_npy
+from .manifest import Manifest, TaskVerdict
 from .parity import ParityResult, compare, worst
+from .rpeaks import detect_rpeaks
 
 
 def validate_input(bundle: Bundle, x: object) -> np.ndarray:
@@ -91,14 +94,66 @@ def set_threads(threads: int, remote=None) -> None:
     configure(1, threads)  # 1: big cores first; threads: how many
 
 
-def check_parity(bundle: Bundle | str | Path) -> tuple[ParityResult, dict[str, ParityResult]]:
-    """Run the golden inputs and compare with the golden outputs (one tolerance table)."""
+@dataclass(frozen=True)
+class BundleCheck:
+    """A bundle run on its golden inputs: tensor parity (worst case and per case) and,
+    for whole models, parity judged on the task (beats or decisions)."""
+
+    verdict: ParityResult
+    cases: dict[str, ParityResult]
+    task: TaskVerdict | None
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict.passed and (self.task is None or self.task.passed)
+
+
+def check_bundle(bundle: Bundle | str | Path, how: str = "native (Python)") -> BundleCheck:
+    """Run the golden inputs, compare with the golden outputs (one tolerance table), and
+    judge the task on the real records among them."""
     predictor = Predictor(bundle)
-    results = {
-        name: compare(predictor(x), expected, predictor.bundle.device)
-        for name, (x, expected) in predictor.bundle.golden.items()
+    b = predictor.bundle
+    outputs = {name: predictor(x) for name, (x, _) in b.golden.items()}
+    cases = {
+        name: compare(outputs[name], expected, b.device) for name, (_, expected) in b.golden.items()
     }
-    return worst(list(results.values())), results
+    expected = {name: y for name, (_, y) in b.golden.items()}
+    return BundleCheck(
+        worst(list(cases.values())), cases, judge_task(b.manifest, outputs, expected, how)
+    )
+
+
+def check_parity(bundle: Bundle | str | Path) -> tuple[ParityResult, dict[str, ParityResult]]:
+    """Tensor parity on the golden inputs: (the worst result, each case's)."""
+    done = check_bundle(bundle)
+    return done.verdict, done.cases
+
+
+def judge_task(
+    manifest: Manifest, outputs: dict[str, np.ndarray], expected: dict[str, np.ndarray], how: str
+) -> TaskVerdict | None:
+    """Whether the outputs find what PyTorch's find on the real records: the same R-peak
+    indices (detector, by the manifest's rule) or the same decisions (classifier: each
+    class's logit above 0, i.e. probability above 0.5)."""
+    records = [g.name for g in manifest.golden if g.is_record]
+    if not records or manifest.model.task == "features":
+        return None
+    same = 0
+    for name in records:
+        got, ref = outputs[name], expected[name]
+        if manifest.model.task == "qrs_detection" and manifest.detect is not None:
+            n = manifest.input.shape[2]
+            same += all(
+                np.array_equal(
+                    detect_rpeaks(g[:, 0], manifest.detect, n),
+                    detect_rpeaks(r[:, 0], manifest.detect, n),
+                )
+                for g, r in zip(got, ref, strict=True)
+            )
+        else:
+            same += bool(np.array_equal(got > 0, ref > 0))
+    kind = "beats" if manifest.model.task == "qrs_detection" else "decisions"
+    return TaskVerdict(kind, len(records), same, how)
 
 
 def run_file(bundle: Bundle | str | Path, input_path: Path, output_path: Path) -> np.ndarray:

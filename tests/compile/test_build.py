@@ -30,7 +30,7 @@ def test_bundle_per_target(cpsc_bundles, bundle_samples, name):
     target = TARGETS[name]
     m = bundle.manifest
     raw = json.loads((bundle.path / "manifest.json").read_text())  # the on-disk contract
-    assert raw["schema"] == "mscnn-edge/bundle" and raw["schema_version"] == 1
+    assert raw["schema"] == "mscnn-edge/bundle" and raw["schema_version"] == 2
     assert raw["input"] == {
         "name": "ecg",
         "shape": [1, 1, bundle_samples],

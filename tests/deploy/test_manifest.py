@@ -89,6 +89,8 @@ REQUIRED = {
     "model.num_parameters",
     "model.receptive_field",
     "model.variant_of",
+    "model.task",
+    "model.classes",
     "leads",
     "lead_indices",
     "fs",
@@ -162,12 +164,12 @@ HOSTILE = {
     "version 1.0": (_edit(lambda d: d.update(schema_version=1.0)), "schema version 1.0"),
     "version true": (_edit(lambda d: d.update(schema_version=True)), "schema version True"),
     "fs string": (_edit(lambda d: d.update(fs="500")), "'fs' must be an integer"),
-    "shape 2-D": (_edit(lambda d: d["input"].update(shape=[1, 512])), "three positive sizes"),
+    "shape 2-D": (_edit(lambda d: d["input"].update(shape=[1, 512])), "3 positive sizes"),
     "shape not list": (_edit(lambda d: d["input"].update(shape="1,1,512")), "list of integers"),
     "shape zero": (_edit(lambda d: d["input"].update(shape=[1, 0, 512])), "integers >= 1"),
     "shape huge": (
         _edit(lambda d: d["input"].update(shape=[10**9, 10**9, 10**9])),
-        "three positive sizes",
+        "3 positive sizes",
     ),
     "golden empty": (_edit(lambda d: d.update(golden=[])), "must be a list \\(not empty\\)"),
     "golden not list": (_edit(lambda d: d.update(golden={})), "'golden' must be a list"),
@@ -180,7 +182,7 @@ HOSTILE = {
         "not a path inside the bundle",
     ),
     "lone surrogate": (
-        '{"files": {"\\ud800": 1}, "schema": "mscnn-edge/bundle", "schema_version": 1}',
+        '{"files": {"\\ud800": 1}, "schema": "mscnn-edge/bundle", "schema_version": 2}',
         "not a path inside the bundle",
     ),
     "parent path": (
