@@ -3,8 +3,17 @@
 Our file is a `torch.save`d dict of plain values and tensors only (so it loads with
 `weights_only=True`, which runs no pickled code):
 
-    {"format": "mscnn-edge/checkpoint", "version": 1, "preset": name or None,
-     "in_channels": int, "config": {...}, "leads": [...], "fs": int, "state_dict": {...}}
+    {"format": "mscnn-edge/checkpoint", "version": 2, "preset": name or None,
+     "head": None | "ECG_SEQ_LAB_NET" | "ECG_CRNN", "classes": [...] or None,
+     "in_channels": int, "config": {...}, "leads": [...], "fs": int,
+     "metadata": {...}, "state_dict": {...}}
+
+`head` None is a bare MultiScopicCNN (`config` its config); otherwise `config` is the
+whole model's torch_ecg config. Version 1 files (backbones, before heads existed) are
+still read. A bare state dict (torch_ecg's `model.state_dict()`) holds no config: give the
+preset it was trained with; for a backbone preset the `cnn.` weights of a torch_ecg
+ECG_SEQ_LAB_NET / ECG_CRNN state dict are taken and its head ignored, for a whole-model
+preset the whole state dict must fit.
 
 No trained weights ship with mscnn-edge. Without a checkpoint, `load_model` gives a
 seeded random initialisation whose normalisation layers carry non-trivial running
@@ -17,45 +26,70 @@ import logging
 import math
 import pickle
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .config import resolve_config
+from .config import _plain, resolve_config
 from .errors import MscnnError
+from .heads import HEADS, ReducedLeadModel, WholeModel, build_model, resolve_head_config
 from .model import MultiScopicCNN
-from .presets import DEFAULT_PRESET, PRESETS, get_preset
+from .presets import DEFAULT_PRESET, PRESETS, Preset, get_preset
 
 log = logging.getLogger(__name__)
 
 FORMAT = "mscnn-edge/checkpoint"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _FIELDS = ("in_channels", "config", "leads", "fs", "state_dict")
+_SHOWN_KEYS = 3  # state-dict keys named per kind of mismatch
+
+Model = MultiScopicCNN | WholeModel
 
 
 @dataclass
 class LoadedModel:
-    """A model in eval mode with what the rest of the pipeline needs to know about it."""
+    """A model in eval mode with what the rest of the pipeline needs to know about it.
 
-    model: MultiScopicCNN
+    `model` is a MultiScopicCNN (task "features") or a whole model (ECG_SEQ_LAB_NET,
+    ECG_CRNN); `model.task` and `model.classes` say which.
+    """
+
+    model: Model
     preset: str | None
     leads: tuple[str, ...]
     fs: int
     source: str  # where the weights came from, for manifests and logs
+    metadata: dict[str, Any] = field(default_factory=dict)  # as saved (e.g. by training)
 
 
 def save_checkpoint(
     path: str | Path,
-    model: MultiScopicCNN,
+    model: Model,
     *,
     leads: Sequence[str],
     fs: int,
     preset: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write `model` with its config, lead names and sampling rate to `path`."""
+    """Write `model` with its config, head, classes, lead names and sampling rate to `path`.
+
+    `metadata` (plain values: str, numbers, lists, dicts) travels with it, e.g. what a
+    training run wants to record about the weights.
+    """
+    if isinstance(model, ReducedLeadModel):
+        raise MscnnError(
+            "save_checkpoint: this is a reduced-lead variant, derived from a full model; save "
+            "the full model and derive the variant again with mscnn.derive_variant"
+        )
+    if not isinstance(model, MultiScopicCNN | WholeModel):
+        raise MscnnError(
+            f"save_checkpoint: expected a MultiScopicCNN, ECG_SEQ_LAB_NET or ECG_CRNN, got "
+            f"{type(model).__name__}"
+        )
     if len(leads) != model.in_channels:
         raise MscnnError(f"leads: {len(leads)} names for a {model.in_channels}-lead model")
     path = Path(path)
@@ -63,10 +97,13 @@ def save_checkpoint(
         "format": FORMAT,
         "version": VERSION,
         "preset": preset,
+        "head": model.head,
+        "classes": list(model.classes) if model.classes is not None else None,
         "in_channels": model.in_channels,
         "config": model.config,
         "leads": list(leads),
         "fs": int(fs),
+        "metadata": _plain(dict(metadata or {}), "metadata"),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -79,20 +116,22 @@ def load_checkpoint(path: str | Path, preset: str | None = None) -> LoadedModel:
     """Load our checkpoint file, or a bare (torch_ecg) state dict given the `preset`.
 
     A torch_ecg model that holds MultiScopicCNN as `cnn` (ECG_SEQ_LAB_NET, ECG_CRNN) may be
-    given whole: the `cnn.` weights are taken and the heads ignored, with a log message.
+    given whole with a backbone preset: the `cnn.` weights are taken and the heads ignored,
+    with a log message. With a whole-model preset every key must fit.
     """
     path = Path(path)
     data = _read(path)
     if isinstance(data, Mapping) and data.get("format") == FORMAT:
         return _from_ours(path, data, preset)
-    state = _find_state_dict(path, data)
     if preset is None:
+        _find_state_dict(path, data, whole=True)  # not a state dict at all: say that first
         raise MscnnError(
             f"checkpoint {path}: a bare state dict holds no config; give the preset it was "
             f"trained with (choose from: {', '.join(PRESETS)})"
         )
     p = get_preset(preset)
-    model = MultiScopicCNN(p.in_channels, **p.config)
+    state = _find_state_dict(path, data, whole=p.head is not None)
+    model = _build(p)
     _load_state(model, state, path, f"preset {preset!r}")
     return LoadedModel(model.eval(), preset, p.leads, p.fs, f"state dict {path.name}")
 
@@ -100,7 +139,12 @@ def load_checkpoint(path: str | Path, preset: str | None = None) -> LoadedModel:
 def load_model(
     preset: str = DEFAULT_PRESET, checkpoint: str | Path | None = None, seed: int = 0
 ) -> LoadedModel:
-    """The model the pipeline compiles: from `checkpoint` if given, else seeded."""
+    """The model the pipeline compiles: from `checkpoint` if given, else seeded.
+
+    Works alike for backbone and whole-model presets; a trained detector is
+    `load_model("cpsc2019_qrs", checkpoint=path)` with the file `save_checkpoint` wrote
+    (or a bare state dict of that preset's model).
+    """
     if checkpoint is not None:
         loaded = load_checkpoint(checkpoint, preset)
         if loaded.preset not in (None, preset):
@@ -110,16 +154,23 @@ def load_model(
         return loaded
     p = get_preset(preset)
     with torch.random.fork_rng(devices=[]):  # layer constructors draw from the global RNG
-        model = MultiScopicCNN(p.in_channels, **p.config)
+        model = _build(p)
     seeded_init(model, seed)
     return LoadedModel(model.eval(), preset, p.leads, p.fs, f"seeded initialisation (seed {seed})")
+
+
+def _build(p: Preset) -> Model:
+    return build_model(p.head, p.in_channels, p.config, p.classes)
 
 
 def seeded_init(model: nn.Module, seed: int) -> None:
     """Re-draw every weight and running statistic from a generator seeded with `seed`.
 
-    Convs get He-normal weights; norms get weights near 1, biases near 0 and running
-    means/variances away from the 0/1 defaults, like a trained model's.
+    Convs get He-normal weights; linear layers (the heads) normal weights of variance
+    1 / fan-in, so logits stay near unit scale; biases are small but not zero; norms get
+    weights near 1, biases near 0 and running means/variances away from the 0/1 defaults,
+    like a trained model's. Modules are visited in order, so the backbone of a whole model
+    gets the same weights as the backbone preset with the same seed.
     """
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -127,6 +178,10 @@ def seeded_init(model: nn.Module, seed: int) -> None:
             if isinstance(module, nn.Conv1d):
                 fan_in = module.in_channels // module.groups * module.kernel_size[0]
                 module.weight.normal_(0.0, math.sqrt(2.0 / fan_in), generator=g)
+                if module.bias is not None:
+                    module.bias.uniform_(-0.1, 0.1, generator=g)
+            elif isinstance(module, nn.Linear):
+                module.weight.normal_(0.0, math.sqrt(1.0 / module.in_features), generator=g)
                 if module.bias is not None:
                     module.bias.uniform_(-0.1, 0.1, generator=g)
             elif isinstance(module, nn.BatchNorm1d | nn.GroupNorm | nn.InstanceNorm1d):
@@ -158,36 +213,71 @@ def _read(path: Path) -> Any:
 
 
 def _from_ours(path: Path, data: Mapping, preset: str | None) -> LoadedModel:
-    if data.get("version") != VERSION:
+    version = data.get("version")
+    if version not in READABLE_VERSIONS:
         raise MscnnError(
-            f"checkpoint {path}: format version {data.get('version')!r}, this mscnn-edge reads "
-            f"version {VERSION}; re-save it with a matching mscnn-edge"
+            f"checkpoint {path}: format version {version!r}, this mscnn-edge reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; re-save it with a matching mscnn-edge"
         )
-    missing = [k for k in _FIELDS if k not in data]
+    missing = [
+        k for k in (*_FIELDS, *(("head", "classes") if version > 1 else ())) if k not in data
+    ]
     if missing:
         raise MscnnError(f"checkpoint {path}: missing field(s) {', '.join(missing)}")
-    model = MultiScopicCNN(data["in_channels"], **data["config"])
+    head = data.get("head")
+    if head is not None and head not in HEADS:
+        raise MscnnError(
+            f"checkpoint {path}: unknown head {head!r}; this mscnn-edge builds "
+            f"{', '.join(HEADS)} (or a bare MultiScopicCNN)"
+        )
+    try:
+        model = build_model(head, data["in_channels"], data["config"], data.get("classes") or ())
+    except MscnnError as exc:
+        raise MscnnError(f"checkpoint {path}: {exc}") from None
     if preset is not None:
-        p = get_preset(preset)
-        if resolve_config(p.in_channels, p.config)[0] != model.spec:
-            raise MscnnError(
-                f"checkpoint {path} holds a different model than preset {preset!r} "
-                f"({model.in_channels} leads, groups {model.groups}, vs {p.in_channels} leads, "
-                f"groups {p.config['groups']}); give its own preset "
-                f"({data.get('preset')!r}) or none"
-            )
+        _check_preset(path, model, get_preset(preset), data.get("preset"))
     leads = tuple(data["leads"])
     if len(leads) != model.in_channels:
         raise MscnnError(
             f"checkpoint {path}: {len(leads)} lead names for {model.in_channels} input channels"
         )
+    metadata = data.get("metadata") or {}
+    if not isinstance(metadata, Mapping):
+        raise MscnnError(f"checkpoint {path}: metadata is {type(metadata).__name__}, not a dict")
     _load_state(model, data["state_dict"], path, "its own config")
     return LoadedModel(
-        model.eval(), data.get("preset"), leads, int(data["fs"]), f"checkpoint {path.name}"
-    )
+        model.eval(), data.get("preset"), leads, int(data["fs"]), f"checkpoint {path.name}",
+        dict(metadata),
+    )  # fmt: skip
 
 
-def _find_state_dict(path: Path, data: Any) -> Mapping[str, torch.Tensor]:
+def _check_preset(path: Path, model: Model, p: Preset, saved_as: str | None) -> None:
+    """A checkpoint given with a preset must hold that preset's model (weights aside)."""
+    if p.head is None:
+        same = model.head is None and resolve_config(p.in_channels, p.config)[0] == model.spec
+    else:
+        spec = resolve_head_config(p.head, p.in_channels, p.classes, p.config)[0]
+        same = model.head == p.head and spec == model.spec
+    if not same:
+        raise MscnnError(
+            f"checkpoint {path} holds a different model than preset {p.name!r} "
+            f"({_describe(model)}, vs {_describe(_build(p))}); give its own preset "
+            f"({saved_as!r}) or none"
+        )
+
+
+def _describe(model: Model) -> str:
+    groups = model.groups if model.head is None else model.cnn.groups
+    leads = f"{model.in_channels} lead{'s' if model.in_channels != 1 else ''}"
+    text = f"{model.head or 'MultiScopicCNN'}, {leads}, groups {groups}"
+    if model.head is not None:
+        text += f", {len(model.classes)} classes"
+    return text
+
+
+def _find_state_dict(path: Path, data: Any, whole: bool) -> Mapping[str, torch.Tensor]:
+    """The state dict inside `data`; for a backbone (not `whole`), the MultiScopicCNN part
+    of a whole torch_ecg model's state dict."""
     if isinstance(data, Mapping):
         for key in ("state_dict", "model_state_dict"):
             if isinstance(data.get(key), Mapping):
@@ -202,7 +292,7 @@ def _find_state_dict(path: Path, data: Any) -> Mapping[str, torch.Tensor]:
             f"checkpoint {path} is neither an mscnn-edge checkpoint nor a state dict "
             "(a mapping of parameter names to tensors)"
         )
-    if not any(k.startswith("branches.") for k in data):
+    if not whole and not any(k.startswith("branches.") for k in data):
         prefixes = {k[: k.index("branches.")] for k in data if ".branches." in f".{k}"}
         if len(prefixes) == 1:
             prefix = prefixes.pop()
@@ -216,7 +306,9 @@ def _find_state_dict(path: Path, data: Any) -> Mapping[str, torch.Tensor]:
     return data
 
 
-def _load_state(model: MultiScopicCNN, state: Mapping, path: Path, what: str) -> None:
+def _load_state(model: Model, state: Mapping, path: Path, what: str) -> None:
+    """Load `state` strictly; a mismatch names the missing, unexpected and wrong-shape keys
+    (a few of each, with their counts)."""
     ours = model.state_dict()
     missing = [k for k in ours if k not in state]
     unexpected = [k for k in state if k not in ours]
@@ -228,12 +320,12 @@ def _load_state(model: MultiScopicCNN, state: Mapping, path: Path, what: str) ->
     problems = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
         if keys:
-            shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-            problems.append(f"{label}: {shown}")
+            shown = ", ".join(keys[:_SHOWN_KEYS]) + (", ..." if len(keys) > _SHOWN_KEYS else "")
+            problems.append(f"{label} {len(keys)}: {shown}")
     if problems:
         raise MscnnError(
-            f"checkpoint {path} does not fit {what} ({model.in_channels} leads, groups "
-            f"{model.groups}): {'; '.join(problems)}; give the preset it was trained with"
+            f"checkpoint {path} does not fit {what} ({_describe(model)}; {len(ours)} keys, the "
+            f"file has {len(state)}): {'; '.join(problems)}; give the preset it was trained with"
         )
     for k, v in state.items():
         if v.is_floating_point() and not torch.isfinite(v).all():

@@ -9,6 +9,12 @@ A model with groups = 1 mixes leads in its first conv. Its variant keeps that co
 input weights for the kept leads and every other weight as is, so the contract is
 `variant(x[:, kept]) == model(x with the other leads zeroed)` (all output channels): the
 model treats a dropped lead as a flat zero signal, nothing more.
+
+A whole model (ECG_SEQ_LAB_NET, ECG_CRNN) has one contract for both kinds of backbone:
+`variant(x[:, kept]) == model(x with the other leads zeroed)`, every logit. With groups = 1
+the variant is the same class with fewer leads; with a lead-wise backbone it is a
+`ReducedLeadModel` that folds the dropped leads' (input-independent) features into the head.
+`variant_reference` computes the right-hand side of the contract for every kind of model.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Sequence
 import torch
 
 from .errors import MscnnError
+from .heads import ReducedLeadModel, WholeModel, derive_whole_variant
 from .model import MultiScopicCNN, check_lead_indices, scale_config
 
 LEADS_12: tuple[str, ...] = (
@@ -79,11 +86,27 @@ def resolve_leads(
     return [available[i] for i in indices], indices
 
 
-def derive_variant(model: MultiScopicCNN, indices: Sequence[int]) -> MultiScopicCNN:
+def derive_variant(
+    model: MultiScopicCNN | WholeModel, indices: Sequence[int]
+) -> MultiScopicCNN | WholeModel | ReducedLeadModel:
     """The reduced-lead model for the leads `indices` of `model` (see module docstring).
 
-    Returns a new `MultiScopicCNN` in the same train/eval mode; `model` is not changed.
+    Returns a new model in the same train/eval mode; `model` is not changed. A backbone
+    gives a `MultiScopicCNN`; a whole model gives the same class (groups = 1) or a
+    `ReducedLeadModel` (lead-wise backbone).
     """
+    if isinstance(model, ReducedLeadModel):
+        raise MscnnError(
+            "derive_variant: this model is already a reduced-lead variant; derive every "
+            "variant from the full model"
+        )
+    if isinstance(model, WholeModel):
+        return derive_whole_variant(model, indices)
+    if not isinstance(model, MultiScopicCNN):
+        raise MscnnError(
+            f"derive_variant: expected a MultiScopicCNN, ECG_SEQ_LAB_NET or ECG_CRNN, got "
+            f"{type(model).__name__}"
+        )
     check_lead_indices(indices, model.in_channels)
     if model.is_lead_wise:
         config = scale_config(model.config, model.in_channels, len(indices))
@@ -109,3 +132,15 @@ def zero_fill(x: torch.Tensor, indices: Sequence[int], n_leads: int) -> torch.Te
     full = x.new_zeros(x.shape[0], n_leads, x.shape[2])
     full[:, list(indices)] = x
     return full
+
+
+def variant_reference(
+    model: MultiScopicCNN | WholeModel, x: torch.Tensor, indices: Sequence[int]
+) -> torch.Tensor:
+    """What `derive_variant(model, indices)(x)` must equal (eval mode): `model` on `x`
+    (batch, len(indices), samples) zero-filled to all its leads; for a lead-wise backbone,
+    sliced to the kept leads' channels. Whole models compare every logit."""
+    out = model(zero_fill(x, indices, model.in_channels))
+    if isinstance(model, MultiScopicCNN) and model.is_lead_wise:
+        out = out[:, model.lead_wise_channels(indices)]
+    return out

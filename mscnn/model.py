@@ -142,6 +142,12 @@ class MultiScopicCNN(nn.Module):
     semantics (see `mscnn.config`); a bad config raises `MscnnError` naming the key.
     """
 
+    # What a whole model (mscnn.heads) says about its output; the bare backbone outputs
+    # its feature map (batch, channels, samples / 8).
+    head: str | None = None
+    task = "features"
+    classes: list[str] | None = None
+
     def __init__(self, in_channels: int, **config: Any) -> None:
         super().__init__()
         spec, canonical = resolve_config(in_channels, config)

@@ -70,7 +70,7 @@ def test_checkpoint_for_another_config(tmp_path, cpsc):
     partial = dict(cpsc.model.state_dict())
     partial.pop("branches.branch_2.block_2.bn.running_var")
     torch.save(partial, tmp_path / "partial.pth")
-    with pytest.raises(MscnnError, match=r"missing: branches\.branch_2\.block_2\.bn\.running_var"):
+    with pytest.raises(MscnnError, match=r"missing 1: branches\.branch_2\.block_2\.bn\.running_var"):
         load_checkpoint(tmp_path / "partial.pth", preset="cpsc2019")
 
 

@@ -1,0 +1,777 @@
+"""Whole models: MultiScopicCNN under torch_ecg's sequence-labelling and classifier heads.
+
+`ECG_SEQ_LAB_NET(classes, n_leads, config)` labels every output frame (the CPSC2019 QRS
+detector); `ECG_CRNN(classes, n_leads, config)` classifies a whole window (CinC 2021). Both
+take torch_ecg's config dicts (the shape of its `ECG_SEQ_LAB_NET_CONFIG` /
+`ECG_CRNN_CONFIG`) and use torch_ecg's module and parameter names, so a torch_ecg state dict
+loads with `strict=True` and gives the same logits (no sigmoid, as torch_ecg's `forward`):
+
+    cnn.branches...            MultiScopicCNN (`cnn.name` multi_scopic / multi_scopic_leadwise)
+    attn.fc.0.lin_0, .lin_1    squeeze-excitation (`attn.name` se), absent for none
+    clf.lin_{i}, .act_{i}      the classifier MLP; its last layer gives one logit per class
+
+Data flow (batch b, channels c, frames t = samples / 8, classes k):
+
+    ECG_SEQ_LAB_NET  (b, leads, samples) -> cnn (b, c, t) -> [se] -> clf per frame (b, t, k)
+                     with `recover_length` the logits are linearly interpolated to (b, samples, k)
+    ECG_CRNN         (b, leads, samples) -> cnn (b, c, t) -> [se] -> max|avg over t -> clf (b, k)
+
+Supported: `rnn.name` none; `attn.name` none or se; `global_pool` max or avg (ECG_CRNN). Keys
+left out take torch_ecg's defaults (ECG_SEQ_LAB_NET's default rnn is an LSTM, so it must say
+none). Refused up front, with the key and the valid values named:
+
+- `rnn` lstm / linear: a bidirectional LSTM runs frame by frame over the whole window, so it
+  cannot stream with bounded latency, is sequential on every target, and has no integer
+  form; `linear` is torch_ecg's per-frame MLP placed before the attention, which nothing
+  here needs.
+- `attn` gc / nl / sa / transformer: they weigh every frame against the others with a
+  softmax over time (non-local and self-attention hold a frames x frames matrix), which
+  neither streams nor folds exactly into a reduced-lead model.
+- other backbones: mscnn is the MultiScopicCNN reference.
+
+Reduced-lead variants (`mscnn.derive_variant`) of a model with a lead-wise backbone are
+`ReducedLeadModel`s: exact, in eval mode, against the full model fed zeros on the dropped
+leads (see that class for how the dropped leads are folded in).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import numbers
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ACTIVATIONS, ModelSpec, _choice, _list, _plain, _positive_int, resolve_config
+from .errors import MscnnError
+from .model import ACTIVATIONS as ACTIVATION_LAYERS
+from .model import MultiScopicCNN, check_lead_indices, scale_config
+
+CNN_NAMES = ("multi_scopic", "multi_scopic_leadwise")
+RNN_NAMES = ("none",)
+ATTN_NAMES = ("none", "se")
+CRNN_POOLS = ("max", "avg")
+
+# torch_ecg 0.0.33's defaults for the keys a config may leave out (its ECG_CRNN_CONFIG,
+# and ECG_SEQ_LAB_NET_CONFIG merged over it); the backbone config must be given.
+_SE_DEFAULTS = {
+    "reduction": 8, "activation": "relu", "kw_activation": {"inplace": True}, "bias": True,
+    "dropouts": 0.0,
+}  # fmt: skip
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ECG_CRNN": {
+        "fs": 500, "rnn": {"name": "none"}, "attn": {"name": "se", "se": _SE_DEFAULTS},
+        "global_pool": "max", "global_pool_size": 1,
+        "clf": {"out_channels": [1024], "activation": "mish", "bias": True, "dropouts": 0.2},
+    },
+    "ECG_SEQ_LAB_NET": {
+        "fs": 500, "rnn": {"name": "lstm"}, "attn": {"name": "se", "se": _SE_DEFAULTS},
+        "global_pool": "none", "global_pool_size": 1, "recover_length": False,
+        "clf": {"out_channels": [256, 64], "activation": "mish", "bias": True,
+                "dropouts": [0.2, 0.2, 0.0]},
+    },
+}  # fmt: skip
+# Read by torch_ecg's initialisation only (or not at all): accepted, unused.
+_IGNORED = ("kernel_initializer", "kw_initializer")
+
+
+# --------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass(frozen=True)
+class MlpSpec:
+    """torch_ecg's SeqLin: linear -> activation -> [dropout] per layer, no last activation."""
+
+    in_features: int
+    out_features: tuple[int, ...]
+    activation: str
+    kw_activation: Mapping[str, Any]
+    bias: bool
+    dropouts: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """Everything needed to build a whole model; equal specs build the same layers."""
+
+    head: str  # "ECG_SEQ_LAB_NET" or "ECG_CRNN"
+    in_channels: int
+    classes: tuple[str, ...]
+    backbone: ModelSpec
+    backbone_config: Mapping[str, Any] = field(compare=False)
+    se: MlpSpec | None = None  # (channels -> channels // reduction -> channels)
+    pool: str = "none"  # "none" (per frame), "max" or "avg" (over frames)
+    pool_size: int = 1
+    clf: MlpSpec | None = None
+    recover_length: bool = False
+
+
+def resolve_head_config(
+    head: str, in_channels: Any, classes: Any, config: Any
+) -> tuple[HeadSpec, dict[str, Any]]:
+    """Check a torch_ecg whole-model config; return the spec and a canonical config.
+
+    The canonical config is plain (JSON-able) and complete: given back to the same class
+    (ours or torch_ecg's) with the same classes and leads, it builds the same model.
+    """
+    if head not in _DEFAULTS:
+        raise MscnnError(f"unknown head {head!r}; choose from: {', '.join(_DEFAULTS)}")
+    classes = _classes(classes)
+    if not isinstance(config, Mapping):
+        raise MscnnError(
+            f"config: expected a torch_ecg {head} config mapping, got {type(config).__name__} "
+            "(see mscnn.PRESETS for complete examples)"
+        )
+    valid = set(_DEFAULTS[head]) | {"cnn"}
+    unknown = sorted(set(config) - valid)
+    if unknown:
+        raise MscnnError(
+            f"config: unknown key(s) {', '.join(map(repr, unknown))} for {head}; valid keys: "
+            f"{', '.join(sorted(valid))}"
+        )
+    merged = _merge(_DEFAULTS[head], config)
+    name, backbone, backbone_config = _resolve_cnn(in_channels, merged.get("cnn"))
+    _resolve_rnn(merged["rnn"])
+    channels = backbone.out_channels
+    attn, se = _resolve_attn(merged["attn"], channels)
+    pool, pool_size = _resolve_pool(head, merged)
+    clf_config, clf = _resolve_clf(merged["clf"], channels * pool_size, len(classes))
+    recover = merged.get("recover_length", False)
+    if not isinstance(recover, bool):
+        raise MscnnError(f"config['recover_length']: expected true or false, got {recover!r}")
+    fs = merged["fs"]
+    if isinstance(fs, bool) or not isinstance(fs, numbers.Real) or not fs > 0:
+        raise MscnnError(f"config['fs']: expected a positive sampling rate, got {fs!r}")
+    spec = HeadSpec(head, backbone.in_channels, classes, backbone, backbone_config, se,
+                    pool, pool_size, clf, recover)  # fmt: skip
+    canonical = {
+        "fs": fs, "cnn": {"name": name, name: backbone_config}, "rnn": {"name": "none"},
+        "attn": attn, "global_pool": pool, "global_pool_size": pool_size, "clf": clf_config,
+    }  # fmt: skip
+    if head == "ECG_SEQ_LAB_NET":
+        canonical["recover_length"] = recover
+    return spec, _plain(canonical, "config")
+
+
+def _merge(defaults: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """torch_ecg's CFG.update: nested mappings merge, everything else replaces."""
+    out = copy.deepcopy(dict(defaults))
+    for key, value in config.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _classes(classes: Any) -> tuple[str, ...]:
+    if isinstance(classes, str | bytes) or not isinstance(classes, Sequence) or not classes:
+        raise MscnnError(f"classes: expected a non-empty list of class names, got {classes!r}")
+    if not all(isinstance(c, str) and c for c in classes):
+        raise MscnnError(f"classes: every class name must be a non-empty string, got {classes!r}")
+    if len(set(classes)) != len(classes):
+        raise MscnnError(f"classes: {list(classes)} names a class more than once")
+    return tuple(classes)
+
+
+def _section(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise MscnnError(f"{where}: expected a mapping, got {value!r}")
+    return value
+
+
+def _name(section: Mapping[str, Any], where: str, valid: Sequence[str]) -> str:
+    name = section.get("name")
+    if not isinstance(name, str) or name not in valid:
+        what = "missing" if name is None else f"{name!r} is not supported"
+        raise MscnnError(
+            f"{where}['name']: {what}; choose from: {', '.join(valid)} (see mscnn.heads for "
+            "why torch_ecg's other choices are refused)"
+        )
+    return name
+
+
+def _resolve_cnn(in_channels: Any, cnn: Any) -> tuple[str, ModelSpec, dict[str, Any]]:
+    cnn = _section(cnn, "config['cnn']")
+    name = _name(cnn, "config['cnn']", CNN_NAMES)
+    where = f"config['cnn'][{name!r}]"
+    if name not in cnn:
+        raise MscnnError(
+            f"{where}: missing; give the backbone's config (e.g. mscnn.PRESETS[{name!r}].config)"
+        )
+    try:
+        backbone, canonical = resolve_config(in_channels, _section(cnn[name], where))
+    except MscnnError as exc:  # name the key by its path in the whole config
+        message = str(exc)
+        raise MscnnError(where + message[6:] if message.startswith("config") else message) from None
+    return name, backbone, canonical
+
+
+def _resolve_rnn(rnn: Any) -> None:
+    _name(_section(rnn, "config['rnn']"), "config['rnn']", RNN_NAMES)
+
+
+def _resolve_attn(attn: Any, channels: int) -> tuple[dict[str, Any], MlpSpec | None]:
+    attn = _section(attn, "config['attn']")
+    name = _name(attn, "config['attn']", ATTN_NAMES)
+    if name == "none":
+        return {"name": "none"}, None
+    where = f"config['attn'][{name!r}]"
+    se = _section(attn.get(name), where)
+    _check_keys(se, ("reduction", "activation", "kw_activation", "bias", "dropouts"), where)
+    reduction = _positive_int(se["reduction"], f"{where}['reduction']")
+    mid = channels // reduction
+    if mid < 1:
+        raise MscnnError(
+            f"{where}['reduction']: {reduction} leaves no hidden units for the backbone's "
+            f"{channels} channels; use at most {channels}"
+        )
+    kw = se.get("kw_activation") or {}
+    if not isinstance(kw, Mapping):
+        raise MscnnError(f"{where}['kw_activation']: expected a mapping of keyword arguments")
+    mlp = _mlp(se, where, channels, (mid, channels), dict(kw))
+    try:  # torch_ecg merges kw_activation over its default {"inplace": True}
+        ACTIVATION_LAYERS[mlp.activation](**kw)
+    except TypeError as exc:
+        raise MscnnError(
+            f"{where}['kw_activation']: {dict(kw)} does not fit activation {mlp.activation!r} "
+            f"({exc}); give the activation's own keyword arguments"
+        ) from None
+    config = {
+        "reduction": reduction, "activation": mlp.activation, "kw_activation": dict(kw),
+        "bias": mlp.bias, "dropouts": list(mlp.dropouts),
+    }  # fmt: skip
+    return {"name": name, name: config}, mlp
+
+
+def _resolve_pool(head: str, config: Mapping[str, Any]) -> tuple[str, int]:
+    pool = config["global_pool"]
+    if head == "ECG_SEQ_LAB_NET":
+        if pool != "none":
+            raise MscnnError(
+                f"config['global_pool']: {pool!r}, but ECG_SEQ_LAB_NET labels every frame: "
+                "use 'none' (torch_ecg silently overrides it), or ECG_CRNN to pool"
+            )
+        return "none", 1
+    if pool not in CRNN_POOLS:
+        raise MscnnError(
+            f"config['global_pool']: {pool!r} is not supported for ECG_CRNN; choose from: "
+            f"{', '.join(CRNN_POOLS)} (for per-frame outputs use ECG_SEQ_LAB_NET)"
+        )
+    return pool, _positive_int(config["global_pool_size"], "config['global_pool_size']")
+
+
+def _resolve_clf(clf: Any, in_features: int, n_classes: int) -> tuple[dict[str, Any], MlpSpec]:
+    where = "config['clf']"
+    clf = _section(clf, where)
+    _check_keys(clf, ("out_channels", "activation", "bias", "dropouts"), where)
+    hidden = _list(clf["out_channels"], f"{where}['out_channels']")
+    hidden = [_positive_int(h, f"{where}['out_channels'][{i}]") for i, h in enumerate(hidden)]
+    # torch_ecg's ECG_CRNN passes no kw_activation to its classifier
+    mlp = _mlp(clf, where, in_features, (*hidden, n_classes), {})
+    config = {
+        "out_channels": hidden, "activation": mlp.activation, "bias": mlp.bias,
+        "dropouts": list(mlp.dropouts),
+    }  # fmt: skip
+    return config, mlp
+
+
+def _check_keys(section: Mapping[str, Any], valid: Sequence[str], where: str) -> None:
+    unknown = sorted(set(section) - set(valid) - set(_IGNORED))
+    if unknown:
+        raise MscnnError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: "
+            f"{', '.join(valid)}"
+        )
+    missing = [k for k in valid if k not in section and k != "kw_activation"]
+    if missing:
+        raise MscnnError(f"{where}: missing key(s) {', '.join(map(repr, missing))}")
+
+
+def _mlp(
+    section: Mapping[str, Any], where: str, in_features: int, out: tuple[int, ...], kw: dict
+) -> MlpSpec:
+    act = section["activation"]
+    _choice(act, ACTIVATIONS, f"{where}['activation']")
+    bias = section["bias"]
+    if not isinstance(bias, bool):
+        raise MscnnError(f"{where}['bias']: expected true or false, got {bias!r}")
+    dropouts = section["dropouts"]
+    if isinstance(dropouts, Sequence) and not isinstance(dropouts, str | bytes):
+        if len(dropouts) != len(out):
+            raise MscnnError(
+                f"{where}['dropouts']: {len(dropouts)} rates for {len(out)} linear layers; give "
+                f"one per layer (the last is the one with {out[-1]} outputs) or a single rate"
+            )
+    else:  # torch_ecg: one rate after every layer but the last (the only one if alone)
+        dropouts = [dropouts] * (len(out) - 1) + [0.0] if len(out) > 1 else [dropouts]
+    for i, p in enumerate(dropouts):
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
+            raise MscnnError(f"{where}['dropouts'][{i}]: expected a rate in [0, 1), got {p!r}")
+    return MlpSpec(in_features, out, act.lower(), kw, bias, tuple(float(p) for p in dropouts))
+
+
+# --------------------------------------------------------------------------------------
+# Blocks
+
+
+class Mlp(nn.Sequential):
+    """torch_ecg's SeqLin / MLP: lin_{i} -> act_{i} -> [dropout_{i}], no last activation."""
+
+    def __init__(self, spec: MlpSpec) -> None:
+        super().__init__()
+        width = spec.in_features
+        last = len(spec.out_features) - 1
+        for i, out in enumerate(spec.out_features):
+            self.add_module(f"lin_{i}", nn.Linear(width, out, bias=spec.bias))
+            if i < last:
+                act = ACTIVATION_LAYERS[spec.activation](**spec.kw_activation)
+                self.add_module(f"act_{i}", act)
+            if spec.dropouts[i] > 0:
+                self.add_module(f"dropout_{i}", nn.Dropout(spec.dropouts[i]))
+            width = out
+
+    def after_first(self, x: Tensor) -> Tensor:
+        """The layers after `lin_0`, applied to `lin_0`'s output (for folded inputs)."""
+        for module in list(self.children())[1:]:
+            x = module(x)
+        return x
+
+    def count_macs(self, rows: int) -> int:
+        return rows * sum(m.in_features * m.out_features for m in self.linears())
+
+    def linears(self) -> Iterator[nn.Linear]:
+        return (m for m in self.children() if isinstance(m, nn.Linear))
+
+
+class SqueezeExcitation(nn.Module):
+    """torch_ecg's SEBlock: channels scaled by sigmoid(MLP(mean over time))."""
+
+    def __init__(self, spec: MlpSpec) -> None:
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool1d(1)
+        self.fc = nn.Sequential(Mlp(spec), nn.Sigmoid())
+
+    def forward(self, x: Tensor) -> Tensor:
+        # (batch, channels, frames) -> the same, each channel scaled by its excitation
+        return x * self.fc(self.avg_pool(x).squeeze(-1)).unsqueeze(-1)
+
+
+# --------------------------------------------------------------------------------------
+# The whole models
+
+
+class WholeModel(nn.Module):
+    """What ECG_SEQ_LAB_NET and ECG_CRNN share: backbone, optional SE, classifier MLP.
+
+    Attributes the pipeline reads: `head`, `task`, `classes`, `in_channels`, `config`
+    (canonical, JSON-able; `type(m)(m.classes, m.in_channels, m.config)` rebuilds it),
+    `is_lead_wise`, `num_parameters`, `compute_output_shape`, `receptive_field`,
+    `count_macs`.
+    """
+
+    head: ClassVar[str]
+    task: ClassVar[str]
+
+    def __init__(self, classes: Sequence[str], n_leads: int, config: Mapping[str, Any]) -> None:
+        super().__init__()
+        spec, canonical = resolve_head_config(self.head, n_leads, classes, config)
+        self.spec: HeadSpec = spec
+        self.config: dict[str, Any] = canonical
+        self.classes: list[str] = list(spec.classes)
+        self.cnn = MultiScopicCNN(spec.in_channels, **spec.backbone_config)
+        self.attn = SqueezeExcitation(spec.se) if spec.se else nn.Identity()
+        self.clf = Mlp(spec.clf)
+
+    @property
+    def in_channels(self) -> int:
+        return self.spec.in_channels
+
+    @property
+    def n_leads(self) -> int:  # torch_ecg's name
+        return self.spec.in_channels
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def is_lead_wise(self) -> bool:
+        return self.cnn.is_lead_wise
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def receptive_field(self, fs: float | None = None) -> int | float:
+        """Samples (seconds if `fs`) one backbone feature sees. The SE attention and global
+        pooling add a summary of the whole window on top of it."""
+        return self.cnn.receptive_field(fs)
+
+    def count_macs(self, seq_len: int, batch_size: int = 1) -> int:
+        """Multiply-accumulates of the convs and linear layers for one forward pass."""
+        frames = self.cnn.compute_output_shape(seq_len)[-1]
+        macs = self.cnn.count_macs(seq_len) + self._head_macs(frames)
+        return macs * batch_size
+
+    def _head_macs(self, frames: int) -> int:
+        se = self.attn.fc[0].count_macs(1) if self.spec.se else 0
+        return se + self.clf.count_macs(1 if self.spec.pool != "none" else frames)
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, classes={self.classes}"
+
+
+class ECG_SEQ_LAB_NET(WholeModel):
+    """Sequence labelling (QRS detection): one logit per class per output frame.
+
+    Output (batch, frames, classes) with frames = samples / `reduction` (8 for the
+    multi_scopic presets), or (batch, samples, classes) with `recover_length`.
+    """
+
+    head = "ECG_SEQ_LAB_NET"
+    task = "qrs_detection"
+
+    @property
+    def reduction(self) -> int:
+        """Input samples per output frame (1 with `recover_length`)."""
+        if self.spec.recover_length:
+            return 1
+        return math.prod(block.subsample for block in self.spec.backbone.branches[0])
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.attn(self.cnn(x))  # (batch, channels, frames)
+        logits = self.clf(features.permute(0, 2, 1))  # (batch, frames, classes)
+        return _recover(logits, x.shape[-1]) if self.spec.recover_length else logits
+
+    def compute_output_shape(
+        self, seq_len: int | None = None, batch_size: int | None = None
+    ) -> tuple[int | None, int | None, int]:
+        frames = self.cnn.compute_output_shape(seq_len, batch_size)[-1]
+        if self.spec.recover_length:
+            frames = seq_len
+        return (batch_size, frames, self.n_classes)
+
+
+class ECG_CRNN(WholeModel):
+    """Classification of a whole window: one logit per class. Output (batch, classes)."""
+
+    head = "ECG_CRNN"
+    task = "classification"
+    reduction = None  # no time axis in the output
+
+    def __init__(self, classes: Sequence[str], n_leads: int, config: Mapping[str, Any]) -> None:
+        super().__init__(classes, n_leads, config)
+        pool = {"max": nn.AdaptiveMaxPool1d, "avg": nn.AdaptiveAvgPool1d}[self.spec.pool]
+        self.pool = pool(self.spec.pool_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.attn(self.cnn(x))  # (batch, channels, frames)
+        pooled = self.pool(features).flatten(1)  # (batch, channels * pool_size), by channel
+        return self.clf(pooled)  # (batch, classes)
+
+    def compute_output_shape(
+        self, seq_len: int | None = None, batch_size: int | None = None
+    ) -> tuple[int | None, int]:
+        self.cnn.compute_output_shape(seq_len, batch_size)  # too short an input is refused
+        return (batch_size, self.n_classes)
+
+
+HEADS: dict[str, type[WholeModel]] = {m.head: m for m in (ECG_SEQ_LAB_NET, ECG_CRNN)}
+
+
+def build_model(
+    head: str | None, in_channels: int, config: Mapping[str, Any], classes: Sequence[str] = ()
+) -> MultiScopicCNN | WholeModel:
+    """A backbone (`head` None) or a whole model, from what a preset or checkpoint holds."""
+    if head is None:
+        return MultiScopicCNN(in_channels, **config)
+    if head not in HEADS:
+        raise MscnnError(f"unknown head {head!r}; choose from: {', '.join(HEADS)} (or none)")
+    return HEADS[head](classes, in_channels, config)
+
+
+def _recover(logits: Tensor, samples: int) -> Tensor:
+    """torch_ecg's recover_length: frames linearly interpolated back to the input length."""
+    stretched = F.interpolate(
+        logits.permute(0, 2, 1), size=samples, mode="linear", align_corners=True
+    )
+    return stretched.permute(0, 2, 1)  # (batch, samples, classes)
+
+
+# --------------------------------------------------------------------------------------
+# Reduced-lead variants
+
+
+class ReducedLeadModel(nn.Module):
+    """A whole model with a lead-wise backbone, for a subset of its leads.
+
+    Contract (eval mode): `variant(x[:, kept]) == full(zero_fill(x, kept, n))`, every
+    output, for any input length. A dropped lead is all zeros, and a lead-wise backbone
+    keeps each lead's channels apart, so the dropped leads' feature map Z (channels,
+    frames) is the same for every input. It is not constant over frames: zero padding
+    reaches the edges, where conv bias, ReLU and normalisation give other values than in
+    the middle, and which frames are "edge" depends on the input length (pooling drops odd
+    samples). So Z is computed exactly for each input length, once, from the dropped
+    leads' backbone (`zero_leads`, never run on an input), and folded into the head:
+
+    - SE squeezes by the mean over frames: mean(Z) @ W0_dropped goes into the first
+      linear's bias. The excitation s (sigmoid, > 0) is still computed for every channel:
+      the dropped channels' scaled features Z * s_dropped feed the classifier.
+    - ECG_CRNN pools over frames: max(Z * s) = s * max(Z) because s > 0 (and the same
+      for the mean), so the classifier's first linear gains a term
+      G @ s_dropped with G = W_dropped * pool(Z) (or, without SE, the constant
+      W_dropped @ pool(Z) in its bias).
+    - ECG_SEQ_LAB_NET labels each frame: the first linear gets a per-frame bias
+      W_dropped @ Z[:, t] (without SE), or the term W_dropped @ (Z[:, t] * s_dropped).
+
+    The folded constants are cached per input length; a trace or ONNX export sees them as
+    constants (their computation is kept out of the trace), so an exported variant runs
+    only the kept leads' convs.
+    """
+
+    def __init__(self, full: WholeModel, indices: Sequence[int]) -> None:
+        super().__init__()
+        kept = list(indices)
+        dropped = [i for i in range(full.in_channels) if i not in kept]
+        self.head, self.task, self.classes = full.head, full.task, list(full.classes)
+        self.spec, self.config = full.spec, copy.deepcopy(full.config)
+        self.full_leads, self.lead_indices = full.in_channels, tuple(kept)
+        self.cnn = _backbone_variant(full.cnn, kept)
+        # Runs once per input length, on zeros: the dropped leads' features Z.
+        self.zero_leads = _backbone_variant(full.cnn, dropped).eval() if dropped else None
+        self.kept_channels = len(full.cnn.lead_wise_channels(kept))
+        channels_k = full.cnn.lead_wise_channels(kept)
+        channels_d = full.cnn.lead_wise_channels(dropped)
+        self.attn = None
+        if full.spec.se:
+            self.attn, se_dropped = _reduced_se(full.attn, channels_k, channels_d)
+            self.register_buffer("se_dropped", se_dropped)  # (hidden, dropped channels)
+        self.pool = copy.deepcopy(full.pool) if full.spec.pool != "none" else None
+        self.clf, clf_dropped = _reduced_clf(full.clf, channels_k, channels_d, full.spec.pool_size)
+        self.register_buffer("clf_dropped", clf_dropped)  # (hidden, dropped features)
+        self._constants_cache: dict[tuple, dict[str, Tensor]] = {}
+        self.train(full.training)
+
+    # -- the interface of a whole model --------------------------------------------------
+    @property
+    def in_channels(self) -> int:
+        return len(self.lead_indices)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def is_lead_wise(self) -> bool:
+        return True
+
+    @property
+    def reduction(self) -> int | None:
+        if self.head == "ECG_CRNN":
+            return None
+        if self.spec.recover_length:
+            return 1
+        return math.prod(block.subsample for block in self.spec.backbone.branches[0])
+
+    @property
+    def num_parameters(self) -> int:
+        """The weights that run on an input: the kept leads' backbone and the head (the
+        dropped leads' backbone only computes constants and is not exported)."""
+        skip = {id(p) for p in self.zero_leads.parameters()} if self.zero_leads else set()
+        return sum(p.numel() for p in self.parameters() if id(p) not in skip)
+
+    def compute_output_shape(self, seq_len: int | None = None, batch_size: int | None = None):
+        frames = self.cnn.compute_output_shape(seq_len, batch_size)[-1]
+        if self.head == "ECG_CRNN":
+            return (batch_size, self.n_classes)
+        return (batch_size, seq_len if self.spec.recover_length else frames, self.n_classes)
+
+    def receptive_field(self, fs: float | None = None) -> int | float:
+        return self.cnn.receptive_field(fs)
+
+    def count_macs(self, seq_len: int, batch_size: int = 1) -> int:
+        """Convs of the kept leads, the head's linears and the folded dropped-lead terms."""
+        frames = self.cnn.compute_output_shape(seq_len)[-1]
+        rows = frames if self.pool is None else 1
+        macs = self.cnn.count_macs(seq_len) + self.clf.count_macs(rows)
+        if self.attn is not None:
+            macs += self.attn.fc[0].count_macs(1) + rows * self.clf_dropped.shape[0] * (
+                self.clf_dropped.shape[1] // self.spec.pool_size
+            )
+        return macs * batch_size
+
+    def train(self, mode: bool = True) -> ReducedLeadModel:
+        super().train(mode)
+        if self.zero_leads is not None:  # the constants are those of eval mode, always
+            self.zero_leads.eval()
+        return self
+
+    # -- computation ----------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        folded = self._constants(int(x.shape[-1]))
+        features = self.cnn(x)  # (batch, kept channels, frames)
+        excite = None
+        if self.attn is not None:
+            squeeze = self.attn.avg_pool(features).squeeze(-1)  # (batch, kept channels)
+            hidden = self.attn.fc[0].lin_0(squeeze)
+            if "se_bias" in folded:
+                hidden = hidden + folded["se_bias"]
+            excite = self.attn.fc[1](self.attn.fc[0].after_first(hidden))  # (batch, channels)
+            features = features * excite[:, : self.kept_channels, None]
+            excite = excite[:, self.kept_channels :]  # (batch, dropped channels)
+        if self.pool is not None:
+            hidden = self.clf.lin_0(self.pool(features).flatten(1))  # (batch, hidden)
+            if "clf_scale" in folded:
+                hidden = hidden + excite @ folded["clf_scale"].T
+            if "clf_bias" in folded:
+                hidden = hidden + folded["clf_bias"]
+            return self.clf.after_first(hidden)  # (batch, classes)
+        hidden = self.clf.lin_0(features.permute(0, 2, 1))  # (batch, frames, hidden)
+        if "frames" in folded:  # (dropped channels, frames) scaled per record
+            scaled = folded["frames"].T.unsqueeze(0) * excite.unsqueeze(1)
+            hidden = hidden + scaled @ self.clf_dropped.T
+        if "clf_bias" in folded:  # (frames, hidden)
+            hidden = hidden + folded["clf_bias"]
+        logits = self.clf.after_first(hidden)  # (batch, frames, classes)
+        return _recover(logits, x.shape[-1]) if self.spec.recover_length else logits
+
+    def _constants(self, seq_len: int) -> dict[str, Tensor]:
+        """The dropped leads' folded contributions for inputs of `seq_len` samples."""
+        if self.zero_leads is None:
+            return {}
+        sources = [*self.zero_leads.parameters(), *self.zero_leads.buffers(), self.clf_dropped]
+        if self.attn is not None:
+            sources.append(self.se_dropped)
+        key = (seq_len, self.clf_dropped.device, self.clf_dropped.dtype,
+               tuple(t._version for t in sources))  # fmt: skip
+        if key not in self._constants_cache:
+            with torch.no_grad(), _untraced():
+                self._constants_cache = {key: self._fold(seq_len)}  # only the latest length
+        return self._constants_cache[key]
+
+    def _fold(self, seq_len: int) -> dict[str, Tensor]:
+        zero = self.clf_dropped.new_zeros(1, self.zero_leads.in_channels, seq_len)
+        z = self.zero_leads(zero)[0]  # (dropped channels, frames)
+        folded = {}
+        if self.attn is not None:
+            folded["se_bias"] = self.se_dropped @ z.mean(-1)  # (se hidden,)
+        w = self.clf_dropped  # (hidden, dropped channels [* pool_size])
+        if self.pool is not None:
+            pooled = self.pool(z.unsqueeze(0))[0]  # (dropped channels, pool_size)
+            if self.attn is not None:  # G[h, c] = sum_j W[h, c, j] * pooled[c, j]
+                g = w.view(w.shape[0], *pooled.shape) * pooled.unsqueeze(0)
+                folded["clf_scale"] = g.sum(-1)  # (hidden, dropped channels)
+            else:
+                folded["clf_bias"] = w @ pooled.flatten()  # (hidden,)
+        elif self.attn is not None:
+            folded["frames"] = z
+        else:
+            folded["clf_bias"] = (w @ z).T  # (frames, hidden)
+        return {k: v.contiguous() for k, v in folded.items()}
+
+    def extra_repr(self) -> str:
+        return f"{self.head}, leads {list(self.lead_indices)} of {self.full_leads}"
+
+
+def derive_whole_variant(model: WholeModel, indices: Sequence[int]) -> nn.Module:
+    """The reduced-lead model of a whole model (used by `mscnn.derive_variant`)."""
+    check_lead_indices(indices, model.in_channels)
+    if model.cnn.is_lead_wise:
+        return ReducedLeadModel(model, indices)
+    if model.cnn.groups != 1:
+        raise MscnnError(
+            f"reduced-lead variants need a backbone with groups = 1 or groups = in_channels "
+            f"(lead-wise); this {model.head} has groups = {model.cnn.groups} for "
+            f"{model.in_channels} leads"
+        )
+    # groups = 1: only the first convs see the leads; the rest is the same model.
+    variant = type(model)(model.classes, len(indices), model.config)
+    state = model.state_dict()
+    for b in range(model.cnn.num_branches):
+        key = f"cnn.branches.branch_{b}.block_0.ca_0.conv1d.weight"
+        state[key] = state[key][:, list(indices), :]
+    variant.load_state_dict(state, strict=True)
+    return variant.train(model.training)
+
+
+def _backbone_variant(cnn: MultiScopicCNN, indices: list[int]) -> MultiScopicCNN:
+    config = scale_config(cnn.config, cnn.in_channels, len(indices))
+    variant = MultiScopicCNN(len(indices), **config)
+    cnn.assign_weights_lead_wise(variant, indices)
+    return variant.train(cnn.training)
+
+
+def _reduced_se(
+    se: SqueezeExcitation, kept: list[int], dropped: list[int]
+) -> tuple[SqueezeExcitation, Tensor]:
+    """SE whose squeeze reads the kept channels (the dropped means are folded in per
+    length) and whose excitation is computed for kept channels, then dropped ones."""
+    out = copy.deepcopy(se)
+    mlp = out.fc[0]
+    first, second = mlp.lin_0, mlp.lin_1
+    order = kept + dropped
+    mlp.lin_0 = _linear(first.weight[:, kept], first.bias)
+    mlp.lin_1 = _linear(second.weight[order], None if second.bias is None else second.bias[order])
+    return out, first.weight[:, dropped].detach().clone()
+
+
+def _reduced_clf(
+    clf: Mlp, kept: list[int], dropped: list[int], pool_size: int
+) -> tuple[Mlp, Tensor]:
+    """The classifier with a first linear over the kept features; the dropped features'
+    columns are returned for folding."""
+    out = copy.deepcopy(clf)
+    first = clf.lin_0
+
+    def columns(channels: list[int]) -> list[int]:  # features are (channel, pool bin)
+        return [c * pool_size + j for c in channels for j in range(pool_size)]
+
+    out.lin_0 = _linear(first.weight[:, columns(kept)], first.bias)
+    return out, first.weight[:, columns(dropped)].detach().clone()
+
+
+def _linear(weight: Tensor, bias: Tensor | None) -> nn.Linear:
+    """A linear layer holding copies of `weight` and `bias`."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
+                      dtype=weight.dtype, device=weight.device)  # fmt: skip
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer
+
+
+@contextlib.contextmanager
+def _untraced() -> Iterator[None]:
+    """Keep a computation out of an ongoing torch.jit trace (e.g. an ONNX export), so its
+    results enter the trace as constants."""
+    get, set_ = (getattr(torch._C, n, None) for n in ("_get_tracing_state", "_set_tracing_state"))
+    state = get() if get else None
+    if state is not None:
+        set_(None)
+    try:
+        yield
+    finally:
+        if state is not None:
+            set_(state)
+
+
+__all__ = [
+    "ECG_CRNN",
+    "ECG_SEQ_LAB_NET",
+    "HEADS",
+    "HeadSpec",
+    "ReducedLeadModel",
+    "WholeModel",
+    "build_model",
+    "derive_whole_variant",
+    "resolve_head_config",
+]
