@@ -45,7 +45,7 @@ def _blocks(sch):
     return list(sch.get_child_blocks(sch.get_sblock("root")))
 
 
-def _kind(func) -> str:
+def kernel_kind(func) -> str:
     import tvm
 
     try:
@@ -58,7 +58,7 @@ def _kind(func) -> str:
     return "spatial" if ("pool_max" in names or "T_concat" in names) else "other"
 
 
-def _weight_read(sch, conv) -> int:
+def weight_read(sch, conv) -> int:
     reads = sch.get(conv).reads
     return next(
         i for i, r in enumerate(reads)
@@ -117,7 +117,7 @@ def apply_conv(sch, tile: ConvTile, t_tile=None, f_vecs=None) -> int:
     n, f, t, c, k = sch.get_loops(conv)
     channels, length = int(sch.get(f).extent), int(sch.get(t).extent)
     default_t, default_f = _default_tile(channels, length, tile)
-    read = _weight_read(sch, conv)
+    read = weight_read(sch, conv)
     weight_param = [p.name for p in func.params].index(sch.get(conv).reads[read].source.name)
     sch.transform_layout(conv, ("read", read), lambda a, b, d: (a // vec, b, d, a % vec))
 
@@ -152,7 +152,7 @@ def apply_conv(sch, tile: ConvTile, t_tile=None, f_vecs=None) -> int:
     return weight_param
 
 
-def _schedule_conv(func, tile: ConvTile, t_tile=None, f_vecs=None):
+def schedule_conv(func, tile: ConvTile, t_tile=None, f_vecs=None):
     """The conv kernel with its weight read as [F/vec, C, K, vec], scheduled.
 
     Returns (new function, index of the weight parameter)."""
@@ -270,11 +270,11 @@ def _schedule_kernels(mod, tile: ConvTile, records: dict, constants: set):
             continue
         if func.attrs is not None and func.attrs.get("tirx.is_scheduled", False):
             continue
-        kind = _kind(func)
+        kind = kernel_kind(func)
         try:
             if kind == "conv":
                 tuned = records.get(workload_key(func))
-                new, index = _schedule_conv(func, tile, *(tuned or (None, None)))
+                new, index = schedule_conv(func, tile, *(tuned or (None, None)))
                 if (gv.name_hint, index) not in constants:
                     raise ValueError("its weights are not a compile-time constant")
                 counts["tuned" if tuned else "default"] += 1

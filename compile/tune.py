@@ -32,15 +32,15 @@ from deploy.remote import Device, Rpc, median_us
 
 from .errors import CompileError
 from .pipeline import front_passes, import_onnx
-from .records import FORMAT, RECORDS_DIR, VERSION, load_records, write_records  # noqa: F401
+from .records import RECORDS_DIR, write_records
 from .schedule import (
     CONV_BLOCKS,
-    _kind,
-    _weight_read,
     apply_conv,
     conv_shape,
     default_tile,
+    kernel_kind,
     tile_choices,
+    weight_read,
     workload_key,
 )
 from .targets import Target, check_compiler, runnable_here
@@ -73,7 +73,7 @@ def conv_kernels(models: Mapping[str, tuple[Path, tuple[int, ...]]], target: Tar
         with tv:
             mod = tvm.transform.Sequential(front_passes(tv))(mod)
         for gv, func in mod.functions.items():
-            if not isinstance(func, tvm.tirx.PrimFunc) or _kind(func) != "conv":
+            if not isinstance(func, tvm.tirx.PrimFunc) or kernel_kind(func) != "conv":
                 continue
             key = workload_key(func)
             if key in kernels:
@@ -97,7 +97,7 @@ def describe(func) -> str:
     names = [sch.get(b).name_hint for b in blocks]
     conv = next(b for b in blocks if sch.get(b).name_hint in CONV_BLOCKS)
     reads = sch.get(conv).reads
-    weight_at = _weight_read(sch, conv)
+    weight_at = weight_read(sch, conv)
     weight = [int(v) for v in reads[weight_at].source.shape]
     data = next([int(v) for v in r.source.shape] for i, r in enumerate(reads) if i != weight_at)
     channels, length = conv_shape(func)
@@ -326,12 +326,12 @@ def _confirm(
     import tvm
     from tvm.support import cc
 
-    from .schedule import _schedule_conv
+    from .schedule import schedule_conv
 
     calls = {}
     rng = np.random.default_rng(0)
     for tile_choice in tiles:
-        func, _ = _schedule_conv(kernel.func, target.tile, *tile_choice)
+        func, _ = schedule_conv(kernel.func, target.tile, *tile_choice)
         module = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
         path = tmp / f"{kernel.key}-{tile_choice[0]}x{tile_choice[1]}.so"
         library = tvm.tirx.build(module, target=tv)

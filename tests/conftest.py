@@ -70,6 +70,23 @@ def leadwise_bundles(tmp_path_factory, leadwise):
 
 
 @pytest.fixture(scope="session")
+def qrs():
+    """The demo QRS detector as `make build` compiles it (trained weights where shipped)."""
+    return mscnn.load_model("cpsc2019_qrs")
+
+
+@pytest.fixture(scope="session")
+def qrs_bundles(tmp_path_factory, qrs):
+    """The detector for every CPU architecture, at the records' full 10 s window: its
+    golden cases include all 50 CPSC2019 records (where ../shared/data is)."""
+    out = tmp_path_factory.mktemp("qrs")
+    variant = resolve_variant(qrs, "1")
+    options = BuildOptions(samples=5000)
+    return {name: build(qrs, TARGETS[name], variant, out, options)
+            for name in ("x86_64", "aarch64", "armv7")}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
 def rpc_device():
     """A TVM RPC tracker and server on loopback: the path a real device takes."""
     import time

@@ -9,7 +9,7 @@ import torch
 import mscnn
 from compile import TARGETS, BuildOptions, build, resolve_variant
 from compile.export import INPUT_NAME, export_onnx
-from compile.schedule import _kind, schedule_pass
+from compile.schedule import kernel_kind, schedule_pass
 from compile.targets import tvm_target
 from deploy import Predictor, compare
 
@@ -39,7 +39,7 @@ def conv_kernels(mod):
     from tvm import tirx
 
     return {gv.name_hint: f for gv, f in mod.functions.items()
-            if isinstance(f, tirx.PrimFunc) and _kind(f) == "conv"}  # fmt: skip
+            if isinstance(f, tirx.PrimFunc) and kernel_kind(f) == "conv"}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", CPU_TARGETS)
