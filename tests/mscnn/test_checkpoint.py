@@ -1,6 +1,7 @@
 """Checkpoints round-trip; bare and torch_ecg state dicts load; bad files are refused."""
 
 import pickle
+import re
 
 import pytest
 import torch
@@ -70,7 +71,9 @@ def test_checkpoint_for_another_config(tmp_path, cpsc):
     partial = dict(cpsc.model.state_dict())
     partial.pop("branches.branch_2.block_2.bn.running_var")
     torch.save(partial, tmp_path / "partial.pth")
-    with pytest.raises(MscnnError, match=r"missing 1: branches\.branch_2\.block_2\.bn\.running_var"):
+    with pytest.raises(
+        MscnnError, match=r"missing 1: branches\.branch_2\.block_2\.bn\.running_var"
+    ):
         load_checkpoint(tmp_path / "partial.pth", preset="cpsc2019")
 
 
@@ -149,3 +152,115 @@ def test_wrong_version_nan_weights_and_bad_fields(tmp_path, cpsc):
 def test_unknown_preset_lists_valid_ones():
     with pytest.raises(MscnnError, match="unknown preset 'nope'; choose from: cpsc2019, "):
         load_model("nope")
+
+
+# --------------------------------------------------------------------------------------
+# Whole models (ECG_SEQ_LAB_NET, ECG_CRNN)
+
+
+@pytest.fixture(scope="module")
+def qrs():
+    return load_model("cpsc2019_qrs", seed=3)
+
+
+def small_crnn(leads=2):
+    """A lead-wise ECG_CRNN small enough to save and load quickly."""
+    backbone = {**mscnn.PRESETS["cpsc2019"].config, "groups": leads,
+                "num_filters": [[2 * leads, 4 * leads, 4 * leads]] * 3}  # fmt: skip
+    config = {
+        "cnn": {"name": "multi_scopic_leadwise", "multi_scopic_leadwise": backbone},
+        "rnn": {"name": "none"}, "attn": {"name": "se", "se": {"reduction": 4}},
+        "global_pool": "avg", "clf": {"out_channels": [16], "activation": "relu", "bias": True,
+                                      "dropouts": 0.1},
+    }  # fmt: skip
+    model = mscnn.ECG_CRNN(["AF", "SR", "RBBB"], leads, config)
+    mscnn.seeded_init(model, 6)
+    return model.eval()
+
+
+def test_whole_model_round_trip(tmp_path, qrs):
+    metadata = {"trained_on": "cpsc2019_sample", "epochs": 3, "score": 0.97, "seeds": [0, 1]}
+    path = save_checkpoint(tmp_path / "qrs.pt", qrs.model, leads=qrs.leads, fs=qrs.fs,
+                           preset="cpsc2019_qrs", metadata=metadata)  # fmt: skip
+    payload = torch.load(path, weights_only=True)
+    assert (payload["version"], payload["head"], payload["classes"]) == (
+        2,
+        "ECG_SEQ_LAB_NET",
+        ["N"],
+    )
+    loaded = load_checkpoint(path)
+    assert type(loaded.model) is mscnn.ECG_SEQ_LAB_NET and not loaded.model.training
+    assert (loaded.preset, loaded.leads, loaded.fs) == ("cpsc2019_qrs", ("ECG",), 500)
+    assert loaded.model.config == qrs.model.config and loaded.model.classes == ["N"]
+    assert loaded.metadata == metadata
+    assert outputs_equal(loaded.model, qrs.model)
+    assert outputs_equal(load_model("cpsc2019_qrs", checkpoint=path).model, qrs.model)
+    with pytest.raises(
+        MscnnError,
+        match=r"different model than preset 'cpsc2019' \(ECG_SEQ_LAB_NET, 1 lead, groups 1, "
+        r"1 classes, vs MultiScopicCNN, 1 lead, groups 1\)",
+    ):
+        load_checkpoint(path, preset="cpsc2019")
+
+
+def test_custom_whole_model_round_trip(tmp_path):
+    model = small_crnn()
+    path = save_checkpoint(tmp_path / "crnn.pt", model, leads=["I", "II"], fs=500)
+    loaded = load_checkpoint(path)
+    assert type(loaded.model) is mscnn.ECG_CRNN and loaded.preset is None
+    assert loaded.model.classes == ["AF", "SR", "RBBB"] and loaded.model.config == model.config
+    assert outputs_equal(loaded.model, model)
+    with pytest.raises(MscnnError, match="different model than preset 'leadwise_classifier'"):
+        load_checkpoint(path, preset="leadwise_classifier")
+
+
+def test_version_1_backbone_checkpoints_still_load(tmp_path, cpsc):
+    payload = {
+        "format": "mscnn-edge/checkpoint", "version": 1, "preset": "cpsc2019",
+        "in_channels": 1, "config": cpsc.model.config, "leads": ["ECG"], "fs": 500,
+        "state_dict": cpsc.model.state_dict(),
+    }  # fmt: skip
+    torch.save(payload, tmp_path / "v1.pt")
+    loaded = load_checkpoint(tmp_path / "v1.pt", preset="cpsc2019")
+    assert type(loaded.model) is mscnn.MultiScopicCNN and loaded.metadata == {}
+    assert outputs_equal(loaded.model, cpsc.model)
+
+
+def test_checkpoint_of_another_head_names_the_keys(tmp_path, qrs):
+    torch.save(qrs.model.state_dict(), tmp_path / "qrs.pth")
+    with pytest.raises(MscnnError) as info:
+        load_checkpoint(tmp_path / "qrs.pth", preset="leadwise_classifier")
+    message = str(info.value)
+    assert "does not fit preset 'leadwise_classifier' (ECG_CRNN, 12 leads, groups 12, 8 " in message
+    assert ("missing 4: attn.fc.0.lin_0.weight, attn.fc.0.lin_0.bias, attn.fc.0.lin_1.weight, "
+            "...") in message  # fmt: skip
+    assert "unexpected 2: clf.lin_2.weight, clf.lin_2.bias;" in message
+    assert re.search(r"wrong shape \d+: cnn\.branches\.branch_0\.block_0\.ca_0\.conv1d\.weight "
+                     r"\(file \(16, 1, 11\), model \(192, 1, 11\)\)", message)  # fmt: skip
+    # a detector trained with SE attention is not the preset's (no attention)
+    config = {**mscnn.PRESETS["cpsc2019_qrs"].config, "attn": {"name": "se", "se": {}}}
+    torch.save(mscnn.ECG_SEQ_LAB_NET(["N"], 1, config).state_dict(), tmp_path / "se.pth")
+    with pytest.raises(MscnnError, match=r"unexpected 4: attn\.fc\.0\.lin_0\.weight, "):
+        load_checkpoint(tmp_path / "se.pth", preset="cpsc2019_qrs")
+    # a bare backbone's state dict is not a whole model's
+    torch.save(load_model("cpsc2019").model.state_dict(), tmp_path / "backbone.pth")
+    with pytest.raises(MscnnError, match=r"missing 87: cnn\.branches.*unexpected 81: branches\."):
+        load_checkpoint(tmp_path / "backbone.pth", preset="cpsc2019_qrs")
+
+
+def test_whole_model_checkpoint_refusals(tmp_path, qrs):
+    with pytest.raises(MscnnError, match=r"metadata\['run'\]: object values cannot be stored"):
+        save_checkpoint(tmp_path / "m.pt", qrs.model, leads=["ECG"], fs=500,
+                        metadata={"run": object()})  # fmt: skip
+    path = save_checkpoint(tmp_path / "m.pt", qrs.model, leads=["ECG"], fs=500)
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, "head": "ECG_UNET"}, tmp_path / "h.pt")
+    with pytest.raises(MscnnError, match="unknown head 'ECG_UNET'; this mscnn-edge builds"):
+        load_checkpoint(tmp_path / "h.pt")
+    torch.save({**payload, "classes": []}, tmp_path / "c.pt")
+    with pytest.raises(MscnnError, match="classes: expected a non-empty list"):
+        load_checkpoint(tmp_path / "c.pt")
+    no_head = {k: v for k, v in payload.items() if k != "head"}
+    torch.save(no_head, tmp_path / "nh.pt")
+    with pytest.raises(MscnnError, match="missing field"):
+        load_checkpoint(tmp_path / "nh.pt")

@@ -11,7 +11,14 @@ from mscnn import PRESETS, MultiScopicCNN, seeded_init
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # torch_ecg's imports warn about deprecated torch APIs
-    from torch_ecg.model_configs import ECG_SEQ_LAB_NET_CONFIG, multi_scopic, multi_scopic_leadwise
+    from torch_ecg.model_configs import (
+        ECG_CRNN_CONFIG,
+        ECG_SEQ_LAB_NET_CONFIG,
+        multi_scopic,
+        multi_scopic_leadwise,
+    )
+    from torch_ecg.models import ECG_CRNN as TorchEcgCRNN
+    from torch_ecg.models import ECG_SEQ_LAB_NET as TorchEcgSeqLab
     from torch_ecg.models.cnn.multi_scopic import MultiScopicCNN as TorchEcgMultiScopicCNN
 
 TORCH_ECG_PRESETS = {
@@ -151,3 +158,36 @@ def test_default_model_leaves_global_rng_alone():
     torch.manual_seed(5)
     mscnn.load_model("cpsc2019")
     assert torch.equal(torch.rand(3), expected)
+
+
+def torch_ecg_whole_model(preset: str) -> torch.nn.Module:
+    """torch_ecg's own default config, with only the choices the preset names changed."""
+    p = PRESETS[preset]
+    if preset == "cpsc2019_qrs":
+        config = copy.deepcopy(ECG_SEQ_LAB_NET_CONFIG)
+        config.rnn.name = "none"
+        config.attn.name = "none"
+        return TorchEcgSeqLab(list(p.classes), p.in_channels, config)
+    config = copy.deepcopy(ECG_CRNN_CONFIG)
+    config.cnn.name = "multi_scopic_leadwise"
+    return TorchEcgCRNN(list(p.classes), p.in_channels, config)
+
+
+@pytest.mark.parametrize("preset", ["cpsc2019_qrs", "leadwise_classifier"])
+def test_whole_model_presets_are_torch_ecg_defaults(preset, tmp_path):
+    """The whole-model presets are torch_ecg's default ECG_SEQ_LAB_NET (rnn and attention
+    none) and ECG_CRNN (multi_scopic_leadwise): torch_ecg's config builds the preset's
+    layers, and a bare torch_ecg state dict loads with the preset, giving its logits."""
+    p = PRESETS[preset]
+    theirs = torch_ecg_whole_model(preset)
+    from_their_config = mscnn.HEADS[p.head](p.classes, p.in_channels, theirs.config)
+    assert from_their_config.spec == mscnn.load_model(preset).model.spec
+    seeded_init(theirs, seed=9)
+    theirs.eval()
+    torch.save(theirs.state_dict(), tmp_path / "torch_ecg.pth")
+    loaded = mscnn.load_checkpoint(tmp_path / "torch_ecg.pth", preset=preset)
+    x = torch.randn(1, p.in_channels, 2000, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected, got = theirs(x), loaded.model(x)
+    assert got.shape == expected.shape == loaded.model.compute_output_shape(2000, 1)
+    assert (got - expected).abs().max().item() <= 1e-6
