@@ -142,5 +142,14 @@ def test_worst_is_any_failure_else_the_largest_error():
     assert worst([failed, result(5e-4, False), large]).normalised == 5e-4
     assert worst([small, nan, failed]) is nan  # NaN ranks above any finite failure
     assert worst([failed, nan]) is nan
-    with pytest.raises(ValueError, match="no parity results"):
+    with pytest.raises(ValueError, match="^no parity results to judge$"):
         worst([])
+
+
+def test_a_failure_outranks_a_larger_passing_error():
+    """A failure is the verdict even where a passing result (judged under a looser
+    tolerance) shows a larger error: failing is not a matter of size."""
+    loose = ParityResult(5e-5, 5e-5, 1e-4, True)
+    strict = ParityResult(2e-5, 2e-5, 1e-5, False)
+    assert worst([loose, strict]) is strict
+    assert worst([strict, loose]) is strict
