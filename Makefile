@@ -22,6 +22,7 @@ help:
 	@echo "make tune TARGET=x86_64   tune the conv kernels, write compile/tuning/<target>/"
 	@echo "             (RPC_TRACKER=host:port RPC_KEY=key: measure on a device)"
 	@echo "make test    set up .venv and run the test suite"
+	@echo "make mutation  mutation testing of the fast tests (MUTATION_BUDGET= seconds)"
 	@echo "make lint    ruff lint and format check"
 	@echo "make format  apply ruff formatting"
 	@echo "make clean   remove build outputs and caches (keeps .venv)"
@@ -161,3 +162,17 @@ bench: | $(STAMP) $(TOOLCHAINS)
 	$(BENCH_BUILD) --preset multi_scopic_leadwise --variants 12 --batch 8 --out $(BUILD)/bench-batch8
 	$(PY) -m compile bench $(BUILD)/bench $(BUILD)/bench-batch8 --targets $(BENCH_TARGETS) \
 	  --threads $(THREADS) --out $(BUILD)/bench
+
+# --------------------------------------------------------------------------------------
+# Mutation testing (not in CI): mutmut changes the code whose mistakes are silent (parity
+# tolerances, lead sets and variants, bundle hashing, MAC counting) one small change at a
+# time, in a copy under build/mutation, and runs the fast tests that reach it; then a few
+# planted table bugs. Prints the score and every surviving mutant with its diff.
+MUTATION_BUDGET ?= 720
+.PHONY: mutation
+$(VENV)/.mutation: pyproject.toml | $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[mutation]'
+	@touch $@
+
+mutation: $(VENV)/.mutation
+	$(PY) tests/mutation/mutate.py --budget $(MUTATION_BUDGET)
