@@ -40,6 +40,7 @@ import contextlib
 import copy
 import math
 import numbers
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -442,9 +443,7 @@ class ECG_SEQ_LAB_NET(WholeModel):
     @property
     def reduction(self) -> int:
         """Input samples per output frame (1 with `recover_length`)."""
-        if self.spec.recover_length:
-            return 1
-        return math.prod(block.subsample for block in self.spec.backbone.branches[0])
+        return _frame_reduction(self.spec)
 
     def forward(self, x: Tensor) -> Tensor:
         features = self.attn(self.cnn(x))  # (batch, channels, frames)
@@ -498,6 +497,13 @@ def build_model(
     return HEADS[head](classes, in_channels, config)
 
 
+def _frame_reduction(spec: HeadSpec) -> int:
+    """Input samples per output frame of a sequence-labelling head."""
+    if spec.recover_length:
+        return 1
+    return math.prod(block.subsample for block in spec.backbone.branches[0])
+
+
 def _recover(logits: Tensor, samples: int) -> Tensor:
     """torch_ecg's recover_length: frames linearly interpolated back to the input length."""
     stretched = F.interpolate(
@@ -535,6 +541,11 @@ class ReducedLeadModel(nn.Module):
     The folded constants are cached per input length; a trace or ONNX export sees them as
     constants (their computation is kept out of the trace), so an exported variant runs
     only the kept leads' convs.
+
+    It reads like a whole model (`head`, `task`, `classes`, `in_channels` = kept leads,
+    `reduction`, `compute_output_shape`, `receptive_field`, `count_macs`,
+    `num_parameters`); `config` is the full model's, `full_leads` and `lead_indices` say
+    which of its leads this variant takes. It is not saved: save the full model.
     """
 
     def __init__(self, full: WholeModel, indices: Sequence[int]) -> None:
@@ -547,9 +558,9 @@ class ReducedLeadModel(nn.Module):
         self.cnn = _backbone_variant(full.cnn, kept)
         # Runs once per input length, on zeros: the dropped leads' features Z.
         self.zero_leads = _backbone_variant(full.cnn, dropped).eval() if dropped else None
-        self.kept_channels = len(full.cnn.lead_wise_channels(kept))
-        channels_k = full.cnn.lead_wise_channels(kept)
+        channels_k = full.cnn.lead_wise_channels(kept)  # positions in the full feature map
         channels_d = full.cnn.lead_wise_channels(dropped)
+        self.kept_channels = len(channels_k)
         self.attn = None
         if full.spec.se:
             self.attn, se_dropped = _reduced_se(full.attn, channels_k, channels_d)
@@ -575,18 +586,23 @@ class ReducedLeadModel(nn.Module):
 
     @property
     def reduction(self) -> int | None:
-        if self.head == "ECG_CRNN":
-            return None
-        if self.spec.recover_length:
-            return 1
-        return math.prod(block.subsample for block in self.spec.backbone.branches[0])
+        return None if self.head == "ECG_CRNN" else _frame_reduction(self.spec)
 
     @property
     def num_parameters(self) -> int:
-        """The weights that run on an input: the kept leads' backbone and the head (the
-        dropped leads' backbone only computes constants and is not exported)."""
+        """The weights that run on an input: the kept leads' backbone, the head, and the
+        folded dropped-lead terms whose size does not grow with the input length (the
+        dropped leads' backbone only computes constants and is not exported). An
+        ECG_SEQ_LAB_NET variant adds per-frame terms: frames x hidden without SE, dropped
+        channels x frames with it."""
         skip = {id(p) for p in self.zero_leads.parameters()} if self.zero_leads else set()
-        return sum(p.numel() for p in self.parameters() if id(p) not in skip)
+        own = sum(p.numel() for p in self.parameters() if id(p) not in skip)
+        if self.zero_leads is None:
+            return own
+        hidden, dropped = self.clf_dropped.shape[0], self.clf_dropped.shape[1]
+        if self.attn is not None:  # SE bias; G (ECG_CRNN) or the dropped columns (seq-lab)
+            return own + self.se_dropped.shape[0] + hidden * dropped // self.spec.pool_size
+        return own + (hidden if self.pool is not None else 0)
 
     def compute_output_shape(self, seq_len: int | None = None, batch_size: int | None = None):
         frames = self.cnn.compute_output_shape(seq_len, batch_size)[-1]
@@ -616,8 +632,10 @@ class ReducedLeadModel(nn.Module):
 
     # -- computation ----------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        folded = self._constants(int(x.shape[-1]))
         features = self.cnn(x)  # (batch, kept channels, frames)
+        with warnings.catch_warnings():  # a trace holds the constants of its input length,
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # as every export here
+            folded = self._constants(int(x.shape[-1]))
         excite = None
         if self.attn is not None:
             squeeze = self.attn.avg_pool(features).squeeze(-1)  # (batch, kept channels)

@@ -436,6 +436,10 @@ def test_variant_interface_and_mode(small_heads):
     assert variant.count_macs(1000) < full.count_macs(1000)
     seq = derive_variant(small_heads["seq_lab_none"], [0, 1])
     assert seq.reduction == 8 and seq.compute_output_shape(1000, 2) == (2, 125, 3)
+    for model in (variant, derive_variant(small_heads["seq_lab_se"], [5, 9])):
+        with torch.no_grad():
+            model(torch.zeros(1, model.in_channels, 1000))  # folds the constants for 1000
+        assert model.count_macs(1000) == torch_macs(model, 1000)
 
 
 def test_groups_one_whole_model_variant(rng):
