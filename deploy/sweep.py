@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .bundle import MANIFEST, can_run_here, load_bundle
 from .errors import DeployError
-from .predictor import check_parity
+from .predictor import check_bundle
 
 RUNNER = "mscnn-run"
 
@@ -22,6 +22,7 @@ class SweepRow:
     how: str  # how it was run, or why not
     normalised: float | None
     status: str  # "pass", "FAIL", "not run", "unusable"
+    task: str = "-"  # whole models: "50/50 beats" (identical to PyTorch's), or "-"
 
 
 def sweep(folder: Path, runners: Path, timeout: float = 1800) -> list[SweepRow]:
@@ -42,10 +43,10 @@ def _one(label: str, path: Path, runners: Path, timeout: float) -> SweepRow:
     target = bundle.target
     runs, why = can_run_here(target.arch, target.device, target.cpu_flags)
     if runs:
-        verdict, _ = check_parity(bundle)
-        return SweepRow(
-            label, "native (Python)", verdict.normalised, "pass" if verdict.passed else "FAIL"
-        )
+        done = check_bundle(bundle)
+        task = f"{done.task.identical}/{done.task.cases} {done.task.kind}" if done.task else "-"
+        status = "pass" if done.passed else "FAIL"
+        return SweepRow(label, "native (Python)", done.verdict.normalised, status, task)
     if target.is_gpu:  # a GPU bundle runs on its own machine or not at all
         return SweepRow(label, f"not run: {why}", None, "not run")
     emulator = target.emulator
@@ -65,23 +66,25 @@ def _one(label: str, path: Path, runners: Path, timeout: float) -> SweepRow:
     how = f"{emulator[0]} + {RUNNER}"
     found = re.search(r"worst_normalised=(\S+)", done.stdout)
     normalised = float(found.group(1)) if found else None
+    task = re.search(r"(beats|decisions)=(\d+)/(\d+)", done.stdout)
+    task_cell = f"{task.group(2)}/{task.group(3)} {task.group(1)}" if task else "-"
     if done.returncode == 0:
-        return SweepRow(label, how, normalised, "pass")
+        return SweepRow(label, how, normalised, "pass", task_cell)
     if done.returncode == 1:
-        return SweepRow(label, how, normalised, "FAIL")
+        return SweepRow(label, how, normalised, "FAIL", task_cell)
     message = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
     return SweepRow(label, f"{how}: {message}", None, "unusable")
 
 
 def format_table(rows: list[SweepRow]) -> str:
     """A plain-text table (no dependencies beyond the standard library: runs on devices)."""
-    header = ("bundle", "run by", "normalised error", "status")
+    header = ("bundle", "run by", "normalised error", "same as PyTorch", "status")
     cells = [header] + [
-        (r.bundle, r.how, "-" if r.normalised is None else f"{r.normalised:.2e}", r.status)
+        (r.bundle, r.how, "-" if r.normalised is None else f"{r.normalised:.2e}", r.task, r.status)
         for r in rows
     ]
-    widths = [max(len(c[i]) for c in cells) for i in range(4)]
-    lines = ["  ".join(c[i].ljust(widths[i]) for i in range(4)).rstrip() for c in cells]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    lines = ["  ".join(c[i].ljust(widths[i]) for i in range(len(header))).rstrip() for c in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     counts = {s: sum(r.status == s for r in rows) for s in ("pass", "FAIL", "not run", "unusable")}
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
