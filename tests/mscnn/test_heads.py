@@ -316,9 +316,9 @@ def test_whole_model_input_checks():
 
 @pytest.fixture(scope="module")
 def cinc_records():
-    """Two real 12-lead records (mV), 5 s each: non-trivial amplitudes in every lead."""
+    """Two real 12-lead records (mV), 4 s each: non-trivial amplitudes in every lead."""
     records = ecg_data.cinc2021_records()
-    return torch.from_numpy(np.ascontiguousarray(records.signals[[3, 17], :, :2500]))
+    return torch.from_numpy(np.ascontiguousarray(records.signals[[3, 17], :, :2000]))
 
 
 @pytest.fixture(scope="module")
@@ -380,7 +380,7 @@ def test_head_variants_on_real_records(small_heads, cinc_records, name, lead_set
     """Every head kind, every CinC lead set, at an even and an odd length (which samples
     the dropped leads' edge effects fall on depends on the length)."""
     kept = mscnn.resolve_leads(lead_set)[1]
-    for samples in (2500, 1203):
+    for samples in (2000, 1203):
         check_contract(small_heads[name], cinc_records[..., :samples], kept)
 
 
