@@ -1,15 +1,20 @@
 """The native runner (deploy/native), built for x86-64, aarch64 and armv7 and run on this
 machine (ARM under qemu-user): parity on every variant, and every refusal."""
 
+import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-from native_cases import run_cases
+from native_cases import ROWS, Setup, run_cases
+from native_libs import nonfinite_library
 
 import mscnn
 from compile import TARGETS
@@ -65,14 +70,62 @@ def test_parity_of_every_variant(arch, spec, cpsc_bundles, leadwise_bundles,
     assert worst <= TOLERANCES["cpu"]
 
 
+def nonfinite_libraries(arch: str, bundle: Path, folder: Path) -> dict[str, Path]:
+    """Libraries with `bundle`'s signature whose outputs are all NaN, or all Inf."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    shapes = manifest["input"]["shape"], manifest["output"]["shape"]
+    folder.mkdir(parents=True, exist_ok=True)
+    return {name: nonfinite_library(arch, *shapes, value, folder / f"{name}.so")
+            for name, value in (("nan", np.nan), ("inf", np.inf))}  # fmt: skip
+
+
 @pytest.mark.parametrize("arch", ARCHES)
 def test_refusals_and_round_trips(arch, cpsc_bundles, tmp_path):
-    """Tampered files, bad manifests, another architecture, bad inputs: exit 2 and one
-    clear line, the library never loaded before its hash matched; a mismatch exits 1."""
+    """Every row of native_cases.ROWS: tampered files, symlinks out of the bundle, FIFOs and
+    devices, hostile manifests and inputs, planted outputs, NaN/Inf libraries, another
+    architecture. Exit 2 with one clear line (the library never loaded before its hash
+    matched), exit 1 for a verdict of FAIL, nothing left behind; on x86_64 the Python
+    runner refuses the rows marked so, too."""
+    base = cpsc_bundles[arch].path
     foreign = cpsc_bundles["armv7" if arch == "aarch64" else "aarch64"].path
-    report, problems = run_cases(str(runner_for(arch)), arch, EMULATOR.get(arch, []),
-                                 [cpsc_bundles[arch].path], foreign, tmp_path)  # fmt: skip
+    setup = Setup(arch, base, foreign, tmp_path / "cases",
+                  nonfinite_libraries(arch, base, tmp_path / "libraries"))  # fmt: skip
+    report, problems = run_cases(str(runner_for(arch)), EMULATOR.get(arch, []), setup,
+                                 python=arch == "x86_64")  # fmt: skip
+    assert len(report) == len(ROWS)
     assert not problems, "\n".join(problems + ["", *report])
+
+
+def _interrupt_once(arch: str, bundle: Path, out: Path, sig: int) -> int | None:
+    """Starts a run, waits for its temporary output to appear, sends `sig`: the exit
+    status, or None when the run finished before the file was seen."""
+    x = bundle / json.loads((bundle / "manifest.json").read_text())["golden"][0]["input"]
+    argv = [*EMULATOR.get(arch, []), str(runner_for(arch)), str(bundle), "--input", str(x),
+            "--output", str(out)]  # fmt: skip
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = out.with_name(f"{out.name}.partial-{p.pid}")
+    deadline = time.monotonic() + 60
+    while not partial.exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    if p.poll() is not None:
+        out.unlink(missing_ok=True)
+        return None
+    p.send_signal(sig)
+    return p.wait(timeout=60)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_interrupted_run_leaves_no_partial_output(arch, cpsc_bundles, tmp_path):
+    """SIGTERM or SIGINT while the output is being produced: the runner removes its
+    temporary file and dies of the signal; nothing is left in the output folder."""
+    bundle = cpsc_bundles[arch].path
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        for _ in range(50):  # natively a run takes milliseconds: try until one is caught
+            status = _interrupt_once(arch, bundle, tmp_path / "y.npy", sig)
+            if status is not None:
+                break
+        assert status == -sig, f"exit status {status} after {sig.name}"
+        assert list(tmp_path.iterdir()) == [], f"left after {sig.name}: {list(tmp_path.iterdir())}"
 
 
 @pytest.mark.parametrize("arch", ARCHES)

@@ -1,108 +1,27 @@
 #include "bundle.h"
 
-#include <sys/stat.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <set>
+#include <vector>
 
-#include "file.h"
-#include "json.h"
+#include "elf.h"
 #include "npy.h"
 #include "refusal.h"
 #include "sha256.h"
+#include "text.h"
 
 namespace mscnn {
 namespace {
 
-constexpr const char* kSchema = "mscnn-edge/bundle";
-constexpr std::int64_t kSchemaVersion = 1;
 constexpr const char* kRebuild = "rebuild the bundle with `python -m compile build`";
-
-// Reads typed fields out of the parsed manifest; every failure names the dotted key.
-class ManifestReader {
- public:
-  explicit ManifestReader(std::string where) : where_(std::move(where)) {}
-
-  [[noreturn]] void Bad(const std::string& what) const {
-    throw Refusal(where_ + " is malformed: " + what + "; " + kRebuild);
-  }
-
-  const Json& Get(const Json& parent, const std::string& key, const std::string& path,
-                  Json::Kind kind) const {
-    const Json* value = parent.Find(key);
-    if (value == nullptr) Bad("key \"" + path + "\" is missing");
-    if (value->kind != kind) {
-      Bad("\"" + path + "\" is " + Json::KindName(value->kind) + ", expected " +
-          Json::KindName(kind));
-    }
-    return *value;
-  }
-
-  std::string String(const Json& parent, const std::string& key, const std::string& path) const {
-    return Get(parent, key, path, Json::Kind::kString).text;
-  }
-
-  std::int64_t Integer(const Json& value, const std::string& path) const {
-    std::int64_t out;
-    if (value.kind != Json::Kind::kNumber || !value.AsInteger(&out)) {
-      Bad("\"" + path + "\" is not an integer");
-    }
-    return out;
-  }
-
-  TensorSpec Tensor(const Json& root, const std::string& key) const {
-    const Json& spec = Get(root, key, key, Json::Kind::kObject);
-    TensorSpec out;
-    out.name = String(spec, "name", key + ".name");
-    out.dtype = String(spec, "dtype", key + ".dtype");
-    if (out.dtype != "float32") Bad("\"" + key + ".dtype\" is " + out.dtype + ", expected float32");
-    const Json& shape = Get(spec, "shape", key + ".shape", Json::Kind::kArray);
-    if (shape.items.empty()) Bad("\"" + key + ".shape\" is empty");
-    for (const Json& dim : shape.items) {
-      std::int64_t value = Integer(dim, key + ".shape[]");
-      if (value <= 0) Bad("\"" + key + ".shape\" has a non-positive dimension");
-      out.shape.push_back(value);
-    }
-    return out;
-  }
-
- private:
-  std::string where_;
-};
-
-// Listed paths come from a file we have not yet trusted: keep them inside the bundle.
-bool SafeRelativePath(const std::string& path) {
-  if (path.empty() || path[0] == '/' || path.find('\\') != std::string::npos ||
-      path.find('\0') != std::string::npos) {
-    return false;
-  }
-  std::size_t start = 0;
-  while (start <= path.size()) {
-    std::size_t end = path.find('/', start);
-    if (end == std::string::npos) end = path.size();
-    std::string part = path.substr(start, end - start);
-    if (part.empty() || part == "." || part == "..") return false;
-    start = end + 1;
-  }
-  return true;
-}
-
-bool IsHex64(const std::string& s) {
-  if (s.size() != 64) return false;
-  for (char c : s) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
-  }
-  return true;
-}
-
-// ELF identification of the machines a bundle can target: e_machine and word size.
-struct ElfKind {
-  const char* arch;
-  unsigned machine;
-  unsigned elf_class;  // 1: 32-bit, 2: 64-bit
-};
-constexpr ElfKind kElfKinds[] = {{"x86_64", 62, 2}, {"aarch64", 183, 2}, {"armv7", 40, 1}};
+// Python's loader has the same cap; real manifests are a few KiB.
+constexpr std::uint64_t kMaxManifest = 1 << 20;
 
 std::string Number(double value) {
   char text[32];
@@ -110,11 +29,92 @@ std::string Number(double value) {
   return text;
 }
 
-const char* ArchOfElf(unsigned machine, unsigned elf_class) {
-  for (const ElfKind& kind : kElfKinds) {
-    if (kind.machine == machine && kind.elf_class == elf_class) return kind.arch;
+// The manifest, bounded: a regular file inside the folder, at most kMaxManifest bytes.
+std::string ReadManifestText(int dir_fd, const std::string& dir) {
+  const std::string where = dir + "/manifest.json";
+  InsideFile file = OpenInside(dir_fd, "manifest.json");
+  switch (file.status) {
+    case InsideFile::Status::kOk:
+      break;
+    case InsideFile::Status::kMissing:
+      throw Refusal(dir + " holds no manifest.json, so it is not a bundle (or its build did "
+                    "not finish); " + kRebuild);
+    case InsideFile::Status::kSymlink:
+      throw Refusal(where + " is a symbolic link; a bundle holds its own files (a link could "
+                    "point anywhere): copy the bundle again without links or " + kRebuild);
+    case InsideFile::Status::kNotRegular:
+      throw Refusal(where + " is not a regular file (a folder, device or pipe); " + kRebuild);
+    case InsideFile::Status::kError:
+      throw Refusal("cannot read " + where + ": " + std::strerror(file.error));
   }
-  return nullptr;
+  if (file.size > kMaxManifest) {
+    throw Refusal(where + " is " + std::to_string(file.size) + " bytes, more than the 1 MiB " +
+                  "a bundle manifest may have; it is not one: " + kRebuild);
+  }
+  std::string text(std::size_t(file.size), '\0');
+  ReadExactly(file.fd.get(), 0, &text[0], text.size(), where);
+  return text;
+}
+
+// Hashes `size` bytes of `fd` in chunks, writing each chunk to `copy` (if >= 0) or
+// appending it to `keep` (if not null): the bytes used later are the bytes hashed.
+std::string HashFd(int fd, std::uint64_t size, int copy, std::string* keep,
+                   const std::string& label) {
+  Sha256 hash;
+  std::vector<char> chunk(std::size_t(1) << 20);
+  for (std::uint64_t done = 0; done < size;) {
+    const std::size_t n = std::size_t(std::min<std::uint64_t>(chunk.size(), size - done));
+    ReadExactly(fd, done, chunk.data(), n, label);
+    hash.Update(chunk.data(), n);
+    if (keep != nullptr) keep->append(chunk.data(), n);
+    for (std::size_t at = 0; copy >= 0 && at < n;) {
+      const ssize_t w = ::write(copy, chunk.data() + at, n - at);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        throw Refusal("cannot copy " + label + " to memory: " + std::strerror(errno) +
+                      "; free some memory and try again");
+      }
+      at += std::size_t(w);
+    }
+    done += n;
+  }
+  return hash.HexDigest();
+}
+
+// A private, sealed in-memory file for model.so: nobody can change it once written, and
+// the loader maps it by /proc/self/fd/N.
+Fd PrivateCopy() {
+  Fd fd(::memfd_create("model.so", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!fd.valid()) {
+    throw Refusal(std::string("cannot create a private copy of model.so (memfd_create: ") +
+                  std::strerror(errno) + "); mscnn-run needs Linux 3.17 or newer");
+  }
+  return fd;
+}
+
+void Seal(int fd) {
+  if (::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) != 0) {
+    throw Refusal(std::string("cannot seal the private copy of model.so: ") +
+                  std::strerror(errno));
+  }
+}
+
+[[noreturn]] void RefuseUnopened(const InsideFile& file, const ListedFile& f,
+                                 const std::string& dir) {
+  switch (file.status) {
+    case InsideFile::Status::kMissing:
+      throw Refusal("bundle file " + f.path + " is missing from " + dir +
+                    "; the bundle is incomplete: copy it again or " + kRebuild);
+    case InsideFile::Status::kSymlink:
+      throw Refusal("bundle file " + f.path + ": " + file.where + " is a symbolic link; a " +
+                    "bundle holds its own files (a link could point outside it): copy the "
+                    "bundle again without links or " + kRebuild);
+    case InsideFile::Status::kNotRegular:
+      throw Refusal("bundle file " + f.path + ": " + file.where + " is not a regular file "
+                    "(a folder, device or pipe); copy the bundle again or " + kRebuild);
+    default:
+      throw Refusal("cannot read bundle file " + f.path + ": " + std::strerror(file.error));
+  }
 }
 
 }  // namespace
@@ -122,139 +122,51 @@ const char* ArchOfElf(unsigned machine, unsigned elf_class) {
 Bundle Bundle::Open(const std::string& dir_arg) {
   std::string dir = dir_arg;
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-  struct stat st;
-  if (::stat(dir.c_str(), &st) != 0) {
-    throw Refusal("bundle folder " + dir + " does not exist; pass the folder that holds "
-                  "manifest.json (for example build/x86_64/cpsc2019-1lead)");
-  }
-  if (!S_ISDIR(st.st_mode)) {
-    throw Refusal(dir + " is not a folder; pass the bundle folder that holds manifest.json");
-  }
-  const std::string where = dir + "/manifest.json";
-  std::FILE* f = std::fopen(where.c_str(), "rb");
-  if (f == nullptr) {
-    if (errno == ENOENT) {
-      throw Refusal(dir + " holds no manifest.json, so it is not a bundle (or its build did not "
-                    "finish); " + kRebuild);
-    }
-    throw Refusal("cannot read " + where + ": " + std::strerror(errno));
-  }
-  const std::string text = ReadAllAndClose(f, where);
-
-  Json root;
-  try {
-    root = ParseJson(text);
-  } catch (const JsonError& e) {
-    throw Refusal(where + " is not valid JSON (" + e.what() + "); " + kRebuild);
-  }
-  ManifestReader r(where);
-  if (root.kind != Json::Kind::kObject) r.Bad("the document is not a JSON object");
-
-  const Json* schema = root.Find("schema");
-  if (schema == nullptr || schema->kind != Json::Kind::kString || schema->text != kSchema) {
-    throw Refusal(where + " is not an mscnn-edge bundle manifest (\"schema\" is not \"" +
-                  std::string(kSchema) + "\"); " + kRebuild);
-  }
-  const Json* version = root.Find("schema_version");
-  std::int64_t version_value = 0;
-  if (version == nullptr || !version->AsInteger(&version_value)) {
-    r.Bad("\"schema_version\" is missing or not an integer");
-  }
-  if (version_value != kSchemaVersion) {
-    throw Refusal(where + " has schema_version " + std::to_string(version_value) +
-                  "; this mscnn-run reads version " + std::to_string(kSchemaVersion) +
-                  " only: rebuild the bundle with the matching compile stage, or update "
-                  "mscnn-run");
-  }
-
   Bundle bundle;
   bundle.dir_ = dir;
-  Manifest& m = bundle.manifest_;
-  m.name = r.String(root, "name", "name");
-  const Json& target = r.Get(root, "target", "target", Json::Kind::kObject);
-  m.target_name = r.String(target, "name", "target.name");
-  m.arch = r.String(target, "arch", "target.arch");
-  if (m.arch != "x86_64" && m.arch != "aarch64" && m.arch != "armv7") {
-    r.Bad("\"target.arch\" is \"" + m.arch + "\", expected x86_64, aarch64 or armv7");
-  }
-  m.device = r.String(target, "device", "target.device");
-  if (m.device != "cpu" && m.device != "cuda") {
-    r.Bad("\"target.device\" is \"" + m.device + "\", expected cpu or cuda");
-  }
-  const Json& leads = r.Get(root, "leads", "leads", Json::Kind::kArray);
-  for (const Json& lead : leads.items) {
-    if (lead.kind != Json::Kind::kString) r.Bad("\"leads\" holds a non-string");
-    m.leads.push_back(lead.text);
-  }
-  if (m.leads.empty()) r.Bad("\"leads\" is empty");
-  m.fs = r.Get(root, "fs", "fs", Json::Kind::kNumber).number;
-  m.input = r.Tensor(root, "input");
-  m.output = r.Tensor(root, "output");
-  if (m.input.shape.size() != 3) r.Bad("\"input.shape\" is not (batch, leads, samples)");
-  if (m.input.shape[1] != std::int64_t(m.leads.size())) {
-    r.Bad("\"input.shape\" has " + std::to_string(m.input.shape[1]) + " leads but \"leads\" names " +
-          std::to_string(m.leads.size()));
-  }
-
-  const Json& files = r.Get(root, "files", "files", Json::Kind::kObject);
-  for (const auto& member : files.members) {
-    const std::string key = "files[\"" + member.first + "\"]";
-    if (!SafeRelativePath(member.first)) {
-      r.Bad(key + " is not a plain path inside the bundle");
+  bundle.dir_fd_ = Fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!bundle.dir_fd_.valid()) {
+    if (errno == ENOENT) {
+      throw Refusal("bundle folder " + dir + " does not exist; pass the folder that holds "
+                    "manifest.json (for example build/x86_64/cpsc2019-1lead)");
     }
-    if (member.second.kind != Json::Kind::kObject) r.Bad(key + " is not an object");
-    ListedFile listed;
-    listed.path = member.first;
-    listed.sha256 = r.String(member.second, "sha256", key + ".sha256");
-    if (!IsHex64(listed.sha256)) r.Bad(key + ".sha256 is not 64 lower-case hex digits");
-    const Json& size = r.Get(member.second, "bytes", key + ".bytes", Json::Kind::kNumber);
-    std::int64_t bytes = r.Integer(size, key + ".bytes");
-    if (bytes < 0) r.Bad(key + ".bytes is negative");
-    listed.bytes = std::uint64_t(bytes);
-    m.files.push_back(listed);
-  }
-  auto listed = [&m](const std::string& path) {
-    for (const ListedFile& f : m.files) {
-      if (f.path == path) return true;
+    if (errno == ENOTDIR) {
+      throw Refusal(dir + " is not a folder; pass the bundle folder that holds manifest.json");
     }
-    return false;
-  };
-  if (!listed("model.so")) r.Bad("\"files\" does not list model.so");
-
-  const Json& golden = r.Get(root, "golden", "golden", Json::Kind::kArray);
-  for (const Json& entry : golden.items) {
-    if (entry.kind != Json::Kind::kObject) r.Bad("\"golden\" holds a non-object");
-    GoldenPair pair;
-    pair.name = r.String(entry, "name", "golden[].name");
-    pair.input = r.String(entry, "input", "golden[].input");
-    pair.output = r.String(entry, "output", "golden[].output");
-    // Golden data is only trusted once hashed, so it must be among the listed files.
-    for (const std::string* path : {&pair.input, &pair.output}) {
-      if (!listed(*path)) r.Bad("golden file " + *path + " is not listed in \"files\"");
-    }
-    m.golden.push_back(pair);
+    throw Refusal("cannot open bundle folder " + dir + ": " + std::strerror(errno));
   }
+  const std::string text = ReadManifestText(bundle.dir_fd_.get(), dir);
+  bundle.manifest_ = ParseManifest(text, dir + "/manifest.json");
   return bundle;
 }
 
-void Bundle::VerifyFiles() const {
+void Bundle::VerifyFiles() {
+  std::set<std::string> golden;
+  for (const GoldenPair& pair : manifest_.golden) golden.insert({pair.input, pair.output});
   for (const ListedFile& f : manifest_.files) {
-    const std::string path = PathOf(f.path);
-    struct stat st;
-    if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
-      throw Refusal("bundle file " + f.path + " is missing from " + dir_ +
-                    "; the bundle is incomplete: copy it again or " + kRebuild);
-    }
-    if (std::uint64_t(st.st_size) != f.bytes) {
-      throw Refusal("bundle file " + f.path + " has " + std::to_string(st.st_size) +
+    InsideFile file = OpenInside(dir_fd_.get(), f.path);
+    if (file.status != InsideFile::Status::kOk) RefuseUnopened(file, f, dir_);
+    if (file.size != f.bytes) {
+      throw Refusal("bundle file " + f.path + " has " + std::to_string(file.size) +
                     " bytes, the manifest lists " + std::to_string(f.bytes) +
                     " (size mismatch: truncated or replaced); copy the bundle again or " +
                     kRebuild);
     }
+    const std::string label = "bundle file " + f.path;
     std::string digest;
-    std::uint64_t bytes = 0;
-    if (!HashFile(path, &digest, &bytes)) {
-      throw Refusal("cannot read bundle file " + f.path + ": " + std::strerror(errno));
+    if (f.path == "model.so") {
+      Fd copy = PrivateCopy();
+      digest = HashFd(file.fd.get(), file.size, copy.get(), nullptr, label);
+      Seal(copy.get());
+      library_ = std::move(copy);
+      library_size_ = file.size;
+    } else if (golden.count(f.path) != 0) {
+      std::string bytes;
+      bytes.reserve(std::size_t(file.size));
+      digest = HashFd(file.fd.get(), file.size, -1, &bytes, label);
+      verified_[f.path] = std::move(bytes);
+    } else {
+      digest = HashFd(file.fd.get(), file.size, -1, nullptr, label);
     }
     if (digest != f.sha256) {
       throw Refusal("bundle file " + f.path + " fails verification: sha256 mismatch (manifest " +
@@ -270,37 +182,29 @@ void Bundle::RequireArch(const std::string& runner_arch) const {
   if (m.arch != runner_arch) {
     const std::string where = m.arch == "x86_64" ? "an x86_64 machine"
                                                  : "an " + m.arch + " device or under qemu-user";
-    throw Refusal("bundle " + m.name + " is built for " + m.arch + " (target " + m.target_name +
+    throw Refusal("bundle " + Clip(m.name) + " is built for " + m.arch + " (target " + Clip(m.target_name) +
                   ") but this mscnn-run is built for " + runner_arch + "; run it with the " +
                   m.arch + " build of mscnn-run (make -C deploy/native ARCH=" + m.arch + ") on " +
                   where);
   }
 }
 
-void Bundle::CheckLibraryMachine(const std::string& runner_arch) const {
+void Bundle::CheckLibrary(const std::string& runner_arch) const {
   // The manifest may lie about its target; the library's own ELF header cannot, and a
-  // foreign one would only fail obscurely inside dlopen.
-  const std::string path = PathOf("model.so");
-  unsigned char head[20] = {0};
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  std::size_t got = 0;
-  if (f != nullptr) {
-    got = std::fread(head, 1, sizeof head, f);
-    std::fclose(f);
-  }
-  if (got < sizeof head || std::memcmp(head, "\x7f" "ELF", 4) != 0) {
-    throw Refusal("model.so in " + dir_ + " is not an ELF shared library; " + kRebuild);
-  }
-  const unsigned elf_class = head[4];
-  const unsigned machine = head[5] == 2 ? (unsigned(head[18]) << 8) | head[19]
-                                        : unsigned(head[18]) | (unsigned(head[19]) << 8);
-  const char* arch = ArchOfElf(machine, elf_class);
-  if (arch == nullptr || runner_arch != arch) {
-    throw Refusal("model.so in " + dir_ + " is code for " +
-                  (arch ? std::string(arch) : "ELF machine " + std::to_string(machine)) +
-                  ", not for " + runner_arch + " as this mscnn-run; " + kRebuild +
-                  " for the right target");
-  }
+  // foreign or truncated one would only fail obscurely (or fatally) inside dlopen.
+  if (!library_.valid()) throw Refusal("model.so was not verified before loading");
+  CheckElfLibrary(library_.get(), library_size_, runner_arch, "model.so in " + dir_);
+}
+
+std::string Bundle::LibraryPath() const {
+  if (!library_.valid()) throw Refusal("model.so was not verified before loading");
+  return "/proc/self/fd/" + std::to_string(library_.get());
+}
+
+const std::string& Bundle::Verified(const std::string& relative) const {
+  auto it = verified_.find(relative);
+  if (it == verified_.end()) throw Refusal("golden file " + relative + " was not verified");
+  return it->second;
 }
 
 std::string DescribeShapeMismatch(const Manifest& m, const std::vector<std::int64_t>& got) {
@@ -308,7 +212,7 @@ std::string DescribeShapeMismatch(const Manifest& m, const std::vector<std::int6
   std::string leads;
   for (std::size_t i = 0; i < m.leads.size(); ++i) leads += (i ? ", " : "") + m.leads[i];
   std::string text = "expected (batch, leads, samples) = " + ShapeText(want) + " [leads " +
-                     leads + "], got " + ShapeText(got);
+                     Clip(leads) + "], got " + ShapeText(got);
   if (got.size() != 3) {
     return text + ": a " + std::to_string(got.size()) + "-D array instead of 3-D";
   }

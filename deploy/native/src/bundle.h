@@ -1,67 +1,55 @@
-// A compiled bundle on disk: its manifest, read and checked, and the files it lists.
+// A compiled bundle on disk: its manifest, read and checked, and the files it lists,
+// verified and held as the very bytes that were hashed.
 #ifndef MSCNN_RUN_BUNDLE_H_
 #define MSCNN_RUN_BUNDLE_H_
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
+#include "io.h"
+#include "manifest.h"
+
 namespace mscnn {
-
-struct TensorSpec {
-  std::string name;
-  std::vector<std::int64_t> shape;
-  std::string dtype;
-};
-
-struct GoldenPair {
-  std::string name;
-  std::string input;   // relative to the bundle folder
-  std::string output;
-};
-
-struct ListedFile {
-  std::string path;  // relative to the bundle folder
-  std::string sha256;
-  std::uint64_t bytes = 0;
-};
-
-struct Manifest {
-  std::string name;
-  std::string target_name;
-  std::string arch;    // "x86_64", "aarch64" or "armv7"
-  std::string device;  // "cpu" or "cuda"
-  std::vector<std::string> leads;
-  double fs = 0.0;
-  TensorSpec input;
-  TensorSpec output;
-  std::vector<GoldenPair> golden;
-  std::vector<ListedFile> files;
-};
 
 class Bundle {
  public:
-  // Reads and checks manifest.json; a Refusal says what is missing or malformed.
+  // Reads and checks manifest.json (a regular file of at most 1 MiB, not a symlink); a
+  // Refusal says what is missing or malformed.
   static Bundle Open(const std::string& dir);
 
-  // Every listed file exists with its recorded size and SHA-256; a Refusal names the
-  // first that does not. Must pass before model.so is loaded: loading runs its code.
-  void VerifyFiles() const;
+  // Every listed file is reached inside the folder without a symlink, is a regular file
+  // of its recorded size, and has its recorded SHA-256, computed from the descriptor
+  // whose bytes are then used: model.so is copied while hashed into a sealed private
+  // file that the loader maps later, golden files are kept in memory. So nothing can
+  // change between the check and the use. A Refusal names the first file that fails.
+  // Must pass before model.so is loaded: loading runs its code.
+  void VerifyFiles();
 
   // A Refusal unless this runner's architecture can load the bundle's library.
   void RequireArch(const std::string& runner_arch) const;
 
-  // A Refusal unless model.so's ELF header names the runner's machine; call after
-  // VerifyFiles so the file is known to exist.
-  void CheckLibraryMachine(const std::string& runner_arch) const;
+  // After VerifyFiles: a Refusal unless the verified model.so is an ELF library for the
+  // runner's machine whose segments all lie inside the file.
+  void CheckLibrary(const std::string& runner_arch) const;
 
-  std::string PathOf(const std::string& relative) const { return dir_ + "/" + relative; }
+  // After VerifyFiles: where the loader opens the verified copy of model.so.
+  std::string LibraryPath() const;
+
+  // After VerifyFiles: the verified bytes of a golden file.
+  const std::string& Verified(const std::string& relative) const;
+
   const std::string& dir() const { return dir_; }
   const Manifest& manifest() const { return manifest_; }
 
  private:
   std::string dir_;
+  Fd dir_fd_;
   Manifest manifest_;
+  Fd library_;  // sealed memfd copy of model.so
+  std::uint64_t library_size_ = 0;
+  std::map<std::string, std::string> verified_;
 };
 
 // Explains an input shape that is not the bundle's, in terms of batch, leads and samples.

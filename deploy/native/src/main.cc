@@ -10,6 +10,7 @@
 // `error:` line on stderr.
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -26,6 +27,7 @@
 #include "model.h"
 #include "npy.h"
 #include "refusal.h"
+#include "text.h"
 
 namespace mscnn {
 namespace {
@@ -164,21 +166,25 @@ double ToleranceOf(const std::string& device) {
   throw Refusal("no tolerance for device " + device);
 }
 
+// Manifest strings on stdout, with control characters escaped: a golden case's name
+// must not be able to print a forged "check: pass" line.
+std::string Show(const std::string& text) { return Printable(text); }
+
 std::string DeviceFor(const Bundle& bundle, const Options& o) {
   const Manifest& m = bundle.manifest();
   if (!o.device.empty() && o.device != m.device) {
-    throw Refusal("bundle " + m.name + " is built for device " + m.device + " (target " +
-                  m.target_name + "), not " + o.device + "; drop --device or pass --device " +
+    throw Refusal("bundle " + Clip(m.name) + " is built for device " + m.device + " (target " +
+                  Clip(m.target_name) + "), not " + o.device + "; drop --device or pass --device " +
                   m.device);
   }
   return m.device;
 }
 
 // The checks that must pass before model.so may be loaded (loading runs its code).
-void Admit(const Bundle& bundle) {
+void Admit(Bundle& bundle) {
   bundle.RequireArch(kRunnerArch);
   bundle.VerifyFiles();
-  bundle.CheckLibraryMachine(kRunnerArch);
+  bundle.CheckLibrary(kRunnerArch);
 }
 
 std::string Locate(const Manifest& m, std::int64_t flat) {
@@ -187,7 +193,7 @@ std::string Locate(const Manifest& m, std::int64_t flat) {
   const std::int64_t lead = (flat / samples) % leads;
   const std::int64_t sample = flat % samples;
   std::string where = "batch " + std::to_string(batch) + ", lead " + std::to_string(lead);
-  if (lead < std::int64_t(m.leads.size())) where += " (" + m.leads[std::size_t(lead)] + ")";
+  if (lead < std::int64_t(m.leads.size())) where += " (" + Clip(m.leads[std::size_t(lead)]) + ")";
   return where + ", sample " + std::to_string(sample);
 }
 
@@ -246,7 +252,7 @@ int Check(const Options& o) {
   const double tolerance = ToleranceOf(device);
   Admit(bundle);
   if (m.golden.empty()) {
-    throw Refusal("bundle " + m.name + " lists no golden data, so there is nothing to check; "
+    throw Refusal("bundle " + Clip(m.name) + " lists no golden data, so there is nothing to check; "
                   "rebuild the bundle with `python -m compile build`");
   }
 
@@ -256,8 +262,8 @@ int Check(const Options& o) {
   };
   std::vector<Case> cases;
   for (const GoldenPair& pair : m.golden) {
-    Case c{&pair, ReadNpy(bundle.PathOf(pair.input), "golden input " + pair.input),
-           ReadNpy(bundle.PathOf(pair.output), "golden output " + pair.output)};
+    Case c{&pair, ParseNpy(bundle.Verified(pair.input), "golden input " + pair.input),
+           ParseNpy(bundle.Verified(pair.output), "golden output " + pair.output)};
     if (c.input.shape != m.input.shape) {
       throw Refusal("golden input " + pair.input + " does not match the manifest: " +
                     DescribeShapeMismatch(m, c.input.shape) + "; rebuild the bundle");
@@ -267,9 +273,9 @@ int Check(const Options& o) {
   }
 
   const auto load_start = std::chrono::steady_clock::now();
-  Model model(bundle.PathOf("model.so"), device, RuntimeDir());
+  Model model(bundle.LibraryPath(), "model.so in " + bundle.dir(), device, RuntimeDir());
   const double load_ms = Millis(std::chrono::steady_clock::now() - load_start);
-  std::printf("%s: %s runner, %s device, tolerance %g, load %.1f ms\n", m.name.c_str(),
+  std::printf("%s: %s runner, %s device, tolerance %g, load %.1f ms\n", Show(m.name).c_str(),
               kRunnerArch, device.c_str(), tolerance, load_ms);
 
   int passed = 0;
@@ -282,7 +288,7 @@ int Check(const Options& o) {
     if (v.passed) ++passed;
     if (!std::isnan(worst) && !(v.normalised <= worst)) worst = v.normalised;  // NaN sticks
     std::printf("%s: %s max_abs=%.3g normalised=%.3g tolerance=%g run_ms=%.1f%s%s%s\n",
-                c.pair->name.c_str(), v.passed ? "pass" : "FAIL", v.max_abs, v.normalised,
+                Show(c.pair->name).c_str(), v.passed ? "pass" : "FAIL", v.max_abs, v.normalised,
                 tolerance, run_ms, v.detail.empty() ? "" : " (", v.detail.c_str(),
                 v.detail.empty() ? "" : ")");
   }
@@ -293,9 +299,37 @@ int Check(const Options& o) {
   return ok ? 0 : 1;
 }
 
-// Writes to a sibling temporary file and renames it into place, so a failed run never
-// leaves a half-written output behind; opening it first proves the path writable
-// before any time is spent on the model.
+// The temporary output's name, for the signal handler: a fixed buffer, since a handler
+// may only call async-signal-safe functions (unlink, raise).
+char g_partial[4096];
+volatile sig_atomic_t g_have_partial = 0;
+
+extern "C" void RemovePartialAndDie(int sig) {
+  if (g_have_partial) ::unlink(g_partial);
+  ::raise(sig);  // SA_RESETHAND restored the default action: die of the same signal
+}
+
+// Holds SIGINT, SIGTERM and SIGHUP back while the temporary file and its name in
+// g_partial change together.
+class SignalsHeld {
+ public:
+  SignalsHeld() {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&set, sig);
+    pthread_sigmask(SIG_BLOCK, &set, &old_);
+  }
+  ~SignalsHeld() { pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+
+ private:
+  sigset_t old_;
+};
+
+// Writes to a sibling temporary file, created with O_EXCL | O_NOFOLLOW (a file or symlink
+// planted under its name is refused, never written through) and removed on SIGINT,
+// SIGTERM or SIGHUP, then renames it into place: a failed or interrupted run leaves no
+// partial output behind. Opening it first proves the path writable before any time is
+// spent on the model.
 class OutputFile {
  public:
   explicit OutputFile(const std::string& path) : path_(path) {
@@ -314,15 +348,30 @@ class OutputFile {
       }
     }
     temp_ = path + ".partial-" + std::to_string(::getpid());
-    fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (temp_.size() >= sizeof g_partial) throw Refusal("output path " + path + " is too long");
+    struct sigaction action = {};
+    action.sa_handler = RemovePartialAndDie;
+    action.sa_flags = SA_RESETHAND | SA_NODEFER;
+    sigemptyset(&action.sa_mask);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::sigaction(sig, &action, nullptr);
+    SignalsHeld held;
+    fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd_ < 0 && errno == EEXIST) {
+      throw Refusal("output path " + path + ": " + temp_ + " is in the way (left by another "
+                    "run, or planted); remove it and run again");
+    }
     if (fd_ < 0) {
       throw Refusal("output path " + path + " is not writable (" + std::strerror(errno) +
                     "); choose a writable folder for --output");
     }
+    std::memcpy(g_partial, temp_.c_str(), temp_.size() + 1);
+    g_have_partial = 1;
   }
   ~OutputFile() {
+    SignalsHeld held;
     if (fd_ >= 0) ::close(fd_);
-    if (!committed_) ::unlink(temp_.c_str());
+    if (!committed_ && g_have_partial) ::unlink(temp_.c_str());
+    g_have_partial = 0;
   }
 
   void Commit(const std::string& header, const void* data, std::size_t size) {
@@ -331,10 +380,13 @@ class OutputFile {
     }
     int fd = fd_;
     fd_ = -1;
-    if (::close(fd) != 0 || ::rename(temp_.c_str(), path_.c_str()) != 0) {
+    if (::close(fd) != 0) throw Refusal("cannot write " + path_ + ": " + std::strerror(errno));
+    SignalsHeld held;
+    if (::rename(temp_.c_str(), path_.c_str()) != 0) {
       throw Refusal("cannot write " + path_ + ": " + std::strerror(errno));
     }
     committed_ = true;
+    g_have_partial = 0;
   }
 
  private:
@@ -364,13 +416,13 @@ int RunOne(const Options& o) {
   const std::string label = "input " + o.input;
   Array x = ReadNpy(o.input, label);
   if (x.shape != m.input.shape) {
-    throw Refusal(label + " has the wrong shape for bundle " + m.name + ": " +
+    throw Refusal(label + " has the wrong shape for bundle " + Clip(m.name) + ": " +
                   DescribeShapeMismatch(m, x.shape));
   }
   RequireFiniteInput(m, x, label);
   OutputFile out(o.output);
 
-  Model model(bundle.PathOf("model.so"), device, RuntimeDir());
+  Model model(bundle.LibraryPath(), "model.so in " + bundle.dir(), device, RuntimeDir());
   const auto start = std::chrono::steady_clock::now();
   Array y = model.Run(x);
   const double run_ms = Millis(std::chrono::steady_clock::now() - start);
@@ -381,7 +433,8 @@ int RunOne(const Options& o) {
     std::fprintf(stderr, "warning: the output holds %lld NaN or Inf value(s)\n",
                  static_cast<long long>(bad));
   }
-  std::printf("%s: wrote %s, shape %s float32, run_ms=%.1f\n", m.name.c_str(), o.output.c_str(),
+  std::printf("%s: wrote %s, shape %s float32, run_ms=%.1f\n", Show(m.name).c_str(),
+              Show(o.output).c_str(),
               ShapeText(y.shape).c_str(), run_ms);
   return 0;
 }
@@ -393,15 +446,16 @@ int Info(const Options& o) {
   for (std::size_t i = 0; i < m.leads.size(); ++i) leads += (i ? ", " : "") + m.leads[i];
   std::string golden;
   for (std::size_t i = 0; i < m.golden.size(); ++i) golden += (i ? ", " : "") + m.golden[i].name;
-  std::printf("name: %s\n", m.name.c_str());
-  std::printf("target: %s (arch %s, device %s)\n", m.target_name.c_str(), m.arch.c_str(),
+  std::printf("name: %s\n", Show(m.name).c_str());
+  std::printf("target: %s (arch %s, device %s)\n", Show(m.target_name).c_str(), m.arch.c_str(),
               m.device.c_str());
-  std::printf("leads: %zu [%s]\n", m.leads.size(), leads.c_str());
+  std::printf("leads: %zu [%s]\n", m.leads.size(), Show(leads).c_str());
   std::printf("fs: %g Hz\n", m.fs);
-  std::printf("input: %s float32 %s (batch, leads, samples)\n", m.input.name.c_str(),
+  std::printf("input: %s float32 %s (batch, leads, samples)\n", Show(m.input.name).c_str(),
               ShapeText(m.input.shape).c_str());
-  std::printf("output: %s float32 %s\n", m.output.name.c_str(), ShapeText(m.output.shape).c_str());
-  std::printf("golden: %s\n", golden.empty() ? "(none)" : golden.c_str());
+  std::printf("output: %s float32 %s\n", Show(m.output.name).c_str(),
+              ShapeText(m.output.shape).c_str());
+  std::printf("golden: %s\n", golden.empty() ? "(none)" : Show(golden).c_str());
   std::printf("runner: %s, %s\n", kRunnerArch,
               m.arch == kRunnerArch ? "can run this bundle"
                                     : ("needs the " + m.arch + " build of mscnn-run").c_str());
@@ -435,13 +489,13 @@ int main(int argc, char** argv) {
     return mscnn::Main(argc, argv);
   } catch (const mscnn::Refusal& e) {
     std::fflush(stdout);
-    std::fprintf(stderr, "error: %s\n", e.what());
+    std::fprintf(stderr, "error: %s\n", e.what());  // already escaped
   } catch (const std::bad_alloc&) {
     std::fflush(stdout);
     std::fprintf(stderr, "error: out of memory; the input is too large for this device\n");
   } catch (const std::exception& e) {
     std::fflush(stdout);
-    std::fprintf(stderr, "error: unexpected failure: %s\n", e.what());
+    std::fprintf(stderr, "error: unexpected failure: %s\n", mscnn::Printable(e.what()).c_str());
   } catch (...) {
     std::fflush(stdout);
     std::fprintf(stderr, "error: unexpected failure of an unknown kind\n");

@@ -77,7 +77,7 @@ struct Model::State {
   ffi::Optional<ffi::Function> copy_to_bytes;
 };
 
-Model::Model(const std::string& library, const std::string& device,
+Model::Model(const std::string& path, const std::string& library, const std::string& device,
              const std::string& runtime_dir)
     : state_(new State) {
   State& s = *state_;
@@ -94,7 +94,11 @@ Model::Model(const std::string& library, const std::string& device,
     s.device = DLDevice{kDLCUDA, 0};
   }
 
+  ffi::Optional<ffi::Function> load_so;
   try {
+    // The .so loader itself: Module::LoadFromFile picks it by the file name's extension,
+    // which the verified copy's path (/proc/self/fd/N) does not have.
+    load_so = Global("ffi.Module.load_from_file.so");
     s.alloc = Global("runtime.TVMTensorAllocWithScope");
     s.copy_from_bytes = Global("runtime.TVMTensorCopyFromBytes");
     s.copy_to_bytes = Global("runtime.TVMTensorCopyToBytes");
@@ -102,7 +106,7 @@ Model::Model(const std::string& library, const std::string& device,
     RethrowAsRefusal("starting up");
   }
   try {
-    s.library = ffi::Module::LoadFromFile(library);
+    s.library = (*load_so)(path, "so").cast<ffi::Module>();
   } catch (...) {
     RethrowAsRefusal("loading " + library);
   }

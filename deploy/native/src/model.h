@@ -11,10 +11,12 @@ namespace mscnn {
 
 class Model {
  public:
-  // Loads `library` (dlopen: it must already be verified) and sets up the VM on `device`
-  // ("cpu" or "cuda"). `runtime_dir` holds the runtime libraries shipped next to the
-  // runner, where optional device support (libtvm_runtime_cuda.so) is looked up.
-  Model(const std::string& library, const std::string& device, const std::string& runtime_dir);
+  // Loads the shared library at `path` (dlopen: it must already be verified; `label`
+  // names it in messages) and sets up the VM on `device` ("cpu" or "cuda").
+  // `runtime_dir` holds the runtime libraries shipped next to the runner, where optional
+  // device support (libtvm_runtime_cuda.so) is looked up.
+  Model(const std::string& path, const std::string& label, const std::string& device,
+        const std::string& runtime_dir);
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;

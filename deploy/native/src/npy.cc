@@ -1,12 +1,12 @@
 #include "npy.h"
 
-#include <cerrno>
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <limits>
 
-#include "file.h"
+#include "io.h"
 #include "refusal.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -18,6 +18,10 @@ namespace {
 
 constexpr char kMagic[] = "\x93NUMPY";
 constexpr std::size_t kMagicSize = 6;
+// numpy writes headers of a few hundred bytes and refuses to read more than 10,000.
+constexpr std::size_t kMaxHeader = 1 << 16;
+// Far beyond any ECG record or model output; keeps every size in a 32-bit size_t.
+constexpr std::uint64_t kMaxDataBytes = std::uint64_t(1) << 31;
 
 // The header is a Python dict literal; this reads just the forms numpy.save writes:
 // quoted strings, True/False and tuples of non-negative integers.
@@ -162,41 +166,50 @@ std::string ShapeText(const std::vector<std::int64_t>& shape) {
   return out + ")";
 }
 
-Array ReadNpy(const std::string& path, const std::string& label) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) {
-    throw Refusal("cannot read " + label + ": " + std::strerror(errno));
-  }
-  const std::string bytes = ReadAllAndClose(f, label);
-  if (bytes.empty()) throw Refusal(label + " is an empty file; expected a .npy array");
+namespace {
 
-  if (bytes.size() < kMagicSize + 4 || bytes.compare(0, kMagicSize, kMagic, kMagicSize) != 0) {
+// Where the data starts and how many floats it holds, read from the first `head_size`
+// bytes of a file of `file_size` bytes; every size is checked before anything is read
+// or allocated, so a header that lies costs nothing.
+struct Layout {
+  std::vector<std::int64_t> shape;
+  std::size_t data_at = 0;
+  std::size_t count = 0;
+};
+
+Layout ReadLayout(const char* head, std::size_t head_size, std::uint64_t file_size,
+                  const std::string& label) {
+  if (file_size == 0) throw Refusal(label + " is an empty file; expected a .npy array");
+  const auto byte = [head](std::size_t i) { return std::size_t(static_cast<unsigned char>(head[i])); };
+  if (head_size < kMagicSize + 4 || std::memcmp(head, kMagic, kMagicSize) != 0) {
     throw Refusal(label + " is not a .npy file (no NumPy magic); save the array with numpy.save");
   }
-  const unsigned major = static_cast<unsigned char>(bytes[6]);
+  const unsigned major = unsigned(byte(6));
   std::size_t header_len, header_at;
   if (major == 1) {
-    header_len = static_cast<unsigned char>(bytes[8]) |
-                 (std::size_t(static_cast<unsigned char>(bytes[9])) << 8);
+    header_len = byte(8) | byte(9) << 8;
     header_at = 10;
   } else if (major == 2 || major == 3) {
-    if (bytes.size() < 12) throw Refusal(label + " is a truncated .npy file (header cut short)");
-    header_len = 0;
-    for (int i = 3; i >= 0; --i) header_len = (header_len << 8) | static_cast<unsigned char>(bytes[8 + i]);
+    if (head_size < 12) throw Refusal(label + " is a truncated .npy file (header cut short)");
+    header_len = byte(8) | byte(9) << 8 | byte(10) << 16 | byte(11) << 24;
     header_at = 12;
   } else {
     throw Refusal(label + " is .npy format version " + std::to_string(major) +
                   ", which mscnn-run does not read; save it with numpy.save");
   }
-  if (bytes.size() < header_at + header_len) {
+  if (header_len > kMaxHeader) {
+    throw Refusal(label + " has a .npy header of " + std::to_string(header_len) +
+                  " bytes, more than the " + std::to_string(kMaxHeader) +
+                  " any .npy writer uses; save the array with numpy.save");
+  }
+  if (head_size < header_at + header_len) {
     throw Refusal(label + " is a truncated .npy file (header cut short)");
   }
-  std::string header = bytes.substr(header_at, header_len);
+  const std::string header(head + header_at, header_len);
   std::string descr;
   bool fortran = false;
-  Array out;
+  Layout out;
   HeaderReader(header, label).Read(&descr, &fortran, &out.shape);
-
   if (descr != "<f4") {
     throw Refusal(label + " holds dtype " + DescribeDescr(descr) +
                   "; mscnn-run takes little-endian float32 ('<f4'): convert with "
@@ -208,20 +221,45 @@ Array ReadNpy(const std::string& path, const std::string& label) {
   }
   std::uint64_t count = 1;
   for (std::int64_t dim : out.shape) {
-    if (dim != 0 && count > std::numeric_limits<std::uint64_t>::max() / 4 / std::uint64_t(dim)) {
-      throw Refusal(label + " declares an impossibly large shape " + ShapeText(out.shape));
+    if (dim != 0 && count > kMaxDataBytes / 4 / std::uint64_t(dim)) {
+      throw Refusal(label + " declares an impossibly large shape " + ShapeText(out.shape) +
+                    " (over " + std::to_string(kMaxDataBytes >> 20) + " MiB of data)");
     }
     count *= std::uint64_t(dim);
   }
   if (count == 0) throw Refusal(label + " is empty: shape " + ShapeText(out.shape));
-  const std::uint64_t have = bytes.size() - header_at - header_len;
+  out.data_at = header_at + header_len;
+  const std::uint64_t have = file_size - out.data_at;
   if (have != count * 4) {
     throw Refusal(label + (have < count * 4 ? " is truncated" : " has trailing bytes") +
                   ": shape " + ShapeText(out.shape) + " needs " + std::to_string(count * 4) +
                   " bytes of float32 data, the file holds " + std::to_string(have));
   }
-  out.data.resize(count);
-  std::memcpy(out.data.data(), bytes.data() + header_at + header_len, count * 4);
+  out.count = std::size_t(count);
+  return out;
+}
+
+}  // namespace
+
+Array ParseNpy(const std::string& bytes, const std::string& label) {
+  Layout layout = ReadLayout(bytes.data(), bytes.size(), bytes.size(), label);
+  Array out;
+  out.shape = std::move(layout.shape);
+  out.data.resize(layout.count);
+  std::memcpy(out.data.data(), bytes.data() + layout.data_at, layout.count * 4);
+  return out;
+}
+
+Array ReadNpy(const std::string& path, const std::string& label) {
+  std::uint64_t size = 0;
+  Fd fd = OpenRegular(path, label, &size);
+  std::string head(std::size_t(std::min<std::uint64_t>(size, 12 + kMaxHeader)), '\0');
+  ReadExactly(fd.get(), 0, &head[0], head.size(), label);
+  Layout layout = ReadLayout(head.data(), head.size(), size, label);
+  Array out;
+  out.shape = std::move(layout.shape);
+  out.data.resize(layout.count);
+  ReadExactly(fd.get(), layout.data_at, out.data.data(), layout.count * 4, label);
   return out;
 }
 

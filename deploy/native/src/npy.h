@@ -16,9 +16,14 @@ struct Array {
 // "(1, 12, 5000)", as NumPy prints shapes, so messages read the same on both sides.
 std::string ShapeText(const std::vector<std::int64_t>& shape);
 
-// Reads a little-endian float32, C-ordered, non-empty array. Anything else is a Refusal
+// A little-endian float32, C-ordered, non-empty array from a user's file: a regular file
+// (checked on the descriptor), its header capped, and the data size its shape implies
+// checked against the file size before any data is read. Anything else is a Refusal
 // that names `label` and says what was found and what to do about it.
 Array ReadNpy(const std::string& path, const std::string& label);
+
+// The same from bytes already in memory: the golden files, read once while hashed.
+Array ParseNpy(const std::string& bytes, const std::string& label);
 
 // The complete .npy v1.0 header (magic, version, length, padded dict) for a '<f4' array.
 std::string NpyHeader(const std::vector<std::int64_t>& shape);

@@ -1,8 +1,6 @@
 #include "sha256.h"
 
-#include <cstdio>
 #include <cstring>
-#include <vector>
 
 namespace mscnn {
 namespace {
@@ -99,25 +97,6 @@ std::string Sha256::HexDigest() {
     for (int shift = 28; shift >= 0; shift -= 4) out.push_back(kHex[(word >> shift) & 0xf]);
   }
   return out;
-}
-
-bool HashFile(const std::string& path, std::string* hex_digest, std::uint64_t* bytes) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) return false;
-  Sha256 hash;
-  std::vector<unsigned char> buffer(1 << 20);
-  std::uint64_t total = 0;
-  std::size_t got;
-  while ((got = std::fread(buffer.data(), 1, buffer.size(), f)) > 0) {
-    hash.Update(buffer.data(), got);
-    total += got;
-  }
-  bool ok = !std::ferror(f);
-  std::fclose(f);
-  if (!ok) return false;
-  *bytes = total;
-  *hex_digest = hash.HexDigest();
-  return true;
 }
 
 }  // namespace mscnn

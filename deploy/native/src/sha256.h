@@ -24,9 +24,6 @@ class Sha256 {
   std::uint64_t total_bytes_ = 0;
 };
 
-// Digest and size of a whole file, read in chunks; false if it cannot be read.
-bool HashFile(const std::string& path, std::string* hex_digest, std::uint64_t* bytes);
-
 }  // namespace mscnn
 
 #endif  // MSCNN_RUN_SHA256_H_
