@@ -1,0 +1,112 @@
+"""The streaming step (mscnn.StepModule) -> ONNX, and ONNX Runtime driving it hop by hop.
+
+A stream bundle's one function is the step `(ecg, n_valid, *states) -> (frames, valid,
+*next_states)`; its protocol is in `mscnn.streaming`'s docstring. Here it is exported with
+static shapes (one hop) and checked the way a device will run it: only the step, called
+once per hop with the states passed back in, then the end of the record signalled with
+`n_valid` and empty hops; the frames it yields must be the offline model's.
+
+ONNX names: inputs `ecg` (1, leads, hop) float32, `n_valid` (1,) int64, then the states
+under their `state_specs()` names; outputs `frames` (1, channels, hop / reduction)
+float32, `valid` (2,) int64, then `next.<state name>` in the same order.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from mscnn.streaming import StepModule
+
+from .errors import CompileError
+from .export import INPUT_NAME, OPSET, fold_constants
+
+log = logging.getLogger(__name__)
+
+N_VALID = "n_valid"
+FRAMES = "frames"
+VALID = "valid"
+NEXT = "next."
+META = "mscnn.stream."
+
+
+def export_step_onnx(model: torch.nn.Module, hop: int, path: Path) -> Path:
+    """Export the step of `model` (eval mode) for hops of `hop` samples to `path`.
+
+    The TorchScript exporter with static shapes, the same opset and constant folding as
+    the window export (compile.export), then the ONNX checker with shape inference.
+    """
+    step = StepModule(model, hop)  # refuses what cannot stream, naming the layer
+    specs = step.state_specs()
+    example = (torch.zeros(1, step.leads, hop), torch.tensor([hop]), *step.initial_states())
+    inputs = [INPUT_NAME, N_VALID, *(s.name for s in specs)]
+    outputs = [FRAMES, VALID, *(NEXT + s.name for s in specs)]
+    path = Path(path)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # legacy exporter and tracer notices
+            torch.onnx.export(step, example, str(path), input_names=inputs,
+                              output_names=outputs, opset_version=OPSET,
+                              do_constant_folding=True, dynamo=False)  # fmt: skip
+        graph = fold_constants(onnx.load(str(path)))
+        onnx.helper.set_model_props(graph, stream_facts(step))
+        onnx.save(graph, str(path))
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        raise CompileError(f"export of the streaming step to ONNX failed: "
+                           f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
+    log.info("step for hop %d exported to %s (%d states, %d state bytes)",
+             hop, path, len(specs), step.state_bytes)  # fmt: skip
+    return path
+
+
+def stream_facts(step: StepModule) -> dict[str, str]:
+    """What a runner needs beyond the shapes, stored in the ONNX file's metadata."""
+    facts = {"hop": step.hop, "reduction": step.reduction, "delay_frames": step.delay_frames,
+             "look_ahead": step.look_ahead, "flush_steps": step.flush_steps,
+             "state_bytes": step.state_bytes}  # fmt: skip
+    return {f"{META}{k}": str(v) for k, v in facts.items()}
+
+
+def stream_onnx(path: Path, signal: np.ndarray) -> np.ndarray:
+    """Stream `signal` (leads, samples) through the exported step in ONNX Runtime, hop by
+    hop, then end it as the protocol says; the frames (channels, frames), time last.
+
+    Uses only what the ONNX file says (shapes, names), as a runner on a device would.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ins = session.get_inputs()
+    _, leads, hop = ins[0].shape
+    m = session.get_outputs()[0].shape[-1]
+    dtypes = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
+    states = [np.zeros(i.shape, dtypes[i.type]) for i in ins[2:]]
+    flush_steps = int(session.get_modelmeta().custom_metadata_map[f"{META}flush_steps"])
+    names = [i.name for i in ins[2:]]
+    signal = np.asarray(signal, np.float32)
+    if signal.ndim != 2 or signal.shape[0] != leads:
+        raise CompileError(f"stream_onnx: signal shape {signal.shape}; expected ({leads}, n)")
+    out, samples = [], signal.shape[1]
+    end = samples // hop  # the step that ends the record (its partial hop, maybe empty)
+    k = 0
+    while True:
+        x = np.zeros((1, leads, hop), np.float32)
+        chunk = signal[:, k * hop : (k + 1) * hop]
+        x[0, :, : chunk.shape[1]] = chunk
+        feed = {INPUT_NAME: x, N_VALID: np.array([chunk.shape[1]], np.int64)}
+        frames, valid, *states = session.run(None, feed | dict(zip(names, states, strict=True)))
+        start, stop = (int(v) for v in valid)
+        out.append(frames[0, :, start:stop])
+        if k >= end and stop < m:
+            return np.concatenate(out, axis=-1)
+        if k - end + 1 >= flush_steps:
+            raise CompileError(f"{path}: the record did not end within {flush_steps} steps")
+        k += 1
