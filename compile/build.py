@@ -212,11 +212,9 @@ def variant_contract(
     bare lead-wise backbone: on the kept leads' channels)."""
     if is_whole(loaded, variant):
         return None
-    full, xt = loaded.model, torch.from_numpy(x)
+    xt = torch.from_numpy(x)
     with torch.no_grad():
-        reference = full(mscnn.zero_fill(xt, variant.indices, full.in_channels))
-        if full.is_lead_wise and task_of(full) == "features":
-            reference = reference[:, full.lead_wise_channels(variant.indices)]
+        reference = mscnn.variant_reference(loaded.model, xt, variant.indices)
         result = compare(model(xt).numpy(), reference.numpy(), "cpu")
     if not result.passed:
         raise CompileError(f"the variant breaks its zero-filled-leads contract: {result}")

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import _plain, resolve_config
+from .config import plain, resolve_config
 from .errors import MscnnError
 from .heads import HEADS, ReducedLeadModel, WholeModel, build_model, resolve_head_config
 from .model import MultiScopicCNN
@@ -103,7 +103,7 @@ def save_checkpoint(
         "config": model.config,
         "leads": list(leads),
         "fs": int(fs),
-        "metadata": _plain(dict(metadata or {}), "metadata"),
+        "metadata": plain(dict(metadata or {}), "metadata"),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     tmp = path.with_name(path.name + ".tmp")

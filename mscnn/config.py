@@ -33,20 +33,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from torch import nn
+
 from .errors import MscnnError
 
 SUBSAMPLE_MODES = ("max", "avg", "conv")
 NORMS = ("batch_norm", "group_norm", "instance_norm")
-ACTIVATIONS = (
-    "relu", "relu6", "leaky", "leaky_relu", "gelu", "mish", "swish", "silu", "hardswish",
-    "hard_swish", "elu", "celu", "selu", "prelu", "rrelu", "tanh", "hardtanh", "sigmoid",
-    "hardsigmoid",
-)  # fmt: skip
-INITIALIZERS = (
-    "he_normal", "kaiming_normal", "he_uniform", "kaiming_uniform", "xavier_normal",
-    "glorot_normal", "xavier_uniform", "glorot_uniform", "normal", "uniform", "orthogonal",
-    "zeros", "ones", "constant",
-)  # fmt: skip
+# Names a config may use, and what they build: the one table (model.py builds from it).
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU, "relu6": nn.ReLU6, "leaky": nn.LeakyReLU, "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU, "mish": nn.Mish, "swish": nn.SiLU, "silu": nn.SiLU,
+    "hardswish": nn.Hardswish, "hard_swish": nn.Hardswish, "elu": nn.ELU, "celu": nn.CELU,
+    "selu": nn.SELU, "prelu": nn.PReLU, "rrelu": nn.RReLU, "tanh": nn.Tanh,
+    "hardtanh": nn.Hardtanh, "sigmoid": nn.Sigmoid, "hardsigmoid": nn.Hardsigmoid,
+}  # fmt: skip
+INITIALIZERS = {
+    "he_normal": nn.init.kaiming_normal_, "kaiming_normal": nn.init.kaiming_normal_,
+    "he_uniform": nn.init.kaiming_uniform_, "kaiming_uniform": nn.init.kaiming_uniform_,
+    "xavier_normal": nn.init.xavier_normal_, "glorot_normal": nn.init.xavier_normal_,
+    "xavier_uniform": nn.init.xavier_uniform_, "glorot_uniform": nn.init.xavier_uniform_,
+    "normal": nn.init.normal_, "uniform": nn.init.uniform_, "orthogonal": nn.init.orthogonal_,
+    "zeros": nn.init.zeros_, "ones": nn.init.ones_, "constant": nn.init.constant_,
+}  # fmt: skip
 
 BLOCK_DEFAULTS: dict[str, Any] = {
     "subsample_mode": "max",
@@ -107,7 +115,31 @@ def resolve_config(in_channels: Any, config: Mapping[str, Any]) -> tuple[ModelSp
     (it is what checkpoints and manifests store): the user's keys with the block
     defaults filled in.
     """
-    _positive_int(in_channels, "in_channels")
+    positive_int(in_channels, "in_channels")
+    groups = _check_keys_and_groups(in_channels, config)
+    block = _resolve_block(config.get("block", {}))
+    scopes = as_list(config["scopes"], "config['scopes']", nonempty=True)
+    n_branches = len(scopes)
+    per_branch = {
+        key: as_list(config[key], f"config[{key!r}]", length=n_branches, what="branch")
+        for key in ("num_filters", "filter_lengths")
+    }
+    subsample = _broadcast(
+        config["subsample_lengths"], n_branches, "config['subsample_lengths']", "branch"
+    )
+    dropouts = _broadcast(config["dropouts"], n_branches, "config['dropouts']", "branch")
+    branches = tuple(
+        _resolve_branch(b, scopes[b], per_branch, subsample[b], dropouts[b], in_channels, groups)
+        for b in range(n_branches)
+    )
+    spec = ModelSpec(in_channels, groups, branches, block)
+    canonical = copy.deepcopy(dict(config))
+    canonical["groups"] = groups
+    canonical["block"] = copy.deepcopy(dict(block))
+    return spec, plain(canonical, "config")
+
+
+def _check_keys_and_groups(in_channels: int, config: Any) -> int:
     if not isinstance(config, Mapping):
         raise MscnnError(f"config: expected a mapping of keys, got {type(config).__name__}")
     unknown = sorted(set(config) - set(REQUIRED_KEYS) - {"groups", "block"} - set(IGNORED_KEYS))
@@ -119,68 +151,49 @@ def resolve_config(in_channels: Any, config: Mapping[str, Any]) -> tuple[ModelSp
     missing = [k for k in REQUIRED_KEYS if k not in config]
     if missing:
         raise MscnnError(f"config: missing key(s) {', '.join(map(repr, missing))}")
-
-    groups = _positive_int(config.get("groups", 1), "config['groups']")
+    groups = positive_int(config.get("groups", 1), "config['groups']")
     if in_channels % groups:
         raise MscnnError(
             f"config['groups'] = {groups} does not divide in_channels = {in_channels}; "
             "use groups = 1, or groups = in_channels for a lead-wise model"
         )
-    block = _resolve_block(config.get("block", {}))
+    return groups
 
-    scopes = _list(config["scopes"], "config['scopes']", nonempty=True)
-    n_branches = len(scopes)
-    per_branch = {
-        key: _list(config[key], f"config[{key!r}]", length=n_branches, what="branch")
-        for key in ("num_filters", "filter_lengths")
-    }
-    subsample = _broadcast(
-        config["subsample_lengths"], n_branches, "config['subsample_lengths']", "branch"
+
+def _resolve_branch(b: int, scopes: Any, per_branch: dict, subsample: Any, dropouts: Any,
+                    in_channels: int, groups: int) -> tuple[BlockSpec, ...]:  # fmt: skip
+    branch_scopes = as_list(scopes, f"config['scopes'][{b}]", nonempty=True)
+    n_blocks = len(branch_scopes)
+    filters_b = as_list(
+        per_branch["num_filters"][b], f"config['num_filters'][{b}]", n_blocks, "block"
     )
-    dropouts = _broadcast(config["dropouts"], n_branches, "config['dropouts']", "branch")
-
-    branches = []
-    for b in range(n_branches):
-        branch_scopes = _list(scopes[b], f"config['scopes'][{b}]", nonempty=True)
-        n_blocks = len(branch_scopes)
-        filters_b = _list(
-            per_branch["num_filters"][b], f"config['num_filters'][{b}]", n_blocks, "block"
-        )
-        lengths_b = _list(
-            per_branch["filter_lengths"][b], f"config['filter_lengths'][{b}]", n_blocks, "block"
-        )
-        subsample_b = _broadcast(
-            subsample[b], n_blocks, f"config['subsample_lengths'][{b}]", "block"
-        )
-        dropouts_b = _broadcast(dropouts[b], n_blocks, f"config['dropouts'][{b}]", "block")
-        blocks = []
-        channels = in_channels
-        for k in range(n_blocks):
-            where = f"[{b}][{k}]"
-            dilations = _list(branch_scopes[k], f"config['scopes']{where}", nonempty=True)
-            n_convs = len(dilations)
-            filters = _per_conv(filters_b[k], n_convs, f"config['num_filters']{where}")
-            lengths = _per_conv(lengths_b[k], n_convs, f"config['filter_lengths']{where}")
-            convs = []
-            for c in range(n_convs):
-                dilation = _positive_int(dilations[c], f"config['scopes']{where}[{c}]")
-                if filters[c] % groups:
-                    raise MscnnError(
-                        f"config['num_filters']{where}: {filters[c]} filters are not divisible "
-                        f"by groups = {groups}; use a multiple of {groups}"
-                    )
-                convs.append(ConvSpec(channels, filters[c], lengths[c], dilation))
-                channels = filters[c]
-            rate, one_d = _dropout(dropouts_b[k], f"config['dropouts']{where}")
-            step = _positive_int(subsample_b[k], f"config['subsample_lengths']{where}")
-            blocks.append(BlockSpec(tuple(convs), step, rate, one_d))
-        branches.append(tuple(blocks))
-
-    spec = ModelSpec(in_channels, groups, tuple(branches), block)
-    canonical = copy.deepcopy(dict(config))
-    canonical["groups"] = groups
-    canonical["block"] = copy.deepcopy(dict(block))
-    return spec, _plain(canonical, "config")
+    lengths_b = as_list(
+        per_branch["filter_lengths"][b], f"config['filter_lengths'][{b}]", n_blocks, "block"
+    )
+    subsample_b = _broadcast(subsample, n_blocks, f"config['subsample_lengths'][{b}]", "block")
+    dropouts_b = _broadcast(dropouts, n_blocks, f"config['dropouts'][{b}]", "block")
+    blocks = []
+    channels = in_channels
+    for k in range(n_blocks):
+        where = f"[{b}][{k}]"
+        dilations = as_list(branch_scopes[k], f"config['scopes']{where}", nonempty=True)
+        n_convs = len(dilations)
+        filters = _per_conv(filters_b[k], n_convs, f"config['num_filters']{where}")
+        lengths = _per_conv(lengths_b[k], n_convs, f"config['filter_lengths']{where}")
+        convs = []
+        for c in range(n_convs):
+            dilation = positive_int(dilations[c], f"config['scopes']{where}[{c}]")
+            if filters[c] % groups:
+                raise MscnnError(
+                    f"config['num_filters']{where}: {filters[c]} filters are not divisible "
+                    f"by groups = {groups}; use a multiple of {groups}"
+                )
+            convs.append(ConvSpec(channels, filters[c], lengths[c], dilation))
+            channels = filters[c]
+        rate, one_d = _dropout(dropouts_b[k], f"config['dropouts']{where}")
+        step = positive_int(subsample_b[k], f"config['subsample_lengths']{where}")
+        blocks.append(BlockSpec(tuple(convs), step, rate, one_d))
+    return tuple(blocks)
 
 
 def _resolve_block(block: Any) -> dict[str, Any]:
@@ -196,16 +209,16 @@ def _resolve_block(block: Any) -> dict[str, Any]:
             f"valid keys: {', '.join(BLOCK_DEFAULTS)}"
         )
     out = {**copy.deepcopy(BLOCK_DEFAULTS), **block}
-    _choice(out["subsample_mode"], SUBSAMPLE_MODES, "config['block']['subsample_mode']")
+    choice(out["subsample_mode"], SUBSAMPLE_MODES, "config['block']['subsample_mode']")
     norm = out["batch_norm"]
     if not isinstance(norm, bool):
-        _choice(norm, NORMS, "config['block']['batch_norm']", extra="or true/false")
+        choice(norm, NORMS, "config['block']['batch_norm']", extra="or true/false")
     act = out["activation"]
     if act is not None and act != "linear":
-        _choice(act, ACTIVATIONS, "config['block']['activation']", extra="or null / 'linear'")
+        choice(act, ACTIVATIONS, "config['block']['activation']", extra="or null / 'linear'")
     init = out["kernel_initializer"]
     if init is not None:
-        _choice(init, INITIALIZERS, "config['block']['kernel_initializer']", extra="or null")
+        choice(init, INITIALIZERS, "config['block']['kernel_initializer']", extra="or null")
     if not isinstance(out["bias"], bool):
         raise MscnnError(f"config['block']['bias']: expected true or false, got {out['bias']!r}")
     for key in ("kw_activation", "kw_initializer", "kw_bn"):
@@ -217,19 +230,19 @@ def _resolve_block(block: Any) -> dict[str, Any]:
     return out
 
 
-def _choice(value: Any, valid: Sequence[str], where: str, extra: str = "") -> None:
+def choice(value: Any, valid: Sequence[str], where: str, extra: str = "") -> None:
     if not isinstance(value, str) or value.lower() not in valid:
         more = f" {extra}" if extra else ""
         raise MscnnError(f"{where}: unknown value {value!r}; choose from: {', '.join(valid)}{more}")
 
 
-def _positive_int(value: Any, where: str) -> int:
+def positive_int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise MscnnError(f"{where}: expected a positive integer, got {value!r}")
     return int(value)
 
 
-def _list(
+def as_list(
     value: Any, where: str, length: int | None = None, what: str = "", nonempty: bool = False
 ) -> list:
     if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
@@ -246,15 +259,15 @@ def _list(
 def _broadcast(value: Any, length: int, where: str, what: str) -> list:
     """A single value applies to every entry; a list must have one entry per `what`."""
     if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        return _list(value, where, length, what)
+        return as_list(value, where, length, what)
     return [value] * length
 
 
 def _per_conv(value: Any, n_convs: int, where: str) -> list[int]:
     if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        values = _list(value, where, n_convs, "conv")
-        return [_positive_int(v, f"{where}[{i}]") for i, v in enumerate(values)]
-    return [_positive_int(value, where)] * n_convs
+        values = as_list(value, where, n_convs, "conv")
+        return [positive_int(v, f"{where}[{i}]") for i, v in enumerate(values)]
+    return [positive_int(value, where)] * n_convs
 
 
 def _dropout(value: Any, where: str) -> tuple[float, bool]:
@@ -270,12 +283,12 @@ def _dropout(value: Any, where: str) -> tuple[float, bool]:
     return float(value), one_d
 
 
-def _plain(value: Any, where: str) -> Any:
+def plain(value: Any, where: str) -> Any:
     """Lists, dicts, str, int, float, bool and None only: JSON- and weights_only-safe."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+        return {str(k): plain(v, f"{where}[{k!r}]") for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
     if value is None or isinstance(value, str | bool):
         return value
     if isinstance(value, numbers.Integral):

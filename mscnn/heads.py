@@ -49,9 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ACTIVATIONS, ModelSpec, _choice, _list, _plain, _positive_int, resolve_config
+from .config import ACTIVATIONS, ModelSpec, as_list, choice, plain, positive_int, resolve_config
 from .errors import MscnnError
-from .model import ACTIVATIONS as ACTIVATION_LAYERS
 from .model import MultiScopicCNN, check_lead_indices, scale_config
 
 CNN_NAMES = ("multi_scopic", "multi_scopic_leadwise")
@@ -158,7 +157,7 @@ def resolve_head_config(
     }  # fmt: skip
     if head == "ECG_SEQ_LAB_NET":
         canonical["recover_length"] = recover
-    return spec, _plain(canonical, "config")
+    return spec, plain(canonical, "config")
 
 
 def _merge(defaults: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
@@ -227,7 +226,7 @@ def _resolve_attn(attn: Any, channels: int) -> tuple[dict[str, Any], MlpSpec | N
     where = f"config['attn'][{name!r}]"
     se = _section(attn.get(name), where)
     _check_keys(se, ("reduction", "activation", "kw_activation", "bias", "dropouts"), where)
-    reduction = _positive_int(se["reduction"], f"{where}['reduction']")
+    reduction = positive_int(se["reduction"], f"{where}['reduction']")
     mid = channels // reduction
     if mid < 1:
         raise MscnnError(
@@ -239,7 +238,7 @@ def _resolve_attn(attn: Any, channels: int) -> tuple[dict[str, Any], MlpSpec | N
         raise MscnnError(f"{where}['kw_activation']: expected a mapping of keyword arguments")
     mlp = _mlp(se, where, channels, (mid, channels), dict(kw))
     try:  # torch_ecg merges kw_activation over its default {"inplace": True}
-        ACTIVATION_LAYERS[mlp.activation](**kw)
+        ACTIVATIONS[mlp.activation](**kw)
     except TypeError as exc:
         raise MscnnError(
             f"{where}['kw_activation']: {dict(kw)} does not fit activation {mlp.activation!r} "
@@ -266,15 +265,15 @@ def _resolve_pool(head: str, config: Mapping[str, Any]) -> tuple[str, int]:
             f"config['global_pool']: {pool!r} is not supported for ECG_CRNN; choose from: "
             f"{', '.join(CRNN_POOLS)} (for per-frame outputs use ECG_SEQ_LAB_NET)"
         )
-    return pool, _positive_int(config["global_pool_size"], "config['global_pool_size']")
+    return pool, positive_int(config["global_pool_size"], "config['global_pool_size']")
 
 
 def _resolve_clf(clf: Any, in_features: int, n_classes: int) -> tuple[dict[str, Any], MlpSpec]:
     where = "config['clf']"
     clf = _section(clf, where)
     _check_keys(clf, ("out_channels", "activation", "bias", "dropouts"), where)
-    hidden = _list(clf["out_channels"], f"{where}['out_channels']")
-    hidden = [_positive_int(h, f"{where}['out_channels'][{i}]") for i, h in enumerate(hidden)]
+    hidden = as_list(clf["out_channels"], f"{where}['out_channels']")
+    hidden = [positive_int(h, f"{where}['out_channels'][{i}]") for i, h in enumerate(hidden)]
     # torch_ecg's ECG_CRNN passes no kw_activation to its classifier
     mlp = _mlp(clf, where, in_features, (*hidden, n_classes), {})
     config = {
@@ -300,7 +299,7 @@ def _mlp(
     section: Mapping[str, Any], where: str, in_features: int, out: tuple[int, ...], kw: dict
 ) -> MlpSpec:
     act = section["activation"]
-    _choice(act, ACTIVATIONS, f"{where}['activation']")
+    choice(act, ACTIVATIONS, f"{where}['activation']")
     bias = section["bias"]
     if not isinstance(bias, bool):
         raise MscnnError(f"{where}['bias']: expected true or false, got {bias!r}")
@@ -333,7 +332,7 @@ class Mlp(nn.Sequential):
         for i, out in enumerate(spec.out_features):
             self.add_module(f"lin_{i}", nn.Linear(width, out, bias=spec.bias))
             if i < last:
-                act = ACTIVATION_LAYERS[spec.activation](**spec.kw_activation)
+                act = ACTIVATIONS[spec.activation](**spec.kw_activation)
                 self.add_module(f"act_{i}", act)
             if spec.dropouts[i] > 0:
                 self.add_module(f"dropout_{i}", nn.Dropout(spec.dropouts[i]))

@@ -19,7 +19,6 @@ Module and parameter names are torch_ecg's, so a torch_ecg state dict loads with
 from __future__ import annotations
 
 import copy
-import logging
 import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,26 +26,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import IGNORED_KEYS, BlockSpec, ConvSpec, ModelSpec, resolve_config
+from .config import (
+    ACTIVATIONS,
+    IGNORED_KEYS,
+    INITIALIZERS,
+    BlockSpec,
+    ConvSpec,
+    ModelSpec,
+    resolve_config,
+)
 from .errors import MscnnError
-
-log = logging.getLogger(__name__)
-
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU, "relu6": nn.ReLU6, "leaky": nn.LeakyReLU, "leaky_relu": nn.LeakyReLU,
-    "gelu": nn.GELU, "mish": nn.Mish, "swish": nn.SiLU, "silu": nn.SiLU,
-    "hardswish": nn.Hardswish, "hard_swish": nn.Hardswish, "elu": nn.ELU, "celu": nn.CELU,
-    "selu": nn.SELU, "prelu": nn.PReLU, "rrelu": nn.RReLU, "tanh": nn.Tanh,
-    "hardtanh": nn.Hardtanh, "sigmoid": nn.Sigmoid, "hardsigmoid": nn.Hardsigmoid,
-}  # fmt: skip
-INITIALIZERS = {
-    "he_normal": nn.init.kaiming_normal_, "kaiming_normal": nn.init.kaiming_normal_,
-    "he_uniform": nn.init.kaiming_uniform_, "kaiming_uniform": nn.init.kaiming_uniform_,
-    "xavier_normal": nn.init.xavier_normal_, "glorot_normal": nn.init.xavier_normal_,
-    "xavier_uniform": nn.init.xavier_uniform_, "glorot_uniform": nn.init.xavier_uniform_,
-    "normal": nn.init.normal_, "uniform": nn.init.uniform_, "orthogonal": nn.init.orthogonal_,
-    "zeros": nn.init.zeros_, "ones": nn.init.ones_, "constant": nn.init.constant_,
-}  # fmt: skip
 
 
 def same_padding(kernel_size: int, dilation: int) -> int:
@@ -272,7 +261,9 @@ class MultiScopicCNN(nn.Module):
             for block in blocks:
                 for conv in block.convs:
                     per_out = conv.in_channels // self.groups * conv.kernel_size
-                    total += next(lengths) * conv.out_channels * per_out
+                    # After an even kernel a (1, 0) zero pad adds a sample no conv computed.
+                    computed = next(lengths) - (conv.kernel_size % 2 == 0)
+                    total += computed * conv.out_channels * per_out
                 down_len = next(lengths)
                 if self.spec.block["subsample_mode"] == "conv":
                     total += down_len * block.out_channels * (block.out_channels // self.groups)

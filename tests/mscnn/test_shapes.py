@@ -157,13 +157,9 @@ def test_macs_of_a_small_config_counted_by_hand(mode, per_sample):
     assert torch_conv_macs(model, 3, 12) == 3 * per_sample
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="count_macs counts the (1, 0) zero-pad sample after an even kernel as conv "
-    "output: one extra sample x out channels x (in / groups) x kernel per even conv",
-)
 def test_macs_of_even_kernels_match_torch_flop_counter():
-    # Kernel 4 at dilation 1: the conv outputs 11 of 12 samples, the zero pad adds one.
+    """The (1, 0) zero pad after an even kernel adds a sample no conv computed: not
+    counted. Kernel 4 at dilation 1: the conv outputs 11 of 12 samples, the pad one."""
     model = small("max", [[4, 3], [5, 3]])
     assert model.count_macs(12) == torch_conv_macs(model, 1, 12)
 
