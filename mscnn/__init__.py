@@ -23,6 +23,7 @@ from .leads import (
 )
 from .model import MultiScopicCNN
 from .presets import CINC2021_CLASSES, DEFAULT_PRESET, PRESETS, Preset, get_preset
+from .streaming import StateSpec, StepModule, StreamingModel
 
 __all__ = [
     "CINC2021_CLASSES",
@@ -38,6 +39,9 @@ __all__ = [
     "MultiScopicCNN",
     "Preset",
     "ReducedLeadModel",
+    "StateSpec",
+    "StepModule",
+    "StreamingModel",
     "WholeModel",
     "build_model",
     "derive_variant",
