@@ -49,7 +49,7 @@ CASES = {
         preset(num_filters=[[16.5, 32, 64]] * 3),
         r"config\['num_filters'\]\[0\]\[0\]: expected a positive integer, got 16.5",
     ),
-    "groups_not_dividing": (preset(groups=0), r"config\['groups'\]: expected a positive integer"),
+    "zero_groups": (preset(groups=0), r"config\['groups'\]: expected a positive integer"),
     "bad_dropout": (
         preset(dropouts=[[0, 1.5, 0]] * 3),
         r"config\['dropouts'\]\[0\]\[1\]: expected a dropout rate in \[0, 1\)",

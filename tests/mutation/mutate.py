@@ -82,6 +82,11 @@ def mutmut_config() -> str:
         f"only_mutate = {sorted(MUTATE)!r}",
         f"pytest_add_cli_args_test_selection = {TESTS!r}",
         "use_git_change_detection = false",
+        # torch's thread pools do not survive a fork from a process that has run a model
+        # (the child hangs without using CPU): fork mutants from a server that has not.
+        'process_isolation = "forkserver"',
+        # A mutant that makes the tests 4x slower than measured is counted as a timeout.
+        "timeout_multiplier = 4.0",
     ]
     return "\n".join(lines) + "\n"
 
