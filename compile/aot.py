@@ -1,0 +1,345 @@
+"""Ahead-of-time entry point: a compiled Relax program turned into straight-line C.
+
+TVM 0.27 has no AOT executor and no C runtime any more; its VM interprets the Relax
+program's call sequence at run time. A microcontroller has no loader for that, but the
+sequence is static: after the memory planning passes (StaticPlanBlockMemory and the
+lowering that follows it) `main` is a flat list of
+
+    storage = R.vm.alloc_storage(R.shape([bytes]), ...)        one planned block
+    t = R.vm.alloc_tensor(storage, offset, R.shape(s), dtype)  a view into a block
+    kernel(in..., const..., out)                               a PrimFunc, destination last
+    R.vm.kill_object(x)                                        end of a lifetime
+
+so this module reads it once (`read_program`) and writes C (`emit_c`) that does the same
+with no interpreter: every planned block at a fixed offset of one static arena, every
+constant a `const` array (flash), every tensor descriptor and argument list a `const`
+struct built at compile time, and the kernels called in order through TVM's packed
+calling convention (`int __tvm_ffi_<name>(void*, const TVMFFIAny*, int, TVMFFIAny*)`:
+arguments are DLTensor pointers; a kernel checks ranks, dtypes, shapes and devices and
+reports a mismatch through `TVMFFIErrorSetRaisedFromCStrParts`, which our runtime
+(deploy/mcu/mscnn_rt.c) turns into an error code). No heap, no OS, no C++ runtime.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import CompileError
+
+ALIGN = 64  # TVM's kernels assume (llvm.assume) 64-byte aligned data pointers
+_DTYPES = {"float32": (2, 32), "int64": (0, 64), "int32": (0, 32), "bool": (1, 8),
+           "uint8": (1, 8), "int8": (0, 8)}  # fmt: skip
+# Section names: a vendor linker script's *(.rodata*) and *(.bss*) take them; ours
+# (deploy/mcu/sections.ld) gathers them to report weights and arena apart.
+_FLASH = f'__attribute__((aligned({ALIGN}), section(".rodata.mscnn_weights")))'
+_RAM = f'__attribute__((aligned({ALIGN}), section(".bss.mscnn_arena")))'
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A tensor the program names: in the arena (`offset`) or a constant (`const`)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    offset: int | None = None  # bytes from the arena's start
+    const: int | None = None  # index into Program.constants
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+
+
+@dataclass(frozen=True)
+class Call:
+    kernel: str
+    args: tuple[Tensor, ...]
+
+
+@dataclass(frozen=True)
+class Program:
+    """The static call sequence of one Relax function over one arena."""
+
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    calls: tuple[Call, ...]
+    constants: tuple[np.ndarray, ...]
+    arena_bytes: int
+    storage_blocks: tuple[int, ...]  # TVM's planned blocks, bytes, in arena order
+
+    @property
+    def weights_bytes(self) -> int:
+        return sum(c.nbytes for c in self.constants)
+
+    @property
+    def kernels(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c.kernel for c in self.calls))
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def _ints(values) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)
+
+
+class _Reader:
+    """Walks `main`'s bindings in order and lays the arena out: inputs first, then each
+    planned storage block at the next aligned offset (blocks do not overlap: TVM already
+    reuses memory inside them)."""
+
+    def __init__(self) -> None:
+        import tvm
+
+        self.op = {n: tvm.ir.Op.get(f"relax.vm.{n}") for n in
+                   ("alloc_storage", "alloc_tensor", "kill_object")}  # fmt: skip
+        self.values: dict = {}  # relax Var -> Tensor or ("storage", offset)
+        self.constants: list[np.ndarray] = []
+        self.const_ids: dict = {}
+        self.calls: list[Call] = []
+        self.blocks: list[int] = []
+        self.top = 0
+
+    def place(self, nbytes: int) -> int:
+        offset, self.top = self.top, self.top + _align(nbytes)
+        return offset
+
+    def arg(self, expr) -> Tensor:
+        import tvm
+        from tvm import relax
+
+        if isinstance(expr, tvm.ir.GenericConst):
+            return self.constant(expr)
+        if isinstance(expr, relax.Var) and isinstance(self.values.get(expr), Tensor):
+            return self.values[expr]
+        raise CompileError(f"mcu: a kernel argument is {type(expr).__name__} {expr}; only "
+                           "tensors in the arena and constants are supported")  # fmt: skip
+
+    def constant(self, const) -> Tensor:
+        key = const  # the same constant object at two call sites is one array
+        if key not in self.const_ids:
+            value = np.ascontiguousarray(const.value.numpy())
+            self.const_ids[key] = len(self.constants)
+            self.constants.append(value)
+        value = self.constants[self.const_ids[key]]
+        return Tensor(tuple(value.shape), str(value.dtype), const=self.const_ids[key])
+
+    def binding(self, var, value) -> None:
+        from tvm import relax
+
+        op = getattr(value, "op", None)
+        if isinstance(value, relax.Var):
+            self.values[var] = self.values[value]
+        elif op == self.op["alloc_storage"]:
+            size = _ints(value.args[0].values)[0]
+            self.blocks.append(size)
+            self.values[var] = ("storage", self.place(size))
+        elif op == self.op["alloc_tensor"]:
+            _, base = self.values[value.args[0]]
+            offset = int(value.args[1].value)
+            shape, dtype = _ints(value.args[2].values), str(value.args[3].value)
+            self.values[var] = Tensor(shape, _check_dtype(dtype), offset=base + offset)
+        elif op == self.op["kill_object"]:
+            return
+        elif isinstance(op, relax.GlobalVar):
+            self.calls.append(Call(op.name_hint, tuple(self.arg(a) for a in value.args)))
+        else:
+            raise CompileError(f"mcu: the compiled program calls {op}, which the generated "
+                               "C entry point does not implement")  # fmt: skip
+
+
+def _check_dtype(dtype: str) -> str:
+    if dtype not in _DTYPES:
+        raise CompileError(f"mcu: tensor dtype {dtype} is not supported; "
+                           f"supported: {', '.join(_DTYPES)}")  # fmt: skip
+    return dtype
+
+
+def read_program(func) -> Program:
+    """The call sequence of a Relax function after the memory planning passes."""
+    from tvm import relax
+
+    reader = _Reader()
+    inputs = []
+    for param in func.params:
+        sinfo = param.ty
+        t = Tensor(_ints(sinfo.shape.values), _check_dtype(str(sinfo.dtype)))
+        t = Tensor(t.shape, t.dtype, offset=reader.place(t.nbytes))
+        reader.values[param] = t
+        inputs.append(t)
+    body = func.body
+    for block in body.blocks:
+        for b in block.bindings:
+            if not isinstance(b, relax.VarBinding):
+                raise CompileError(f"mcu: unsupported binding {type(b).__name__}")
+            reader.binding(b.var, b.value)
+    result = body.body
+    fields = result.fields if isinstance(result, relax.Tuple) else [result]
+    outputs = tuple(reader.arg(f) for f in fields)
+    if any(o.offset is None for o in outputs):
+        raise CompileError("mcu: an output of the program is a constant; nothing to compute")
+    return Program(
+        tuple(inputs), outputs, tuple(reader.calls), tuple(reader.constants),
+        reader.top, tuple(reader.blocks),
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
+# C
+
+
+def _c_words(value: np.ndarray) -> tuple[int, str]:
+    """A constant's bytes as little-endian uint32 words (exact for every dtype): the
+    number of words and the initialiser text, 8 words a line."""
+    raw = value.tobytes()
+    raw += b"\0" * (-len(raw) % 4)
+    words = np.frombuffer(raw, dtype="<u4")
+    lines = (", ".join(f"0x{w:08x}u" for w in words[i : i + 8]) for i in range(0, len(words), 8))
+    return len(words), ",\n  ".join(lines)
+
+
+def _tensor_c(name: str, t: Tensor, data: str) -> str:
+    code, bits = _DTYPES[t.dtype]
+    dims = ", ".join(str(d) for d in t.shape) or "1"
+    return (f"static const int64_t {name}_shape[] = {{{dims}}};\n"
+            f"static const mscnn_tensor_t {name} = {{{data}, 1, 0, {len(t.shape)}, {code}, "
+            f"{bits}, 1, {name}_shape, NULL, 0}};\n")  # fmt: skip
+
+
+class _Names:
+    """One C descriptor per distinct tensor (arena offset + shape + dtype, or constant)."""
+
+    def __init__(self) -> None:
+        self.names: dict[Tensor, str] = {}
+        self.lines: list[str] = []
+
+    def __call__(self, t: Tensor) -> str:
+        if t not in self.names:
+            name = f"t{len(self.names)}"
+            if t.const is not None:
+                data = f"(void*)mscnn_c{t.const}"
+            else:
+                data = f"mscnn_arena + {t.offset}"
+            self.names[t] = name
+            self.lines.append(_tensor_c(name, t, data))
+        return self.names[t]
+
+
+def emit_c(program: Program, workspace_bytes: int, header: str = "model.h") -> str:
+    """model.c: constants, the arena, descriptors, argument lists and `mscnn_call`, which
+    runs the kernels in order (0, or MSCNN_E_KERNEL at the first kernel that refuses)."""
+    out = [
+        "/* Generated by compile/aot.py from the compiled Relax program: do not edit. */",
+        f'#include "{header}"',
+        '#include "mscnn_rt.h"',
+        "",
+        f"{_RAM} uint8_t mscnn_arena[{max(program.arena_bytes, 1)}];",
+        f"{_RAM} uint8_t mscnn_workspace_pool[{max(workspace_bytes, 1)}];",
+        f"const size_t mscnn_workspace_bytes = {workspace_bytes};",
+        "",
+    ]
+    for i, value in enumerate(program.constants):
+        n, words = _c_words(value)
+        out.append(f"/* {value.dtype} {tuple(value.shape)} */\n"
+                   f"static const uint32_t mscnn_c{i}[{n}] {_FLASH} = {{\n"
+                   f"  {words}\n}};")  # fmt: skip
+    names = _Names()
+    calls = []
+    for k, call in enumerate(program.calls):
+        refs = [names(a) for a in call.args]
+        anys = ", ".join(f"{{MSCNN_ANY_TENSOR, 0, {{.v_ptr = &{r}}}}}" for r in refs)
+        calls.append((k, call.kernel, len(refs), anys))
+    out.append("")
+    out += names.lines
+    for kernel in program.kernels:
+        out.append(f"int32_t __tvm_ffi_{kernel}(void*, const mscnn_any_t*, int32_t, "
+                   "mscnn_any_t*);")  # fmt: skip
+    for k, _, _, anys in calls:
+        out.append(f"static const mscnn_any_t mscnn_a{k}[] = {{{anys}}};")
+    out.append("\nstatic int mscnn_call(void) {\n  mscnn_any_t result;")
+    for k, kernel, n, _ in calls:
+        out.append(f"  result.type_index = 0;\n"
+                   f"  if (__tvm_ffi_{kernel}(NULL, mscnn_a{k}, {n}, &result) != 0) "
+                   "return MSCNN_E_KERNEL;")  # fmt: skip
+    out.append("  return MSCNN_OK;\n}\n")
+    return "\n".join(out)
+
+
+def emit_header(program: Program, guard: str = "MSCNN_MODEL_H") -> str:
+    """model.h: sizes, error codes and the window entry points."""
+    (x,), (y,) = program.inputs, program.outputs
+    return f"""/* Generated by compile/aot.py: the model's C interface. Do not edit. */
+#ifndef {guard}
+#define {guard}
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+#define MSCNN_INPUT_LEN {math.prod(x.shape)}   /* float32 samples, shape {x.shape} */
+#define MSCNN_OUTPUT_LEN {math.prod(y.shape)}  /* float32 values, shape {y.shape} */
+#define MSCNN_ARENA_BYTES {program.arena_bytes}
+#define MSCNN_WEIGHTS_BYTES {program.weights_bytes}
+
+#ifndef MSCNN_OK
+#define MSCNN_OK 0          /* success */
+#define MSCNN_E_LENGTH 1    /* the input does not have the model's length */
+#define MSCNN_E_NONFINITE 2 /* the input holds NaN or Inf */
+#define MSCNN_E_KERNEL 3    /* a kernel refused its arguments (see mscnn_last_error) */
+#define MSCNN_E_OUTPUT 4    /* the caller's output buffer is too small */
+#endif
+
+/* Where to write the input (MSCNN_INPUT_LEN floats, 64-byte aligned, in the arena). */
+float* mscnn_input(void);
+/* Run on the input written there; `n`: how many samples were written. 0 or an error. */
+int mscnn_run(size_t n);
+/* The output of the last successful run (MSCNN_OUTPUT_LEN floats, in the arena). */
+const float* mscnn_output(void);
+/* Copy in, run, copy out: n must be MSCNN_INPUT_LEN and m at least MSCNN_OUTPUT_LEN. */
+int mscnn_infer(const float* x, size_t n, float* y, size_t m);
+/* The last kernel error's message, after MSCNN_E_KERNEL. */
+const char* mscnn_last_error(void);
+
+#ifdef __cplusplus
+}}
+#endif
+#endif
+"""
+
+
+def emit_entry(program: Program) -> str:
+    """The window entry points (model.h), appended to model.c."""
+    (x,), (y,) = program.inputs, program.outputs
+    return f"""
+float* mscnn_input(void) {{ return (float*)(mscnn_arena + {x.offset}); }}
+
+const float* mscnn_output(void) {{ return (const float*)(mscnn_arena + {y.offset}); }}
+
+int mscnn_run(size_t n) {{
+  if (n != MSCNN_INPUT_LEN) return MSCNN_E_LENGTH;
+  const uint32_t* bits = (const uint32_t*)(mscnn_arena + {x.offset});
+  for (size_t i = 0; i < n; ++i) {{
+    if ((bits[i] & 0x7f800000u) == 0x7f800000u) return MSCNN_E_NONFINITE; /* NaN, Inf */
+  }}
+  mscnn_clear_error();
+  return mscnn_call();
+}}
+
+int mscnn_infer(const float* x, size_t n, float* y, size_t m) {{
+  if (n != MSCNN_INPUT_LEN) return MSCNN_E_LENGTH;
+  if (m < MSCNN_OUTPUT_LEN) return MSCNN_E_OUTPUT;
+  float* in = mscnn_input();
+  for (size_t i = 0; i < n; ++i) in[i] = x[i];
+  int rc = mscnn_run(n);
+  if (rc != MSCNN_OK) return rc;
+  const float* out = mscnn_output();
+  for (size_t i = 0; i < MSCNN_OUTPUT_LEN; ++i) y[i] = out[i];
+  return MSCNN_OK;
+}}
+"""
