@@ -45,8 +45,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as ecg_data
-from .checkpoint import load_model, save_checkpoint
+from .checkpoint import save_checkpoint, seeded_init
 from .errors import MscnnError
+from .heads import build_model
+from .presets import get_preset
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +109,7 @@ def train(
     x_all = _check_signals(signals, r_peaks)
     with _deterministic(config.threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # dropout draws from the global generator, forked here
-        model = load_model(config.preset, seed=seed).model.train()
+        model = _fresh_model(config.preset, seed).train()
         reduction = _reduction(model, config.crop_samples)
         frames = x_all.shape[-1] // reduction
         y_all = torch.from_numpy(np.stack([
@@ -131,6 +133,16 @@ def train(
                 losses.append(loss.item())
             log.info("epoch %d/%d: loss %.4f", epoch + 1, config.epochs, float(np.mean(losses)))
     return model.eval()
+
+
+def _fresh_model(preset: str, seed: int) -> nn.Module:
+    """The preset's model with seeded initial weights: never the weights a preset ships
+    (`load_model` would load those, and a fold would start from weights that saw it)."""
+    p = get_preset(preset)
+    with torch.random.fork_rng(devices=[]):  # layer constructors draw from the global RNG
+        model = build_model(p.head, p.in_channels, p.config, p.classes)
+    seeded_init(model, seed)
+    return model
 
 
 def _check_signals(signals: np.ndarray, r_peaks: Sequence[np.ndarray]) -> torch.Tensor:
@@ -194,8 +206,15 @@ def train_and_save(out: Path, config: TrainConfig, seed: int) -> dict[str, objec
     model = train(records.signals, records.r_peaks, config, seed, fs=records.fs)
     seconds = time.perf_counter() - start
     out.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"trained_by": "mscnn.train", "seed": seed, "config": config.to_dict(),
-                "torch": torch.__version__, "records": records.names}  # fmt: skip
+    data_sha256 = sha256_of(ecg_data.data_dir() / ecg_data.CPSC2019_FILE)
+    metadata = {  # plain values only: the checkpoint loads with weights_only=True
+        "trained_by": "mscnn.train",
+        "seed": seed,
+        "config": config.to_dict(),
+        "torch": str(torch.__version__),  # torch.__version__ is a str subclass
+        "data_sha256": data_sha256,
+        "records": list(records.names),
+    }
     save_checkpoint(out, model, leads=("ECG",), fs=records.fs, preset=config.preset,
                     metadata=metadata)  # fmt: skip
     recipe = {
@@ -205,12 +224,12 @@ def train_and_save(out: Path, config: TrainConfig, seed: int) -> dict[str, objec
         "sha256": sha256_of(out),
         "seed": seed,
         "config": config.to_dict(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "numpy": np.__version__,
         "threads": config.threads,
         "deterministic_algorithms": True,
         "data": ecg_data.CPSC2019_FILE,
-        "data_sha256": sha256_of(ecg_data.data_dir() / ecg_data.CPSC2019_FILE),
+        "data_sha256": data_sha256,
         "records": records.names,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(seconds, 1),
