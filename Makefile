@@ -176,3 +176,15 @@ $(VENV)/.mutation: pyproject.toml | $(STAMP)
 
 mutation: $(VENV)/.mutation
 	$(PY) tests/mutation/mutate.py --budget $(MUTATION_BUDGET)
+
+# --------------------------------------------------------------------------------------
+# The demo QRS detector (preset cpsc2019_qrs) on the CPSC2019 sample in ../shared/data
+# (or MSCNN_DATA). `make train` retrains it, deterministic on CPU (a few minutes), into
+# $(BUILD)/train and says whether it reproduces the committed checkpoint's sha256;
+# `make evaluate` cross-validates the recipe (5 folds, 5 trainings) and writes JSON.
+.PHONY: train evaluate
+train: | $(STAMP)
+	$(PY) -m mscnn.train --out $(BUILD)/train/cpsc2019_qrs.pt --expect mscnn/weights/cpsc2019_qrs.json
+
+evaluate: | $(STAMP)
+	$(PY) -m compile.evaluate --out $(BUILD)/evaluate
