@@ -30,7 +30,7 @@ import mscnn
 from deploy.errors import DeployError
 from deploy.rpeaks import RPeakRule, RPeakScore, detect_rpeaks, score_rpeaks
 from mscnn import data as ecg_data
-from mscnn.train import CHECKPOINT, TrainConfig, train
+from mscnn.train import CHECKPOINT, TrainConfig, positive_int, train
 
 from .errors import CompileError
 
@@ -166,14 +166,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m compile.evaluate", description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
-    parser.add_argument("--folds", type=int, default=5, help="k of k-fold cross-validation")
+    parser.add_argument("--folds", type=positive_int, default=5, help="k of k-fold")
     parser.add_argument("--seed", type=int, default=0, help="folds and training seed")
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    parser.add_argument("--threshold", type=float, default=RPeakRule.threshold)
+    parser.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs,
+                        help="training passes per fold")  # fmt: skip
+    parser.add_argument("--threshold", type=float, default=RPeakRule.threshold,
+                        help="R-peak rule: frame probability to exceed")  # fmt: skip
     parser.add_argument(
         "--checkpoint", type=Path, default=CHECKPOINT, help="also score it on its training records"
     )
-    parser.add_argument("--out", type=Path, default=Path("build/evaluate"))
+    parser.add_argument("--out", type=Path, default=Path("build/evaluate"), help="JSON folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("mscnn.train").setLevel(logging.WARNING)  # per-epoch losses
@@ -182,13 +184,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         rule = RPeakRule(threshold=args.threshold)
         log.info("cross-validating %s: %d folds, seed %d, config %s, rule %s", config.preset,
                  args.folds, args.seed, asdict(config), rule.to_dict())  # fmt: skip
+        path = args.out / f"{config.preset}_cv{args.folds}.json"
+        args.out.mkdir(parents=True, exist_ok=True)  # fail before the first fold, not after
         result = cross_validate(args.folds, args.seed, config, rule, args.checkpoint)
+        path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     except (mscnn.MscnnError, DeployError, CompileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{config.preset}_cv{args.folds}.json"
-    path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    except OSError as exc:
+        print(f"error: cannot write {args.out} ({exc.strerror}); choose a writable --out",
+              file=sys.stderr)  # fmt: skip
+        return 2
     print(result.table())
     print(f"saved {path}")
     return 0

@@ -202,10 +202,10 @@ def sha256_of(path: Path) -> str:
 def train_and_save(out: Path, config: TrainConfig, seed: int) -> dict[str, object]:
     """Train on all CPSC2019 records, write the checkpoint and its recipe JSON beside it."""
     records = ecg_data.cpsc2019_records()
+    out.parent.mkdir(parents=True, exist_ok=True)  # fail before minutes of training
     start = time.perf_counter()
     model = train(records.signals, records.r_peaks, config, seed, fs=records.fs)
     seconds = time.perf_counter() - start
-    out.parent.mkdir(parents=True, exist_ok=True)
     data_sha256 = sha256_of(ecg_data.data_dir() / ecg_data.CPSC2019_FILE)
     metadata = {  # plain values only: the checkpoint loads with weights_only=True
         "trained_by": "mscnn.train",
@@ -246,9 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m mscnn.train", description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     parser.add_argument("--out", type=Path, default=CHECKPOINT, help="checkpoint to write")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    parser.add_argument("--threads", type=int, default=TrainConfig.threads)
+    parser.add_argument("--seed", type=int, default=0, help="seeds every random draw")
+    parser.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs, help="passes")
+    parser.add_argument("--threads", type=positive_int, default=TrainConfig.threads,
+                        help="torch intra-op threads (the recipe's sha256 is for 1)")  # fmt: skip
     parser.add_argument(
         "--expect", type=Path, metavar="RECIPE", help="a recipe JSON whose sha256 to reproduce"
     )
@@ -261,6 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MscnnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"error: cannot write {args.out} ({exc.strerror}); choose a writable --out",
+              file=sys.stderr)  # fmt: skip
+        return 2
     if expected is None:
         return 0
     if recipe["sha256"] == expected:
@@ -269,6 +274,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"not reproduced: {args.out} sha256 {recipe['sha256']}, {args.expect} says {expected} "
           "(a different torch build, thread count or CPU rounds differently)")  # fmt: skip
     return 1
+
+
+def positive_int(value: str) -> int:
+    """argparse type: an integer >= 1, refused with the value named."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
 
 
 def _expected_sha(path: Path) -> str:

@@ -127,3 +127,15 @@ def test_committed_checkpoint_finds_nothing_in_a_flat_record(committed):
         logits = committed.model(flat).numpy()
     for out in logits:
         assert detect_rpeaks(out, RPeakRule()).size == 0
+
+
+@needs_data
+def test_cli_refuses_an_unwritable_output_before_training(capsys):
+    assert main(["--out", "/proc/no-such-folder/m.pt"]) == 2
+    assert "error: cannot write /proc/no-such-folder/m.pt" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_non_positive_count():
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--threads", "0"])
+    assert exit_info.value.code == 2
