@@ -1,0 +1,622 @@
+"""The int8 model as a TVM program of our own integer kernels, bit-exact with `run_int8`.
+
+Why not import a QDQ ONNX model: TVM 0.27's importer turns QuantizeLinear and
+DequantizeLinear into float arithmetic, so such a model runs in fp32 with extra work. Here
+every kernel is written in TE from the `QuantizedModel` (compile/quantize.py, whose
+`run_int8` defines the arithmetic), scheduled by us, and called from one Relax function:
+
+    x (batch, leads, samples) float32
+      -> quantize: int16 (or int8), time-major (batch, samples, leads)
+      -> per branch, per block: conv kernels (int32 accumulation, requantization fused as
+         the epilogue), max-pool; the last blocks' pools write one concatenated tensor
+      -> backbone: dequantize to (batch, channels, frames) float32
+         detector: per-frame linear kernels (requantize, activation table), the last one
+         dequantized to (batch, frames, classes) float32 logits
+
+Tensors are time-major ("NWC"): a conv's output channels are the vector lanes, and the
+inner product over input channels is what dot-product instructions compute. How a conv's
+inner product maps onto the ISA is a `Dot` (table `DOTS`, chosen by the target's LLVM
+features, never by its name):
+
+- `avx512vnni` (x86-64): `vpdpbusd` multiplies 4 unsigned bytes of input by 4 signed
+  bytes of weight into each of 16 int32 lanes; `vpdpwssd` does 2 int16 pairs (the int16
+  input layer).
+- `dotprod` (aarch64 +dotprod): `sdot`, 4 signed bytes into each of 4 int32 lanes.
+- `generic`: plain loops that LLVM vectorises (widening multiply-adds), for any CPU.
+
+Operands the instruction needs are not always the stored type: VNNI wants unsigned
+activations, `sdot` signed ones. The kernel's padding stage (it pads anyway: "same"
+convolution) adds a constant o (+128 for int8 into VNNI, -128 for uint8 into `sdot`)
+and pads with o; the kernel's bias absorbs it exactly: bias - o * sum(w). Integer
+algebra, so the result equals the reference bit for bit.
+
+Weights are repacked once, at build time, to [F / lanes, K, C / group, lanes, group]:
+each instruction's weight operand is one contiguous vector load.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CompileError
+from .quantize import RANGES, QConv, QuantizedModel, check_calibration
+
+log = logging.getLogger(__name__)
+
+# The x86-64 target with AVX-512 VNNI (Cascade Lake, Ice Lake, Zen 4 and newer). The
+# project's x86_64-avx512 target names skylake-avx512, which has no VNNI.
+X86_VNNI = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake"}
+AARCH64_DOTPROD = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]}
+
+
+@dataclass(frozen=True)
+class Dot:
+    """How a conv's inner product maps onto an instruction."""
+
+    lanes: int  # int32 accumulators per vector: the output channels one instruction feeds
+    group: int  # products summed into a lane per instruction: consecutive input channels
+    operand: str | None  # activation dtype the instruction takes (None: the stored one)
+    weight: str  # weight dtype in the packed layout
+    intrin: str | None  # our TensorIntrin; None: LLVM vectorises the plain loops
+    registers: int = 24  # accumulator vectors a register tile may hold
+
+
+@dataclass(frozen=True)
+class Isa:
+    """The int8 instruction set of a target: its 8-bit and its 16-bit (input) dot."""
+
+    name: str
+    feature: str | None  # the LLVM feature that names it (None: any CPU)
+    arch: str  # "x86_64" or "aarch64" (LLVM triple prefix), or "any"
+    byte: Dot
+    word: Dot
+    instruction: str | None  # what the asm must contain
+
+
+ISAS: dict[str, Isa] = {
+    isa.name: isa
+    for isa in (
+        Isa("avx512vnni", "avx512vnni", "x86_64",
+            Dot(16, 4, "uint8", "int8", "mscnn_vpdpbusd"),
+            Dot(16, 2, "int16", "int16", "mscnn_vpdpwssd"), "vpdpbusd"),
+        Isa("dotprod", "dotprod", "aarch64",
+            Dot(4, 4, "int8", "int8", "mscnn_sdot"),
+            Dot(4, 1, None, "int8", None), "sdot"),
+        Isa("generic", None, "any",
+            Dot(16, 1, None, "int8", None, registers=12),
+            Dot(16, 1, None, "int8", None, registers=12), None),
+    )
+}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
+# Tensor intrinsics: C[i] += sum_k A[k] * B[i, k] over `lanes` x `group`, as one call
+
+
+def _intrinsic(lanes: int, group: int, a_dtype: str, b_dtype: str, llvm: str, operand: str):
+    """(description, implementation) of a broadcast dot product. `operand` is the vector
+    type LLVM 22's intrinsic takes for A and B (e.g. int8x64 for vpdpbusd)."""
+    from tvm.script import tirx as T
+
+    width = {"int8": 8, "uint8": 8, "int16": 16}[a_dtype] * group  # bits of A's group
+    word = f"int{width}"
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((group,), a_dtype, offset_factor=1),
+        B: T.Buffer((lanes, group), b_dtype, offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, group):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((group,), a_dtype, offset_factor=1),
+        B: T.Buffer((lanes, group), b_dtype, offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            a = T.reinterpret(A.vload([0], f"{a_dtype}x{group}"), dtype=word)
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(llvm),
+                C.vload([0], dtype=f"int32x{lanes}"),
+                T.reinterpret(T.broadcast(a, lanes * 32 // width), dtype=operand),
+                T.reinterpret(B.vload([0, 0], dtype=f"{b_dtype}x{lanes * group}"), dtype=operand),
+                dtype=f"int32x{lanes}",
+            )
+
+    return desc, impl
+
+
+@functools.cache
+def _register_intrinsics() -> None:
+    """Register ours once per process (TVM's own x86 ones predate LLVM 22's byte-vector
+    signatures, and importing tvm.s_tir.tensor_intrin costs a minute of CUDA set-up)."""
+    from tvm.s_tir import TensorIntrin
+
+    table = {
+        "mscnn_vpdpbusd": (16, 4, "uint8", "int8", "llvm.x86.avx512.vpdpbusd.512", "int8x64"),
+        "mscnn_vpdpwssd": (16, 2, "int16", "int16", "llvm.x86.avx512.vpdpwssd.512", "int16x32"),
+        "mscnn_sdot": (4, 4, "int8", "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8", "int8x16"),
+    }
+    for name, args in table.items():
+        TensorIntrin.register(name, *_intrinsic(*args), override=True)
+
+
+def select_isa(tvm_target: Mapping[str, Any], require: str | None = None) -> Isa:
+    """The target's int8 instruction set, from its LLVM features (not its name).
+
+    `require` names an ISA of `ISAS` the build must use: a target without its feature is
+    refused, naming the feature."""
+    import tvm
+    from tvm.target import codegen
+
+    target = tvm.target.Target(dict(tvm_target))
+    triple = str(target.attrs.get("mtriple", ""))
+    usable = [
+        isa for isa in ISAS.values()
+        if isa.feature is None
+        or (triple.startswith(isa.arch) and codegen.target_has_features(isa.feature, target))
+    ]  # fmt: skip
+    if require is not None:
+        if require not in ISAS:
+            raise CompileError(f"int8 ISA {require!r}; choose from: {', '.join(ISAS)}")
+        if ISAS[require] not in usable:
+            isa = ISAS[require]
+            raise CompileError(
+                f"target {dict(tvm_target)} has no {isa.feature} ({isa.arch}): the int8 "
+                f"kernels asked for need its {isa.instruction} instruction; give a CPU that "
+                f"has it (e.g. mcpu cascadelake or znver4 for avx512vnni, mattr +dotprod)"
+            )
+        return ISAS[require]
+    isa = usable[0]
+    if isa.feature is None:  # plain vector loops: as many int32 lanes as the vectors hold
+        bits = codegen.llvm_get_vector_width(target)
+        if triple.startswith("x86_64") and not codegen.target_has_features("avx512f", target):
+            bits = 256  # LLVM reports 512 for AVX2-only CPUs such as haswell
+        lanes = max(4, bits // 32)
+        regs = 24 if lanes == 16 or triple.startswith("aarch64") else 12
+        byte = Dot(lanes, 1, None, "int8", None, regs)
+        isa = Isa(isa.name, None, "any", byte, byte, None)
+    return isa
+
+
+# --------------------------------------------------------------------------------------
+# Kernels (TE), each scheduled for its Dot
+
+
+def _operand_offset(stored: str, dot: Dot) -> tuple[str, int]:
+    """(operand dtype, o): the instruction sees stored value + o."""
+    operand = dot.operand or stored
+    offsets = {("int8", "uint8"): 128, ("uint8", "int8"): -128}
+    if stored != operand and (stored, operand) not in offsets:
+        raise CompileError(f"int8: no {operand} operand for a {stored} tensor")
+    return operand, offsets.get((stored, operand), 0)
+
+
+@dataclass(frozen=True)
+class ConvKernel:
+    """One conv (or per-frame linear: kernel 1) as the program calls it."""
+
+    conv: QConv
+    batch: int
+    length: int  # time steps (frames for the head)
+    in_channels: int
+    dot: Dot
+    lut: np.ndarray | None = None  # the head's activation table, applied after requant
+    classes: int | None = None  # the last linear: float32 output of this many channels
+
+    @property
+    def padded_out(self) -> int:
+        f = self.conv.weight.shape[0]
+        return -(-f // self.dot.lanes) * self.dot.lanes
+
+    @property
+    def padded_group_in(self) -> int:
+        cg = self.conv.weight.shape[1]
+        return -(-cg // self.dot.group) * self.dot.group
+
+    def constants(self) -> list[np.ndarray]:
+        """The kernel's constant arguments: packed weights, bias (offset absorbed), and the
+        requantization (multiplier, rounding, shift), table or output scale."""
+        conv, dot = self.conv, self.dot
+        f, cg, k = conv.weight.shape
+        fp, cgp, lanes, group = self.padded_out, self.padded_group_in, dot.lanes, dot.group
+        w = np.zeros((fp, cgp, k), dtype=np.int64)
+        w[:f, :cg] = conv.weight
+        packed = w.reshape(fp // lanes, lanes, cgp // group, group, k).transpose(0, 4, 2, 1, 3)
+        _, offset = _operand_offset(conv.in_dtype, dot)
+        bias = np.zeros(fp, dtype=np.int64)
+        bias[:f] = conv.bias.astype(np.int64) - offset * conv.weight.astype(np.int64).sum((1, 2))
+        if np.abs(bias).max() >= 2**31:
+            raise CompileError(f"int8: {conv.name}: the operand offset overflows its bias")
+        out = [np.ascontiguousarray(packed).astype(dot.weight), bias.astype(np.int32)]
+        if conv.requant is None:
+            return [*out, np.asarray(conv.out_scale, dtype=np.float32).reshape(-1)]
+        rq = conv.requant
+        out += [rq.multiplier.astype(np.int64), rq.rounding.astype(np.int64),
+                rq.shift.astype(np.int64)]  # fmt: skip
+        return out + ([self.lut.astype(np.int8)] if self.lut is not None else [])
+
+    def output(self) -> tuple[tuple[int, ...], str]:
+        if self.classes is not None:
+            return (self.batch, self.length, self.classes), "float32"
+        return (self.batch, self.length, self.conv.weight.shape[0]), self.conv.out_dtype
+
+
+def _conv_te(kc: ConvKernel):
+    """The TE stages of a conv kernel: pad (and convert to the operand), accumulate,
+    epilogue. Returns (args, names of the stages)."""
+    from tvm import te, tirx
+
+    conv, dot = kc.conv, kc.dot
+    b, t, c = kc.batch, kc.length, kc.in_channels
+    g, k, d, p = conv.groups, conv.kernel, conv.dilation, conv.pad
+    cg, cgp, fp = c // g, kc.padded_group_in, kc.padded_out
+    fg, lanes, group = fp // g, dot.lanes, dot.group
+    operand, off = _operand_offset(conv.in_dtype, dot)
+    x = te.placeholder((b, t, c), conv.in_dtype, name="x")
+    w = te.placeholder((fp // lanes, k, cgp // group, lanes, group), dot.weight, name="w")
+    bias = te.placeholder((fp,), "int32", name="bias")
+
+    def pad(n, i, j):
+        inside = [i >= p, i < t + p] + ([j % cgp < cg] if cgp != cg else [])
+        src = x[n, i - p, (j // cgp) * cg + j % cgp if cgp != cg else j]
+        value = (src.astype("int32") + off).astype(operand)
+        return tirx.if_then_else(tirx.all(*inside), value, tirx.const(off, operand))
+
+    xp = te.compute((b, t + 2 * p, g * cgp), pad, name="pad")
+    rk, rc = te.reduce_axis((0, k), "k"), te.reduce_axis((0, cgp), "c")
+
+    def channel(f, rc):
+        return rc if g == 1 else (f // fg) * cgp + rc
+
+    acc = te.compute(
+        (b, t, fp),
+        lambda n, i, f: te.sum(
+            xp[n, i + d * rk, channel(f, rc)].astype("int32")
+            * w[f // lanes, rk, rc // group, f % lanes, rc % group].astype("int32"),
+            axis=[rk, rc],
+        ),
+        name="acc",
+    )
+    args, out = _epilogue(kc, acc, bias)
+    return [x, w, bias, *args, out]
+
+
+def _epilogue(kc: ConvKernel, acc, bias):
+    """Requantization (and activation table) or, for the last linear, the float output."""
+    from tvm import te, tirx
+
+    conv = kc.conv
+    fp = kc.padded_out
+    shape, dtype = kc.output()
+    if conv.requant is None:
+        scale = te.placeholder((kc.classes,), "float32", name="scale")
+        out = te.compute(
+            shape,
+            lambda n, i, f: (acc[n, i, f] + bias[f]).astype("float32") * scale[f],
+            name="out",
+        )
+        return [scale], out
+    rq = conv.requant
+    mul, rnd, sh = (te.placeholder((fp,), "int64", name=nm) for nm in ("mul", "rnd", "sh"))
+    lut = te.placeholder((256,), "int8", name="lut") if kc.lut is not None else None
+
+    def requant(n, i, f):
+        a = acc[n, i, f] + bias[f]
+        if rq.relu:
+            a = tirx.max(a, 0)
+        y = tirx.shift_right(a.astype("int64") * mul[f] + rnd[f], sh[f])
+        y = tirx.max(tirx.min(y, tirx.const(rq.hi, "int64")), tirx.const(rq.lo, "int64"))
+        if lut is not None:
+            return lut[y.astype("int32") + 128]
+        return y.astype(dtype)
+
+    out = te.compute(shape, requant, name="out")
+    return [mul, rnd, sh] + ([lut] if lut is not None else []), out
+
+
+def _tile(length: int, vectors: int, budget: int) -> tuple[int, int]:
+    """(time steps, channel vectors) of the register tile: the most accumulators within
+    `budget` from divisors of the length and vector count (no tails, no predicates), the
+    squarer of equals (fewest loads per instruction)."""
+    options = [
+        (tt, fv)
+        for tt in range(1, 17) if length % tt == 0
+        for fv in range(1, 5) if vectors % fv == 0 and tt * fv <= budget
+    ]  # fmt: skip
+    return max(options, key=lambda o: (o[0] * o[1], -(o[0] + o[1])))
+
+
+def _schedule_conv(func, kc: ConvKernel):
+    """Register tile of tt time steps x fv channel vectors accumulating in registers, the
+    dot instruction innermost (tensorized), the epilogue on the tile, tiles in parallel."""
+    import tvm
+
+    dot = kc.dot
+    sch = tvm.s_tir.Schedule(func)
+    acc, out, pad = (sch.get_sblock(n) for n in ("acc", "out", "pad"))
+    n, i, f, rk, rc = sch.get_loops(acc)
+    tt, fv = _tile(kc.length, kc.padded_out // dot.lanes, dot.registers)
+    to, ti = sch.split(i, [None, tt])
+    fo, fu, fi = sch.split(f, [None, fv, dot.lanes])
+    if dot.group > 1:
+        rco, rci = sch.split(rc, [None, dot.group])
+        sch.reorder(n, fo, to, rk, rco, ti, fu, fi, rci)
+    else:
+        sch.reorder(n, fo, to, rk, rc, ti, fu, fi)
+    sch.set_scope(acc, 0, "local")
+    sch.reverse_compute_at(out, to)
+    o_t, o_f = sch.get_loops(out)[-2:]
+    if int(sch.get(o_f).extent) % dot.lanes == 0:
+        o_fo, o_fi = sch.split(o_f, [None, dot.lanes])
+        sch.vectorize(o_fi)
+        sch.unroll(o_fo)
+    sch.unroll(o_t)
+    sch.parallel(sch.fuse(n, fo, to))
+    sch.unroll(ti)
+    sch.unroll(fu)
+    if dot.intrin is None:  # vectorise before decompose_reduction, not after
+        sch.vectorize(fi)
+    init = sch.decompose_reduction(acc, rk)
+    if dot.intrin is not None:
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.tensorize(fi, dot.intrin)
+    loops = sch.get_loops(pad)
+    sch.parallel(sch.fuse(*loops[:2]))
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def _spatial(outputs, inputs, vector: int = 16):
+    """A PrimFunc of elementwise stages, parallel over all but the innermost axis, which
+    is vectorised when its extent allows."""
+    import tvm
+    from tvm import te
+
+    func = te.create_prim_func([*inputs, outputs])
+    sch = tvm.s_tir.Schedule(func)
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        loops = sch.get_loops(block)
+        inner = int(sch.get(loops[-1]).extent)
+        if len(loops) > 2:
+            sch.parallel(sch.fuse(*loops[:-1]))
+        if inner % vector == 0:
+            sch.vectorize(sch.split(loops[-1], [None, vector])[1])
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def _quantize_func(qm: QuantizedModel, batch: int, samples: int):
+    """float32 (batch, leads, samples) -> clip(rint(x * inv_scale)) (batch, samples, leads)."""
+    from tvm import te, tirx
+
+    lo, hi = RANGES[qm.input_dtype]
+    x = te.placeholder((batch, qm.in_channels, samples), "float32", name="x")
+    inv = tirx.const(float(qm.input_inv_scale), "float32")
+
+    def q(n, i, c):
+        v = tirx.nearbyint(x[n, c, i] * inv)
+        return tirx.max(tirx.min(v, float(hi)), float(lo)).astype(qm.input_dtype)
+
+    return _spatial(te.compute((batch, samples, qm.in_channels), q, name="quantize"), [x])
+
+
+def _pool_func(batch: int, length: int, channels: list[int], dtype: str, size: int):
+    """Max-pool of one or several (batch, length, c) tensors, concatenated on channels."""
+    from tvm import te, tirx
+
+    xs = [te.placeholder((batch, length, c), dtype, name=f"x{j}") for j, c in enumerate(channels)]
+    starts = np.cumsum([0, *channels]).tolist()
+
+    def pooled(x, n, i, c):
+        return functools.reduce(tirx.max, [x[n, i * size + j, c] for j in range(size)])
+
+    def value(n, i, c):
+        v = pooled(xs[-1], n, i, c - starts[-2])
+        for j in range(len(xs) - 2, -1, -1):  # the branches by channel range
+            v = tirx.if_then_else(c < starts[j + 1], pooled(xs[j], n, i, c - starts[j]), v)
+        return v
+
+    out = te.compute((batch, length // size, starts[-1]), value, name="pool")
+    return _spatial(out, xs)
+
+
+def _dequantize_func(batch: int, frames: int, channels: int, scale: float):
+    """int8 (batch, frames, channels) -> float32(q) * scale as (batch, channels, frames)."""
+    from tvm import te, tirx
+
+    h = te.placeholder((batch, frames, channels), "int8", name="h")
+    s = tirx.const(float(np.float32(scale)), "float32")
+    out = te.compute((batch, channels, frames), lambda n, c, i: h[n, i, c].astype("float32") * s,
+                     name="dequantize")  # fmt: skip
+    return _spatial(out, [h])
+
+
+# --------------------------------------------------------------------------------------
+# The program
+
+
+@dataclass
+class Int8Program:
+    """A compiled int8 model: `program(x)` runs it in-process (when built for this host)."""
+
+    executable: Any  # tvm.relax.Executable
+    qmodel: QuantizedModel
+    isa: Isa
+    tvm_target: dict
+    input_shape: tuple[int, int, int]
+    output_shape: tuple[int, ...]
+    kernels: tuple[str, ...]
+    constant_bytes: int  # weights, biases, requantization and tables the program holds
+    _vm: Any = None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The output for float32 `x` of `input_shape` (refused otherwise, as in run_int8)."""
+        import tvm
+        from tvm import relax
+
+        x = check_calibration(x, self.qmodel.in_channels, "input")
+        if x.shape != self.input_shape:
+            raise CompileError(f"input shape {x.shape}: this int8 program takes "
+                               f"{self.input_shape}")  # fmt: skip
+        if self._vm is None:
+            self._vm = relax.VirtualMachine(self.executable, tvm.cpu())
+        dev = tvm.cpu()
+        out = self._vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x), dev))
+        return out.numpy()
+
+    def asm(self) -> str:
+        """The kernels' generated assembly (any target: it is LLVM's output, not run)."""
+        return _assembly(self.executable.mod)
+
+    def export(self, path: str | Path, cc: str | None = None) -> Path:
+        """Write the shared library (`cc`: a cross C++ driver for other architectures)."""
+        import tvm
+
+        path = Path(path)
+        fcompile = tvm.support.cc.cross_compiler(cc) if cc else None
+        self.executable.export_library(str(path), fcompile=fcompile)
+        return path
+
+
+def _assembly(module) -> str:
+    texts = []
+    for m in [module, *module.imports]:
+        try:
+            texts.append(m.inspect_source("asm"))
+        except Exception:  # modules without LLVM code (the VM program itself)
+            continue
+        texts.extend(_assembly(i) for i in m.imports)
+    return "\n".join(texts)
+
+
+def build_int8(
+    qm: QuantizedModel,
+    tvm_target: Mapping[str, Any] = X86_VNNI,
+    batch: int = 1,
+    samples: int = 5000,
+    require: str | None = None,
+) -> Int8Program:
+    """Compile the quantized model for `tvm_target` (TVM JSON form) at a static input of
+    (batch, leads, samples). `require` names the int8 ISA (`ISAS`) the kernels must use;
+    without it the best the target's features allow is taken."""
+    import tvm
+
+    isa = select_isa(tvm_target, require)
+    if isa.byte.intrin or isa.word.intrin:
+        _register_intrinsics()
+    log.info("int8 program: %s, batch %d x %d samples, %s kernels", qm.preset or "model",
+             batch, samples, isa.name)  # fmt: skip
+    mod, names, constants = _relax_module(qm, isa, batch, samples)
+    target = tvm.target.Target(dict(tvm_target))
+    with target:
+        executable = tvm.compile(mod, target=target)
+    out = mod["main"].ret_ty
+    return Int8Program(executable, qm, isa, dict(tvm_target), (batch, qm.in_channels, samples),
+                       tuple(int(v) for v in out.shape), tuple(names), constants)  # fmt: skip
+
+
+class _Builder:
+    """Emits one call_tir per kernel into a Relax dataflow block; counts constants."""
+
+    def __init__(self, bb, isa: Isa, batch: int) -> None:
+        self.bb, self.isa, self.batch = bb, isa, batch
+        self.names: list[str] = []
+        self.constant_bytes = 0
+
+    def call(self, name: str, func, args: list, shape, dtype: str):
+        from tvm import relax
+
+        consts = []
+        for a in args:
+            if isinstance(a, np.ndarray):
+                self.constant_bytes += a.nbytes
+                consts.append(relax.const(a, str(a.dtype)))
+            else:
+                consts.append(a)
+        gv = self.bb.add_func(func.with_attr("global_symbol", name), name)
+        self.names.append(name)
+        sinfo = relax.TensorType([int(s) for s in shape], dtype)
+        return self.bb.emit(relax.call_tir(gv, consts, sinfo))
+
+    def conv(self, name: str, h, kc: ConvKernel):
+        from tvm import te
+
+        func = _schedule_conv(te.create_prim_func(_conv_te(kc)), kc)
+        return self.call(name, func, [h, *kc.constants()], *kc.output())
+
+    def branch(self, b: int, branch, h, length: int, channels: int):
+        """The branch's convs and pools up to (not including) its last pool."""
+        for k, block in enumerate(branch):
+            for c, conv in enumerate(block.convs):
+                dot = self.isa.word if conv.in_dtype == "int16" else self.isa.byte
+                kc = ConvKernel(conv, self.batch, length, channels, dot)
+                h = self.conv(f"branch{b}_block{k}_conv{c}", h, kc)
+                channels = conv.weight.shape[0]
+            if k < len(branch) - 1:
+                func = _pool_func(self.batch, length, [channels], "int8", block.pool)
+                length //= block.pool
+                h = self.call(f"branch{b}_block{k}_pool", func, [h],
+                              (self.batch, length, channels), "int8")  # fmt: skip
+        return h, length, channels
+
+
+def _relax_module(qm: QuantizedModel, isa: Isa, batch: int, samples: int):
+    """(IRModule, kernel names, constant bytes) of the whole model."""
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((batch, qm.in_channels, samples), "float32"))
+    build = _Builder(bb, isa, batch)
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            h0 = build.call("quantize", _quantize_func(qm, batch, samples), [x],
+                            (batch, samples, qm.in_channels), qm.input_dtype)  # fmt: skip
+            ends = [
+                build.branch(b, br, h0, samples, qm.in_channels) for b, br in enumerate(qm.branches)
+            ]
+            pools = {br[-1].pool for br in qm.branches}
+            lengths = {length for _, length, _ in ends}
+            channels = [c for _, _, c in ends]
+            if len(pools) == 1 and len(lengths) == 1:  # the last pools write the concatenation
+                size, length = pools.pop(), lengths.pop()
+                func = _pool_func(batch, length, channels, "int8", size)
+                frames = length // size
+                h = build.call("pool_concat", func, [e[0] for e in ends],
+                               (batch, frames, sum(channels)), "int8")  # fmt: skip
+            else:
+                raise CompileError("int8: the branches' last pools differ; not supported yet")
+            out = _head(build, qm, h, frames, sum(channels))
+            result = bb.emit_output(out)
+        bb.emit_func_output(result)
+    return bb.get(), build.names, build.constant_bytes
+
+
+def _head(build: _Builder, qm: QuantizedModel, h, frames: int, channels: int):
+    """The per-frame MLP, or the backbone's dequantized features."""
+    if not qm.head:
+        func = _dequantize_func(build.batch, frames, channels, qm.features_scale)
+        return build.call("dequantize", func, [h], (build.batch, channels, frames), "float32")
+    for i, lin in enumerate(qm.head):
+        last = i == len(qm.head) - 1
+        classes = lin.conv.weight.shape[0] if last else None
+        kc = ConvKernel(lin.conv, build.batch, frames, channels, build.isa.byte, lin.lut, classes)
+        h = build.conv(f"clf_lin{i}", h, kc)
+        channels = lin.conv.weight.shape[0]
+    return h
