@@ -37,7 +37,8 @@ def off_by(error: float, at=(0, 0, 0)) -> np.ndarray:
 def test_boundary_is_inclusive_and_tight(device):
     tol = DESIGN[device]
     exact = compare(off_by(tol), reference(), device)
-    assert exact.passed and exact.normalised == tol and exact.max_abs == tol
+    assert exact.passed is True and exact.normalised == tol and exact.max_abs == tol
+    assert exact.tolerance == tol and exact.detail == ""
     assert compare(off_by(tol * (1 - 1e-6)), reference(), device).passed
     assert not compare(off_by(tol * (1 + 1e-6)), reference(), device).passed
     assert not compare(off_by(-tol * (1 + 1e-6), at=(1, 2, 3)), reference(), device).passed
@@ -81,7 +82,9 @@ def test_nan_or_inf_in_the_output_never_passes(device, bad):
         got = reference()
         got[at] = bad
         result = compare(got, reference(), device)
-        assert not result.passed and "NaN or Inf" in result.detail
+        assert result.passed is False and result.detail == "output holds NaN or Inf"
+        assert math.isnan(result.max_abs) and math.isnan(result.normalised)
+        assert result.tolerance == DESIGN[device]
         assert result.to_json()["normalised"] is None
     everywhere = np.full((2, 3, 4), bad)
     assert not compare(everywhere, everywhere, device).passed
@@ -99,7 +102,10 @@ def test_a_shape_mismatch_never_passes():
     expected = reference()
     for got in (expected[:1], expected[None], expected.reshape(4, 3, 2), expected[0]):
         result = compare(got, expected)
-        assert not result.passed and "shape" in result.detail, got.shape
+        assert result.passed is False, got.shape
+        assert result.detail == f"shape {got.shape} != expected {expected.shape}"
+        assert math.isinf(result.max_abs) and math.isinf(result.normalised)
+        assert result.tolerance == DESIGN["cpu"]
     # broadcastable is not equal: one row against two
     assert not compare(expected[:1], expected[:, :, :]).passed
 

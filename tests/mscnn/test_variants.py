@@ -137,19 +137,61 @@ def test_variant_does_not_change_the_source(leadwise):
     assert all(torch.equal(before[k], v) for k, v in leadwise.state_dict().items())
 
 
+ALL_12 = "I, II, III, aVR, aVL, aVF, V1, V2, V3, V4, V5, V6"
+
+
 @pytest.mark.parametrize(
     ("selection", "message"),
     [
-        ([0, 0, 1], "more than once"),
-        ([0, 12], "out of range"),
-        (["I", "X"], "unknown lead 'X'"),
-        ([], "expected a lead-set name"),
-        ("5", "unknown lead '5'"),
+        ([0, 0, 1], "lead selection lists I more than once"),
+        ([1, 0, 1, 0], "lead selection lists I, II more than once"),
+        ([0, 12], "lead index 12 is out of range for a 12-lead model (valid: 0..11)"),
+        ([-1], "lead index -1 is out of range for a 12-lead model (valid: 0..11)"),
+        (["I", "X"], f"unknown lead 'X'; this model's leads are: {ALL_12} "
+                     "(or a lead set: 12, 6, 4, 3, 2)"),
+        ("5", f"unknown lead '5'; this model's leads are: {ALL_12} (or a lead set: 12, 6, 4, "
+              "3, 2)"),
+        ([], "lead selection []: expected a lead-set name (12, 6, 4, 3, 2), lead names or "
+             "indices"),
+        ([True], "lead selection: True is neither a lead name nor an index"),
+        ([1.5], "lead selection: 1.5 is neither a lead name nor an index"),
     ],
-)
+)  # fmt: skip
 def test_bad_lead_selections(selection, message):
-    with pytest.raises(MscnnError, match=message):
+    with pytest.raises(MscnnError) as err:
         mscnn.resolve_leads(selection)
+    assert str(err.value) == message
+
+
+def test_variant_reference_is_the_zero_filled_model(leadwise, rng):
+    kept = CINC_INDICES["3"]
+    x = torch.randn(1, 3, 300, generator=rng)
+    with torch.no_grad():
+        got = mscnn.variant_reference(leadwise, x, kept)
+        assert torch.equal(got, lead_wise_reference(leadwise, x, kept))
+        assert got.shape[1] == 3 * 2304 // 12  # the kept leads' channels only
+        mixing = mscnn.load_model("multi_scopic").model.eval()
+        assert torch.equal(mscnn.variant_reference(mixing, x, kept),
+                           mixing(zero_fill(x, kept, 12)))  # fmt: skip
+
+
+def test_whole_model_variants_and_their_refusal(rng):
+    """derive_variant takes a whole model (head included) too; a variant is never derived
+    again (its dropped leads are folded into constants)."""
+    full = mscnn.load_model("leadwise_classifier").model.eval()
+    kept = CINC_INDICES["3"]
+    variant = derive_variant(full, kept)
+    assert variant.in_channels == 3
+    x = torch.randn(1, 3, 300, generator=rng)
+    with torch.no_grad():
+        error = (variant(x) - mscnn.variant_reference(full, x, kept)).abs().max().item()
+    assert error <= 1e-5
+    with pytest.raises(MscnnError) as err:
+        derive_variant(variant, [0])
+    assert str(err.value) == (
+        "derive_variant: this model is already a reduced-lead variant; derive every variant "
+        "from the full model"
+    )
 
 
 def test_bad_variant_requests(leadwise):
