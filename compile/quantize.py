@@ -50,6 +50,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -408,6 +409,7 @@ def quantize_model(
     percentile: float = 99.9,
     input_dtype: str = "int16",
     preset: str | None = None,
+    record_ids: Sequence[int] = (),
 ) -> QuantizedModel:
     """Post-training int8 quantization of `model`, calibrated on `calibration`
     (records, leads, samples) of real ECG in mV (module docstring: the arithmetic).
@@ -421,7 +423,8 @@ def quantize_model(
     ones a few levels. Measured on the held-out CPSC2019 records, the int8 input alone
     costs more accuracy than every other tensor together (see README, precision). The
     input's range is its maximum magnitude, whatever `method` says: 16 bits need no
-    clipping."""
+    clipping. `record_ids` (which records `calibration` holds) travels with the model, so
+    that judging it on them is refused."""
     if isinstance(model, mscnn.LoadedModel):
         model, preset = model.model, preset or model.preset
     if method not in METHODS:
@@ -446,7 +449,8 @@ def quantize_model(
     )
     head = _quantize_head(model, s_feat, ranges) if prefix else ()
     info = {"method": method, "percentile": percentile if method == "percentile" else None,
-            "records": len(x), "samples": int(x.shape[2])}  # fmt: skip
+            "records": len(x), "samples": int(x.shape[2]),
+            "record_ids": [int(i) for i in record_ids]}  # fmt: skip
     task = getattr(model, "task", "features")
     qm = QuantizedModel(preset, task, cnn.in_channels, input_dtype, np.float32(1.0 / s_in),
                         branches, s_feat, head, info)  # fmt: skip
@@ -633,3 +637,76 @@ def real_ecg(leads: Sequence[str], records: Sequence[int]) -> np.ndarray:
     except (ValueError, IndexError) as exc:
         raise CompileError(f"int8 calibration data: leads {list(leads)}, records "
                            f"{records[:3]}...: {exc}") from None  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
+# Accuracy against fp32 on held-out records
+
+
+@dataclass(frozen=True)
+class DetectorAccuracy:
+    """The detector's beats, fp32 against int8, on records calibration never saw; and
+    the logits' error against fp32 (reported, not judged by the fp32 tolerance)."""
+
+    records: tuple[int, ...]
+    fp32: Any  # deploy.rpeaks.RPeakScore
+    int8: Any
+    max_abs_error: float  # over all logits
+    normalized_error: float  # max abs error / max |fp32 logit|
+    relative_rms_error: float  # rms(int8 - fp32) / rms(fp32)
+    sign_agreement: float  # frames on the same side of the 0.5 threshold
+
+    @property
+    def score_drop(self) -> float:
+        return self.fp32.score - self.int8.score
+
+    @property
+    def f1_drop_points(self) -> float:
+        return 100.0 * (self.fp32.f1 - self.int8.f1)
+
+    def table(self) -> str:
+        rows = [("fp32", self.fp32), ("int8", self.int8)]
+        lines = [f"{'':6} {'score':>6} {'F1':>7} {'TP':>5} {'FP':>4} {'FN':>4}"]
+        lines += [
+            f"{n:6} {s.score:6.3f} {s.f1:7.4f} {s.tp:5d} {s.fp:4d} {s.fn:4d}" for n, s in rows
+        ]
+        lines.append(f"logits: max abs error {self.max_abs_error:.4g}, normalised "
+                     f"{self.normalized_error:.4g}, relative rms {self.relative_rms_error:.4g}, "
+                     f"same side of the threshold {100 * self.sign_agreement:.3f}%")  # fmt: skip
+        return "\n".join(lines)
+
+
+def evaluate_detector(
+    model: nn.Module, qm: QuantizedModel, records: Sequence[int] = HELD_OUT_RECORDS, run=None
+) -> DetectorAccuracy:
+    """CPSC2019 score and F1 of fp32 and int8 (`run(x)`, default the reference) on
+    `records`, with the deployed R-peak rule; records overlapping the calibration set
+    are refused."""
+    from deploy.rpeaks import RPeakRule, detect_rpeaks, score_rpeaks
+    from mscnn import data as ecg_data
+
+    if qm.task != "qrs_detection":
+        raise CompileError(f"evaluate_detector: the model's task is {qm.task!r}, not a detector")
+    records = list(records)
+    overlap = sorted(set(records) & set(qm.calibration.get("record_ids", ())))
+    if overlap:
+        raise CompileError(f"records {overlap[:5]} calibrated this model; judge it on others")
+    data = ecg_data.cpsc2019_records()
+    x = data.signals[records][:, None, :]
+    with torch.no_grad():
+        ref = model.eval()(torch.from_numpy(x)).numpy()
+    got = np.concatenate([(run or (lambda v: run_int8(qm, v)))(x[i : i + 1]) for i in
+                          range(len(x))])  # fmt: skip
+    rule = RPeakRule(reduction=x.shape[2] // ref.shape[1], fs=data.fs)
+    refs = [data.r_peaks[i] for i in records]
+
+    def score(logits):
+        return score_rpeaks(refs, [detect_rpeaks(y, rule, x.shape[2]) for y in logits], data.fs)
+
+    err = np.abs(got - ref)
+    return DetectorAccuracy(
+        tuple(records), score(ref), score(got), float(err.max()),
+        float(err.max() / np.abs(ref).max()),
+        float(np.sqrt((err**2).mean() / (ref**2).mean())),
+        float(((got > 0) == (ref > 0)).mean()),
+    )  # fmt: skip
