@@ -359,7 +359,7 @@ def _model_info(loaded: mscnn.LoadedModel, model) -> ModelInfo:
         list(loaded.leads),
         getattr(model, "head", None),
         task_of(model),
-        list(getattr(model, "classes", [])),
+        list(getattr(model, "classes", None) or []),
     )
 
 

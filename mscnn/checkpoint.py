@@ -139,12 +139,20 @@ def load_checkpoint(path: str | Path, preset: str | None = None) -> LoadedModel:
 def load_model(
     preset: str = DEFAULT_PRESET, checkpoint: str | Path | None = None, seed: int = 0
 ) -> LoadedModel:
-    """The model the pipeline compiles: from `checkpoint` if given, else seeded.
+    """The model the pipeline compiles: from `checkpoint` if given, else the weights the
+    preset ships (the demo detector's, trained by `make train`), else seeded.
 
-    Works alike for backbone and whole-model presets; a trained detector is
-    `load_model("cpsc2019_qrs", checkpoint=path)` with the file `save_checkpoint` wrote
-    (or a bare state dict of that preset's model).
+    Works alike for backbone and whole-model presets: `checkpoint` is a file
+    `save_checkpoint` wrote, or a bare (torch_ecg) state dict of that preset's model.
     """
+    p = get_preset(preset)
+    if checkpoint is None and p.weights_path is not None:
+        if not p.weights_path.is_file():
+            raise MscnnError(
+                f"preset {preset!r} ships trained weights at {p.weights_path}, "
+                "which are missing; reinstall mscnn-edge or run `make train`"
+            )
+        checkpoint = p.weights_path
     if checkpoint is not None:
         loaded = load_checkpoint(checkpoint, preset)
         if loaded.preset not in (None, preset):
@@ -152,7 +160,6 @@ def load_model(
                 f"checkpoint {checkpoint} is for preset {loaded.preset!r}, not {preset!r}"
             )
         return loaded
-    p = get_preset(preset)
     with torch.random.fork_rng(devices=[]):  # layer constructors draw from the global RNG
         model = _build(p)
     seeded_init(model, seed)

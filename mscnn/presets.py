@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import MscnnError
@@ -70,6 +71,9 @@ CINC2021_CLASSES: dict[str, str] = {
 QRS_CLASSES: dict[str, str] = {"N": "an R peak lies within this output frame's neighbourhood"}
 
 
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
 @dataclass(frozen=True)
 class Preset:
     """A named model: a backbone (`head` None) or a whole model (`head` names the class)."""
@@ -83,6 +87,11 @@ class Preset:
     task: str = "features"  # "features", "qrs_detection" or "classification"
     classes: tuple[str, ...] = ()
     class_names: Mapping[str, str] = field(default_factory=dict, repr=False)
+    weights: str | None = None  # trained weights shipped in mscnn/weights/, the default
+
+    @property
+    def weights_path(self) -> Path | None:
+        return WEIGHTS_DIR / self.weights if self.weights else None
 
     @property
     def in_channels(self) -> int:
@@ -144,7 +153,7 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "cpsc2019_qrs",
             "1-lead QRS detector: ECG_SEQ_LAB_NET on the cpsc2019 backbone, one logit per "
-            "8-sample frame",
+            "8-sample frame; trained on the 50 CPSC2019 sample records (a demo)",
             ("ECG",),
             500,
             _whole(
@@ -160,6 +169,7 @@ PRESETS: dict[str, Preset] = {
             task="qrs_detection",
             classes=tuple(QRS_CLASSES),
             class_names=QRS_CLASSES,
+            weights="cpsc2019_qrs.pt",  # `make train`; recipe and sha256 beside it
         ),
         Preset(
             "leadwise_classifier",
