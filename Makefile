@@ -71,11 +71,17 @@ BATCH    ?= 1
 DEFAULT_VARIANTS_multi_scopic_leadwise := 12 6 4 3 2
 DEFAULT_VARIANTS_multi_scopic          := 12 6 4 3 2
 DEFAULT_VARIANTS_cpsc2019              := 1
-BUILD_PRESETS := $(or $(PRESET),multi_scopic_leadwise cpsc2019)
+DEFAULT_VARIANTS_cpsc2019_qrs          := 1
+DEFAULT_VARIANTS_leadwise_classifier   := 12 6 4 3 2
+# The default matrix: the lead-wise backbone with every CinC lead set, the 1-lead
+# backbone and the demo QRS detector (trained weights, mscnn/weights/); the lead-wise
+# classifier builds on request (PRESET=leadwise_classifier).
+BUILD_PRESETS := $(or $(subst $(comma), ,$(PRESET)),multi_scopic_leadwise cpsc2019 cpsc2019_qrs)
 variants_of    = $(or $(subst $(comma), ,$(VARIANTS)),$(DEFAULT_VARIANTS_$(1)))
 BUNDLES := $(foreach t,$(subst $(comma), ,$(TARGETS)),$(foreach p,$(BUILD_PRESETS),\
              $(foreach v,$(call variants_of,$(p)),$(BUILD)/$(t)/$(p)-$(v)lead/manifest.json)))
-SOURCES := $(wildcard mscnn/*.py compile/*.py compile/*.c deploy/*.py compile/tuning/*/*.json)
+SOURCES := $(wildcard mscnn/*.py mscnn/weights/* compile/*.py compile/*.c deploy/*.py \
+             compile/tuning/*/*.json ../shared/data/*.npz)
 
 # Options every bundle depends on: rewritten only when they change.
 $(BUILD)/.options: FORCE
@@ -164,6 +170,18 @@ bench: | $(STAMP) $(TOOLCHAINS)
 	  --threads $(THREADS) --out $(BUILD)/bench
 
 # --------------------------------------------------------------------------------------
+# The demo QRS detector (preset cpsc2019_qrs) on the CPSC2019 sample in ../shared/data
+# (or MSCNN_DATA). `make train` retrains it, deterministic on CPU (a few minutes), into
+# $(BUILD)/train and says whether it reproduces the committed checkpoint's sha256;
+# `make evaluate` cross-validates the recipe (5 folds, 5 trainings) and writes JSON.
+.PHONY: train evaluate
+train: | $(STAMP)
+	$(PY) -m mscnn.train --out $(BUILD)/train/cpsc2019_qrs.pt --expect mscnn/weights/cpsc2019_qrs.json
+
+evaluate: | $(STAMP)
+	$(PY) -m compile.evaluate --out $(BUILD)/evaluate
+
+# --------------------------------------------------------------------------------------
 # Mutation testing (not in CI): mutmut changes the code whose mistakes are silent (parity
 # tolerances, lead sets and variants, bundle hashing, MAC counting) one small change at a
 # time, in a copy under build/mutation, and runs the fast tests that reach it; then a few
@@ -176,15 +194,3 @@ $(VENV)/.mutation: pyproject.toml | $(STAMP)
 
 mutation: $(VENV)/.mutation
 	$(PY) tests/mutation/mutate.py --budget $(MUTATION_BUDGET)
-
-# --------------------------------------------------------------------------------------
-# The demo QRS detector (preset cpsc2019_qrs) on the CPSC2019 sample in ../shared/data
-# (or MSCNN_DATA). `make train` retrains it, deterministic on CPU (a few minutes), into
-# $(BUILD)/train and says whether it reproduces the committed checkpoint's sha256;
-# `make evaluate` cross-validates the recipe (5 folds, 5 trainings) and writes JSON.
-.PHONY: train evaluate
-train: | $(STAMP)
-	$(PY) -m mscnn.train --out $(BUILD)/train/cpsc2019_qrs.pt --expect mscnn/weights/cpsc2019_qrs.json
-
-evaluate: | $(STAMP)
-	$(PY) -m compile.evaluate --out $(BUILD)/evaluate
