@@ -1,0 +1,324 @@
+"""int8 against fp32 and ONNX Runtime's int8, same machine, one run: latency and accuracy.
+
+What is compared, on the QRS detector (`cpsc2019_qrs`, batch 1, 5000 samples):
+
+- `ort-fp32`: ONNX Runtime on the exported fp32 model;
+- `ort-int8`: ONNX Runtime on its own static quantization of that model
+  (`quantize_static`, QDQ, per-channel int8 weights, uint8 activations), calibrated on the
+  same records as ours (`quantize.CALIBRATION_RECORDS`) with the same method (the 99.9th
+  percentile; its default, MinMax, is reported too: it fails the same way ours does);
+- `tvm-fp32`: the project's fp32 build (our conv schedule) for x86_64-avx512;
+- `tvm-int8`: our integer program (`compile.int8`) with VNNI kernels.
+
+Latency: numpy in, numpy out for every runtime, same threads; rounds alternate the
+runtimes (compile.bench.time_rounds); median, p90 and min per runtime. GOP/s = 2 x the
+model's MACs / median, against peaks measured here: an FMA loop (fp32 FLOP/s) and a VNNI
+loop (int8 OP/s: one vpdpbusd is 64 multiply-adds), both our own TIR kernels, on the same
+threads. Accuracy: the CPSC2019 score and F1 of each on the held-out records.
+
+    python -m compile.int8_bench [--threads 2] [--rounds 5] [--out build/int8_bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CompileError
+
+log = logging.getLogger(__name__)
+
+PEAK_ITERATIONS = 200_000
+PEAK_CHAINS = 12  # independent accumulators: enough to cover the FMA / VNNI latency
+
+
+# --------------------------------------------------------------------------------------
+# Peaks, measured
+
+
+def _peak_func(kind: str, threads: int):
+    """A TIR kernel whose `threads` parallel workers each run PEAK_CHAINS independent
+    512-bit FMA (kind "fma") or vpdpbusd (kind "vnni") chains for PEAK_ITERATIONS steps."""
+    from tvm.script import tirx as T
+
+    n, chains = PEAK_ITERATIONS, PEAK_CHAINS
+    dtype = "float32" if kind == "fma" else "int32"
+
+    @T.prim_func(s_tir=True)
+    def func(out: T.Buffer((threads, chains * 16), dtype)):
+        for p in T.parallel(threads):
+            acc = T.alloc_buffer((chains * 16,), dtype, scope="local")
+            for j in range(chains * 16):
+                acc[j] = T.Cast(dtype, j + p)
+            for _i in range(n):
+                for r in T.unroll(chains):
+                    if kind == "fma":
+                        acc[T.ramp(r * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                            T.llvm_lookup_intrinsic_id("llvm.fma.v16f32"),
+                            acc[T.ramp(r * 16, 1, 16)], T.broadcast(T.float32(0.999), 16),
+                            T.broadcast(T.float32(0.001), 16), dtype="float32x16",
+                        )  # fmt: skip
+                    else:
+                        acc[T.ramp(r * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                            acc[T.ramp(r * 16, 1, 16)], T.broadcast(T.int8(3), 64),
+                            T.broadcast(T.int8(-2), 64), dtype="int32x16",
+                        )  # fmt: skip
+            for j in range(chains * 16):
+                out[p, j] = acc[j]
+
+    return func
+
+
+def measure_peak(kind: str, threads: int, target: dict) -> float:
+    """GOP/s (fp32 FLOP/s for "fma", int8 OP/s for "vnni") of the loop, best of 5."""
+    import tvm
+
+    lib = tvm.compile(tvm.IRModule({"main": _peak_func(kind, threads)}), target=target)
+    dtype = "float32" if kind == "fma" else "int32"
+    out = tvm.runtime.empty((threads, PEAK_CHAINS * 16), dtype, tvm.cpu())
+    lib(out)
+    best = min(_seconds(lambda: lib(out)) for _ in range(5))
+    per_step = 16 * 2 if kind == "fma" else 64 * 2  # an FMA: 2 FLOP x 16; vpdpbusd: 2 x 64
+    return threads * PEAK_ITERATIONS * PEAK_CHAINS * per_step / best / 1e9
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------------------
+# The runtimes
+
+
+def _ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_int8_model(fp32_onnx: Path, out: Path, calibration: np.ndarray, method: str) -> Path:
+    """ONNX Runtime's static QDQ quantization of `fp32_onnx`: per-channel int8 weights,
+    uint8 activations, calibrated on `calibration` ("percentile" at 99.9, or "minmax")."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    from .export import INPUT_NAME
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.records = iter(calibration[i : i + 1] for i in range(len(calibration)))
+
+        def get_next(self):
+            x = next(self.records, None)
+            return None if x is None else {INPUT_NAME: x}
+
+    calibrate = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax}
+    quantize_static(
+        str(fp32_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        calibrate_method=calibrate[method],
+        extra_options={"CalibPercentile": 99.9} if method == "percentile" else None,
+    )  # fmt: skip
+    return out
+
+
+TIMED = ("ort-fp32", "ort-int8", "tvm-fp32", "tvm-int8")
+JUDGED = ("tvm-fp32", "tvm-int8", "ort-int8", "ort-int8-minmax")
+
+
+def make_runtimes(loaded, program, calibration: np.ndarray, folder: Path, threads: int):
+    """name -> (x -> output), numpy in and out: ORT fp32, ORT int8 (99.9th percentile and
+    MinMax calibration), TVM fp32 (the project's x86_64-avx512 build) and TVM int8
+    (`program`), all at the program's input shape; and the ONNX files' sizes."""
+    import tvm
+    from tvm import relax
+
+    from .export import INPUT_NAME, export_onnx
+    from .pipeline import compile_executable
+    from .records import load_records
+    from .targets import get_target
+
+    shape = program.input_shape
+    fp32 = export_onnx(loaded.model.eval(), folder / "fp32.onnx", batch=shape[0],
+                       samples=shape[2])  # fmt: skip
+    onnx_files = {"ort-fp32": fp32}
+    for method, name in (("percentile", "ort-int8"), ("minmax", "ort-int8-minmax")):
+        onnx_files[name] = ort_int8_model(fp32, folder / f"{name}.onnx", calibration, method)
+    calls = {}
+    for name, path in onnx_files.items():
+        session = _ort_session(path, threads)
+        calls[name] = (lambda s: lambda x: s.run(None, {INPUT_NAME: x})[0])(session)
+    target = get_target("x86_64-avx512")
+    compiled = compile_executable(fp32, target, shape, records=load_records(target)[0])
+    tvm_fp32 = relax.VirtualMachine(compiled.executable, tvm.cpu())["main"]
+    calls["tvm-fp32"] = lambda x: tvm_fp32(tvm.runtime.tensor(x)).numpy()
+    calls["tvm-int8"] = program
+    return calls, {name: path.stat().st_size for name, path in onnx_files.items()}
+
+
+# --------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class Int8Bench:
+    """Every figure of one run, with the machine it came from."""
+
+    cpu: str
+    threads: int
+    samples: int
+    macs: int
+    peaks: dict  # "fp32-fma" GFLOP/s, "int8-vnni" GOP/s, measured
+    timings: dict  # runtime -> median_ms, p90_ms, min_ms, runs, gops, vs_ort_fp32, vs_ort_int8
+    accuracy: dict  # runtime -> score, f1, tp, fp, fn, normalized_error (vs PyTorch fp32)
+    sizes: dict  # bytes: ONNX files, the int8 program's constants
+
+    def table(self) -> str:
+        t = self.timings
+        lines = [f"{self.cpu}, {self.threads} thread(s); detector, batch 1 x {self.samples} "
+                 f"samples, {self.macs / 1e6:.0f} M MACs",
+                 f"measured peaks: FMA loop {self.peaks['fp32-fma']:.0f} GFLOP/s, VNNI loop "
+                 f"{self.peaks['int8-vnni']:.0f} GOP/s",
+                 f"{'runtime':16} {'median ms':>9} {'p90':>7} {'GOP/s':>6} {'% peak':>6} "
+                 f"{'/ort-fp32':>9} {'/ort-int8':>9}"]  # fmt: skip
+        for name, r in t.items():
+            peak = self.peaks["int8-vnni" if "int8" in name else "fp32-fma"]
+            lines.append(f"{name:16} {r['median_ms']:9.3f} {r['p90_ms']:7.3f} {r['gops']:6.0f} "
+                         f"{100 * r['gops'] / peak:6.1f} {r['vs_ort_fp32']:9.2f} "
+                         f"{r['vs_ort_int8']:9.2f}")  # fmt: skip
+        lines.append(f"{'held-out':16} {'score':>9} {'F1':>7} {'FP':>4} {'FN':>4} {'norm err':>9}")
+        for name, a in self.accuracy.items():
+            lines.append(f"{name:16} {a['score']:9.3f} {a['f1']:7.4f} {a['fp']:4d} {a['fn']:4d} "
+                         f"{a['normalized_error']:9.4f}")  # fmt: skip
+        return "\n".join(lines)
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()} ({_cores()} cores)"
+    return "unknown CPU"
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def _timings(calls: dict, x: np.ndarray, rounds: int, runs: int, macs: int) -> dict:
+    from .bench import time_rounds
+
+    samples = time_rounds({n: (lambda f: lambda: f(x))(calls[n]) for n in TIMED}, rounds, runs,
+                          pause=0.5)  # fmt: skip
+    out = {}
+    for name, values in samples.items():
+        median = statistics.median(values)
+        out[name] = {"median_ms": median, "p90_ms": float(np.percentile(values, 90)),
+                     "min_ms": min(values), "runs": len(values),
+                     "gops": 2 * macs / median / 1e6}  # fmt: skip
+    for r in out.values():
+        r["vs_ort_fp32"] = r["median_ms"] / out["ort-fp32"]["median_ms"]
+        r["vs_ort_int8"] = r["median_ms"] / out["ort-int8"]["median_ms"]
+    return out
+
+
+def _accuracy(model, qm, calls: dict) -> dict:
+    from .quantize import evaluate_detector
+
+    out = {}
+    for name in JUDGED:
+        acc = evaluate_detector(model, qm, run=calls[name])
+        s = acc.int8
+        out[name] = {"score": s.score, "f1": s.f1, "tp": s.tp, "fp": s.fp, "fn": s.fn,
+                     "normalized_error": acc.normalized_error}  # fmt: skip
+    s = acc.fp32
+    out["pytorch-fp32"] = {"score": s.score, "f1": s.f1, "tp": s.tp, "fp": s.fp, "fn": s.fn,
+                           "normalized_error": 0.0}  # fmt: skip
+    return out
+
+
+def run_int8_bench(threads: int = 2, rounds: int = 5, runs: int = 50) -> Int8Bench:
+    """The whole comparison on the trained detector (module docstring)."""
+    import os
+
+    import mscnn
+    from mscnn.train import CHECKPOINT
+
+    from . import int8, quantize
+
+    if not CHECKPOINT.is_file():
+        raise CompileError(f"int8 bench: no trained detector at {CHECKPOINT}; run make train")
+    loaded = mscnn.load_model("cpsc2019_qrs", checkpoint=CHECKPOINT)
+    records = quantize.CALIBRATION_RECORDS
+    calibration = quantize.real_ecg(loaded.leads, records)
+    qm = quantize.quantize_model(loaded, calibration, record_ids=records)
+    # TVM's pool takes its size from here when it first runs a parallel kernel. Not
+    # config_threadpool (deploy.predictor.set_threads): it pins the calling thread to one
+    # core, and ONNX Runtime's threads, created later by this thread, would share it.
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    cpu = cpu_model()
+    program = int8.build_int8(qm, int8.X86_VNNI, batch=1, samples=calibration.shape[2])
+    x = quantize.real_ecg(loaded.leads, [quantize.HELD_OUT_RECORDS[0]])
+    with tempfile.TemporaryDirectory() as tmp:
+        calls, sizes = make_runtimes(loaded, program, calibration, Path(tmp), threads)
+        macs = loaded.model.count_macs(x.shape[2])
+        log.info("peaks: timing an FMA and a VNNI loop on %d thread(s)", threads)
+        peaks = {"fp32-fma": measure_peak("fma", threads, int8.X86_VNNI),
+                 "int8-vnni": measure_peak("vnni", threads, int8.X86_VNNI)}  # fmt: skip
+        log.info("latency: %d rounds of %s", rounds, ", ".join(TIMED))
+        timings = _timings(calls, x, rounds, runs, macs)
+        accuracy = _accuracy(loaded.model, qm, calls)
+    sizes["tvm-int8-constants"] = program.constant_bytes
+    return Int8Bench(cpu, threads, x.shape[2], macs, peaks, timings, accuracy, sizes)
+
+
+def main(argv=None) -> int:
+    """`python -m compile.int8_bench`: print the tables, write the JSON."""
+    parser = argparse.ArgumentParser(
+        prog="python -m compile.int8_bench", description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    parser.add_argument("--threads", type=int, default=2, help="threads of every runtime")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds alternating runtimes")
+    parser.add_argument("--runs", type=int, default=50, help="calls per runtime per round")
+    parser.add_argument("--out", type=Path, default=Path("build/int8_bench"),
+                        help="folder for int8_bench.json")  # fmt: skip
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if min(args.threads, args.rounds, args.runs) < 1:
+        parser.error("--threads, --rounds and --runs must be positive")
+    try:
+        result = run_int8_bench(args.threads, args.rounds, args.runs)
+    except CompileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(result.table())
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "int8_bench.json"
+    path.write_text(json.dumps(asdict(result), indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
