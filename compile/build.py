@@ -56,6 +56,7 @@ from .pipeline import MemoryPlan, compile_executable
 from .publish import Journal, keep_failed, publish, start
 from .records import load_records
 from .schedule import KernelCounts
+from .stream_build import build_stream_into, check_hop
 from .targets import Target, check_compiler, elf_machine_of, runnable_here
 from .variants import Variant, default_variants, is_whole, resolve_variant, variant_model
 
@@ -70,10 +71,14 @@ class BuildOptions:
     progress: Callable[[str], None] = field(default=lambda stage: None)
     tuning: bool = True  # apply the target's tuning records (compile/tuning/<target>/)
     records_dir: Path | None = None  # another records folder (tests)
+    hop: int | None = None  # a stream bundle of the model's step for this hop (samples)
 
 
-def bundle_dir(out: Path, target: Target, preset: str | None, variant: Variant) -> Path:
-    return Path(out) / target.name / f"{preset or 'custom'}-{variant.name}"
+def bundle_dir(
+    out: Path, target: Target, preset: str | None, variant: Variant, hop: int | None = None
+) -> Path:
+    stream = f"-stream{hop}" if hop else ""
+    return Path(out) / target.name / f"{preset or 'custom'}-{variant.name}{stream}"
 
 
 def build(
@@ -87,11 +92,12 @@ def build(
     options = options or BuildOptions()
     _check_shape(loaded, options)
     check_compiler(target)
-    final = bundle_dir(out, target, loaded.preset, variant)
+    final = bundle_dir(out, target, loaded.preset, variant, options.hop)
     tmp = start(final)
     journal = Journal(tmp / BUILD_LOG)
+    build_into = _build_into if options.hop is None else build_stream_into
     try:
-        manifest = _build_into(tmp, final.name, loaded, target, variant, options, journal)
+        manifest = build_into(tmp, final.name, loaded, target, variant, options, journal)
     except BaseException as exc:
         journal.write(traceback.format_exc())
         kept = keep_failed(tmp, final)
@@ -124,6 +130,8 @@ def _check_shape(loaded: mscnn.LoadedModel, options: BuildOptions) -> None:
         loaded.model.compute_output_shape(options.samples, options.batch)
     except mscnn.MscnnError as exc:
         raise CompileError(f"--samples {options.samples}: {exc}") from None
+    if options.hop is not None:
+        check_hop(loaded, options.hop)
 
 
 def _build_into(

@@ -100,6 +100,14 @@ def _add_build(sub, formatter) -> None:
     b.add_argument("--seed", type=int, default=0, help="seed of the default weights and inputs")
     b.add_argument("--out", type=Path, default=Path("build"), help="output folder")
     b.add_argument("--quiet", action="store_true", help="one line per bundle, no table")
+    b.add_argument(
+        "--hop",
+        type=_positive,
+        default=None,
+        help="build stream bundles of the model's step for hops of this many "
+        "samples (a multiple of the model's subsampling, e.g. 64, 128, 512) "
+        "instead of window bundles",
+    )
     b.set_defaults(func=_build)
 
 
@@ -119,6 +127,7 @@ def _build(args) -> int:
         args.batch,
         args.seed,
         args.out,
+        args.hop,
     )
     planned = plan(request)
     console = Console(stderr=True)

@@ -28,6 +28,7 @@ class Request:
     batch: int = 1
     seed: int = 0
     out: Path = Path("build")
+    hop: int | None = None  # stream bundles of the model's step, hop samples per call
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ def build_matrix(
         for variant in planned.variants:
             label = f"{target.name}/{r.preset}-{variant.name}"
             options = BuildOptions(
+                hop=r.hop,
                 samples=r.samples,
                 batch=r.batch,
                 seed=r.seed,

@@ -163,6 +163,28 @@ class Parity:
 
 
 @dataclass(frozen=True)
+class StateTensor:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # "float32" or "int64"
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """A stream bundle's step: hop in samples per call, frames out per call (hop /
+    reduction), the state the caller passes in and gets back (deploy/stream.py)."""
+
+    hop: int
+    reduction: int
+    channels: int  # frames' channels (classes for a detector)
+    delay_frames: int  # the step lags its input by this many frames
+    look_ahead: int  # future input samples a frame needs beyond its own
+    flush_steps: int  # empty hops that end any record, at most
+    state_bytes: int
+    states: list[StateTensor]
+
+
+@dataclass(frozen=True)
 class FileEntry:
     sha256: str
     bytes: int
@@ -185,6 +207,11 @@ class Manifest:
     tools: dict[str, str]
     files: dict[str, FileEntry] = field(default_factory=dict)
     detect: RPeakRule | None = None  # the R-peak rule of a QRS detector
+    stream: StreamInfo | None = None  # a stream bundle's step (None: a window bundle)
+
+    @property
+    def kind(self) -> str:
+        return "window" if self.stream is None else "stream"
 
     def to_json(self) -> str:
         return json.dumps(_write_manifest(self), indent=2) + "\n"
@@ -228,6 +255,7 @@ def _write_manifest(m: Manifest) -> dict[str, Any]:
         "input": _write_tensor(m.input),
         "output": _write_tensor(m.output),
         "detect": m.detect.to_dict() if m.detect else None,
+        "stream": _write_stream(m.stream),
         "golden": [dict(vars(g)) for g in m.golden],
         "schedule": dict(vars(m.schedule)),
         "footprint": dict(vars(m.footprint)),
@@ -241,6 +269,16 @@ def _write_manifest(m: Manifest) -> dict[str, Any]:
         "tools": m.tools,
         "files": {rel: dict(vars(entry)) for rel, entry in m.files.items()},
     }
+
+
+def _write_stream(info: StreamInfo | None) -> dict[str, Any] | None:
+    if info is None:
+        return None
+    out = {k: v for k, v in vars(info).items() if k != "states"}
+    out["states"] = [
+        {"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in info.states
+    ]
+    return out
 
 
 def _write_tensor(t: TensorInfo) -> dict[str, Any]:
@@ -457,6 +495,7 @@ def _read_manifest(root: _Obj) -> Manifest:
         tools=_read_tools(root.obj("tools")),
         files=files,
         detect=_read_rule(root),
+        stream=_read_stream(root),
     )
     _check_consistent(root, manifest)
     return manifest
@@ -560,6 +599,36 @@ def _read_parity(p: _Obj) -> Parity:
         _read_verdict(p.obj("variant_contract", optional=True)),
         task,
     )
+
+
+def _read_stream(root: _Obj) -> StreamInfo | None:
+    info = root.obj("stream", optional=True)
+    if info is None:
+        return None
+    states = []
+    for k, entry in enumerate(info.list("states")):
+        t = _Obj(entry, root.where, f"stream.states[{k}]")
+        shape = tuple(t.ints("shape", minimum=1))
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise t.fail("shape", f"at most {MAX_ELEMENTS} elements", list(shape))
+        states.append(
+            StateTensor(t.str("name"), shape, t.str("dtype", choices=("float32", "int64")))
+        )
+    numbers = {
+        key: info.int(key, minimum=1 if key in ("hop", "reduction", "channels") else 0)
+        for key in (
+            "hop",
+            "reduction",
+            "channels",
+            "delay_frames",
+            "look_ahead",
+            "flush_steps",
+            "state_bytes",
+        )
+    }
+    if numbers["hop"] % numbers["reduction"] or numbers["flush_steps"] < 1:
+        raise info.fail("hop", "a multiple of 'reduction', with flush_steps >= 1", numbers["hop"])
+    return StreamInfo(**numbers, states=states)
 
 
 def _read_rule(root: _Obj) -> RPeakRule | None:

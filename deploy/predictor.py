@@ -75,12 +75,12 @@ class Predictor:
                 f"bundle {self.bundle.name}: TVM cannot load {LIBRARY} "
                 f"({type(exc).__name__}: {exc})"
             ) from None
-        self._main = self._vm["main"]
-        self._tvm = tvm
+        self.main = self._vm["main"]
+        self.tvm = tvm
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = validate_input(self.bundle, x)
-        out = self._main(self._tvm.runtime.tensor(x, self.device))
+        out = self.main(self.tvm.runtime.tensor(x, self.device))
         return out.numpy() if hasattr(out, "numpy") else out[0].numpy()
 
 
