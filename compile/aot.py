@@ -23,7 +23,11 @@ reports a mismatch through `TVMFFIErrorSetRaisedFromCStrParts`, which our runtim
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -185,6 +189,214 @@ def read_program(func) -> Program:
         tuple(inputs), outputs, tuple(reader.calls), tuple(reader.constants),
         reader.top, tuple(reader.blocks),
     )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
+# Lowering: ONNX -> Relax -> single-threaded kernels -> the static call sequence
+
+
+@dataclass(frozen=True)
+class Lowered:
+    program: Program  # the call sequence over the arena
+    kernels: Any  # IRModule of the PrimFuncs, with global symbols
+
+
+def lower(onnx_path: Path, shape, tvm_target: Mapping[str, Any]) -> Lowered:
+    """ONNX -> Relax -> TVM's CPU passes up to the static memory plan, with our
+    single-threaded register-tile schedule (`schedule_pass`; the Linux targets' conv
+    schedule parallelises and is not used here)."""
+    import tvm
+    from tvm import relax, tirx
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from .pipeline import import_onnx
+
+    target = tvm.target.Target(dict(tvm_target))
+    passes = [
+        *cpu.library_dispatch_passes(target),
+        explicit_padding(),
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        schedule_pass(),
+        *cpu.dataflow_lower_passes(target),
+    ]
+    finalize = [p for p in cpu.finalize_passes(target)
+                if p.info.name in ("StaticPlanBlockMemory", "LowerAllocTensor",
+                                   "KillAfterLastUse", "LowerRuntimeBuiltin")]  # fmt: skip
+    mod = import_onnx(onnx_path, shape)
+    with target:
+        mod = tvm.transform.Sequential(passes + finalize)(mod)
+    program = read_program(mod["main"])
+    mod = relax.transform.AttachGlobalSymbol()(mod)
+    kernels = tvm.IRModule(
+        {gv: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+    )
+    return Lowered(program, kernels)
+
+
+# --------------------------------------------------------------------------------------
+# The schedule: one loop nest per kernel, no scratch memory, accumulators in registers.
+#
+# TVM's default lowering of a fused kernel materialises every stage in a full-size
+# buffer (the padded input, the conv output, each epilogue step): on a microcontroller
+# that is scratch RAM as large as the activations (1.9 MB for the 10 s detector). Here
+# every injective stage is inlined into its consumer (padding becomes a bounds test on
+# the load), and the one reduction (conv, matmul, pool) is tiled over its last two
+# spatial axes into ACCUMULATORS registers that live across the whole reduction, with
+# the epilogue applied to the tile as it leaves the registers. Cortex-M4F/M7 have 32
+# single-precision registers and no float SIMD: 20 accumulators plus one operand per
+# row and column of the tile fit.
+
+ACCUMULATORS = 20
+FP_REGISTERS = 30  # of 32, two left for addresses the compiler keeps in FP registers
+
+
+def register_tile(rows: int, cols: int) -> tuple[int, int]:
+    """The largest tile (divisors of both extents, so no tail) that fits the registers."""
+    best = (1, 1)
+    for a in (d for d in range(1, 9) if rows % d == 0):
+        for b in (d for d in range(1, 9) if cols % d == 0):
+            fits = a * b <= ACCUMULATORS and a * b + a + b <= FP_REGISTERS
+            if fits and a * b > best[0] * best[1]:
+                best = (a, b)
+    return best
+
+
+def schedule_kernel(func):
+    """One fused kernel scheduled for a Cortex-M core (see above). Kernels with no or
+    several reductions keep their loops, with every injective stage inlined."""
+    import tvm
+    from tvm import tirx
+
+    sch = tvm.s_tir.Schedule(func)
+    root = sch.get_sblock("root")
+
+    def reduces(block) -> bool:
+        return any(iv.iter_type != tirx.IterVar.DataPar for iv in sch.get(block).iter_vars)
+
+    blocks = list(sch.get_child_blocks(root))
+    reductions = [b for b in blocks if reduces(b)]
+    for block in blocks[:-1]:
+        if block not in reductions:
+            sch.compute_inline(block)
+    if len(reductions) == 1:
+        _tile_reduction(sch, reductions[0], list(sch.get_child_blocks(root)))
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def _tile_reduction(sch, red, blocks) -> None:
+    from tvm import tirx
+
+    if len(blocks) == 1:
+        out = sch.cache_write(red, 0, "local")
+    else:
+        out = blocks[-1]
+        sch.set_scope(red, 0, "local")
+    loops = sch.get_loops(red)
+    spatial = [iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(red).iter_vars]
+    outer = [loop for loop, s in zip(loops, spatial, strict=True) if s]
+    inner = [loop for loop, s in zip(loops, spatial, strict=True) if not s]
+    if len(outer) < 2:
+        return
+    a, b = outer[-2:]
+    ta, tb = register_tile(int(sch.get(a).extent), int(sch.get(b).extent))
+    ao, ai = sch.split(a, [None, ta])
+    bo, bi = sch.split(b, [None, tb])
+    sch.reorder(*outer[:-2], ao, bo, *inner, ai, bi)
+    sch.reverse_compute_at(out, bo)
+    for loop in (ai, bi, *sch.get_loops(out)[-2:]):
+        sch.unroll(loop)
+    sch.decompose_reduction(red, inner[0])
+
+
+def explicit_padding():
+    """Relax pass: every padded conv1d becomes pad + an unpadded conv1d.
+
+    TOPI pads inside the conv kernel; once inlined, the padding is a bounds test on
+    every input load of the inner loop, which cost more than the register tile saved
+    (62M SysTick ticks for the 10 s detector against 46M untiled). TVM's LoopPartition
+    could split the tiles that touch the padding off, but it partitions the inner
+    loops of those tiles wrongly for dilated kernels (measured: wrong edge frames).
+    A separate pad kernel costs one copy of the activation (about 1/(K*F) of the conv's
+    work) and the padded buffer while the conv runs; the conv loop has no branch."""
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class _Pad(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if getattr(call.op, "name", "") != "relax.nn.conv1d":
+                return call
+            a = call.attrs
+            left, right = (int(v) for v in a.padding)
+            if left == right == 0:
+                return call
+            x = relax.op.nn.pad(call.args[0], [0, 0, 0, 0, left, right])
+            return relax.op.nn.conv1d(x, call.args[1], a.strides, [0, 0], a.dilation, a.groups,
+                                      a.data_layout, a.kernel_layout, a.out_layout,
+                                      a.out_dtype)  # fmt: skip
+
+    @tvm.transform.module_pass(opt_level=0, name="mscnn_explicit_padding")
+    def run(mod, _ctx):
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mod[gv] = _Pad(mod).visit_expr(func)
+        return mod
+
+    return run
+
+
+def schedule_pass():
+    """The module pass applying `schedule_kernel` to every PrimFunc (after FuseTIR)."""
+    import tvm
+    from tvm import tirx
+
+    @tvm.transform.module_pass(opt_level=0, name="mscnn_mcu_schedule")
+    def run(mod, _ctx):
+        updates = {gv: schedule_kernel(f) for gv, f in mod.functions.items()
+                   if isinstance(f, tirx.PrimFunc)}  # fmt: skip
+        for gv, func in updates.items():
+            mod[gv] = func
+        return mod
+
+    return run
+
+
+@dataclass(frozen=True)
+class Kernels:
+    path: Path  # the object file
+    workspace_bytes: int  # the most scratch memory one kernel asks for at once
+
+
+_WORKSPACE_CALL = re.compile(r"call ptr %[\w.]+\(i32 [^,]+, i32 [^,]+, i64 (\S+), i32")
+
+
+def workspace_bytes(llvm_ir: str) -> int:
+    """The workspace pool a module needs: per kernel, the sum of the scratch buffers it
+    asks __TVMBackendAllocWorkspace for (all may be live at once), the largest kernel's.
+    Read from the LLVM IR, i.e. from what the compiled code really calls."""
+    worst = 0
+    for body in llvm_ir.split("\ndefine ")[1:]:
+        sizes = [m.group(1) for m in _WORKSPACE_CALL.finditer(body.split("\n}\n", 1)[0])]
+        if any(not s.isdigit() for s in sizes):
+            raise CompileError("mcu: a kernel asks for a workspace of run-time size; "
+                               "the static pool cannot hold it")  # fmt: skip
+        worst = max(worst, sum(-(-int(s) // 64) * 64 for s in sizes))
+    return worst
+
+
+def compile_kernels(lowered: Lowered, tvm_target: Mapping[str, Any], path: Path) -> Kernels:
+    """The PrimFuncs as one Thumb-2 object file (TVM's LLVM backend)."""
+    import tvm
+
+    target = tvm.target.Target(dict(tvm_target))
+    lib = tvm.tirx.build(lowered.kernels, target=target)
+    lib.write_to_file(str(path))
+    return Kernels(path, workspace_bytes(lib.inspect_source("ll")))
 
 
 # --------------------------------------------------------------------------------------

@@ -21,7 +21,10 @@ Cores, boards and parts are data (the tables below). The lead engineer's target 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import math
 import re
 import shutil
 import subprocess
@@ -30,7 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .aot import Program, emit_c, emit_entry, emit_header, read_program
+import numpy as np
+
+from deploy.parity import ParityResult
+
+from .aot import Kernels, Lowered, compile_kernels, emit_c, emit_entry, emit_header, lower
 from .errors import CompileError
 
 log = logging.getLogger(__name__)
@@ -138,77 +145,6 @@ def check_tool(tool: str) -> str:
 
 
 # --------------------------------------------------------------------------------------
-# Step 1-2: lower and compile the kernels
-
-
-@dataclass(frozen=True)
-class Lowered:
-    program: Program  # the call sequence over the arena
-    kernels: Any  # IRModule of the PrimFuncs, with global symbols
-
-
-def lower(onnx_path: Path, shape, core: Core) -> Lowered:
-    """ONNX -> Relax -> TVM's CPU passes up to the static memory plan, single-threaded.
-
-    TVM's default CPU lowering applies no schedule (so no parallel loops, no thread pool
-    calls); our x86/ARM conv schedule parallelises and is not used here."""
-    import tvm
-    from tvm import relax, tirx
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
-
-    from .pipeline import import_onnx
-
-    target = tvm.target.Target(dict(core.tvm))
-    passes = cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
-    passes += cpu.dataflow_lower_passes(target)
-    finalize = [p for p in cpu.finalize_passes(target)
-                if p.info.name in ("StaticPlanBlockMemory", "LowerAllocTensor",
-                                   "KillAfterLastUse", "LowerRuntimeBuiltin")]  # fmt: skip
-    mod = import_onnx(onnx_path, shape)
-    with target:
-        mod = tvm.transform.Sequential(passes + finalize)(mod)
-    program = read_program(mod["main"])
-    mod = relax.transform.AttachGlobalSymbol()(mod)
-    kernels = tvm.IRModule(
-        {gv: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
-    )
-    return Lowered(program, kernels)
-
-
-@dataclass(frozen=True)
-class Kernels:
-    path: Path  # the object file
-    workspace_bytes: int  # the most scratch memory one kernel asks for at once
-
-
-_WORKSPACE_CALL = re.compile(r"call ptr %[\w.]+\(i32 [^,]+, i32 [^,]+, i64 (\S+), i32")
-
-
-def workspace_bytes(llvm_ir: str) -> int:
-    """The workspace pool a module needs: per kernel, the sum of the scratch buffers it
-    asks __TVMBackendAllocWorkspace for (all may be live at once), the largest kernel's.
-    Read from the LLVM IR, i.e. from what the compiled code really calls."""
-    worst = 0
-    for body in llvm_ir.split("\ndefine ")[1:]:
-        sizes = [m.group(1) for m in _WORKSPACE_CALL.finditer(body.split("\n}\n", 1)[0])]
-        if any(not s.isdigit() for s in sizes):
-            raise CompileError("mcu: a kernel asks for a workspace of run-time size; "
-                               "the static pool cannot hold it")  # fmt: skip
-        worst = max(worst, sum(-(-int(s) // 64) * 64 for s in sizes))
-    return worst
-
-
-def compile_kernels(lowered: Lowered, core: Core, path: Path) -> Kernels:
-    """The PrimFuncs as one Thumb-2 object file (TVM's LLVM backend)."""
-    import tvm
-
-    target = tvm.target.Target(dict(core.tvm))
-    lib = tvm.tirx.build(lowered.kernels, target=target)
-    lib.write_to_file(str(path))
-    return Kernels(path, workspace_bytes(lib.inspect_source("ll")))
-
-
-# --------------------------------------------------------------------------------------
 # Step 3-5: C, fit, firmware
 
 FIRMWARE_SOURCES = ("startup.c", "semihost.c", "main.c")
@@ -267,7 +203,327 @@ def link_firmware(out: Path, core: Core, board: Board, library: Path) -> Path:
         objects.append(str(obj))
     elf = out / "firmware.elf"
     _run([gcc, *core.cflags, "-nostartfiles", "-static", "-L", str(FIRMWARE_DIR),
-          "-T", f"{board.name}.ld", "-Wl,--gc-sections", f"-Wl,-Map={out / 'firmware.map'}",
+          "-T", f"{board.name}.ld", f"-Wl,--defsym=__stack_size={STACK_BYTES}",
+          "-Wl,--gc-sections", f"-Wl,-Map={out / 'firmware.map'}",
           *objects, str(library), "-lm", "-lc", "-lgcc", "-o", str(elf)],
          f"linking the firmware for {board.name}")  # fmt: skip
     return elf
+
+
+# --------------------------------------------------------------------------------------
+# Step 4: footprint and fit
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes a device must hold, from the ELF's sections (arm-none-eabi-size -A)."""
+
+    flash_code: int  # vectors, code, read-only data other than weights, .data's image
+    flash_weights: int  # the model's constants (.weights)
+    ram_arena: int  # activations and the kernels' workspace pool (.arena)
+    ram_static: int  # .data and .bss of the runtime and firmware
+    stack_reserved: int  # the stack the linker script sets aside
+    stack_peak: int | None = None  # the most of it ever used, measured under qemu
+
+    @property
+    def flash(self) -> int:
+        return self.flash_code + self.flash_weights
+
+    @property
+    def ram(self) -> int:
+        """Arena, static data and the stack as reserved (the budget a part must meet)."""
+        return self.ram_arena + self.ram_static + self.stack_reserved
+
+    def to_json(self) -> dict[str, int | None]:
+        return {**dataclasses.asdict(self), "flash": self.flash, "ram": self.ram}
+
+
+def section_sizes(elf: Path) -> dict[str, int]:
+    size = str(Path(check_tool("arm-none-eabi-gcc")).with_name("arm-none-eabi-size"))
+    done = _run([size, "-A", str(elf)], "reading section sizes")
+    sizes = {}
+    for line in done.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit():
+            sizes[parts[0]] = int(parts[1])
+    return sizes
+
+
+def footprint_of(elf: Path, stack_peak: int | None = None) -> Footprint:
+    s = section_sizes(elf)
+    flash_code = sum(s.get(k, 0) for k in (".isr_vector", ".text", ".ARM.exidx", ".data"))
+    return Footprint(flash_code, s.get(".weights", 0), s.get(".arena", 0),
+                     s.get(".data", 0) + s.get(".bss", 0), s.get(".stack", 0),
+                     stack_peak)  # fmt: skip
+
+
+def check_fit(footprint: Footprint, flash: int, ram: int, where: str, what: str) -> None:
+    """Refuse a model that does not fit `where`, naming every number."""
+    if footprint.flash <= flash and footprint.ram <= ram:
+        return
+    raise CompileError(
+        f"{what} does not fit {where}: it needs {_kib(footprint.flash)} flash "
+        f"({_kib(footprint.flash_code)} code + {_kib(footprint.flash_weights)} weights) of "
+        f"{_kib(flash)} and {_kib(footprint.ram)} RAM ({_kib(footprint.ram_arena)} arena + "
+        f"{_kib(footprint.ram_static)} static + {_kib(footprint.stack_reserved)} stack) of "
+        f"{_kib(ram)}; use a shorter window (samples) or a part with more memory"
+    )
+
+
+def fit_table(footprint: Footprint) -> dict[str, dict[str, Any]]:
+    """Which parts of PARTS the measured footprint fits (by their flash and RAM)."""
+    return {
+        p.name: {"fits": footprint.flash <= p.flash_bytes and footprint.ram <= p.ram_bytes,
+                 "flash_used": round(footprint.flash / p.flash_bytes, 3),
+                 "ram_used": round(footprint.ram / p.ram_bytes, 3)}
+        for p in PARTS.values()
+    }  # fmt: skip
+
+
+def _kib(n: int) -> str:
+    return f"{n / KiB:,.1f} KiB"
+
+
+def library_footprint(library: Path, stack: int) -> Footprint:
+    """The footprint of the model library alone, before any firmware is linked: its
+    objects' text (code, weights) and data/bss (arena), plus the stack reserve."""
+    size = str(Path(check_tool("arm-none-eabi-gcc")).with_name("arm-none-eabi-size"))
+    done = _run([size, "-A", str(library)], "reading the library's sizes")
+    sums: dict[str, int] = {}
+    for line in done.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit():
+            sums[parts[0]] = sums.get(parts[0], 0) + int(parts[1])
+    weights = sum(v for k, v in sums.items() if k.startswith(".rodata.mscnn_weights"))
+    arena = sum(v for k, v in sums.items() if k.startswith(".bss.mscnn_arena"))
+    code = sum(v for k, v in sums.items() if k.startswith((".text", ".rodata")))
+    static = sum(v for k, v in sums.items() if k.startswith((".data", ".bss")))
+    return Footprint(code - weights, weights, arena, static - arena, stack)
+
+
+# --------------------------------------------------------------------------------------
+# Step 6: run under qemu-system-arm
+
+_RUN_LINE = re.compile(r"mscnn run index=(\d+) rc=(\d+)(?: ticks=(\d+) ticks_hi=(\d+))?")
+_CALIBRATION = re.compile(r"mscnn calibration instructions=(\d+) ticks=(\d+)")
+_DONE = re.compile(r"mscnn done records=(\d+) stack_peak=(\d+) stack_size=(\d+)")
+
+
+@dataclass(frozen=True)
+class QemuRun:
+    """What the example firmware reported for one file of records."""
+
+    status: int  # the firmware's exit status: 0, or the first failing MSCNN_E_* code
+    codes: tuple[int, ...]  # per record
+    outputs: np.ndarray  # (records, output values) float32, for the records that ran
+    instructions: tuple[int, ...]  # per record, counted by qemu (-icount shift=0)
+    stack_peak: int | None
+    log: str
+
+
+def run_firmware(elf: Path, board: Board, inputs: np.ndarray, workdir: Path,
+                 timeout: float = 600) -> QemuRun:  # fmt: skip
+    """Run firmware.elf under qemu on `inputs` (records, samples) float32 (written as one
+    file, as the firmware reads it) and collect what it wrote and printed."""
+    qemu = check_tool("qemu-system-arm")
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "input.f32").write_bytes(np.ascontiguousarray(inputs, "<f4").tobytes())
+    (workdir / "output.f32").unlink(missing_ok=True)
+    cmd = [qemu, "-M", board.qemu_machine, "-nographic", "-monitor", "none",
+           "-semihosting-config", "enable=on,target=native", "-icount", "shift=0",
+           "-kernel", str(elf.resolve())]  # fmt: skip
+    try:
+        done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise CompileError(f"mcu: the firmware ran longer than {timeout:g} s under qemu") from None
+    return _parse_run(done.returncode, done.stdout + done.stderr, workdir)
+
+
+def _parse_run(status: int, log: str, workdir: Path) -> QemuRun:
+    runs = [m.groups() for m in _RUN_LINE.finditer(log)]
+    calibration, done = _CALIBRATION.search(log), _DONE.search(log)
+    per_tick = int(calibration[1]) / int(calibration[2]) if calibration else None
+    ticks = [int(t) + (int(hi) << 32) for _, rc, t, hi in runs if t is not None and rc == "0"]
+    output = workdir / "output.f32"
+    values = np.fromfile(output, dtype="<f4") if output.exists() else np.zeros(0, "<f4")
+    ok = sum(rc == "0" for _, rc, _, _ in runs)
+    return QemuRun(
+        status,
+        tuple(int(rc) for _, rc, _, _ in runs),
+        values.reshape(ok, -1) if ok else values.reshape(0, 0),
+        tuple(round(t * per_tick) for t in ticks) if per_tick else (),
+        int(done[2]) if done else None,
+        log,
+    )
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Speed *estimated* from qemu's instruction count: qemu is not cycle accurate, so
+    the real-time figure assumes one instruction per cycle at `clock_hz`."""
+
+    instructions: int  # per window (the median over the runs)
+    window_seconds: float  # seconds of ECG per window
+    clock_hz: int
+
+    @property
+    def instructions_per_second(self) -> float:
+        """Instructions per second of ECG."""
+        return self.instructions / self.window_seconds
+
+    @property
+    def cpu_load(self) -> float:
+        """Share of the core's cycles that real time takes (estimate; < 1 keeps up)."""
+        return self.instructions_per_second / self.clock_hz
+
+    def to_json(self) -> dict[str, float | int]:
+        return {**dataclasses.asdict(self), "instructions_per_second": self.instructions_per_second,
+                "cpu_load": self.cpu_load, "estimate": "qemu instruction count, 1 instruction "
+                "per cycle assumed"}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
+# The build
+
+STACK_BYTES = 16 * KiB  # the firmware's stack reserve; the measured peak is far below
+REPORT = "mcu.json"
+
+
+@dataclass(frozen=True)
+class McuBuild:
+    """A model built for a Cortex-M board and proven under qemu: where its files are and
+    what was measured."""
+
+    folder: Path  # model.c, model.h, libmscnn.a, firmware.elf, mcu.json, qemu/
+    board: str
+    core: str
+    samples: int
+    footprint: Footprint
+    speed: Speed  # per window, estimated at the part's (or 480 MHz) clock
+    parity: ParityResult  # the worst golden case against PyTorch, cpu tolerance
+    beats_equal: bool | None  # detector: every real record's beats are PyTorch's
+    fits: dict[str, dict[str, Any]]
+
+    @property
+    def library(self) -> Path:
+        return self.folder / "libmscnn.a"
+
+    @property
+    def firmware(self) -> Path:
+        return self.folder / "firmware.elf"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"board": self.board, "core": self.core, "samples": self.samples,
+                "footprint": self.footprint.to_json(), "speed": self.speed.to_json(),
+                "parity": self.parity.to_json(), "beats_equal": self.beats_equal,
+                "fits": self.fits}  # fmt: skip
+
+
+def build_mcu(
+    loaded,
+    board: str,
+    out_dir: Path,
+    *,
+    samples: int = 5000,
+    part: str | None = None,
+    records: int = 3,
+    seed: int = 0,
+) -> McuBuild:
+    """Build `loaded` (an mscnn.LoadedModel, or a model in eval mode) for `board` into
+    `out_dir`, prove it under qemu on golden inputs and `records` real records, and
+    return the figures. A model that does not fit `part` (default: the board's own
+    memory) is refused before linking; a parity failure raises ParityError after the
+    report (mcu.json) is written."""
+    import mscnn
+
+    from .errors import ParityError
+
+    b = get_board(board)
+    core = CORES[b.core]
+    budget = _budget(b, part)
+    is_loaded = isinstance(loaded, mscnn.LoadedModel)
+    model, fs = (loaded.model, loaded.fs) if is_loaded else (loaded, 500)
+    leads = tuple(loaded.leads) if is_loaded else ("II",) * model.in_channels
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("mcu: %s window %d samples for %s (%s)", type(model).__name__, samples, b.name,
+             core.name)  # fmt: skip
+    inputs, expected = _golden(model, leads, samples, fs, records, seed)
+    library = _build_library(model, core, samples, out)
+    check_fit(library_footprint(library, STACK_BYTES), *budget, "the model")
+    elf = link_firmware(out, core, b, library)
+    check_fit(footprint_of(elf), *budget, "the firmware")
+    run = run_firmware(elf, b, np.stack([x.reshape(-1) for x in inputs.values()]), out / "qemu")
+    result = _judge(model, run, inputs, expected, fs, samples)
+    footprint = footprint_of(elf, run.stack_peak)
+    clock = get_part(part).clock_hz if part else PARTS["stm32h7"].clock_hz
+    speed = Speed(int(np.median(run.instructions)), samples / fs, clock)
+    built = McuBuild(out, b.name, core.name, samples, footprint, speed, *result,
+                     fit_table(footprint))  # fmt: skip
+    (out / REPORT).write_text(json.dumps(built.to_json(), indent=2) + "\n")
+    if not built.parity.passed or built.beats_equal is False:
+        raise ParityError(f"mcu: the firmware under qemu disagrees with PyTorch: {built.parity}"
+                          f"; beats equal: {built.beats_equal} (see {out / REPORT})")  # fmt: skip
+    return built
+
+
+def _budget(board: Board, part: str | None) -> tuple[int, int, str]:
+    if part is None:
+        return board.flash_bytes, board.ram_bytes, f"board {board.name}"
+    p = get_part(part)
+    if p.core != board.core:
+        raise CompileError(f"part {p.name} is a {p.core}, board {board.name} a {board.core}; "
+                           f"choose a board with a {p.core}: " + ", ".join(
+                               n for n, x in BOARDS.items() if x.core == p.core))  # fmt: skip
+    return p.flash_bytes, p.ram_bytes, p.description
+
+
+def _build_library(model, core: Core, samples: int, out: Path) -> Path:
+    """Steps 1-3: ONNX, kernels, C, libmscnn.a in `out`."""
+    from .export import export_onnx
+
+    onnx_path = export_onnx(model, out / "model.onnx", batch=1, samples=samples)
+    lowered = lower(onnx_path, (1, model.in_channels, samples), core.tvm)
+    kernels = compile_kernels(lowered, core.tvm, out / "kernels.o")
+    write_c(lowered, kernels, out)
+    return compile_library(out, core, kernels)
+
+
+def _golden(model, leads: tuple[str, ...], samples: int, fs: int, records: int, seed: int):
+    """Golden inputs (seeded noise, the synthetic ECG and, for the detector, the first
+    `records` CPSC2019 records) and PyTorch's outputs for them."""
+    import torch
+
+    from .golden import golden_inputs, real_inputs
+
+    inputs = golden_inputs(leads, samples, fs, 1, seed)
+    real, why = real_inputs(getattr(model, "task", "features"), leads, samples, 1)
+    if not real:
+        log.info("mcu: no real records (%s)", why)
+    inputs.update(dict(list(real.items())[:records]))
+    with torch.no_grad():
+        expected = {k: model(torch.from_numpy(x)).numpy() for k, x in inputs.items()}
+    return inputs, expected
+
+
+def _judge(model, run: QemuRun, inputs, expected, fs: int, samples: int):
+    """(worst ParityResult, beats equal or None): the firmware's outputs against
+    PyTorch's, and for the detector the R-peaks of the real records."""
+    from deploy.parity import ParityResult, compare, worst
+    from deploy.rpeaks import RPeakRule, detect_rpeaks
+
+    from .golden import RECORD_PREFIX
+
+    if run.status != 0 or len(run.outputs) != len(inputs):
+        detail = f"the firmware exited with status {run.status} after {len(run.outputs)} of "
+        detail += f"{len(inputs)} records; log: {run.log.strip()[-300:]}"
+        return ParityResult(math.inf, math.inf, 0.0, False, detail), None
+    results, beats = [], []
+    rule = RPeakRule(reduction=getattr(model, "reduction", 1), fs=fs)
+    for got, (name, want) in zip(run.outputs, expected.items(), strict=True):
+        got = got.reshape(want.shape)
+        results.append(compare(got, want, "cpu"))
+        if name.startswith(RECORD_PREFIX) and getattr(model, "task", "") == "qrs_detection":
+            mine = detect_rpeaks(got[0], rule, samples)
+            beats.append(np.array_equal(mine, detect_rpeaks(want[0], rule, samples)))
+    return worst(results), (all(beats) if beats else None)

@@ -5,12 +5,15 @@
  * host's working directory, runs the model on each record, writes the outputs to
  * output.f32 and prints one line per record and a summary:
  *
- *   mscnn run index=0 rc=0 ticks=123456
+ *   mscnn run index=0 rc=0 ticks=123456 ticks_hi=0
+ *   mscnn calibration instructions=2097152 ticks=52429
  *   mscnn done records=3 stack_peak=1234 stack_size=16384
  *
  * `ticks` counts SysTick at the processor clock around mscnn_run() alone; under
  * `qemu -icount shift=N` every instruction is 2^N ns of virtual time, which turns ticks
- * into instructions. The stack is painted at start; stack_peak is how much of it was
+ * into instructions; the calibration line times a loop of known length to say how many
+ * instructions a tick is (40 on qemu's MPS2 boards: 25 MHz SysTick, 1 ns per
+ * instruction at shift=0). The stack is painted at start; stack_peak is how much of it was
  * ever used. The exit status is the first failing run's error code (MSCNN_E_*), or 0. A
  * file whose size is no whole number of records is passed to the model as it is, so the
  * model's own length check answers (MSCNN_E_LENGTH). */
@@ -56,6 +59,17 @@ static uint32_t stack_peak(void) {
   const uint32_t* p = &__stack_bottom;
   while (p < &__stack_top && *p == PAINT) ++p;
   return (uint32_t)((uintptr_t)&__stack_top - (uintptr_t)p);
+}
+
+/* A loop of exactly 2 * n instructions (subs, bne), timed like a model run: the host
+ * divides to learn instructions per SysTick tick instead of assuming the clock ratio. */
+#define CALIBRATION_LOOPS (1u << 20)
+
+__attribute__((noinline)) static uint64_t calibrate(void) {
+  uint32_t n = CALIBRATION_LOOPS;
+  uint64_t start = systick_now();
+  __asm__ volatile("1:\n\tsubs %0, %0, #1\n\tbne 1b" : "+r"(n) : : "cc");
+  return systick_now() - start;
 }
 
 static int run_one(int index, int out) {
@@ -111,6 +125,11 @@ int main(void) {
   }
   sh_close(in);
   sh_close(out);
+  uint64_t calibration = calibrate();
+  sh_print("mscnn calibration");
+  sh_print_kv("instructions", 2u * CALIBRATION_LOOPS);
+  sh_print_kv("ticks", (uint32_t)calibration);
+  sh_print("\n");
   sh_print("mscnn done");
   sh_print_kv("records", (uint32_t)(bytes > 0 ? bytes / record : 0));
   sh_print_kv("stack_peak", stack_peak());
