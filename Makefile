@@ -39,8 +39,8 @@ venv: $(STAMP)
 
 # --------------------------------------------------------------------------------------
 # Cross toolchains and qemu-user (Debian packages), installed when run as root.
-APT_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user
-TOOLS        := g++ aarch64-linux-gnu-g++ arm-linux-gnueabihf-g++ qemu-aarch64 qemu-arm
+APT_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
+TOOLS        := g++ aarch64-linux-gnu-g++ arm-linux-gnueabihf-g++ qemu-aarch64 qemu-arm arm-none-eabi-gcc qemu-system-arm
 TOOLCHAINS   := $(VENV)/.toolchains
 
 $(TOOLCHAINS): | $(STAMP)
