@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 import torch
 
+from mscnn import MscnnError
 from mscnn.streaming import StepModule
 
 from .errors import CompileError
@@ -41,7 +42,10 @@ def export_step_onnx(model: torch.nn.Module, hop: int, path: Path) -> Path:
     The TorchScript exporter with static shapes, the same opset and constant folding as
     the window export (compile.export), then the ONNX checker with shape inference.
     """
-    step = StepModule(model, hop)  # refuses what cannot stream, naming the layer
+    try:
+        step = StepModule(model, hop)  # refuses what cannot stream, naming the layer
+    except MscnnError as exc:
+        raise CompileError(str(exc)) from None
     specs = step.state_specs()
     example = (torch.zeros(1, step.leads, hop), torch.tensor([hop]), *step.initial_states())
     inputs = [INPUT_NAME, N_VALID, *(s.name for s in specs)]

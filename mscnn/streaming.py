@@ -683,3 +683,25 @@ class StreamingModel:
                 "and the stream is as before: send a clean chunk or reset()"
             )
         return x.detach().cpu()
+
+
+def window_activation_bytes(model: nn.Module, samples: int) -> int:
+    """Bytes of every layer's output for one offline window of `samples` (batch 1), summed
+    without buffer reuse: the window's activation memory that a stream's state is set
+    against (a runtime that reuses buffers holds less at once, but at least the largest)."""
+    total = 0
+
+    def count(_module, _inputs, output) -> None:
+        nonlocal total
+        if isinstance(output, Tensor):
+            total += output.numel() * output.element_size()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, _backbone_of(model).in_channels, samples))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
