@@ -81,7 +81,7 @@ def stream_onnx(path: Path, signal: np.ndarray) -> np.ndarray:
     """Stream `signal` (leads, samples) through the exported step in ONNX Runtime, hop by
     hop, then end it as the protocol says; the frames (channels, frames), time last.
 
-    Uses only what the ONNX file says (shapes, names), as a runner on a device would.
+    Uses only what the ONNX file says (shapes, names, metadata), as a device runner would.
     """
     import onnxruntime as ort
 
@@ -89,28 +89,38 @@ def stream_onnx(path: Path, signal: np.ndarray) -> np.ndarray:
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     ins = session.get_inputs()
-    _, leads, hop = ins[0].shape
-    m = session.get_outputs()[0].shape[-1]
     dtypes = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
     states = [np.zeros(i.shape, dtypes[i.type]) for i in ins[2:]]
-    flush_steps = int(session.get_modelmeta().custom_metadata_map[f"{META}flush_steps"])
     names = [i.name for i in ins[2:]]
+
+    def step(x, n_valid, states):
+        feed = {INPUT_NAME: x, N_VALID: n_valid} | dict(zip(names, states, strict=True))
+        frames, valid, *states = session.run(None, feed)
+        return frames, valid, states
+
+    leads = ins[0].shape[1]
+    if np.ndim(signal) != 2 or np.shape(signal)[0] != leads:
+        raise CompileError(f"stream: signal shape {np.shape(signal)}; expected ({leads}, n)")
+    flush_steps = int(session.get_modelmeta().custom_metadata_map[f"{META}flush_steps"])
+    return stream_record(step, signal, states, ins[0].shape[-1], flush_steps)
+
+
+def stream_record(step, signal: np.ndarray, states: list, hop: int, flush_steps: int):
+    """A runner's loop over any runtime's step: `step(x, n_valid, states) -> (frames,
+    valid, states)` on numpy arrays, `states` the zeroed initial ones. Whole hops while
+    the record lasts, then its partial (maybe empty) hop, then empty hops until a step's
+    valid frames stop short of the hop's frames; the frames (channels, frames)."""
     signal = np.asarray(signal, np.float32)
-    if signal.ndim != 2 or signal.shape[0] != leads:
-        raise CompileError(f"stream_onnx: signal shape {signal.shape}; expected ({leads}, n)")
-    out, samples = [], signal.shape[1]
-    end = samples // hop  # the step that ends the record (its partial hop, maybe empty)
-    k = 0
-    while True:
+    if signal.ndim != 2:
+        raise CompileError(f"stream: signal shape {signal.shape}; expected (leads, samples)")
+    out, leads, end = [], signal.shape[0], signal.shape[1] // hop
+    for k in range(end + flush_steps):
         x = np.zeros((1, leads, hop), np.float32)
         chunk = signal[:, k * hop : (k + 1) * hop]
         x[0, :, : chunk.shape[1]] = chunk
-        feed = {INPUT_NAME: x, N_VALID: np.array([chunk.shape[1]], np.int64)}
-        frames, valid, *states = session.run(None, feed | dict(zip(names, states, strict=True)))
-        start, stop = (int(v) for v in valid)
-        out.append(frames[0, :, start:stop])
-        if k >= end and stop < m:
+        frames, valid, states = step(x, np.array([chunk.shape[1]], np.int64), states)
+        start, stop = (int(v) for v in np.asarray(valid))
+        out.append(np.asarray(frames)[0, :, start:stop])
+        if k >= end and stop < np.shape(frames)[-1]:
             return np.concatenate(out, axis=-1)
-        if k - end + 1 >= flush_steps:
-            raise CompileError(f"{path}: the record did not end within {flush_steps} steps")
-        k += 1
+    raise CompileError(f"stream: the record did not end within {flush_steps} steps")

@@ -2,6 +2,8 @@
 would (only the step, the states passed back in, the end signalled with n_valid), gives
 the offline PyTorch frames of a real record."""
 
+import warnings
+
 import numpy as np
 import onnx
 import pytest
@@ -9,7 +11,14 @@ import torch
 
 import mscnn
 from compile import CompileError
-from compile.stream import META, NEXT, export_step_onnx, stream_facts, stream_onnx
+from compile.stream import (
+    META,
+    NEXT,
+    export_step_onnx,
+    stream_facts,
+    stream_onnx,
+    stream_record,
+)
 from deploy.parity import compare
 from mscnn import ECG_SEQ_LAB_NET, StepModule
 from mscnn import data as ecg_data
@@ -89,3 +98,33 @@ def test_a_model_that_cannot_stream_is_refused(tmp_path):
     with pytest.raises(CompileError, match=r"layer attn \(SqueezeExcitation\)"):
         export_step_onnx(model, 64, tmp_path / "step.onnx")
     assert not (tmp_path / "step.onnx").exists()
+
+
+@needs_cpsc
+@pytest.mark.slow
+def test_tvm_compiles_the_step_and_it_streams(tmp_path, detector, record):
+    """The exported step through TVM's ONNX importer and default CPU pipeline (no
+    schedule): the int64 clock, the masks and the state slices all compile, and the
+    compiled step streams the record exactly."""
+    import tvm
+    from tvm import relax
+
+    from compile.pipeline import import_onnx
+
+    step_module = StepModule(detector, 512)
+    path = export_step_onnx(detector, 512, tmp_path / "step.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TVM renames the dotted state names
+        mod = import_onnx(path, (1, 1, 512))
+    vm = relax.VirtualMachine(tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"})),
+                              tvm.cpu())  # fmt: skip
+
+    def step(x, n_valid, states):
+        args = [tvm.runtime.tensor(a) for a in (x, n_valid, *states)]
+        frames, valid, *states = (r.numpy() for r in vm["main"](*args))
+        return frames, valid, states
+
+    states = [s.numpy() for s in step_module.initial_states()]
+    got = stream_record(step, record, states, 512, step_module.flush_steps)
+    result = compare(got, offline(detector, record), "cpu")
+    assert result.passed, str(result)
