@@ -261,13 +261,18 @@ def check_fit(footprint: Footprint, flash: int, ram: int, where: str, what: str)
     """Refuse a model that does not fit `where`, naming every number."""
     if footprint.flash <= flash and footprint.ram <= ram:
         return
+    flash_parts = _parts(code=footprint.flash_code, weights=footprint.flash_weights)
+    ram_parts = _parts(arena=footprint.ram_arena, static=footprint.ram_static,
+                       stack=footprint.stack_reserved)  # fmt: skip
     raise CompileError(
-        f"{what} does not fit {where}: it needs {_kib(footprint.flash)} flash "
-        f"({_kib(footprint.flash_code)} code + {_kib(footprint.flash_weights)} weights) of "
-        f"{_kib(flash)} and {_kib(footprint.ram)} RAM ({_kib(footprint.ram_arena)} arena + "
-        f"{_kib(footprint.ram_static)} static + {_kib(footprint.stack_reserved)} stack) of "
-        f"{_kib(ram)}; use a shorter window (samples) or a part with more memory"
+        f"{what} does not fit {where}: it needs {_kib(footprint.flash)} flash ({flash_parts}) "
+        f"of {_kib(flash)} and {_kib(footprint.ram)} RAM ({ram_parts}) of {_kib(ram)}; use a "
+        "shorter window (samples) or a part with more memory"
     )
+
+
+def _parts(**sizes: int) -> str:
+    return " + ".join(f"{_kib(v)} {k}" for k, v in sizes.items() if v) or "nothing"
 
 
 def fit_table(footprint: Footprint) -> dict[str, dict[str, Any]]:
@@ -399,7 +404,7 @@ class McuBuild:
     core: str
     samples: int
     footprint: Footprint
-    speed: Speed  # per window, estimated at the part's (or 480 MHz) clock
+    speed: Speed  # per window, estimated at the part's clock (default: the core's part)
     parity: ParityResult  # the worst golden case against PyTorch, cpu tolerance
     beats_equal: bool | None  # detector: every real record's beats are PyTorch's
     fits: dict[str, dict[str, Any]]
@@ -449,14 +454,13 @@ def build_mcu(
     log.info("mcu: %s window %d samples for %s (%s)", type(model).__name__, samples, b.name,
              core.name)  # fmt: skip
     inputs, expected = _golden(model, leads, samples, fs, records, seed)
-    library = _build_library(model, core, samples, out)
-    check_fit(library_footprint(library, STACK_BYTES), *budget, "the model")
+    library = _build_library(model, core, samples, out, budget)
     elf = link_firmware(out, core, b, library)
     check_fit(footprint_of(elf), *budget, "the firmware")
     run = run_firmware(elf, b, np.stack([x.reshape(-1) for x in inputs.values()]), out / "qemu")
     result = _judge(model, run, inputs, expected, fs, samples)
     footprint = footprint_of(elf, run.stack_peak)
-    clock = get_part(part).clock_hz if part else PARTS["stm32h7"].clock_hz
+    clock = get_part(part or _part_for(b.core)).clock_hz
     speed = Speed(int(np.median(run.instructions)), samples / fs, clock)
     built = McuBuild(out, b.name, core.name, samples, footprint, speed, *result,
                      fit_table(footprint))  # fmt: skip
@@ -465,6 +469,12 @@ def build_mcu(
         raise ParityError(f"mcu: the firmware under qemu disagrees with PyTorch: {built.parity}"
                           f"; beats equal: {built.beats_equal} (see {out / REPORT})")  # fmt: skip
     return built
+
+
+def _part_for(core: str) -> str:
+    """The part whose clock a speed estimate assumes when none is named: the first of
+    PARTS with the board's core."""
+    return next(p.name for p in PARTS.values() if p.core == core)
 
 
 def _budget(board: Board, part: str | None) -> tuple[int, int, str]:
@@ -478,15 +488,22 @@ def _budget(board: Board, part: str | None) -> tuple[int, int, str]:
     return p.flash_bytes, p.ram_bytes, p.description
 
 
-def _build_library(model, core: Core, samples: int, out: Path) -> Path:
-    """Steps 1-3: ONNX, kernels, C, libmscnn.a in `out`."""
+def _build_library(model, core: Core, samples: int, out: Path, budget) -> Path:
+    """Steps 1-4: ONNX, kernels, C, libmscnn.a in `out`, refused as soon as the memory
+    plan shows the model cannot fit `budget` (weights and arena alone), and again with
+    the library's real sizes."""
     from .export import export_onnx
 
     onnx_path = export_onnx(model, out / "model.onnx", batch=1, samples=samples)
     lowered = lower(onnx_path, (1, model.in_channels, samples), core.tvm)
+    program = lowered.program
+    floor = Footprint(0, program.weights_bytes, program.arena_bytes, 0, STACK_BYTES)
+    check_fit(floor, *budget, f"the model at {samples} samples (memory plan)")
     kernels = compile_kernels(lowered, core.tvm, out / "kernels.o")
     write_c(lowered, kernels, out)
-    return compile_library(out, core, kernels)
+    library = compile_library(out, core, kernels)
+    check_fit(library_footprint(library, STACK_BYTES), *budget, f"the model at {samples} samples")
+    return library
 
 
 def _golden(model, leads: tuple[str, ...], samples: int, fs: int, records: int, seed: int):

@@ -1,0 +1,153 @@
+"""Cortex-M builds: the QRS detector's library and example firmware, run under
+qemu-system-arm, against PyTorch (tensors and beats), with its error codes, footprint,
+instruction count and the refusal of a model that does not fit."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+import mscnn
+from compile import mcu
+from compile.errors import CompileError
+from deploy.parity import compare
+from deploy.rpeaks import RPeakRule, detect_rpeaks
+from mscnn.data import cpsc2019_records
+
+TOOLS = ("arm-none-eabi-gcc", "qemu-system-arm")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.cross,
+    pytest.mark.skipif(
+        any(shutil.which(t) is None for t in TOOLS),
+        reason="needs arm-none-eabi-gcc (gcc-arm-none-eabi, libnewlib-arm-none-eabi) and "
+        "qemu-system-arm: run `make toolchains` as root",
+    ),
+]
+
+# 4.8 s windows: the longest the planned arena lets fit an STM32H7-class part's 1 MB.
+SAMPLES = 2400
+MSCNN_E_LENGTH, MSCNN_E_NONFINITE = 1, 2
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return mscnn.load_model("cpsc2019_qrs")
+
+
+@pytest.fixture(scope="module")
+def m7(detector, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mcu-m7")
+    return mcu.build_mcu(detector, "mps2-an500", out, samples=SAMPLES, part="stm32h7", records=2)
+
+
+def _records(first: int, count: int) -> np.ndarray:
+    return cpsc2019_records().signals[first : first + count, :SAMPLES]
+
+
+def test_firmware_matches_pytorch_on_unseen_records(m7, detector, tmp_path):
+    """Not the build's verdict: records the build never ran, judged here."""
+    x = _records(20, 2)
+    run = mcu.run_firmware(m7.firmware, mcu.BOARDS["mps2-an500"], x, tmp_path)
+    assert run.status == 0 and run.codes == (0, 0), run.log
+    with torch.no_grad():
+        want = detector.model(torch.from_numpy(x[:, None, :])).numpy()
+    rule = RPeakRule(reduction=detector.model.reduction, fs=detector.fs)
+    for got, ref in zip(run.outputs, want, strict=True):
+        got = got.reshape(ref.shape)
+        assert compare(got, ref, "cpu").passed, compare(got, ref, "cpu")
+        beats = detect_rpeaks(got, rule, SAMPLES)
+        assert len(beats) >= 3  # real ECG: several beats in 4.8 s
+        assert np.array_equal(beats, detect_rpeaks(ref, rule, SAMPLES))
+
+
+def test_build_report(m7):
+    report = json.loads((m7.folder / mcu.REPORT).read_text())
+    assert report == json.loads(json.dumps(m7.to_json()))
+    assert m7.parity.passed and m7.parity.normalised <= 1e-5
+    assert m7.beats_equal is True
+    for name in ("model.c", "model.h", "libmscnn.a", "firmware.elf", "kernels.o"):
+        assert (m7.folder / name).stat().st_size > 0
+
+
+def test_nonfinite_input_is_an_error_code(m7, tmp_path):
+    board = mcu.BOARDS["mps2-an500"]
+    for bad in (np.nan, np.inf, -np.inf):
+        x = _records(0, 1).copy()
+        x[0, 1234] = bad
+        run = mcu.run_firmware(m7.firmware, board, x, tmp_path / str(bad))
+        assert run.status == MSCNN_E_NONFINITE and run.codes == (MSCNN_E_NONFINITE,), run.log
+        assert len(run.outputs) == 0
+
+
+@pytest.mark.parametrize("samples", [SAMPLES - 1, SAMPLES + SAMPLES // 2, 0])
+def test_wrong_input_length_is_an_error_code(m7, tmp_path, samples):
+    x = np.zeros((1, samples), np.float32)
+    run = mcu.run_firmware(m7.firmware, mcu.BOARDS["mps2-an500"], x, tmp_path)
+    assert run.status == MSCNN_E_LENGTH and run.codes == (MSCNN_E_LENGTH,), run.log
+
+
+def test_footprint(m7, detector):
+    f = m7.footprint
+    params = sum(p.numel() for p in detector.model.parameters())
+    assert f.flash_weights >= 4 * params  # fp32 weights (plus folded normalisation)
+    assert f.flash == f.flash_code + f.flash_weights <= 2 * 2**20
+    assert f.ram == f.ram_arena + f.ram_static + f.stack_reserved <= 2**20
+    assert 0 < f.stack_peak < f.stack_reserved
+    assert m7.fits["stm32h7"]["fits"] and not m7.fits["nrf52840"]["fits"]
+
+
+def test_no_heap_and_few_libc_symbols(m7):
+    """The firmware links without malloc or sbrk; the library needs only math from libc."""
+    nm = shutil.which("arm-none-eabi-nm")
+    symbols = subprocess.run([nm, str(m7.firmware)], capture_output=True, text=True).stdout
+    names = {line.split()[-1] for line in symbols.splitlines() if line.strip()}
+    assert not names & {"malloc", "_malloc_r", "_sbrk", "_sbrk_r", "free"}
+    listing = subprocess.run([nm, str(m7.library)], capture_output=True, text=True).stdout
+    defined = {ln.split()[-1] for ln in listing.splitlines() if ln[9:10] not in ("", "U")}
+    undefined = {ln.split()[-1] for ln in listing.splitlines() if ln.strip().startswith("U ")}
+    assert undefined - defined <= {"memcpy", "memset", "expf", "logf", "tanhf"}
+
+
+def test_instruction_count_is_plausible(m7, detector):
+    """At least one instruction per multiply-accumulate (scalar FPU), and not many more."""
+    macs = []
+
+    def count(layer, _inputs, output):
+        if isinstance(layer, torch.nn.Conv1d):
+            macs.append(output.numel() * layer.in_channels * layer.kernel_size[0])
+        elif isinstance(layer, torch.nn.Linear):
+            macs.append(output.numel() * layer.in_features)
+
+    hooks = [m.register_forward_hook(count) for m in detector.model.modules()]
+    with torch.no_grad():
+        detector.model(torch.zeros(1, 1, SAMPLES))
+    for h in hooks:
+        h.remove()
+    assert sum(macs) < m7.speed.instructions < 4 * sum(macs)
+    assert m7.speed.cpu_load == pytest.approx(
+        m7.speed.instructions / (SAMPLES / detector.fs) / 480e6
+    )
+
+
+def test_too_big_for_the_part_is_refused_with_the_numbers(detector, tmp_path):
+    with pytest.raises(CompileError, match=r"does not fit STM32H7.*KiB RAM") as err:
+        mcu.build_mcu(detector, "mps2-an500", tmp_path, samples=5000, part="stm32h7")
+    assert "1,024.0 KiB" in str(err.value)  # the part's RAM, named
+    assert not (tmp_path / "firmware.elf").exists()
+
+
+def test_bad_requests(detector, tmp_path):
+    with pytest.raises(CompileError, match="unknown board 'stm32'; choose from: mps2-an500"):
+        mcu.build_mcu(detector, "stm32", tmp_path)
+    with pytest.raises(CompileError, match="part nrf52840 is a cortex-m4.*mps2-an386"):
+        mcu.build_mcu(detector, "mps2-an500", tmp_path, part="nrf52840")
+
+
+def test_cortex_m4(detector, tmp_path):
+    built = mcu.build_mcu(detector, "mps2-an386", tmp_path, samples=1200, records=1)
+    assert built.core == "cortex-m4"
+    assert built.parity.passed and built.beats_equal is True
