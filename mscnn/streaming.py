@@ -23,17 +23,18 @@ The step (`StepModule`, pure, static shapes, exportable):
   While streaming, n_valid == hop. To end a record of L samples: send its last partial
   hop with n_valid = L mod hop (an empty one, n_valid = 0, when L is a multiple of hop),
   then hops with n_valid = 0 until a step returns valid[1] < frames_per_step; at most
-  `flush_steps` hops end any record.
+  `flush_steps` hops end any record. (A record the offline model refuses, too short
+  for its pooling, has no frames to give: StreamingModel.flush refuses it the same way.)
 - `states`: `state_specs()` lists them, in order, with names, shapes and dtypes; all
   start at zero (`initial_states()`). The first two are counters: `clock.step` (hops
   done) and `clock.length` (real samples so far), both (1,) int64; the record has
   ended once length < step * hop. The rest are float32 (1, channels, n): per conv the
   last n = dilation * (kernel - 1) samples of its input, per down-sampler and branch the
   few samples that align pooling windows and the branches' delays.
-- `frames` (1, channels, m), m = hop / R; `valid` (2,) int64 [start, stop): the frames
-  `frames[..., start:stop]` are the next offline frames, in order. The step lags
-  `delay_frames` frames behind its input (look-ahead plus alignment), so the first
-  steps start later than 0; after the end, stop stops short of m.
+- `frames` (1, channels, m) (classes for a head), m = hop / R; `valid` (2,) int64
+  [start, stop): `frames[..., start:stop]` are the next offline frames, in order. The
+  step lags `delay_frames` frames behind its input (look-ahead plus alignment), so the
+  first steps start later than 0; after the end, stop stops short of m.
 
 `StreamingModel(model, hop)` buffers arbitrary chunks to whole hops and drives exactly
 this step, so the reference and a compiled step share one semantics.
@@ -61,7 +62,7 @@ from .model import ACTIVATIONS, MultiScopicCNN
 
 log = logging.getLogger(__name__)
 
-# Layers applied to every sample (or, with channels_last, every frame) on its own.
+# Layers applied to every sample on its own (nn.Linear, in the head, to every frame).
 _ELEMENTWISE = (*ACTIVATIONS.values(), nn.Dropout, nn.Dropout1d, nn.AlphaDropout)
 _GLOBAL = {
     nn.GroupNorm: "normalises over the whole record (its statistics need every sample)",
@@ -421,6 +422,10 @@ def _backbone_of(model: nn.Module) -> MultiScopicCNN:
 
 
 def _check_eval(model: nn.Module) -> None:
+    odd = sorted({str(p.dtype) for p in model.parameters()} - {"torch.float32"})
+    if odd:
+        raise MscnnError(f"cannot stream: the model holds {', '.join(odd)} weights; streaming "
+                         "runs float32 (model.float())")  # fmt: skip
     for name, module in model.named_modules():
         if module.training:
             raise MscnnError(
@@ -465,6 +470,7 @@ class StepModule(nn.Module):
         self.head = nn.ModuleList(head)
         self.flush_steps = self._flush_steps()
         super().train(False)  # shares the model's layers: never flip them to training
+        log.debug("step: hop %d, delay %d frames, %d state bytes", hop, delay, self.state_bytes)
 
     def train(self, mode: bool = True) -> StepModule:
         if mode:

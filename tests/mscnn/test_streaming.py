@@ -345,3 +345,8 @@ def test_training_mode_is_refused(backbone):
     with pytest.raises(MscnnError, match="eval mode only"):
         step.train()
     assert not any(m.training for m in backbone.modules())
+
+
+def test_a_float64_model_is_refused(backbone):
+    with pytest.raises(MscnnError, match=r"torch\.float64 weights; streaming runs float32"):
+        StreamingModel(copy.deepcopy(backbone).double(), 64)
