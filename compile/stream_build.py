@@ -54,7 +54,7 @@ def build_stream_into(
     options,
     journal: Journal,
 ) -> Manifest:
-    from . import build as window
+    from .build import compile_library, describe, verdict, write_manifest
 
     def step(stage: str):
         return journal.stage(stage, options.progress)
@@ -72,11 +72,11 @@ def build_stream_into(
             raise ParityError(f"the streamed ONNX step disagrees with PyTorch: {ort}")
     with step("tvm"):  # Step 4
         shape = (1, step_model.leads, options.hop)
-        library = window.compile_library(
+        library = compile_library(
             folder / ONNX_FILE, target, shape, folder / LIBRARY, journal.path, options
         )
     with step("manifest"):  # Step 5
-        base = window.describe(
+        base = describe(
             name,
             loaded,
             model,
@@ -85,11 +85,9 @@ def build_stream_into(
             shape,
             [],
             library,
-            Parity(
-                TOLERANCES[target.device], window.verdict(ort), Verdict.not_run("not run"), None
-            ),
+            Parity(TOLERANCES[target.device], verdict(ort), Verdict.not_run("not run"), None),
         )
-        manifest = window.write_manifest(folder, _as_stream(base, step_model, case))
+        manifest = write_manifest(folder, _as_stream(base, step_model, case))
     with step("parity"):  # Step 6
         manifest = check_built_stream(folder, manifest, target)
         journal.write(f"TVM (streamed) vs PyTorch: {manifest.parity.tvm}")
