@@ -128,3 +128,13 @@ def test_tvm_compiles_the_step_and_it_streams(tmp_path, detector, record):
     got = stream_record(step, record, states, 512, step_module.flush_steps)
     result = compare(got, offline(detector, record), "cpu")
     assert result.passed, str(result)
+
+
+@needs_cpsc
+@pytest.mark.slow
+def test_five_minutes_through_onnx_runtime(tmp_path, detector):
+    """30 CPSC2019 records (5 min) back to back through the ONNX step at a 1 s hop."""
+    x = np.ascontiguousarray(ecg_data.cpsc2019_records().signals[:30].reshape(1, -1))
+    got = stream_onnx(export_step_onnx(detector, 512, tmp_path / "step.onnx"), x)
+    result = compare(got, offline(detector, x), "cpu")
+    assert result.passed, str(result)

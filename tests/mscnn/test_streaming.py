@@ -350,3 +350,12 @@ def test_training_mode_is_refused(backbone):
 def test_a_float64_model_is_refused(backbone):
     with pytest.raises(MscnnError, match=r"torch\.float64 weights; streaming runs float32"):
         StreamingModel(copy.deepcopy(backbone).double(), 64)
+
+
+@needs_cpsc
+@pytest.mark.slow
+def test_five_minutes_of_real_ecg_equal_offline(detector):
+    """The issue's goal, in PyTorch: 30 records (5 min) back to back, at a 1 s hop."""
+    x = torch.from_numpy(ecg_data.cpsc2019_records().signals[:30].reshape(1, -1).copy())
+    sizes = [int(n) for n in np.random.default_rng(5).integers(1, 5000, 60)]
+    assert_same(stream(StreamingModel(detector, 512), x, sizes), offline(detector, x))
