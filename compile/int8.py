@@ -221,6 +221,7 @@ class ConvKernel:
     dot: Dot
     lut: np.ndarray | None = None  # the head's activation table, applied after requant
     classes: int | None = None  # the last linear: float32 output of this many channels
+    pool: int = 1  # a max-pool fused into the epilogue (its tile holds whole windows)
 
     @property
     def padded_out(self) -> int:
@@ -250,14 +251,15 @@ class ConvKernel:
         if conv.requant is None:
             return [*out, np.asarray(conv.out_scale, dtype=np.float32).reshape(-1)]
         rq = conv.requant
-        out += [rq.multiplier.astype(np.int64), rq.rounding.astype(np.int64),
+        out += [rq.multiplier.astype(np.int32), rq.rounding.astype(np.int64),
                 rq.shift.astype(np.int64)]  # fmt: skip
         return out + ([self.lut.astype(np.int8)] if self.lut is not None else [])
 
     def output(self) -> tuple[tuple[int, ...], str]:
         if self.classes is not None:
             return (self.batch, self.length, self.classes), "float32"
-        return (self.batch, self.length, self.conv.weight.shape[0]), self.conv.out_dtype
+        f = self.conv.weight.shape[0]
+        return (self.batch, self.length // self.pool, f), self.conv.out_dtype
 
 
 def _conv_te(kc: ConvKernel):
@@ -316,30 +318,43 @@ def _epilogue(kc: ConvKernel, acc, bias):
         )
         return [scale], out
     rq = conv.requant
-    mul, rnd, sh = (te.placeholder((fp,), "int64", name=nm) for nm in ("mul", "rnd", "sh"))
+    # The multiplier fits int32: a 32 x 32 -> 64-bit multiply (vpmuldq, smull), not 64 x 64.
+    mul = te.placeholder((fp,), "int32", name="mul")
+    rnd, sh = (te.placeholder((fp,), "int64", name=nm) for nm in ("rnd", "sh"))
     lut = te.placeholder((256,), "int8", name="lut") if kc.lut is not None else None
 
-    def requant(n, i, f):
-        a = acc[n, i, f] + bias[f]
+    def requant(a, f):
+        a = a + bias[f]
         if rq.relu:
             a = tirx.max(a, 0)
-        y = tirx.shift_right(a.astype("int64") * mul[f] + rnd[f], sh[f])
+        y = tirx.shift_right(a.astype("int64") * mul[f].astype("int64") + rnd[f], sh[f])
         y = tirx.max(tirx.min(y, tirx.const(rq.hi, "int64")), tirx.const(rq.lo, "int64"))
         if lut is not None:
             return lut[y.astype("int32") + 128]
         return y.astype(dtype)
 
-    out = te.compute(shape, requant, name="out")
+    def pooled(n, i, f):
+        """max over the window of requant(acc), computed as one requantization: requant is
+        monotone in acc, non-decreasing where the multiplier is >= 0 (max of the window)
+        and non-increasing where it is < 0 (min), so the two are equal bit for bit."""
+        window = [acc[n, i * kc.pool + j, f] for j in range(kc.pool)]
+        if len(window) == 1:
+            return requant(window[0], f)
+        top, bottom = functools.reduce(tirx.max, window), functools.reduce(tirx.min, window)
+        return requant(tirx.Select(mul[f] >= 0, top, bottom), f)
+
+    out = te.compute(shape, pooled, name="out")
     return [mul, rnd, sh] + ([lut] if lut is not None else []), out
 
 
-def _tile(length: int, vectors: int, budget: int) -> tuple[int, int]:
+def _tile(length: int, vectors: int, budget: int, pool: int = 1) -> tuple[int, int]:
     """(time steps, channel vectors) of the register tile: the most accumulators within
     `budget` from divisors of the length and vector count (no tails, no predicates), the
-    squarer of equals (fewest loads per instruction)."""
+    squarer of equals (fewest loads per instruction). With a fused `pool` the time steps
+    are whole pooling windows."""
     options = [
         (tt, fv)
-        for tt in range(1, 17) if length % tt == 0
+        for tt in range(pool, 17, pool) if length % tt == 0
         for fv in range(1, 5) if vectors % fv == 0 and tt * fv <= budget
     ]  # fmt: skip
     return max(options, key=lambda o: (o[0] * o[1], -(o[0] + o[1])))
@@ -354,7 +369,7 @@ def _schedule_conv(func, kc: ConvKernel):
     sch = tvm.s_tir.Schedule(func)
     acc, out, pad = (sch.get_sblock(n) for n in ("acc", "out", "pad"))
     n, i, f, rk, rc = sch.get_loops(acc)
-    tt, fv = _tile(kc.length, kc.padded_out // dot.lanes, dot.registers)
+    tt, fv = _tile(kc.length, kc.padded_out // dot.lanes, dot.registers, kc.pool)
     to, ti = sch.split(i, [None, tt])
     fo, fu, fi = sch.split(f, [None, fv, dot.lanes])
     if dot.group > 1:
@@ -379,8 +394,11 @@ def _schedule_conv(func, kc: ConvKernel):
     if dot.intrin is not None:
         sch.vectorize(sch.get_loops(init)[-1])
         sch.tensorize(fi, dot.intrin)
-    loops = sch.get_loops(pad)
-    sch.parallel(sch.fuse(*loops[:2]))
+    n, i, j = sch.get_loops(pad)
+    sch.parallel(sch.fuse(n, i))
+    width = next((v for v in (64, 32, 16) if int(sch.get(j).extent) % v == 0), None)
+    if width is not None and kc.padded_group_in == kc.conv.weight.shape[1]:
+        sch.vectorize(sch.split(j, [None, width])[1])  # the condition is on time only
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
@@ -532,6 +550,13 @@ def build_int8(
                        tuple(int(v) for v in out.shape), tuple(names), constants)  # fmt: skip
 
 
+def _fusable(length: int, pool: int, dot: Dot) -> bool:
+    """Whether a conv's register tile can hold whole pooling windows without a tail."""
+    return length % pool == 0 and any(
+        length % tt == 0 for tt in range(pool, min(16, dot.registers) + 1, pool)
+    )
+
+
 class _Builder:
     """Emits one call_tir per kernel into a Relax dataflow block; counts constants."""
 
@@ -566,10 +591,13 @@ class _Builder:
         for k, block in enumerate(branch):
             for c, conv in enumerate(block.convs):
                 dot = self.isa.word if conv.in_dtype == "int16" else self.isa.byte
-                kc = ConvKernel(conv, self.batch, length, channels, dot)
+                last = c == len(block.convs) - 1 and k < len(branch) - 1
+                pool = block.pool if last and _fusable(length, block.pool, dot) else 1
+                kc = ConvKernel(conv, self.batch, length, channels, dot, pool=pool)
                 h = self.conv(f"branch{b}_block{k}_conv{c}", h, kc)
                 channels = conv.weight.shape[0]
-            if k < len(branch) - 1:
+                length //= pool
+            if k < len(branch) - 1 and pool == 1:
                 func = _pool_func(self.batch, length, [channels], "int8", block.pool)
                 length //= block.pool
                 h = self.call(f"branch{b}_block{k}_pool", func, [h],

@@ -179,6 +179,24 @@ def test_lead_variant_program_is_bit_exact(qdetector):
     assert np.array_equal(program(x[3:]), quantize.run_int8(qm, x[3:]))
 
 
+@pytest.mark.slow
+def test_negative_batchnorm_scales_are_bit_exact():
+    """A BatchNorm with negative scales makes requantization decreasing: the fused
+    max-pool must then take the window's smallest accumulator (the min path)."""
+    if host_arch() != "x86_64" or "avx512_vnni" not in cpu_flags():
+        pytest.skip("this CPU has no AVX-512 VNNI: the x86 int8 program cannot run here")
+    model = mscnn.load_model("cpsc2019").model
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.weight[::2] *= -1
+    x = real(("ECG",), range(0, 4))[:, :, :1000]
+    qm = quantize.quantize_model(model, x[:3])
+    assert any((c.requant.multiplier < 0).any() for c in qm.layers())
+    program = int8.build_int8(qm, int8.X86_VNNI, batch=1, samples=1000)
+    assert np.array_equal(program(x[3:]), quantize.run_int8(qm, x[3:]))
+
+
 # -- accuracy ----------------------------------------------------------------------------
 
 
