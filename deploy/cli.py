@@ -104,6 +104,37 @@ def _detect(args) -> int:
     return EXIT_OK
 
 
+def _add_stream(sub) -> None:
+    s = sub.add_parser(
+        "stream",
+        help="stream raw samples through a stream bundle, printing "
+        "frames (or beats with --detect) as they complete",
+    )
+    s.add_argument("bundle", type=Path)
+    s.add_argument(
+        "--input",
+        type=Path,
+        default=Path("-"),
+        help="raw little-endian float32 samples, leads interleaved (- for stdin)",
+    )
+    s.add_argument("--detect", action="store_true", help="print R-peaks instead of frames")
+    s.add_argument(
+        "--chunk",
+        type=positive,
+        default=None,
+        help="samples per lead read at a time (default: the bundle's hop)",
+    )
+    s.set_defaults(func=_stream)
+
+
+def _stream(args) -> int:
+    from .streaming_cli import stream_file
+
+    for line in stream_file(args.bundle, args.input, args.detect, args.chunk):
+        print(line, flush=True)
+    return EXIT_OK
+
+
 def _add_info(sub) -> None:
     i = sub.add_parser("info", help="describe a bundle (verifies it, loads nothing)")
     i.add_argument("bundle", type=Path)
@@ -207,7 +238,16 @@ def _package(args) -> int:
     return EXIT_OK
 
 
-SUBCOMMANDS = [_add_run, _add_check, _add_detect, _add_info, _add_parity, _add_bench, _add_package]
+SUBCOMMANDS = [
+    _add_run,
+    _add_check,
+    _add_detect,
+    _add_stream,
+    _add_info,
+    _add_parity,
+    _add_bench,
+    _add_package,
+]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -235,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
+    except BrokenPipeError:  # the reader went away (| head): not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except OSError as exc:  # disk full or read-only where a file is written
         where = f" ({show(exc.filename)})" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)

@@ -7,6 +7,7 @@ finds the same beats from the same model output; `plot` draws a record with its 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from .bundle import Bundle, load_bundle
 from .errors import DeployError
 from .files import show
 from .predictor import Predictor
-from .rpeaks import detect_rpeaks, heart_rate_bpm
+from .rpeaks import RPeakRule, detect_rpeaks, heart_rate_bpm
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,34 @@ def detect(
             f"bundle {bundle.name} is a {bundle.manifest.model.task} model, not "
             "an R-peak detector (its manifest has no detection rule)"
         )
-    x = as_window(bundle, record, fs)
-    logits = (predictor or Predictor(bundle))(x)[0, :, 0]
-    beats = detect_rpeaks(logits, rule, n_samples=x.shape[2])
-    return Detection(beats, heart_rate_bpm(beats, rule.fs), rule.fs, x.shape[2])
+    if bundle.manifest.stream is not None:  # a record of any length
+        x = as_record(bundle, record, fs)
+        from .stream import open_stream
+
+        logits = open_stream(bundle).run(x)[0]
+    else:
+        x = as_window(bundle, record, fs)[0]
+        logits = (predictor or Predictor(bundle))(x[None])[0, :, 0]
+    beats = detect_rpeaks(logits, rule, n_samples=x.shape[-1])
+    return Detection(beats, heart_rate_bpm(beats, rule.fs), rule.fs, x.shape[-1])
+
+
+def as_record(bundle: Bundle, record: np.ndarray, fs: int | None = None) -> np.ndarray:
+    """A record of any length as (leads, samples) float32 for a stream bundle."""
+    m = bundle.manifest
+    if fs is not None and fs != m.fs:
+        raise DeployError(
+            f"record sampled at {fs} Hz; this bundle takes {m.fs} Hz: "
+            f"resample the record to {m.fs} Hz first"
+        )
+    x = np.asarray(record)
+    x = x.reshape(1, -1) if x.ndim == 1 else x.reshape(x.shape[-2:]) if x.ndim == 3 else x
+    if x.ndim != 2 or x.shape[0] != len(m.leads) or x.shape[1] == 0:
+        raise DeployError(
+            f"record of shape {np.shape(record)}: expected ({len(m.leads)} leads, "
+            "samples) or (samples,) for one lead"
+        )
+    return x
 
 
 def plot(record: np.ndarray, detection: Detection, path: Path, title: str = "") -> Path:
@@ -117,3 +142,60 @@ def plot(record: np.ndarray, detection: Detection, path: Path, title: str = "") 
     finally:
         plt.close(fig)
     return path
+
+
+class BeatStream:
+    """R-peaks from a detector's frames as they arrive, by the manifest's rule.
+
+    The rule is global over a record (runs, then the strongest of beats closer than the
+    minimum RR interval), so a beat is reported once every candidate that could still
+    change it has been seen: `horizon` samples later (two minimum RR intervals and an edge,
+    at least a second). Only the last few seconds of logits are kept, whatever the length
+    of the stream. On real records the beats equal the offline rule's (tested over many
+    minutes); a pathological chain of ever stronger beats, each within the minimum RR of
+    the next, longer than the horizon could differ."""
+
+    def __init__(self, rule: RPeakRule) -> None:
+        self.rule = rule
+        r = rule.reduction
+        self.horizon = max(2 * rule.min_rr_samples + rule.edge_samples + 4 * r, rule.fs)
+        self._keep = (2 * self.horizon) // r + 1  # frames kept behind the reporting point
+        self._logits = np.zeros(0, np.float64)
+        self._offset = 0  # frame index of _logits[0]
+        self._last = -1  # last beat reported (sample)
+
+    def push(self, logits: np.ndarray) -> list[int]:
+        """New frames' logits (k,); the beats that are now final, as sample indices."""
+        logits = np.asarray(logits, np.float64).reshape(-1)
+        piece = max(1, self.horizon // (4 * self.rule.reduction))  # small steps: no gaps
+        beats = []
+        for at in range(0, len(logits), piece):
+            self._logits = np.concatenate([self._logits, logits[at : at + piece]])
+            end = (self._offset + len(self._logits)) * self.rule.reduction
+            beats += self._beats(None, limit=end - self.horizon)
+            drop = max(0, len(self._logits) - self._keep)
+            self._logits, self._offset = self._logits[drop:], self._offset + drop
+        return beats
+
+    def flush(self) -> list[int]:
+        """The end of the record: the remaining beats (the end edge rule applies)."""
+        n = (self._offset + len(self._logits)) * self.rule.reduction
+        return self._beats(n, limit=n) or []
+
+    def _beats(self, n_samples: int | None, limit: int) -> list[int]:
+        r = self.rule.reduction
+        start = self._offset * r
+        window_n = None if n_samples is None else n_samples - start
+        found = detect_rpeaks(self._logits, self._rule_for_window(), window_n) + start
+        # Mid-stream, runs cut by the window's start are not beats: stay clear of it.
+        lower = start + self.horizon // 2 if self._offset else -1
+        new = [int(s) for s in found if max(self._last, lower) < s < limit]
+        if new:
+            self._last = new[-1]
+        return new
+
+    def _rule_for_window(self) -> RPeakRule:
+        """Mid-stream the window's first samples are not the record's start: no edge."""
+        if self._offset == 0:
+            return self.rule
+        return dataclasses.replace(self.rule, edge_ms=0)
