@@ -570,7 +570,8 @@ class StreamingModel:
     `StepModule`: chunks are buffered to whole hops and the step runs per hop, so this
     reference and a compiled step share one semantics. After `flush()` the stream is
     reset for the next record. A refused chunk (NaN/Inf, wrong leads or dtype) leaves the
-    stream as it was.
+    stream as it was. A step is many small ops: run it with torch.set_num_threads(1)
+    (measured on a busy 2-core machine: two threads made each step 5-25x slower).
     """
 
     def __init__(self, model: nn.Module, hop: int, fs: int = 500) -> None:
