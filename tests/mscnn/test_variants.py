@@ -194,6 +194,14 @@ def test_whole_model_variants_and_their_refusal(rng):
     )
 
 
+def test_only_models_have_variants():
+    with pytest.raises(MscnnError) as err:
+        derive_variant(torch.nn.Conv1d(12, 12, 3), [0, 1])
+    assert str(err.value) == (
+        "derive_variant: expected a MultiScopicCNN, ECG_SEQ_LAB_NET or ECG_CRNN, got Conv1d"
+    )
+
+
 def test_bad_variant_requests(leadwise):
     with pytest.raises(MscnnError, match="duplicate"):
         derive_variant(leadwise, [1, 1])

@@ -56,7 +56,7 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     ("deploy.parity", ".astype(None)", "numpy's astype(None) casts to float64, as before"),
     (
         "mscnn.leads",
-        "load_state_dict(state, strict=None)",
+        "variant.load_state_dict(state,",
         "the state comes from a model of the same config: every key matches, strict or not",
     ),
 ]
