@@ -363,23 +363,36 @@ def _refuse(name: str, kind: str, why: str) -> MscnnError:
 
 
 def _plan_backbone(cnn: MultiScopicCNN, prefix: str) -> tuple[list[list[_Op]], tuple]:
-    """Ops per branch, each ending in the delay line that lines it up with the slowest;
-    and the (rate, delay, channels) of the concatenated output."""
-    branches, ends = [], []
-    for b, branch in cnn.branches.items():
-        start = (1, 0, cnn.in_channels)
-        ops, end = _plan_sequence(branch, f"{prefix}branches.{b}", start, per_frame=False)
-        branches.append(ops)
-        ends.append(end)
+    """Ops per branch, with the delay line that lines each up with the slowest; and the
+    (rate, delay, channels) of the concatenated output."""
+    names = list(cnn.branches)
+    plans = [_plan_branch(cnn, prefix, name, 0) for name in names]
+    ends = [end for _, end in plans]
     if len({rate for rate, _, _ in ends}) > 1:
         raise MscnnError(
             f"cannot stream: the branches subsample by {[e[0] for e in ends]} in total, so "
             "their frames never line up (nor do their offline lengths)"
         )
-    delay = max(d for _, d, _ in ends)
-    for b, (ops, (rate, d, channels)) in enumerate(zip(branches, ends, strict=True)):
-        ops.append(_Delay(f"{prefix}branches.branch_{b}.delay", rate, d, channels, delay - d))
-    return branches, (ends[0][0], delay, sum(c for _, _, c in ends))
+    reduction, delay = ends[0][0], max(d for _, d, _ in ends)
+    branches = []
+    for name, (ops, (_, d, channels)) in zip(names, plans, strict=True):
+        # The delay line goes where it is smaller: on the branch's input (leads x
+        # reduction samples per frame) or on its output (channels per frame). Shifting
+        # the input by whole frames keeps every pooling window aligned.
+        if d < delay and cnn.in_channels * reduction < channels:
+            ops, _ = _plan_branch(cnn, prefix, name, (delay - d) * reduction)
+        elif d < delay:
+            ops.append(_Delay(f"{prefix}branches.{name}.delay", reduction, d, channels, delay - d))
+        branches.append(ops)
+    return branches, (reduction, delay, sum(c for _, _, c in ends))
+
+
+def _plan_branch(cnn: MultiScopicCNN, prefix: str, name: str, by: int):
+    """The ops of one branch, after an input delay line of `by` samples (none if 0)."""
+    ops = [_Delay(f"{prefix}branches.{name}.delay", 1, 0, cnn.in_channels, by)] if by else []
+    start = (1, by, cnn.in_channels)
+    more, end = _plan_sequence(cnn.branches[name], f"{prefix}branches.{name}", start, False)
+    return ops + more, end
 
 
 def _plan_model(model: nn.Module):

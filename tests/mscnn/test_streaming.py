@@ -134,7 +134,11 @@ def test_random_configs_stream_exactly(spec, hops, samples, data):
     sizes = data.draw(st.lists(st.integers(0, 50), max_size=6))
     event("with an even kernel" if "zero_pad" in str(model) else "odd kernels only")
     event("length moved up" if accepted != samples else "length as drawn")
-    assert_same(stream(StreamingModel(model, hop), x, sizes), offline(model, x))
+    s = StreamingModel(model, hop)
+    for ops in s.step_module.branches:
+        at = [i for i, op in enumerate(ops) if op.name.endswith(".delay")]
+        event(f"branch delay line: {'none' if not at else 'input' if at[0] == 0 else 'output'}")
+    assert_same(stream(s, x, sizes), offline(model, x))
 
 
 def _runs(model, samples: int) -> bool:
