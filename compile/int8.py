@@ -50,6 +50,8 @@ from .quantize import RANGES, QConv, QuantizedModel, check_calibration
 
 log = logging.getLogger(__name__)
 
+STACK_BYTES = 1024  # TVM's kMaxStackAlloca: larger per-tile buffers go to the heap
+
 # The x86-64 target with AVX-512 VNNI (Cascade Lake, Ice Lake, Zen 4 and newer). The
 # project's x86_64-avx512 target names skylake-avx512, which has no VNNI.
 X86_VNNI = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake"}
@@ -112,7 +114,7 @@ def _intrinsic(lanes: int, group: int, a_dtype: str, b_dtype: str, llvm: str, op
     def desc(
         A: T.Buffer((group,), a_dtype, offset_factor=1),
         B: T.Buffer((lanes, group), b_dtype, offset_factor=1),
-        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
@@ -127,16 +129,23 @@ def _intrinsic(lanes: int, group: int, a_dtype: str, b_dtype: str, llvm: str, op
     def impl(
         A: T.Buffer((group,), a_dtype, offset_factor=1),
         B: T.Buffer((lanes, group), b_dtype, offset_factor=1),
-        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
             T.writes(C[0:lanes])
-            a = T.reinterpret(A.vload([0], f"{a_dtype}x{group}"), dtype=word)
+            # (A's group as one word, broadcast: no named variable, which TVM would
+            # allocate as a buffer in every tile)
             C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id(llvm),
                 C.vload([0], dtype=f"int32x{lanes}"),
-                T.reinterpret(T.broadcast(a, lanes * 32 // width), dtype=operand),
+                T.reinterpret(
+                    T.broadcast(
+                        T.reinterpret(A.vload([0], f"{a_dtype}x{group}"), dtype=word),
+                        lanes * 32 // width,
+                    ),
+                    dtype=operand,
+                ),
                 T.reinterpret(B.vload([0, 0], dtype=f"{b_dtype}x{lanes * group}"), dtype=operand),
                 dtype=f"int32x{lanes}",
             )
@@ -369,7 +378,11 @@ def _schedule_conv(func, kc: ConvKernel):
     sch = tvm.s_tir.Schedule(func)
     acc, out, pad = (sch.get_sblock(n) for n in ("acc", "out", "pad"))
     n, i, f, rk, rc = sch.get_loops(acc)
-    tt, fv = _tile(kc.length, kc.padded_out // dot.lanes, dot.registers, kc.pool)
+    # The accumulators are a tile-sized buffer, which TVM puts on the stack (where LLVM
+    # keeps it in registers) only below 1 KiB; larger ones become a heap workspace
+    # allocated, zeroed and freed in every tile.
+    budget = min(dot.registers, (STACK_BYTES - 1) // (4 * dot.lanes))
+    tt, fv = _tile(kc.length, kc.padded_out // dot.lanes, budget, kc.pool)
     to, ti = sch.split(i, [None, tt])
     fo, fu, fi = sch.split(f, [None, fv, dot.lanes])
     if dot.group > 1:
@@ -377,7 +390,6 @@ def _schedule_conv(func, kc: ConvKernel):
         sch.reorder(n, fo, to, rk, rco, ti, fu, fi, rci)
     else:
         sch.reorder(n, fo, to, rk, rc, ti, fu, fi)
-    sch.set_scope(acc, 0, "local")
     sch.reverse_compute_at(out, to)
     o_t, o_f = sch.get_loops(out)[-2:]
     if int(sch.get(o_f).extent) % dot.lanes == 0:
