@@ -182,7 +182,8 @@ void Bundle::RequireArch(const std::string& runner_arch) const {
   if (m.arch != runner_arch) {
     const std::string where = m.arch == "x86_64" ? "an x86_64 machine"
                                                  : "an " + m.arch + " device or under qemu-user";
-    throw Refusal("bundle " + Clip(m.name) + " is built for " + m.arch + " (target " + Clip(m.target_name) +
+    throw Refusal("bundle " + Clip(m.name) + " is built for " + m.arch + " (target " +
+                  Clip(m.target_name) +
                   ") but this mscnn-run is built for " + runner_arch + "; run it with the " +
                   m.arch + " build of mscnn-run (make -C deploy/native ARCH=" + m.arch + ") on " +
                   where);

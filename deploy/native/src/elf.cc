@@ -50,8 +50,9 @@ void CheckElfLibrary(int fd, std::uint64_t size, const std::string& runner_arch,
                      const std::string& label) {
   std::vector<unsigned char> head(std::size_t(size < 64 ? size : 64));
   ReadExactly(fd, 0, head.data(), head.size(), label);
-  const bool elf = head.size() >= 20 && head[0] == 0x7f && head[1] == 'E' && head[2] == 'L' &&
-                   head[3] == 'F' && (head[4] == 1 || head[4] == 2) && (head[5] == 1 || head[5] == 2);
+  const bool elf = head.size() >= 20 && head[0] == 0x7f && head[1] == 'E' &&
+                   head[2] == 'L' && head[3] == 'F' && (head[4] == 1 || head[4] == 2) &&
+                   (head[5] == 1 || head[5] == 2);
   if (!elf) throw Refusal(label + " is not an ELF shared library; " + kRebuild);
   const bool big = head[5] == 2;
   const unsigned elf_class = head[4];
@@ -69,7 +70,9 @@ void CheckElfLibrary(int fd, std::uint64_t size, const std::string& runner_arch,
                    std::to_string(size) + " bytes); copy the bundle again or " + kRebuild);
   };
   if (head.size() < l.header_size) throw corrupt("its ELF header is cut short");
-  if (Field(head, 16, 2, big) != 3) throw Refusal(label + " is not an ELF shared library; " + kRebuild);
+  if (Field(head, 16, 2, big) != 3) {  // e_type ET_DYN
+    throw Refusal(label + " is not an ELF shared library; " + kRebuild);
+  }
   const std::uint64_t phoff = Field(head, l.phoff_at, l.word, big);
   const std::uint64_t entsize = Field(head, l.phentsize_at, 2, big);
   const std::uint64_t count = Field(head, l.phnum_at, 2, big);
@@ -84,9 +87,13 @@ void CheckElfLibrary(int fd, std::uint64_t size, const std::string& runner_arch,
     if (Field(table, at, 4, big) == 0) continue;  // PT_NULL maps nothing
     const std::uint64_t offset = Field(table, at + l.p_offset_at, l.word, big);
     const std::uint64_t filesz = Field(table, at + l.p_filesz_at, l.word, big);
-    if (offset > size || filesz > size - offset) {
-      throw corrupt("segment " + std::to_string(k) + " ends at byte " +
-                    std::to_string(offset + filesz) + ", past the end of the file");
+    if (offset > size) {
+      throw corrupt("segment " + std::to_string(k) + " starts at byte " + std::to_string(offset) +
+                    ", past the end of the file");
+    }
+    if (filesz > size - offset) {
+      throw corrupt("segment " + std::to_string(k) + " ends past the end of the file, at byte " +
+                    std::to_string(offset) + " + " + std::to_string(filesz));
     }
   }
 }

@@ -59,13 +59,17 @@ class ManifestReader {
     TensorSpec out;
     out.name = String(spec, "name", k + ".name");
     out.dtype = String(spec, "dtype", k + ".dtype");
-    if (out.dtype != "float32") Bad("\"" + k + ".dtype\" is " + Clip(out.dtype) + ", expected float32");
+    if (out.dtype != "float32") {
+      Bad("\"" + k + ".dtype\" is " + Clip(out.dtype) + ", expected float32");
+    }
     const Json& shape = Get(spec, "shape", k + ".shape", Json::Kind::kArray);
     if (shape.items.empty()) Bad("\"" + k + ".shape\" is empty");
     if (shape.items.size() > 8) Bad("\"" + k + ".shape\" has more than 8 dimensions");
     std::int64_t bytes = 4;
     for (const Json& dim : shape.items) {
-      if (dim.integer && dim.int_value <= 0) Bad("\"" + k + ".shape\" has a non-positive dimension");
+      if (dim.integer && dim.int_value <= 0) {
+        Bad("\"" + k + ".shape\" has a non-positive dimension");
+      }
       const std::int64_t value = Integer(dim, k + ".shape[]", 1, kMaxBytes);
       if (bytes > kMaxBytes / value) Bad("\"" + k + ".shape\" describes more than 2 GiB of data");
       bytes *= value;
@@ -179,7 +183,9 @@ void ReadGolden(const ManifestReader& r, const Json& root, Manifest* m) {
     pair.output = r.String(entry, "output", "golden[].output");
     // Golden data is only trusted once hashed, so it must be among the listed files.
     for (const std::string* path : {&pair.input, &pair.output}) {
-      if (listed.count(*path) == 0) r.Bad("golden file " + Clip(*path) + " is not listed in \"files\"");
+      if (listed.count(*path) == 0) {
+        r.Bad("golden file " + Clip(*path) + " is not listed in \"files\"");
+      }
     }
     m->golden.push_back(pair);
   }

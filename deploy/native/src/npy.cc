@@ -180,7 +180,9 @@ struct Layout {
 Layout ReadLayout(const char* head, std::size_t head_size, std::uint64_t file_size,
                   const std::string& label) {
   if (file_size == 0) throw Refusal(label + " is an empty file; expected a .npy array");
-  const auto byte = [head](std::size_t i) { return std::size_t(static_cast<unsigned char>(head[i])); };
+  const auto byte = [head](std::size_t i) {
+    return std::size_t(static_cast<unsigned char>(head[i]));
+  };
   if (head_size < kMagicSize + 4 || std::memcmp(head, kMagic, kMagicSize) != 0) {
     throw Refusal(label + " is not a .npy file (no NumPy magic); save the array with numpy.save");
   }
@@ -264,7 +266,8 @@ Array ReadNpy(const std::string& path, const std::string& label) {
 }
 
 std::string NpyHeader(const std::vector<std::int64_t>& shape) {
-  std::string dict = "{'descr': '<f4', 'fortran_order': False, 'shape': " + ShapeText(shape) + ", }";
+  std::string dict =
+      "{'descr': '<f4', 'fortran_order': False, 'shape': " + ShapeText(shape) + ", }";
   // numpy pads so the data starts on a 64-byte boundary and ends the header with '\n'.
   std::size_t total = 10 + dict.size() + 1;
   std::size_t padded = (total + 63) / 64 * 64;
