@@ -22,6 +22,7 @@ reports a mismatch through `TVMFFIErrorSetRaisedFromCStrParts`, which our runtim
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -34,7 +35,7 @@ import numpy as np
 from .errors import CompileError
 
 ALIGN = 64  # TVM's kernels assume (llvm.assume) 64-byte aligned data pointers
-_DTYPES = {"float32": (2, 32), "int64": (0, 64), "int32": (0, 32), "bool": (1, 8),
+_DTYPES = {"float32": (2, 32), "int64": (0, 64), "int32": (0, 32), "bool": (6, 8),
            "uint8": (1, 8), "int8": (0, 8)}  # fmt: skip
 # Section names: a vendor linker script's *(.rodata*) and *(.bss*) take them; ours
 # (deploy/mcu/sections.ld) gathers them to report weights and arena apart.
@@ -48,8 +49,9 @@ class Tensor:
 
     shape: tuple[int, ...]
     dtype: str
-    offset: int | None = None  # bytes from the arena's start
+    offset: int | None = None  # bytes from the arena's start (from its block's, while read)
     const: int | None = None  # index into Program.constants
+    block: int | None = None  # while read: the storage block the offset is relative to
 
     @property
     def nbytes(self) -> int:
@@ -91,25 +93,32 @@ def _ints(values) -> tuple[int, ...]:
 
 
 class _Reader:
-    """Walks `main`'s bindings in order and lays the arena out: inputs first, then each
-    planned storage block at the next aligned offset (blocks do not overlap: TVM already
-    reuses memory inside them)."""
+    """Walks `main`'s bindings in order, collecting the kernel calls and, per storage
+    block (TVM's planned blocks, and one per input), when it is first and last used."""
 
     def __init__(self) -> None:
         import tvm
 
         self.op = {n: tvm.ir.Op.get(f"relax.vm.{n}") for n in
                    ("alloc_storage", "alloc_tensor", "kill_object")}  # fmt: skip
-        self.values: dict = {}  # relax Var -> Tensor or ("storage", offset)
+        self.values: dict = {}  # relax Var -> Tensor, tuple of Tensors, or a block index
         self.constants: list[np.ndarray] = []
         self.const_ids: dict = {}
         self.calls: list[Call] = []
-        self.blocks: list[int] = []
-        self.top = 0
+        self.sizes: list[int] = []  # per block
+        self.first: list[float] = []
+        self.last: list[float] = []
 
-    def place(self, nbytes: int) -> int:
-        offset, self.top = self.top, self.top + _align(nbytes)
-        return offset
+    def new_block(self, nbytes: int, first: float, last: float) -> int:
+        self.sizes.append(nbytes)
+        self.first.append(first)
+        self.last.append(last)
+        return len(self.sizes) - 1
+
+    def use(self, t: Tensor, when: float) -> None:
+        if t.block is not None:
+            self.first[t.block] = min(self.first[t.block], when)
+            self.last[t.block] = max(self.last[t.block], when)
 
     def arg(self, expr) -> Tensor:
         import tvm
@@ -125,7 +134,7 @@ class _Reader:
     def constant(self, const) -> Tensor:
         key = const  # the same constant object at two call sites is one array
         if key not in self.const_ids:
-            value = np.ascontiguousarray(const.value.numpy())
+            value = np.array(const.value.numpy(), order="C")  # keeps 0-d (ascontiguousarray not)
             self.const_ids[key] = len(self.constants)
             self.constants.append(value)
         value = self.constants[self.const_ids[key]]
@@ -135,24 +144,48 @@ class _Reader:
         from tvm import relax
 
         op = getattr(value, "op", None)
+        now = len(self.calls)
         if isinstance(value, relax.Var):
             self.values[var] = self.values[value]
-        elif op == self.op["alloc_storage"]:
-            size = _ints(value.args[0].values)[0]
-            self.blocks.append(size)
-            self.values[var] = ("storage", self.place(size))
+        elif isinstance(value, relax.Tuple):
+            self.values[var] = tuple(self.arg(f) for f in value.fields)
+        elif isinstance(op, relax.ExternFunc) and op.global_symbol == "vm.builtin.reshape":
+            t = self.arg(value.args[0])  # a view: same bytes, another shape
+            self.values[var] = dataclasses.replace(t, shape=_ints(value.args[1].values))
+        elif op == self.op["alloc_storage"]:  # TVM hoists these to the top: lifetimes
+            size = _ints(value.args[0].values)[0]  # start at the first kernel that uses one
+            self.values[var] = self.new_block(size, math.inf, -math.inf)
         elif op == self.op["alloc_tensor"]:
-            _, base = self.values[value.args[0]]
-            offset = int(value.args[1].value)
-            shape, dtype = _ints(value.args[2].values), str(value.args[3].value)
-            self.values[var] = Tensor(shape, _check_dtype(dtype), offset=base + offset)
-        elif op == self.op["kill_object"]:
-            return
+            block, offset = self.values[value.args[0]], int(value.args[1].value)
+            shape, dtype = _ints(value.args[2].values), _check_dtype(str(value.args[3].value))
+            self.values[var] = Tensor(shape, dtype, offset=offset, block=block)
         elif isinstance(op, relax.GlobalVar):
-            self.calls.append(Call(op.name_hint, tuple(self.arg(a) for a in value.args)))
-        else:
+            args = tuple(self.arg(a) for a in value.args)
+            for a in args:
+                self.use(a, now)
+            self.calls.append(Call(op.name_hint, args))
+        elif op != self.op["kill_object"]:
             raise CompileError(f"mcu: the compiled program calls {op}, which the generated "
                                "C entry point does not implement")  # fmt: skip
+
+
+def pack_blocks(sizes, first, last) -> tuple[list[int], int]:
+    """Offsets for blocks of `sizes` bytes live from call first[i] to last[i] (inclusive):
+    the largest first, each at the lowest aligned offset clear of every block placed
+    before it whose lifetime overlaps (the greedy planner TFLite Micro uses). Returns
+    the offsets and the arena's size."""
+    offsets = [0] * len(sizes)
+    placed: list[tuple[int, int, int]] = []  # (offset, end, block)
+    for b in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        busy = sorted((o, e) for o, e, c in placed if first[c] <= last[b] and first[b] <= last[c])
+        offset = 0
+        for start, end in busy:
+            if offset + _align(sizes[b]) <= start:
+                break
+            offset = max(offset, end)
+        offsets[b] = offset
+        placed.append((offset, offset + _align(sizes[b]), b))
+    return offsets, max((e for _, e, _ in placed), default=0)
 
 
 def _check_dtype(dtype: str) -> str:
@@ -163,36 +196,69 @@ def _check_dtype(dtype: str) -> str:
 
 
 def read_program(func) -> Program:
-    """The call sequence of a Relax function after the memory planning passes."""
+    """The call sequence of a Relax function after the memory planning passes, over one
+    arena packed by lifetime (`pack_blocks`). Inputs keep their bytes for the whole run
+    (a stream's states live there between steps); outputs stay valid after it."""
     from tvm import relax
 
     reader = _Reader()
+    forever = math.inf
     inputs = []
     for param in func.params:
-        sinfo = param.ty
-        t = Tensor(_ints(sinfo.shape.values), _check_dtype(str(sinfo.dtype)))
-        t = Tensor(t.shape, t.dtype, offset=reader.place(t.nbytes))
+        t = Tensor(_ints(param.ty.shape.values), _check_dtype(str(param.ty.dtype)), offset=0)
+        t = dataclasses.replace(t, block=reader.new_block(t.nbytes, -forever, forever))
         reader.values[param] = t
         inputs.append(t)
-    body = func.body
-    for block in body.blocks:
+    for block in func.body.blocks:
         for b in block.bindings:
             if not isinstance(b, relax.VarBinding):
                 raise CompileError(f"mcu: unsupported binding {type(b).__name__}")
             reader.binding(b.var, b.value)
-    result = body.body
-    fields = result.fields if isinstance(result, relax.Tuple) else [result]
-    outputs = tuple(reader.arg(f) for f in fields)
-    if any(o.offset is None for o in outputs):
+    result = func.body.body
+    if isinstance(result, relax.Tuple):
+        outputs = tuple(reader.arg(f) for f in result.fields)
+    elif isinstance(reader.values.get(result), tuple):
+        outputs = reader.values[result]
+    else:
+        outputs = (reader.arg(result),)
+    if any(o.block is None for o in outputs):
         raise CompileError("mcu: an output of the program is a constant; nothing to compute")
-    return Program(
-        tuple(inputs), outputs, tuple(reader.calls), tuple(reader.constants),
-        reader.top, tuple(reader.blocks),
-    )  # fmt: skip
+    for o in outputs:
+        reader.use(o, forever)
+    offsets, arena = pack_blocks(reader.sizes, reader.first, reader.last)
+
+    def placed(t: Tensor) -> Tensor:
+        if t.block is None:
+            return t
+        return dataclasses.replace(t, offset=offsets[t.block] + t.offset, block=None)
+
+    calls = tuple(Call(c.kernel, tuple(map(placed, c.args))) for c in reader.calls)
+    planned = tuple(reader.sizes[len(inputs) :])
+    return Program(tuple(map(placed, inputs)), tuple(map(placed, outputs)), calls,
+                   tuple(reader.constants), arena, planned)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------
 # Lowering: ONNX -> Relax -> single-threaded kernels -> the static call sequence
+
+
+def import_static(onnx_path: Path):
+    """The ONNX file as a Relax module, every input at the static shape and dtype the
+    file declares (a window model's one input, or a stream step's input and states)."""
+    import onnx
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    model = onnx.load(str(onnx_path))
+    shapes, dtypes = {}, {}
+    for i in model.graph.input:
+        dims = [d.dim_value for d in i.type.tensor_type.shape.dim]
+        if any(d <= 0 for d in dims):
+            raise CompileError(f"mcu: input {i.name} of {onnx_path} has no static shape")
+        shapes[i.name] = dims
+        dtypes[i.name] = onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name
+    mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes)
+    return relax.transform.DecomposeOpsForInference()(mod)  # batch_norm -> scale and shift
 
 
 @dataclass(frozen=True)
@@ -201,15 +267,13 @@ class Lowered:
     kernels: Any  # IRModule of the PrimFuncs, with global symbols
 
 
-def lower(onnx_path: Path, shape, tvm_target: Mapping[str, Any]) -> Lowered:
+def lower(onnx_path: Path, tvm_target: Mapping[str, Any]) -> Lowered:
     """ONNX -> Relax -> TVM's CPU passes up to the static memory plan, with our
     single-threaded register-tile schedule (`schedule_pass`; the Linux targets' conv
     schedule parallelises and is not used here)."""
     import tvm
     from tvm import relax, tirx
     from tvm.relax.backend.cpu_generic import pipeline as cpu
-
-    from .pipeline import import_onnx
 
     target = tvm.target.Target(dict(tvm_target))
     passes = [
@@ -226,7 +290,7 @@ def lower(onnx_path: Path, shape, tvm_target: Mapping[str, Any]) -> Lowered:
     finalize = [p for p in cpu.finalize_passes(target)
                 if p.info.name in ("StaticPlanBlockMemory", "LowerAllocTensor",
                                    "KillAfterLastUse", "LowerRuntimeBuiltin")]  # fmt: skip
-    mod = import_onnx(onnx_path, shape)
+    mod = import_static(onnx_path)
     with target:
         mod = tvm.transform.Sequential(passes + finalize)(mod)
     program = read_program(mod["main"])
@@ -480,6 +544,17 @@ def emit_c(program: Program, workspace_bytes: int, header: str = "model.h") -> s
     return "\n".join(out)
 
 
+_ERROR_CODES = """
+#ifndef MSCNN_OK
+#define MSCNN_OK 0          /* success */
+#define MSCNN_E_LENGTH 1    /* the input does not have the model's length */
+#define MSCNN_E_NONFINITE 2 /* the input holds NaN or Inf */
+#define MSCNN_E_KERNEL 3    /* a kernel refused its arguments (see mscnn_last_error) */
+#define MSCNN_E_OUTPUT 4    /* the caller's output buffer is too small */
+#endif
+"""
+
+
 def emit_header(program: Program, guard: str = "MSCNN_MODEL_H") -> str:
     """model.h: sizes, error codes and the window entry points."""
     (x,), (y,) = program.inputs, program.outputs
@@ -499,14 +574,7 @@ extern "C" {{
 #define MSCNN_ARENA_BYTES {program.arena_bytes}
 #define MSCNN_WEIGHTS_BYTES {program.weights_bytes}
 
-#ifndef MSCNN_OK
-#define MSCNN_OK 0          /* success */
-#define MSCNN_E_LENGTH 1    /* the input does not have the model's length */
-#define MSCNN_E_NONFINITE 2 /* the input holds NaN or Inf */
-#define MSCNN_E_KERNEL 3    /* a kernel refused its arguments (see mscnn_last_error) */
-#define MSCNN_E_OUTPUT 4    /* the caller's output buffer is too small */
-#endif
-
+{_ERROR_CODES}
 /* Where to write the input (MSCNN_INPUT_LEN floats, 64-byte aligned, in the arena). */
 float* mscnn_input(void);
 /* Run on the input written there; `n`: how many samples were written. 0 or an error. */
@@ -552,6 +620,131 @@ int mscnn_infer(const float* x, size_t n, float* y, size_t m) {{
   if (rc != MSCNN_OK) return rc;
   const float* out = mscnn_output();
   for (size_t i = 0; i < MSCNN_OUTPUT_LEN; ++i) y[i] = out[i];
+  return MSCNN_OK;
+}}
+"""
+
+
+@dataclass(frozen=True)
+class StreamFacts:
+    """What the stream entry point needs beyond the step's shapes (compile/stream.py
+    stores them in the step's ONNX metadata)."""
+
+    hop: int
+    flush_steps: int
+    delay_frames: int
+    look_ahead: int
+    state_bytes: int
+
+
+def emit_stream_header(program: Program, facts: StreamFacts, guard: str = "MSCNN_MODEL_H") -> str:
+    """model.h of a stream step: sizes, error codes and the step's entry points."""
+    x, frames = program.inputs[0], program.outputs[0]
+    return f"""/* Generated by compile/aot.py: the streaming step's C interface. Do not edit.
+ *
+ * Protocol (mscnn/streaming.py): mscnn_reset() once, then per hop of MSCNN_HOP samples
+ * per lead write them to mscnn_input() (lead-major) and call mscnn_step(MSCNN_HOP); the
+ * frames [start, stop) of mscnn_output() (mscnn_valid) are the next frames of the
+ * record. To end a record of L samples: its last partial hop with n = L % MSCNN_HOP,
+ * then hops with n = 0 until stop < MSCNN_FRAMES_PER_STEP (at most MSCNN_FLUSH_STEPS
+ * steps). The state lives in the arena between steps; a refused hop leaves it as it
+ * was. */
+#ifndef {guard}
+#define {guard}
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+#define MSCNN_LEADS {x.shape[1]}
+#define MSCNN_HOP {x.shape[2]}
+#define MSCNN_CHANNELS {frames.shape[1]}
+#define MSCNN_FRAMES_PER_STEP {frames.shape[2]}
+#define MSCNN_FLUSH_STEPS {facts.flush_steps}
+#define MSCNN_DELAY_FRAMES {facts.delay_frames}
+#define MSCNN_LOOK_AHEAD {facts.look_ahead}   /* samples */
+#define MSCNN_STATE_BYTES {facts.state_bytes}
+#define MSCNN_ARENA_BYTES {program.arena_bytes}
+#define MSCNN_WEIGHTS_BYTES {program.weights_bytes}
+{_ERROR_CODES}
+/* Zero the state: call before the first hop of every record. */
+void mscnn_reset(void);
+/* Where to write a hop (MSCNN_LEADS x MSCNN_HOP floats, lead-major, in the arena). */
+float* mscnn_input(void);
+/* One step on the hop written there; `n`: real samples at its front (<= MSCNN_HOP). */
+int mscnn_step(size_t n);
+/* This step's frames (MSCNN_CHANNELS x MSCNN_FRAMES_PER_STEP, channel-major). */
+const float* mscnn_output(void);
+/* Which of them are the record's next frames: [*start, *stop). */
+void mscnn_valid(size_t* start, size_t* stop);
+/* The last kernel error's message, after MSCNN_E_KERNEL. */
+const char* mscnn_last_error(void);
+
+#ifdef __cplusplus
+}}
+#endif
+#endif
+"""
+
+
+def emit_stream_entry(program: Program) -> str:
+    """The step's entry points, appended to model.c: inputs are (x, n_valid, *states),
+    outputs (frames, valid, *next_states); after a step each next state is copied over
+    its state (both live in the arena; inputs are never reused by the planner)."""
+    x, n_valid, *states = program.inputs
+    frames, valid, *next_states = program.outputs
+    if [s.shape for s in states] != [s.shape for s in next_states] or n_valid.dtype != "int64":
+        raise CompileError(
+            "mcu: the step's inputs and outputs do not follow the stream "
+            "protocol (x, n_valid, *states) -> (frames, valid, *next)"
+        )
+    rows = ",\n  ".join(f"{{{s.offset}u, {n.offset}u, {s.nbytes // 4}u}}"
+                        for s, n in zip(states, next_states, strict=True))  # fmt: skip
+    hop, leads = x.shape[2], x.shape[1]
+    return f"""
+static const struct {{ uint32_t state, next, words; }} mscnn_states[] = {{
+  {rows or "{0u, 0u, 0u}"}
+}};
+
+void mscnn_reset(void) {{
+  for (size_t k = 0; k < sizeof mscnn_states / sizeof mscnn_states[0]; ++k) {{
+    uint32_t* s = (uint32_t*)(mscnn_arena + mscnn_states[k].state);
+    for (uint32_t i = 0; i < mscnn_states[k].words; ++i) s[i] = 0u;
+  }}
+}}
+
+float* mscnn_input(void) {{ return (float*)(mscnn_arena + {x.offset}); }}
+
+const float* mscnn_output(void) {{ return (const float*)(mscnn_arena + {frames.offset}); }}
+
+void mscnn_valid(size_t* start, size_t* stop) {{
+  const int64_t* v = (const int64_t*)(mscnn_arena + {valid.offset});
+  *start = (size_t)v[0];
+  *stop = (size_t)v[1];
+}}
+
+int mscnn_step(size_t n) {{
+  if (n > {hop}u) return MSCNN_E_LENGTH;
+  float* x = mscnn_input();
+  for (size_t lead = 0; lead < {leads}u; ++lead) {{
+    const uint32_t* bits = (const uint32_t*)(x + lead * {hop}u);
+    for (size_t i = 0; i < n; ++i) {{
+      if ((bits[i] & 0x7f800000u) == 0x7f800000u) return MSCNN_E_NONFINITE; /* NaN, Inf */
+    }}
+    for (size_t i = n; i < {hop}u; ++i) x[lead * {hop}u + i] = 0.0f; /* not data */
+  }}
+  *(int64_t*)(mscnn_arena + {n_valid.offset}) = (int64_t)n;
+  mscnn_clear_error();
+  int rc = mscnn_call();
+  if (rc != MSCNN_OK) return rc; /* the states are the inputs': untouched */
+  for (size_t k = 0; k < sizeof mscnn_states / sizeof mscnn_states[0]; ++k) {{
+    const uint32_t* from = (const uint32_t*)(mscnn_arena + mscnn_states[k].next);
+    uint32_t* to = (uint32_t*)(mscnn_arena + mscnn_states[k].state);
+    for (uint32_t i = 0; i < mscnn_states[k].words; ++i) to[i] = from[i];
+  }}
   return MSCNN_OK;
 }}
 """

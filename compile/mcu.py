@@ -37,7 +37,18 @@ import numpy as np
 
 from deploy.parity import ParityResult
 
-from .aot import Kernels, Lowered, compile_kernels, emit_c, emit_entry, emit_header, lower
+from .aot import (
+    Kernels,
+    Lowered,
+    StreamFacts,
+    compile_kernels,
+    emit_c,
+    emit_entry,
+    emit_header,
+    emit_stream_entry,
+    emit_stream_header,
+    lower,
+)
 from .errors import CompileError
 
 log = logging.getLogger(__name__)
@@ -147,19 +158,25 @@ def check_tool(tool: str) -> str:
 # --------------------------------------------------------------------------------------
 # Step 3-5: C, fit, firmware
 
-FIRMWARE_SOURCES = ("startup.c", "semihost.c", "main.c")
+FIRMWARE_SOURCES = ("startup.c", "semihost.c")  # and main.c or stream_main.c
 LIBRARY_SOURCES = ("mscnn_rt.c",)
 CFLAGS = ("-O2", "-g0", "-std=c11", "-Wall", "-Wextra", "-ffunction-sections",
           "-fdata-sections", "-fno-common")  # fmt: skip
 
 
-def write_c(lowered: Lowered, kernels: Kernels, out: Path) -> tuple[Path, Path]:
-    """model.c and model.h in `out`, with the runtime sources the model needs beside."""
+def write_c(lowered: Lowered, kernels: Kernels, out: Path, stream: StreamFacts | None = None):
+    """model.c and model.h in `out` (a window model's entry points, or a stream step's
+    when `stream` is given), with the runtime sources the model needs beside."""
     program = lowered.program
     header = out / "model.h"
     source = out / "model.c"
-    header.write_text(emit_header(program))
-    source.write_text(emit_c(program, kernels.workspace_bytes) + emit_entry(program))
+    if stream is None:
+        header.write_text(emit_header(program))
+        entry = emit_entry(program)
+    else:
+        header.write_text(emit_stream_header(program, stream))
+        entry = emit_stream_entry(program)
+    source.write_text(emit_c(program, kernels.workspace_bytes) + entry)
     for name in ("mscnn_rt.h", *LIBRARY_SOURCES):
         shutil.copyfile(FIRMWARE_DIR / name, out / name)
     return source, header
@@ -192,11 +209,12 @@ def compile_library(out: Path, core: Core, kernels: Kernels) -> Path:
     return library
 
 
-def link_firmware(out: Path, core: Core, board: Board, library: Path) -> Path:
-    """firmware.elf for `board`: deploy/mcu's startup and main.c over the library."""
+def link_firmware(out: Path, core: Core, board: Board, library: Path, main: str = "main.c"):
+    """firmware.elf for `board`: deploy/mcu's startup and `main` (main.c for a window
+    model, stream_main.c for a stream step) over the library."""
     gcc = check_tool("arm-none-eabi-gcc")
     objects = []
-    for name in FIRMWARE_SOURCES:
+    for name in (*FIRMWARE_SOURCES, main):
         obj = out / f"fw_{Path(name).stem}.o"
         _run([gcc, *core.cflags, *CFLAGS, "-I", str(out), "-I", str(FIRMWARE_DIR), "-c",
               str(FIRMWARE_DIR / name), "-o", str(obj)], f"compiling {name}")  # fmt: skip
@@ -321,9 +339,10 @@ class QemuRun:
     status: int  # the firmware's exit status: 0, or the first failing MSCNN_E_* code
     codes: tuple[int, ...]  # per record
     outputs: np.ndarray  # (records, output values) float32, for the records that ran
-    instructions: tuple[int, ...]  # per record, counted by qemu (-icount shift=0)
+    instructions: tuple[int, ...]  # per record (a stream: per step), qemu's count
     stack_peak: int | None
     log: str
+    peak_step_instructions: int | None = None  # a stream: its slowest step
 
 
 def run_firmware(elf: Path, board: Board, inputs: np.ndarray, workdir: Path,
@@ -355,10 +374,37 @@ def _parse_run(status: int, log: str, workdir: Path) -> QemuRun:
     return QemuRun(
         status,
         tuple(int(rc) for _, rc, _, _ in runs),
-        values.reshape(ok, -1) if ok else values.reshape(0, 0),
+        values.reshape(ok, -1) if ok else np.zeros((0, 0), "<f4"),
         tuple(round(t * per_tick) for t in ticks) if per_tick else (),
         int(done[2]) if done else None,
         log,
+    )
+
+
+_STREAM_LINE = re.compile(
+    r"mscnn stream steps=(\d+) rc=(\d+) ticks=(\d+) ticks_hi=(\d+) hop_ticks_max=(\d+)"
+)
+
+
+def run_stream_firmware(elf: Path, board: Board, record: np.ndarray, workdir: Path,
+                        timeout: float = 600) -> QemuRun:  # fmt: skip
+    """Stream one record (leads, samples) float32 through a stream firmware under qemu;
+    the outputs are the record's frames, frame-major (one row), the instructions those
+    of one step on average."""
+    run = run_firmware(elf, board, np.asarray(record)[None], workdir, timeout)
+    line = _STREAM_LINE.search(run.log)
+    calibration = _CALIBRATION.search(run.log)
+    if line is None or calibration is None:
+        return dataclasses.replace(run, codes=(), outputs=np.zeros((0, 0), "<f4"))
+    steps, rc, ticks, hi, worst = (int(v) for v in line.groups())
+    per_tick = int(calibration[1]) / int(calibration[2])
+    values = np.fromfile(workdir / "output.f32", dtype="<f4")
+    return dataclasses.replace(
+        run,
+        codes=(rc,),
+        outputs=values[None] if rc == 0 else np.zeros((0, 0), "<f4"),
+        instructions=(round((ticks + (hi << 32)) * per_tick / steps),),
+        peak_step_instructions=round(worst * per_tick),
     )
 
 
@@ -367,9 +413,10 @@ class Speed:
     """Speed *estimated* from qemu's instruction count: qemu is not cycle accurate, so
     the real-time figure assumes one instruction per cycle at `clock_hz`."""
 
-    instructions: int  # per window (the median over the runs)
-    window_seconds: float  # seconds of ECG per window
+    instructions: int  # per window, or per step of a stream (the median over the runs)
+    window_seconds: float  # seconds of ECG those instructions process (window or hop)
     clock_hz: int
+    peak_instructions: int | None = None  # a stream: its slowest step (latency)
 
     @property
     def instructions_per_second(self) -> float:
@@ -402,7 +449,9 @@ class McuBuild:
     folder: Path  # model.c, model.h, libmscnn.a, firmware.elf, mcu.json, qemu/
     board: str
     core: str
-    samples: int
+    samples: int  # the window, or the length of the records streamed
+    hop: int | None  # a stream step's hop; None for a window model
+    stream: StreamFacts | None  # a stream step's delay, look-ahead, state, flush steps
     footprint: Footprint
     speed: Speed  # per window, estimated at the part's clock (default: the core's part)
     parity: ParityResult  # the worst golden case against PyTorch, cpu tolerance
@@ -418,7 +467,8 @@ class McuBuild:
         return self.folder / "firmware.elf"
 
     def to_json(self) -> dict[str, Any]:
-        return {"board": self.board, "core": self.core, "samples": self.samples,
+        return {"board": self.board, "core": self.core, "samples": self.samples, "hop": self.hop,
+                "stream": dataclasses.asdict(self.stream) if self.stream else None,
                 "footprint": self.footprint.to_json(), "speed": self.speed.to_json(),
                 "parity": self.parity.to_json(), "beats_equal": self.beats_equal,
                 "fits": self.fits}  # fmt: skip
@@ -430,45 +480,67 @@ def build_mcu(
     out_dir: Path,
     *,
     samples: int = 5000,
+    hop: int | None = None,
     part: str | None = None,
     records: int = 3,
     seed: int = 0,
 ) -> McuBuild:
     """Build `loaded` (an mscnn.LoadedModel, or a model in eval mode) for `board` into
-    `out_dir`, prove it under qemu on golden inputs and `records` real records, and
-    return the figures. A model that does not fit `part` (default: the board's own
-    memory) is refused before linking; a parity failure raises ParityError after the
-    report (mcu.json) is written."""
+    `out_dir`: the window model at `samples`, or with `hop` the streaming step (records
+    of `samples` streamed hop by hop). Proves it under qemu on golden inputs and
+    `records` real records and returns the figures. A model that does not fit `part`
+    (default: the board's own memory) is refused before linking; a parity failure
+    raises ParityError after the report (mcu.json) is written."""
     import mscnn
 
     from .errors import ParityError
 
     b = get_board(board)
-    core = CORES[b.core]
-    budget = _budget(b, part)
+    core, budget = CORES[b.core], _budget(b, part)
     is_loaded = isinstance(loaded, mscnn.LoadedModel)
     model, fs = (loaded.model, loaded.fs) if is_loaded else (loaded, 500)
     leads = tuple(loaded.leads) if is_loaded else ("II",) * model.in_channels
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    log.info("mcu: %s window %d samples for %s (%s)", type(model).__name__, samples, b.name,
-             core.name)  # fmt: skip
+    log.info("mcu: %s, %s, for %s (%s)", type(model).__name__,
+             f"stream hop {hop}" if hop else f"window {samples}", b.name, core.name)  # fmt: skip
     inputs, expected = _golden(model, leads, samples, fs, records, seed)
-    library = _build_library(model, core, samples, out, budget)
-    elf = link_firmware(out, core, b, library)
+    library, facts = _build_library(model, core, samples, out, budget, hop)
+    elf = link_firmware(out, core, b, library, "stream_main.c" if hop else "main.c")
     check_fit(footprint_of(elf), *budget, "the firmware")
-    run = run_firmware(elf, b, np.stack([x.reshape(-1) for x in inputs.values()]), out / "qemu")
-    result = _judge(model, run, inputs, expected, fs, samples)
+    run = _prove(elf, b, inputs, out / "qemu", hop is not None)
+    result = _judge(model, run, inputs, expected, fs, samples, hop is not None)
     footprint = footprint_of(elf, run.stack_peak)
     clock = get_part(part or _part_for(b.core)).clock_hz
-    speed = Speed(int(np.median(run.instructions)), samples / fs, clock)
-    built = McuBuild(out, b.name, core.name, samples, footprint, speed, *result,
+    per = (hop or samples) / fs  # seconds of ECG per counted run (a window, or one hop)
+    speed = Speed(int(np.median(run.instructions or [0])), per, clock,
+                  run.peak_step_instructions)  # fmt: skip
+    built = McuBuild(out, b.name, core.name, samples, hop, facts, footprint, speed, *result,
                      fit_table(footprint))  # fmt: skip
     (out / REPORT).write_text(json.dumps(built.to_json(), indent=2) + "\n")
     if not built.parity.passed or built.beats_equal is False:
         raise ParityError(f"mcu: the firmware under qemu disagrees with PyTorch: {built.parity}"
                           f"; beats equal: {built.beats_equal} (see {out / REPORT})")  # fmt: skip
     return built
+
+
+def _prove(elf: Path, board: Board, inputs: dict, workdir: Path, stream: bool) -> QemuRun:
+    """The golden inputs through the firmware: a window firmware takes them all in one
+    run; a stream firmware streams each as its own record (one run each, merged)."""
+    if not stream:
+        return run_firmware(elf, board, np.stack([x.reshape(-1) for x in inputs.values()]),
+                            workdir)  # fmt: skip
+    runs = [run_stream_firmware(elf, board, x[0], workdir / name) for name, x in inputs.items()]
+    failed = next((r for r in runs if r.status != 0 or not r.codes), None)
+    if failed is not None:
+        return failed
+    width = max(r.outputs.shape[1] for r in runs)
+    return QemuRun(
+        0, tuple(c for r in runs for c in r.codes),
+        np.stack([np.pad(r.outputs[0], (0, width - r.outputs.shape[1])) for r in runs]),
+        tuple(i for r in runs for i in r.instructions), max(r.stack_peak or 0 for r in runs),
+        "".join(r.log for r in runs), max(r.peak_step_instructions or 0 for r in runs),
+    )  # fmt: skip
 
 
 def _part_for(core: str) -> str:
@@ -488,22 +560,40 @@ def _budget(board: Board, part: str | None) -> tuple[int, int, str]:
     return p.flash_bytes, p.ram_bytes, p.description
 
 
-def _build_library(model, core: Core, samples: int, out: Path, budget) -> Path:
-    """Steps 1-4: ONNX, kernels, C, libmscnn.a in `out`, refused as soon as the memory
-    plan shows the model cannot fit `budget` (weights and arena alone), and again with
-    the library's real sizes."""
+def _build_library(model, core: Core, samples: int, out: Path, budget, hop: int | None):
+    """Steps 1-4: ONNX (the window, or the stream step for `hop`), kernels, C and
+    libmscnn.a in `out`, refused as soon as the memory plan shows the model cannot fit
+    `budget` (weights and arena alone), and again with the library's real sizes.
+    Returns the library and the stream's facts (None for a window)."""
     from .export import export_onnx
 
-    onnx_path = export_onnx(model, out / "model.onnx", batch=1, samples=samples)
-    lowered = lower(onnx_path, (1, model.in_channels, samples), core.tvm)
+    if hop is None:
+        onnx_path = export_onnx(model, out / "model.onnx", batch=1, samples=samples)
+        what, facts = f"the model at {samples} samples", None
+    else:
+        onnx_path, facts = _export_step(model, hop, out / "step.onnx")
+        what = f"the stream step at a hop of {hop} samples"
+    lowered = lower(onnx_path, core.tvm)
     program = lowered.program
     floor = Footprint(0, program.weights_bytes, program.arena_bytes, 0, STACK_BYTES)
-    check_fit(floor, *budget, f"the model at {samples} samples (memory plan)")
+    check_fit(floor, *budget, f"{what} (memory plan)")
     kernels = compile_kernels(lowered, core.tvm, out / "kernels.o")
-    write_c(lowered, kernels, out)
+    write_c(lowered, kernels, out, facts)
     library = compile_library(out, core, kernels)
-    check_fit(library_footprint(library, STACK_BYTES), *budget, f"the model at {samples} samples")
-    return library
+    check_fit(library_footprint(library, STACK_BYTES), *budget, what)
+    return library, facts
+
+
+def _export_step(model, hop: int, path: Path) -> tuple[Path, StreamFacts]:
+    """The streaming step (compile/stream.py) as ONNX, and its facts from the metadata."""
+    import onnx
+
+    from .stream import META, export_step_onnx
+
+    export_step_onnx(model, hop, path)
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    names = ("hop", "flush_steps", "delay_frames", "look_ahead", "state_bytes")
+    return path, StreamFacts(*(int(meta[META + n]) for n in names))
 
 
 def _golden(model, leads: tuple[str, ...], samples: int, fs: int, records: int, seed: int):
@@ -523,9 +613,10 @@ def _golden(model, leads: tuple[str, ...], samples: int, fs: int, records: int, 
     return inputs, expected
 
 
-def _judge(model, run: QemuRun, inputs, expected, fs: int, samples: int):
+def _judge(model, run: QemuRun, inputs, expected, fs: int, samples: int, stream: bool):
     """(worst ParityResult, beats equal or None): the firmware's outputs against
-    PyTorch's, and for the detector the R-peaks of the real records."""
+    PyTorch's offline outputs (a stream's frames, frame-major, against the offline
+    model on the whole record), and for the detector the R-peaks of the real records."""
     from deploy.parity import ParityResult, compare, worst
     from deploy.rpeaks import RPeakRule, detect_rpeaks
 
@@ -538,7 +629,9 @@ def _judge(model, run: QemuRun, inputs, expected, fs: int, samples: int):
     results, beats = [], []
     rule = RPeakRule(reduction=getattr(model, "reduction", 1), fs=fs)
     for got, (name, want) in zip(run.outputs, expected.items(), strict=True):
-        got = got.reshape(want.shape)
+        if stream and getattr(model, "task", "features") == "features":
+            want = want.transpose(0, 2, 1)  # (1, channels, frames) -> frame-major
+        got = got[: want.size].reshape(want.shape) if got.size >= want.size else got
         results.append(compare(got, want, "cpu"))
         if name.startswith(RECORD_PREFIX) and getattr(model, "task", "") == "qrs_detection":
             mine = detect_rpeaks(got[0], rule, samples)

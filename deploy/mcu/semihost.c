@@ -8,6 +8,7 @@ enum {
   SYS_WRITE0 = 0x04,
   SYS_WRITE = 0x05,
   SYS_READ = 0x06,
+  SYS_SEEK = 0x0a,
   SYS_FLEN = 0x0c,
   SYS_EXIT_EXTENDED = 0x20,
   ADP_STOPPED_APPLICATION_EXIT = 0x20026,
@@ -44,6 +45,11 @@ size_t sh_read(int handle, void* buf, size_t bytes) {
 size_t sh_write(int handle, const void* buf, size_t bytes) {
   const uintptr_t args[3] = {(uintptr_t)handle, (uintptr_t)buf, bytes};
   return bytes - (size_t)call(SYS_WRITE, args);
+}
+
+int sh_seek(int handle, size_t position) {
+  const uintptr_t args[2] = {(uintptr_t)handle, position};
+  return call(SYS_SEEK, args);
 }
 
 void sh_close(int handle) {
