@@ -18,9 +18,12 @@ help:
 	@echo "             the native runner, CUDA only where a GPU is present"
 	@echo "make package TARGET=aarch64   a tarball of the runner, runtime and bundles"
 	@echo "make runners build the native runner for x86_64, aarch64 and armv7"
-	@echo "make bench   PyTorch vs ONNX Runtime vs TVM latency on this machine (THREADS=)"
+	@echo "make bench   PyTorch vs ONNX Runtime vs TVM latency on this machine (THREADS=), and"
+	@echo "             the detector streamed (hops 64/128/512) vs a 10 s window every hop"
 	@echo "make tune TARGET=x86_64   tune the conv kernels, write compile/tuning/<target>/"
 	@echo "             (RPC_TRACKER=host:port RPC_KEY=key: measure on a device)"
+	@echo "make train   retrain the demo QRS detector (deterministic) and check it reproduces"
+	@echo "             mscnn/weights/cpsc2019_qrs.pt; make evaluate: its 5-fold cross-validation"
 	@echo "make test    set up .venv and run the test suite"
 	@echo "make mutation  mutation testing of the fast tests (MUTATION_BUDGET= seconds)"
 	@echo "make lint    ruff lint and format check"
@@ -157,6 +160,7 @@ tune: | $(STAMP) $(TOOLCHAINS)
 # Latency side by side (PyTorch eager, ONNX Runtime, TVM) on this machine, batch 1 for
 # every preset and lead variant, and batch 8 for two of them. Table, JSON and PNG.
 BENCH_TARGETS ?= x86_64,x86_64-avx512
+STREAM_TARGET ?= $(lastword $(subst $(comma), ,$(BENCH_TARGETS)))
 THREADS ?= $(shell nproc)
 BENCH_BUILD := $(PY) -m compile build --targets $(BENCH_TARGETS) --samples $(SAMPLES) --quiet
 
@@ -167,6 +171,11 @@ bench: | $(STAMP) $(TOOLCHAINS)
 	$(BENCH_BUILD) --preset cpsc2019 --batch 8 --out $(BUILD)/bench-batch8
 	$(BENCH_BUILD) --preset multi_scopic_leadwise --variants 12 --batch 8 --out $(BUILD)/bench-batch8
 	$(PY) -m compile bench $(BUILD)/bench $(BUILD)/bench-batch8 --targets $(BENCH_TARGETS) \
+	  --threads $(THREADS) --out $(BUILD)/bench
+	$(BENCH_BUILD) --preset cpsc2019_qrs --out $(BUILD)/bench
+	for hop in 64 128 512; do $(BENCH_BUILD) --preset cpsc2019_qrs --hop $$hop --out $(BUILD)/bench || exit 1; done
+	$(PY) -m compile bench-stream $(BUILD)/bench/$(STREAM_TARGET)/cpsc2019_qrs-1lead \
+	  $(foreach h,64 128 512,$(BUILD)/bench/$(STREAM_TARGET)/cpsc2019_qrs-1lead-stream$(h)) \
 	  --threads $(THREADS) --out $(BUILD)/bench
 
 # --------------------------------------------------------------------------------------

@@ -374,3 +374,14 @@ def peak_note(rows: list[BenchRow], threads: int) -> str:
             "as a lower bound"
         )
     return note
+
+
+def machine_name() -> str:
+    """The CPU model, as /proc/cpuinfo names it (every figure is quoted with it)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return os.uname().machine

@@ -228,6 +228,41 @@ def _bench(args) -> int:
     return 0
 
 
+def _add_bench_stream(sub) -> None:
+    m = sub.add_parser(
+        "bench-stream",
+        help="a stream bundle's step vs a 10 s window re-run "
+        "every hop (TVM and ONNX Runtime), per second of ECG",
+    )
+    m.add_argument("window", type=Path, help="the model's window bundle (10 s)")
+    m.add_argument("streams", type=Path, nargs="+", help="its stream bundles (one per hop)")
+    m.add_argument("--threads", type=_positive, default=os.cpu_count() or 1)
+    m.add_argument("--out", type=Path, default=Path("build/bench"), help="JSON and PNG go here")
+    m.set_defaults(func=_bench_stream)
+
+
+def _bench_stream(args) -> int:
+    from .bench import machine_name
+    from .stream_bench import bench_stream, save
+
+    rows = bench_stream(args.window, args.streams, args.threads)
+    print(
+        f"{'hop':>5} {'ms':>6} {'step us':>9} {'stream/s ms':>12} {'window TVM/s ms':>16} "
+        f"{'window ORT/s ms':>16} {'stream/ORT':>11} {'state KiB':>10} {'window act KiB':>15}"
+    )
+    for r in rows:
+        p = r.per_second
+        act = f"{r.window_activation_bytes / 1024:.0f}" if r.window_activation_bytes else "-"
+        print(
+            f"{r.hop:>5} {r.hop_ms:>6.0f} {r.step_us:>9.1f} {p['stream'] / 1e3:>12.2f} "
+            f"{p['window_tvm'] / 1e3:>16.2f} {p['window_ort'] / 1e3:>16.2f} "
+            f"{p['stream'] / p['window_ort']:>11.3f} {r.state_bytes / 1024:>10.0f} {act:>15}"
+        )
+    json_path, png_path = save(rows, args.threads, machine_name(), args.out)
+    print(f"{machine_name()}, {args.threads} threads; saved {json_path} and {png_path}")
+    return 0
+
+
 def _add_tune(sub, formatter) -> None:
     u = sub.add_parser(
         "tune",
@@ -334,6 +369,7 @@ def parser() -> argparse.ArgumentParser:
     _add_targets(sub)
     _add_build(sub, p.formatter_class)
     _add_bench(sub, p.formatter_class)
+    _add_bench_stream(sub)
     _add_tune(sub, p.formatter_class)
     _add_summary(sub)
     return p

@@ -16,7 +16,7 @@ from .files import open_regular, show
 from .stream import open_stream
 
 
-def _chunks(source: Path, leads: int, samples: int) -> Iterator[np.ndarray]:
+def _chunks(source: Path, leads: int, samples: int, leftover: list) -> Iterator[np.ndarray]:
     """(leads, n) float32 chunks of an interleaved raw stream; a stream that ends
     mid-sample is an error naming the leftover bytes, after the whole samples before it."""
     import os
@@ -37,12 +37,8 @@ def _chunks(source: Path, leads: int, samples: int) -> Iterator[np.ndarray]:
     finally:
         if str(source) != "-":
             os.close(fd)
-    if rest:
-        raise DeployError(
-            f"{show(source)}: the stream ended {len(rest)} byte(s) into a sample "
-            f"({frame} bytes: {leads} lead(s) of float32); the frames before it "
-            "were written"
-        )
+    if rest:  # the whole samples before it are streamed and flushed first
+        leftover.append(len(rest))
 
 
 def stream_file(
@@ -56,11 +52,19 @@ def stream_file(
         raise DeployError(f"--detect: bundle {bundle.name} is not an R-peak detector")
     beats = BeatStream(rule) if detect else None
     index, fs = 0, bundle.manifest.fs
-    for chunk_ in _chunks(source, len(bundle.leads), chunk or bundle.manifest.stream.hop):
+    leftover: list[int] = []
+    leads = len(bundle.leads)
+    for chunk_ in _chunks(source, leads, chunk or bundle.manifest.stream.hop, leftover):
         lines, index = _lines(stream.push(chunk_), beats, index, fs, end=False)
         yield from lines
     lines, _ = _lines(stream.flush(), beats, index, fs, end=True)
     yield from lines
+    if leftover:
+        raise DeployError(
+            f"{show(source)}: the stream ended {leftover[0]} byte(s) into a "
+            f"sample ({4 * leads} bytes: {leads} lead(s) of float32); the "
+            "samples before it were streamed and their output written"
+        )
 
 
 def _lines(

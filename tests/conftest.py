@@ -87,6 +87,14 @@ def qrs_bundles(tmp_path_factory, qrs):
 
 
 @pytest.fixture(scope="session")
+def qrs_stream_bundles(tmp_path_factory, qrs):
+    """The detector's step for hops of 512 samples (~1 s), for x86_64."""
+    out = tmp_path_factory.mktemp("qrs-stream")
+    variant = resolve_variant(qrs, "1")
+    return {"x86_64": build(qrs, TARGETS["x86_64"], variant, out, BuildOptions(hop=512))}
+
+
+@pytest.fixture(scope="session")
 def rpc_device():
     """A TVM RPC tracker and server on loopback: the path a real device takes."""
     import time
