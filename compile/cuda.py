@@ -52,8 +52,16 @@ def _stub_dir() -> Path:
         return folder
     folder.mkdir(exist_ok=True)
     tmp = folder / f".libcuda.so.1.{os.getpid()}"
-    cmd = ["gcc", "-shared", "-fPIC", "-O2", "-Wl,-soname,libcuda.so.1", "-o", str(tmp),
-           str(STUB_SOURCE)]  # fmt: skip
+    cmd = [
+        "gcc",
+        "-shared",
+        "-fPIC",
+        "-O2",
+        "-Wl,-soname,libcuda.so.1",
+        "-o",
+        str(tmp),
+        str(STUB_SOURCE),
+    ]
     try:
         subprocess.run(cmd, check=True, capture_output=True, text=True)
     except (OSError, subprocess.CalledProcessError) as exc:
@@ -81,11 +89,27 @@ def child_env() -> dict[str, str]:
 
 def compile_cuda_library(onnx_path: Path, target_name: str, shape, library: Path, log: Path):
     """Build `library` for a CUDA target in a child process; raise with its log on failure."""
-    cmd = [sys.executable, "-m", "compile.cuda_child", "--onnx", str(onnx_path), "--target",
-           target_name, "--shape", json.dumps(list(shape)), "--out", str(library)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "compile.cuda_child",
+        "--onnx",
+        str(onnx_path),
+        "--target",
+        target_name,
+        "--shape",
+        json.dumps(list(shape)),
+        "--out",
+        str(library),
+    ]
     with open(log, "a") as out:
-        done = subprocess.run(cmd, env=child_env(), stdout=out, stderr=subprocess.STDOUT,
-                              cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+        done = subprocess.run(
+            cmd,
+            env=child_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[1],
+        )
     if done.returncode != 0:
         tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
         raise CompileError(f"CUDA build failed: {tail[0]}")

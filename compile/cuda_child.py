@@ -26,8 +26,11 @@ def main(argv: list[str]) -> int:
     executable = compile_executable(args.onnx, target, args.shape).executable
     kinds = _module_kinds(executable.mod)
     if not any(kind == "cuda" and runnable for kind, runnable in kinds):
-        print(f"error: TVM kept CUDA kernels as source (modules: {kinds}); its CUDA runtime "
-              "did not load in the build process", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: TVM kept CUDA kernels as source (modules: {kinds}); its CUDA runtime "
+            "did not load in the build process",
+            file=sys.stderr,
+        )
         return 1
     executable.export_library(str(args.out), fcompile=cc.cross_compiler(check_compiler(target)))
     print(f"CUDA kernels compiled: {', '.join(cubin_archs(args.out)) or 'none found'}")

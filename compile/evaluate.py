@@ -89,11 +89,15 @@ class Evaluation:
         lines = [f"{'fold':>6} {'records':>7} {'score':>7} {'F1':>7} {'TP':>5} {'FP':>4} {'FN':>4}"]
         for f in self.folds:
             s = f.score
-            lines.append(f"{f.fold:>6} {len(f.records):>7} {s.score:>7.3f} {s.f1:>7.4f} "
-                         f"{s.tp:>5} {s.fp:>4} {s.fn:>4}")  # fmt: skip
+            lines.append(
+                f"{f.fold:>6} {len(f.records):>7} {s.score:>7.3f} {s.f1:>7.4f} "
+                f"{s.tp:>5} {s.fp:>4} {s.fn:>4}"
+            )
         p = self.pooled
-        lines.append(f"{'pooled':>6} {len(p.record_scores):>7} {p.score:>7.3f} {p.f1:>7.4f} "
-                     f"{p.tp:>5} {p.fp:>4} {p.fn:>4}")  # fmt: skip
+        lines.append(
+            f"{'pooled':>6} {len(p.record_scores):>7} {p.score:>7.3f} {p.f1:>7.4f} "
+            f"{p.tp:>5} {p.fp:>4} {p.fn:>4}"
+        )
         for metric in ("score", "f1"):
             mean, std, lo, hi = self.summary(metric)
             lines.append(
@@ -101,8 +105,10 @@ class Evaluation:
             )
         if self.checkpoint is not None:
             c = self.checkpoint
-            lines.append(f"committed checkpoint on its own training records: score {c.score:.3f}, "
-                         f"F1 {c.f1:.4f} (optimistic: seen in training)")  # fmt: skip
+            lines.append(
+                f"committed checkpoint on its own training records: score {c.score:.3f}, "
+                f"F1 {c.f1:.4f} (optimistic: seen in training)"
+            )
         return "\n".join(lines)
 
 
@@ -134,15 +140,17 @@ def cross_validate(
     folds, detections = [], [None] * len(records.names)
     for i, held in enumerate(fold_indices(len(records.names), k, seed)):
         kept = np.setdiff1d(np.arange(len(records.names)), held)
-        log.info("fold %d/%d: training on %d records, holding out %d", i + 1, k, len(kept),
-                 len(held))  # fmt: skip
+        log.info(
+            "fold %d/%d: training on %d records, holding out %d", i + 1, k, len(kept), len(held)
+        )
         start = time.perf_counter()
         model = train(records.signals[kept], [records.r_peaks[j] for j in kept], config, seed)
         seconds = round(time.perf_counter() - start, 1)
         found = detect(model, records.signals[held], rule)
         score = score_rpeaks([records.r_peaks[j] for j in held], found, records.fs)
-        log.info("fold %d/%d: score %.3f, F1 %.4f (%.0f s)", i + 1, k, score.score, score.f1,
-                 seconds)  # fmt: skip
+        log.info(
+            "fold %d/%d: score %.3f, F1 %.4f (%.0f s)", i + 1, k, score.score, score.f1, seconds
+        )
         for j, beats in zip(held, found, strict=True):
             detections[j] = beats
         folds.append(FoldResult(i, tuple(records.names[j] for j in held), score, seconds))
@@ -157,21 +165,29 @@ def score_checkpoint(path: Path = CHECKPOINT, rule: RPeakRule | None = None) -> 
     """The score of a trained checkpoint on all CPSC2019 sample records."""
     model = mscnn.load_checkpoint(path).model
     records = ecg_data.cpsc2019_records()
-    return score_rpeaks(records.r_peaks, detect(model, records.signals, rule or RPeakRule()),
-                        records.fs)  # fmt: skip
+    return score_rpeaks(
+        records.r_peaks, detect(model, records.signals, rule or RPeakRule()), records.fs
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m compile.evaluate`: cross-validate, print the table, save JSON."""
     parser = argparse.ArgumentParser(
-        prog="python -m compile.evaluate", description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+        prog="python -m compile.evaluate",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--folds", type=positive_int, default=5, help="k of k-fold")
     parser.add_argument("--seed", type=int, default=0, help="folds and training seed")
-    parser.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs,
-                        help="training passes per fold")  # fmt: skip
-    parser.add_argument("--threshold", type=float, default=RPeakRule.threshold,
-                        help="R-peak rule: frame probability to exceed")  # fmt: skip
+    parser.add_argument(
+        "--epochs", type=positive_int, default=TrainConfig.epochs, help="training passes per fold"
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=RPeakRule.threshold,
+        help="R-peak rule: frame probability to exceed",
+    )
     parser.add_argument(
         "--checkpoint", type=Path, default=CHECKPOINT, help="also score it on its training records"
     )
@@ -182,8 +198,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = replace(TrainConfig(), epochs=args.epochs)
         rule = RPeakRule(threshold=args.threshold)
-        log.info("cross-validating %s: %d folds, seed %d, config %s, rule %s", config.preset,
-                 args.folds, args.seed, asdict(config), rule.to_dict())  # fmt: skip
+        log.info(
+            "cross-validating %s: %d folds, seed %d, config %s, rule %s",
+            config.preset,
+            args.folds,
+            args.seed,
+            asdict(config),
+            rule.to_dict(),
+        )
         path = args.out / f"{config.preset}_cv{args.folds}.json"
         args.out.mkdir(parents=True, exist_ok=True)  # fail before the first fold, not after
         result = cross_validate(args.folds, args.seed, config, rule, args.checkpoint)
@@ -192,8 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"error: cannot write {args.out} ({exc.strerror}); choose a writable --out",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: cannot write {args.out} ({exc.strerror}); choose a writable --out",
+            file=sys.stderr,
+        )
         return 2
     print(result.table())
     print(f"saved {path}")

@@ -50,8 +50,18 @@ def export_onnx(model: torch.nn.Module, path: Path, *, batch: int, samples: int)
 
 # Shape arithmetic the TorchScript exporter leaves in the graph (e.g. the pads of the
 # (1, 0) zero pad after even-kernel convs); TVM's ONNX importer wants constants there.
-_FOLDABLE = {"Constant", "ConstantOfShape", "Concat", "Reshape", "Slice", "Transpose", "Cast",
-             "Unsqueeze", "Squeeze", "Gather"}  # fmt: skip
+_FOLDABLE = {
+    "Constant",
+    "ConstantOfShape",
+    "Concat",
+    "Reshape",
+    "Slice",
+    "Transpose",
+    "Cast",
+    "Unsqueeze",
+    "Squeeze",
+    "Gather",
+}
 
 
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -74,10 +84,15 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     outputs = [o for n in folded for o in n.output if o in wanted]
     inputs = {i for n in folded for i in n.input if i in weights}
     sub = helper.make_model(
-        helper.make_graph(folded, "constants", [], [helper.make_empty_tensor_value_info(o)
-                          for o in outputs], [weights[i] for i in sorted(inputs)]),
+        helper.make_graph(
+            folded,
+            "constants",
+            [],
+            [helper.make_empty_tensor_value_info(o) for o in outputs],
+            [weights[i] for i in sorted(inputs)],
+        ),
         opset_imports=model.opset_import,
-    )  # fmt: skip
+    )
     values = ReferenceEvaluator(sub).run(None, {})
     del graph.node[:]
     graph.node.extend(kept)

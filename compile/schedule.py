@@ -61,9 +61,10 @@ def kernel_kind(func) -> str:
 def weight_read(sch, conv) -> int:
     reads = sch.get(conv).reads
     return next(
-        i for i, r in enumerate(reads)
+        i
+        for i, r in enumerate(reads)
         if len(r.source.shape) == 3 and r.source.name.startswith("param")
-    )  # fmt: skip
+    )
 
 
 def conv_shape(func) -> tuple[int, int]:
@@ -79,8 +80,10 @@ def conv_shape(func) -> tuple[int, int]:
 def _default_tile(channels: int, length: int, tile: ConvTile) -> tuple[int, int]:
     if channels % tile.vec:
         raise ValueError(f"{channels} output channels are no multiple of {tile.vec} lanes")
-    return (_largest_divisor_at_most(length, tile.t_tile),
-            _largest_divisor_at_most(channels // tile.vec, tile.f_vecs))  # fmt: skip
+    return (
+        _largest_divisor_at_most(length, tile.t_tile),
+        _largest_divisor_at_most(channels // tile.vec, tile.f_vecs),
+    )
 
 
 def default_tile(func, tile: ConvTile) -> tuple[int, int]:
@@ -171,9 +174,10 @@ def _schedule_spatial(func):
     for block in _blocks(sch):
         loops = sch.get_loops(block)
         spatial = [
-            loop for loop, iv in zip(loops, sch.get(block).iter_vars, strict=False)
+            loop
+            for loop, iv in zip(loops, sch.get(block).iter_vars, strict=False)
             if iv.iter_type == tirx.IterVar.DataPar
-        ]  # fmt: skip
+        ]
         if len(spatial) >= 2:
             sch.parallel(sch.fuse(*spatial[:-1]))
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
@@ -203,8 +207,9 @@ class KernelCounts:
     unscheduled: int  # kernels left with TVM's default loops
 
 
-def schedule_pass(tile: ConvTile, records=None,
-                  on_done: Callable[[KernelCounts], None] | None = None):  # fmt: skip
+def schedule_pass(
+    tile: ConvTile, records=None, on_done: Callable[[KernelCounts], None] | None = None
+):
     """The module pass: schedule the kernels, repack the conv weights their callers pass.
 
     `records` maps a conv kernel's workload_key to its tuned (t_tile, f_vecs); kernels
@@ -232,8 +237,12 @@ def schedule_pass(tile: ConvTile, records=None,
             if name in self.packed:
                 index = self.packed[name]
                 args[index] = relax.const(_pack(args[index].value.numpy(), tile.vec), "float32")
-            return relax.Call(call.op, [self.renamed[name], relax.Tuple(args), *call.args[2:]],
-                              call.attrs, call.ty_args)  # fmt: skip
+            return relax.Call(
+                call.op,
+                [self.renamed[name], relax.Tuple(args), *call.args[2:]],
+                call.attrs,
+                call.ty_args,
+            )
 
     @tvm.transform.module_pass(opt_level=0, name="mscnn_schedule")
     def run(mod, _ctx):

@@ -54,26 +54,44 @@ def export_step_onnx(model: torch.nn.Module, hop: int, path: Path) -> Path:
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # legacy exporter and tracer notices
-            torch.onnx.export(step, example, str(path), input_names=inputs,
-                              output_names=outputs, opset_version=OPSET,
-                              do_constant_folding=True, dynamo=False)  # fmt: skip
+            torch.onnx.export(
+                step,
+                example,
+                str(path),
+                input_names=inputs,
+                output_names=outputs,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
         graph = fold_constants(onnx.load(str(path)))
         onnx.helper.set_model_props(graph, stream_facts(step))
         onnx.save(graph, str(path))
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
-        raise CompileError(f"export of the streaming step to ONNX failed: "
-                           f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
-    log.info("step for hop %d exported to %s (%d states, %d state bytes)",
-             hop, path, len(specs), step.state_bytes)  # fmt: skip
+        raise CompileError(
+            f"export of the streaming step to ONNX failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    log.info(
+        "step for hop %d exported to %s (%d states, %d state bytes)",
+        hop,
+        path,
+        len(specs),
+        step.state_bytes,
+    )
     return path
 
 
 def stream_facts(step: StepModule) -> dict[str, str]:
     """What a runner needs beyond the shapes, stored in the ONNX file's metadata."""
-    facts = {"hop": step.hop, "reduction": step.reduction, "delay_frames": step.delay_frames,
-             "look_ahead": step.look_ahead, "flush_steps": step.flush_steps,
-             "state_bytes": step.state_bytes}  # fmt: skip
+    facts = {
+        "hop": step.hop,
+        "reduction": step.reduction,
+        "delay_frames": step.delay_frames,
+        "look_ahead": step.look_ahead,
+        "flush_steps": step.flush_steps,
+        "state_bytes": step.state_bytes,
+    }
     return {f"{META}{k}": str(v) for k, v in facts.items()}
 
 

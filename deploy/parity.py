@@ -34,8 +34,10 @@ class ParityResult:
     def __str__(self) -> str:
         verdict = "pass" if self.passed else "FAIL"
         extra = f"; {self.detail}" if self.detail else ""
-        return (f"{verdict}: max abs {self.max_abs:.2g}, normalised {self.normalised:.2g} "
-                f"(tolerance {self.tolerance:g}{extra})")  # fmt: skip
+        return (
+            f"{verdict}: max abs {self.max_abs:.2g}, normalised {self.normalised:.2g} "
+            f"(tolerance {self.tolerance:g}{extra})"
+        )
 
 
 def compare(got: np.ndarray, expected: np.ndarray, device: str = "cpu") -> ParityResult:

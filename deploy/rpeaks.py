@@ -74,8 +74,10 @@ class RPeakRule:
 
     def to_dict(self) -> dict[str, float | int]:
         """Plain JSON values, for a bundle manifest."""
-        return {f.name: (float if f.name == "threshold" else int)(getattr(self, f.name))
-                for f in fields(self)}  # fmt: skip
+        return {
+            f.name: (float if f.name == "threshold" else int)(getattr(self, f.name))
+            for f in fields(self)
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> RPeakRule:
@@ -85,8 +87,10 @@ class RPeakRule:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise DeployError(f"R-peak rule: unknown key(s) {', '.join(map(str, unknown))}; "
-                              f"known: {', '.join(sorted(known))}")  # fmt: skip
+            raise DeployError(
+                f"R-peak rule: unknown key(s) {', '.join(map(str, unknown))}; "
+                f"known: {', '.join(sorted(known))}"
+            )
         return cls(**data)
 
 
@@ -167,9 +171,11 @@ def score_rpeaks(
     if isinstance(references, np.ndarray) or isinstance(detections, np.ndarray):
         raise DeployError("scoring: give a list of per-record index arrays, not one array")
     if len(references) != len(detections) or not references:
-        raise DeployError(f"scoring: {len(references)} reference records and "
-                          f"{len(detections)} detection records; give one array per record "
-                          "for both, at least one")  # fmt: skip
+        raise DeployError(
+            f"scoring: {len(references)} reference records and "
+            f"{len(detections)} detection records; give one array per record "
+            "for both, at least one"
+        )
     t = tolerance_ms * fs / 1000.0
     counts = [
         _record_counts(_check_references(ref, i), _check_indices(det, f"detections[{i}]"), fs, t)
@@ -180,8 +186,9 @@ def score_rpeaks(
     precision = tp / (tp + fp) if tp + fp else 1.0
     recall = tp / (tp + fn) if tp + fn else 1.0
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
-    return RPeakScore(float(np.mean(record_scores)), f1, precision, recall, tp, fp, fn,
-                      record_scores)  # fmt: skip
+    return RPeakScore(
+        float(np.mean(record_scores)), f1, precision, recall, tp, fp, fn, record_scores
+    )
 
 
 def _record_counts(ref: np.ndarray, det: np.ndarray, fs: int, t: float) -> tuple[int, int, int]:
@@ -211,16 +218,22 @@ def _check_logits(logits: object) -> np.ndarray:
     if not isinstance(logits, np.ndarray):
         raise DeployError(f"logits: expected a numpy array, got {type(logits).__name__}")
     if logits.dtype.kind != "f":
-        raise DeployError(f"logits dtype {logits.dtype}: expected float32 or float64 (the "
-                          "detector's raw output, before any sigmoid)")  # fmt: skip
+        raise DeployError(
+            f"logits dtype {logits.dtype}: expected float32 or float64 (the "
+            "detector's raw output, before any sigmoid)"
+        )
     x = logits[:, 0] if logits.ndim == 2 and logits.shape[1] == 1 else logits
     if x.ndim != 1 or x.size == 0:
-        raise DeployError(f"logits shape {logits.shape}: expected (frames,) or (frames, 1) for "
-                          "one record; pass output[i] of a (batch, frames, 1) output")  # fmt: skip
+        raise DeployError(
+            f"logits shape {logits.shape}: expected (frames,) or (frames, 1) for "
+            "one record; pass output[i] of a (batch, frames, 1) output"
+        )
     if not np.isfinite(x).all():
         first = int(np.flatnonzero(~np.isfinite(x))[0])
-        raise DeployError(f"logits hold NaN or Inf (first at frame {first}); the model's "
-                          "input was probably not finite")  # fmt: skip
+        raise DeployError(
+            f"logits hold NaN or Inf (first at frame {first}); the model's "
+            "input was probably not finite"
+        )
     return x.astype(np.float64)
 
 
@@ -230,8 +243,10 @@ def _check_n_samples(n_samples: object, frames: int, r: int) -> int:
     if not isinstance(n_samples, numbers.Integral) or isinstance(n_samples, bool):
         raise DeployError(f"n_samples {n_samples!r}: expected an integer")
     if frames not in (n_samples // r, -(-n_samples // r)):
-        raise DeployError(f"{frames} frames do not fit a record of {n_samples} samples at {r} "
-                          "samples per frame; check n_samples or the rule's reduction")  # fmt: skip
+        raise DeployError(
+            f"{frames} frames do not fit a record of {n_samples} samples at {r} "
+            "samples per frame; check n_samples or the rule's reduction"
+        )
     return int(n_samples)
 
 
@@ -242,8 +257,9 @@ def _check_indices(x: object, what: str) -> np.ndarray:
     if a.size == 0:
         return np.zeros(0, dtype=np.int64)
     if a.ndim != 1 or a.dtype.kind not in "iu":
-        raise DeployError(f"{what}: shape {a.shape} dtype {a.dtype}, expected 1-D integer "
-                          "sample indices")  # fmt: skip
+        raise DeployError(
+            f"{what}: shape {a.shape} dtype {a.dtype}, expected 1-D integer sample indices"
+        )
     return a.astype(np.int64)
 
 

@@ -253,9 +253,13 @@ def _from_ours(path: Path, data: Mapping, preset: str | None) -> LoadedModel:
         raise MscnnError(f"checkpoint {path}: metadata is {type(metadata).__name__}, not a dict")
     _load_state(model, data["state_dict"], path, "its own config")
     return LoadedModel(
-        model.eval(), data.get("preset"), leads, int(data["fs"]), f"checkpoint {path.name}",
+        model.eval(),
+        data.get("preset"),
+        leads,
+        int(data["fs"]),
+        f"checkpoint {path.name}",
         dict(metadata),
-    )  # fmt: skip
+    )
 
 
 def _check_preset(path: Path, model: Model, p: Preset, saved_as: str | None) -> None:

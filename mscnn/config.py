@@ -69,9 +69,18 @@ BLOCK_DEFAULTS: dict[str, Any] = {
 REQUIRED_KEYS = ("scopes", "num_filters", "filter_lengths", "subsample_lengths", "dropouts")
 # Read by torch_ecg's configs or other models, never by MultiScopicCNN: accepted, unused.
 IGNORED_KEYS = (
-    "fs", "name", "doi", "bias", "kernel_initializer", "kw_initializer", "activation",
-    "kw_activation", "batch_norm", "norm", "kw_bn",
-)  # fmt: skip
+    "fs",
+    "name",
+    "doi",
+    "bias",
+    "kernel_initializer",
+    "kw_initializer",
+    "activation",
+    "kw_activation",
+    "batch_norm",
+    "norm",
+    "kw_bn",
+)
 
 
 @dataclass(frozen=True)
@@ -160,8 +169,15 @@ def _check_keys_and_groups(in_channels: int, config: Any) -> int:
     return groups
 
 
-def _resolve_branch(b: int, scopes: Any, per_branch: dict, subsample: Any, dropouts: Any,
-                    in_channels: int, groups: int) -> tuple[BlockSpec, ...]:  # fmt: skip
+def _resolve_branch(
+    b: int,
+    scopes: Any,
+    per_branch: dict,
+    subsample: Any,
+    dropouts: Any,
+    in_channels: int,
+    groups: int,
+) -> tuple[BlockSpec, ...]:
     branch_scopes = as_list(scopes, f"config['scopes'][{b}]", nonempty=True)
     n_blocks = len(branch_scopes)
     filters_b = as_list(

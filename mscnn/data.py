@@ -88,8 +88,11 @@ def cinc2021_records() -> Cinc2021Records:
     fs = _fs(path, arrays["fs"])
     adc, gain = arrays["adc"], arrays["adc_per_mv"]
     if adc.ndim != 3 or adc.shape[1:] != (12, SAMPLES) or adc.dtype.kind not in "iu":
-        _bad(path, f"adc has shape {adc.shape} dtype {adc.dtype}, expected (records, 12, "
-                   f"{SAMPLES}) integers")  # fmt: skip
+        _bad(
+            path,
+            f"adc has shape {adc.shape} dtype {adc.dtype}, expected (records, 12, "
+            f"{SAMPLES}) integers",
+        )
     if gain.shape != () or not np.isfinite(gain) or gain <= 0:
         _bad(path, f"adc_per_mv is {gain!r}, expected one positive number")
     signals = (adc.astype(np.float32) / np.float32(gain)).astype(np.float32)
@@ -103,8 +106,10 @@ def cinc2021_records() -> Cinc2021Records:
 def _load(filename: str, keys: tuple[str, ...]) -> tuple[Path, dict[str, np.ndarray]]:
     folder = data_dir()
     path = folder / filename
-    hint = (f"set {ENV_VAR} to the folder holding {CPSC2019_FILE} and {CINC2021_FILE} "
-            "(the torch_ecg sample-data converted to .npz, see shared/data/README.md)")  # fmt: skip
+    hint = (
+        f"set {ENV_VAR} to the folder holding {CPSC2019_FILE} and {CINC2021_FILE} "
+        "(the torch_ecg sample-data converted to .npz, see shared/data/README.md)"
+    )
     try:
         info = path.stat()
     except OSError:
@@ -133,8 +138,10 @@ def _fs(path: Path, fs: np.ndarray) -> int:
 
 def _float_signals(path: Path, key: str, x: np.ndarray, ndim: int) -> np.ndarray:
     if x.ndim != ndim or x.shape[-1] != SAMPLES or x.dtype != np.float32 or x.shape[0] == 0:
-        _bad(path, f"{key} has shape {x.shape} dtype {x.dtype}, expected (records, {SAMPLES}) "
-                   "float32")  # fmt: skip
+        _bad(
+            path,
+            f"{key} has shape {x.shape} dtype {x.dtype}, expected (records, {SAMPLES}) float32",
+        )
     if not np.isfinite(x).all():
         _bad(path, f"{key} holds NaN or Inf")
     return np.ascontiguousarray(x)

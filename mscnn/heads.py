@@ -61,22 +61,36 @@ CRNN_POOLS = ("max", "avg")
 # torch_ecg 0.0.33's defaults for the keys a config may leave out (its ECG_CRNN_CONFIG,
 # and ECG_SEQ_LAB_NET_CONFIG merged over it); the backbone config must be given.
 _SE_DEFAULTS = {
-    "reduction": 8, "activation": "relu", "kw_activation": {"inplace": True}, "bias": True,
+    "reduction": 8,
+    "activation": "relu",
+    "kw_activation": {"inplace": True},
+    "bias": True,
     "dropouts": 0.0,
-}  # fmt: skip
+}
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "ECG_CRNN": {
-        "fs": 500, "rnn": {"name": "none"}, "attn": {"name": "se", "se": _SE_DEFAULTS},
-        "global_pool": "max", "global_pool_size": 1,
+        "fs": 500,
+        "rnn": {"name": "none"},
+        "attn": {"name": "se", "se": _SE_DEFAULTS},
+        "global_pool": "max",
+        "global_pool_size": 1,
         "clf": {"out_channels": [1024], "activation": "mish", "bias": True, "dropouts": 0.2},
     },
     "ECG_SEQ_LAB_NET": {
-        "fs": 500, "rnn": {"name": "lstm"}, "attn": {"name": "se", "se": _SE_DEFAULTS},
-        "global_pool": "none", "global_pool_size": 1, "recover_length": False,
-        "clf": {"out_channels": [256, 64], "activation": "mish", "bias": True,
-                "dropouts": [0.2, 0.2, 0.0]},
+        "fs": 500,
+        "rnn": {"name": "lstm"},
+        "attn": {"name": "se", "se": _SE_DEFAULTS},
+        "global_pool": "none",
+        "global_pool_size": 1,
+        "recover_length": False,
+        "clf": {
+            "out_channels": [256, 64],
+            "activation": "mish",
+            "bias": True,
+            "dropouts": [0.2, 0.2, 0.0],
+        },
     },
-}  # fmt: skip
+}
 # Read by torch_ecg's initialisation only (or not at all): accepted, unused.
 _IGNORED = ("kernel_initializer", "kw_initializer")
 
@@ -149,12 +163,27 @@ def resolve_head_config(
     fs = merged["fs"]
     if isinstance(fs, bool) or not isinstance(fs, numbers.Real) or not fs > 0:
         raise MscnnError(f"config['fs']: expected a positive sampling rate, got {fs!r}")
-    spec = HeadSpec(head, backbone.in_channels, classes, backbone, backbone_config, se,
-                    pool, pool_size, clf, recover)  # fmt: skip
+    spec = HeadSpec(
+        head,
+        backbone.in_channels,
+        classes,
+        backbone,
+        backbone_config,
+        se,
+        pool,
+        pool_size,
+        clf,
+        recover,
+    )
     canonical = {
-        "fs": fs, "cnn": {"name": name, name: backbone_config}, "rnn": {"name": "none"},
-        "attn": attn, "global_pool": pool, "global_pool_size": pool_size, "clf": clf_config,
-    }  # fmt: skip
+        "fs": fs,
+        "cnn": {"name": name, name: backbone_config},
+        "rnn": {"name": "none"},
+        "attn": attn,
+        "global_pool": pool,
+        "global_pool_size": pool_size,
+        "clf": clf_config,
+    }
     if head == "ECG_SEQ_LAB_NET":
         canonical["recover_length"] = recover
     return spec, plain(canonical, "config")
@@ -245,9 +274,12 @@ def _resolve_attn(attn: Any, channels: int) -> tuple[dict[str, Any], MlpSpec | N
             f"({exc}); give the activation's own keyword arguments"
         ) from None
     config = {
-        "reduction": reduction, "activation": mlp.activation, "kw_activation": dict(kw),
-        "bias": mlp.bias, "dropouts": list(mlp.dropouts),
-    }  # fmt: skip
+        "reduction": reduction,
+        "activation": mlp.activation,
+        "kw_activation": dict(kw),
+        "bias": mlp.bias,
+        "dropouts": list(mlp.dropouts),
+    }
     return {"name": name, name: config}, mlp
 
 
@@ -277,9 +309,11 @@ def _resolve_clf(clf: Any, in_features: int, n_classes: int) -> tuple[dict[str, 
     # torch_ecg's ECG_CRNN passes no kw_activation to its classifier
     mlp = _mlp(clf, where, in_features, (*hidden, n_classes), {})
     config = {
-        "out_channels": hidden, "activation": mlp.activation, "bias": mlp.bias,
+        "out_channels": hidden,
+        "activation": mlp.activation,
+        "bias": mlp.bias,
         "dropouts": list(mlp.dropouts),
-    }  # fmt: skip
+    }
     return config, mlp
 
 
@@ -667,8 +701,12 @@ class ReducedLeadModel(nn.Module):
         sources = [*self.zero_leads.parameters(), *self.zero_leads.buffers(), self.clf_dropped]
         if self.attn is not None:
             sources.append(self.se_dropped)
-        key = (seq_len, self.clf_dropped.device, self.clf_dropped.dtype,
-               tuple(t._version for t in sources))  # fmt: skip
+        key = (
+            seq_len,
+            self.clf_dropped.device,
+            self.clf_dropped.dtype,
+            tuple(t._version for t in sources),
+        )
         if key not in self._constants_cache:
             with torch.no_grad(), _untraced():
                 self._constants_cache = {key: self._fold(seq_len)}  # only the latest length
@@ -757,8 +795,13 @@ def _reduced_clf(
 
 def _linear(weight: Tensor, bias: Tensor | None) -> nn.Linear:
     """A linear layer holding copies of `weight` and `bias`."""
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
-                      dtype=weight.dtype, device=weight.device)  # fmt: skip
+    layer = nn.Linear(
+        weight.shape[1],
+        weight.shape[0],
+        bias=bias is not None,
+        dtype=weight.dtype,
+        device=weight.device,
+    )
     with torch.no_grad():
         layer.weight.copy_(weight)
         if bias is not None:

@@ -29,8 +29,19 @@ from .heads import ReducedLeadModel, WholeModel, derive_whole_variant
 from .model import MultiScopicCNN, check_lead_indices, scale_config
 
 LEADS_12: tuple[str, ...] = (
-    "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
-)  # fmt: skip
+    "I",
+    "II",
+    "III",
+    "aVR",
+    "aVL",
+    "aVF",
+    "V1",
+    "V2",
+    "V3",
+    "V4",
+    "V5",
+    "V6",
+)
 
 # The CinC 2021 reduced-lead sets, by name; each is a subset of LEADS_12 in its order.
 LEAD_SETS: dict[str, tuple[str, ...]] = {

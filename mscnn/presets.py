@@ -107,8 +107,13 @@ class Preset:
 
 def _whole(cnn: str, backbone: dict[str, Any], attn: str, **keys: Any) -> dict[str, Any]:
     """A torch_ecg whole-model config with every key written out."""
-    se = {"reduction": 8, "activation": "relu", "kw_activation": {"inplace": True},
-          "bias": True, "dropouts": [0.0, 0.0]}  # fmt: skip
+    se = {
+        "reduction": 8,
+        "activation": "relu",
+        "kw_activation": {"inplace": True},
+        "bias": True,
+        "dropouts": [0.0, 0.0],
+    }
     return {
         "fs": 500,
         "cnn": {"name": cnn, cnn: backbone},
@@ -120,8 +125,12 @@ def _whole(cnn: str, backbone: dict[str, Any], attn: str, **keys: Any) -> dict[s
 
 # torch_ecg's default classifiers: ECG_SEQ_LAB_NET's 256 -> 64 -> classes, ECG_CRNN's
 # 1024 -> classes; Mish, dropout 0.2 after every hidden layer.
-_SEQ_LAB_CLF = {"out_channels": [256, 64], "activation": "mish", "bias": True,
-                "dropouts": [0.2, 0.2, 0.0]}  # fmt: skip
+_SEQ_LAB_CLF = {
+    "out_channels": [256, 64],
+    "activation": "mish",
+    "bias": True,
+    "dropouts": [0.2, 0.2, 0.0],
+}
 _CRNN_CLF = {"out_channels": [1024], "activation": "mish", "bias": True, "dropouts": [0.2, 0.0]}
 
 PRESETS: dict[str, Preset] = {

@@ -303,8 +303,11 @@ def _plan_layer(layer: nn.Module, name: str, cursor, per_frame: bool) -> _Op | N
         return None
     if isinstance(layer, nn.BatchNorm1d) and type(layer) is nn.BatchNorm1d:
         if layer.running_mean is None:
-            raise _refuse(name, kind, "normalises with the whole record's statistics "
-                          "(track_running_stats=False)")  # fmt: skip
+            raise _refuse(
+                name,
+                kind,
+                "normalises with the whole record's statistics (track_running_stats=False)",
+            )
         return _Pointwise(name, *cursor, layer)
     if isinstance(layer, nn.Linear) and per_frame:
         return _Pointwise(name, *cursor, layer)
@@ -315,8 +318,10 @@ def _plan_layer(layer: nn.Module, name: str, cursor, per_frame: bool) -> _Op | N
     for cls, why in _GLOBAL.items():
         if isinstance(layer, cls):
             raise _refuse(name, kind, f"{why}, so a frame would need the future")
-    known = ("convs, zero pads, pooling, batch norm in eval mode, element-wise "
-             "activations, per-frame Linear")  # fmt: skip
+    known = (
+        "convs, zero pads, pooling, batch norm in eval mode, element-wise "
+        "activations, per-frame Linear"
+    )
     raise _refuse(name, kind, f"is not a layer known to stream ({known})")
 
 
@@ -334,15 +339,23 @@ class _PerFrame(nn.Module):
 def _plan_conv(conv: nn.Conv1d, name: str, cursor) -> _Op:
     kind = type(conv).__name__
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        raise _refuse(name, kind, f"pads {conv.padding!r} in mode {conv.padding_mode!r}; "
-                      "only explicit zero padding streams")  # fmt: skip
+        raise _refuse(
+            name,
+            kind,
+            f"pads {conv.padding!r} in mode {conv.padding_mode!r}; "
+            "only explicit zero padding streams",
+        )
     stride = conv.stride[0]
     if stride == 1:
         return _Conv(name, *cursor[:2], conv)
     if conv.kernel_size[0] == 1 and conv.padding[0] == 0:
         return _Decimate(name, *cursor, conv, stride)
-    raise _refuse(name, kind, f"has stride {stride} with kernel {conv.kernel_size[0]} and "
-                  "padding; only stride 1, or a 1x1 down-sampling conv, streams")  # fmt: skip
+    raise _refuse(
+        name,
+        kind,
+        f"has stride {stride} with kernel {conv.kernel_size[0]} and "
+        "padding; only stride 1, or a 1x1 down-sampling conv, streams",
+    )
 
 
 def _plan_pool(pool: nn.Module, name: str, cursor) -> _Op:
@@ -352,9 +365,13 @@ def _plan_pool(pool: nn.Module, name: str, cursor) -> _Op:
     k, s, p = one(pool.kernel_size), one(pool.stride), one(pool.padding)
     dilation = one(getattr(pool, "dilation", 1))
     if k != s or p != 0 or dilation != 1 or pool.ceil_mode:
-        raise _refuse(name, type(pool).__name__, f"has kernel {k}, stride {s}, padding {p}, "
-                      f"dilation {dilation}, ceil_mode {pool.ceil_mode}; only kernel = stride "
-                      "without padding streams")  # fmt: skip
+        raise _refuse(
+            name,
+            type(pool).__name__,
+            f"has kernel {k}, stride {s}, padding {p}, "
+            f"dilation {dilation}, ceil_mode {pool.ceil_mode}; only kernel = stride "
+            "without padding streams",
+        )
     return _Decimate(name, *cursor, pool, s)
 
 
@@ -437,8 +454,10 @@ def _backbone_of(model: nn.Module) -> MultiScopicCNN:
 def _check_eval(model: nn.Module) -> None:
     odd = sorted({str(p.dtype) for p in model.parameters()} - {"torch.float32"})
     if odd:
-        raise MscnnError(f"cannot stream: the model holds {', '.join(odd)} weights; streaming "
-                         "runs float32 (model.float())")  # fmt: skip
+        raise MscnnError(
+            f"cannot stream: the model holds {', '.join(odd)} weights; streaming "
+            "runs float32 (model.float())"
+        )
     for name, module in model.named_modules():
         if module.training:
             raise MscnnError(
@@ -633,8 +652,10 @@ class StreamingModel:
         x = self._check(x)
         pending = torch.cat([self._pending, x[None]], dim=-1)
         whole = pending.shape[-1] // self.hop * self.hop
-        frames = [self._step(pending[..., i : i + self.hop], self.hop)[0]
-                  for i in range(0, whole, self.hop)]  # fmt: skip
+        frames = [
+            self._step(pending[..., i : i + self.hop], self.hop)[0]
+            for i in range(0, whole, self.hop)
+        ]
         self._pending = pending[..., whole:]
         self._length += x.shape[-1]
         return self._cat(frames)
@@ -686,12 +707,12 @@ class StreamingModel:
         leads = self.step_module.leads
         if isinstance(x, np.ndarray):
             if x.dtype != np.float32:
-                raise MscnnError(f"push: dtype {x.dtype}; expected float32 "
-                                 "(x.astype(np.float32))")  # fmt: skip
+                raise MscnnError(f"push: dtype {x.dtype}; expected float32 (x.astype(np.float32))")
             x = torch.from_numpy(np.ascontiguousarray(x))
         elif not isinstance(x, Tensor):
-            raise MscnnError(f"push: expected a float32 tensor or numpy array, got "
-                             f"{type(x).__name__}")  # fmt: skip
+            raise MscnnError(
+                f"push: expected a float32 tensor or numpy array, got {type(x).__name__}"
+            )
         elif x.dtype != torch.float32:
             raise MscnnError(f"push: dtype {x.dtype}; expected torch.float32 (x.float())")
         if x.dim() != 2 or x.shape[0] != leads:

@@ -112,15 +112,21 @@ def train(
         model = _fresh_model(config.preset, seed).train()
         reduction = _reduction(model, config.crop_samples)
         frames = x_all.shape[-1] // reduction
-        y_all = torch.from_numpy(np.stack([
-            frame_labels(p, frames, reduction, fs, config.label_ms) for p in r_peaks
-        ]))  # fmt: skip
+        y_all = torch.from_numpy(
+            np.stack([frame_labels(p, frames, reduction, fs, config.label_ms) for p in r_peaks])
+        )
         g = torch.Generator().manual_seed(seed)
         steps = config.epochs * -(-len(x_all) // config.batch_size)
         opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         schedule = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=max(steps, 1))
-        log.info("training %s: %d records, %d epochs, seed %d, %d threads",
-                 config.preset, len(x_all), config.epochs, seed, config.threads)  # fmt: skip
+        log.info(
+            "training %s: %d records, %d epochs, seed %d, %d threads",
+            config.preset,
+            len(x_all),
+            config.epochs,
+            seed,
+            config.threads,
+        )
         for epoch in range(config.epochs):
             losses = []
             for idx in torch.randperm(len(x_all), generator=g).split(config.batch_size):
@@ -162,8 +168,10 @@ def _reduction(model: nn.Module, samples: int) -> int:
     model.train()
     reduction = samples // frames
     if samples % reduction or samples // reduction != frames:
-        raise MscnnError(f"crop_samples {samples} is not a multiple of the model's {reduction} "
-                         "samples per frame; choose one that is")  # fmt: skip
+        raise MscnnError(
+            f"crop_samples {samples} is not a multiple of the model's {reduction} "
+            "samples per frame; choose one that is"
+        )
     return reduction
 
 
@@ -215,8 +223,9 @@ def train_and_save(out: Path, config: TrainConfig, seed: int) -> dict[str, objec
         "data_sha256": data_sha256,
         "records": list(records.names),
     }
-    save_checkpoint(out, model, leads=("ECG",), fs=records.fs, preset=config.preset,
-                    metadata=metadata)  # fmt: skip
+    save_checkpoint(
+        out, model, leads=("ECG",), fs=records.fs, preset=config.preset, metadata=metadata
+    )
     recipe = {
         "format": RECIPE_FORMAT,
         "version": 1,
@@ -243,13 +252,19 @@ def train_and_save(out: Path, config: TrainConfig, seed: int) -> dict[str, objec
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m mscnn.train`: train, save, and optionally compare with a recipe's sha256."""
     parser = argparse.ArgumentParser(
-        prog="python -m mscnn.train", description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+        prog="python -m mscnn.train",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--out", type=Path, default=CHECKPOINT, help="checkpoint to write")
     parser.add_argument("--seed", type=int, default=0, help="seeds every random draw")
     parser.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs, help="passes")
-    parser.add_argument("--threads", type=positive_int, default=TrainConfig.threads,
-                        help="torch intra-op threads (the recipe's sha256 is for 1)")  # fmt: skip
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=TrainConfig.threads,
+        help="torch intra-op threads (the recipe's sha256 is for 1)",
+    )
     parser.add_argument(
         "--expect", type=Path, metavar="RECIPE", help="a recipe JSON whose sha256 to reproduce"
     )
@@ -263,16 +278,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"error: cannot write {args.out} ({exc.strerror}); choose a writable --out",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: cannot write {args.out} ({exc.strerror}); choose a writable --out",
+            file=sys.stderr,
+        )
         return 2
     if expected is None:
         return 0
     if recipe["sha256"] == expected:
         print(f"reproduced: {args.out} has the sha256 of {args.expect} ({expected})")
         return 0
-    print(f"not reproduced: {args.out} sha256 {recipe['sha256']}, {args.expect} says {expected} "
-          "(a different torch build, thread count or CPU rounds differently)")  # fmt: skip
+    print(
+        f"not reproduced: {args.out} sha256 {recipe['sha256']}, {args.expect} says {expected} "
+        "(a different torch build, thread count or CPU rounds differently)"
+    )
     return 1
 
 

@@ -82,8 +82,10 @@ def qrs_bundles(tmp_path_factory, qrs):
     out = tmp_path_factory.mktemp("qrs")
     variant = resolve_variant(qrs, "1")
     options = BuildOptions(samples=5000)
-    return {name: build(qrs, TARGETS[name], variant, out, options)
-            for name in ("x86_64", "aarch64", "armv7")}  # fmt: skip
+    return {
+        name: build(qrs, TARGETS[name], variant, out, options)
+        for name in ("x86_64", "aarch64", "armv7")
+    }
 
 
 @pytest.fixture(scope="session")
@@ -105,8 +107,14 @@ def rpc_device():
     from deploy.remote import Rpc
 
     tracker = Tracker("127.0.0.1", port=19190, port_end=19290, silent=True)
-    server = rpc.Server("127.0.0.1", port=19300, port_end=19400, key="loopback",
-                        tracker_addr=("127.0.0.1", tracker.port), silent=True)  # fmt: skip
+    server = rpc.Server(
+        "127.0.0.1",
+        port=19300,
+        port_end=19400,
+        key="loopback",
+        tracker_addr=("127.0.0.1", tracker.port),
+        silent=True,
+    )
     try:
         client = rpc.connect_tracker("127.0.0.1", tracker.port)
         for _ in range(100):  # the server registers with the tracker asynchronously
@@ -130,11 +138,16 @@ def small_disk(tmp_path):
         point = tmp_path / f"disk{len(mounts)}"
         point.mkdir()
         options = f"size={size}" + (",ro" if read_only else "")
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
-                              capture_output=True, text=True)  # fmt: skip
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
-            pytest.skip(f"a small tmpfs cannot be mounted here (needs root with "
-                        f"CAP_SYS_ADMIN): {done.stderr.strip()}")  # fmt: skip
+            pytest.skip(
+                f"a small tmpfs cannot be mounted here (needs root with "
+                f"CAP_SYS_ADMIN): {done.stderr.strip()}"
+            )
         mounts.append(point)
         return point
 

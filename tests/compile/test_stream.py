@@ -116,8 +116,9 @@ def test_tvm_compiles_the_step_and_it_streams(tmp_path, detector, record):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TVM renames the dotted state names
         mod = import_onnx(path, (1, 1, 512))
-    vm = relax.VirtualMachine(tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"})),
-                              tvm.cpu())  # fmt: skip
+    vm = relax.VirtualMachine(
+        tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"})), tvm.cpu()
+    )
 
     def step(x, n_valid, states):
         args = [tvm.runtime.tensor(a) for a in (x, n_valid, *states)]

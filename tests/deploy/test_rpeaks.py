@@ -198,8 +198,11 @@ def test_record_score(det, expected, why):
 
 
 def test_mean_over_records_and_f1_over_peaks():
-    dets = [np.array([1010, 1990, 3037]), np.array([1000, 1020, 2000, 3000]),
-            np.array([1000, 3000])]  # fmt: skip
+    dets = [
+        np.array([1010, 1990, 3037]),
+        np.array([1000, 1020, 2000, 3000]),
+        np.array([1000, 3000]),
+    ]
     result = score_rpeaks([REF, REF, REF], dets)
     assert result.record_scores == (1.0, 0.7, 0.3)
     assert result.score == pytest.approx(2.0 / 3.0)

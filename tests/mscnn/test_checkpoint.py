@@ -165,14 +165,18 @@ def qrs():
 
 def small_crnn(leads=2):
     """A lead-wise ECG_CRNN small enough to save and load quickly."""
-    backbone = {**mscnn.PRESETS["cpsc2019"].config, "groups": leads,
-                "num_filters": [[2 * leads, 4 * leads, 4 * leads]] * 3}  # fmt: skip
+    backbone = {
+        **mscnn.PRESETS["cpsc2019"].config,
+        "groups": leads,
+        "num_filters": [[2 * leads, 4 * leads, 4 * leads]] * 3,
+    }
     config = {
         "cnn": {"name": "multi_scopic_leadwise", "multi_scopic_leadwise": backbone},
-        "rnn": {"name": "none"}, "attn": {"name": "se", "se": {"reduction": 4}},
-        "global_pool": "avg", "clf": {"out_channels": [16], "activation": "relu", "bias": True,
-                                      "dropouts": 0.1},
-    }  # fmt: skip
+        "rnn": {"name": "none"},
+        "attn": {"name": "se", "se": {"reduction": 4}},
+        "global_pool": "avg",
+        "clf": {"out_channels": [16], "activation": "relu", "bias": True, "dropouts": 0.1},
+    }
     model = mscnn.ECG_CRNN(["AF", "SR", "RBBB"], leads, config)
     mscnn.seeded_init(model, 6)
     return model.eval()
@@ -180,8 +184,14 @@ def small_crnn(leads=2):
 
 def test_whole_model_round_trip(tmp_path, qrs):
     metadata = {"trained_on": "cpsc2019_sample", "epochs": 3, "score": 0.97, "seeds": [0, 1]}
-    path = save_checkpoint(tmp_path / "qrs.pt", qrs.model, leads=qrs.leads, fs=qrs.fs,
-                           preset="cpsc2019_qrs", metadata=metadata)  # fmt: skip
+    path = save_checkpoint(
+        tmp_path / "qrs.pt",
+        qrs.model,
+        leads=qrs.leads,
+        fs=qrs.fs,
+        preset="cpsc2019_qrs",
+        metadata=metadata,
+    )
     payload = torch.load(path, weights_only=True)
     assert (payload["version"], payload["head"], payload["classes"]) == (
         2,
@@ -216,10 +226,15 @@ def test_custom_whole_model_round_trip(tmp_path):
 
 def test_version_1_backbone_checkpoints_still_load(tmp_path, cpsc):
     payload = {
-        "format": "mscnn-edge/checkpoint", "version": 1, "preset": "cpsc2019",
-        "in_channels": 1, "config": cpsc.model.config, "leads": ["ECG"], "fs": 500,
+        "format": "mscnn-edge/checkpoint",
+        "version": 1,
+        "preset": "cpsc2019",
+        "in_channels": 1,
+        "config": cpsc.model.config,
+        "leads": ["ECG"],
+        "fs": 500,
         "state_dict": cpsc.model.state_dict(),
-    }  # fmt: skip
+    }
     torch.save(payload, tmp_path / "v1.pt")
     loaded = load_checkpoint(tmp_path / "v1.pt", preset="cpsc2019")
     assert type(loaded.model) is mscnn.MultiScopicCNN and loaded.metadata == {}
@@ -232,11 +247,15 @@ def test_checkpoint_of_another_head_names_the_keys(tmp_path, qrs):
         load_checkpoint(tmp_path / "qrs.pth", preset="leadwise_classifier")
     message = str(info.value)
     assert "does not fit preset 'leadwise_classifier' (ECG_CRNN, 12 leads, groups 12, 8 " in message
-    assert ("missing 4: attn.fc.0.lin_0.weight, attn.fc.0.lin_0.bias, attn.fc.0.lin_1.weight, "
-            "...") in message  # fmt: skip
+    assert (
+        "missing 4: attn.fc.0.lin_0.weight, attn.fc.0.lin_0.bias, attn.fc.0.lin_1.weight, ..."
+    ) in message
     assert "unexpected 2: clf.lin_2.weight, clf.lin_2.bias;" in message
-    assert re.search(r"wrong shape \d+: cnn\.branches\.branch_0\.block_0\.ca_0\.conv1d\.weight "
-                     r"\(file \(16, 1, 11\), model \(192, 1, 11\)\)", message)  # fmt: skip
+    assert re.search(
+        r"wrong shape \d+: cnn\.branches\.branch_0\.block_0\.ca_0\.conv1d\.weight "
+        r"\(file \(16, 1, 11\), model \(192, 1, 11\)\)",
+        message,
+    )
     # a detector trained with SE attention is not the preset's (no attention)
     config = {**mscnn.PRESETS["cpsc2019_qrs"].config, "attn": {"name": "se", "se": {}}}
     torch.save(mscnn.ECG_SEQ_LAB_NET(["N"], 1, config).state_dict(), tmp_path / "se.pth")
@@ -250,8 +269,9 @@ def test_checkpoint_of_another_head_names_the_keys(tmp_path, qrs):
 
 def test_whole_model_checkpoint_refusals(tmp_path, qrs):
     with pytest.raises(MscnnError, match=r"metadata\['run'\]: object values cannot be stored"):
-        save_checkpoint(tmp_path / "m.pt", qrs.model, leads=["ECG"], fs=500,
-                        metadata={"run": object()})  # fmt: skip
+        save_checkpoint(
+            tmp_path / "m.pt", qrs.model, leads=["ECG"], fs=500, metadata={"run": object()}
+        )
     path = save_checkpoint(tmp_path / "m.pt", qrs.model, leads=["ECG"], fs=500)
     payload = torch.load(path, weights_only=True)
     torch.save({**payload, "head": "ECG_UNET"}, tmp_path / "h.pt")

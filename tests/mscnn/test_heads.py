@@ -45,8 +45,9 @@ def small_leadwise(**changes):
     return config
 
 
-def torch_ecg_config(head, attn="se", pool="max", cnn="multi_scopic_leadwise", backbone=None,
-                     **changes):  # fmt: skip
+def torch_ecg_config(
+    head, attn="se", pool="max", cnn="multi_scopic_leadwise", backbone=None, **changes
+):
     """A torch_ecg config object (defaults and all other backbones' configs included)."""
     config = copy.deepcopy(ECG_CRNN_CONFIG if head == "ECG_CRNN" else ECG_SEQ_LAB_NET_CONFIG)
     config.cnn.name = cnn
@@ -88,15 +89,34 @@ TORCH_ECG_CASES = {
     "crnn_none_avg": ("ECG_CRNN", {"attn": "none", "pool": "avg"}),
     "seq_lab_recover_length": ("ECG_SEQ_LAB_NET", {"attn": "se", "recover_length": True}),
     "crnn_pool_size_2": ("ECG_CRNN", {"pool": "avg", "global_pool_size": 2}),
-    "crnn_clf_prelu_no_bias": ("ECG_CRNN", {"clf": {"activation": "prelu", "bias": False,
-                                            "out_channels": [32, 16], "dropouts": [0.1, 0.3, 0]}}),
-    "seq_lab_se_variant": ("ECG_SEQ_LAB_NET", {"attn": {"name": "se", "se": {
-        "reduction": 4, "activation": "leaky", "kw_activation": {"negative_slope": 0.2},
-        "bias": False,
-        "dropouts": [0.2, 0.0]}}}),
-    "crnn_groups_1": ("ECG_CRNN", {"cnn": "multi_scopic",
-                                   "backbone": small_leadwise(groups=1)}),
-}  # fmt: skip
+    "crnn_clf_prelu_no_bias": (
+        "ECG_CRNN",
+        {
+            "clf": {
+                "activation": "prelu",
+                "bias": False,
+                "out_channels": [32, 16],
+                "dropouts": [0.1, 0.3, 0],
+            }
+        },
+    ),
+    "seq_lab_se_variant": (
+        "ECG_SEQ_LAB_NET",
+        {
+            "attn": {
+                "name": "se",
+                "se": {
+                    "reduction": 4,
+                    "activation": "leaky",
+                    "kw_activation": {"negative_slope": 0.2},
+                    "bias": False,
+                    "dropouts": [0.2, 0.0],
+                },
+            }
+        },
+    ),
+    "crnn_groups_1": ("ECG_CRNN", {"cnn": "multi_scopic", "backbone": small_leadwise(groups=1)}),
+}
 
 
 def case_config(name):
@@ -161,65 +181,137 @@ def seq_lab(**changes):
 
 
 REFUSALS = {
-    "lstm": (ECG_CRNN, crnn(rnn={"name": "lstm"}),
-             r"config\['rnn'\]\['name'\]: 'lstm' is not supported; choose from: none"),
-    "linear": (ECG_CRNN, crnn(rnn={"name": "linear"}),
-               r"config\['rnn'\]\['name'\]: 'linear' is not supported"),
-    "seq_lab_default_rnn": (ECG_SEQ_LAB_NET, {k: v for k, v in seq_lab().items() if k != "rnn"},
-                            r"config\['rnn'\]\['name'\]: 'lstm' is not supported"),
-    "gc": (ECG_CRNN, crnn(attn={"name": "gc"}),
-           r"config\['attn'\]\['name'\]: 'gc' is not supported; choose from: none, se"),
-    "nl": (ECG_SEQ_LAB_NET, seq_lab(attn={"name": "nl"}),
-           r"config\['attn'\]\['name'\]: 'nl' is not supported; choose from: none, se"),
-    "transformer": (ECG_CRNN, crnn(attn={"name": "transformer"}),
-                    r"config\['attn'\]\['name'\]: 'transformer' is not supported"),
-    "other_cnn": (ECG_CRNN, crnn(cnn={"name": "resnet_nature_comm_bottle_neck"}),
-                  r"config\['cnn'\]\['name'\]: 'resnet_nature_comm_bottle_neck' is not "
-                  r"supported; choose from: multi_scopic, multi_scopic_leadwise"),
-    "no_cnn_name": (ECG_CRNN, crnn(cnn={"multi_scopic": {}}),
-                    r"config\['cnn'\]\['name'\]: missing"),
-    "no_backbone": (ECG_CRNN, crnn(cnn={"name": "multi_scopic"}),
-                    r"config\['cnn'\]\['multi_scopic'\]: missing; give the backbone's config"),
-    "bad_backbone": (ECG_CRNN, crnn(cnn={"name": "multi_scopic_leadwise",
-                                         "multi_scopic_leadwise": small_leadwise(groups=5)}),
-                     r"config\['cnn'\]\['multi_scopic_leadwise'\]\['groups'\] = 5 does not "
-                     r"divide in_channels = 12"),
-    "pool_attn": (ECG_CRNN, crnn(global_pool="attn"),
-                  r"config\['global_pool'\]: 'attn' is not supported for ECG_CRNN; choose from: "
-                  r"max, avg"),
-    "crnn_pool_none": (ECG_CRNN, crnn(global_pool="none"),
-                       r"config\['global_pool'\]: 'none' is not supported.*ECG_SEQ_LAB_NET"),
-    "seq_lab_pool": (ECG_SEQ_LAB_NET, seq_lab(global_pool="max"),
-                     r"config\['global_pool'\]: 'max', but ECG_SEQ_LAB_NET labels every frame"),
-    "pool_size": (ECG_CRNN, crnn(global_pool_size=0),
-                  r"config\['global_pool_size'\]: expected a positive integer, got 0"),
-    "clf_out_channels": (ECG_CRNN, crnn(clf={**crnn()["clf"], "out_channels": 256}),
-                         r"config\['clf'\]\['out_channels'\]: expected a list"),
-    "clf_dropouts": (ECG_SEQ_LAB_NET, seq_lab(clf={**seq_lab()["clf"], "dropouts": [0.1, 0.1]}),
-                     r"config\['clf'\]\['dropouts'\]: 2 rates for 3 linear layers"),
-    "clf_rate": (ECG_CRNN, crnn(clf={**crnn()["clf"], "dropouts": 1.5}),
-                 r"config\['clf'\]\['dropouts'\]\[0\]: expected a rate in \[0, 1\)"),
-    "clf_activation": (ECG_CRNN, crnn(clf={**crnn()["clf"], "activation": "swishy"}),
-                       r"config\['clf'\]\['activation'\]: unknown value 'swishy'; choose from: "
-                       r"relu"),
-    "clf_unknown_key": (ECG_CRNN, crnn(clf={**crnn()["clf"], "units": 3}),
-                        r"config\['clf'\]: unknown key\(s\) 'units'; valid keys: out_channels"),
-    "se_reduction": (ECG_CRNN, crnn(attn={"name": "se", "se": {"reduction": 100000}}),
-                     r"config\['attn'\]\['se'\]\['reduction'\]: 100000 leaves no hidden units "
-                     r"for the backbone's 288 channels"),
-    "se_kw_activation": (ECG_CRNN, crnn(attn={"name": "se", "se": {"activation": "gelu"}}),
-                         r"config\['attn'\]\['se'\]\['kw_activation'\]: \{'inplace': True\} "
-                         r"does not fit activation 'gelu'"),
-    "se_bias": (ECG_CRNN, crnn(attn={"name": "se", "se": {**ECG_CRNN_CONFIG.attn.se,
-                                                           "bias": "yes"}}),
-                r"config\['attn'\]\['se'\]\['bias'\]: expected true or false"),
-    "recover_length": (ECG_SEQ_LAB_NET, seq_lab(recover_length="yes"),
-                       r"config\['recover_length'\]: expected true or false, got 'yes'"),
-    "crnn_recover_length": (ECG_CRNN, crnn(recover_length=True),
-                            r"config: unknown key\(s\) 'recover_length' for ECG_CRNN"),
+    "lstm": (
+        ECG_CRNN,
+        crnn(rnn={"name": "lstm"}),
+        r"config\['rnn'\]\['name'\]: 'lstm' is not supported; choose from: none",
+    ),
+    "linear": (
+        ECG_CRNN,
+        crnn(rnn={"name": "linear"}),
+        r"config\['rnn'\]\['name'\]: 'linear' is not supported",
+    ),
+    "seq_lab_default_rnn": (
+        ECG_SEQ_LAB_NET,
+        {k: v for k, v in seq_lab().items() if k != "rnn"},
+        r"config\['rnn'\]\['name'\]: 'lstm' is not supported",
+    ),
+    "gc": (
+        ECG_CRNN,
+        crnn(attn={"name": "gc"}),
+        r"config\['attn'\]\['name'\]: 'gc' is not supported; choose from: none, se",
+    ),
+    "nl": (
+        ECG_SEQ_LAB_NET,
+        seq_lab(attn={"name": "nl"}),
+        r"config\['attn'\]\['name'\]: 'nl' is not supported; choose from: none, se",
+    ),
+    "transformer": (
+        ECG_CRNN,
+        crnn(attn={"name": "transformer"}),
+        r"config\['attn'\]\['name'\]: 'transformer' is not supported",
+    ),
+    "other_cnn": (
+        ECG_CRNN,
+        crnn(cnn={"name": "resnet_nature_comm_bottle_neck"}),
+        r"config\['cnn'\]\['name'\]: 'resnet_nature_comm_bottle_neck' is not "
+        r"supported; choose from: multi_scopic, multi_scopic_leadwise",
+    ),
+    "no_cnn_name": (
+        ECG_CRNN,
+        crnn(cnn={"multi_scopic": {}}),
+        r"config\['cnn'\]\['name'\]: missing",
+    ),
+    "no_backbone": (
+        ECG_CRNN,
+        crnn(cnn={"name": "multi_scopic"}),
+        r"config\['cnn'\]\['multi_scopic'\]: missing; give the backbone's config",
+    ),
+    "bad_backbone": (
+        ECG_CRNN,
+        crnn(
+            cnn={"name": "multi_scopic_leadwise", "multi_scopic_leadwise": small_leadwise(groups=5)}
+        ),
+        r"config\['cnn'\]\['multi_scopic_leadwise'\]\['groups'\] = 5 does not "
+        r"divide in_channels = 12",
+    ),
+    "pool_attn": (
+        ECG_CRNN,
+        crnn(global_pool="attn"),
+        r"config\['global_pool'\]: 'attn' is not supported for ECG_CRNN; choose from: "
+        r"max, avg",
+    ),
+    "crnn_pool_none": (
+        ECG_CRNN,
+        crnn(global_pool="none"),
+        r"config\['global_pool'\]: 'none' is not supported.*ECG_SEQ_LAB_NET",
+    ),
+    "seq_lab_pool": (
+        ECG_SEQ_LAB_NET,
+        seq_lab(global_pool="max"),
+        r"config\['global_pool'\]: 'max', but ECG_SEQ_LAB_NET labels every frame",
+    ),
+    "pool_size": (
+        ECG_CRNN,
+        crnn(global_pool_size=0),
+        r"config\['global_pool_size'\]: expected a positive integer, got 0",
+    ),
+    "clf_out_channels": (
+        ECG_CRNN,
+        crnn(clf={**crnn()["clf"], "out_channels": 256}),
+        r"config\['clf'\]\['out_channels'\]: expected a list",
+    ),
+    "clf_dropouts": (
+        ECG_SEQ_LAB_NET,
+        seq_lab(clf={**seq_lab()["clf"], "dropouts": [0.1, 0.1]}),
+        r"config\['clf'\]\['dropouts'\]: 2 rates for 3 linear layers",
+    ),
+    "clf_rate": (
+        ECG_CRNN,
+        crnn(clf={**crnn()["clf"], "dropouts": 1.5}),
+        r"config\['clf'\]\['dropouts'\]\[0\]: expected a rate in \[0, 1\)",
+    ),
+    "clf_activation": (
+        ECG_CRNN,
+        crnn(clf={**crnn()["clf"], "activation": "swishy"}),
+        r"config\['clf'\]\['activation'\]: unknown value 'swishy'; choose from: "
+        r"relu",
+    ),
+    "clf_unknown_key": (
+        ECG_CRNN,
+        crnn(clf={**crnn()["clf"], "units": 3}),
+        r"config\['clf'\]: unknown key\(s\) 'units'; valid keys: out_channels",
+    ),
+    "se_reduction": (
+        ECG_CRNN,
+        crnn(attn={"name": "se", "se": {"reduction": 100000}}),
+        r"config\['attn'\]\['se'\]\['reduction'\]: 100000 leaves no hidden units "
+        r"for the backbone's 288 channels",
+    ),
+    "se_kw_activation": (
+        ECG_CRNN,
+        crnn(attn={"name": "se", "se": {"activation": "gelu"}}),
+        r"config\['attn'\]\['se'\]\['kw_activation'\]: \{'inplace': True\} "
+        r"does not fit activation 'gelu'",
+    ),
+    "se_bias": (
+        ECG_CRNN,
+        crnn(attn={"name": "se", "se": {**ECG_CRNN_CONFIG.attn.se, "bias": "yes"}}),
+        r"config\['attn'\]\['se'\]\['bias'\]: expected true or false",
+    ),
+    "recover_length": (
+        ECG_SEQ_LAB_NET,
+        seq_lab(recover_length="yes"),
+        r"config\['recover_length'\]: expected true or false, got 'yes'",
+    ),
+    "crnn_recover_length": (
+        ECG_CRNN,
+        crnn(recover_length=True),
+        r"config: unknown key\(s\) 'recover_length' for ECG_CRNN",
+    ),
     "unknown_key": (ECG_SEQ_LAB_NET, seq_lab(lstm={}), r"config: unknown key\(s\) 'lstm'"),
     "not_a_mapping": (ECG_CRNN, None, r"config: expected a torch_ecg ECG_CRNN config mapping"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", list(REFUSALS))
@@ -231,9 +323,13 @@ def test_refused_configs_name_the_key(name):
 
 @pytest.mark.parametrize(
     ("classes", "message"),
-    [([], "classes: expected a non-empty list"), ("abc", "classes: expected a non-empty list"),
-     (["a", "a"], "names a class more than once"), (["a", 3], "must be a non-empty string")],
-)  # fmt: skip
+    [
+        ([], "classes: expected a non-empty list"),
+        ("abc", "classes: expected a non-empty list"),
+        (["a", "a"], "names a class more than once"),
+        (["a", 3], "must be a non-empty string"),
+    ],
+)
 def test_bad_classes(classes, message):
     with pytest.raises(MscnnError, match=message):
         ECG_CRNN(classes, 12, crnn())
@@ -264,9 +360,11 @@ def torch_macs(model, seq_len):
 
 @pytest.mark.parametrize(
     ("preset", "shape", "task", "reduction"),
-    [("cpsc2019_qrs", (1, 250, 1), "qrs_detection", 8),
-     ("leadwise_classifier", (1, 8), "classification", None)],
-)  # fmt: skip
+    [
+        ("cpsc2019_qrs", (1, 250, 1), "qrs_detection", 8),
+        ("leadwise_classifier", (1, 8), "classification", None),
+    ],
+)
 def test_whole_model_presets_interface(preset, shape, task, reduction):
     p = mscnn.PRESETS[preset]
     model = mscnn.load_model(preset).model
@@ -344,7 +442,10 @@ def test_leadwise_classifier_variants_on_real_records(classifier, cinc_records, 
     variant, got, _ = check_contract(classifier, cinc_records, kept)
     assert isinstance(variant, ReducedLeadModel)
     assert (variant.head, variant.task, variant.classes) == (
-        "ECG_CRNN", "classification", classifier.classes)  # fmt: skip
+        "ECG_CRNN",
+        "classification",
+        classifier.classes,
+    )
     if len(kept) < 12:  # the dropped leads change the logits: the test can see a fold error
         with torch.no_grad():
             plain = classifier(cinc_records)

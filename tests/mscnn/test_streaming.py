@@ -225,8 +225,10 @@ def test_the_step_is_pure(detector):
     """Same inputs, same outputs; the states passed in are not modified."""
     step = StepModule(detector, 64)
     g = torch.Generator().manual_seed(4)
-    states = [torch.randn(t.shape, generator=g) if t.is_floating_point() else t + 3
-              for t in step.initial_states()]  # fmt: skip
+    states = [
+        torch.randn(t.shape, generator=g) if t.is_floating_point() else t + 3
+        for t in step.initial_states()
+    ]
     before = [t.clone() for t in states]
     x, n = torch.randn(1, 1, 64, generator=g), torch.tensor([64])
     with torch.no_grad():
@@ -337,8 +339,11 @@ def test_layers_that_cannot_stream_are_named(backbone, layer, why):
     model = copy.deepcopy(backbone)
     block = model.branches.branch_1.block_0
     block.ca_0.activation_ReLU = layer  # replaced in place: same name, same position
-    with pytest.raises(MscnnError, match=rf"layer branches\.branch_1\.block_0\.ca_0\."
-                       rf"activation_ReLU \({type(layer).__name__}\) .*{why}"):  # fmt: skip
+    with pytest.raises(
+        MscnnError,
+        match=rf"layer branches\.branch_1\.block_0\.ca_0\."
+        rf"activation_ReLU \({type(layer).__name__}\) .*{why}",
+    ):
         StreamingModel(model.eval(), 64)
 
 

@@ -49,21 +49,25 @@ NON_DEFAULT = {
     "even_kernels": small(scopes=[[[1], [1, 2]], [[3, 4], [8]]], filter_lengths=[[4, 6], [2, 8]]),
     "per_conv_lengths": small(filter_lengths=[[5, [3, 4]], [[7, 6], 3]]),
     "per_conv_filters_one_block": small(
-        scopes=[[[1, 2, 3]], [[2, 4]]], num_filters=[[[4, 8, 16]], [[8, 16]]],
-        filter_lengths=[[5], [3]], subsample_lengths=[3, 3], dropouts=[[0], [0]],
+        scopes=[[[1, 2, 3]], [[2, 4]]],
+        num_filters=[[[4, 8, 16]], [[8, 16]]],
+        filter_lengths=[[5], [3]],
+        subsample_lengths=[3, 3],
+        dropouts=[[0], [0]],
     ),
     "conv_subsample": small(block={"subsample_mode": "conv"}),
     "avg_subsample": small(block={"subsample_mode": "avg"}, subsample_lengths=[4, 4]),
     "batch_norm": small(block={"batch_norm": True}),
     "group_norm_leadwise": small(groups=4, block={"batch_norm": "group_norm"}),
-    "leaky_no_bias": small(block={"activation": "leaky", "kw_activation": {"negative_slope": 0.1},
-                                  "bias": False}),
+    "leaky_no_bias": small(
+        block={"activation": "leaky", "kw_activation": {"negative_slope": 0.1}, "bias": False}
+    ),
     "gelu": small(block={"activation": "gelu", "kw_activation": {}}),
     "mish": small(block={"activation": "mish", "kw_activation": {}}),
     "prelu": small(block={"activation": "prelu", "kw_activation": {}}),
     "no_activation": small(block={"activation": None}),
     "dropout_dicts": small(dropouts=[[{"p": 0.2, "type": "1d"}, 0], [{"p": 0.1, "type": None}, 0]]),
-}  # fmt: skip
+}
 IN_CHANNELS = {"group_norm_leadwise": 4}
 
 
