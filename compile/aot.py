@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,7 +258,9 @@ def import_static(onnx_path: Path):
             raise CompileError(f"mcu: input {i.name} of {onnx_path} has no static shape")
         shapes[i.name] = dims
         dtypes[i.name] = onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name
-    mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes)
+    with warnings.catch_warnings():  # state names hold dots, which Relax renames
+        warnings.filterwarnings("ignore", "Renaming name", UserWarning)
+        mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes)
     return relax.transform.DecomposeOpsForInference()(mod)  # batch_norm -> scale and shift
 
 

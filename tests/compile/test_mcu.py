@@ -30,6 +30,7 @@ pytestmark = [
 
 # 4.8 s windows: the longest the planned arena lets fit an STM32H7-class part's 1 MB.
 SAMPLES = 2400
+HOP = 200  # stream hop: 0.4 s at 500 Hz
 MSCNN_E_LENGTH, MSCNN_E_NONFINITE = 1, 2
 
 
@@ -145,6 +146,45 @@ def test_bad_requests(detector, tmp_path):
         mcu.build_mcu(detector, "stm32", tmp_path)
     with pytest.raises(CompileError, match="part nrf52840 is a cortex-m4.*mps2-an386"):
         mcu.build_mcu(detector, "mps2-an500", tmp_path, part="nrf52840")
+
+
+@pytest.fixture(scope="module")
+def m7_stream(detector, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mcu-m7-stream")
+    return mcu.build_mcu(
+        detector, "mps2-an500", out, samples=5000, hop=HOP, part="stm32h7", records=1
+    )
+
+
+def test_stream_equals_the_offline_model_on_a_real_record(m7_stream, detector, tmp_path):
+    """A 10 s record streamed hop by hop on the device: the offline model's logits and
+    beats, on a record the build did not use."""
+    x = cpsc2019_records().signals[30:31]  # (1 lead, 5000)
+    run = mcu.run_stream_firmware(m7_stream.firmware, mcu.BOARDS["mps2-an500"], x, tmp_path)
+    assert run.status == 0 and run.codes == (0,), run.log
+    with torch.no_grad():
+        want = detector.model(torch.from_numpy(x[None]))[0].numpy()  # (frames, 1)
+    got = run.outputs[0].reshape(want.shape)
+    assert compare(got, want, "cpu").passed, compare(got, want, "cpu")
+    rule = RPeakRule(reduction=detector.model.reduction, fs=detector.fs)
+    beats = detect_rpeaks(got, rule, x.shape[1])
+    assert len(beats) >= 5 and np.array_equal(beats, detect_rpeaks(want, rule, x.shape[1]))
+
+
+def test_stream_fits_and_keeps_up(m7_stream):
+    """The issue's goal for fp32: within 2 MB flash and 1 MB RAM, at most 25% of a
+    480 MHz Cortex-M7 by qemu's instruction count (an estimate, 1 instruction/cycle)."""
+    assert m7_stream.fits["stm32h7"]["fits"]
+    assert m7_stream.stream.state_bytes < m7_stream.footprint.ram_arena
+    assert m7_stream.speed.cpu_load <= 0.25
+    assert m7_stream.speed.peak_instructions < 480e6 * HOP / 500  # a step within its hop
+
+
+def test_stream_refuses_nonfinite_samples(m7_stream, tmp_path):
+    x = cpsc2019_records().signals[0:1].copy()
+    x[0, 777] = np.nan
+    run = mcu.run_stream_firmware(m7_stream.firmware, mcu.BOARDS["mps2-an500"], x, tmp_path)
+    assert run.status == MSCNN_E_NONFINITE and run.codes == (MSCNN_E_NONFINITE,), run.log
 
 
 def test_cortex_m4(detector, tmp_path):
