@@ -160,14 +160,14 @@ def load_model(
                 f"checkpoint {checkpoint} is for preset {loaded.preset!r}, not {preset!r}"
             )
         return loaded
-    with torch.random.fork_rng(devices=[]):  # layer constructors draw from the global RNG
-        model = _build(p)
+    model = _build(p)
     seeded_init(model, seed)
     return LoadedModel(model.eval(), preset, p.leads, p.fs, f"seeded initialisation (seed {seed})")
 
 
 def _build(p: Preset) -> Model:
-    return build_model(p.head, p.in_channels, p.config, p.classes)
+    with torch.random.fork_rng(devices=[]):  # layer constructors draw from the global RNG
+        return build_model(p.head, p.in_channels, p.config, p.classes)
 
 
 def seeded_init(model: nn.Module, seed: int) -> None:
@@ -238,7 +238,10 @@ def _from_ours(path: Path, data: Mapping, preset: str | None) -> LoadedModel:
             f"{', '.join(HEADS)} (or a bare MultiScopicCNN)"
         )
     try:
-        model = build_model(head, data["in_channels"], data["config"], data.get("classes") or ())
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG is left alone
+            model = build_model(
+                head, data["in_channels"], data["config"], data.get("classes") or ()
+            )
     except MscnnError as exc:
         raise MscnnError(f"checkpoint {path}: {exc}") from None
     if preset is not None:

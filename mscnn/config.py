@@ -305,8 +305,10 @@ def plain(value: Any, where: str) -> Any:
         return {str(k): plain(v, f"{where}[{k!r}]") for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if value is None or isinstance(value, str | bool):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):  # a str subclass (torch.__version__) is not weights_only-safe
+        return str(value)
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):

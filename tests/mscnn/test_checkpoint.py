@@ -284,3 +284,24 @@ def test_whole_model_checkpoint_refusals(tmp_path, qrs):
     torch.save(no_head, tmp_path / "nh.pt")
     with pytest.raises(MscnnError, match="missing field"):
         load_checkpoint(tmp_path / "nh.pt")
+
+
+def test_loading_leaves_the_callers_rng_and_takes_str_subclasses(tmp_path):
+    """Building layers draws from torch's global RNG: loading must not move it; and
+    metadata of a str subclass (torch.__version__) is stored as a plain str."""
+    loaded = mscnn.load_model("cpsc2019")
+    path = mscnn.save_checkpoint(
+        tmp_path / "m.pt",
+        loaded.model,
+        leads=loaded.leads,
+        fs=loaded.fs,
+        preset="cpsc2019",
+        metadata={"torch": torch.__version__},
+    )
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    again = mscnn.load_checkpoint(path)
+    assert torch.equal(torch.rand(3), expected)
+    assert again.metadata["torch"] == str(torch.__version__)
+    assert type(again.metadata["torch"]) is str
