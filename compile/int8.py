@@ -338,8 +338,6 @@ def _epilogue(kc: ConvKernel, acc, bias):
             a = tirx.max(a, 0)
         y = tirx.shift_right(a.astype("int64") * mul[f].astype("int64") + rnd[f], sh[f])
         y = tirx.max(tirx.min(y, tirx.const(rq.hi, "int64")), tirx.const(rq.lo, "int64"))
-        if lut is not None:
-            return lut[y.astype("int32") + 128]
         return y.astype(dtype)
 
     def pooled(n, i, f):
@@ -352,8 +350,13 @@ def _epilogue(kc: ConvKernel, acc, bias):
         top, bottom = functools.reduce(tirx.max, window), functools.reduce(tirx.min, window)
         return requant(tirx.Select(mul[f] >= 0, top, bottom), f)
 
-    out = te.compute(shape, pooled, name="out")
-    return [mul, rnd, sh] + ([lut] if lut is not None else []), out
+    if lut is None:
+        return [mul, rnd, sh], te.compute(shape, pooled, name="out")
+    # The table lookup in a stage of its own: the requantization stays vectorised, the
+    # lookup (a gather, which TVM would scalarise lane by lane) runs as plain scalar code.
+    q = te.compute(shape, pooled, name="requant")
+    out = te.compute(shape, lambda n, i, f: lut[q[n, i, f].astype("int32") + 128], name="out")
+    return [mul, rnd, sh, lut], out
 
 
 def _tile(length: int, vectors: int, budget: int, pool: int = 1) -> tuple[int, int]:
@@ -390,13 +393,16 @@ def _schedule_conv(func, kc: ConvKernel):
         sch.reorder(n, fo, to, rk, rco, ti, fu, fi, rci)
     else:
         sch.reorder(n, fo, to, rk, rc, ti, fu, fi)
-    sch.reverse_compute_at(out, to)
-    o_t, o_f = sch.get_loops(out)[-2:]
-    if int(sch.get(o_f).extent) % dot.lanes == 0:
-        o_fo, o_fi = sch.split(o_f, [None, dot.lanes])
-        sch.vectorize(o_fi)
-        sch.unroll(o_fo)
-    sch.unroll(o_t)
+    epilogue = [sch.get_sblock("requant")] if kc.lut is not None else []
+    for block in [*epilogue, out]:
+        sch.reverse_compute_at(block, to)
+        o_t, o_f = sch.get_loops(block)[-2:]
+        lookup = block == out and bool(epilogue)  # the table lookup stays scalar
+        if int(sch.get(o_f).extent) % dot.lanes == 0 and not lookup:
+            o_fo, o_fi = sch.split(o_f, [None, dot.lanes])
+            sch.vectorize(o_fi)
+            sch.unroll(o_fo)
+        sch.unroll(o_t)
     sch.parallel(sch.fuse(n, fo, to))
     sch.unroll(ti)
     sch.unroll(fu)

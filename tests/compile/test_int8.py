@@ -167,6 +167,18 @@ def test_aarch64_kernels_use_sdot(qdetector):
 
 
 @pytest.mark.slow
+def test_generic_kernels_without_dot_instructions_are_bit_exact(qdetector):
+    """A CPU without VNNI (AVX2 here): plain vector loops, the same integers."""
+    haswell = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}
+    if host_arch() != "x86_64" or not {"avx2", "fma"} <= cpu_flags():
+        pytest.skip("this CPU cannot run AVX2 code")
+    program = int8.build_int8(qdetector, haswell, batch=1, samples=5000)
+    assert program.isa.name == "generic" and "vpdpbusd" not in program.asm()
+    x = real(("ECG",), [26])
+    assert np.array_equal(program(x), quantize.run_int8(qdetector, x))
+
+
+@pytest.mark.slow
 def test_lead_variant_program_is_bit_exact(qdetector):
     """A grouped (lead-wise) backbone, reduced to two leads: the other conv layout."""
     if host_arch() != "x86_64" or "avx512_vnni" not in cpu_flags():
