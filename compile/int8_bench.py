@@ -192,11 +192,13 @@ class Int8Bench:
     timings: dict  # runtime -> median_ms, p90_ms, min_ms, runs, gops, vs_ort_fp32, vs_ort_int8
     accuracy: dict  # runtime -> score, f1, tp, fp, fn, normalized_error (vs PyTorch fp32)
     sizes: dict  # bytes: ONNX files, the int8 program's constants
+    load: tuple  # the machine's 1/5/15-minute load averages after the timing (shared hosts)
 
     def table(self) -> str:
         t = self.timings
         lines = [f"{self.cpu}, {self.threads} thread(s); detector, batch 1 x {self.samples} "
-                 f"samples, {self.macs / 1e6:.0f} M MACs",
+                 f"samples, {self.macs / 1e6:.0f} M MACs; load average "
+                 f"{' '.join(f'{v:.1f}' for v in self.load)}",
                  f"measured peaks: FMA loop {self.peaks['fp32-fma']:.0f} GFLOP/s, VNNI loop "
                  f"{self.peaks['int8-vnni']:.0f} GOP/s",
                  f"{'runtime':16} {'median ms':>9} {'p90':>7} {'min':>7} {'GOP/s':>6} "
@@ -293,9 +295,10 @@ def run_int8_bench(threads: int = 2, rounds: int = 5, runs: int = 50) -> Int8Ben
                  "int8-vnni": measure_peak("vnni", threads, int8.X86_VNNI)}  # fmt: skip
         log.info("latency: %d rounds of %s", rounds, ", ".join(TIMED))
         timings = _timings(calls, x, rounds, runs, macs)
+        load = os.getloadavg()
         accuracy = _accuracy(loaded.model, qm, calls)
     sizes["tvm-int8-constants"] = program.constant_bytes
-    return Int8Bench(cpu, threads, x.shape[2], macs, peaks, timings, accuracy, sizes)
+    return Int8Bench(cpu, threads, x.shape[2], macs, peaks, timings, accuracy, sizes, load)
 
 
 def main(argv=None) -> int:
