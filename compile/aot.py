@@ -1,4 +1,6 @@
-"""Ahead-of-time entry point: a compiled Relax program turned into straight-line C.
+"""Ahead-of-time compilation for microcontrollers: the model lowered to single-threaded
+kernels (our register-tile schedule, `schedule_kernel`) and its compiled Relax program
+turned into straight-line C.
 
 TVM 0.27 has no AOT executor and no C runtime any more; its VM interprets the Relax
 program's call sequence at run time. A microcontroller has no loader for that, but the

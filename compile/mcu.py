@@ -13,10 +13,12 @@ under qemu-system-arm.
                       arm-none-eabi-gcc and newlib (libm for expf/logf, nothing that
                       needs a heap or syscalls)
     Step 6. Proof     run under qemu-system-arm on golden inputs over semihosting;
-                      parity against PyTorch with the one tolerance table
+                      parity against PyTorch with the one tolerance table, the
+                      detector's beats; instructions counted (-icount), stack painted
 
-Cores, boards and parts are data (the tables below). The lead engineer's target table
-(compile/targets.py) does not know these yet: see the module's report.
+Cores, boards and parts are data (the tables below); compile/targets.py does not list
+the Cortex-M cores yet, so they live here until it does. A window model or a streaming
+step (`hop`) gets the same treatment; deploy/mcu/README.md has the figures.
 """
 
 from __future__ import annotations
