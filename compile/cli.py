@@ -263,6 +263,42 @@ def _bench_stream(args) -> int:
     return 0
 
 
+def _add_mcu(sub, formatter) -> None:
+    from .mcu import BOARDS, PARTS
+
+    m = sub.add_parser(
+        "mcu",
+        formatter_class=formatter,
+        help="the model on a Cortex-M board (no OS, no heap), proven under "
+        "qemu-system-arm: library, C entry point, firmware, report",
+    )
+    m.add_argument("--preset", default="cpsc2019_qrs", choices=list(mscnn.PRESETS))
+    m.add_argument("--checkpoint", type=Path, help="trained weights (default: the preset's)")
+    m.add_argument("--board", default="mps2-an500", choices=list(BOARDS))
+    m.add_argument(
+        "--part",
+        default=None,
+        choices=list(PARTS),
+        help="memory budget to check against (default: the board's)",
+    )
+    m.add_argument("--samples", type=_positive, default=2400, help="window (or record) length")
+    m.add_argument("--hop", type=_positive, default=None, help="a streaming step of this hop")
+    m.add_argument("--out", type=Path, default=Path("build/mcu"), help="output folder")
+    m.set_defaults(func=_mcu)
+
+
+def _mcu(args) -> int:
+    from .mcu import build_mcu
+
+    loaded = mscnn.load_model(args.preset, args.checkpoint)
+    mode = f"stream{args.hop}" if args.hop else f"window{args.samples}"
+    out = args.out / args.board / f"{args.preset}-{mode}"
+    done = build_mcu(loaded, args.board, out, samples=args.samples, hop=args.hop, part=args.part)
+    print(json.dumps(done.to_json(), indent=2))
+    print(f"wrote {done.folder} (libmscnn.a, model.h, firmware.elf, mcu.json)")
+    return 0
+
+
 def _add_tune(sub, formatter) -> None:
     u = sub.add_parser(
         "tune",
@@ -370,6 +406,7 @@ def parser() -> argparse.ArgumentParser:
     _add_build(sub, p.formatter_class)
     _add_bench(sub, p.formatter_class)
     _add_bench_stream(sub)
+    _add_mcu(sub, p.formatter_class)
     _add_tune(sub, p.formatter_class)
     _add_summary(sub)
     return p
