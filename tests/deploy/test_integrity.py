@@ -6,6 +6,7 @@ run that changes nothing reuses it and a changed source rebuilds it. Every test 
 with a private copy."""
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import deploy
 import mscnn
 from deploy import DeployError, load_bundle
 from deploy import bundle as bundle_module
+from deploy import files as files_module
 
 SAMPLES = 64
 FILES = ["model.so", "model.onnx", "golden/noise.input.npy", "golden/ecg.output.npy"]
@@ -203,6 +205,61 @@ def test_a_golden_file_swapped_for_a_symlink_is_refused(tiny, tmp_path):
     assert "symlink" in refusal(tiny)
 
 
+def test_an_oversized_manifest_is_refused_unread(tiny):
+    data = manifest_of(tiny)
+    text = json.dumps(data)
+    (tiny / "manifest.json").write_text(text[:-1] + " " * (1 << 20) + "}")  # valid, 1 MiB+
+    assert "manifest.json is larger than any real one" in refusal(tiny)
+
+
+def test_a_golden_file_that_is_no_npy_is_named_when_read(tiny):
+    """Re-hashed garbage passes the hash check; reading it still fails, naming the file."""
+    rel = "golden/ecg.input.npy"
+    (tiny / rel).write_bytes(b"\x93NUMPY not really")
+    relist(tiny, rel)
+    bundle = load_bundle(tiny)
+    with pytest.raises(DeployError) as err:
+        _ = bundle.golden
+    message = str(err.value)
+    assert message.startswith(f"bundle {tiny}: ") and rel in message, message
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Bundle.read_npy passes 'bundle <path>: <rel>' as the file's name to read_npy_fd "
+    "and then prefixes 'bundle <path>: ' again, so the path is said twice",
+)
+def test_a_golden_read_error_names_the_bundle_once(tiny):
+    rel = "golden/ecg.input.npy"
+    (tiny / rel).write_bytes(b"\x93NUMPY not really")
+    relist(tiny, rel)
+    with pytest.raises(DeployError) as err:
+        _ = load_bundle(tiny).golden
+    assert str(err.value).count(str(tiny)) == 1, str(err.value)
+
+
+# --------------------------------------------------------------------------------------
+# Hashing
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (5 << 19) + 3])
+def test_sha256_of_files_of_any_size(tmp_path, size):
+    """Several reads for files over 1 MiB: the digest and the private copy are still the
+    file's, byte for byte."""
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    expected = hashlib.sha256(data).hexdigest()
+    assert files_module.sha256_file(path) == expected
+    copy = io.BytesIO()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert files_module.sha256_fd(fd, copy) == expected
+    finally:
+        os.close(fd)
+    assert copy.getvalue() == data
+
+
 # --------------------------------------------------------------------------------------
 # The library that is loaded is the one that was verified
 
@@ -248,12 +305,26 @@ def test_can_run_here():
     )
 
 
-def test_a_cuda_bundle_needs_a_gpu():
+def no_gpu_here() -> None:
     import tvm
 
     if tvm.cuda(0).exist:
         pytest.skip("a GPU is present here: the no-GPU refusal cannot be seen")
+
+
+def test_a_cuda_bundle_needs_a_gpu():
+    no_gpu_here()
     assert bundle_module.can_run_here(bundle_module.host_arch(), "cuda") == (False, "no GPU")
+
+
+def test_a_bundle_says_where_it_runs_from_its_manifest(tiny):
+    """runnable_here reads the manifest's device and CPU flags (the manifest is not in its
+    own hash list, so these edits load)."""
+    rewrite_manifest(tiny, lambda m: m["target"].update(cpu_flags=["zz_none"]))
+    assert load_bundle(tiny).runnable_here() == (False, "this CPU lacks zz_none")
+    no_gpu_here()
+    rewrite_manifest(tiny, lambda m: m["target"].update(cpu_flags=[], device="cuda"))
+    assert load_bundle(tiny).runnable_here() == (False, "no GPU")
 
 
 @pytest.mark.parametrize(
