@@ -2,12 +2,17 @@
 program bit for bit against the reference on real records, the dot-product instructions in
 the generated code, refusals, and the detector's accuracy against fp32 on held-out records."""
 
+import hashlib
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
+from native_runner import run_native
 
 import mscnn
-from compile import int8, quantize
+from compile import TARGETS, BuildOptions, build, int8, quantize, resolve_variant
 from compile.errors import CompileError
 from compile.quantize import Requant, make_requant, quantize_multiplier, requantize
 from deploy.bundle import cpu_flags, host_arch
@@ -189,6 +194,30 @@ def test_lead_variant_program_is_bit_exact(qdetector):
     qm = quantize.quantize_model(variant, x[:3])
     program = int8.build_int8(qm, int8.X86_VNNI, batch=1, samples=1000)
     assert np.array_equal(program(x[3:]), quantize.run_int8(qm, x[3:]))
+
+
+@pytest.mark.cross
+def test_aarch64_sdot_library_is_bit_exact_under_qemu(detector, qdetector, tmp_path):
+    """The aarch64 (+dotprod) int8 library run by the native runner under qemu-aarch64.
+    Until int8 bundles exist, the bundle is the fp32 one with its library swapped for the
+    int8 one (manifest hash updated): same entry point, same input and output."""
+    fp32 = build(detector, TARGETS["aarch64"], resolve_variant(detector, "1"), tmp_path,
+                 BuildOptions(samples=5000))  # fmt: skip
+    bundle = tmp_path / "int8"
+    shutil.copytree(fp32.path, bundle)
+    program = int8.build_int8(qdetector, int8.AARCH64_DOTPROD, samples=5000, require="dotprod")
+    library = program.export(bundle / "model.so", cc=TARGETS["aarch64"].compiler).read_bytes()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["model.so"] = {"sha256": hashlib.sha256(library).hexdigest(),
+                                     "bytes": len(library)}  # fmt: skip
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    for record in (25, 3):  # record 3 clips at 33 mV
+        x = real(("ECG",), [record]).astype("<f4")
+        np.save(tmp_path / "x.npy", x)
+        done = run_native("aarch64", bundle, "--input", tmp_path / "x.npy",
+                          "--output", tmp_path / "y.npy")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert np.array_equal(np.load(tmp_path / "y.npy"), quantize.run_int8(qdetector, x))
 
 
 @pytest.mark.slow
