@@ -521,6 +521,8 @@ ROWS: list[Row] = [
         ("not an mscnn-edge bundle",)),
     Row("schema_version 3", manifest(lambda m: m.update(schema_version=3)), 2,
         ("schema_version 3",)),
+    Row("schema_version 1 (an old bundle)", manifest(lambda m: m.update(schema_version=1)), 2,
+        ("schema_version 1", "rebuild")),
     Row("schema_version 1.0", manifest(lambda m: m.update(schema_version=1.0)), 2,
         ("schema_version", "not an integer")),
     Row("schema_version true", manifest(lambda m: m.update(schema_version=True)), 2,

@@ -13,7 +13,7 @@ namespace {
 constexpr const char* kSchema = "mscnn-edge/bundle";
 // Version 2 added whole-model keys (model.task, model.classes, detect, parity.task) that
 // mscnn-run has no use for; the keys it reads are the same in both.
-constexpr std::int64_t kOldestVersion = 1, kNewestVersion = 2;
+constexpr std::int64_t kOldestVersion = 2, kNewestVersion = 2;
 constexpr const char* kRebuild = "rebuild the bundle with `python -m compile build`";
 // Beyond any file or tensor of these models; keeps every size in a 32-bit size_t.
 constexpr std::int64_t kMaxBytes = std::int64_t(1) << 31;

@@ -40,7 +40,8 @@ struct Manifest {
   std::vector<ListedFile> files;
 };
 
-// Parses and checks the text of a manifest (schema_version 1 or 2): every key mscnn-run uses
+// Parses and checks the text of a manifest (schema_version 2; a version-1 bundle is
+// refused: rebuild it): every key mscnn-run uses
 // is present with its type, integers are integers in range, shapes are positive with a
 // product that fits, enums are known values, listed paths are plain relative paths. A
 // Refusal names `where` and the dotted key at fault.
