@@ -2,6 +2,8 @@
 //
 //   mscnn-run BUNDLE --check [--device cpu|cuda]
 //   mscnn-run BUNDLE --input x.npy --output y.npy [--device cpu|cuda]
+//   mscnn-run BUNDLE --input x.npy --detect [--json]
+//   mscnn-run BUNDLE --stream [--input FILE|-] [--detect]
 //   mscnn-run BUNDLE --info
 //   mscnn-run --tolerances
 //
@@ -27,6 +29,8 @@
 #include "model.h"
 #include "npy.h"
 #include "refusal.h"
+#include "rpeaks.h"
+#include "stream.h"
 #include "text.h"
 
 namespace mscnn {
@@ -54,6 +58,9 @@ constexpr Tolerance kTolerances[] = {{"cpu", 1e-5}, {"cuda", 1e-4}};
 constexpr const char* kUsage =
     "usage: mscnn-run BUNDLE --check [--device cpu|cuda]\n"
     "       mscnn-run BUNDLE --input X.npy --output Y.npy [--device cpu|cuda]\n"
+    "       mscnn-run BUNDLE --input X.npy --detect [--json]   (R-peak detector bundles)\n"
+    "       mscnn-run BUNDLE --stream [--input FILE|-] [--detect]  (stream bundles; raw\n"
+    "                        little-endian float32 samples, leads interleaved)\n"
     "       mscnn-run BUNDLE --info\n"
     "       mscnn-run --tolerances | --version | --help\n"
     "\n"
@@ -67,6 +74,8 @@ struct Options {
   std::string input;
   std::string output;
   std::string device;
+  bool detect = false;
+  bool json = false;
 };
 
 void SetMode(Options* o, const std::string& mode) {
@@ -106,6 +115,12 @@ Options ParseArgs(int argc, char** argv) {
       SetMode(&o, "version");
     } else if (arg == "--help" || arg == "-h") {
       SetMode(&o, "help");
+    } else if (arg == "--stream") {
+      SetMode(&o, "stream");
+    } else if (arg == "--detect") {
+      o.detect = true;
+    } else if (arg == "--json") {
+      o.json = true;
     } else if (arg == "--input") {
       o.input = take_value("--input");
       have_input = true;
@@ -126,7 +141,23 @@ Options ParseArgs(int argc, char** argv) {
                     "); run mscnn-run --help");
     }
   }
-  if (have_input || have_output) {
+  if (o.json && !o.detect) throw Refusal("--json goes with --detect; run mscnn-run --help");
+  if (o.mode == "stream") {
+    if (have_output) throw Refusal("--stream prints to stdout; drop --output");
+    if (o.json) throw Refusal("--json goes with --detect on a window bundle, not --stream");
+    if (!have_input) o.input = "-";
+    if (o.input.empty()) throw Refusal("--input needs a file name, or - for stdin");
+  } else if (o.detect) {
+    if (!o.mode.empty()) {
+      throw Refusal("--detect goes with --input X.npy or --stream, not --" + o.mode +
+                    (o.mode == "check" ? " (which compares a detector's beats already)" : ""));
+    }
+    if (have_output) throw Refusal("--detect prints beats and heart rate; drop --output");
+    if (!have_input || o.input.empty()) {
+      throw Refusal("--detect needs --input X.npy (the record), or --stream");
+    }
+    SetMode(&o, "detect");
+  } else if (have_input || have_output) {
     if (!(have_input && have_output)) {
       throw Refusal("--input and --output go together: give both, or use --check");
     }
@@ -138,13 +169,15 @@ Options ParseArgs(int argc, char** argv) {
                                    : "say what to do with the bundle: --check, --info or "
                                      "--input X.npy --output Y.npy");
   }
-  const bool needs_bundle = o.mode == "check" || o.mode == "run" || o.mode == "info";
+  const bool needs_bundle = o.mode == "check" || o.mode == "run" || o.mode == "info" ||
+                            o.mode == "detect" || o.mode == "stream";
   if (needs_bundle && o.bundle.empty()) throw Refusal("--" + o.mode + " needs a BUNDLE folder");
   if (!needs_bundle && !o.bundle.empty()) {
     throw Refusal("--" + o.mode + " takes no bundle; run mscnn-run --help");
   }
-  if (!o.device.empty() && o.mode != "check" && o.mode != "run") {
-    throw Refusal("--device applies to --check and --input/--output only");
+  if (!o.device.empty() && o.mode != "check" && o.mode != "run" && o.mode != "detect" &&
+      o.mode != "stream") {
+    throw Refusal("--device applies to --check, --detect, --stream and --input/--output only");
   }
   return o;
 }
@@ -245,6 +278,46 @@ Verdict Compare(const Array& got, const Array& expected, double tolerance) {
   return v;
 }
 
+// The logits of record `b` of a window detector's output (batch, frames, 1), in double.
+std::vector<double> WindowLogits(const Array& y, std::size_t b) {
+  const std::size_t batch = y.shape.empty() ? 1 : std::size_t(y.shape[0]);
+  const std::size_t frames = y.data.size() / batch;
+  return std::vector<double>(y.data.begin() + std::ptrdiff_t(b * frames),
+                             y.data.begin() + std::ptrdiff_t((b + 1) * frames));
+}
+
+// Whether two outputs give the same beats for every record of the batch (the
+// manifest's rule over `samples` samples per record).
+bool SameBeats(const Array& got, const Array& expected, const DetectRule& rule,
+               std::int64_t samples) {
+  if (got.shape != expected.shape) return false;
+  std::int64_t bad = 0;
+  if (FirstNonFinite(got.data, &bad) >= 0) return false;
+  const std::size_t batch = got.shape.empty() ? 1 : std::size_t(got.shape[0]);
+  for (std::size_t b = 0; b < batch; ++b) {
+    if (DetectRpeaks(WindowLogits(got, b), rule, samples) !=
+        DetectRpeaks(WindowLogits(expected, b), rule, samples)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Parsed by deploy/sweep.py: `(beats|decisions)=(\d+)/(\d+)`.
+std::string BeatsText(const Manifest& m, int identical, int cases) {
+  if (!m.has_detect) return "";
+  return " beats=" + std::to_string(identical) + "/" + std::to_string(cases);
+}
+
+void PrintCase(const std::string& name, const Verdict& v, double tolerance, double run_ms) {
+  std::printf("%s: %s max_abs=%.3g normalised=%.3g tolerance=%g run_ms=%.1f%s%s%s\n",
+              Show(name).c_str(), v.passed ? "pass" : "FAIL", v.max_abs, v.normalised,
+              tolerance, run_ms, v.detail.empty() ? "" : " (", v.detail.c_str(),
+              v.detail.empty() ? "" : ")");
+}
+
+int CheckStream(Bundle& bundle, const std::string& device, double tolerance);
+
 int Check(const Options& o) {
   Bundle bundle = Bundle::Open(o.bundle);
   const Manifest& m = bundle.manifest();
@@ -255,6 +328,7 @@ int Check(const Options& o) {
     throw Refusal("bundle " + Clip(m.name) + " lists no golden data, so there is nothing to check; "
                   "rebuild the bundle with `python -m compile build`");
   }
+  if (m.has_stream) return CheckStream(bundle, device, tolerance);
 
   struct Case {
     const GoldenPair* pair;
@@ -278,7 +352,7 @@ int Check(const Options& o) {
   std::printf("%s: %s runner, %s device, tolerance %g, load %.1f ms\n", Show(m.name).c_str(),
               kRunnerArch, device.c_str(), tolerance, load_ms);
 
-  int passed = 0;
+  int passed = 0, beat_cases = 0, same_beats = 0;
   double worst = 0.0;
   for (const Case& c : cases) {
     const auto start = std::chrono::steady_clock::now();
@@ -287,14 +361,16 @@ int Check(const Options& o) {
     Verdict v = Compare(got, c.expected, tolerance);
     if (v.passed) ++passed;
     if (!std::isnan(worst) && !(v.normalised <= worst)) worst = v.normalised;  // NaN sticks
-    std::printf("%s: %s max_abs=%.3g normalised=%.3g tolerance=%g run_ms=%.1f%s%s%s\n",
-                Show(c.pair->name).c_str(), v.passed ? "pass" : "FAIL", v.max_abs, v.normalised,
-                tolerance, run_ms, v.detail.empty() ? "" : " (", v.detail.c_str(),
-                v.detail.empty() ? "" : ")");
+    PrintCase(c.pair->name, v, tolerance, run_ms);
+    // A detector's real records must also give PyTorch's beats (deploy/sweep.py).
+    if (m.has_detect && c.pair->name.rfind("record-", 0) == 0) {
+      ++beat_cases;
+      if (SameBeats(got, c.expected, m.detect, m.input.shape[2])) ++same_beats;
+    }
   }
-  const bool ok = passed == int(cases.size());
-  std::printf("check: %s %d/%zu worst_normalised=%.3g\n", ok ? "pass" : "FAIL", passed,
-              cases.size(), worst);
+  const bool ok = passed == int(cases.size()) && same_beats == beat_cases;
+  std::printf("check: %s %d/%zu worst_normalised=%.3g%s\n", ok ? "pass" : "FAIL", passed,
+              cases.size(), worst, BeatsText(m, same_beats, beat_cases).c_str());
   std::fflush(stdout);
   return ok ? 0 : 1;
 }
@@ -439,6 +515,242 @@ int RunOne(const Options& o) {
   return 0;
 }
 
+// Channel 0 of (channels, frames): a detector's logits.
+std::vector<double> FirstRow(const Array& a) {
+  const std::size_t frames = a.shape.size() == 2 ? std::size_t(a.shape[1]) : 0;
+  return std::vector<double>(a.data.begin(), a.data.begin() + std::ptrdiff_t(frames));
+}
+
+// Streams one record (leads, samples) through the step: the frames (channels, frames).
+Array StreamRecord(StreamRunner& runner, const Array& record) {
+  const std::size_t leads = std::size_t(record.shape[0]), n = std::size_t(record.shape[1]);
+  std::vector<float> interleaved(leads * n);
+  for (std::size_t l = 0; l < leads; ++l) {
+    for (std::size_t i = 0; i < n; ++i) interleaved[i * leads + l] = record.data[l * n + i];
+  }
+  std::vector<std::vector<float>> rows;
+  auto emit = [&](const Array& frames, std::int64_t start, std::int64_t stop) {
+    const std::size_t channels = std::size_t(frames.shape[1]), m = std::size_t(frames.shape[2]);
+    rows.resize(channels);
+    for (std::size_t c = 0; c < channels; ++c) {
+      for (std::int64_t f = start; f < stop; ++f) rows[c].push_back(frames.data[c * m + std::size_t(f)]);
+    }
+  };
+  runner.Push(interleaved.data(), n, emit);
+  runner.Flush(emit);
+  Array got;
+  got.shape = {std::int64_t(rows.size()), rows.empty() ? 0 : std::int64_t(rows[0].size())};
+  for (const auto& row : rows) got.data.insert(got.data.end(), row.begin(), row.end());
+  return got;
+}
+
+// A stream bundle's golden case is a whole record (leads, samples) with the offline
+// model's frames (channels, frames): streamed hop by hop, the step must give them (and,
+// for a detector, the same beats).
+int CheckStream(Bundle& bundle, const std::string& device, double tolerance) {
+  const Manifest& m = bundle.manifest();
+  const std::int64_t leads = std::int64_t(m.leads.size());
+  struct Case {
+    const GoldenPair* pair;
+    Array input, expected;
+  };
+  std::vector<Case> cases;
+  for (const GoldenPair& pair : m.golden) {
+    Case c{&pair, ParseNpy(bundle.Verified(pair.input), "golden input " + pair.input),
+           ParseNpy(bundle.Verified(pair.output), "golden output " + pair.output)};
+    if (c.input.shape.size() != 2 || c.input.shape[0] != leads) {
+      throw Refusal("golden input " + pair.input + " of a stream bundle has shape " +
+                    ShapeText(c.input.shape) + ", expected (" + std::to_string(leads) +
+                    ", samples); rebuild the bundle");
+    }
+    std::int64_t bad = 0;
+    if (FirstNonFinite(c.input.data, &bad) >= 0) {
+      throw Refusal("golden input " + pair.input + " holds NaN or Inf; rebuild the bundle");
+    }
+    cases.push_back(std::move(c));
+  }
+  const auto load_start = std::chrono::steady_clock::now();
+  Model model(bundle.LibraryPath(), "model.so in " + bundle.dir(), device, RuntimeDir());
+  StreamRunner runner(model, m.stream, leads);
+  std::printf("%s: %s runner, %s device, tolerance %g, load %.1f ms, stream hop %lld\n",
+              Show(m.name).c_str(), kRunnerArch, device.c_str(), tolerance,
+              Millis(std::chrono::steady_clock::now() - load_start),
+              static_cast<long long>(m.stream.hop));
+  int passed = 0, same_beats = 0;
+  double worst = 0.0;
+  for (const Case& c : cases) {
+    const auto start = std::chrono::steady_clock::now();
+    Array got = StreamRecord(runner, c.input);
+    const double run_ms = Millis(std::chrono::steady_clock::now() - start);
+    Verdict v = Compare(got, c.expected, tolerance);
+    if (v.passed) ++passed;
+    if (!std::isnan(worst) && !(v.normalised <= worst)) worst = v.normalised;
+    PrintCase(c.pair->name, v, tolerance, run_ms);
+    std::int64_t bad = 0;
+    if (m.has_detect && got.shape == c.expected.shape && FirstNonFinite(got.data, &bad) < 0 &&
+        DetectRpeaks(FirstRow(got), m.detect, c.input.shape[1]) ==
+            DetectRpeaks(FirstRow(c.expected), m.detect, c.input.shape[1])) {
+      ++same_beats;
+    }
+  }
+  const int beat_cases = m.has_detect ? int(cases.size()) : 0;
+  const bool ok = passed == int(cases.size()) && same_beats == beat_cases;
+  std::printf("check: %s %d/%zu worst_normalised=%.3g%s\n", ok ? "pass" : "FAIL", passed,
+              cases.size(), worst, BeatsText(m, same_beats, beat_cases).c_str());
+  std::fflush(stdout);
+  return ok ? 0 : 1;
+}
+
+void RequireDetector(const Manifest& m) {
+  if (!m.has_detect) {
+    throw Refusal("bundle " + Clip(m.name) + " is not an R-peak detector (its manifest has "
+                  "\"detect\": null); --detect needs a QRS detector bundle (preset cpsc2019_qrs)");
+  }
+}
+
+// The shortest decimal that reads back as the same double, as Python's json prints it.
+std::string JsonNumber(double v) {
+  char text[64];
+  const bool plain = std::fabs(v) >= 1e-4 && std::fabs(v) < 1e16;  // Python's repr's range
+  for (int digits = plain ? 0 : 1; digits <= (plain ? 24 : 17); ++digits) {
+    std::snprintf(text, sizeof text, plain ? "%.*f" : "%.*g", digits, v);
+    if (std::strtod(text, nullptr) == v) break;
+  }
+  std::string out = text;
+  if (out.find_first_of(".e") == std::string::npos) out += ".0";
+  return out;
+}
+
+void PrintDetection(const std::vector<std::int64_t>& beats, const DetectRule& rule,
+                    std::int64_t samples, bool json) {
+  double bpm = 0.0;
+  const bool rated = HeartRate(beats, rule.fs, &bpm);
+  std::string list;
+  for (std::size_t i = 0; i < beats.size(); ++i) {
+    list += (json && i ? ", " : " ") + std::to_string(beats[i]);
+  }
+  if (json) {
+    std::printf("{\"beats\": [%s], \"heart_rate_bpm\": %s, \"fs\": %lld, \"samples\": %lld, "
+                "\"seconds\": %s}\n", list.empty() ? "" : list.substr(1).c_str(),
+                rated ? JsonNumber(bpm).c_str() : "null", static_cast<long long>(rule.fs),
+                static_cast<long long>(samples), JsonNumber(double(samples) / rule.fs).c_str());
+    return;
+  }
+  std::printf("beats: %zu%s\n", beats.size(), list.c_str());
+  if (rated) {
+    std::printf("heart_rate: %.1f bpm\n", bpm);
+  } else {
+    std::printf("heart_rate: n/a\n");
+  }
+}
+
+// One record through a window detector bundle, then the manifest's R-peak rule.
+int Detect(const Options& o) {
+  Bundle bundle = Bundle::Open(o.bundle);
+  const Manifest& m = bundle.manifest();
+  RequireDetector(m);
+  if (m.has_stream) {
+    throw Refusal("bundle " + Clip(m.name) + " is a stream bundle; stream the record as raw "
+                  "float32 samples with --stream --detect --input FILE");
+  }
+  const std::string device = DeviceFor(bundle, o);
+  Admit(bundle);
+  const std::string label = "input " + o.input;
+  Array x = ReadNpy(o.input, label);
+  const std::int64_t leads = m.input.shape[1], samples = m.input.shape[2];
+  const bool fits = m.input.shape[0] == 1 &&
+                    (x.shape == m.input.shape || x.shape == std::vector<std::int64_t>{leads, samples} ||
+                     (leads == 1 && x.shape == std::vector<std::int64_t>{samples}));
+  if (!fits) {
+    throw Refusal(label + " has the wrong shape for bundle " + Clip(m.name) + ": " +
+                  DescribeShapeMismatch(m, x.shape));
+  }
+  x.shape = m.input.shape;
+  RequireFiniteInput(m, x, label);
+  Model model(bundle.LibraryPath(), "model.so in " + bundle.dir(), device, RuntimeDir());
+  Array y = model.Run(x);
+  std::int64_t bad = 0;
+  if (FirstNonFinite(y.data, &bad) >= 0) {
+    throw Refusal("the model's output holds NaN or Inf, so no beats can be found; check the "
+                  "bundle with --check");
+  }
+  const std::int64_t frames = std::int64_t(y.data.size()), r = m.detect.reduction;
+  if (frames != samples / r && frames != (samples + r - 1) / r) {
+    throw Refusal("the model gives " + std::to_string(frames) + " frames for " +
+                  std::to_string(samples) + " samples, which does not fit the rule's reduction " +
+                  std::to_string(r) + "; rebuild the bundle");
+  }
+  PrintDetection(DetectRpeaks(WindowLogits(y, 0), m.detect, samples), m.detect, samples, o.json);
+  return 0;
+}
+
+// Raw samples from a file or stdin through a stream bundle: frames, or beats with
+// --detect, printed as the stream completes them; memory is bounded (one hop of samples,
+// a few seconds of logits) whatever the stream's length.
+int Stream(const Options& o) {
+  Bundle bundle = Bundle::Open(o.bundle);
+  const Manifest& m = bundle.manifest();
+  if (!m.has_stream) {
+    throw Refusal("bundle " + Clip(m.name) + " is a window bundle (\"stream\": null); --stream "
+                  "needs a stream bundle: python -m compile build --hop 512");
+  }
+  if (o.detect) RequireDetector(m);
+  const std::string device = DeviceFor(bundle, o);
+  Admit(bundle);
+  const std::int64_t leads = std::int64_t(m.leads.size());
+  RawSource source(o.input, leads, m.stream.hop);
+  Model model(bundle.LibraryPath(), "model.so in " + bundle.dir(), device, RuntimeDir());
+  StreamRunner runner(model, m.stream, leads);
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each line as soon as it is known
+
+  BeatStream beats(m.detect);
+  std::vector<double> logits;
+  std::int64_t index = 0;
+  auto emit = [&](const Array& frames, std::int64_t start, std::int64_t stop) {
+    const std::size_t channels = std::size_t(frames.shape[1]), n = std::size_t(frames.shape[2]);
+    for (std::int64_t f = start; f < stop; ++f) {
+      if (o.detect) {
+        const float v = frames.data[std::size_t(f)];
+        if (!std::isfinite(v)) {
+          throw Refusal("the model's output holds NaN or Inf, so no beats can be found; "
+                        "check the bundle with --check");
+        }
+        logits.push_back(v);
+        continue;
+      }
+      std::printf("frame %lld", static_cast<long long>(index++));
+      for (std::size_t c = 0; c < channels; ++c) std::printf(" %.6g", frames.data[c * n + std::size_t(f)]);
+      std::printf("\n");
+    }
+  };
+  auto report = [&](const std::vector<std::int64_t>& found) {
+    for (std::int64_t s : found) {
+      std::printf("beat %lld %.3f\n", static_cast<long long>(s), double(s) / m.fs);
+    }
+  };
+  auto drain = [&]() {
+    if (o.detect) report(beats.Push(logits));
+    logits.clear();
+  };
+  for (;;) {
+    const std::vector<float>& xs = source.Next();
+    if (xs.empty()) break;
+    runner.Push(xs.data(), xs.size() / std::size_t(leads), emit);
+    drain();
+  }
+  runner.Flush(emit);
+  drain();
+  if (o.detect) report(beats.Flush());
+  std::fflush(stdout);
+  if (source.leftover() != 0) {
+    throw Refusal(source.label() + ": the stream ended " + std::to_string(source.leftover()) +
+                  " byte(s) into a sample (" + std::to_string(4 * leads) + " bytes: " +
+                  std::to_string(leads) + " lead(s) of float32); the samples before it were "
+                  "streamed and their output written");
+  }
+  return 0;
+}
+
 int Info(const Options& o) {
   Bundle bundle = Bundle::Open(o.bundle);
   const Manifest& m = bundle.manifest();
@@ -478,6 +790,8 @@ int Main(int argc, char** argv) {
   }
   if (o.mode == "info") return Info(o);
   if (o.mode == "check") return Check(o);
+  if (o.mode == "detect") return Detect(o);
+  if (o.mode == "stream") return Stream(o);
   return RunOne(o);
 }
 

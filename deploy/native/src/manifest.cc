@@ -191,6 +191,70 @@ void ReadGolden(const ManifestReader& r, const Json& root, Manifest* m) {
   }
 }
 
+// "detect": null or missing for a model that is not an R-peak detector.
+void ReadDetect(const ManifestReader& r, const Json& root, Manifest* m) {
+  const Json* rule = root.Find("detect");
+  if (rule == nullptr || rule->kind == Json::Kind::kNull) return;
+  r.Get(root, "detect", "detect", Json::Kind::kObject);
+  const double t = r.Get(*rule, "threshold", "detect.threshold", Json::Kind::kNumber).number;
+  if (!(t > 0.0 && t < 1.0)) r.Bad("\"detect.threshold\" is not a probability in (0, 1)");
+  m->detect.threshold = t;
+  auto integer = [&](const char* key, std::int64_t low) {
+    const std::string path = std::string("detect.") + key;
+    return r.Integer(r.Get(*rule, key, path, Json::Kind::kNumber), path, low, kMaxBytes);
+  };
+  m->detect.min_rr_ms = integer("min_rr_ms", 0);
+  m->detect.edge_ms = integer("edge_ms", 0);
+  m->detect.reduction = integer("reduction", 1);
+  m->detect.fs = integer("fs", 1);
+  m->has_detect = true;
+}
+
+// "stream": null or missing for a window bundle.
+void ReadStream(const ManifestReader& r, const Json& root, Manifest* m) {
+  const Json* info = root.Find("stream");
+  if (info == nullptr || info->kind == Json::Kind::kNull) return;
+  r.Get(root, "stream", "stream", Json::Kind::kObject);
+  StreamSpec& s = m->stream;
+  auto integer = [&](const char* key, std::int64_t low) {
+    const std::string path = std::string("stream.") + key;
+    return r.Integer(r.Get(*info, key, path, Json::Kind::kNumber), path, low, kMaxBytes);
+  };
+  s.hop = integer("hop", 1);
+  s.reduction = integer("reduction", 1);
+  s.channels = integer("channels", 1);
+  s.delay_frames = integer("delay_frames", 0);
+  s.look_ahead = integer("look_ahead", 0);
+  s.flush_steps = integer("flush_steps", 1);
+  s.state_bytes = integer("state_bytes", 0);
+  if (s.hop % s.reduction != 0) r.Bad("\"stream.hop\" is not a multiple of stream.reduction");
+  if (s.hop > (std::int64_t(1) << 24)) r.Bad("\"stream.hop\" is over 16777216 samples");
+  std::int64_t bytes = 0;
+  for (const Json& entry : r.Get(*info, "states", "stream.states", Json::Kind::kArray).items) {
+    if (entry.kind != Json::Kind::kObject) r.Bad("\"stream.states\" holds a non-object");
+    StateSpec state;
+    state.name = r.String(entry, "name", "stream.states[].name");
+    state.dtype = r.String(entry, "dtype", "stream.states[].dtype");
+    if (state.dtype != "float32" && state.dtype != "int64") {
+      r.Bad("\"stream.states[].dtype\" is " + Clip(state.dtype) + ", expected float32 or int64");
+    }
+    const Json& shape = r.Get(entry, "shape", "stream.states[].shape", Json::Kind::kArray);
+    if (shape.items.size() > 8) r.Bad("\"stream.states[].shape\" has more than 8 dimensions");
+    std::int64_t state_bytes = state.dtype == "int64" ? 8 : 4;
+    for (const Json& dim : shape.items) {
+      const std::int64_t v = r.Integer(dim, "stream.states[].shape[]", 1, kMaxBytes);
+      if (state_bytes > kMaxBytes / v) r.Bad("\"stream.states\" describe more than 2 GiB");
+      state_bytes *= v;
+      state.shape.push_back(v);
+    }
+    bytes += state_bytes;
+    if (bytes > kMaxBytes) r.Bad("\"stream.states\" describe more than 2 GiB");
+    s.states.push_back(state);
+  }
+  if (s.states.size() > 4096) r.Bad("\"stream.states\" lists more than 4096 tensors");
+  m->has_stream = true;
+}
+
 }  // namespace
 
 Manifest ParseManifest(const std::string& text, const std::string& where) {
@@ -208,6 +272,8 @@ Manifest ParseManifest(const std::string& text, const std::string& where) {
   ReadSignal(r, root, &m);
   ReadFiles(r, root, &m);
   ReadGolden(r, root, &m);
+  ReadDetect(r, root, &m);
+  ReadStream(r, root, &m);
   return m;
 }
 

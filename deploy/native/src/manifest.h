@@ -26,6 +26,29 @@ struct ListedFile {
   std::uint64_t bytes = 0;
 };
 
+// The R-peak rule of a QRS detector (deploy/rpeaks.py RPeakRule), manifest key "detect".
+struct DetectRule {
+  double threshold = 0.5;  // probability a frame must exceed, in (0, 1)
+  std::int64_t min_rr_ms = 200;
+  std::int64_t edge_ms = 50;
+  std::int64_t reduction = 8;  // input samples per output frame
+  std::int64_t fs = 500;
+};
+
+// One state tensor of a stream bundle's step: float32 or int64.
+struct StateSpec {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  std::string dtype;
+};
+
+// A stream bundle's step (deploy/stream.py), manifest key "stream".
+struct StreamSpec {
+  std::int64_t hop = 0, reduction = 0, channels = 0, delay_frames = 0, look_ahead = 0,
+               flush_steps = 0, state_bytes = 0;
+  std::vector<StateSpec> states;
+};
+
 // The keys mscnn-run uses; any other key (newer optional fields) is ignored.
 struct Manifest {
   std::string name;
@@ -38,6 +61,10 @@ struct Manifest {
   TensorSpec output;
   std::vector<GoldenPair> golden;
   std::vector<ListedFile> files;
+  bool has_detect = false;  // "detect" is an object, not null or missing
+  DetectRule detect;
+  bool has_stream = false;  // "stream" is an object: a stream bundle
+  StreamSpec stream;
 };
 
 // Parses and checks the text of a manifest (schema_version 2; a version-1 bundle is

@@ -75,6 +75,7 @@ struct Model::State {
   ffi::Optional<ffi::Function> alloc;
   ffi::Optional<ffi::Function> copy_from_bytes;
   ffi::Optional<ffi::Function> copy_to_bytes;
+  std::vector<ffi::Any> states;  // a stream step's, as the last step returned them
 };
 
 Model::Model(const std::string& path, const std::string& library, const std::string& device,
@@ -132,6 +133,87 @@ Model::Model(const std::string& path, const std::string& library, const std::str
 }
 
 Model::~Model() = default;
+
+namespace {
+
+ffi::Tensor Upload(Model::State& s, const std::vector<std::int64_t>& dims, DLDataType dtype,
+                   const void* data, std::size_t bytes) {
+  ffi::Shape shape(dims.begin(), dims.end());
+  ffi::Tensor t = (*s.alloc)(shape, dtype, s.device, ffi::Optional<ffi::String>()).cast<ffi::Tensor>();
+  (*s.copy_from_bytes)(t, const_cast<void*>(data), static_cast<std::int64_t>(bytes));
+  return t;
+}
+
+std::size_t Elements(const DLTensor* t) {
+  std::size_t count = 1;
+  for (int i = 0; i < t->ndim; ++i) count *= static_cast<std::size_t>(t->shape[i]);
+  return count;
+}
+
+}  // namespace
+
+void Model::ResetStates(const std::vector<StateSpec>& specs) {
+  State& s = *state_;
+  try {
+    s.states.clear();
+    for (const StateSpec& spec : specs) {
+      const bool wide = spec.dtype == "int64";
+      const DLDataType dtype{static_cast<std::uint8_t>(wide ? kDLInt : kDLFloat),
+                             static_cast<std::uint8_t>(wide ? 64 : 32), 1};
+      std::size_t bytes = wide ? 8 : 4;
+      for (std::int64_t d : spec.shape) bytes *= static_cast<std::size_t>(d);
+      std::vector<char> zeros(bytes, 0);
+      s.states.emplace_back(Upload(s, spec.shape, dtype, zeros.data(), bytes));
+    }
+  } catch (...) {
+    RethrowAsRefusal("setting up the stream's state");
+  }
+}
+
+Array Model::Step(const Array& hop, std::int64_t n_valid, std::int64_t valid[2]) {
+  State& s = *state_;
+  Array out;
+  try {
+    const DLDataType f32{kDLFloat, 32, 1}, i64{kDLInt, 64, 1};
+    ffi::Tensor x = Upload(s, hop.shape, f32, hop.data.data(), hop.data.size() * sizeof(float));
+    ffi::Tensor n = Upload(s, {1}, i64, &n_valid, sizeof n_valid);
+    std::vector<ffi::AnyView> args{x, n};
+    for (const ffi::Any& state : s.states) args.emplace_back(state);
+    ffi::Any result;
+    (*s.main).CallPacked(args.data(), static_cast<std::int32_t>(args.size()), &result);
+    auto tuple = result.try_cast<ffi::Array<ffi::Any>>();
+    if (!tuple || tuple->size() != s.states.size() + 2) {
+      throw Refusal("the stream step returned " + result.GetTypeKey() + ", not (frames, valid" +
+                    " and " + std::to_string(s.states.size()) + " states); rebuild the bundle");
+    }
+    ffi::Optional<ffi::Tensor> frames = (*tuple)[0].as<ffi::Tensor>();
+    ffi::Optional<ffi::Tensor> range = (*tuple)[1].as<ffi::Tensor>();
+    if (!frames.has_value() || !range.has_value()) {
+      throw Refusal("the stream step did not return tensors; rebuild the bundle");
+    }
+    const DLTensor* f = (*frames).GetDLTensorPtr();
+    const DLTensor* v = (*range).GetDLTensorPtr();
+    if (f->dtype.code != kDLFloat || f->dtype.bits != 32 || f->ndim != 3 ||
+        v->dtype.code != kDLInt || v->dtype.bits != 64 || Elements(v) != 2) {
+      throw Refusal("the stream step's outputs are not float32 frames (1, channels, n) and "
+                    "int64 valid (2,); rebuild the bundle");
+    }
+    for (int i = 0; i < f->ndim; ++i) out.shape.push_back(f->shape[i]);
+    out.data.resize(Elements(f));
+    (*s.copy_to_bytes)(*frames, static_cast<void*>(out.data.data()),
+                       static_cast<std::int64_t>(out.data.size() * sizeof(float)));
+    (*s.copy_to_bytes)(*range, static_cast<void*>(valid), static_cast<std::int64_t>(16));
+    for (std::size_t i = 0; i < s.states.size(); ++i) s.states[i] = (*tuple)[i + 2];
+  } catch (...) {
+    RethrowAsRefusal("running the stream step");
+  }
+  if (valid[0] < 0 || valid[0] > valid[1] || valid[1] > out.shape[2]) {
+    throw Refusal("the stream step returned valid frames [" + std::to_string(valid[0]) + ", " +
+                  std::to_string(valid[1]) + ") outside its " + std::to_string(out.shape[2]) +
+                  " frames; rebuild the bundle");
+  }
+  return out;
+}
 
 Array Model::Run(const Array& input) {
   State& s = *state_;

@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 
+#include "manifest.h"
 #include "npy.h"
 
 namespace mscnn {
@@ -24,8 +25,16 @@ class Model {
   // Runs "main" on one float32 array and returns its float32 output, copied to the host.
   Array Run(const Array& input);
 
+  // A stream bundle's step, main(ecg, n_valid, *states) -> (frames, valid, *states):
+  // ResetStates sets every state to zeros of its manifest shape and dtype; Step runs one
+  // hop (1, leads, hop) with n_valid samples of it real, keeps the new states and returns
+  // the frames (1, channels, hop / reduction) with valid = [start, stop) of them.
+  void ResetStates(const std::vector<StateSpec>& states);
+  Array Step(const Array& hop, std::int64_t n_valid, std::int64_t valid[2]);
+
+  struct State;  // the runtime's objects, opaque to callers
+
  private:
-  struct State;
   std::unique_ptr<State> state_;
 };
 

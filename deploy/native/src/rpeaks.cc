@@ -1,0 +1,120 @@
+#include "rpeaks.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+
+namespace mscnn {
+
+namespace {
+
+struct Candidate {
+  std::int64_t sample;
+  double strength;
+};
+
+}  // namespace
+
+std::vector<std::int64_t> DetectRpeaks(const std::vector<double>& x, const DetectRule& rule,
+                                       std::int64_t n) {
+  // sigmoid(x) > t  <=>  x > log(t / (1 - t)), in double as Python computes it.
+  const double threshold = std::log(rule.threshold / (1.0 - rule.threshold));
+  const std::int64_t r = rule.reduction;
+  const std::int64_t e = rule.edge_ms * rule.fs / 1000;
+  const std::int64_t m = rule.min_rr_ms * rule.fs / 1000;
+  std::vector<Candidate> candidates;
+  const std::int64_t frames = std::int64_t(x.size());
+  for (std::int64_t i = 0; i < frames;) {
+    if (!(x[std::size_t(i)] > threshold)) {
+      ++i;
+      continue;
+    }
+    const std::int64_t a = i;
+    double strength = x[std::size_t(i)];
+    while (i + 1 < frames && x[std::size_t(i + 1)] > threshold) {
+      ++i;
+      strength = std::max(strength, x[std::size_t(i)]);
+    }
+    const std::int64_t b = i++;
+    const std::int64_t s = (a + b) * r / 2 + r / 2;  // non-negative: floor division
+    if (s >= e && s < n - e) candidates.push_back({s, strength});
+  }
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [](const Candidate& p, const Candidate& q) {
+                     if (p.strength != q.strength) return p.strength > q.strength;
+                     return p.sample < q.sample;
+                   });
+  std::vector<std::int64_t> kept;
+  for (const Candidate& c : candidates) {
+    bool clear = true;
+    for (std::int64_t k : kept) {
+      if (std::llabs(c.sample - k) < m) {
+        clear = false;
+        break;
+      }
+    }
+    if (clear) kept.push_back(c.sample);
+  }
+  std::sort(kept.begin(), kept.end());
+  return kept;
+}
+
+bool HeartRate(const std::vector<std::int64_t>& beats, std::int64_t fs, double* bpm) {
+  if (beats.size() < 2 || beats.back() <= beats.front()) return false;
+  *bpm = 60.0 * double(fs) * double(beats.size() - 1) / double(beats.back() - beats.front());
+  return true;
+}
+
+BeatStream::BeatStream(const DetectRule& rule) : rule_(rule) {
+  const std::int64_t r = rule.reduction;
+  const std::int64_t min_rr = rule.min_rr_ms * rule.fs / 1000;
+  const std::int64_t edge = rule.edge_ms * rule.fs / 1000;
+  horizon_ = std::max(2 * min_rr + edge + 4 * r, rule.fs);
+  keep_ = std::size_t((2 * horizon_) / r + 1);
+}
+
+std::vector<std::int64_t> BeatStream::Push(const std::vector<double>& logits) {
+  const std::size_t piece = std::size_t(std::max<std::int64_t>(1, horizon_ / (4 * rule_.reduction)));
+  std::vector<std::int64_t> beats;
+  for (std::size_t at = 0; at < logits.size(); at += piece) {
+    const std::size_t stop = std::min(logits.size(), at + piece);
+    logits_.insert(logits_.end(), logits.begin() + std::ptrdiff_t(at),
+                   logits.begin() + std::ptrdiff_t(stop));
+    const std::int64_t end = (offset_ + std::int64_t(logits_.size())) * rule_.reduction;
+    for (std::int64_t s : Beats(-1, end - horizon_)) beats.push_back(s);
+    if (logits_.size() > keep_) {
+      const std::size_t drop = logits_.size() - keep_;
+      logits_.erase(logits_.begin(), logits_.begin() + std::ptrdiff_t(drop));
+      offset_ += std::int64_t(drop);
+    }
+  }
+  return beats;
+}
+
+std::vector<std::int64_t> BeatStream::Flush() {
+  const std::int64_t n = (offset_ + std::int64_t(logits_.size())) * rule_.reduction;
+  if (logits_.empty()) return {};
+  return Beats(n, n);
+}
+
+// n_samples < 0: the window ends mid-stream (its length is its frames').
+std::vector<std::int64_t> BeatStream::Beats(std::int64_t n_samples, std::int64_t limit) {
+  const std::int64_t r = rule_.reduction;
+  const std::int64_t start = offset_ * r;
+  const std::int64_t window_n =
+      n_samples < 0 ? std::int64_t(logits_.size()) * r : n_samples - start;
+  DetectRule rule = rule_;
+  if (offset_ != 0) rule.edge_ms = 0;  // the window's first samples are not the record's start
+  // Mid-stream, runs cut by the window's start are not beats: stay clear of it.
+  const std::int64_t lower = offset_ != 0 ? start + horizon_ / 2 : -1;
+  const std::int64_t after = std::max(last_, lower);
+  std::vector<std::int64_t> fresh;
+  for (std::int64_t s : DetectRpeaks(logits_, rule, window_n)) {
+    s += start;
+    if (after < s && s < limit) fresh.push_back(s);
+  }
+  if (!fresh.empty()) last_ = fresh.back();
+  return fresh;
+}
+
+}  // namespace mscnn

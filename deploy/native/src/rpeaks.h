@@ -1,0 +1,48 @@
+// R-peaks from a QRS detector's per-frame logits: deploy/rpeaks.py's rule, bit for bit
+// (integer sample arithmetic, one double comparison per frame, the same tie-breaks), and
+// deploy/detect.py's BeatStream, which applies it to an endless stream in bounded memory.
+#ifndef MSCNN_RUN_RPEAKS_H_
+#define MSCNN_RUN_RPEAKS_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "manifest.h"
+
+namespace mscnn {
+
+// R-peak sample indices, rising, of a record of `n_samples` samples from its logits
+// (one per frame of rule.reduction samples). The caller checks that the logits are
+// finite and that their number fits n_samples.
+std::vector<std::int64_t> DetectRpeaks(const std::vector<double>& logits, const DetectRule& rule,
+                                       std::int64_t n_samples);
+
+// 60 * fs * (n - 1) / (last - first); false below two beats.
+bool HeartRate(const std::vector<std::int64_t>& beats, std::int64_t fs, double* bpm);
+
+// Beats of a stream as its frames arrive: a beat is final once `horizon` samples have
+// followed it (no later candidate can then suppress it), so only a few seconds of logits
+// are kept whatever the stream's length.
+class BeatStream {
+ public:
+  explicit BeatStream(const DetectRule& rule);
+  // New frames' logits; returns the beats that are now final.
+  std::vector<std::int64_t> Push(const std::vector<double>& logits);
+  // The end of the record: the remaining beats (the end edge rule applies).
+  std::vector<std::int64_t> Flush();
+  std::int64_t horizon() const { return horizon_; }
+
+ private:
+  std::vector<std::int64_t> Beats(std::int64_t n_samples, std::int64_t limit);
+
+  DetectRule rule_;
+  std::int64_t horizon_ = 0;
+  std::size_t keep_ = 0;  // frames kept behind the reporting point
+  std::vector<double> logits_;
+  std::int64_t offset_ = 0;  // frame index of logits_[0]
+  std::int64_t last_ = -1;   // last beat reported (sample)
+};
+
+}  // namespace mscnn
+
+#endif  // MSCNN_RUN_RPEAKS_H_

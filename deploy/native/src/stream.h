@@ -1,0 +1,73 @@
+// A stream bundle's step driven as deploy/stream.py's Stream drives it: samples in, hop
+// by hop, frames out as each step completes them; then the end-of-record flush.
+#ifndef MSCNN_RUN_STREAM_H_
+#define MSCNN_RUN_STREAM_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "manifest.h"
+#include "model.h"
+#include "npy.h"
+
+namespace mscnn {
+
+class StreamRunner {
+ public:
+  // Called with each step's frames (1, channels, n) and the range [start, stop) of
+  // them that are the next frames of the offline model.
+  using Emit = std::function<void(const Array& frames, std::int64_t start, std::int64_t stop)>;
+
+  StreamRunner(Model& model, const StreamSpec& spec, std::int64_t leads);
+
+  // `count` whole samples, leads interleaved (sample-major), all finite: runs a step for
+  // every hop they complete. Memory: one hop, whatever the stream's length.
+  void Push(const float* interleaved, std::size_t count, const Emit& emit);
+  // The end of the record: the last partial hop with n_valid = samples in it, then empty
+  // hops until a step returns fewer valid frames than a hop holds (at most flush_steps).
+  // Starts a fresh record afterwards.
+  void Flush(const Emit& emit);
+  std::int64_t samples() const { return samples_; }
+
+ private:
+  void Reset();
+
+  Model& model_;
+  StreamSpec spec_;
+  std::int64_t leads_;
+  Array hop_;  // (1, leads, hop), planar
+  std::int64_t fill_ = 0;
+  std::int64_t samples_ = 0;
+};
+
+// Reads raw little-endian float32 samples, leads interleaved, from a file or "-" (stdin)
+// in pieces of about one hop; a NaN or Inf sample is a Refusal naming it (sample index
+// and lead), before any of its piece is streamed.
+class RawSource {
+ public:
+  RawSource(const std::string& path, std::int64_t leads, std::int64_t hop);
+  ~RawSource();
+  RawSource(const RawSource&) = delete;
+  RawSource& operator=(const RawSource&) = delete;
+
+  // The next whole samples (interleaved), empty at the end of the stream.
+  const std::vector<float>& Next();
+  // Bytes after the last whole sample at the end of the stream (0: it ended cleanly).
+  std::size_t leftover() const { return rest_.size(); }
+  std::string label() const { return label_; }
+
+ private:
+  std::string label_;
+  int fd_ = -1;
+  bool owned_ = false;
+  std::int64_t leads_;
+  std::vector<char> buffer_, rest_;
+  std::vector<float> samples_;
+  std::int64_t seen_ = 0;  // whole samples read so far
+};
+
+}  // namespace mscnn
+
+#endif  // MSCNN_RUN_STREAM_H_
