@@ -12,7 +12,7 @@ import torch
 from native_runner import run_native
 
 import mscnn
-from compile import TARGETS, BuildOptions, build, int8, quantize, resolve_variant
+from compile import TARGETS, int8, quantize
 from compile.errors import CompileError
 from compile.quantize import Requant, make_requant, quantize_multiplier, requantize
 from deploy.bundle import cpu_flags, host_arch
@@ -197,16 +197,25 @@ def test_lead_variant_program_is_bit_exact(qdetector):
 
 
 @pytest.mark.cross
-def test_aarch64_sdot_library_is_bit_exact_under_qemu(detector, qdetector, tmp_path):
-    """The aarch64 (+dotprod) int8 library run by the native runner under qemu-aarch64.
-    Until int8 bundles exist, the bundle is the fp32 one with its library swapped for the
-    int8 one (manifest hash updated): same entry point, same input and output."""
-    fp32 = build(detector, TARGETS["aarch64"], resolve_variant(detector, "1"), tmp_path,
-                 BuildOptions(samples=5000))  # fmt: skip
+@pytest.mark.parametrize(
+    ("arch", "tvm_target", "isa", "instruction"),
+    [
+        ("aarch64", int8.AARCH64_DOTPROD, "dotprod", "sdot"),
+        ("armv7", TARGETS["armv7"].tvm, "generic", "vmla.i32"),  # NEON multiply-accumulate
+    ],
+)
+def test_arm_library_is_bit_exact_under_qemu(
+    qrs_bundles, qdetector, tmp_path, arch, tvm_target, isa, instruction
+):
+    """The ARM int8 library run by the native runner under qemu-user. Until int8 bundles
+    exist, the bundle is the session's fp32 detector bundle with its library swapped for
+    the int8 one (manifest hash updated): same entry point, same input and output."""
+    target = TARGETS[arch]
     bundle = tmp_path / "int8"
-    shutil.copytree(fp32.path, bundle)
-    program = int8.build_int8(qdetector, int8.AARCH64_DOTPROD, samples=5000, require="dotprod")
-    library = program.export(bundle / "model.so", cc=TARGETS["aarch64"].compiler).read_bytes()
+    shutil.copytree(qrs_bundles[arch].path, bundle)
+    program = int8.build_int8(qdetector, tvm_target, samples=5000, require=isa)
+    assert instruction in program.asm()
+    library = program.export(bundle / "model.so", cc=target.compiler).read_bytes()
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["files"]["model.so"] = {"sha256": hashlib.sha256(library).hexdigest(),
                                      "bytes": len(library)}  # fmt: skip
@@ -214,7 +223,7 @@ def test_aarch64_sdot_library_is_bit_exact_under_qemu(detector, qdetector, tmp_p
     for record in (25, 3):  # record 3 clips at 33 mV
         x = real(("ECG",), [record]).astype("<f4")
         np.save(tmp_path / "x.npy", x)
-        done = run_native("aarch64", bundle, "--input", tmp_path / "x.npy",
+        done = run_native(arch, bundle, "--input", tmp_path / "x.npy",
                           "--output", tmp_path / "y.npy")  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert np.array_equal(np.load(tmp_path / "y.npy"), quantize.run_int8(qdetector, x))
