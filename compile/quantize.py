@@ -420,8 +420,10 @@ def quantize_model(
     `input_dtype` "int16" keeps the input (and so the first conv of every branch) in 16
     bits: the detector takes raw mV, and real records differ 30x in amplitude (0.3 mV to
     artefacts at 33 mV), so an int8 input scale set by the large ones leaves the small
-    ones a few levels. Measured on the held-out CPSC2019 records, the int8 input alone
-    costs more accuracy than every other tensor together (see README, precision). The
+    ones a few levels. Measured on the held-out CPSC2019 records (fake-quantizing one
+    tensor at a time), the int8 input alone costs more accuracy than every other tensor
+    together: with it the detector's score drops 0.896 -> 0.884 and the logits' median
+    per-record normalised error is 0.13; with int16, 0.896 (as fp32) and 0.05. The
     input's range is its maximum magnitude, whatever `method` says: 16 bits need no
     clipping. `record_ids` (which records `calibration` holds) travels with the model, so
     that judging it on them is refused."""
