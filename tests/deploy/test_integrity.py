@@ -305,6 +305,41 @@ def test_can_run_here():
     )
 
 
+X86_CPUINFO = """processor\t: 0
+model name\t: AMD EPYC 9R14 96-Core Processor
+flags\t\t: fpu vme sse2 avx2 avx512f
+bugs\t\t: sysret_ss_attrs
+"""
+ARM_CPUINFO = """processor\t: 0
+BogoMIPS\t: 243.75
+Features\t: fp asimd evtstrm aes crc32 cpuid
+CPU implementer\t: 0x41
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "flags"),
+    [(X86_CPUINFO, {"fpu", "vme", "sse2", "avx2", "avx512f"}),
+     (ARM_CPUINFO, {"fp", "asimd", "evtstrm", "aes", "crc32", "cpuid"}),
+     ("processor\t: 0\n", set())],
+    ids=["x86", "arm", "none"],
+)  # fmt: skip
+def test_cpu_flags_are_read_from_cpuinfo(monkeypatch, tmp_path, text, flags):
+    """x86 names them `flags`, ARM `Features`; the value after the colon, word by word."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(text)
+    real = bundle_module.Path
+    monkeypatch.setattr(bundle_module, "Path", lambda p: real(cpuinfo) if p == "/proc/cpuinfo"
+                        else real(p))  # fmt: skip
+    assert bundle_module.cpu_flags() == frozenset(flags)
+
+
+def test_cpu_flags_of_this_machine():
+    with open("/proc/cpuinfo") as f:
+        line = next((x for x in f if x.startswith(("flags", "Features"))), ":")
+    assert bundle_module.cpu_flags() == frozenset(line.partition(":")[2].split())
+
+
 def no_gpu_here() -> None:
     import tvm
 

@@ -66,6 +66,19 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     ),
     ("deploy.files", "os.pread(fd, 2 << 20", "a larger read size gives the same digest"),
     ("deploy.files", "os.pread(fd, 1 << 21", "a larger read size gives the same digest"),
+    ("deploy.bundle", 'line.split(":", )', "a CPU flag never holds a colon"),
+    ("deploy.bundle", 'line.split(":", 2)', "a CPU flag never holds a colon"),
+    ("deploy.bundle", 'line.rsplit(":", 1)', "a CPU flag never holds a colon"),
+    (
+        "deploy.bundle",
+        "tvm.cuda(None).exist",
+        "without a GPU device 0 and this one are both absent: seen only on a GPU machine",
+    ),
+    (
+        "deploy.bundle",
+        "tvm.cuda(1).exist",
+        "without a GPU device 0 and 1 are both absent: seen only on a machine with one GPU",
+    ),
     (
         "deploy.files",
         "os.O_RDONLY & os.O_CLOEXEC",
@@ -104,8 +117,10 @@ def mutmut_config() -> str:
         # torch's thread pools do not survive a fork from a process that has run a model
         # (the child hangs without using CPU): fork mutants from a server that has not.
         'process_isolation = "forkserver"',
-        # A mutant that makes the tests 4x slower than measured is counted as a timeout.
+        # A mutant whose tests take 4x their measured time plus 10 s (a forked pytest
+        # session's start, on a busy machine) is counted as a timeout.
         "timeout_multiplier = 4.0",
+        "timeout_constant = 10.0",
     ]
     return "\n".join(lines) + "\n"
 
