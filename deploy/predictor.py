@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +92,12 @@ def set_threads(threads: int, remote=None) -> None:
 
     name = "runtime.config_threadpool"
     configure = tvm.get_global_func(name) if remote is None else remote.get_function(name)
+    # TVM pins the calling thread too; give it its CPUs back, or everything this process
+    # starts afterwards (ONNX Runtime's and PyTorch's threads) would share one core.
+    cpus = os.sched_getaffinity(0) if remote is None else None
     configure(1, threads)  # 1: big cores first; threads: how many
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
 
 
 @dataclass(frozen=True)

@@ -315,3 +315,13 @@ def test_manifest_keys_are_read_in_one_module():
     ]
     assert offenders == []
     assert pattern.search('m = manifest["files"]')  # the pattern does see such code
+
+
+def test_setting_tvm_threads_leaves_this_threads_cpus():
+    """TVM's pool configuration pins the calling thread; set_threads gives its CPUs
+    back, so runtimes started afterwards (ONNX Runtime, PyTorch) are not confined."""
+    from deploy.predictor import set_threads
+
+    before = os.sched_getaffinity(0)
+    set_threads(max(1, len(before)))
+    assert os.sched_getaffinity(0) == before
