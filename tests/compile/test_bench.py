@@ -5,6 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import mscnn
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -20,9 +26,14 @@ def test_bench_writes_table_json_and_chart(cpsc_bundles, tmp_path):
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data["threads"] == 1 and "FMA" in data["peak_derivation"]
     (row,) = data["rows"]
-    import mscnn
-
-    assert row["macs"] == mscnn.load_model("cpsc2019").model.count_macs(row["samples"])
+    # The MACs behind every GFLOP/s figure, against torch's own FLOP counter (2 per MAC)
+    # on the same model and input shape: an oracle that shares nothing with count_macs.
+    model = mscnn.load_model("cpsc2019").model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(row["batch"], 1, row["samples"]))
+    assert row["macs"] == counter.get_total_flops() // 2
+    for t in row["timings"].values():
+        assert t["gflops"] == pytest.approx(2 * row["macs"] / t["median_ms"] / 1e6, rel=1e-9)
     assert set(row["timings"]) == {"pytorch", "onnxruntime", "tvm", "tvm-default-tile",
                                    "tvm-arm-rule", "tvm-untuned"}  # fmt: skip
     assert row["timings"]["onnxruntime"]["ratio_to_ort"] == 1.0
