@@ -20,16 +20,24 @@ def make(*args):
 
 
 def test_default_matrix_matches_the_python_defaults():
-    """The Makefile's matrix: every target x every variant of both default presets."""
+    """The Makefile's matrix: every target x every variant of the three default presets
+    (the lead-wise backbone, the 1-lead backbone, the trained QRS detector)."""
     done = make("print-bundles", "BUILD=b")
     got = set(done.stdout.split())
     expected = {
         f"b/{t}/{p}-{v}lead/manifest.json"
         for t in TARGETS
-        for p in ("multi_scopic_leadwise", "cpsc2019")
+        for p in ("multi_scopic_leadwise", "cpsc2019", "cpsc2019_qrs")
         for v in default_variants(mscnn.load_model(p))
     }
-    assert got == expected and len(got) == 36
+    assert got == expected and len(got) == 42
+
+
+def test_the_classifier_builds_on_request():
+    done = make("print-bundles", "BUILD=b", "PRESET=leadwise_classifier", "TARGETS=x86_64")
+    assert set(done.stdout.split()) == {
+        f"b/x86_64/leadwise_classifier-{v}lead/manifest.json" for v in (12, 6, 4, 3, 2)
+    }
 
 
 @pytest.mark.slow
