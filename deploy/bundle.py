@@ -146,7 +146,7 @@ class Bundle:
     def read_npy(self, rel: str) -> np.ndarray:
         try:
             with open_inside(self.path, rel) as fd:
-                return read_npy_fd(fd, f"bundle {show(self.path)}: {show(rel)}")
+                return read_npy_fd(fd, show(rel))
         except DeployError as exc:
             raise DeployError(f"bundle {show(self.path)}: {exc}") from None
 

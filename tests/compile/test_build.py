@@ -21,6 +21,16 @@ from deploy.manifest import Manifest
 from deploy.predictor import check_parity
 
 ROOT = Path(__file__).resolve().parents[2]
+# The PhysioNet/CinC 2021 lead sets, written out from the challenge's definition (not read
+# back from mscnn.LEAD_SETS): names, and their indices in I II III aVR aVL aVF V1..V6.
+CINC_SETS = {
+    "12": (["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"],
+           list(range(12))),
+    "6": (["I", "II", "III", "aVR", "aVL", "aVF"], [0, 1, 2, 3, 4, 5]),
+    "4": (["I", "II", "III", "V2"], [0, 1, 2, 7]),
+    "3": (["I", "II", "V2"], [0, 1, 7]),
+    "2": (["I", "II"], [0, 1]),
+}  # fmt: skip
 
 
 @pytest.mark.slow
@@ -80,9 +90,8 @@ def test_x86_parity_for_every_lead_set(leadwise_bundles, lead_set):
     'the build did not raise'), and it is within the CPU tolerance."""
     bundle = leadwise_bundles[lead_set]
     m = bundle.manifest
-    names = list(mscnn.LEAD_SETS[lead_set])
-    assert m.leads == names
-    assert m.lead_indices == [mscnn.LEADS_12.index(n) for n in names]
+    names, indices = CINC_SETS[lead_set]
+    assert (m.leads, m.lead_indices) == (names, indices)
     again, _ = check_parity(bundle.path)
     assert m.parity.tvm.how == "native" and again.passed
     assert m.parity.tvm.normalised == again.normalised <= 1e-5

@@ -224,11 +224,6 @@ def test_a_golden_file_that_is_no_npy_is_named_when_read(tiny):
     assert message.startswith(f"bundle {tiny}: ") and rel in message, message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Bundle.read_npy passes 'bundle <path>: <rel>' as the file's name to read_npy_fd "
-    "and then prefixes 'bundle <path>: ' again, so the path is said twice",
-)
 def test_a_golden_read_error_names_the_bundle_once(tiny):
     rel = "golden/ecg.input.npy"
     (tiny / rel).write_bytes(b"\x93NUMPY not really")
