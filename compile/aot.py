@@ -38,8 +38,14 @@ import numpy as np
 from .errors import CompileError
 
 ALIGN = 64  # TVM's kernels assume (llvm.assume) 64-byte aligned data pointers
-_DTYPES = {"float32": (2, 32), "int64": (0, 64), "int32": (0, 32), "bool": (6, 8),
-           "uint8": (1, 8), "int8": (0, 8)}  # fmt: skip
+_DTYPES = {
+    "float32": (2, 32),
+    "int64": (0, 64),
+    "int32": (0, 32),
+    "bool": (6, 8),
+    "uint8": (1, 8),
+    "int8": (0, 8),
+}
 # Section names: a vendor linker script's *(.rodata*) and *(.bss*) take them; ours
 # (deploy/mcu/sections.ld) gathers them to report weights and arena apart.
 _FLASH = f'__attribute__((aligned({ALIGN}), section(".rodata.mscnn_weights")))'
@@ -102,8 +108,10 @@ class _Reader:
     def __init__(self) -> None:
         import tvm
 
-        self.op = {n: tvm.ir.Op.get(f"relax.vm.{n}") for n in
-                   ("alloc_storage", "alloc_tensor", "kill_object")}  # fmt: skip
+        self.op = {
+            n: tvm.ir.Op.get(f"relax.vm.{n}")
+            for n in ("alloc_storage", "alloc_tensor", "kill_object")
+        }
         self.values: dict = {}  # relax Var -> Tensor, tuple of Tensors, or a block index
         self.constants: list[np.ndarray] = []
         self.const_ids: dict = {}
@@ -131,8 +139,10 @@ class _Reader:
             return self.constant(expr)
         if isinstance(expr, relax.Var) and isinstance(self.values.get(expr), Tensor):
             return self.values[expr]
-        raise CompileError(f"mcu: a kernel argument is {type(expr).__name__} {expr}; only "
-                           "tensors in the arena and constants are supported")  # fmt: skip
+        raise CompileError(
+            f"mcu: a kernel argument is {type(expr).__name__} {expr}; only "
+            "tensors in the arena and constants are supported"
+        )
 
     def constant(self, const) -> Tensor:
         key = const  # the same constant object at two call sites is one array
@@ -168,8 +178,10 @@ class _Reader:
                 self.use(a, now)
             self.calls.append(Call(op.name_hint, args))
         elif op != self.op["kill_object"]:
-            raise CompileError(f"mcu: the compiled program calls {op}, which the generated "
-                               "C entry point does not implement")  # fmt: skip
+            raise CompileError(
+                f"mcu: the compiled program calls {op}, which the generated "
+                "C entry point does not implement"
+            )
 
 
 def pack_blocks(sizes, first, last) -> tuple[list[int], int]:
@@ -193,8 +205,9 @@ def pack_blocks(sizes, first, last) -> tuple[list[int], int]:
 
 def _check_dtype(dtype: str) -> str:
     if dtype not in _DTYPES:
-        raise CompileError(f"mcu: tensor dtype {dtype} is not supported; "
-                           f"supported: {', '.join(_DTYPES)}")  # fmt: skip
+        raise CompileError(
+            f"mcu: tensor dtype {dtype} is not supported; supported: {', '.join(_DTYPES)}"
+        )
     return dtype
 
 
@@ -237,8 +250,14 @@ def read_program(func) -> Program:
 
     calls = tuple(Call(c.kernel, tuple(map(placed, c.args))) for c in reader.calls)
     planned = tuple(reader.sizes[len(inputs) :])
-    return Program(tuple(map(placed, inputs)), tuple(map(placed, outputs)), calls,
-                   tuple(reader.constants), arena, planned)  # fmt: skip
+    return Program(
+        tuple(map(placed, inputs)),
+        tuple(map(placed, outputs)),
+        calls,
+        tuple(reader.constants),
+        arena,
+        planned,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -292,9 +311,12 @@ def lower(onnx_path: Path, tvm_target: Mapping[str, Any]) -> Lowered:
         schedule_pass(),
         *cpu.dataflow_lower_passes(target),
     ]
-    finalize = [p for p in cpu.finalize_passes(target)
-                if p.info.name in ("StaticPlanBlockMemory", "LowerAllocTensor",
-                                   "KillAfterLastUse", "LowerRuntimeBuiltin")]  # fmt: skip
+    finalize = [
+        p
+        for p in cpu.finalize_passes(target)
+        if p.info.name
+        in ("StaticPlanBlockMemory", "LowerAllocTensor", "KillAfterLastUse", "LowerRuntimeBuiltin")
+    ]
     mod = import_static(onnx_path)
     with target:
         mod = tvm.transform.Sequential(passes + finalize)(mod)
@@ -405,9 +427,18 @@ def explicit_padding():
             if left == right == 0:
                 return call
             x = relax.op.nn.pad(call.args[0], [0, 0, 0, 0, left, right])
-            return relax.op.nn.conv1d(x, call.args[1], a.strides, [0, 0], a.dilation, a.groups,
-                                      a.data_layout, a.kernel_layout, a.out_layout,
-                                      a.out_dtype)  # fmt: skip
+            return relax.op.nn.conv1d(
+                x,
+                call.args[1],
+                a.strides,
+                [0, 0],
+                a.dilation,
+                a.groups,
+                a.data_layout,
+                a.kernel_layout,
+                a.out_layout,
+                a.out_dtype,
+            )
 
     @tvm.transform.module_pass(opt_level=0, name="mscnn_explicit_padding")
     def run(mod, _ctx):
@@ -426,8 +457,11 @@ def schedule_pass():
 
     @tvm.transform.module_pass(opt_level=0, name="mscnn_mcu_schedule")
     def run(mod, _ctx):
-        updates = {gv: schedule_kernel(f) for gv, f in mod.functions.items()
-                   if isinstance(f, tirx.PrimFunc)}  # fmt: skip
+        updates = {
+            gv: schedule_kernel(f)
+            for gv, f in mod.functions.items()
+            if isinstance(f, tirx.PrimFunc)
+        }
         for gv, func in updates.items():
             mod[gv] = func
         return mod
@@ -452,8 +486,10 @@ def workspace_bytes(llvm_ir: str) -> int:
     for body in llvm_ir.split("\ndefine ")[1:]:
         sizes = [m.group(1) for m in _WORKSPACE_CALL.finditer(body.split("\n}\n", 1)[0])]
         if any(not s.isdigit() for s in sizes):
-            raise CompileError("mcu: a kernel asks for a workspace of run-time size; "
-                               "the static pool cannot hold it")  # fmt: skip
+            raise CompileError(
+                "mcu: a kernel asks for a workspace of run-time size; "
+                "the static pool cannot hold it"
+            )
         worst = max(worst, sum(-(-int(s) // 64) * 64 for s in sizes))
     return worst
 
@@ -485,9 +521,11 @@ def _c_words(value: np.ndarray) -> tuple[int, str]:
 def _tensor_c(name: str, t: Tensor, data: str) -> str:
     code, bits = _DTYPES[t.dtype]
     dims = ", ".join(str(d) for d in t.shape) or "1"
-    return (f"static const int64_t {name}_shape[] = {{{dims}}};\n"
-            f"static const mscnn_tensor_t {name} = {{{data}, 1, 0, {len(t.shape)}, {code}, "
-            f"{bits}, 1, {name}_shape, NULL, 0}};\n")  # fmt: skip
+    return (
+        f"static const int64_t {name}_shape[] = {{{dims}}};\n"
+        f"static const mscnn_tensor_t {name} = {{{data}, 1, 0, {len(t.shape)}, {code}, "
+        f"{bits}, 1, {name}_shape, NULL, 0}};\n"
+    )
 
 
 class _Names:
@@ -524,9 +562,11 @@ def emit_c(program: Program, workspace_bytes: int, header: str = "model.h") -> s
     ]
     for i, value in enumerate(program.constants):
         n, words = _c_words(value)
-        out.append(f"/* {value.dtype} {tuple(value.shape)} */\n"
-                   f"static const uint32_t mscnn_c{i}[{n}] {_FLASH} = {{\n"
-                   f"  {words}\n}};")  # fmt: skip
+        out.append(
+            f"/* {value.dtype} {tuple(value.shape)} */\n"
+            f"static const uint32_t mscnn_c{i}[{n}] {_FLASH} = {{\n"
+            f"  {words}\n}};"
+        )
     names = _Names()
     calls = []
     for k, call in enumerate(program.calls):
@@ -536,15 +576,16 @@ def emit_c(program: Program, workspace_bytes: int, header: str = "model.h") -> s
     out.append("")
     out += names.lines
     for kernel in program.kernels:
-        out.append(f"int32_t __tvm_ffi_{kernel}(void*, const mscnn_any_t*, int32_t, "
-                   "mscnn_any_t*);")  # fmt: skip
+        out.append(f"int32_t __tvm_ffi_{kernel}(void*, const mscnn_any_t*, int32_t, mscnn_any_t*);")
     for k, _, _, anys in calls:
         out.append(f"static const mscnn_any_t mscnn_a{k}[] = {{{anys}}};")
     out.append("\nstatic int mscnn_call(void) {\n  mscnn_any_t result;")
     for k, kernel, n, _ in calls:
-        out.append(f"  result.type_index = 0;\n"
-                   f"  if (__tvm_ffi_{kernel}(NULL, mscnn_a{k}, {n}, &result) != 0) "
-                   "return MSCNN_E_KERNEL;")  # fmt: skip
+        out.append(
+            f"  result.type_index = 0;\n"
+            f"  if (__tvm_ffi_{kernel}(NULL, mscnn_a{k}, {n}, &result) != 0) "
+            "return MSCNN_E_KERNEL;"
+        )
     out.append("  return MSCNN_OK;\n}\n")
     return "\n".join(out)
 
@@ -706,8 +747,10 @@ def emit_stream_entry(program: Program) -> str:
             "mcu: the step's inputs and outputs do not follow the stream "
             "protocol (x, n_valid, *states) -> (frames, valid, *next)"
         )
-    rows = ",\n  ".join(f"{{{s.offset}u, {n.offset}u, {s.nbytes // 4}u}}"
-                        for s, n in zip(states, next_states, strict=True))  # fmt: skip
+    rows = ",\n  ".join(
+        f"{{{s.offset}u, {n.offset}u, {s.nbytes // 4}u}}"
+        for s, n in zip(states, next_states, strict=True)
+    )
     hop, leads = x.shape[2], x.shape[1]
     return f"""
 static const struct {{ uint32_t state, next, words; }} mscnn_states[] = {{

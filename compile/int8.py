@@ -89,17 +89,32 @@ class Isa:
 ISAS: dict[str, Isa] = {
     isa.name: isa
     for isa in (
-        Isa("avx512vnni", "avx512vnni", "x86_64",
+        Isa(
+            "avx512vnni",
+            "avx512vnni",
+            "x86_64",
             Dot(16, 4, "uint8", "int8", "mscnn_vpdpbusd"),
-            Dot(16, 2, "int16", "int16", "mscnn_vpdpwssd"), "vpdpbusd"),
-        Isa("dotprod", "dotprod", "aarch64",
+            Dot(16, 2, "int16", "int16", "mscnn_vpdpwssd"),
+            "vpdpbusd",
+        ),
+        Isa(
+            "dotprod",
+            "dotprod",
+            "aarch64",
             Dot(4, 4, "int8", "int8", "mscnn_sdot"),
-            Dot(4, 1, None, "int8", None), "sdot"),
-        Isa("generic", None, "any",
+            Dot(4, 1, None, "int8", None),
+            "sdot",
+        ),
+        Isa(
+            "generic",
+            None,
+            "any",
             Dot(16, 1, None, "int8", None, registers=12),
-            Dot(16, 1, None, "int8", None, registers=12), None),
+            Dot(16, 1, None, "int8", None, registers=12),
+            None,
+        ),
     )
-}  # fmt: skip
+}
 
 
 # --------------------------------------------------------------------------------------
@@ -183,10 +198,11 @@ def select_isa(tvm_target: Mapping[str, Any], require: str | None = None) -> Isa
     target = tvm.target.Target(dict(tvm_target))
     triple = str(target.attrs.get("mtriple", ""))
     usable = [
-        isa for isa in ISAS.values()
+        isa
+        for isa in ISAS.values()
         if isa.feature is None
         or (triple.startswith(isa.arch) and codegen.target_has_features(isa.feature, target))
-    ]  # fmt: skip
+    ]
     if require is not None:
         if require not in ISAS:
             raise CompileError(f"int8 ISA {require!r}; choose from: {', '.join(ISAS)}")
@@ -264,8 +280,11 @@ class ConvKernel:
         if conv.requant is None:
             return [*out, np.asarray(conv.out_scale, dtype=np.float32).reshape(-1)]
         rq = conv.requant
-        out += [rq.multiplier.astype(np.int32), rq.rounding.astype(np.int64),
-                rq.shift.astype(np.int64)]  # fmt: skip
+        out += [
+            rq.multiplier.astype(np.int32),
+            rq.rounding.astype(np.int64),
+            rq.shift.astype(np.int64),
+        ]
         return out + ([self.lut.astype(np.int8)] if self.lut is not None else [])
 
     def output(self) -> tuple[tuple[int, ...], str]:
@@ -370,9 +389,11 @@ def _tile(length: int, vectors: int, budget: int, pool: int = 1) -> tuple[int, i
     are whole pooling windows."""
     options = [
         (tt, fv)
-        for tt in range(pool, 17, pool) if length % tt == 0
-        for fv in range(1, 5) if vectors % fv == 0 and tt * fv <= budget
-    ]  # fmt: skip
+        for tt in range(pool, 17, pool)
+        if length % tt == 0
+        for fv in range(1, 5)
+        if vectors % fv == 0 and tt * fv <= budget
+    ]
     return max(options, key=lambda o: (o[0] * o[1], -(o[0] + o[1])))
 
 
@@ -483,8 +504,11 @@ def _dequantize_func(batch: int, frames: int, channels: int, scale: float):
 
     h = te.placeholder((batch, frames, channels), "int8", name="h")
     s = tirx.const(float(np.float32(scale)), "float32")
-    out = te.compute((batch, channels, frames), lambda n, c, i: h[n, i, c].astype("float32") * s,
-                     name="dequantize")  # fmt: skip
+    out = te.compute(
+        (batch, channels, frames),
+        lambda n, c, i: h[n, i, c].astype("float32") * s,
+        name="dequantize",
+    )
     return _spatial(out, [h])
 
 
@@ -513,8 +537,7 @@ class Int8Program:
 
         x = check_calibration(x, self.qmodel.in_channels, "input")
         if x.shape != self.input_shape:
-            raise CompileError(f"input shape {x.shape}: this int8 program takes "
-                               f"{self.input_shape}")  # fmt: skip
+            raise CompileError(f"input shape {x.shape}: this int8 program takes {self.input_shape}")
         if self._vm is None:
             self._vm = relax.VirtualMachine(self.executable, tvm.cpu())
         dev = tvm.cpu()
@@ -561,15 +584,28 @@ def build_int8(
     isa = select_isa(tvm_target, require)
     if isa.byte.intrin or isa.word.intrin:
         _register_intrinsics()
-    log.info("int8 program: %s, batch %d x %d samples, %s kernels", qm.preset or "model",
-             batch, samples, isa.name)  # fmt: skip
+    log.info(
+        "int8 program: %s, batch %d x %d samples, %s kernels",
+        qm.preset or "model",
+        batch,
+        samples,
+        isa.name,
+    )
     mod, names, constants = _relax_module(qm, isa, batch, samples)
     target = tvm.target.Target(dict(tvm_target))
     with target:
         executable = tvm.compile(mod, target=target)
     out = mod["main"].ret_ty
-    return Int8Program(executable, qm, isa, dict(tvm_target), (batch, qm.in_channels, samples),
-                       tuple(int(v) for v in out.shape), tuple(names), constants)  # fmt: skip
+    return Int8Program(
+        executable,
+        qm,
+        isa,
+        dict(tvm_target),
+        (batch, qm.in_channels, samples),
+        tuple(int(v) for v in out.shape),
+        tuple(names),
+        constants,
+    )
 
 
 def _fusable(length: int, pool: int, dot: Dot) -> bool:
@@ -622,8 +658,9 @@ class _Builder:
             if k < len(branch) - 1 and pool == 1:
                 func = _pool_func(self.batch, length, [channels], "int8", block.pool)
                 length //= block.pool
-                h = self.call(f"branch{b}_block{k}_pool", func, [h],
-                              (self.batch, length, channels), "int8")  # fmt: skip
+                h = self.call(
+                    f"branch{b}_block{k}_pool", func, [h], (self.batch, length, channels), "int8"
+                )
         return h, length, channels
 
 
@@ -636,8 +673,13 @@ def _relax_module(qm: QuantizedModel, isa: Isa, batch: int, samples: int):
     build = _Builder(bb, isa, batch)
     with bb.function("main", [x]):
         with bb.dataflow():
-            h0 = build.call("quantize", _quantize_func(qm, batch, samples), [x],
-                            (batch, samples, qm.in_channels), qm.input_dtype)  # fmt: skip
+            h0 = build.call(
+                "quantize",
+                _quantize_func(qm, batch, samples),
+                [x],
+                (batch, samples, qm.in_channels),
+                qm.input_dtype,
+            )
             ends = [
                 build.branch(b, br, h0, samples, qm.in_channels) for b, br in enumerate(qm.branches)
             ]
@@ -648,8 +690,13 @@ def _relax_module(qm: QuantizedModel, isa: Isa, batch: int, samples: int):
                 size, length = pools.pop(), lengths.pop()
                 func = _pool_func(batch, length, channels, "int8", size)
                 frames = length // size
-                h = build.call("pool_concat", func, [e[0] for e in ends],
-                               (batch, frames, sum(channels)), "int8")  # fmt: skip
+                h = build.call(
+                    "pool_concat",
+                    func,
+                    [e[0] for e in ends],
+                    (batch, frames, sum(channels)),
+                    "int8",
+                )
             else:
                 raise CompileError("int8: the branches' last pools differ; not supported yet")
             out = _head(build, qm, h, frames, sum(channels))

@@ -64,15 +64,19 @@ def _peak_func(kind: str, threads: int):
                     if kind == "fma":
                         acc[T.ramp(r * 16, 1, 16)] = T.call_llvm_pure_intrin(
                             T.llvm_lookup_intrinsic_id("llvm.fma.v16f32"),
-                            acc[T.ramp(r * 16, 1, 16)], T.broadcast(T.float32(0.999), 16),
-                            T.broadcast(T.float32(0.001), 16), dtype="float32x16",
-                        )  # fmt: skip
+                            acc[T.ramp(r * 16, 1, 16)],
+                            T.broadcast(T.float32(0.999), 16),
+                            T.broadcast(T.float32(0.001), 16),
+                            dtype="float32x16",
+                        )
                     else:
                         acc[T.ramp(r * 16, 1, 16)] = T.call_llvm_pure_intrin(
                             T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                            acc[T.ramp(r * 16, 1, 16)], T.broadcast(T.int8(3), 64),
-                            T.broadcast(T.int8(-2), 64), dtype="int32x16",
-                        )  # fmt: skip
+                            acc[T.ramp(r * 16, 1, 16)],
+                            T.broadcast(T.int8(3), 64),
+                            T.broadcast(T.int8(-2), 64),
+                            dtype="int32x16",
+                        )
             for j in range(chains * 16):
                 out[p, j] = acc[j]
 
@@ -134,11 +138,16 @@ def ort_int8_model(fp32_onnx: Path, out: Path, calibration: np.ndarray, method: 
 
     calibrate = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax}
     quantize_static(
-        str(fp32_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        str(fp32_onnx),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
         calibrate_method=calibrate[method],
         extra_options={"CalibPercentile": 99.9} if method == "percentile" else None,
-    )  # fmt: skip
+    )
     return out
 
 
@@ -159,8 +168,7 @@ def make_runtimes(loaded, program, calibration: np.ndarray, folder: Path, thread
     from .targets import get_target
 
     shape = program.input_shape
-    fp32 = export_onnx(loaded.model.eval(), folder / "fp32.onnx", batch=shape[0],
-                       samples=shape[2])  # fmt: skip
+    fp32 = export_onnx(loaded.model.eval(), folder / "fp32.onnx", batch=shape[0], samples=shape[2])
     onnx_files = {"ort-fp32": fp32}
     for method, name in (("percentile", "ort-int8"), ("minmax", "ort-int8-minmax")):
         onnx_files[name] = ort_int8_model(fp32, folder / f"{name}.onnx", calibration, method)
@@ -196,24 +204,30 @@ class Int8Bench:
 
     def table(self) -> str:
         t = self.timings
-        lines = [f"{self.cpu}, {self.threads} thread(s); detector, batch 1 x {self.samples} "
-                 f"samples, {self.macs / 1e6:.0f} M MACs; load average "
-                 f"{' '.join(f'{v:.1f}' for v in self.load)}",
-                 f"measured peaks: FMA loop {self.peaks['fp32-fma']:.0f} GFLOP/s, VNNI loop "
-                 f"{self.peaks['int8-vnni']:.0f} GOP/s",
-                 f"{'runtime':16} {'median ms':>9} {'p90':>7} {'min':>7} {'GOP/s':>6} "
-                 f"{'% peak':>6} {'/ort-fp32':>9} {'/ort-int8':>9} {'min/ort-fp32':>12} "
-                 f"{'min/ort-int8':>12}"]  # fmt: skip
+        lines = [
+            f"{self.cpu}, {self.threads} thread(s); detector, batch 1 x {self.samples} "
+            f"samples, {self.macs / 1e6:.0f} M MACs; load average "
+            f"{' '.join(f'{v:.1f}' for v in self.load)}",
+            f"measured peaks: FMA loop {self.peaks['fp32-fma']:.0f} GFLOP/s, VNNI loop "
+            f"{self.peaks['int8-vnni']:.0f} GOP/s",
+            f"{'runtime':16} {'median ms':>9} {'p90':>7} {'min':>7} {'GOP/s':>6} "
+            f"{'% peak':>6} {'/ort-fp32':>9} {'/ort-int8':>9} {'min/ort-fp32':>12} "
+            f"{'min/ort-int8':>12}",
+        ]
         for name, r in t.items():
             peak = self.peaks["int8-vnni" if "int8" in name else "fp32-fma"]
-            lines.append(f"{name:16} {r['median_ms']:9.3f} {r['p90_ms']:7.3f} "
-                         f"{r['min_ms']:7.3f} {r['gops']:6.0f} {100 * r['gops'] / peak:6.1f} "
-                         f"{r['vs_ort_fp32']:9.2f} {r['vs_ort_int8']:9.2f} "
-                         f"{r['min_vs_ort_fp32']:12.2f} {r['min_vs_ort_int8']:12.2f}")  # fmt: skip
+            lines.append(
+                f"{name:16} {r['median_ms']:9.3f} {r['p90_ms']:7.3f} "
+                f"{r['min_ms']:7.3f} {r['gops']:6.0f} {100 * r['gops'] / peak:6.1f} "
+                f"{r['vs_ort_fp32']:9.2f} {r['vs_ort_int8']:9.2f} "
+                f"{r['min_vs_ort_fp32']:12.2f} {r['min_vs_ort_int8']:12.2f}"
+            )
         lines.append(f"{'held-out':16} {'score':>9} {'F1':>7} {'FP':>4} {'FN':>4} {'norm err':>9}")
         for name, a in self.accuracy.items():
-            lines.append(f"{name:16} {a['score']:9.3f} {a['f1']:7.4f} {a['fp']:4d} {a['fn']:4d} "
-                         f"{a['normalized_error']:9.4f}")  # fmt: skip
+            lines.append(
+                f"{name:16} {a['score']:9.3f} {a['f1']:7.4f} {a['fp']:4d} {a['fn']:4d} "
+                f"{a['normalized_error']:9.4f}"
+            )
         return "\n".join(lines)
 
 
@@ -233,14 +247,19 @@ def _cores() -> int:
 def _timings(calls: dict, x: np.ndarray, rounds: int, runs: int, macs: int) -> dict:
     from .bench import time_rounds
 
-    samples = time_rounds({n: (lambda f: lambda: f(x))(calls[n]) for n in TIMED}, rounds, runs,
-                          pause=0.5)  # fmt: skip
+    samples = time_rounds(
+        {n: (lambda f: lambda: f(x))(calls[n]) for n in TIMED}, rounds, runs, pause=0.5
+    )
     out = {}
     for name, values in samples.items():
         median = statistics.median(values)
-        out[name] = {"median_ms": median, "p90_ms": float(np.percentile(values, 90)),
-                     "min_ms": min(values), "runs": len(values),
-                     "gops": 2 * macs / median / 1e6}  # fmt: skip
+        out[name] = {
+            "median_ms": median,
+            "p90_ms": float(np.percentile(values, 90)),
+            "min_ms": min(values),
+            "runs": len(values),
+            "gops": 2 * macs / median / 1e6,
+        }
     for r in out.values():
         r["vs_ort_fp32"] = r["median_ms"] / out["ort-fp32"]["median_ms"]
         r["vs_ort_int8"] = r["median_ms"] / out["ort-int8"]["median_ms"]
@@ -257,11 +276,23 @@ def _accuracy(model, qm, calls: dict) -> dict:
     for name in JUDGED:
         acc = evaluate_detector(model, qm, run=calls[name])
         s = acc.int8
-        out[name] = {"score": s.score, "f1": s.f1, "tp": s.tp, "fp": s.fp, "fn": s.fn,
-                     "normalized_error": acc.normalized_error}  # fmt: skip
+        out[name] = {
+            "score": s.score,
+            "f1": s.f1,
+            "tp": s.tp,
+            "fp": s.fp,
+            "fn": s.fn,
+            "normalized_error": acc.normalized_error,
+        }
     s = acc.fp32
-    out["pytorch-fp32"] = {"score": s.score, "f1": s.f1, "tp": s.tp, "fp": s.fp, "fn": s.fn,
-                           "normalized_error": 0.0}  # fmt: skip
+    out["pytorch-fp32"] = {
+        "score": s.score,
+        "f1": s.f1,
+        "tp": s.tp,
+        "fp": s.fp,
+        "fn": s.fn,
+        "normalized_error": 0.0,
+    }
     return out
 
 
@@ -291,8 +322,10 @@ def run_int8_bench(threads: int = 2, rounds: int = 5, runs: int = 50) -> Int8Ben
         calls, sizes = make_runtimes(loaded, program, calibration, Path(tmp), threads)
         macs = loaded.model.count_macs(x.shape[2])
         log.info("peaks: timing an FMA and a VNNI loop on %d thread(s)", threads)
-        peaks = {"fp32-fma": measure_peak("fma", threads, int8.X86_VNNI),
-                 "int8-vnni": measure_peak("vnni", threads, int8.X86_VNNI)}  # fmt: skip
+        peaks = {
+            "fp32-fma": measure_peak("fma", threads, int8.X86_VNNI),
+            "int8-vnni": measure_peak("vnni", threads, int8.X86_VNNI),
+        }
         log.info("latency: %d rounds of %s", rounds, ", ".join(TIMED))
         timings = _timings(calls, x, rounds, runs, macs)
         load = os.getloadavg()
@@ -304,13 +337,16 @@ def run_int8_bench(threads: int = 2, rounds: int = 5, runs: int = 50) -> Int8Ben
 def main(argv=None) -> int:
     """`python -m compile.int8_bench`: print the tables, write the JSON."""
     parser = argparse.ArgumentParser(
-        prog="python -m compile.int8_bench", description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+        prog="python -m compile.int8_bench",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--threads", type=int, default=2, help="threads of every runtime")
     parser.add_argument("--rounds", type=int, default=5, help="rounds alternating runtimes")
     parser.add_argument("--runs", type=int, default=50, help="calls per runtime per round")
-    parser.add_argument("--out", type=Path, default=Path("build/int8_bench"),
-                        help="folder for int8_bench.json")  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, default=Path("build/int8_bench"), help="folder for int8_bench.json"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if min(args.threads, args.rounds, args.runs) < 1:

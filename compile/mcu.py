@@ -95,21 +95,32 @@ class Part:
 
 
 def _thumb(mcpu: str) -> dict[str, Any]:
-    return {"kind": "llvm", "mtriple": "thumbv7em-none-eabihf", "mcpu": mcpu,
-            "mfloat-abi": "hard", "opt-level": 2}  # fmt: skip
+    return {
+        "kind": "llvm",
+        "mtriple": "thumbv7em-none-eabihf",
+        "mcpu": mcpu,
+        "mfloat-abi": "hard",
+        "opt-level": 2,
+    }
 
 
 CORES: dict[str, Core] = {
     c.name: c
     for c in (
-        Core("cortex-m7", "Arm Cortex-M7, FPv5 double-precision FPU, hard float",
-             _thumb("cortex-m7"),
-             ("-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-d16", "-mfloat-abi=hard")),
-        Core("cortex-m4", "Arm Cortex-M4F, FPv4 single-precision FPU, hard float",
-             _thumb("cortex-m4"),
-             ("-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard")),
+        Core(
+            "cortex-m7",
+            "Arm Cortex-M7, FPv5 double-precision FPU, hard float",
+            _thumb("cortex-m7"),
+            ("-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-d16", "-mfloat-abi=hard"),
+        ),
+        Core(
+            "cortex-m4",
+            "Arm Cortex-M4F, FPv4 single-precision FPU, hard float",
+            _thumb("cortex-m4"),
+            ("-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"),
+        ),
     )
-}  # fmt: skip
+}
 
 BOARDS: dict[str, Board] = {
     b.name: b
@@ -122,15 +133,29 @@ BOARDS: dict[str, Board] = {
 PARTS: dict[str, Part] = {
     p.name: p
     for p in (
-        Part("stm32h7", "STM32H7-class Cortex-M7 at 480 MHz (2 MB flash, 1 MB RAM)",
-             "cortex-m7", 2 * MiB, 1 * MiB, 480_000_000),
-        Part("nrf52840", "nRF52840-class Cortex-M4F at 64 MHz (1 MB flash, 256 KB RAM)",
-             "cortex-m4", 1 * MiB, 256 * KiB, 64_000_000),
+        Part(
+            "stm32h7",
+            "STM32H7-class Cortex-M7 at 480 MHz (2 MB flash, 1 MB RAM)",
+            "cortex-m7",
+            2 * MiB,
+            1 * MiB,
+            480_000_000,
+        ),
+        Part(
+            "nrf52840",
+            "nRF52840-class Cortex-M4F at 64 MHz (1 MB flash, 256 KB RAM)",
+            "cortex-m4",
+            1 * MiB,
+            256 * KiB,
+            64_000_000,
+        ),
     )
-}  # fmt: skip
+}
 
-TOOLS = {"arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
-         "qemu-system-arm": "qemu-system-arm"}  # fmt: skip
+TOOLS = {
+    "arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
+    "qemu-system-arm": "qemu-system-arm",
+}
 
 
 def _pick(table: Mapping[str, Any], name: str, what: str):
@@ -152,8 +177,10 @@ def check_tool(tool: str) -> str:
     """The tool's path, or a CompileError naming the Debian packages to install."""
     path = shutil.which(tool)
     if path is None:
-        raise CompileError(f"{tool} is not installed; run: apt-get install -y {TOOLS[tool]} "
-                           "(or `make toolchains` as root)")  # fmt: skip
+        raise CompileError(
+            f"{tool} is not installed; run: apt-get install -y {TOOLS[tool]} "
+            "(or `make toolchains` as root)"
+        )
     return path
 
 
@@ -162,8 +189,16 @@ def check_tool(tool: str) -> str:
 
 FIRMWARE_SOURCES = ("startup.c", "semihost.c")  # and main.c or stream_main.c
 LIBRARY_SOURCES = ("mscnn_rt.c",)
-CFLAGS = ("-O2", "-g0", "-std=c11", "-Wall", "-Wextra", "-ffunction-sections",
-          "-fdata-sections", "-fno-common")  # fmt: skip
+CFLAGS = (
+    "-O2",
+    "-g0",
+    "-std=c11",
+    "-Wall",
+    "-Wextra",
+    "-ffunction-sections",
+    "-fdata-sections",
+    "-fno-common",
+)
 
 
 def write_c(lowered: Lowered, kernels: Kernels, out: Path, stream: StreamFacts | None = None):
@@ -201,8 +236,10 @@ def compile_library(out: Path, core: Core, kernels: Kernels) -> Path:
     objects = []
     for name in ("model.c", *LIBRARY_SOURCES):
         obj = out / (Path(name).stem + ".o")
-        _run([gcc, *core.cflags, *CFLAGS, "-I", str(out), "-c", str(out / name), "-o",
-              str(obj)], f"compiling {name}")  # fmt: skip
+        _run(
+            [gcc, *core.cflags, *CFLAGS, "-I", str(out), "-c", str(out / name), "-o", str(obj)],
+            f"compiling {name}",
+        )
         objects.append(obj)
     library = out / "libmscnn.a"
     library.unlink(missing_ok=True)
@@ -218,15 +255,47 @@ def link_firmware(out: Path, core: Core, board: Board, library: Path, main: str 
     objects = []
     for name in (*FIRMWARE_SOURCES, main):
         obj = out / f"fw_{Path(name).stem}.o"
-        _run([gcc, *core.cflags, *CFLAGS, "-I", str(out), "-I", str(FIRMWARE_DIR), "-c",
-              str(FIRMWARE_DIR / name), "-o", str(obj)], f"compiling {name}")  # fmt: skip
+        _run(
+            [
+                gcc,
+                *core.cflags,
+                *CFLAGS,
+                "-I",
+                str(out),
+                "-I",
+                str(FIRMWARE_DIR),
+                "-c",
+                str(FIRMWARE_DIR / name),
+                "-o",
+                str(obj),
+            ],
+            f"compiling {name}",
+        )
         objects.append(str(obj))
     elf = out / "firmware.elf"
-    _run([gcc, *core.cflags, "-nostartfiles", "-static", "-L", str(FIRMWARE_DIR),
-          "-T", f"{board.name}.ld", f"-Wl,--defsym=__stack_size={STACK_BYTES}",
-          "-Wl,--gc-sections", f"-Wl,-Map={out / 'firmware.map'}",
-          *objects, str(library), "-lm", "-lc", "-lgcc", "-o", str(elf)],
-         f"linking the firmware for {board.name}")  # fmt: skip
+    _run(
+        [
+            gcc,
+            *core.cflags,
+            "-nostartfiles",
+            "-static",
+            "-L",
+            str(FIRMWARE_DIR),
+            "-T",
+            f"{board.name}.ld",
+            f"-Wl,--defsym=__stack_size={STACK_BYTES}",
+            "-Wl,--gc-sections",
+            f"-Wl,-Map={out / 'firmware.map'}",
+            *objects,
+            str(library),
+            "-lm",
+            "-lc",
+            "-lgcc",
+            "-o",
+            str(elf),
+        ],
+        f"linking the firmware for {board.name}",
+    )
     return elf
 
 
@@ -272,9 +341,14 @@ def section_sizes(elf: Path) -> dict[str, int]:
 def footprint_of(elf: Path, stack_peak: int | None = None) -> Footprint:
     s = section_sizes(elf)
     flash_code = sum(s.get(k, 0) for k in (".isr_vector", ".text", ".ARM.exidx", ".data"))
-    return Footprint(flash_code, s.get(".weights", 0), s.get(".arena", 0),
-                     s.get(".data", 0) + s.get(".bss", 0), s.get(".stack", 0),
-                     stack_peak)  # fmt: skip
+    return Footprint(
+        flash_code,
+        s.get(".weights", 0),
+        s.get(".arena", 0),
+        s.get(".data", 0) + s.get(".bss", 0),
+        s.get(".stack", 0),
+        stack_peak,
+    )
 
 
 def check_fit(footprint: Footprint, flash: int, ram: int, where: str, what: str) -> None:
@@ -282,8 +356,9 @@ def check_fit(footprint: Footprint, flash: int, ram: int, where: str, what: str)
     if footprint.flash <= flash and footprint.ram <= ram:
         return
     flash_parts = _parts(code=footprint.flash_code, weights=footprint.flash_weights)
-    ram_parts = _parts(arena=footprint.ram_arena, static=footprint.ram_static,
-                       stack=footprint.stack_reserved)  # fmt: skip
+    ram_parts = _parts(
+        arena=footprint.ram_arena, static=footprint.ram_static, stack=footprint.stack_reserved
+    )
     raise CompileError(
         f"{what} does not fit {where}: it needs {_kib(footprint.flash)} flash ({flash_parts}) "
         f"of {_kib(flash)} and {_kib(footprint.ram)} RAM ({ram_parts}) of {_kib(ram)}; use a "
@@ -298,11 +373,13 @@ def _parts(**sizes: int) -> str:
 def fit_table(footprint: Footprint) -> dict[str, dict[str, Any]]:
     """Which parts of PARTS the measured footprint fits (by their flash and RAM)."""
     return {
-        p.name: {"fits": footprint.flash <= p.flash_bytes and footprint.ram <= p.ram_bytes,
-                 "flash_used": round(footprint.flash / p.flash_bytes, 3),
-                 "ram_used": round(footprint.ram / p.ram_bytes, 3)}
+        p.name: {
+            "fits": footprint.flash <= p.flash_bytes and footprint.ram <= p.ram_bytes,
+            "flash_used": round(footprint.flash / p.flash_bytes, 3),
+            "ram_used": round(footprint.ram / p.ram_bytes, 3),
+        }
         for p in PARTS.values()
-    }  # fmt: skip
+    }
 
 
 def _kib(n: int) -> str:
@@ -347,17 +424,29 @@ class QemuRun:
     peak_step_instructions: int | None = None  # a stream: its slowest step
 
 
-def run_firmware(elf: Path, board: Board, inputs: np.ndarray, workdir: Path,
-                 timeout: float = 600) -> QemuRun:  # fmt: skip
+def run_firmware(
+    elf: Path, board: Board, inputs: np.ndarray, workdir: Path, timeout: float = 600
+) -> QemuRun:
     """Run firmware.elf under qemu on `inputs` (records, samples) float32 (written as one
     file, as the firmware reads it) and collect what it wrote and printed."""
     qemu = check_tool("qemu-system-arm")
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "input.f32").write_bytes(np.ascontiguousarray(inputs, "<f4").tobytes())
     (workdir / "output.f32").unlink(missing_ok=True)
-    cmd = [qemu, "-M", board.qemu_machine, "-nographic", "-monitor", "none",
-           "-semihosting-config", "enable=on,target=native", "-icount", "shift=0",
-           "-kernel", str(elf.resolve())]  # fmt: skip
+    cmd = [
+        qemu,
+        "-M",
+        board.qemu_machine,
+        "-nographic",
+        "-monitor",
+        "none",
+        "-semihosting-config",
+        "enable=on,target=native",
+        "-icount",
+        "shift=0",
+        "-kernel",
+        str(elf.resolve()),
+    ]
     try:
         done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -388,8 +477,9 @@ _STREAM_LINE = re.compile(
 )
 
 
-def run_stream_firmware(elf: Path, board: Board, record: np.ndarray, workdir: Path,
-                        timeout: float = 600) -> QemuRun:  # fmt: skip
+def run_stream_firmware(
+    elf: Path, board: Board, record: np.ndarray, workdir: Path, timeout: float = 600
+) -> QemuRun:
     """Stream one record (leads, samples) float32 through a stream firmware under qemu;
     the outputs are the record's frames, frame-major (one row), the instructions those
     of one step on average."""
@@ -431,9 +521,12 @@ class Speed:
         return self.instructions_per_second / self.clock_hz
 
     def to_json(self) -> dict[str, float | int]:
-        return {**dataclasses.asdict(self), "instructions_per_second": self.instructions_per_second,
-                "cpu_load": self.cpu_load, "estimate": "qemu instruction count, 1 instruction "
-                "per cycle assumed"}  # fmt: skip
+        return {
+            **dataclasses.asdict(self),
+            "instructions_per_second": self.instructions_per_second,
+            "cpu_load": self.cpu_load,
+            "estimate": "qemu instruction count, 1 instruction per cycle assumed",
+        }
 
 
 # --------------------------------------------------------------------------------------
@@ -469,11 +562,18 @@ class McuBuild:
         return self.folder / "firmware.elf"
 
     def to_json(self) -> dict[str, Any]:
-        return {"board": self.board, "core": self.core, "samples": self.samples, "hop": self.hop,
-                "stream": dataclasses.asdict(self.stream) if self.stream else None,
-                "footprint": self.footprint.to_json(), "speed": self.speed.to_json(),
-                "parity": self.parity.to_json(), "beats_equal": self.beats_equal,
-                "fits": self.fits}  # fmt: skip
+        return {
+            "board": self.board,
+            "core": self.core,
+            "samples": self.samples,
+            "hop": self.hop,
+            "stream": dataclasses.asdict(self.stream) if self.stream else None,
+            "footprint": self.footprint.to_json(),
+            "speed": self.speed.to_json(),
+            "parity": self.parity.to_json(),
+            "beats_equal": self.beats_equal,
+            "fits": self.fits,
+        }
 
 
 def build_mcu(
@@ -504,8 +604,13 @@ def build_mcu(
     leads = tuple(loaded.leads) if is_loaded else ("II",) * model.in_channels
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    log.info("mcu: %s, %s, for %s (%s)", type(model).__name__,
-             f"stream hop {hop}" if hop else f"window {samples}", b.name, core.name)  # fmt: skip
+    log.info(
+        "mcu: %s, %s, for %s (%s)",
+        type(model).__name__,
+        f"stream hop {hop}" if hop else f"window {samples}",
+        b.name,
+        core.name,
+    )
     inputs, expected = _golden(model, leads, samples, fs, records, seed)
     library, facts = _build_library(model, core, samples, out, budget, hop)
     elf = link_firmware(out, core, b, library, "stream_main.c" if hop else "main.c")
@@ -515,14 +620,16 @@ def build_mcu(
     footprint = footprint_of(elf, run.stack_peak)
     clock = get_part(part or _part_for(b.core)).clock_hz
     per = (hop or samples) / fs  # seconds of ECG per counted run (a window, or one hop)
-    speed = Speed(int(np.median(run.instructions or [0])), per, clock,
-                  run.peak_step_instructions)  # fmt: skip
-    built = McuBuild(out, b.name, core.name, samples, hop, facts, footprint, speed, *result,
-                     fit_table(footprint))  # fmt: skip
+    speed = Speed(int(np.median(run.instructions or [0])), per, clock, run.peak_step_instructions)
+    built = McuBuild(
+        out, b.name, core.name, samples, hop, facts, footprint, speed, *result, fit_table(footprint)
+    )
     (out / REPORT).write_text(json.dumps(built.to_json(), indent=2) + "\n")
     if not built.parity.passed or built.beats_equal is False:
-        raise ParityError(f"mcu: the firmware under qemu disagrees with PyTorch: {built.parity}"
-                          f"; beats equal: {built.beats_equal} (see {out / REPORT})")  # fmt: skip
+        raise ParityError(
+            f"mcu: the firmware under qemu disagrees with PyTorch: {built.parity}"
+            f"; beats equal: {built.beats_equal} (see {out / REPORT})"
+        )
     return built
 
 
@@ -530,19 +637,21 @@ def _prove(elf: Path, board: Board, inputs: dict, workdir: Path, stream: bool) -
     """The golden inputs through the firmware: a window firmware takes them all in one
     run; a stream firmware streams each as its own record (one run each, merged)."""
     if not stream:
-        return run_firmware(elf, board, np.stack([x.reshape(-1) for x in inputs.values()]),
-                            workdir)  # fmt: skip
+        return run_firmware(elf, board, np.stack([x.reshape(-1) for x in inputs.values()]), workdir)
     runs = [run_stream_firmware(elf, board, x[0], workdir / name) for name, x in inputs.items()]
     failed = next((r for r in runs if r.status != 0 or not r.codes), None)
     if failed is not None:
         return failed
     width = max(r.outputs.shape[1] for r in runs)
     return QemuRun(
-        0, tuple(c for r in runs for c in r.codes),
+        0,
+        tuple(c for r in runs for c in r.codes),
         np.stack([np.pad(r.outputs[0], (0, width - r.outputs.shape[1])) for r in runs]),
-        tuple(i for r in runs for i in r.instructions), max(r.stack_peak or 0 for r in runs),
-        "".join(r.log for r in runs), max(r.peak_step_instructions or 0 for r in runs),
-    )  # fmt: skip
+        tuple(i for r in runs for i in r.instructions),
+        max(r.stack_peak or 0 for r in runs),
+        "".join(r.log for r in runs),
+        max(r.peak_step_instructions or 0 for r in runs),
+    )
 
 
 def _part_for(core: str) -> str:
@@ -556,9 +665,11 @@ def _budget(board: Board, part: str | None) -> tuple[int, int, str]:
         return board.flash_bytes, board.ram_bytes, f"board {board.name}"
     p = get_part(part)
     if p.core != board.core:
-        raise CompileError(f"part {p.name} is a {p.core}, board {board.name} a {board.core}; "
-                           f"choose a board with a {p.core}: " + ", ".join(
-                               n for n, x in BOARDS.items() if x.core == p.core))  # fmt: skip
+        raise CompileError(
+            f"part {p.name} is a {p.core}, board {board.name} a {board.core}; "
+            f"choose a board with a {p.core}: "
+            + ", ".join(n for n, x in BOARDS.items() if x.core == p.core)
+        )
     return p.flash_bytes, p.ram_bytes, p.description
 
 

@@ -187,9 +187,11 @@ def quantize_multiplier(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     exp = exp + carry
     s = 31 - exp.astype(np.int64)
     if (s < 1).any():
-        raise CompileError(f"requantization multiplier {float(np.abs(real).max()):g} is too "
-                           "large for an int32 multiplier and a shift >= 1; the calibration "
-                           "scales are degenerate (an all-zero calibration set?)")  # fmt: skip
+        raise CompileError(
+            f"requantization multiplier {float(np.abs(real).max()):g} is too "
+            "large for an int32 multiplier and a shift >= 1; the calibration "
+            "scales are degenerate (an all-zero calibration set?)"
+        )
     small = s > 62  # shift too far: scale the multiplier down instead
     m = np.where(small, np.rint(real * 2.0**62).astype(np.int64), m)
     return m, np.minimum(s, 62)
@@ -202,8 +204,10 @@ def make_requant(real: np.ndarray, offset: np.ndarray, relu: bool, lo: int, hi: 
     offset = np.asarray(offset, dtype=np.float64)
     excess = np.maximum(0, np.ceil(np.log2(np.abs(offset) + 1)).astype(np.int64) + s - 60)
     if (s - excess < 1).any():
-        raise CompileError("requantization offset too large for its multiplier (a BatchNorm "
-                           "shift far beyond the calibrated range); recalibrate")  # fmt: skip
+        raise CompileError(
+            "requantization offset too large for its multiplier (a BatchNorm "
+            "shift far beyond the calibrated range); recalibrate"
+        )
     m, s = np.rint(m / 2.0**excess).astype(np.int64), s - excess
     rounding = (np.int64(1) << (s - 1)) + np.rint(np.asarray(offset) * 2.0**s).astype(np.int64)
     return Requant(m, s, rounding, relu, lo, hi)
@@ -259,8 +263,10 @@ def _backbone_of(model: nn.Module) -> tuple[mscnn.MultiScopicCNN, str]:
         cnn, prefix = model, ""
     elif isinstance(model, ECG_SEQ_LAB_NET) and model.spec.se is None:
         if model.spec.recover_length:
-            raise CompileError("int8: recover_length interpolates the logits in float; "
-                               "quantize the model without it (cpsc2019_qrs has none)")  # fmt: skip
+            raise CompileError(
+                "int8: recover_length interpolates the logits in float; "
+                "quantize the model without it (cpsc2019_qrs has none)"
+            )
         cnn, prefix = model.cnn, "cnn."
     else:
         raise CompileError(
@@ -270,14 +276,19 @@ def _backbone_of(model: nn.Module) -> tuple[mscnn.MultiScopicCNN, str]:
         )
     block = cnn.spec.block
     if block["subsample_mode"] != "max":
-        raise CompileError(f"int8: subsample_mode {block['subsample_mode']!r}; only 'max' "
-                           "pooling is exact on integers")  # fmt: skip
+        raise CompileError(
+            f"int8: subsample_mode {block['subsample_mode']!r}; only 'max' "
+            "pooling is exact on integers"
+        )
     if str(block["activation"]).lower() != "relu":
-        raise CompileError(f"int8: backbone activation {block['activation']!r}; only relu "
-                           "(its outputs are stored as uint8)")  # fmt: skip
+        raise CompileError(
+            f"int8: backbone activation {block['activation']!r}; only relu "
+            "(its outputs are stored as uint8)"
+        )
     if block["batch_norm"] not in (False, None, True, "batch_norm"):
-        raise CompileError(f"int8: conv norm {block['batch_norm']!r}; only batch_norm folds "
-                           "into the conv weights")  # fmt: skip
+        raise CompileError(
+            f"int8: conv norm {block['batch_norm']!r}; only batch_norm folds into the conv weights"
+        )
     return cnn, prefix
 
 
@@ -305,17 +316,23 @@ def _float_blocks(cnn: mscnn.MultiScopicCNN, prefix: str) -> list[list[tuple]]:
             for c, ca in enumerate(cas):
                 conv = ca.conv1d
                 if conv.kernel_size[0] % 2 == 0:
-                    raise CompileError(f"int8: {path}.ca_{c} has an even kernel "
-                                       f"({conv.kernel_size[0]}); only odd kernels")  # fmt: skip
+                    raise CompileError(
+                        f"int8: {path}.ca_{c} has an even kernel "
+                        f"({conv.kernel_size[0]}); only odd kernels"
+                    )
                 w = conv.weight.detach().double().numpy()
-                bias = (conv.bias.detach().double().numpy() if conv.bias is not None
-                        else np.zeros(w.shape[0]))  # fmt: skip
+                bias = (
+                    conv.bias.detach().double().numpy()
+                    if conv.bias is not None
+                    else np.zeros(w.shape[0])
+                )
                 if hasattr(ca, "batch_norm"):
                     a, b0 = _bn_affine(ca.batch_norm)
                     w, bias = w * a[:, None, None], bias * a + b0
                 post = _bn_affine(block.bn) if c == len(cas) - 1 else None
-                convs.append(_FloatConv(f"{path}.ca_{c}", w, bias, conv.dilation[0],
-                                        conv.groups, post))  # fmt: skip
+                convs.append(
+                    _FloatConv(f"{path}.ca_{c}", w, bias, conv.dilation[0], conv.groups, post)
+                )
             blocks.append((convs, block.spec.subsample, path))
         branches.append(blocks)
     return branches
@@ -379,20 +396,26 @@ def _calibrate(model: nn.Module, x: np.ndarray, ranges: _Ranges, batch: int = 5)
 def check_calibration(x: object, in_channels: int, what: str = "calibration set") -> np.ndarray:
     """The calibration signals as float32 (records, leads, samples), or a CompileError."""
     if not isinstance(x, np.ndarray):
-        raise CompileError(f"{what}: expected a numpy array (records, {in_channels} leads, "
-                           f"samples), got {type(x).__name__}")  # fmt: skip
+        raise CompileError(
+            f"{what}: expected a numpy array (records, {in_channels} leads, "
+            f"samples), got {type(x).__name__}"
+        )
     if x.ndim != 3 or x.shape[1] != in_channels:
-        raise CompileError(f"{what}: shape {x.shape}, expected (records, {in_channels} leads, "
-                           "samples)")  # fmt: skip
+        raise CompileError(
+            f"{what}: shape {x.shape}, expected (records, {in_channels} leads, samples)"
+        )
     if x.shape[0] == 0 or x.shape[2] == 0:
-        raise CompileError(f"{what} is empty (shape {x.shape}); give at least one record of "
-                           "real ECG")  # fmt: skip
+        raise CompileError(
+            f"{what} is empty (shape {x.shape}); give at least one record of real ECG"
+        )
     if x.dtype.kind != "f":
         raise CompileError(f"{what}: dtype {x.dtype}, expected float signals in mV")
     if not np.isfinite(x).all():
         r, lead, s = np.argwhere(~np.isfinite(x))[0]
-        raise CompileError(f"{what} holds NaN or Inf (first at record {r}, lead {lead}, "
-                           f"sample {s}); clean or drop that record")  # fmt: skip
+        raise CompileError(
+            f"{what} holds NaN or Inf (first at record {r}, lead {lead}, "
+            f"sample {s}); clean or drop that record"
+        )
     if not np.abs(x).max() > 0:
         raise CompileError(f"{what} is all zeros: it cannot set the input scale")
     return x.astype(np.float32, copy=False)
@@ -400,6 +423,15 @@ def check_calibration(x: object, in_channels: int, what: str = "calibration set"
 
 # --------------------------------------------------------------------------------------
 # Quantization
+
+
+def _check_options(method: str, percentile: float, input_dtype: str) -> None:
+    if method not in METHODS:
+        raise CompileError(f"calibration method {method!r}; choose from: {', '.join(METHODS)}")
+    if input_dtype not in INPUT_DTYPES:
+        raise CompileError(f"input dtype {input_dtype!r}; choose from: {', '.join(INPUT_DTYPES)}")
+    if method == "percentile" and not 50.0 < percentile < 100.0:
+        raise CompileError(f"percentile {percentile!r}: expected a value in (50, 100)")
 
 
 def quantize_model(
@@ -429,12 +461,7 @@ def quantize_model(
     that judging it on them is refused."""
     if isinstance(model, mscnn.LoadedModel):
         model, preset = model.model, preset or model.preset
-    if method not in METHODS:
-        raise CompileError(f"calibration method {method!r}; choose from: {', '.join(METHODS)}")
-    if input_dtype not in INPUT_DTYPES:
-        raise CompileError(f"input dtype {input_dtype!r}; choose from: {', '.join(INPUT_DTYPES)}")
-    if method == "percentile" and not 50.0 < percentile < 100.0:
-        raise CompileError(f"percentile {percentile!r}: expected a value in (50, 100)")
+    _check_options(method, percentile, input_dtype)
     cnn, prefix = _backbone_of(model)
     x = check_calibration(calibration, cnn.in_channels)
     cnn.compute_output_shape(x.shape[2])  # too short a record is refused by the model
@@ -450,14 +477,21 @@ def quantize_model(
         _quantize_branch(br, s_in, input_dtype, s_feat, ranges) for br in float_branches
     )
     head = _quantize_head(model, s_feat, ranges) if prefix else ()
-    info = {"method": method, "percentile": percentile if method == "percentile" else None,
-            "records": len(x), "samples": int(x.shape[2]),
-            "record_ids": [int(i) for i in record_ids]}  # fmt: skip
+    info = {
+        "method": method,
+        "percentile": percentile if method == "percentile" else None,
+        "records": len(x),
+        "samples": int(x.shape[2]),
+        "record_ids": [int(i) for i in record_ids],
+    }
     task = getattr(model, "task", "features")
-    qm = QuantizedModel(preset, task, cnn.in_channels, input_dtype, np.float32(1.0 / s_in),
-                        branches, s_feat, head, info)  # fmt: skip
-    log.info("int8: %d layers quantized (%s calibration on %d records)",
-             len(qm.layers()), method, len(x))  # fmt: skip
+    scale_in = np.float32(1.0 / s_in)
+    qm = QuantizedModel(
+        preset, task, cnn.in_channels, input_dtype, scale_in, branches, s_feat, head, info
+    )
+    log.info(
+        "int8: %d layers quantized (%s calibration on %d records)", len(qm.layers()), method, len(x)
+    )
     return qm
 
 
@@ -492,16 +526,29 @@ def _quantize_conv(name, w, b, s_in, in_dtype, dilation=1, groups=1) -> QConv:
     top = 32768 if in_dtype == "int16" else 255
     worst = np.abs(wq.astype(np.int64)).reshape(len(wq), -1).sum(1) * top + np.abs(bq)
     if worst.max() >= ACC_LIMIT:
-        raise CompileError(f"int8: layer {name} could overflow its int32 accumulator "
-                           f"(bound {int(worst.max())}); its bias is too large for its "
-                           "input scale")  # fmt: skip
-    return QConv(name, wq, bq.astype(np.int32), sw, dilation, groups, in_dtype, None, "int32",
-                 s_in * sw)  # fmt: skip
+        raise CompileError(
+            f"int8: layer {name} could overflow its int32 accumulator "
+            f"(bound {int(worst.max())}); its bias is too large for its "
+            "input scale"
+        )
+    return QConv(
+        name, wq, bq.astype(np.int32), sw, dilation, groups, in_dtype, None, "int32", s_in * sw
+    )
 
 
 def _with_requant(qc: QConv, rq: Requant | None, out_dtype: str, out_scale) -> QConv:
-    return QConv(qc.name, qc.weight, qc.bias, qc.weight_scale, qc.dilation, qc.groups,
-                 qc.in_dtype, rq, out_dtype, out_scale)  # fmt: skip
+    return QConv(
+        qc.name,
+        qc.weight,
+        qc.bias,
+        qc.weight_scale,
+        qc.dilation,
+        qc.groups,
+        qc.in_dtype,
+        rq,
+        out_dtype,
+        out_scale,
+    )
 
 
 def _quantize_head(model: nn.Module, s_in: float, ranges: _Ranges) -> tuple[QLinear, ...]:
@@ -562,8 +609,9 @@ def conv_accumulate(x: np.ndarray, conv: QConv) -> np.ndarray:
 
 def _requant_counted(acc, rq: Requant, axis: int, name: str, seen: list | None) -> np.ndarray:
     if seen is not None:
-        wide = requantize(acc, Requant(rq.multiplier, rq.shift, rq.rounding, rq.relu,
-                                       -(2**62), 2**62), axis)  # fmt: skip
+        wide = requantize(
+            acc, Requant(rq.multiplier, rq.shift, rq.rounding, rq.relu, -(2**62), 2**62), axis
+        )
         seen.append(LayerSaturation(name, int(((wide < rq.lo) | (wide > rq.hi)).sum()), wide.size))
     return requantize(acc, rq, axis).astype(np.int32)
 
@@ -613,8 +661,13 @@ def saturation(qm: QuantizedModel, x: np.ndarray) -> list[LayerSaturation]:
         merged[s.name] = LayerSaturation(s.name, old.clipped + s.clipped, old.total + s.total)
     for s in merged.values():
         if s.clipped:
-            log.info("int8 saturation: %s clips %d of %d values (%.3g%%)", s.name, s.clipped,
-                     s.total, 100 * s.fraction)  # fmt: skip
+            log.info(
+                "int8 saturation: %s clips %d of %d values (%.3g%%)",
+                s.name,
+                s.clipped,
+                s.total,
+                100 * s.fraction,
+            )
     return list(merged.values())
 
 
@@ -637,8 +690,9 @@ def real_ecg(leads: Sequence[str], records: Sequence[int]) -> np.ndarray:
     except mscnn.MscnnError as exc:
         raise CompileError(f"int8 calibration data: {exc}") from None
     except (ValueError, IndexError) as exc:
-        raise CompileError(f"int8 calibration data: leads {list(leads)}, records "
-                           f"{records[:3]}...: {exc}") from None  # fmt: skip
+        raise CompileError(
+            f"int8 calibration data: leads {list(leads)}, records {records[:3]}...: {exc}"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------
@@ -672,9 +726,11 @@ class DetectorAccuracy:
         lines += [
             f"{n:6} {s.score:6.3f} {s.f1:7.4f} {s.tp:5d} {s.fp:4d} {s.fn:4d}" for n, s in rows
         ]
-        lines.append(f"logits: max abs error {self.max_abs_error:.4g}, normalised "
-                     f"{self.normalized_error:.4g}, relative rms {self.relative_rms_error:.4g}, "
-                     f"same side of the threshold {100 * self.sign_agreement:.3f}%")  # fmt: skip
+        lines.append(
+            f"logits: max abs error {self.max_abs_error:.4g}, normalised "
+            f"{self.normalized_error:.4g}, relative rms {self.relative_rms_error:.4g}, "
+            f"same side of the threshold {100 * self.sign_agreement:.3f}%"
+        )
         return "\n".join(lines)
 
 
@@ -697,8 +753,9 @@ def evaluate_detector(
     x = data.signals[records][:, None, :]
     with torch.no_grad():
         ref = model.eval()(torch.from_numpy(x)).numpy()
-    got = np.concatenate([(run or (lambda v: run_int8(qm, v)))(x[i : i + 1]) for i in
-                          range(len(x))])  # fmt: skip
+    got = np.concatenate(
+        [(run or (lambda v: run_int8(qm, v)))(x[i : i + 1]) for i in range(len(x))]
+    )
     rule = RPeakRule(reduction=x.shape[2] // ref.shape[1], fs=data.fs)
     refs = [data.r_peaks[i] for i in records]
 
@@ -707,8 +764,11 @@ def evaluate_detector(
 
     err = np.abs(got - ref)
     return DetectorAccuracy(
-        tuple(records), score(ref), score(got), float(err.max()),
+        tuple(records),
+        score(ref),
+        score(got),
+        float(err.max()),
         float(err.max() / np.abs(ref).max()),
         float(np.sqrt((err**2).mean() / (ref**2).mean())),
         float(((got > 0) == (ref > 0)).mean()),
-    )  # fmt: skip
+    )

@@ -65,8 +65,13 @@ def runnable(draw, min_len: int = 1, max_len: int = 200, wide: bool = False):
     in_channels, config = draw(configs(wide=wide))
     start = draw(st.integers(min_len, max_len))
     seq_len = accepted_length(in_channels, config, range(start, start + 32))
-    event("rejected: no accepted length in the window" if seq_len is None else
-          "length accepted" if seq_len == start else "length moved up to one accepted")  # fmt: skip
+    event(
+        "rejected: no accepted length in the window"
+        if seq_len is None
+        else "length accepted"
+        if seq_len == start
+        else "length moved up to one accepted"
+    )
     assume(seq_len is not None)
     return in_channels, config, seq_len
 

@@ -17,10 +17,28 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_writes_table_json_and_chart(cpsc_bundles, tmp_path):
     folder = cpsc_bundles["x86_64"].path.parents[1]
     done = subprocess.run(
-        [sys.executable, "-m", "compile", "bench", str(folder), "--targets", "x86_64",
-         "--threads", "1", "--rounds", "1", "--runs", "2", "--out", str(tmp_path)],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "compile",
+            "bench",
+            str(folder),
+            "--targets",
+            "x86_64",
+            "--threads",
+            "1",
+            "--rounds",
+            "1",
+            "--runs",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     assert "cpsc2019-1lead" in done.stdout and "TVM/ORT" in done.stdout
     data = json.loads((tmp_path / "bench.json").read_text())
@@ -34,15 +52,27 @@ def test_bench_writes_table_json_and_chart(cpsc_bundles, tmp_path):
     assert row["macs"] == counter.get_total_flops() // 2
     for t in row["timings"].values():
         assert t["gflops"] == pytest.approx(2 * row["macs"] / t["median_ms"] / 1e6, rel=1e-9)
-    assert set(row["timings"]) == {"pytorch", "onnxruntime", "tvm", "tvm-default-tile",
-                                   "tvm-arm-rule", "tvm-untuned"}  # fmt: skip
+    assert set(row["timings"]) == {
+        "pytorch",
+        "onnxruntime",
+        "tvm",
+        "tvm-default-tile",
+        "tvm-arm-rule",
+        "tvm-untuned",
+    }
     assert row["timings"]["onnxruntime"]["ratio_to_ort"] == 1.0
-    assert all(t["runs"] == 2 and t["min_ms"] <= t["median_ms"] <= t["p90_ms"]
-               for t in row["timings"].values())  # fmt: skip
+    assert all(
+        t["runs"] == 2 and t["min_ms"] <= t["median_ms"] <= t["p90_ms"]
+        for t in row["timings"].values()
+    )
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bench_without_bundles_is_a_clear_error(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "compile", "bench", str(tmp_path)],
-                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "compile", "bench", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert done.returncode == 2 and "no bundles of x86_64" in done.stderr

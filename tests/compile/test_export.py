@@ -72,8 +72,11 @@ def test_shape_arithmetic_is_folded_for_tvm(tmp_path):
     """Even kernels add a (1, 0) zero pad; its pads must reach TVM as a constant."""
     import mscnn
 
-    config = {**mscnn.PRESETS["cpsc2019"].config, "filter_lengths": [[4, 6, 4]] * 3,
-              "scopes": [[[1], [1, 3], [1, 3, 5]]] * 3}  # fmt: skip
+    config = {
+        **mscnn.PRESETS["cpsc2019"].config,
+        "filter_lengths": [[4, 6, 4]] * 3,
+        "scopes": [[[1], [1, 3], [1, 3, 5]]] * 3,
+    }
     model = mscnn.MultiScopicCNN(1, **config).eval()
     path = export_onnx(model, tmp_path / "m.onnx", batch=1, samples=256)
     graph = onnx.load(str(path)).graph

@@ -60,9 +60,7 @@ def test_multiplier_is_31_bit_fixed_point():
 
 def test_requantization_matches_a_hand_computed_example():
     rq = make_requant(np.array([0.75]), np.array([0.0]), relu=False, lo=-128, hi=127)
-    assert (int(rq.multiplier[0]), int(rq.shift[0]), int(rq.rounding[0])) == (
-        1610612736, 31, 2**30
-    )  # fmt: skip
+    assert (int(rq.multiplier[0]), int(rq.shift[0]), int(rq.rounding[0])) == (1610612736, 31, 2**30)
     acc = np.array([[1000, 3, -3, 2, -2, 7]])
     # 750 -> clipped to 127; 2.25 -> 2; -2.25 -> -2; 1.5 -> 2 and -1.5 -> -1 (half up);
     # 5.25 -> 5
@@ -76,23 +74,34 @@ def test_requantization_matches_a_hand_computed_example():
 
 def test_input_quantization_rounds_half_to_even():
     x = np.array([0.5, 1.5, 2.5, -0.5, 1e9, -1e9], dtype=np.float32)
-    assert quantize.quantize_input(x, np.float32(1.0), "int8").tolist() == [
-        0, 2, 2, 0, 127, -128
-    ]  # fmt: skip
+    assert quantize.quantize_input(x, np.float32(1.0), "int8").tolist() == [0, 2, 2, 0, 127, -128]
 
 
 def test_reference_conv_is_the_integer_convolution():
     """conv_accumulate against torch's conv1d in float64 (exact for these integers)."""
     rng = np.random.default_rng(0)
     w = rng.integers(-127, 128, (8, 3, 5)).astype(np.int8)
-    conv = quantize.QConv("c", w, rng.integers(-999, 999, 8).astype(np.int32), np.ones(8),
-                          dilation=3, groups=2, in_dtype="uint8", requant=None,
-                          out_dtype="int32", out_scale=1.0)  # fmt: skip
+    conv = quantize.QConv(
+        "c",
+        w,
+        rng.integers(-999, 999, 8).astype(np.int32),
+        np.ones(8),
+        dilation=3,
+        groups=2,
+        in_dtype="uint8",
+        requant=None,
+        out_dtype="int32",
+        out_scale=1.0,
+    )
     x = rng.integers(0, 256, (2, 6, 40))
     want = torch.nn.functional.conv1d(
-        torch.from_numpy(x).double(), torch.from_numpy(w).double(),
-        torch.from_numpy(conv.bias).double(), padding=6, dilation=3, groups=2,
-    ).numpy()  # fmt: skip
+        torch.from_numpy(x).double(),
+        torch.from_numpy(w).double(),
+        torch.from_numpy(conv.bias).double(),
+        padding=6,
+        dilation=3,
+        groups=2,
+    ).numpy()
     assert np.array_equal(quantize.conv_accumulate(x, conv), want.astype(np.int64))
 
 
@@ -104,8 +113,11 @@ def test_weights_are_int8_and_four_times_smaller(qdetector, detector):
     assert all(c.weight.dtype == np.int8 for c in layers)
     assert all(np.abs(c.weight).max() <= 127 for c in layers)
     int8_bytes, fp32_bytes = qdetector.weight_bytes()
-    weights = [m.weight for m in detector.model.modules()
-               if isinstance(m, torch.nn.Conv1d | torch.nn.Linear)]  # fmt: skip
+    weights = [
+        m.weight
+        for m in detector.model.modules()
+        if isinstance(m, torch.nn.Conv1d | torch.nn.Linear)
+    ]
     assert fp32_bytes == sum(4 * w.numel() for w in weights) == 4 * int8_bytes
     # With biases, requantization and tables: still under 30% of the fp32 parameters.
     fp32_params = 4 * sum(p.numel() for p in detector.model.parameters())
@@ -217,14 +229,17 @@ def test_arm_library_is_bit_exact_under_qemu(
     assert instruction in program.asm()
     library = program.export(bundle / "model.so", cc=target.compiler).read_bytes()
     manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["files"]["model.so"] = {"sha256": hashlib.sha256(library).hexdigest(),
-                                     "bytes": len(library)}  # fmt: skip
+    manifest["files"]["model.so"] = {
+        "sha256": hashlib.sha256(library).hexdigest(),
+        "bytes": len(library),
+    }
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     for record in (25, 3):  # record 3 clips at 33 mV
         x = real(("ECG",), [record]).astype("<f4")
         np.save(tmp_path / "x.npy", x)
-        done = run_native(arch, bundle, "--input", tmp_path / "x.npy",
-                          "--output", tmp_path / "y.npy")  # fmt: skip
+        done = run_native(
+            arch, bundle, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy"
+        )
         assert done.returncode == 0, done.stderr
         assert np.array_equal(np.load(tmp_path / "y.npy"), quantize.run_int8(qdetector, x))
 

@@ -15,8 +15,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def make(*args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
-    return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def test_default_matrix_matches_the_python_defaults():
@@ -73,10 +79,22 @@ def test_two_parallel_builds_into_one_folder(tmp_path):
     from deploy import load_bundle
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
-    args = ["make", "--no-print-directory", "-j2", "build", f"BUILD={tmp_path}",
-            "PRESET=cpsc2019", "TARGETS=x86_64,aarch64", "SAMPLES=256"]  # fmt: skip
-    runs = [subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    args = [
+        "make",
+        "--no-print-directory",
+        "-j2",
+        "build",
+        f"BUILD={tmp_path}",
+        "PRESET=cpsc2019",
+        "TARGETS=x86_64,aarch64",
+        "SAMPLES=256",
+    ]
+    runs = [
+        subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     for run in runs:
         out, err = run.communicate(timeout=900)
         assert run.returncode == 0, out + err

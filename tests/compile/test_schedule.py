@@ -24,8 +24,11 @@ def scheduled_module(model, target, folder, samples=256):
     from tvm.relax.frontend.onnx import from_onnx
 
     path = export_onnx(model, folder / "m.onnx", batch=1, samples=samples)
-    mod = from_onnx(onnx.load(str(path)), shape_dict={INPUT_NAME: [1, model.in_channels,
-                    samples]}, dtype_dict={INPUT_NAME: "float32"})  # fmt: skip
+    mod = from_onnx(
+        onnx.load(str(path)),
+        shape_dict={INPUT_NAME: [1, model.in_channels, samples]},
+        dtype_dict={INPUT_NAME: "float32"},
+    )
     mod = relax.transform.DecomposeOpsForInference()(mod)
     tv = tvm_target(target)
     with tv:
@@ -38,8 +41,11 @@ def scheduled_module(model, target, folder, samples=256):
 def conv_kernels(mod):
     from tvm import tirx
 
-    return {gv.name_hint: f for gv, f in mod.functions.items()
-            if isinstance(f, tirx.PrimFunc) and kernel_kind(f) == "conv"}  # fmt: skip
+    return {
+        gv.name_hint: f
+        for gv, f in mod.functions.items()
+        if isinstance(f, tirx.PrimFunc) and kernel_kind(f) == "conv"
+    }
 
 
 @pytest.mark.parametrize("name", CPU_TARGETS)
@@ -55,8 +61,12 @@ def test_every_conv_kernel_is_scheduled(name, preset, tmp_path):
     assert all(f.attrs["tirx.is_scheduled"] for f in scheduled.values())
     # The weights are repacked to [F/vec, C, K, vec] at compile time.
     vec = TARGETS[name].tile.vec
-    shapes = [tuple(p.ty.shape) for f in scheduled.values() for p in f.params
-              if len(getattr(p.ty, "shape", ())) == 4]  # fmt: skip
+    shapes = [
+        tuple(p.ty.shape)
+        for f in scheduled.values()
+        for p in f.params
+        if len(getattr(p.ty, "shape", ())) == 4
+    ]
     assert len(shapes) == 18 and all(s[-1] == vec for s in shapes)
 
 
@@ -67,8 +77,13 @@ def test_unsupported_kernels_keep_default_loops_and_stay_correct(tmp_path, caplo
     mscnn.seeded_init(model, 3)
     loaded = mscnn.LoadedModel(model.eval(), None, ("ECG",), 500, "test model")
     with caplog.at_level(logging.INFO, logger="compile.schedule"):
-        bundle = build(loaded, TARGETS["x86_64"], resolve_variant(loaded, "1"), tmp_path,
-                       BuildOptions(samples=256))  # fmt: skip
+        bundle = build(
+            loaded,
+            TARGETS["x86_64"],
+            resolve_variant(loaded, "1"),
+            tmp_path,
+            BuildOptions(samples=256),
+        )
     assert "no multiple of 8 lanes" in caplog.text
     # Run here, as a device runs it, on an input the build never saw: not the manifest's
     # verdict, which only a passing build publishes.

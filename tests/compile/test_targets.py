@@ -39,13 +39,22 @@ def test_missing_compiler_names_the_package(monkeypatch):
 
 
 def test_cli_lists_targets():
-    done = subprocess.run([sys.executable, "-m", "compile", "targets", "--json"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "compile", "targets", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = json.loads(done.stdout)
     assert set(rows) == set(TARGETS)
     assert rows["aarch64"]["tvm"]["mtriple"] == "aarch64-linux-gnu"
     env = {"COLUMNS": "160", "PATH": ""}
-    table = subprocess.run([sys.executable, "-m", "compile", "targets"], capture_output=True,
-                           text=True, check=True, env=env).stdout  # fmt: skip
+    table = subprocess.run(
+        [sys.executable, "-m", "compile", "targets"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout
     for name in TARGETS:
         assert name in table

@@ -39,8 +39,12 @@ def small(tmp_path_factory):
     model = mscnn.MultiScopicCNN(1, **SMALL)
     mscnn.seeded_init(model, 5)
     loaded = mscnn.LoadedModel(model.eval(), None, ("ECG",), 500, "small test model")
-    path = export_onnx(model.eval(), tmp_path_factory.mktemp("small") / "small.onnx", batch=1,
-                       samples=SMALL_SAMPLES)  # fmt: skip
+    path = export_onnx(
+        model.eval(),
+        tmp_path_factory.mktemp("small") / "small.onnx",
+        batch=1,
+        samples=SMALL_SAMPLES,
+    )
     return loaded, {"1lead": (path, (1, 1, SMALL_SAMPLES))}
 
 
@@ -95,8 +99,13 @@ def test_tuned_records_are_written_and_applied_by_builds(small, tmp_path):
         if (r["t_tile"], r["f_vecs"]) == default_tile(kernel.func, X86.tile):
             assert r["us"] == r["default_us"]  # one timing, recorded twice
         assert 1 <= r["candidates"] <= 3 and r["models"] == ["1lead"]
-    path = write_records(tmp_path / "rec" / X86.name / "small.b1x240.json", X86,
-                         {"preset": "small"}, records, summary)  # fmt: skip
+    path = write_records(
+        tmp_path / "rec" / X86.name / "small.b1x240.json",
+        X86,
+        {"preset": "small"},
+        records,
+        summary,
+    )
     tiles, files = load_records(X86, tmp_path / "rec")
     assert len(tiles) == 2 and files[0]["file"] == f"{X86.name}/{path.name}"
 
@@ -107,8 +116,9 @@ def test_tuned_records_are_written_and_applied_by_builds(small, tmp_path):
     assert tuning["conv_tuned"] == 2 and tuning["conv_default_tile"] == 0
     assert tuning["records"] == files
     assert runs_like_pytorch(bundle, loaded.model).passed
-    plain = build(loaded, X86, variant, tmp_path / "plain",
-                  BuildOptions(samples=SMALL_SAMPLES, tuning=False))  # fmt: skip
+    plain = build(
+        loaded, X86, variant, tmp_path / "plain", BuildOptions(samples=SMALL_SAMPLES, tuning=False)
+    )
     assert plain.manifest.schedule.tuning is None
 
 
@@ -124,8 +134,13 @@ def test_a_record_decides_the_generated_code(small, tmp_path):
         folder.mkdir(parents=True)
         records = {k: {"t_tile": tile[0], "f_vecs": tile[1], "us": 1.0} for k in keys}
         (folder / "small.json").write_text(records_json(X86, records))
-        bundle = build(loaded, X86, variant, tmp_path / f"out{tile[0]}",
-                       BuildOptions(samples=SMALL_SAMPLES, records_dir=folder.parent))  # fmt: skip
+        bundle = build(
+            loaded,
+            X86,
+            variant,
+            tmp_path / f"out{tile[0]}",
+            BuildOptions(samples=SMALL_SAMPLES, records_dir=folder.parent),
+        )
         assert bundle.manifest.schedule.tuning["conv_tuned"] == 2
         assert runs_like_pytorch(bundle, loaded.model).passed
         libraries.append((bundle.path / "model.so").read_bytes())
@@ -190,8 +205,7 @@ def test_committed_records_cover_the_default_matrix(name, tmp_path):
 @pytest.mark.slow
 def test_tuning_through_rpc(small, rpc_device, tmp_path):
     _, models = small
-    records, summary = tune(X86, models, tmp_path / "work", threads=1, rpc=rpc_device,
-                            max_trials=1)  # fmt: skip
+    records, summary = tune(X86, models, tmp_path / "work", threads=1, rpc=rpc_device, max_trials=1)
     assert summary["measured_on"] == str(rpc_device) and len(records) == 2
     assert all(r["us"] > 0 for r in records)
 
@@ -228,8 +242,12 @@ def test_an_unreachable_tracker_is_a_clear_error():
     ],
 )
 def test_tune_cli_user_errors(args, expected, tmp_path):
-    run = subprocess.run([sys.executable, "-m", "compile", "tune", *args, "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "compile", "tune", *args, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 2, run.stderr
     assert expected in run.stderr and "Traceback" not in run.stderr
     assert not list(tmp_path.iterdir())  # nothing written

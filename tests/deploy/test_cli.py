@@ -9,8 +9,12 @@ import pytest
 
 
 def deploy(*args):
-    return subprocess.run([sys.executable, "-m", "deploy", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "deploy", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_check_passes(cpsc_bundles):
@@ -29,8 +33,10 @@ def test_check_mismatch_exits_1(bundle_copy):
     golden = path / "golden" / "ecg.output.npy"
     np.save(golden, np.load(golden) * 1.01)
     manifest = json.loads((path / "manifest.json").read_text())
-    manifest["files"]["golden/ecg.output.npy"] = {"sha256": sha256_file(golden),
-                                                 "bytes": golden.stat().st_size}  # fmt: skip
+    manifest["files"]["golden/ecg.output.npy"] = {
+        "sha256": sha256_file(golden),
+        "bytes": golden.stat().st_size,
+    }
     (path / "manifest.json").write_text(json.dumps(manifest))
     done = deploy("check", path)
     assert done.returncode == 1
@@ -39,8 +45,9 @@ def test_check_mismatch_exits_1(bundle_copy):
 
 def test_run_round_trip(cpsc_bundles, tmp_path):
     bundle = cpsc_bundles["x86_64"].path
-    done = deploy("run", bundle, "--input", bundle / "golden/ecg.input.npy",
-                  "--output", tmp_path / "y.npy")  # fmt: skip
+    done = deploy(
+        "run", bundle, "--input", bundle / "golden/ecg.input.npy", "--output", tmp_path / "y.npy"
+    )
     assert done.returncode == 0, done.stderr
     expected = np.load(bundle / "golden/ecg.output.npy")
     got = np.load(tmp_path / "y.npy")
@@ -63,8 +70,7 @@ UNUSABLE = {
 
 
 @pytest.mark.parametrize("case", list(UNUSABLE))
-def test_unusable_exits_2_without_traceback(cpsc_bundles, bundle_copy, tmp_path, case,
-                                            small_disk):  # fmt: skip
+def test_unusable_exits_2_without_traceback(cpsc_bundles, bundle_copy, tmp_path, case, small_disk):
     bundle = cpsc_bundles["x86_64"].path
     x = np.load(bundle / "golden/ecg.input.npy")
     inp, out = tmp_path / "x.npy", tmp_path / "y.npy"

@@ -12,8 +12,12 @@ from deploy.remote import Device, time_bundle
 
 
 def bench(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "deploy", "bench", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "deploy", "bench", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_bench_here_prints_and_saves_the_figures(cpsc_bundles, leadwise_bundles, tmp_path):
@@ -34,8 +38,17 @@ def test_bench_on_a_device_through_rpc(cpsc_bundles, rpc_device):
     bundle = load_bundle(cpsc_bundles["x86_64"].path)
     timing = time_bundle(bundle, Device(rpc_device), threads=1, repeat=3, min_repeat_ms=5)
     assert timing.where == str(rpc_device) and 0 < timing.min_ms <= timing.median_ms
-    run = bench(bundle.path, "--repeat", 2, "--min-repeat-ms", 5, "--rpc-tracker",
-                f"{rpc_device.host}:{rpc_device.port}", "--rpc-key", rpc_device.key)  # fmt: skip
+    run = bench(
+        bundle.path,
+        "--repeat",
+        2,
+        "--min-repeat-ms",
+        5,
+        "--rpc-tracker",
+        f"{rpc_device.host}:{rpc_device.port}",
+        "--rpc-key",
+        rpc_device.key,
+    )
     assert run.returncode == 0, run.stderr
     assert "loopback via tracker" in run.stdout
 

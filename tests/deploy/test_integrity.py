@@ -131,8 +131,10 @@ def test_a_flipped_bit_in_any_file_is_refused(tiny, rel):
     data = bytearray((tiny / rel).read_bytes())
     data[len(data) // 2] ^= 0x01
     (tiny / rel).write_bytes(bytes(data))
-    assert f"{rel} does not match its sha256 in the manifest (tampered or corrupted); it " \
-           "was not loaded" in refusal(tiny)  # fmt: skip
+    assert (
+        f"{rel} does not match its sha256 in the manifest (tampered or corrupted); it "
+        "was not loaded" in refusal(tiny)
+    )
 
 
 @pytest.mark.parametrize("rel", FILES)
@@ -274,8 +276,12 @@ def test_a_library_changed_after_verification_is_not_loaded(tiny):
     data = bytearray((tiny / "model.so").read_bytes())
     data[len(data) // 2] ^= 0x01  # same size, other bytes: after load_bundle checked it
     (tiny / "model.so").write_bytes(bytes(data))
-    with pytest.raises(DeployError, match="model.so changed after it was verified; it was "
-                       "not loaded"), bundle.private_library():  # fmt: skip
+    with (
+        pytest.raises(
+            DeployError, match="model.so changed after it was verified; it was not loaded"
+        ),
+        bundle.private_library(),
+    ):
         pass
 
 
@@ -314,18 +320,21 @@ CPU implementer\t: 0x41
 
 @pytest.mark.parametrize(
     ("text", "flags"),
-    [(X86_CPUINFO, {"fpu", "vme", "sse2", "avx2", "avx512f"}),
-     (ARM_CPUINFO, {"fp", "asimd", "evtstrm", "aes", "crc32", "cpuid"}),
-     ("processor\t: 0\n", set())],
+    [
+        (X86_CPUINFO, {"fpu", "vme", "sse2", "avx2", "avx512f"}),
+        (ARM_CPUINFO, {"fp", "asimd", "evtstrm", "aes", "crc32", "cpuid"}),
+        ("processor\t: 0\n", set()),
+    ],
     ids=["x86", "arm", "none"],
-)  # fmt: skip
+)
 def test_cpu_flags_are_read_from_cpuinfo(monkeypatch, tmp_path, text, flags):
     """x86 names them `flags`, ARM `Features`; the value after the colon, word by word."""
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(text)
     real = bundle_module.Path
-    monkeypatch.setattr(bundle_module, "Path", lambda p: real(cpuinfo) if p == "/proc/cpuinfo"
-                        else real(p))  # fmt: skip
+    monkeypatch.setattr(
+        bundle_module, "Path", lambda p: real(cpuinfo) if p == "/proc/cpuinfo" else real(p)
+    )
     assert bundle_module.cpu_flags() == frozenset(flags)
 
 
@@ -359,9 +368,16 @@ def test_a_bundle_says_where_it_runs_from_its_manifest(tiny):
 
 @pytest.mark.parametrize(
     ("machine", "arch"),
-    [("x86_64", "x86_64"), ("AMD64", "x86_64"), ("aarch64", "aarch64"), ("arm64", "aarch64"),
-     ("armv7l", "armv7"), ("armv8l", "armv7"), ("riscv64", "riscv64")],
-)  # fmt: skip
+    [
+        ("x86_64", "x86_64"),
+        ("AMD64", "x86_64"),
+        ("aarch64", "aarch64"),
+        ("arm64", "aarch64"),
+        ("armv7l", "armv7"),
+        ("armv8l", "armv7"),
+        ("riscv64", "riscv64"),
+    ],
+)
 def test_host_arch_names_match_manifest_arches(monkeypatch, machine, arch):
     monkeypatch.setattr(bundle_module.platform, "machine", lambda: machine)
     assert bundle_module.host_arch() == arch

@@ -131,8 +131,13 @@ def test_the_report_says_pass_or_fail_with_the_figures():
     assert str(failed).startswith("FAIL: max abs 0.0003, normalised 0.0003")
     shape = compare(reference()[:1], reference())
     assert "shape (1, 3, 4) != expected (2, 3, 4)" in str(shape)
-    assert passed.to_json() == {"max_abs": 2e-6, "normalised": 2e-6, "tolerance": 1e-5,
-                                "passed": True, "detail": ""}  # fmt: skip
+    assert passed.to_json() == {
+        "max_abs": 2e-6,
+        "normalised": 2e-6,
+        "tolerance": 1e-5,
+        "passed": True,
+        "detail": "",
+    }
     assert shape.to_json()["max_abs"] is None  # inf is no JSON number
 
 

@@ -117,8 +117,9 @@ def conv_macs_run(model: MultiScopicCNN, batch: int, seq_len: int) -> int:
         nonlocal total
         total += out.numel() * conv.in_channels // conv.groups * conv.kernel_size[0]
 
-    hooks = [m.register_forward_hook(count) for m in model.modules()
-             if isinstance(m, torch.nn.Conv1d)]  # fmt: skip
+    hooks = [
+        m.register_forward_hook(count) for m in model.modules() if isinstance(m, torch.nn.Conv1d)
+    ]
     try:
         with torch.no_grad():
             model(torch.zeros(batch, model.in_channels, seq_len))

@@ -147,16 +147,19 @@ ALL_12 = "I, II, III, aVR, aVL, aVF, V1, V2, V3, V4, V5, V6"
         ([1, 0, 1, 0], "lead selection lists I, II more than once"),
         ([0, 12], "lead index 12 is out of range for a 12-lead model (valid: 0..11)"),
         ([-1], "lead index -1 is out of range for a 12-lead model (valid: 0..11)"),
-        (["I", "X"], f"unknown lead 'X'; this model's leads are: {ALL_12} "
-                     "(or a lead set: 12, 6, 4, 3, 2)"),
-        ("5", f"unknown lead '5'; this model's leads are: {ALL_12} (or a lead set: 12, 6, 4, "
-              "3, 2)"),
-        ([], "lead selection []: expected a lead-set name (12, 6, 4, 3, 2), lead names or "
-             "indices"),
+        (
+            ["I", "X"],
+            f"unknown lead 'X'; this model's leads are: {ALL_12} (or a lead set: 12, 6, 4, 3, 2)",
+        ),
+        (
+            "5",
+            f"unknown lead '5'; this model's leads are: {ALL_12} (or a lead set: 12, 6, 4, 3, 2)",
+        ),
+        ([], "lead selection []: expected a lead-set name (12, 6, 4, 3, 2), lead names or indices"),
         ([True], "lead selection: True is neither a lead name nor an index"),
         ([1.5], "lead selection: 1.5 is neither a lead name nor an index"),
     ],
-)  # fmt: skip
+)
 def test_bad_lead_selections(selection, message):
     with pytest.raises(MscnnError) as err:
         mscnn.resolve_leads(selection)
@@ -171,8 +174,7 @@ def test_variant_reference_is_the_zero_filled_model(leadwise, rng):
         assert torch.equal(got, lead_wise_reference(leadwise, x, kept))
         assert got.shape[1] == 3 * 2304 // 12  # the kept leads' channels only
         mixing = mscnn.load_model("multi_scopic").model.eval()
-        assert torch.equal(mscnn.variant_reference(mixing, x, kept),
-                           mixing(zero_fill(x, kept, 12)))  # fmt: skip
+        assert torch.equal(mscnn.variant_reference(mixing, x, kept), mixing(zero_fill(x, kept, 12)))
 
 
 def test_whole_model_variants_and_their_refusal(rng):

@@ -90,20 +90,49 @@ EQUIVALENT: list[tuple[str, str, str]] = [
 # tables), each of which a named test must catch: (what, file, old text, new text, tests);
 # an old text starting "re:" is a regular expression (so a reformat does not lose it).
 PLANTED = [
-    ("cpu tolerance 100x looser", "deploy/parity.py", '"cpu": 1e-5', '"cpu": 1e-3',
-     "tests/deploy/test_parity.py"),
-    ("cuda tolerance 100x looser", "deploy/parity.py", '"cuda": 1e-4', '"cuda": 1e-2',
-     "tests/deploy/test_parity.py"),
-    ("3-lead set I, II, V1", "mscnn/leads.py", '"3": ("I", "II", "V2")',
-     '"3": ("I", "II", "V1")', "tests/mscnn/test_variants.py"),
-    ("6-lead set without aVF", "mscnn/leads.py", '"6": ("I", "II", "III", "aVR", "aVL", "aVF")',
-     '"6": ("I", "II", "III", "aVR", "aVL", "V1")', "tests/mscnn/test_variants.py"),
-    ("12 leads in another order", "mscnn/leads.py", r're:"V1",(\s*)"V2",', r'"V2",\1"V1",',
-     "tests/mscnn/test_variants.py"),
-    ("count_macs without the kernel size", "mscnn/model.py",
-     "per_out = conv.in_channels // self.groups * conv.kernel_size",
-     "per_out = conv.in_channels // self.groups", "tests/mscnn/test_shapes.py"),
-]  # fmt: skip
+    (
+        "cpu tolerance 100x looser",
+        "deploy/parity.py",
+        '"cpu": 1e-5',
+        '"cpu": 1e-3',
+        "tests/deploy/test_parity.py",
+    ),
+    (
+        "cuda tolerance 100x looser",
+        "deploy/parity.py",
+        '"cuda": 1e-4',
+        '"cuda": 1e-2',
+        "tests/deploy/test_parity.py",
+    ),
+    (
+        "3-lead set I, II, V1",
+        "mscnn/leads.py",
+        '"3": ("I", "II", "V2")',
+        '"3": ("I", "II", "V1")',
+        "tests/mscnn/test_variants.py",
+    ),
+    (
+        "6-lead set without aVF",
+        "mscnn/leads.py",
+        '"6": ("I", "II", "III", "aVR", "aVL", "aVF")',
+        '"6": ("I", "II", "III", "aVR", "aVL", "V1")',
+        "tests/mscnn/test_variants.py",
+    ),
+    (
+        "12 leads in another order",
+        "mscnn/leads.py",
+        r're:"V1",(\s*)"V2",',
+        r'"V2",\1"V1",',
+        "tests/mscnn/test_variants.py",
+    ),
+    (
+        "count_macs without the kernel size",
+        "mscnn/model.py",
+        "per_out = conv.in_channels // self.groups * conv.kernel_size",
+        "per_out = conv.in_channels // self.groups",
+        "tests/mscnn/test_shapes.py",
+    ),
+]
 
 
 def mutmut_config() -> str:
@@ -135,8 +164,10 @@ def prepare() -> None:
         shutil.copytree(ROOT / folder, WORK / folder, ignore=ignore)
     pyproject = (ROOT / "pyproject.toml").read_text()
     if "[tool.mutmut]" in pyproject:
-        sys.exit("error: pyproject.toml has its own [tool.mutmut]; the table lives in "
-                 "tests/mutation/mutate.py")  # fmt: skip
+        sys.exit(
+            "error: pyproject.toml has its own [tool.mutmut]; the table lives in "
+            "tests/mutation/mutate.py"
+        )
     (WORK / "pyproject.toml").write_text(pyproject + "\n" + mutmut_config())
     tomllib.loads((WORK / "pyproject.toml").read_text())  # still valid TOML
 
@@ -190,8 +221,11 @@ def diff_of(name: str) -> str:
 
 def equivalent_reason(name: str, diff: str) -> str | None:
     added = [line[1:].strip() for line in diff.splitlines() if line.startswith("+ ")]
-    added += [line[1:].strip() for line in diff.splitlines()
-              if line.startswith("+") and not line.startswith("+++")]  # fmt: skip
+    added += [
+        line[1:].strip()
+        for line in diff.splitlines()
+        if line.startswith("+") and not line.startswith("+++")
+    ]
     for module, text, reason in EQUIVALENT:
         if name.startswith(module + ".") and any(text in line for line in added):
             return reason
@@ -211,8 +245,11 @@ def plant(what: str, rel: str, old: str, new: str, tests: str) -> str | None:
     try:
         done = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", tests],
-            cwd=WORK, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+            cwd=WORK,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     finally:
         path.write_text(source)
     failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", done.stdout, re.MULTILINE)
@@ -247,12 +284,17 @@ def main() -> int:
     for module in only and set(MUTATE) - set(only):
         del MUTATE[module]
     if not Path(sys.executable).with_name("mutmut").exists():
-        sys.exit("error: mutmut is not installed; run `make mutation` (installs the pinned "
-                 "`mutation` extra) or pip install -e '.[mutation]'")  # fmt: skip
+        sys.exit(
+            "error: mutmut is not installed; run `make mutation` (installs the pinned "
+            "`mutation` extra) or pip install -e '.[mutation]'"
+        )
     prepare()
     patterns = [p for ps in MUTATE.values() for p in ps]
-    print(f"mutating {', '.join(MUTATE)}\nagainst {' '.join(TESTS)}\n"
-          f"budget {args.budget:.0f} s, {args.jobs} at a time, in {WORK}", flush=True)  # fmt: skip
+    print(
+        f"mutating {', '.join(MUTATE)}\nagainst {' '.join(TESTS)}\n"
+        f"budget {args.budget:.0f} s, {args.jobs} at a time, in {WORK}",
+        flush=True,
+    )
     start = time.monotonic()
     code, out = mutmut("run", "--max-children", str(args.jobs), *patterns, timeout=args.budget)
     seconds = time.monotonic() - start
@@ -267,12 +309,17 @@ def main() -> int:
     survivors = sorted(n for n, s in status.items() if s in ("survived", "no tests"))
     killed = counts.get("killed", 0) + counts.get("timeout", 0)
     tested = killed + len(survivors) + counts.get("suspicious", 0)
-    print(f"\n{len(status)} mutants in {seconds:.0f} s"
-          + (" (budget ran out)" if code == -1 else "")
-          + ": " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))  # fmt: skip
+    print(
+        f"\n{len(status)} mutants in {seconds:.0f} s"
+        + (" (budget ran out)" if code == -1 else "")
+        + ": "
+        + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    )
     if tested:
-        print(f"mutation score: {killed}/{tested} = {100 * killed / tested:.1f}% of the "
-              "checked mutants killed")  # fmt: skip
+        print(
+            f"mutation score: {killed}/{tested} = {100 * killed / tested:.1f}% of the "
+            "checked mutants killed"
+        )
     new = 0
     for name in survivors:
         diff = diff_of(name)
