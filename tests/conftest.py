@@ -97,6 +97,17 @@ def qrs_stream_bundles(tmp_path_factory, qrs):
 
 
 @pytest.fixture(scope="session")
+def qrs_stream_arm_bundles(tmp_path_factory, qrs):
+    """The detector's step for hops of 512 samples, for aarch64 and armv7 (run under qemu)."""
+    out = tmp_path_factory.mktemp("qrs-stream-arm")
+    variant = resolve_variant(qrs, "1")
+    return {
+        arch: build(qrs, TARGETS[arch], variant, out, BuildOptions(hop=512))
+        for arch in ("aarch64", "armv7")
+    }
+
+
+@pytest.fixture(scope="session")
 def rpc_device():
     """A TVM RPC tracker and server on loopback: the path a real device takes."""
     import time

@@ -602,6 +602,7 @@ int CheckStream(Bundle& bundle, const std::string& device, double tolerance) {
 }
 
 void RequireDetector(const Manifest& m) {
+  if (!m.detect_error.empty()) throw Refusal(m.detect_error);
   if (!m.has_detect) {
     throw Refusal("bundle " + Clip(m.name) + " is not an R-peak detector (its manifest has "
                   "\"detect\": null); --detect needs a QRS detector bundle (preset cpsc2019_qrs)");
@@ -690,6 +691,7 @@ int Detect(const Options& o) {
 int Stream(const Options& o) {
   Bundle bundle = Bundle::Open(o.bundle);
   const Manifest& m = bundle.manifest();
+  if (!m.stream_error.empty()) throw Refusal(m.stream_error);
   if (!m.has_stream) {
     throw Refusal("bundle " + Clip(m.name) + " is a window bundle (\"stream\": null); --stream "
                   "needs a stream bundle: python -m compile build --hop 512");

@@ -272,8 +272,19 @@ Manifest ParseManifest(const std::string& text, const std::string& where) {
   ReadSignal(r, root, &m);
   ReadFiles(r, root, &m);
   ReadGolden(r, root, &m);
-  ReadDetect(r, root, &m);
-  ReadStream(r, root, &m);
+  try {
+    ReadDetect(r, root, &m);
+  } catch (const Refusal& e) {
+    m.has_detect = false;
+    m.detect_error = e.what();
+  }
+  try {
+    ReadStream(r, root, &m);
+  } catch (const Refusal& e) {
+    m.has_stream = false;
+    m.stream = StreamSpec();
+    m.stream_error = e.what();
+  }
   return m;
 }
 

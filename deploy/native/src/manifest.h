@@ -61,10 +61,15 @@ struct Manifest {
   TensorSpec output;
   std::vector<GoldenPair> golden;
   std::vector<ListedFile> files;
-  bool has_detect = false;  // "detect" is an object, not null or missing
+  // "detect" and "stream" are read when they are objects of the form this runner knows;
+  // another form (a newer build's) is no error until a mode needs it: then the error
+  // kept here is the refusal.
+  bool has_detect = false;  // an R-peak detector with this rule
   DetectRule detect;
-  bool has_stream = false;  // "stream" is an object: a stream bundle
+  std::string detect_error;
+  bool has_stream = false;  // a stream bundle with this step
   StreamSpec stream;
+  std::string stream_error;
 };
 
 // Parses and checks the text of a manifest (schema_version 2; a version-1 bundle is
