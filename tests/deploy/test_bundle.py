@@ -68,7 +68,7 @@ def test_a_tampered_library_never_runs(bundle_copy, tmp_path):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda m: m.update(schema_version=2), "schema version 2"),
+        (lambda m: m.update(schema_version=1), "schema version 1.*rebuild"),
         (lambda m: m.update(schema="other"), "not an mscnn-edge bundle manifest"),
         (lambda m: m.pop("files"), "manifest lacks 'files'"),
         (lambda m: m["files"].pop("model.so"), "lists no model.so"),
@@ -81,7 +81,7 @@ def test_a_tampered_library_never_runs(bundle_copy, tmp_path):
             r"golden\[2\].input' must be a file hashed in the manifest, got x.npy",
         ),
     ],
-    ids=["version", "schema", "no_files", "no_library", "escape", "unhashed_golden"],
+    ids=["old_version", "schema", "no_files", "no_library", "escape", "unhashed_golden"],
 )
 def test_bad_manifests(bundle_copy, edit, message):
     path = bundle_copy()
