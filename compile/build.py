@@ -256,13 +256,13 @@ def compile_library(
     """Compile and link `library` for `target`, checking what came out (ELF machine,
     compiled CUDA kernels)."""
     compiler = check_compiler(target)
+    records, files = _records(target, options)  # read once: applied, then listed
     if target.is_gpu:  # isolated: TVM's CUDA runtime is chosen at import
         compile_cuda_library(onnx_path, target.name, shape, library, log)
         compiled_memory, counts = None, None
     else:
         from tvm.support import cc
 
-        records, _ = _records(target, options)
         compiled = compile_executable(onnx_path, target, shape, records=records)
         compiled.executable.export_library(str(library), fcompile=cc.cross_compiler(compiler))
         compiled_memory, counts = compiled.memory, compiled.kernels
@@ -278,7 +278,7 @@ def compile_library(
             f"{LIBRARY} is ELF machine {machine}, expected {target.elf_machine} "
             f"({target.arch}); check the cross compiler {target.compiler}"
         )
-    return Library(compiler, _schedule(target, options, counts), compiled_memory, kernels)
+    return Library(compiler, _schedule(target, files, counts), compiled_memory, kernels)
 
 
 def _records(target: Target, options: BuildOptions) -> tuple[dict, list[dict]]:
@@ -287,11 +287,10 @@ def _records(target: Target, options: BuildOptions) -> tuple[dict, list[dict]]:
     return load_records(target, options.records_dir)
 
 
-def _schedule(target: Target, options: BuildOptions, counts: KernelCounts | None) -> Schedule:
+def _schedule(target: Target, files: list[dict], counts: KernelCounts | None) -> Schedule:
     """How the kernels were scheduled: the tile, and the tuning record files used."""
     if target.tile is None:
         return Schedule("tvm default GPU pipeline (dlight)", None, None)
-    _, files = _records(target, options)
     tuning = {"records": files, **dataclasses.asdict(counts)} if files and counts else None
     return Schedule("mscnn conv schedule", dataclasses.asdict(target.tile), tuning)
 

@@ -142,13 +142,13 @@ def _as_stream(base: Manifest, step, case: GoldenCase) -> Manifest:
 
 def check_built_stream(folder: Path, manifest: Manifest, target: Target) -> Manifest:
     """Stream the golden record through the compiled step where it runs here."""
-    from .build import write_manifest
+    from .build import verdict, write_manifest
 
     runs, how = runnable_here(target)
     if runs:
         done = check_stream(folder, how)
         parity = dataclasses.replace(
-            manifest.parity, tvm=_verdict(done.verdict, how), task=done.task
+            manifest.parity, tvm=verdict(done.verdict, how), task=done.task
         )
     else:
         done, parity = (
@@ -162,12 +162,6 @@ def check_built_stream(folder: Path, manifest: Manifest, target: Target) -> Mani
             f"{done.verdict}; task: {done.task}"
         )
     return manifest
-
-
-def _verdict(result, how: str) -> Verdict:
-    from .build import verdict
-
-    return verdict(result, how)
 
 
 def _step_of(model, hop: int):

@@ -3,7 +3,6 @@ machine (ARM under qemu-user): parity on every variant, and every refusal."""
 
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,40 +14,19 @@ import numpy as np
 import pytest
 from native_cases import ROWS, Setup, run_cases
 from native_libs import nonfinite_library
+from native_runner import EMULATOR, run_native, runner_for
 
 import mscnn
-from compile import TARGETS
 from deploy.parity import TOLERANCES
 
 ROOT = Path(__file__).resolve().parents[2]
 ARCHES = ("x86_64", "aarch64", "armv7")
-EMULATOR = {t.arch: list(t.qemu) for t in TARGETS.values() if t.run == "qemu"}
-TOOLS = {"x86_64": ["g++"], "aarch64": ["aarch64-linux-gnu-g++", "qemu-aarch64"],
-         "armv7": ["arm-linux-gnueabihf-g++", "qemu-arm"]}  # fmt: skip
 
 pytestmark = [pytest.mark.slow, pytest.mark.cross]
-_built: dict[str, Path] = {}
-
-
-def runner_for(arch: str) -> Path:
-    """Build (incrementally) the runner into build/native/<arch>, once per session."""
-    if arch not in _built:
-        missing = [t for t in TOOLS[arch] if shutil.which(t) is None]
-        if missing:
-            pytest.skip(f"{arch} runner needs {', '.join(missing)}: run `make toolchains` as "
-                        "root (make test does)")  # fmt: skip
-        out = ROOT / "build" / "native" / arch
-        done = subprocess.run(["make", "-j2", "-C", str(ROOT / "deploy" / "native"), f"ARCH={arch}",
-                               f"OUT={out}", f"PYTHON={sys.executable}"], capture_output=True,
-                              text=True, timeout=1200)  # fmt: skip
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        _built[arch] = out / "mscnn-run"
-    return _built[arch]
 
 
 def run(arch: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([*EMULATOR.get(arch, []), str(runner_for(arch)), *map(str, args)],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return run_native(arch, *args)
 
 
 def bundle_of(arch, spec, cpsc_bundles, leadwise_bundles, arm_leadwise_bundles):
