@@ -13,7 +13,8 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make build   set up, compile the default model for every target and lead variant,"
-	@echo "             check parity, print the summary (TARGETS= VARIANTS= PRESET= CHECKPOINT=)"
+	@echo "             check parity, print the summary (TARGETS= VARIANTS= PRESET= CHECKPOINT="
+	@echo "             PRECISION=fp32|int8; default: fp32, plus int8 for the detector)"
 	@echo "make parity  check every bundle in build/: x86 in-process, ARM under qemu with"
 	@echo "             the native runner, CUDA only where a GPU is present"
 	@echo "make package TARGET=aarch64   a tarball of the runner, runtime and bundles"
@@ -81,8 +82,22 @@ DEFAULT_VARIANTS_leadwise_classifier   := 12 6 4 3 2
 # classifier builds on request (PRESET=leadwise_classifier).
 BUILD_PRESETS := $(or $(subst $(comma), ,$(PRESET)),multi_scopic_leadwise cpsc2019 cpsc2019_qrs)
 variants_of    = $(or $(subst $(comma), ,$(VARIANTS)),$(DEFAULT_VARIANTS_$(1)))
-BUNDLES := $(foreach t,$(subst $(comma), ,$(TARGETS)),$(foreach p,$(BUILD_PRESETS),\
-             $(foreach v,$(call variants_of,$(p)),$(BUILD)/$(t)/$(p)-$(v)lead/manifest.json)))
+# int8 bundles (compile/int8_build.py: quantized on real ECG, integer kernels, bit-exact
+# to the int8 reference) for the CPU targets: the detector's are in the default matrix;
+# PRECISION=int8 builds only int8 bundles, of every preset asked; PRECISION=fp32 none.
+PRECISION ?=
+ifneq ($(filter-out fp32 int8,$(PRECISION)),)
+  $(error PRECISION=$(PRECISION): choose fp32 or int8, or leave it unset for both)
+endif
+INT8_TARGETS := x86_64 x86_64-avx512 aarch64 armv7
+FP32_PRESETS := $(if $(filter int8,$(PRECISION)),,$(BUILD_PRESETS))
+INT8_PRESETS := $(if $(filter fp32,$(PRECISION)),,$(if $(filter int8,$(PRECISION)),\
+                  $(BUILD_PRESETS),$(filter cpsc2019_qrs,$(BUILD_PRESETS))))
+int8_targets  = $(filter $(INT8_TARGETS),$(subst $(comma), ,$(TARGETS)))
+BUNDLES := $(foreach t,$(subst $(comma), ,$(TARGETS)),$(foreach p,$(FP32_PRESETS),\
+             $(foreach v,$(call variants_of,$(p)),$(BUILD)/$(t)/$(p)-$(v)lead/manifest.json))) \
+           $(foreach t,$(int8_targets),$(foreach p,$(INT8_PRESETS),\
+             $(foreach v,$(call variants_of,$(p)),$(BUILD)/$(t)/$(p)-$(v)lead-int8/manifest.json)))
 SOURCES := $(wildcard mscnn/*.py mscnn/weights/* compile/*.py compile/*.c deploy/*.py \
              compile/tuning/*/*.json ../shared/data/*.npz)
 
@@ -97,8 +112,16 @@ $(BUILD)/$(1)/$(2)-$(3)lead/manifest.json: $(SOURCES) $(BUILD)/.options $(CHECKP
 	$(PY) -m compile build --preset $(2) --targets $(1) --variants $(3) --samples $(SAMPLES) \
 	  --batch $(BATCH) --out $(BUILD) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --quiet
 endef
-$(foreach t,$(subst $(comma), ,$(TARGETS)),$(foreach p,$(BUILD_PRESETS),\
+$(foreach t,$(subst $(comma), ,$(TARGETS)),$(foreach p,$(FP32_PRESETS),\
   $(foreach v,$(call variants_of,$(p)),$(eval $(call bundle_rule,$(t),$(p),$(v))))))
+
+define int8_rule
+$(BUILD)/$(1)/$(2)-$(3)lead-int8/manifest.json: $(SOURCES) $(BUILD)/.options $(CHECKPOINT) | $(STAMP) $(TOOLCHAINS)
+	$(PY) -m compile build --precision int8 --preset $(2) --targets $(1) --variants $(3) \
+	  --samples $(SAMPLES) --batch $(BATCH) --out $(BUILD) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --quiet
+endef
+$(foreach t,$(int8_targets),$(foreach p,$(INT8_PRESETS),\
+  $(foreach v,$(call variants_of,$(p)),$(eval $(call int8_rule,$(t),$(p),$(v))))))
 
 build: $(BUNDLES)
 	@$(PY) -m compile summary $(BUILD)

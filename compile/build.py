@@ -52,12 +52,14 @@ from .cuda import compile_cuda_library, cubin_archs
 from .errors import CompileError, ParityError
 from .export import INPUT_NAME, OUTPUT_NAME, check_onnx, export_onnx
 from .golden import golden_inputs, real_inputs
+from .int8_build import build_int8_into
 from .pipeline import MemoryPlan, compile_executable
 from .publish import Journal, keep_failed, publish, start
+from .quantize import check_quantizable
 from .records import load_records
 from .schedule import KernelCounts
 from .stream_build import build_stream_into, check_hop
-from .targets import Target, check_compiler, elf_machine_of, runnable_here
+from .targets import Target, check_compiler, elf_machine_of, int8_target, runnable_here
 from .variants import Variant, default_variants, is_whole, resolve_variant, variant_model
 
 __all__ = ["BuildOptions", "Variant", "build", "bundle_dir", "default_variants", "resolve_variant"]
@@ -72,13 +74,23 @@ class BuildOptions:
     tuning: bool = True  # apply the target's tuning records (compile/tuning/<target>/)
     records_dir: Path | None = None  # another records folder (tests)
     hop: int | None = None  # a stream bundle of the model's step for this hop (samples)
+    precision: str = "fp32"  # one of PRECISIONS: "int8" builds with compile/int8_build.py
+
+
+PRECISIONS = ("fp32", "int8")
 
 
 def bundle_dir(
-    out: Path, target: Target, preset: str | None, variant: Variant, hop: int | None = None
+    out: Path,
+    target: Target,
+    preset: str | None,
+    variant: Variant,
+    hop: int | None = None,
+    precision: str = "fp32",
 ) -> Path:
     stream = f"-stream{hop}" if hop else ""
-    return Path(out) / target.name / f"{preset or 'custom'}-{variant.name}{stream}"
+    suffix = "" if precision == "fp32" else f"-{precision}"
+    return Path(out) / target.name / f"{preset or 'custom'}-{variant.name}{stream}{suffix}"
 
 
 def build(
@@ -90,12 +102,16 @@ def build(
 ) -> Bundle:
     """Build and publish one bundle into `out/<target>/<preset>-<variant>/`."""
     options = options or BuildOptions()
-    _check_shape(loaded, options)
+    _check_shape(loaded, options, target)
     check_compiler(target)
-    final = bundle_dir(out, target, loaded.preset, variant, options.hop)
+    final = bundle_dir(out, target, loaded.preset, variant, options.hop, options.precision)
     tmp = start(final)
     journal = Journal(tmp / BUILD_LOG)
-    build_into = _build_into if options.hop is None else build_stream_into
+    build_into = _build_into
+    if options.hop is not None:
+        build_into = build_stream_into
+    elif options.precision == "int8":
+        build_into = build_int8_into
     try:
         manifest = build_into(tmp, final.name, loaded, target, variant, options, journal)
     except BaseException as exc:
@@ -121,7 +137,7 @@ def _failure(exc: Exception, label: str, stage: str, kept: Path | None) -> Compi
     return CompileError(f"{label}: {stage} failed: {type(exc).__name__}: {exc}{where}")
 
 
-def _check_shape(loaded: mscnn.LoadedModel, options: BuildOptions) -> None:
+def _check_shape(loaded: mscnn.LoadedModel, options: BuildOptions, target: Target) -> None:
     for key in ("samples", "batch"):
         value = getattr(options, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -130,6 +146,18 @@ def _check_shape(loaded: mscnn.LoadedModel, options: BuildOptions) -> None:
         loaded.model.compute_output_shape(options.samples, options.batch)
     except mscnn.MscnnError as exc:
         raise CompileError(f"--samples {options.samples}: {exc}") from None
+    if options.precision not in PRECISIONS:
+        raise CompileError(
+            f"--precision {options.precision!r}; choose from: {', '.join(PRECISIONS)}"
+        )
+    if options.precision != "fp32":
+        int8_target(target)  # a target without int8 kernels is refused up front
+        check_quantizable(loaded.model)
+        if options.hop is not None:
+            raise CompileError(
+                f"--hop with --precision {options.precision}: stream bundles are fp32 only "
+                "(the int8 kernels compute whole windows)"
+            )
     if options.hop is not None:
         check_hop(loaded, options.hop)
 

@@ -108,6 +108,13 @@ def _add_build(sub, formatter) -> None:
         "samples (a multiple of the model's subsampling, e.g. 64, 128, 512) "
         "instead of window bundles",
     )
+    b.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="int8: post-training quantized bundles with integer kernels (CPU targets; "
+        "calibrated on real ECG from the shared data), named <preset>-<N>lead-int8",
+    )
     b.set_defaults(func=_build)
 
 
@@ -128,6 +135,7 @@ def _build(args) -> int:
         args.seed,
         args.out,
         args.hop,
+        args.precision,
     )
     planned = plan(request)
     console = Console(stderr=True)

@@ -12,7 +12,8 @@ from deploy.bundle import Bundle
 
 from .build import BuildOptions, build
 from .errors import CompileError, ParityError
-from .targets import Target, get_target
+from .quantize import check_quantizable
+from .targets import Target, get_target, int8_target
 from .variants import Variant, resolve_variants
 
 
@@ -29,6 +30,7 @@ class Request:
     seed: int = 0
     out: Path = Path("build")
     hop: int | None = None  # stream bundles of the model's step, hop samples per call
+    precision: str = "fp32"  # "int8": quantized bundles (compile/int8_build.py)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ def plan(request: Request) -> Plan:
     """Resolve and check everything a build needs before the first bundle starts."""
     targets = [get_target(t) for t in request.targets]
     loaded = mscnn.load_model(request.preset, request.checkpoint, seed=request.seed)
+    if request.precision == "int8":
+        for target in targets:
+            int8_target(target)
+        check_quantizable(loaded.model)
     return Plan(request, loaded, targets, resolve_variants(loaded, request.variants))
 
 
@@ -75,9 +81,11 @@ def build_matrix(
     outcome = Outcome([], [])
     for target in planned.targets:
         for variant in planned.variants:
-            label = f"{target.name}/{r.preset}-{variant.name}"
+            suffix = "" if r.precision == "fp32" else f"-{r.precision}"
+            label = f"{target.name}/{r.preset}-{variant.name}{suffix}"
             options = BuildOptions(
                 hop=r.hop,
+                precision=r.precision,
                 samples=r.samples,
                 batch=r.batch,
                 seed=r.seed,

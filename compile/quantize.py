@@ -292,6 +292,11 @@ def _backbone_of(model: nn.Module) -> tuple[mscnn.MultiScopicCNN, str]:
     return cnn, prefix
 
 
+def check_quantizable(model: nn.Module) -> None:
+    """A CompileError naming what int8 cannot take in `model`, before anything is built."""
+    _backbone_of(model)
+
+
 def _bn_affine(bn: nn.BatchNorm1d) -> tuple[np.ndarray, np.ndarray]:
     """Eval-mode BatchNorm as y = a * x + b per channel (float64)."""
     var = bn.running_var.double().numpy()

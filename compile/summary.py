@@ -29,13 +29,17 @@ def collect(folder: Path) -> tuple[list[Bundle], list[str]]:
 
 
 def parity_cells(bundle: Bundle) -> tuple[str, str, str]:
-    """(ONNX Runtime error, TVM error, status) for summaries; errors normalised."""
+    """(ONNX Runtime error, TVM error, status) for summaries; errors normalised. An int8
+    bundle has no ONNX model, and its TVM error is against the int8 reference."""
     parity = bundle.manifest.parity
     ort, tvm = parity.onnxruntime, parity.tvm
+    ort_cell = f"{ort.normalised:.1e}" if ort.ran else "-"
     if not tvm.ran:
-        return f"{ort.normalised:.1e}", str(tvm.how), "built"
+        return ort_cell, str(tvm.how), "built"
     status = "ok" if tvm.passed else "FAILED"
-    return f"{ort.normalised:.1e}", f"{tvm.normalised:.1e} ({tvm.how})", status
+    if bundle.manifest.precision != "fp32":
+        status += f" (bit-exact {bundle.manifest.precision})" if tvm.passed else ""
+    return ort_cell, f"{tvm.normalised:.1e} ({tvm.how})", status
 
 
 def print_table(bundles: list[Bundle], failures: list[str]) -> None:

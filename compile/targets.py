@@ -8,6 +8,7 @@ GPU.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,17 @@ ELF_MACHINES = {"x86_64": 62, "aarch64": 183, "armv7": 40}
 
 
 @dataclass(frozen=True)
+class Int8Spec:
+    """How a CPU target's int8 bundle is built: the TVM target its integer kernels take
+    (it may name an ISA feature the fp32 build does not need), the instruction set they
+    must use (compile/int8.py ISAS) and the CPU flags that run them natively."""
+
+    tvm: Mapping[str, Any]
+    isa: str
+    cpu_flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     description: str
@@ -37,6 +49,7 @@ class Target:
     cpu_flags: tuple[str, ...] = ()  # /proc/cpuinfo flags needed to run natively
     qemu: tuple[str, ...] = field(default=())  # qemu-user command prefix, for run == "qemu"
     tile: ConvTile | None = None  # our conv schedule's register tile (CPU targets)
+    int8: Int8Spec | None = None  # its int8 bundles (None: it has none)
 
     @property
     def elf_machine(self) -> int:
@@ -49,6 +62,15 @@ class Target:
 
 _X86_HOST = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}
 _AARCH64_HOST = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
+# LLVM emits f32 NEON vector code only under fast-math (NEON is not IEEE-exact for
+# denormals); without it the loops stay scalar VFP.
+_ARMV7 = {
+    "kind": "llvm",
+    "mtriple": "armv7a-linux-gnueabihf",
+    "mattr": ["+neon", "+vfp4"],
+    "mfloat-abi": "hard",
+    "fast-math": True,
+}
 
 TARGETS: dict[str, Target] = {
     t.name: t
@@ -64,6 +86,7 @@ TARGETS: dict[str, Target] = {
             run="native",
             cpu_flags=("avx2", "fma"),
             tile=ConvTile(vec=8, t_tile=6, f_vecs=2, registers=16),  # 12 of 16 ymm
+            int8=Int8Spec(_X86_HOST, "generic", ("avx2", "fma")),  # widening AVX2 loops
         ),
         Target(
             "x86_64-avx512",
@@ -76,6 +99,12 @@ TARGETS: dict[str, Target] = {
             run="native",
             cpu_flags=("avx512f", "avx512bw", "avx512vl", "avx512dq"),
             tile=ConvTile(vec=16, t_tile=10, f_vecs=2, registers=32),  # 20 of 32 zmm
+            # int8 takes VNNI's vpdpbusd: Cascade Lake, Ice Lake, Zen 4 and newer.
+            int8=Int8Spec(
+                {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake"},
+                "avx512vnni",
+                ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"),
+            ),
         ),
         Target(
             "aarch64",
@@ -88,19 +117,17 @@ TARGETS: dict[str, Target] = {
             run="qemu",
             qemu=("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"),
             tile=ConvTile(vec=4, t_tile=6, f_vecs=2, registers=32),  # 12 of 32 q regs
+            # int8 takes the dot product extension's sdot (Armv8.2: Cortex-A55/A76, Pi 5).
+            int8=Int8Spec(
+                {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]},
+                "dotprod",
+                ("asimddp",),
+            ),
         ),
         Target(
             "armv7",
             "32-bit Arm Cortex-A with NEON, hard-float ABI (Cortex-A7/A9/A53 in 32-bit mode)",
-            # LLVM emits f32 NEON vector code only under fast-math (NEON is not IEEE-exact
-            # for denormals); without it the loops stay scalar VFP.
-            {
-                "kind": "llvm",
-                "mtriple": "armv7a-linux-gnueabihf",
-                "mattr": ["+neon", "+vfp4"],
-                "mfloat-abi": "hard",
-                "fast-math": True,
-            },
+            _ARMV7,
             arch="armv7",
             device="cpu",
             compiler="arm-linux-gnueabihf-g++",
@@ -108,6 +135,7 @@ TARGETS: dict[str, Target] = {
             run="qemu",
             qemu=("qemu-arm", "-L", "/usr/arm-linux-gnueabihf"),
             tile=ConvTile(vec=4, t_tile=6, f_vecs=2, registers=16),  # 12 of 16 q regs
+            int8=Int8Spec(_ARMV7, "generic"),  # NEON widening multiply-accumulates
         ),
         Target(
             "cuda",
@@ -176,3 +204,15 @@ def elf_machine_of(path: str | Path) -> int | None:
         return None
     order = "little" if head[5] == 1 else "big"
     return int.from_bytes(head[18:20], order)
+
+
+def int8_target(target: Target) -> Target:
+    """`target` as its int8 bundles are built: the int8 TVM target and the CPU flags
+    that run it (a CompileError for a target without int8 kernels)."""
+    if target.int8 is None:
+        have = ", ".join(name for name, t in TARGETS.items() if t.int8 is not None)
+        raise CompileError(
+            f"target {target.name!r} has no int8 bundles: our integer kernels are for CPUs "
+            f"only; build int8 for one of: {have}"
+        )
+    return dataclasses.replace(target, tvm=target.int8.tvm, cpu_flags=target.int8.cpu_flags)

@@ -125,6 +125,10 @@ class Bundle:
         return self.manifest.target.device
 
     @property
+    def tolerance_kind(self) -> str:
+        return self.manifest.tolerance_kind
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         return self.manifest.input.shape
 

@@ -29,6 +29,7 @@ DEVICES = ("cpu", "cuda")
 GPU_DEVICES = ("cuda",)
 RUNS = ("native", "qemu", "gpu")
 TASKS = ("features", "qrs_detection", "classification")
+PRECISIONS = ("fp32", "int8")  # int8: our integer kernels (compile/int8.py)
 
 
 class ManifestError(DeployError):
@@ -185,6 +186,46 @@ class StreamInfo:
 
 
 @dataclass(frozen=True)
+class Saturation:
+    """A layer whose int8 activations clipped on the calibration records."""
+
+    layer: str
+    clipped: int
+    total: int
+
+
+@dataclass(frozen=True)
+class TaskAccuracy:
+    """A detector's CPSC2019 score and F1 on held-out records, fp32 beside int8."""
+
+    records: list[int]
+    fp32_score: float
+    fp32_f1: float
+    int8_score: float
+    int8_f1: float
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """An int8 bundle: how it was quantized, and how far it is from fp32. The golden
+    outputs are the int8 reference's, judged bit for bit; the distance to fp32 is
+    reported, never judged by the fp32 tolerance."""
+
+    isa: str  # the kernels' int8 instruction set (compile/int8.py ISAS)
+    input_dtype: str  # "int16" or "int8"
+    method: str  # calibration: "percentile" or "max"
+    calibration_records: list[int]
+    weights_bytes: int  # int8 weights
+    fp32_weights_bytes: int  # the same weights in fp32
+    constant_bytes: int  # weights, biases, requantization and tables
+    saturated: list[Saturation]  # layers that clipped during calibration
+    fp32_max_abs: float  # on the golden ECG cases, against the fp32 model
+    fp32_normalised: float  # the worst case's error / max |fp32 output|
+    fp32_median_normalised: float  # the median case's
+    accuracy: TaskAccuracy | None  # a detector's held-out beats; None otherwise
+
+
+@dataclass(frozen=True)
 class FileEntry:
     sha256: str
     bytes: int
@@ -208,10 +249,18 @@ class Manifest:
     files: dict[str, FileEntry] = field(default_factory=dict)
     detect: RPeakRule | None = None  # the R-peak rule of a QRS detector
     stream: StreamInfo | None = None  # a stream bundle's step (None: a window bundle)
+    precision: str = "fp32"  # one of PRECISIONS
+    quantization: Quantization | None = None  # an int8 bundle's (None: fp32)
 
     @property
     def kind(self) -> str:
         return "window" if self.stream is None else "stream"
+
+    @property
+    def tolerance_kind(self) -> str:
+        """The row of the tolerance table (deploy/parity.py) its golden data is judged
+        by: the device for fp32, the precision otherwise (int8: bit for bit)."""
+        return self.target.device if self.precision == "fp32" else self.precision
 
     def to_json(self) -> str:
         return json.dumps(_write_manifest(self), indent=2) + "\n"
@@ -256,6 +305,8 @@ def _write_manifest(m: Manifest) -> dict[str, Any]:
         "output": _write_tensor(m.output),
         "detect": m.detect.to_dict() if m.detect else None,
         "stream": _write_stream(m.stream),
+        "precision": m.precision,
+        "quantization": _write_quantization(m.quantization),
         "golden": [dict(vars(g)) for g in m.golden],
         "schedule": dict(vars(m.schedule)),
         "footprint": dict(vars(m.footprint)),
@@ -278,6 +329,15 @@ def _write_stream(info: StreamInfo | None) -> dict[str, Any] | None:
     out["states"] = [
         {"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in info.states
     ]
+    return out
+
+
+def _write_quantization(q: Quantization | None) -> dict[str, Any] | None:
+    if q is None:
+        return None
+    out = dict(vars(q))
+    out["saturated"] = [dict(vars(s)) for s in q.saturated]
+    out["accuracy"] = dict(vars(q.accuracy)) if q.accuracy else None
     return out
 
 
@@ -496,6 +556,8 @@ def _read_manifest(root: _Obj) -> Manifest:
         files=files,
         detect=_read_rule(root),
         stream=_read_stream(root),
+        precision=root.str("precision", optional=True, choices=PRECISIONS) or "fp32",
+        quantization=_read_quantization(root),
     )
     _check_consistent(root, manifest)
     return manifest
@@ -631,6 +693,36 @@ def _read_stream(root: _Obj) -> StreamInfo | None:
     return StreamInfo(**numbers, states=states)
 
 
+def _read_quantization(root: _Obj) -> Quantization | None:
+    q = root.obj("quantization", optional=True)
+    if q is None:
+        return None
+    saturated = []
+    for k, entry in enumerate(q.list("saturated")):
+        s = _Obj(entry, root.where, f"quantization.saturated[{k}]")
+        saturated.append(Saturation(s.str("layer"), s.int("clipped"), s.int("total")))
+    acc = q.obj("accuracy", optional=True)
+    if acc is not None:
+        acc = TaskAccuracy(
+            acc.ints("records"),
+            *(acc.number(k) for k in ("fp32_score", "fp32_f1", "int8_score", "int8_f1")),
+        )
+    return Quantization(
+        isa=q.str("isa"),
+        input_dtype=q.str("input_dtype", choices=("int16", "int8")),
+        method=q.str("method"),
+        calibration_records=q.ints("calibration_records"),
+        weights_bytes=q.int("weights_bytes"),
+        fp32_weights_bytes=q.int("fp32_weights_bytes"),
+        constant_bytes=q.int("constant_bytes"),
+        saturated=saturated,
+        fp32_max_abs=q.number("fp32_max_abs"),
+        fp32_normalised=q.number("fp32_normalised"),
+        fp32_median_normalised=q.number("fp32_median_normalised"),
+        accuracy=acc,
+    )
+
+
 def _read_rule(root: _Obj) -> RPeakRule | None:
     rule = root.obj("detect", optional=True)
     if rule is None:
@@ -691,3 +783,7 @@ def _check_consistent(root: _Obj, m: Manifest) -> None:
             f"{m.input.shape[1]} leads, the manifest lists {len(m.leads)}; "
             "rebuild the bundle"
         )
+    if (m.precision == "fp32") != (m.quantization is None):
+        raise root.fail("quantization", "present exactly when precision is not fp32", m.precision)
+    if m.precision != "fp32" and m.stream is not None:
+        raise root.fail("precision", "fp32 for a stream bundle", m.precision)

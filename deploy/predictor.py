@@ -121,7 +121,8 @@ def check_bundle(bundle: Bundle | str | Path, how: str = "native (Python)") -> B
     b = predictor.bundle
     outputs = {name: predictor(x) for name, (x, _) in b.golden.items()}
     cases = {
-        name: compare(outputs[name], expected, b.device) for name, (_, expected) in b.golden.items()
+        name: compare(outputs[name], expected, b.tolerance_kind)
+        for name, (_, expected) in b.golden.items()
     }
     expected = {name: y for name, (_, y) in b.golden.items()}
     return BundleCheck(

@@ -144,7 +144,7 @@ def check_stream(bundle: Bundle | str | Path, how: str = "native (Python)"):
     cases, task = {}, None
     for name, (record, expected) in b.golden.items():
         got = stream.run(record)
-        cases[name] = compare(got, expected, b.device)
+        cases[name] = compare(got, expected, b.tolerance_kind)
         rule = b.manifest.detect
         if rule is not None and got.shape == expected.shape:
             n = record.shape[-1]

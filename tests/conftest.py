@@ -89,6 +89,23 @@ def qrs_bundles(tmp_path_factory, qrs):
 
 
 @pytest.fixture(scope="session")
+def qrs_int8_bundles(tmp_path_factory, qrs):
+    """The detector in int8 for every target with int8 kernels (as `make build` builds
+    them): quantized on the real CPSC2019 records, which it needs."""
+    from mscnn import data as ecg_data
+
+    if not (ecg_data.data_dir() / ecg_data.CPSC2019_FILE).is_file():
+        pytest.skip(f"int8 calibration needs {ecg_data.CPSC2019_FILE} in {ecg_data.data_dir()}")
+    out = tmp_path_factory.mktemp("qrs-int8")
+    variant = resolve_variant(qrs, "1")
+    options = BuildOptions(precision="int8")
+    return {
+        name: build(qrs, TARGETS[name], variant, out, options)
+        for name in ("x86_64", "x86_64-avx512", "aarch64", "armv7")
+    }
+
+
+@pytest.fixture(scope="session")
 def qrs_stream_bundles(tmp_path_factory, qrs):
     """The detector's step for hops of 512 samples (~1 s), for x86_64."""
     out = tmp_path_factory.mktemp("qrs-stream")

@@ -2,17 +2,12 @@
 program bit for bit against the reference on real records, the dot-product instructions in
 the generated code, refusals, and the detector's accuracy against fp32 on held-out records."""
 
-import hashlib
-import json
-import shutil
-
 import numpy as np
 import pytest
 import torch
-from native_runner import run_native
 
 import mscnn
-from compile import TARGETS, int8, quantize
+from compile import int8, quantize
 from compile.errors import CompileError
 from compile.quantize import Requant, make_requant, quantize_multiplier, requantize
 from deploy.bundle import cpu_flags, host_arch
@@ -206,42 +201,6 @@ def test_lead_variant_program_is_bit_exact(qdetector):
     qm = quantize.quantize_model(variant, x[:3])
     program = int8.build_int8(qm, int8.X86_VNNI, batch=1, samples=1000)
     assert np.array_equal(program(x[3:]), quantize.run_int8(qm, x[3:]))
-
-
-@pytest.mark.cross
-@pytest.mark.parametrize(
-    ("arch", "tvm_target", "isa", "instruction"),
-    [
-        ("aarch64", int8.AARCH64_DOTPROD, "dotprod", "sdot"),
-        ("armv7", TARGETS["armv7"].tvm, "generic", "vmla.i32"),  # NEON multiply-accumulate
-    ],
-)
-def test_arm_library_is_bit_exact_under_qemu(
-    qrs_bundles, qdetector, tmp_path, arch, tvm_target, isa, instruction
-):
-    """The ARM int8 library run by the native runner under qemu-user. Until int8 bundles
-    exist, the bundle is the session's fp32 detector bundle with its library swapped for
-    the int8 one (manifest hash updated): same entry point, same input and output."""
-    target = TARGETS[arch]
-    bundle = tmp_path / "int8"
-    shutil.copytree(qrs_bundles[arch].path, bundle)
-    program = int8.build_int8(qdetector, tvm_target, samples=5000, require=isa)
-    assert instruction in program.asm()
-    library = program.export(bundle / "model.so", cc=target.compiler).read_bytes()
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["files"]["model.so"] = {
-        "sha256": hashlib.sha256(library).hexdigest(),
-        "bytes": len(library),
-    }
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
-    for record in (25, 3):  # record 3 clips at 33 mV
-        x = real(("ECG",), [record]).astype("<f4")
-        np.save(tmp_path / "x.npy", x)
-        done = run_native(
-            arch, bundle, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy"
-        )
-        assert done.returncode == 0, done.stderr
-        assert np.array_equal(np.load(tmp_path / "y.npy"), quantize.run_int8(qdetector, x))
 
 
 @pytest.mark.slow

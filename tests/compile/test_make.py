@@ -27,16 +27,36 @@ def make(*args):
 
 def test_default_matrix_matches_the_python_defaults():
     """The Makefile's matrix: every target x every variant of the three default presets
-    (the lead-wise backbone, the 1-lead backbone, the trained QRS detector)."""
+    (the lead-wise backbone, the 1-lead backbone, the trained QRS detector), and the
+    detector in int8 for every target that has int8 kernels (the CPUs)."""
     done = make("print-bundles", "BUILD=b")
     got = set(done.stdout.split())
-    expected = {
+    fp32 = {
         f"b/{t}/{p}-{v}lead/manifest.json"
         for t in TARGETS
         for p in ("multi_scopic_leadwise", "cpsc2019", "cpsc2019_qrs")
         for v in default_variants(mscnn.load_model(p))
     }
-    assert got == expected and len(got) == 42
+    int8 = {f"b/{t}/cpsc2019_qrs-1lead-int8/manifest.json" for t in TARGETS if TARGETS[t].int8}
+    assert {t for t in TARGETS if TARGETS[t].int8} == {
+        "x86_64",
+        "x86_64-avx512",
+        "aarch64",
+        "armv7",
+    }
+    assert got == fp32 | int8 and len(got) == 46
+
+
+def test_precision_picks_the_matrix():
+    only_int8 = make(
+        "print-bundles", "BUILD=b", "PRECISION=int8", "PRESET=cpsc2019", "TARGETS=x86_64,cuda"
+    )
+    assert only_int8.stdout.split() == ["b/x86_64/cpsc2019-1lead-int8/manifest.json"]
+    only_fp32 = make("print-bundles", "BUILD=b", "PRECISION=fp32", "TARGETS=armv7")
+    assert all("int8" not in b for b in only_fp32.stdout.split())
+    assert len(only_fp32.stdout.split()) == 7
+    wrong = make("print-bundles", "PRECISION=fp16")
+    assert wrong.returncode != 0 and "PRECISION=fp16: choose fp32 or int8" in wrong.stderr
 
 
 def test_the_classifier_builds_on_request():

@@ -3,6 +3,7 @@
 These tests build manifests in memory (no compilation), so they can afford to try every
 field and many hostile variations: a manifest is hostile until checked."""
 
+import dataclasses
 import json
 import os
 import re
@@ -22,8 +23,11 @@ from deploy.manifest import (
     ManifestError,
     ModelInfo,
     Parity,
+    Quantization,
+    Saturation,
     Schedule,
     TargetInfo,
+    TaskAccuracy,
     TensorInfo,
     Verdict,
 )
@@ -65,10 +69,37 @@ def parse(data) -> Manifest:
     return Manifest.from_json(text, "manifest.json")
 
 
+def int8_sample() -> Manifest:
+    return dataclasses.replace(
+        sample(),
+        precision="int8",
+        quantization=Quantization(
+            "avx512vnni", "int16", "percentile", [0, 1], 100, 400, 180,
+            [Saturation("branch_0.block_0.ca_0", 3, 1000)], 2.0, 0.5, 0.05,
+            TaskAccuracy([2, 3], 0.9, 0.98, 0.89, 0.975),
+        ),
+    )  # fmt: skip
+
+
 def test_round_trip():
-    m = sample()
-    assert Manifest.from_json(m.to_json()) == m
-    assert parse(as_dict()).to_json() == m.to_json()
+    for m in (sample(), int8_sample()):
+        assert Manifest.from_json(m.to_json()) == m
+        assert parse(json.loads(m.to_json())).to_json() == m.to_json()
+    assert sample().tolerance_kind == "cpu" and int8_sample().tolerance_kind == "int8"
+    assert parse(as_dict()).precision == "fp32" and '"precision": "fp32"' in sample().to_json()
+
+
+QUANTIZATION_REQUIRED = [
+    k for k in json.loads(int8_sample().to_json())["quantization"] if k != "accuracy"
+]
+
+
+@pytest.mark.parametrize("key", QUANTIZATION_REQUIRED)
+def test_each_quantization_field(key):
+    data = json.loads(int8_sample().to_json())
+    data["quantization"].pop(key)
+    with pytest.raises(ManifestError, match=re.escape(f"lacks 'quantization.{key}'")):
+        parse(data)
 
 
 # Every field a reader relies on, written out: removing any of them must be refused, and
@@ -200,6 +231,19 @@ HOSTILE = {
         "without control characters, got x\\\\nerror",
     ),
     "leads mismatch": (_edit(lambda d: d.update(leads=["I", "II"])), "one index per lead"),
+    "precision fp16": (_edit(lambda d: d.update(precision="fp16")), "one of fp32, int8"),
+    "int8 unquantized": (
+        _edit(lambda d: d.update(precision="int8")),
+        "present exactly when precision is not fp32",
+    ),
+    "fp32 quantized": (
+        int8_sample().to_json().replace('"precision": "int8"', '"precision": "fp32"'),
+        "present exactly when precision is not fp32",
+    ),
+    "int8 NaN error": (
+        int8_sample().to_json().replace('"fp32_max_abs": 2.0', '"fp32_max_abs": "x"'),
+        "'quantization.fp32_max_abs' must be a finite number",
+    ),
 }
 
 

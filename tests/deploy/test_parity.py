@@ -1,7 +1,8 @@
 """The one parity check: its tolerances pinned at their boundaries, and what never passes.
 
 The design fixes the numbers (fp32 on a CPU passes at error normalised by max |reference|
-<= 1e-5, on a GPU at <= 1e-4; NaN never passes). They are written out here, not read back
+<= 1e-5, on a GPU at <= 1e-4; int8 bundles equal their integer reference bit for bit;
+NaN never passes). They are written out here, not read back
 from deploy.parity.TOLERANCES, so that a looser table fails these tests."""
 
 import math
@@ -11,7 +12,7 @@ import pytest
 
 from deploy.parity import TOLERANCES, ParityResult, compare, worst
 
-DESIGN = {"cpu": 1e-5, "cuda": 1e-4}
+DESIGN = {"cpu": 1e-5, "cuda": 1e-4, "int8": 0.0}
 
 
 def test_the_table_is_the_designs():
@@ -33,7 +34,23 @@ def off_by(error: float, at=(0, 0, 0)) -> np.ndarray:
     return got
 
 
-@pytest.mark.parametrize("device", list(DESIGN))
+FP32 = ["cpu", "cuda"]
+
+
+def test_int8_is_bit_for_bit():
+    """int8 bundles are judged against their integer reference: equal passes, the
+    smallest float32 step anywhere fails, however large the values."""
+    for scale in (1e-3, 1.0, 250.0):
+        expected = (reference() * scale).astype(np.float32)
+        assert compare(expected.copy(), expected, "int8").passed
+        for at in ((0, 0, 0), (1, 2, 3)):
+            got = expected.copy()
+            got[at] = np.nextafter(got[at], np.float32(np.inf))
+            result = compare(got, expected, "int8")
+            assert not result.passed and result.tolerance == 0.0
+
+
+@pytest.mark.parametrize("device", FP32)
 def test_boundary_is_inclusive_and_tight(device):
     tol = DESIGN[device]
     exact = compare(off_by(tol), reference(), device)
@@ -44,7 +61,7 @@ def test_boundary_is_inclusive_and_tight(device):
     assert not compare(off_by(-tol * (1 + 1e-6), at=(1, 2, 3)), reference(), device).passed
 
 
-@pytest.mark.parametrize("device", list(DESIGN))
+@pytest.mark.parametrize("device", FP32)
 def test_error_is_normalised_by_the_largest_reference_value(device):
     tol = DESIGN[device]
     for scale in (1e-3, 1.0, 250.0):

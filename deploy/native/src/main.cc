@@ -48,12 +48,13 @@ constexpr const char* kRunnerArch = "armv7";
 
 constexpr const char* kVersion = "0.1.0";
 
-// Must match deploy/parity.py TOLERANCES, which a test compares with `--tolerances`.
+// Must match deploy/parity.py TOLERANCES, which a test compares with `--tolerances`: a
+// row per device kind for fp32 bundles, per precision for the others.
 struct Tolerance {
   const char* device;
   double normalised;
 };
-constexpr Tolerance kTolerances[] = {{"cpu", 1e-5}, {"cuda", 1e-4}};
+constexpr Tolerance kTolerances[] = {{"cpu", 1e-5}, {"cuda", 1e-4}, {"int8", 0.0}};
 
 constexpr const char* kUsage =
     "usage: mscnn-run BUNDLE --check [--device cpu|cuda]\n"
@@ -322,7 +323,7 @@ int Check(const Options& o) {
   Bundle bundle = Bundle::Open(o.bundle);
   const Manifest& m = bundle.manifest();
   const std::string device = DeviceFor(bundle, o);
-  const double tolerance = ToleranceOf(device);
+  const double tolerance = ToleranceOf(m.precision == "fp32" ? device : m.precision);
   Admit(bundle);
   if (m.golden.empty()) {
     throw Refusal("bundle " + Clip(m.name) + " lists no golden data, so there is nothing to check; "
@@ -763,6 +764,7 @@ int Info(const Options& o) {
   std::printf("name: %s\n", Show(m.name).c_str());
   std::printf("target: %s (arch %s, device %s)\n", Show(m.target_name).c_str(), m.arch.c_str(),
               m.device.c_str());
+  std::printf("precision: %s\n", m.precision.c_str());
   std::printf("leads: %zu [%s]\n", m.leads.size(), Show(leads).c_str());
   std::printf("fs: %g Hz\n", m.fs);
   std::printf("input: %s float32 %s (batch, leads, samples)\n", Show(m.input.name).c_str(),

@@ -137,6 +137,14 @@ void ReadTarget(const ManifestReader& r, const Json& root, Manifest* m) {
   if (m->device != "cpu" && m->device != "cuda") {
     r.Bad("\"target.device\" is \"" + Clip(m->device) + "\", expected cpu or cuda");
   }
+  // "precision": missing or null in fp32 bundles; "int8" bundles are judged bit for bit.
+  const Json* precision = root.Find("precision");
+  if (precision != nullptr && precision->kind != Json::Kind::kNull) {
+    m->precision = r.String(root, "precision", "precision");
+    if (m->precision != "fp32" && m->precision != "int8") {
+      r.Bad("\"precision\" is \"" + Clip(m->precision) + "\", expected fp32 or int8");
+    }
+  }
 }
 
 void ReadSignal(const ManifestReader& r, const Json& root, Manifest* m) {
