@@ -144,6 +144,9 @@ void ReadTarget(const ManifestReader& r, const Json& root, Manifest* m) {
     if (m->precision != "fp32" && m->precision != "int8") {
       r.Bad("\"precision\" is \"" + Clip(m->precision) + "\", expected fp32 or int8");
     }
+    if (m->precision != "fp32") {  // what the bundle's golden outputs are: the int8 reference's
+      r.Get(root, "quantization", "quantization", Json::Kind::kObject);
+    }
   }
 }
 
