@@ -20,7 +20,8 @@ help:
 	@echo "make package TARGET=aarch64   a tarball of the runner, runtime and bundles"
 	@echo "make runners build the native runner for x86_64, aarch64 and armv7"
 	@echo "make bench   PyTorch vs ONNX Runtime vs TVM latency on this machine (THREADS=), and"
-	@echo "             the detector streamed (hops 64/128/512) vs a 10 s window every hop"
+	@echo "             the detector streamed (hops 64/128/512) vs a 10 s window every hop, and"
+	@echo "             int8: ours vs ONNX Runtime int8 and fp32 (latency, accuracy, peaks)"
 	@echo "make tune TARGET=x86_64   tune the conv kernels, write compile/tuning/<target>/"
 	@echo "             (RPC_TRACKER=host:port RPC_KEY=key: measure on a device)"
 	@echo "make train   retrain the demo QRS detector (deterministic) and check it reproduces"
@@ -200,6 +201,7 @@ bench: | $(STAMP) $(TOOLCHAINS)
 	$(PY) -m compile bench-stream $(BUILD)/bench/$(STREAM_TARGET)/cpsc2019_qrs-1lead \
 	  $(foreach h,64 128 512,$(BUILD)/bench/$(STREAM_TARGET)/cpsc2019_qrs-1lead-stream$(h)) \
 	  --threads $(THREADS) --out $(BUILD)/bench
+	$(PY) -m compile.int8_bench --threads $(THREADS) --out $(BUILD)/bench
 
 # --------------------------------------------------------------------------------------
 # The demo QRS detector (preset cpsc2019_qrs) on the CPSC2019 sample in ../shared/data
