@@ -10,7 +10,7 @@ def describe(bundle: Bundle) -> list[tuple[str, str]]:
     m = bundle.manifest
     runs, why = bundle.runnable_here()
     shape = {t: f"{t.name} {t.shape} {t.dtype}" for t in (m.input, m.output)}
-    return [
+    lines = [
         ("bundle", f"{bundle.name} ({bundle.path})"),
         ("target", f"{m.target.name} ({m.target.arch}, {m.target.device})"),
         ("model", f"{m.model.preset} — {m.model.source}"),
@@ -21,3 +21,21 @@ def describe(bundle: Bundle) -> list[tuple[str, str]]:
         ("library", f"{m.files[LIBRARY].bytes / 1024:.0f} KiB, sha256 verified"),
         ("runs here", "yes" if runs else f"no: {why}"),
     ]
+    if m.quantization is not None:
+        lines.insert(5, ("precision", _precision(m.quantization)))
+    return lines
+
+
+def _precision(q) -> str:
+    text = (
+        f"int8 ({q.isa} kernels, {q.input_dtype} input), weights {q.weights_bytes / 1024:.0f} "
+        f"KiB (fp32: {q.fp32_weights_bytes / 1024:.0f} KiB); vs fp32: median normalised "
+        f"error {q.fp32_median_normalised:.3g}"
+    )
+    if q.accuracy is not None:
+        a = q.accuracy
+        text += (
+            f"; held-out score {a.int8_score:.3f} (fp32 {a.fp32_score:.3f}), F1 "
+            f"{100 * a.int8_f1:.2f} (fp32 {100 * a.fp32_f1:.2f})"
+        )
+    return text

@@ -166,3 +166,12 @@ def test_every_int8_target_is_a_cpu_with_a_known_isa():
             assert target.int8.isa in int8.ISAS and int8.select_isa(
                 target.int8.tvm, target.int8.isa
             )
+
+
+def test_deploy_info_says_int8_and_its_accuracy(qrs_int8_bundles, qrs_bundles):
+    from deploy.describe import describe
+
+    lines = dict(describe(load_bundle(qrs_int8_bundles["aarch64"].path)))
+    assert lines["precision"].startswith("int8 (dotprod kernels, int16 input)")
+    assert "held-out score" in lines["precision"] or "seeded" in lines["model"]
+    assert "precision" not in dict(describe(load_bundle(qrs_bundles["aarch64"].path)))
