@@ -18,6 +18,8 @@ help:
 	@echo "make parity  check every bundle in build/: x86 in-process, ARM under qemu with"
 	@echo "             the native runner, CUDA only where a GPU is present"
 	@echo "make package TARGET=aarch64   a tarball of the runner, runtime and bundles"
+	@echo "make package TARGET=cortex-m7 the streaming detector for a Cortex-M (M4 too): library,"
+	@echo "             headers, example firmware, proven under qemu-system-arm (MCU_HOP=200)"
 	@echo "make runners build the native runner for x86_64, aarch64 and armv7"
 	@echo "make bench   PyTorch vs ONNX Runtime vs TVM latency on this machine (THREADS=), and"
 	@echo "             the detector streamed (hops 64/128/512) vs a 10 s window every hop, and"
@@ -146,10 +148,19 @@ parity: $(RUNNERS)
 	$(PY) -m deploy parity $(BUILD) --runners $(BUILD)/native
 
 # make package TARGET=aarch64: the runner, the runtime and that target's bundles.
-package: | $(STAMP)
+# make package TARGET=cortex-m7: the streaming detector (MCU_HOP samples per step) for a
+# Cortex-M, proven under qemu-system-arm: library, headers, example firmware (compile/mcu.py).
+MCU_TARGETS := cortex-m7 cortex-m4
+MCU_HOP ?= 200
+package: | $(STAMP) $(TOOLCHAINS)
 	@test -n "$(TARGET)" || { echo "error: give TARGET=<target>, e.g. make package TARGET=aarch64"; exit 2; }
+ifneq ($(filter $(TARGET),$(MCU_TARGETS)),)
+	$(PY) -m compile mcu --target $(TARGET) --hop $(MCU_HOP) --samples 5000 \
+	  --out $(BUILD)/mcu --package $(BUILD)/package $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+else
 	$(MAKE) --no-print-directory $(filter $(BUILD)/$(TARGET)/%,$(BUNDLES)) runners
 	$(PY) -m deploy package $(TARGET) --build $(BUILD) --runners $(BUILD)/native --out $(BUILD)/package
+endif
 
 test: $(STAMP) $(TOOLCHAINS)
 	$(PY) -m pytest $(PYTEST_ARGS)

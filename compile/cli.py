@@ -273,6 +273,7 @@ def _bench_stream(args) -> int:
 
 def _add_mcu(sub, formatter) -> None:
     from .mcu import BOARDS, PARTS
+    from .mcu_package import PACKAGES
 
     m = sub.add_parser(
         "mcu",
@@ -282,7 +283,13 @@ def _add_mcu(sub, formatter) -> None:
     )
     m.add_argument("--preset", default="cpsc2019_qrs", choices=list(mscnn.PRESETS))
     m.add_argument("--checkpoint", type=Path, help="trained weights (default: the preset's)")
-    m.add_argument("--board", default="mps2-an500", choices=list(BOARDS))
+    m.add_argument(
+        "--target",
+        choices=list(PACKAGES),
+        default=None,
+        help="a Cortex-M target: picks its board and part (cortex-m7: mps2-an500, stm32h7)",
+    )
+    m.add_argument("--board", default=None, choices=list(BOARDS), help="default: mps2-an500")
     m.add_argument(
         "--part",
         default=None,
@@ -292,18 +299,34 @@ def _add_mcu(sub, formatter) -> None:
     m.add_argument("--samples", type=_positive, default=2400, help="window (or record) length")
     m.add_argument("--hop", type=_positive, default=None, help="a streaming step of this hop")
     m.add_argument("--out", type=Path, default=Path("build/mcu"), help="output folder")
+    m.add_argument(
+        "--package",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write DIR/mscnn-edge-<core>.tar.gz: library, headers, sources, example "
+        "firmware with its Makefile, report, README",
+    )
     m.set_defaults(func=_mcu)
 
 
 def _mcu(args) -> int:
-    from .mcu import build_mcu
+    from .mcu import BOARDS, build_mcu
+    from .mcu_package import PACKAGES, package_mcu
 
+    board, part = PACKAGES[args.target] if args.target else ("mps2-an500", None)
+    board, part = args.board or board, args.part or part
+    if args.target and BOARDS[board].core != args.target:
+        raise CompileError(f"--board {board} is a {BOARDS[board].core}, not {args.target}")
     loaded = mscnn.load_model(args.preset, args.checkpoint)
     mode = f"stream{args.hop}" if args.hop else f"window{args.samples}"
-    out = args.out / args.board / f"{args.preset}-{mode}"
-    done = build_mcu(loaded, args.board, out, samples=args.samples, hop=args.hop, part=args.part)
+    out = args.out / board / f"{args.preset}-{mode}"
+    done = build_mcu(loaded, board, out, samples=args.samples, hop=args.hop, part=part)
     print(json.dumps(done.to_json(), indent=2))
     print(f"wrote {done.folder} (libmscnn.a, model.h, firmware.elf, mcu.json)")
+    if args.package:
+        archive, size = package_mcu(done.folder, done.core, args.package)
+        print(f"wrote {archive} ({size / 1e6:.1f} MB)")
     return 0
 
 

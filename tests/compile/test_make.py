@@ -124,3 +124,12 @@ def test_two_parallel_builds_into_one_folder(tmp_path):
     leftovers = [p.name for p in tmp_path.rglob(".*") if p.is_dir()]
     assert leftovers == []
     assert not list(tmp_path.glob(".options.new*"))
+
+
+def test_package_for_a_cortex_m_builds_the_streaming_detector():
+    done = make("-n", "package", "TARGET=cortex-m7", "BUILD=b")
+    assert done.returncode == 0, done.stderr
+    assert "-m compile mcu --target cortex-m7 --hop 200 --samples 5000" in done.stdout
+    assert "--package b/package" in done.stdout and "deploy package" not in done.stdout
+    other = make("-n", "package", "TARGET=aarch64", "BUILD=b")
+    assert "-m deploy package aarch64" in other.stdout and "compile mcu" not in other.stdout

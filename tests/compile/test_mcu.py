@@ -191,3 +191,39 @@ def test_cortex_m4(detector, tmp_path):
     built = mcu.build_mcu(detector, "mps2-an386", tmp_path, samples=1200, records=1)
     assert built.core == "cortex-m4"
     assert built.parity.passed and built.beats_equal is True
+
+
+def test_package_rebuilds_its_firmware_from_itself_alone(m7_stream, detector, tmp_path):
+    """`make package TARGET=cortex-m7`'s tarball: its example Makefile rebuilds the
+    firmware from the packaged files only (same sections as the shipped one), and the
+    rebuilt firmware streams a real record to PyTorch's beats."""
+    import tarfile
+
+    from compile.mcu_package import package_mcu
+
+    archive, _ = package_mcu(m7_stream.folder, "cortex-m7", tmp_path / "out")
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    root = tmp_path / "x" / "mscnn-edge-cortex-m7"
+    readme = (root / "README.txt").read_text()
+    assert "stm32h7: yes" in readme and "% of a 480 MHz core" in readme
+    (root / "example" / "firmware.elf").unlink()
+    done = subprocess.run(["make", "-C", str(root / "example")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rebuilt = root / "example" / "firmware.elf"
+    assert mcu.section_sizes(rebuilt) == mcu.section_sizes(m7_stream.firmware)
+    x = cpsc2019_records().signals[31:32]
+    run = mcu.run_stream_firmware(rebuilt, mcu.BOARDS["mps2-an500"], x, tmp_path / "run")
+    assert run.status == 0 and run.codes == (0,), run.log
+    with torch.no_grad():
+        want = detector.model(torch.from_numpy(x[None]))[0].numpy()
+    rule = RPeakRule(reduction=detector.model.reduction, fs=detector.fs)
+    got = detect_rpeaks(run.outputs[0].reshape(want.shape), rule, x.shape[1])
+    assert np.array_equal(got, detect_rpeaks(want, rule, x.shape[1]))
+
+
+def test_package_refuses_a_build_of_another_core(m7_stream, tmp_path):
+    from compile.mcu_package import package_mcu
+
+    with pytest.raises(CompileError, match="built for cortex-m7, not cortex-m4"):
+        package_mcu(m7_stream.folder, "cortex-m4", tmp_path)
