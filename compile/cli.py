@@ -65,6 +65,17 @@ def _targets(args) -> int:
     for t in TARGETS.values():
         run = {"native": "native", "qemu": t.qemu[0] if t.qemu else "", "gpu": "GPU"}[t.run]
         table.add_row(t.name, t.description, t.compiler, run, runnable_here(t)[1])
+    from .mcu import BOARDS, CORES
+    from .mcu_package import PACKAGES
+
+    for name, (board, _) in PACKAGES.items():
+        table.add_row(
+            name,
+            f"{CORES[name].description}; no OS (make package TARGET={name})",
+            "arm-none-eabi-gcc",
+            f"qemu-system-arm -M {BOARDS[board].qemu_machine}",
+            "firmware, not bundles",
+        )
     Console().print(table)
     return 0
 

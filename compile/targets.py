@@ -167,6 +167,11 @@ def get_target(name: str) -> Target:
     try:
         return TARGETS[name]
     except (KeyError, TypeError):
+        if name in ("cortex-m7", "cortex-m4"):
+            raise CompileError(
+                f"{name} is a microcontroller: it gets firmware, not bundles; build it with "
+                f"`make package TARGET={name}` (python -m compile mcu --target {name})"
+            ) from None
         raise CompileError(f"unknown target {name!r}; choose from: {', '.join(TARGETS)}") from None
 
 

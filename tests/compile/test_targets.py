@@ -32,6 +32,16 @@ def test_unknown_target_lists_valid_ones():
         get_target("arm9")
 
 
+@pytest.mark.parametrize("core", ["cortex-m7", "cortex-m4"])
+def test_a_cortex_m_as_a_bundle_target_points_to_its_package(core):
+    from compile.mcu import CORES
+    from compile.mcu_package import PACKAGES
+
+    assert core in CORES and core in PACKAGES  # the names get_target knows are the tables'
+    with pytest.raises(CompileError, match=f"make package TARGET={core}"):
+        get_target(core)
+
+
 def test_missing_compiler_names_the_package(monkeypatch):
     monkeypatch.setattr("compile.targets.shutil.which", lambda name: None)
     with pytest.raises(CompileError, match="apt-get install -y g\\+\\+-aarch64-linux-gnu"):
