@@ -301,6 +301,7 @@ def run_int8_bench(threads: int = 2, rounds: int = 5, runs: int = 50) -> Int8Ben
     import os
 
     import mscnn
+    from deploy.predictor import set_threads, tvm_threads
     from mscnn.train import CHECKPOINT
 
     from . import int8, quantize
@@ -311,10 +312,9 @@ def run_int8_bench(threads: int = 2, rounds: int = 5, runs: int = 50) -> Int8Ben
     records = quantize.CALIBRATION_RECORDS
     calibration = quantize.real_ecg(loaded.leads, records)
     qm = quantize.quantize_model(loaded, calibration, record_ids=records)
-    # TVM's pool takes its size from here when it first runs a parallel kernel. Not
-    # config_threadpool (deploy.predictor.set_threads): it pins the calling thread to one
-    # core, and ONNX Runtime's threads, created later by this thread, would share it.
-    os.environ["TVM_NUM_THREADS"] = str(threads)
+    set_threads(threads)  # TVM's pool, with this thread's CPUs given back
+    if tvm_threads() != threads:
+        raise CompileError(f"TVM's pool runs {tvm_threads()} threads, {threads} asked")
     cpu = cpu_model()
     program = int8.build_int8(qm, int8.X86_VNNI, batch=1, samples=calibration.shape[2])
     x = quantize.real_ecg(loaded.leads, [quantize.HELD_OUT_RECORDS[0]])

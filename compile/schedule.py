@@ -9,6 +9,9 @@ Applied after FuseTIR, to kernels recognised by their block names:
   `t_tile` time steps x `f_vecs` channel vectors accumulates in registers, the epilogue
   runs on the tile, and the tiles run in parallel. The weights are repacked once, at
   compile time, to [F/vec, C, K, vec] so that each channel vector is one load.
+- fused matmul (a whole model's per-frame linear layers: `matmul` -> bias -> ReLU or
+  Mish epilogue): the same register tile over frames x output-feature vectors; the
+  weights [K, N] are already contiguous in N, so nothing is repacked.
 - max-pool and concat: parallel over channels.
 
 A kernel that does not match (say, a channel count that is no multiple of the vector
@@ -55,6 +58,8 @@ def kernel_kind(func) -> str:
         return "other"
     if any(n in CONV_BLOCKS for n in names):
         return "conv"
+    if "matmul" in names:
+        return "matmul"
     return "spatial" if ("pool_max" in names or "T_concat" in names) else "other"
 
 
@@ -116,7 +121,11 @@ def apply_conv(sch, tile: ConvTile, t_tile=None, f_vecs=None) -> int:
     blocks = _blocks(sch)
     names = [sch.get(b).name_hint for b in blocks]
     at = next(i for i, n in enumerate(names) if n in CONV_BLOCKS)
-    conv, pads, epilogue = blocks[at], blocks[:at], blocks[at + 1 :]
+    conv, epilogue = blocks[at], blocks[at + 1 :]
+    pads = [b for b, name in zip(blocks[:at], names, strict=False) if name.startswith("pad")]
+    for block, name in zip(blocks[:at], names, strict=False):
+        if not name.startswith("pad"):  # index arithmetic (a stream step's end-of-record
+            sch.compute_inline(block)  # mask) goes into the epilogue that reads it
     n, f, t, c, k = sch.get_loops(conv)
     channels, length = int(sch.get(f).extent), int(sch.get(t).extent)
     default_t, default_f = _default_tile(channels, length, tile)
@@ -153,6 +162,50 @@ def apply_conv(sch, tile: ConvTile, t_tile=None, f_vecs=None) -> int:
     for pad in pads:
         sch.parallel(sch.fuse(*sch.get_loops(pad)[:-1]))
     return weight_param
+
+
+def apply_matmul(sch, tile: ConvTile) -> None:
+    """Schedule the per-frame matmul kernel held by `sch` in place: (batch, frames, K) x
+    (K, N), N a multiple of the vector width, with its elementwise epilogue on the tile."""
+    vec = tile.vec
+    blocks = _blocks(sch)
+    names = [sch.get(b).name_hint for b in blocks]
+    at = names.index("matmul")
+    matmul, epilogue = blocks[at], blocks[at + 1 :]
+    if at != 0:
+        raise ValueError(f"blocks before the matmul: {names[:at]}")
+    n, t, f, k = sch.get_loops(matmul)
+    length, channels = int(sch.get(t).extent), int(sch.get(f).extent)
+    t_tile, f_vecs = _default_tile(channels, length, tile)
+    for block in epilogue[:-1]:
+        sch.compute_inline(block)
+    if epilogue:
+        out = epilogue[-1]
+        sch.set_scope(matmul, 0, "local")
+    else:
+        out = sch.cache_write(matmul, 0, "local")
+    fo, fu, fv = sch.split(f, [None, f_vecs, vec])
+    to, ti = sch.split(t, [None, t_tile])
+    sch.reorder(n, fo, to, k, ti, fu, fv)
+    sch.reverse_compute_at(out, to)
+    sch.vectorize(fv)
+    sch.unroll(fu)
+    sch.unroll(ti)
+    o_t, o_f = sch.get_loops(out)[-2:]
+    o_fu, o_fv = sch.split(o_f, [None, vec])
+    sch.vectorize(o_fv)
+    sch.unroll(o_fu)
+    sch.unroll(o_t)
+    sch.parallel(sch.fuse(n, fo, to))
+    sch.decompose_reduction(matmul, k)
+
+
+def schedule_matmul(func, tile: ConvTile):
+    import tvm
+
+    sch = tvm.s_tir.Schedule(func)
+    apply_matmul(sch, tile)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
 def schedule_conv(func, tile: ConvTile, t_tile=None, f_vecs=None):
@@ -288,6 +341,9 @@ def _schedule_kernels(mod, tile: ConvTile, records: dict, constants: set):
                     raise ValueError("its weights are not a compile-time constant")
                 counts["tuned" if tuned else "default"] += 1
                 updates[gv], packed[gv.name_hint] = new, index
+            elif kind == "matmul":
+                updates[gv] = schedule_matmul(func, tile)
+                counts["default"] += 1
             elif kind == "spatial":
                 updates[gv] = _schedule_spatial(func)
         except Exception as exc:  # keep TVM's default loops for what we do not know

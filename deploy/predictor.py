@@ -86,18 +86,32 @@ class Predictor:
 
 
 def set_threads(threads: int, remote=None) -> None:
-    """TVM's CPU thread pool: `threads` workers, fastest cores first (one way, for every
-    caller; `remote` is an RPC session whose device pool is configured instead)."""
+    """TVM's CPU thread pool: `threads` workers sharing this process's CPUs (one way, for
+    every caller; `remote` is an RPC session whose device pool is configured instead).
+
+    Mode -3 (kSpecifyThreadShareAllCore) with the CPUs this process may use: mode 1
+    ("big cores first") ran one worker on machines whose cores report no frequencies
+    (this project's 2-core EPYC VMs): `runtime.NumThreads` said 1 for 2 asked, and every
+    "2 thread" TVM figure was single-threaded beside a 2-thread ONNX Runtime."""
     import tvm
 
     name = "runtime.config_threadpool"
     configure = tvm.get_global_func(name) if remote is None else remote.get_function(name)
+    if remote is not None:  # the device's CPUs are not known here
+        configure(1, threads)
+        return
     # TVM pins the calling thread too; give it its CPUs back, or everything this process
     # starts afterwards (ONNX Runtime's and PyTorch's threads) would share one core.
-    cpus = os.sched_getaffinity(0) if remote is None else None
-    configure(1, threads)  # 1: big cores first; threads: how many
-    if cpus is not None:
-        os.sched_setaffinity(0, cpus)
+    cpus = os.sched_getaffinity(0)
+    configure(-3, threads, [str(c) for c in sorted(cpus)])
+    os.sched_setaffinity(0, cpus)
+
+
+def tvm_threads() -> int:
+    """The workers TVM's CPU pool runs parallel loops on, as it reports them."""
+    import tvm
+
+    return int(tvm.get_global_func("runtime.NumThreads")())
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ import torch
 
 import mscnn
 from compile import TARGETS, BuildOptions, build, resolve_variant
-from compile.export import INPUT_NAME, export_onnx
+from compile.export import export_onnx
+from compile.pipeline import front_passes
 from compile.schedule import kernel_kind, schedule_pass
 from compile.targets import tvm_target
 from deploy import Predictor, compare
@@ -16,25 +17,26 @@ from deploy import Predictor, compare
 CPU_TARGETS = [name for name, t in TARGETS.items() if t.tile is not None]
 
 
-def scheduled_module(model, target, folder, samples=256):
+def scheduled_module(model, target, folder, samples=256, path=None):
+    """(the fused kernels, the same scheduled) of `model` or of the ONNX file `path`."""
     import onnx
     import tvm
     from tvm import relax
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
     from tvm.relax.frontend.onnx import from_onnx
 
-    path = export_onnx(model, folder / "m.onnx", batch=1, samples=samples)
+    path = path or export_onnx(model, folder / "m.onnx", batch=1, samples=samples)
+    graph = onnx.load(str(path))
+    inputs = {i.name: i.type.tensor_type for i in graph.graph.input}
+    dtype = onnx.helper.tensor_dtype_to_np_dtype
     mod = from_onnx(
-        onnx.load(str(path)),
-        shape_dict={INPUT_NAME: [1, model.in_channels, samples]},
-        dtype_dict={INPUT_NAME: "float32"},
+        graph,
+        shape_dict={n: [d.dim_value for d in t.shape.dim] for n, t in inputs.items()},
+        dtype_dict={n: dtype(t.elem_type).name for n, t in inputs.items()},
     )
     mod = relax.transform.DecomposeOpsForInference()(mod)
     tv = tvm_target(target)
     with tv:
-        mod = tvm.transform.Sequential(cpu.library_dispatch_passes(tv) + cpu.legalize_passes(tv))(
-            mod
-        )
+        mod = tvm.transform.Sequential(front_passes(tv))(mod)
         return mod, schedule_pass(target.tile)(mod)
 
 
@@ -68,6 +70,49 @@ def test_every_conv_kernel_is_scheduled(name, preset, tmp_path):
         if len(getattr(p.ty, "shape", ())) == 4
     ]
     assert len(shapes) == 18 and all(s[-1] == vec for s in shapes)
+
+
+def kernels_of(mod, kind):
+    from tvm import tirx
+
+    return {
+        gv.name_hint
+        for gv, f in mod.functions.items()
+        if isinstance(f, tirx.PrimFunc) and kernel_kind(f) == kind
+    }
+
+
+@pytest.mark.parametrize("name", CPU_TARGETS)
+def test_a_detectors_head_is_scheduled(name, tmp_path):
+    """The per-frame linear layers (matmul + bias + Mish) take the register tile; the
+    last one, a single output feature, is no vector and keeps TVM's loops."""
+    model = mscnn.load_model("cpsc2019_qrs").model
+    before, after = scheduled_module(model, TARGETS[name], tmp_path)
+    matmuls = kernels_of(before, "matmul")
+    assert len(matmuls) == 3
+    names = {gv.name_hint for gv in after.functions}
+    kept = {n for n in matmuls if f"{n}_s" not in names}
+    assert len(kept) == 1 and all(n in names for n in kept)
+    # Mish's exp and tanh are TVM's vectorisable approximations (FastMathTransform),
+    # not one libm call per lane; its log stays exact.
+    mish = [f.script() for gv, f in after.functions.items() if gv.name_hint.endswith("_s")]
+    assert all("T.tanh(" not in text and "T.exp(" not in text for text in mish)
+    assert any("T.log(" in text for text in mish)
+
+
+@pytest.mark.parametrize("name", CPU_TARGETS)
+def test_every_conv_of_a_stream_step_is_scheduled(name, tmp_path):
+    """A stream step's convs carry its end-of-record mask (index arithmetic before the
+    conv, a `where` after it): the index blocks are inlined into the epilogue."""
+    from compile.stream import export_step_onnx
+
+    model = mscnn.load_model("cpsc2019_qrs").model.eval()
+    path = export_step_onnx(model, 512, tmp_path / "step.onnx")
+    before, after = scheduled_module(None, TARGETS[name], tmp_path, path=path)
+    convs = kernels_of(before, "conv")
+    assert len(convs) == 18 and any("where" in n for n in convs)
+    names = {gv.name_hint for gv in after.functions}
+    assert all(f"{n}_s" in names for n in convs), sorted(n for n in convs if f"{n}_s" not in names)
 
 
 def test_unsupported_kernels_keep_default_loops_and_stay_correct(tmp_path, caplog):

@@ -369,3 +369,14 @@ def test_setting_tvm_threads_leaves_this_threads_cpus():
     before = os.sched_getaffinity(0)
     set_threads(max(1, len(before)))
     assert os.sched_getaffinity(0) == before
+
+
+def test_set_threads_gives_tvm_as_many_workers_as_asked():
+    """TVM's pool must run what set_threads asks for: its "big cores first" mode ran one
+    worker for two on VMs whose cores report no frequency, silently."""
+    from deploy.predictor import set_threads, tvm_threads
+
+    cpus = len(os.sched_getaffinity(0))
+    for threads in sorted({1, min(2, cpus), cpus}):
+        set_threads(threads)
+        assert tvm_threads() == threads
