@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make build   set up, compile the default model for every target and lead variant,"
 	@echo "             check parity, print the summary (TARGETS= VARIANTS= PRESET= CHECKPOINT="
-	@echo "             PRECISION=fp32|int8; default: fp32, plus int8 for the detector)"
+	@echo "             PRECISION=fp32|int8|fp16; default: fp32, plus the detector in int8 and fp16)"
 	@echo "make parity  check every bundle in build/: x86 in-process, ARM under qemu with"
 	@echo "             the native runner, CUDA only where a GPU is present"
 	@echo "make package TARGET=aarch64   a tarball of the runner, runtime and bundles"
@@ -85,22 +85,29 @@ DEFAULT_VARIANTS_leadwise_classifier   := 12 6 4 3 2
 # classifier builds on request (PRESET=leadwise_classifier).
 BUILD_PRESETS := $(or $(subst $(comma), ,$(PRESET)),multi_scopic_leadwise cpsc2019 cpsc2019_qrs)
 variants_of    = $(or $(subst $(comma), ,$(VARIANTS)),$(DEFAULT_VARIANTS_$(1)))
-# int8 bundles (compile/int8_build.py: quantized on real ECG, integer kernels, bit-exact
-# to the int8 reference) for the CPU targets: the detector's are in the default matrix;
-# PRECISION=int8 builds only int8 bundles, of every preset asked; PRECISION=fp32 none.
+# Reduced precision, for the detector by default: int8 bundles (compile/int8_build.py:
+# quantized on real ECG, integer kernels, bit-exact to the int8 reference) for the CPU
+# targets, and fp16 bundles (half-precision storage and products, fp32 accumulation) for
+# aarch64. PRECISION=int8 (or fp16) builds only those, of every preset asked;
+# PRECISION=fp32 only fp32 bundles.
 PRECISION ?=
-ifneq ($(filter-out fp32 int8,$(PRECISION)),)
-  $(error PRECISION=$(PRECISION): choose fp32 or int8, or leave it unset for both)
+ifneq ($(filter-out fp32 int8 fp16,$(PRECISION)),)
+  $(error PRECISION=$(PRECISION): choose fp32, int8 or fp16, or leave it unset for all)
 endif
 INT8_TARGETS := x86_64 x86_64-avx512 aarch64 armv7
-FP32_PRESETS := $(if $(filter int8,$(PRECISION)),,$(BUILD_PRESETS))
-INT8_PRESETS := $(if $(filter fp32,$(PRECISION)),,$(if $(filter int8,$(PRECISION)),\
-                  $(BUILD_PRESETS),$(filter cpsc2019_qrs,$(BUILD_PRESETS))))
-int8_targets  = $(filter $(INT8_TARGETS),$(subst $(comma), ,$(TARGETS)))
+FP16_TARGETS := aarch64
+FP32_PRESETS := $(if $(filter int8 fp16,$(PRECISION)),,$(BUILD_PRESETS))
+reduced_presets = $(if $(PRECISION),$(if $(filter $(1),$(PRECISION)),$(BUILD_PRESETS)),\
+                    $(filter cpsc2019_qrs,$(BUILD_PRESETS)))
+INT8_PRESETS := $(call reduced_presets,int8)
+FP16_PRESETS := $(call reduced_presets,fp16)
+targets_in    = $(filter $(1),$(subst $(comma), ,$(TARGETS)))
+reduced_bundles = $(foreach t,$(call targets_in,$(2)),$(foreach p,$(3),\
+             $(foreach v,$(call variants_of,$(p)),$(BUILD)/$(t)/$(p)-$(v)lead-$(1)/manifest.json)))
 BUNDLES := $(foreach t,$(subst $(comma), ,$(TARGETS)),$(foreach p,$(FP32_PRESETS),\
              $(foreach v,$(call variants_of,$(p)),$(BUILD)/$(t)/$(p)-$(v)lead/manifest.json))) \
-           $(foreach t,$(int8_targets),$(foreach p,$(INT8_PRESETS),\
-             $(foreach v,$(call variants_of,$(p)),$(BUILD)/$(t)/$(p)-$(v)lead-int8/manifest.json)))
+           $(call reduced_bundles,int8,$(INT8_TARGETS),$(INT8_PRESETS)) \
+           $(call reduced_bundles,fp16,$(FP16_TARGETS),$(FP16_PRESETS))
 SOURCES := $(wildcard mscnn/*.py mscnn/weights/* compile/*.py compile/*.c deploy/*.py \
              compile/tuning/*/*.json ../shared/data/*.npz)
 
@@ -118,13 +125,15 @@ endef
 $(foreach t,$(subst $(comma), ,$(TARGETS)),$(foreach p,$(FP32_PRESETS),\
   $(foreach v,$(call variants_of,$(p)),$(eval $(call bundle_rule,$(t),$(p),$(v))))))
 
-define int8_rule
-$(BUILD)/$(1)/$(2)-$(3)lead-int8/manifest.json: $(SOURCES) $(BUILD)/.options $(CHECKPOINT) | $(STAMP) $(TOOLCHAINS)
-	$(PY) -m compile build --precision int8 --preset $(2) --targets $(1) --variants $(3) \
+define reduced_rule
+$(BUILD)/$(1)/$(2)-$(3)lead-$(4)/manifest.json: $(SOURCES) $(BUILD)/.options $(CHECKPOINT) | $(STAMP) $(TOOLCHAINS)
+	$(PY) -m compile build --precision $(4) --preset $(2) --targets $(1) --variants $(3) \
 	  --samples $(SAMPLES) --batch $(BATCH) --out $(BUILD) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --quiet
 endef
-$(foreach t,$(int8_targets),$(foreach p,$(INT8_PRESETS),\
-  $(foreach v,$(call variants_of,$(p)),$(eval $(call int8_rule,$(t),$(p),$(v))))))
+$(foreach t,$(call targets_in,$(INT8_TARGETS)),$(foreach p,$(INT8_PRESETS),\
+  $(foreach v,$(call variants_of,$(p)),$(eval $(call reduced_rule,$(t),$(p),$(v),int8)))))
+$(foreach t,$(call targets_in,$(FP16_TARGETS)),$(foreach p,$(FP16_PRESETS),\
+  $(foreach v,$(call variants_of,$(p)),$(eval $(call reduced_rule,$(t),$(p),$(v),fp16)))))
 
 build: $(BUNDLES)
 	@$(PY) -m compile summary $(BUILD)

@@ -121,10 +121,11 @@ def _add_build(sub, formatter) -> None:
     )
     b.add_argument(
         "--precision",
-        choices=("fp32", "int8"),
+        choices=("fp32", "int8", "fp16"),
         default="fp32",
         help="int8: post-training quantized bundles with integer kernels (CPU targets; "
-        "calibrated on real ECG from the shared data), named <preset>-<N>lead-int8",
+        "calibrated on real ECG from the shared data), named <preset>-<N>lead-int8; "
+        "fp16: half-precision storage and products, fp32 accumulation (aarch64)",
     )
     b.set_defaults(func=_build)
 

@@ -13,7 +13,7 @@ from deploy.bundle import Bundle
 from .build import BuildOptions, build
 from .errors import CompileError, ParityError
 from .quantize import check_quantizable
-from .targets import Target, get_target, int8_target
+from .targets import Target, get_target, precision_target
 from .variants import Variant, resolve_variants
 
 
@@ -62,9 +62,9 @@ def plan(request: Request) -> Plan:
     """Resolve and check everything a build needs before the first bundle starts."""
     targets = [get_target(t) for t in request.targets]
     loaded = mscnn.load_model(request.preset, request.checkpoint, seed=request.seed)
+    for target in targets:
+        precision_target(target, request.precision)
     if request.precision == "int8":
-        for target in targets:
-            int8_target(target)
         check_quantizable(loaded.model)
     return Plan(request, loaded, targets, resolve_variants(loaded, request.variants))
 

@@ -289,7 +289,8 @@ def schedule_pass(
             args = list(call.args[1].fields)
             if name in self.packed:
                 index = self.packed[name]
-                args[index] = relax.const(_pack(args[index].value.numpy(), tile.vec), "float32")
+                weights = args[index].value.numpy()
+                args[index] = relax.const(_pack(weights, tile.vec), str(weights.dtype))
             return relax.Call(
                 call.op,
                 [self.renamed[name], relax.Tuple(args), *call.args[2:]],

@@ -26,9 +26,9 @@ ELF_MACHINES = {"x86_64": 62, "aarch64": 183, "armv7": 40}
 
 @dataclass(frozen=True)
 class Int8Spec:
-    """How a CPU target's int8 bundle is built: the TVM target its integer kernels take
-    (it may name an ISA feature the fp32 build does not need), the instruction set they
-    must use (compile/int8.py ISAS) and the CPU flags that run them natively."""
+    """How a CPU target's reduced-precision bundle is built: the TVM target its kernels
+    take (it may name an ISA feature the fp32 build does not need), the instruction set
+    (int8: one of compile/int8.py ISAS) and the CPU flags that run them natively."""
 
     tvm: Mapping[str, Any]
     isa: str
@@ -50,6 +50,7 @@ class Target:
     qemu: tuple[str, ...] = field(default=())  # qemu-user command prefix, for run == "qemu"
     tile: ConvTile | None = None  # our conv schedule's register tile (CPU targets)
     int8: Int8Spec | None = None  # its int8 bundles (None: it has none)
+    fp16: Int8Spec | None = None  # its fp16 bundles: TVM target, CPU flags (isa unused)
 
     @property
     def elf_machine(self) -> int:
@@ -122,6 +123,12 @@ TARGETS: dict[str, Target] = {
                 {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]},
                 "dotprod",
                 ("asimddp",),
+            ),
+            # fp16 takes half-precision storage and arithmetic (Armv8.2 +fullfp16).
+            fp16=Int8Spec(
+                {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+fullfp16"]},
+                "fullfp16",
+                ("fphp", "asimdhp"),
             ),
         ),
         Target(
@@ -214,10 +221,23 @@ def elf_machine_of(path: str | Path) -> int | None:
 def int8_target(target: Target) -> Target:
     """`target` as its int8 bundles are built: the int8 TVM target and the CPU flags
     that run it (a CompileError for a target without int8 kernels)."""
-    if target.int8 is None:
-        have = ", ".join(name for name, t in TARGETS.items() if t.int8 is not None)
+    return precision_target(target, "int8")
+
+
+def precision_target(target: Target, precision: str) -> Target:
+    """`target` as its bundles of `precision` are built ("fp32": itself; "int8", "fp16":
+    that precision's TVM target and CPU flags; a CompileError where it has none)."""
+    if precision == "fp32":
+        return target
+    spec = getattr(target, precision)
+    if spec is None:
+        have = ", ".join(n for n, t in TARGETS.items() if getattr(t, precision) is not None)
+        why = {
+            "int8": "our integer kernels are for CPUs only",
+            "fp16": "it needs half-precision arithmetic (aarch64 +fullfp16)",
+        }[precision]
         raise CompileError(
-            f"target {target.name!r} has no int8 bundles: our integer kernels are for CPUs "
-            f"only; build int8 for one of: {have}"
+            f"target {target.name!r} has no {precision} bundles: {why}; build {precision} "
+            f"for one of: {have}"
         )
-    return dataclasses.replace(target, tvm=target.int8.tvm, cpu_flags=target.int8.cpu_flags)
+    return dataclasses.replace(target, tvm=spec.tvm, cpu_flags=spec.cpu_flags)

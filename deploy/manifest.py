@@ -29,7 +29,7 @@ DEVICES = ("cpu", "cuda")
 GPU_DEVICES = ("cuda",)
 RUNS = ("native", "qemu", "gpu")
 TASKS = ("features", "qrs_detection", "classification")
-PRECISIONS = ("fp32", "int8")  # int8: our integer kernels (compile/int8.py)
+PRECISIONS = ("fp32", "int8", "fp16")  # int8: our integer kernels (compile/int8.py)
 
 
 class ManifestError(DeployError):
@@ -250,11 +250,18 @@ class Manifest:
     detect: RPeakRule | None = None  # the R-peak rule of a QRS detector
     stream: StreamInfo | None = None  # a stream bundle's step (None: a window bundle)
     precision: str = "fp32"  # one of PRECISIONS
-    quantization: Quantization | None = None  # an int8 bundle's (None: fp32)
+    quantization: Quantization | None = None  # an int8 bundle's (None otherwise)
 
     @property
     def kind(self) -> str:
         return "window" if self.stream is None else "stream"
+
+    @property
+    def task_gates(self) -> bool:
+        """Whether the golden records' beats or decisions must be the reference's: yes
+        for fp32 (PyTorch's) and int8 (the int8 reference's, bit for bit); an fp16
+        bundle's are reported, and its accuracy judged on held-out records."""
+        return self.precision != "fp16"
 
     @property
     def tolerance_kind(self) -> str:
@@ -783,7 +790,7 @@ def _check_consistent(root: _Obj, m: Manifest) -> None:
             f"{m.input.shape[1]} leads, the manifest lists {len(m.leads)}; "
             "rebuild the bundle"
         )
-    if (m.precision == "fp32") != (m.quantization is None):
-        raise root.fail("quantization", "present exactly when precision is not fp32", m.precision)
+    if (m.precision == "int8") != (m.quantization is not None):
+        raise root.fail("quantization", "present exactly when precision is int8", m.precision)
     if m.precision != "fp32" and m.stream is not None:
         raise root.fail("precision", "fp32 for a stream bundle", m.precision)

@@ -14,6 +14,9 @@ TOLERANCES: dict[str, float] = {
     "cpu": 1e-5,  # fp32 on a CPU: TVM, ONNX Runtime and PyTorch differ in summation order only
     "cuda": 1e-4,  # fp32 on a GPU: fused multiply-add and other reduction orders, looser
     "int8": 0.0,  # integer kernels against the int8 reference: equal bit for bit
+    # fp16 storage and products (unit roundoff 2^-11), fp32 accumulation, against fp32
+    # PyTorch: the detector's real records reach 7.4e-3; its beats are judged besides
+    "fp16": 2e-2,
 }
 
 

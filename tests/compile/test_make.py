@@ -28,7 +28,8 @@ def make(*args):
 def test_default_matrix_matches_the_python_defaults():
     """The Makefile's matrix: every target x every variant of the three default presets
     (the lead-wise backbone, the 1-lead backbone, the trained QRS detector), and the
-    detector in int8 for every target that has int8 kernels (the CPUs)."""
+    detector in int8 for every target that has int8 kernels (the CPUs) and in fp16 for
+    every target with half-precision arithmetic (aarch64)."""
     done = make("print-bundles", "BUILD=b")
     got = set(done.stdout.split())
     fp32 = {
@@ -44,7 +45,9 @@ def test_default_matrix_matches_the_python_defaults():
         "aarch64",
         "armv7",
     }
-    assert got == fp32 | int8 and len(got) == 46
+    fp16 = {f"b/{t}/cpsc2019_qrs-1lead-fp16/manifest.json" for t in TARGETS if TARGETS[t].fp16}
+    assert {t for t in TARGETS if TARGETS[t].fp16} == {"aarch64"}
+    assert got == fp32 | int8 | fp16 and len(got) == 47
 
 
 def test_precision_picks_the_matrix():
@@ -55,8 +58,10 @@ def test_precision_picks_the_matrix():
     only_fp32 = make("print-bundles", "BUILD=b", "PRECISION=fp32", "TARGETS=armv7")
     assert all("int8" not in b for b in only_fp32.stdout.split())
     assert len(only_fp32.stdout.split()) == 7
-    wrong = make("print-bundles", "PRECISION=fp16")
-    assert wrong.returncode != 0 and "PRECISION=fp16: choose fp32 or int8" in wrong.stderr
+    only_fp16 = make("print-bundles", "BUILD=b", "PRECISION=fp16", "PRESET=cpsc2019")
+    assert only_fp16.stdout.split() == ["b/aarch64/cpsc2019-1lead-fp16/manifest.json"]
+    wrong = make("print-bundles", "PRECISION=bf16")
+    assert wrong.returncode != 0 and "PRECISION=bf16: choose fp32, int8 or fp16" in wrong.stderr
 
 
 def test_the_classifier_builds_on_request():

@@ -85,6 +85,8 @@ def test_round_trip():
     for m in (sample(), int8_sample()):
         assert Manifest.from_json(m.to_json()) == m
         assert parse(json.loads(m.to_json())).to_json() == m.to_json()
+    fp16 = dataclasses.replace(sample(), precision="fp16")
+    assert Manifest.from_json(fp16.to_json()) == fp16 and fp16.tolerance_kind == "fp16"
     assert sample().tolerance_kind == "cpu" and int8_sample().tolerance_kind == "int8"
     assert parse(as_dict()).precision == "fp32" and '"precision": "fp32"' in sample().to_json()
 
@@ -231,14 +233,18 @@ HOSTILE = {
         "without control characters, got x\\\\nerror",
     ),
     "leads mismatch": (_edit(lambda d: d.update(leads=["I", "II"])), "one index per lead"),
-    "precision fp16": (_edit(lambda d: d.update(precision="fp16")), "one of fp32, int8"),
+    "precision bf16": (_edit(lambda d: d.update(precision="bf16")), "one of fp32, int8, fp16"),
+    "fp16 quantized": (
+        int8_sample().to_json().replace('"precision": "int8"', '"precision": "fp16"'),
+        "present exactly when precision is int8",
+    ),
     "int8 unquantized": (
         _edit(lambda d: d.update(precision="int8")),
-        "present exactly when precision is not fp32",
+        "present exactly when precision is int8",
     ),
     "fp32 quantized": (
         int8_sample().to_json().replace('"precision": "int8"', '"precision": "fp32"'),
-        "present exactly when precision is not fp32",
+        "present exactly when precision is int8",
     ),
     "int8 NaN error": (
         int8_sample().to_json().replace('"fp32_max_abs": 2.0', '"fp32_max_abs": "x"'),

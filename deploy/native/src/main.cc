@@ -54,7 +54,8 @@ struct Tolerance {
   const char* device;
   double normalised;
 };
-constexpr Tolerance kTolerances[] = {{"cpu", 1e-5}, {"cuda", 1e-4}, {"int8", 0.0}};
+constexpr Tolerance kTolerances[] = {
+    {"cpu", 1e-5}, {"cuda", 1e-4}, {"int8", 0.0}, {"fp16", 2e-2}};
 
 constexpr const char* kUsage =
     "usage: mscnn-run BUNDLE --check [--device cpu|cuda]\n"
@@ -369,9 +370,14 @@ int Check(const Options& o) {
       if (SameBeats(got, c.expected, m.detect, m.input.shape[2])) ++same_beats;
     }
   }
-  const bool ok = passed == int(cases.size()) && same_beats == beat_cases;
-  std::printf("check: %s %d/%zu worst_normalised=%.3g%s\n", ok ? "pass" : "FAIL", passed,
-              cases.size(), worst, BeatsText(m, same_beats, beat_cases).c_str());
+  // fp16 bundles report their beats: their golden outputs are fp32 PyTorch's, and a
+  // reduced precision is judged on accuracy (held-out records), not on identity.
+  const bool beats_gate = m.precision != "fp16";
+  const bool ok =
+      passed == int(cases.size()) && (same_beats == beat_cases || !beats_gate);
+  std::printf("check: %s %d/%zu worst_normalised=%.3g%s%s\n", ok ? "pass" : "FAIL", passed,
+              cases.size(), worst, BeatsText(m, same_beats, beat_cases).c_str(),
+              beats_gate || !m.has_detect ? "" : " (reported, not judged: fp16)");
   std::fflush(stdout);
   return ok ? 0 : 1;
 }
@@ -595,9 +601,14 @@ int CheckStream(Bundle& bundle, const std::string& device, double tolerance) {
     }
   }
   const int beat_cases = m.has_detect ? int(cases.size()) : 0;
-  const bool ok = passed == int(cases.size()) && same_beats == beat_cases;
-  std::printf("check: %s %d/%zu worst_normalised=%.3g%s\n", ok ? "pass" : "FAIL", passed,
-              cases.size(), worst, BeatsText(m, same_beats, beat_cases).c_str());
+  // fp16 bundles report their beats: their golden outputs are fp32 PyTorch's, and a
+  // reduced precision is judged on accuracy (held-out records), not on identity.
+  const bool beats_gate = m.precision != "fp16";
+  const bool ok =
+      passed == int(cases.size()) && (same_beats == beat_cases || !beats_gate);
+  std::printf("check: %s %d/%zu worst_normalised=%.3g%s%s\n", ok ? "pass" : "FAIL", passed,
+              cases.size(), worst, BeatsText(m, same_beats, beat_cases).c_str(),
+              beats_gate || !m.has_detect ? "" : " (reported, not judged: fp16)");
   std::fflush(stdout);
   return ok ? 0 : 1;
 }

@@ -137,14 +137,15 @@ void ReadTarget(const ManifestReader& r, const Json& root, Manifest* m) {
   if (m->device != "cpu" && m->device != "cuda") {
     r.Bad("\"target.device\" is \"" + Clip(m->device) + "\", expected cpu or cuda");
   }
-  // "precision": missing or null in fp32 bundles; "int8" bundles are judged bit for bit.
+  // "precision": missing or null in fp32 bundles; int8 and fp16 bundles are judged by
+  // their own tolerance rows (int8: bit for bit).
   const Json* precision = root.Find("precision");
   if (precision != nullptr && precision->kind != Json::Kind::kNull) {
     m->precision = r.String(root, "precision", "precision");
-    if (m->precision != "fp32" && m->precision != "int8") {
-      r.Bad("\"precision\" is \"" + Clip(m->precision) + "\", expected fp32 or int8");
+    if (m->precision != "fp32" && m->precision != "int8" && m->precision != "fp16") {
+      r.Bad("\"precision\" is \"" + Clip(m->precision) + "\", expected fp32, int8 or fp16");
     }
-    if (m->precision != "fp32") {  // what the bundle's golden outputs are: the int8 reference's
+    if (m->precision == "int8") {  // what its golden outputs are: the int8 reference's
       r.Get(root, "quantization", "quantization", Json::Kind::kObject);
     }
   }

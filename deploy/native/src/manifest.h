@@ -55,7 +55,7 @@ struct Manifest {
   std::string target_name;
   std::string arch;    // "x86_64", "aarch64" or "armv7"
   std::string device;  // "cpu" or "cuda"
-  std::string precision = "fp32";  // "fp32" or "int8": the tolerance row when not fp32
+  std::string precision = "fp32";  // "fp32", "int8" or "fp16": the tolerance row if not fp32
   std::vector<std::string> leads;
   double fs = 0.0;
   TensorSpec input;
