@@ -19,8 +19,10 @@ mscnn-edge package for target {target} ({arch}, {device})
 Contents
   runner/{runner}       the native runner (no Python needed)
   runner/lib/           the TVM runtime libraries it loads (found through its rpath)
-  bundles/<name>/       one compiled model per lead variant: model.so, manifest.json,
-                        golden/*.npy (inputs and PyTorch's outputs), model.onnx
+  bundles/<name>/       one compiled model per lead variant (and precision: -int8,
+                        -fp16): model.so, manifest.json, golden/*.npy (inputs and the
+                        reference outputs: PyTorch's, or the int8 reference's for
+                        -int8), model.onnx (fp32 and fp16 bundles)
 
 On the device
   tar xzf {archive}
