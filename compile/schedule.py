@@ -111,6 +111,25 @@ def tile_choices(func, tile: ConvTile) -> tuple[list[int], list[int]]:
     return sorted(t_tiles | {default_t}), sorted(f_vecs | {default_f})
 
 
+def _accumulate_locally(sch, block, epilogue):
+    """Inline the elementwise epilogue into its last block and keep `block`'s result in
+    registers ("local"); returns the block that writes the kernel's output."""
+    for stage in epilogue[:-1]:
+        sch.compute_inline(stage)
+    if epilogue:
+        sch.set_scope(block, 0, "local")
+        return epilogue[-1]
+    return sch.cache_write(block, 0, "local")
+
+
+def _store_tile(sch, o_t, o_f, vec: int) -> None:
+    """The tile's output loops (time outer, channels inner): channel vectors stored whole."""
+    o_fu, o_fv = sch.split(o_f, [None, vec])
+    sch.vectorize(o_fv)
+    sch.unroll(o_fu)
+    sch.unroll(o_t)
+
+
 def apply_conv(sch, tile: ConvTile, t_tile=None, f_vecs=None) -> int:
     """Schedule the conv kernel held by `sch` in place; returns its weight parameter's index.
 
@@ -133,13 +152,7 @@ def apply_conv(sch, tile: ConvTile, t_tile=None, f_vecs=None) -> int:
     weight_param = [p.name for p in func.params].index(sch.get(conv).reads[read].source.name)
     sch.transform_layout(conv, ("read", read), lambda a, b, d: (a // vec, b, d, a % vec))
 
-    for block in epilogue[:-1]:
-        sch.compute_inline(block)
-    if epilogue:
-        out = epilogue[-1]
-        sch.set_scope(conv, 0, "local")
-    else:
-        out = sch.cache_write(conv, 0, "local")
+    out = _accumulate_locally(sch, conv, epilogue)
     # Accumulators time-major, so each channel vector is contiguous in registers.
     sch.transform_layout(conv, ("write", 0), lambda a, b, d: (a, d, b))
     t_tile = default_t if t_tile is None else t_tile
@@ -153,10 +166,7 @@ def apply_conv(sch, tile: ConvTile, t_tile=None, f_vecs=None) -> int:
     sch.unroll(ti)
     o_f, o_t = sch.get_loops(out)[-2:]
     sch.reorder(o_t, o_f)
-    o_fu, o_fv = sch.split(o_f, [None, vec])
-    sch.vectorize(o_fv)
-    sch.unroll(o_fu)
-    sch.unroll(o_t)
+    _store_tile(sch, o_t, o_f, vec)
     sch.parallel(sch.fuse(n, fo, to))
     sch.decompose_reduction(conv, c)
     for pad in pads:
@@ -177,13 +187,7 @@ def apply_matmul(sch, tile: ConvTile) -> None:
     n, t, f, k = sch.get_loops(matmul)
     length, channels = int(sch.get(t).extent), int(sch.get(f).extent)
     t_tile, f_vecs = _default_tile(channels, length, tile)
-    for block in epilogue[:-1]:
-        sch.compute_inline(block)
-    if epilogue:
-        out = epilogue[-1]
-        sch.set_scope(matmul, 0, "local")
-    else:
-        out = sch.cache_write(matmul, 0, "local")
+    out = _accumulate_locally(sch, matmul, epilogue)
     fo, fu, fv = sch.split(f, [None, f_vecs, vec])
     to, ti = sch.split(t, [None, t_tile])
     sch.reorder(n, fo, to, k, ti, fu, fv)
@@ -191,11 +195,7 @@ def apply_matmul(sch, tile: ConvTile) -> None:
     sch.vectorize(fv)
     sch.unroll(fu)
     sch.unroll(ti)
-    o_t, o_f = sch.get_loops(out)[-2:]
-    o_fu, o_fv = sch.split(o_f, [None, vec])
-    sch.vectorize(o_fv)
-    sch.unroll(o_fu)
-    sch.unroll(o_t)
+    _store_tile(sch, *sch.get_loops(out)[-2:], vec)
     sch.parallel(sch.fuse(n, fo, to))
     sch.decompose_reduction(matmul, k)
 

@@ -311,6 +311,20 @@ std::string BeatsText(const Manifest& m, int identical, int cases) {
   return " beats=" + std::to_string(identical) + "/" + std::to_string(cases);
 }
 
+// The check's last line and exit status. fp16 bundles report their beats: their golden
+// outputs are fp32 PyTorch's, and a reduced precision is judged on accuracy (held-out
+// records), not on identity.
+int Conclude(const Manifest& m, int passed, std::size_t cases, double worst, int same_beats,
+             int beat_cases) {
+  const bool beats_gate = m.precision != "fp16";
+  const bool ok = passed == int(cases) && (same_beats == beat_cases || !beats_gate);
+  std::printf("check: %s %d/%zu worst_normalised=%.3g%s%s\n", ok ? "pass" : "FAIL", passed,
+              cases, worst, BeatsText(m, same_beats, beat_cases).c_str(),
+              beats_gate || !m.has_detect ? "" : " (reported, not judged: fp16)");
+  std::fflush(stdout);
+  return ok ? 0 : 1;
+}
+
 void PrintCase(const std::string& name, const Verdict& v, double tolerance, double run_ms) {
   std::printf("%s: %s max_abs=%.3g normalised=%.3g tolerance=%g run_ms=%.1f%s%s%s\n",
               Show(name).c_str(), v.passed ? "pass" : "FAIL", v.max_abs, v.normalised,
@@ -370,16 +384,7 @@ int Check(const Options& o) {
       if (SameBeats(got, c.expected, m.detect, m.input.shape[2])) ++same_beats;
     }
   }
-  // fp16 bundles report their beats: their golden outputs are fp32 PyTorch's, and a
-  // reduced precision is judged on accuracy (held-out records), not on identity.
-  const bool beats_gate = m.precision != "fp16";
-  const bool ok =
-      passed == int(cases.size()) && (same_beats == beat_cases || !beats_gate);
-  std::printf("check: %s %d/%zu worst_normalised=%.3g%s%s\n", ok ? "pass" : "FAIL", passed,
-              cases.size(), worst, BeatsText(m, same_beats, beat_cases).c_str(),
-              beats_gate || !m.has_detect ? "" : " (reported, not judged: fp16)");
-  std::fflush(stdout);
-  return ok ? 0 : 1;
+  return Conclude(m, passed, cases.size(), worst, same_beats, beat_cases);
 }
 
 // The temporary output's name, for the signal handler: a fixed buffer, since a handler
@@ -601,16 +606,7 @@ int CheckStream(Bundle& bundle, const std::string& device, double tolerance) {
     }
   }
   const int beat_cases = m.has_detect ? int(cases.size()) : 0;
-  // fp16 bundles report their beats: their golden outputs are fp32 PyTorch's, and a
-  // reduced precision is judged on accuracy (held-out records), not on identity.
-  const bool beats_gate = m.precision != "fp16";
-  const bool ok =
-      passed == int(cases.size()) && (same_beats == beat_cases || !beats_gate);
-  std::printf("check: %s %d/%zu worst_normalised=%.3g%s%s\n", ok ? "pass" : "FAIL", passed,
-              cases.size(), worst, BeatsText(m, same_beats, beat_cases).c_str(),
-              beats_gate || !m.has_detect ? "" : " (reported, not judged: fp16)");
-  std::fflush(stdout);
-  return ok ? 0 : 1;
+  return Conclude(m, passed, cases.size(), worst, same_beats, beat_cases);
 }
 
 void RequireDetector(const Manifest& m) {
