@@ -89,10 +89,11 @@ def set_threads(threads: int, remote=None) -> None:
     """TVM's CPU thread pool: `threads` workers sharing this process's CPUs (one way, for
     every caller; `remote` is an RPC session whose device pool is configured instead).
 
-    Mode -3 (kSpecifyThreadShareAllCore) with the CPUs this process may use: mode 1
-    ("big cores first") ran one worker on machines whose cores report no frequencies
-    (this project's 2-core EPYC VMs): `runtime.NumThreads` said 1 for 2 asked, and every
-    "2 thread" TVM figure was single-threaded beside a 2-thread ONNX Runtime."""
+    Mode -2 (kSpecifyOneCorePerThread) over the CPUs this process may use, one worker
+    per core. Mode 1 ("big cores first") ran one worker on machines whose cores report
+    no frequencies (this project's 2-core EPYC VMs): `runtime.NumThreads` said 1 for 2
+    asked, and every "2 thread" TVM figure was single-threaded beside a 2-thread ONNX
+    Runtime."""
     import tvm
 
     name = "runtime.config_threadpool"
@@ -103,7 +104,7 @@ def set_threads(threads: int, remote=None) -> None:
     # TVM pins the calling thread too; give it its CPUs back, or everything this process
     # starts afterwards (ONNX Runtime's and PyTorch's threads) would share one core.
     cpus = os.sched_getaffinity(0)
-    configure(-3, threads, [str(c) for c in sorted(cpus)])
+    configure(-2, threads, [str(c) for c in sorted(cpus)])
     os.sched_setaffinity(0, cpus)
 
 
