@@ -306,6 +306,10 @@ def run_bench(
             say(f"skipped {path}: {why}")
             continue
         m = bundle.manifest
+        if m.stream is not None or m.precision != "fp32":
+            kind = "stream" if m.stream is not None else m.precision
+            say(f"skipped {path}: {kind} bundles are timed by bench-stream and int8_bench")
+            continue
         if m.model.preset not in models:
             models[m.model.preset] = mscnn.load_model(m.model.preset, checkpoint)
         variant = Variant(m.name, tuple(m.leads), tuple(m.lead_indices))
