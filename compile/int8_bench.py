@@ -322,9 +322,11 @@ def run_int8_bench(threads: int = 2, rounds: int = 5, runs: int = 50) -> Int8Ben
         calls, sizes = make_runtimes(loaded, program, calibration, Path(tmp), threads)
         macs = loaded.model.count_macs(x.shape[2])
         log.info("peaks: timing an FMA and a VNNI loop on %d thread(s)", threads)
+        # The best of two passes: on the 2-core VMs the first parallel loop of a process
+        # sometimes ran at one core's rate (117 against 230 GFLOP/s a moment later).
         peaks = {
-            "fp32-fma": measure_peak("fma", threads, int8.X86_VNNI),
-            "int8-vnni": measure_peak("vnni", threads, int8.X86_VNNI),
+            name: max(measure_peak(kind, threads, int8.X86_VNNI) for _ in range(2))
+            for name, kind in (("fp32-fma", "fma"), ("int8-vnni", "vnni"))
         }
         log.info("latency: %d rounds of %s", rounds, ", ".join(TIMED))
         timings = _timings(calls, x, rounds, runs, macs)
