@@ -62,7 +62,7 @@ from .stream_build import build_stream_into, check_hop
 from .targets import (
     Target,
     check_compiler,
-    elf_machine_of,
+    check_machine,
     precision_target,
     runnable_here,
 )
@@ -320,12 +320,7 @@ def compile_library(
             f"{LIBRARY} holds no compiled {target.tvm['arch']} CUDA kernels "
             f"(found: {', '.join(kernels) or 'none'})"
         )
-    machine = elf_machine_of(library)
-    if machine != target.elf_machine:
-        raise CompileError(
-            f"{LIBRARY} is ELF machine {machine}, expected {target.elf_machine} "
-            f"({target.arch}); check the cross compiler {target.compiler}"
-        )
+    check_machine(library, target)
     return Library(compiler, _schedule(target, files, counts), compiled_memory, kernels)
 
 

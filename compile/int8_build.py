@@ -42,7 +42,7 @@ from . import int8, quantize
 from .errors import CompileError
 from .golden import golden_inputs, real_inputs
 from .publish import Journal
-from .targets import Target, check_compiler, elf_machine_of, int8_target
+from .targets import Target, check_compiler, check_machine, int8_target
 from .variants import Variant, variant_model
 
 PRECISION = "int8"
@@ -141,15 +141,6 @@ def write_int8_golden(
         write_npy(folder / "golden" / f"{key}.input.npy", x)
         write_npy(folder / "golden" / f"{key}.output.npy", got)
     return inputs, outputs
-
-
-def check_machine(library: Path, target: Target) -> None:
-    machine = elf_machine_of(library)
-    if machine != target.elf_machine:
-        raise CompileError(
-            f"{LIBRARY} is ELF machine {machine}, expected {target.elf_machine} "
-            f"({target.arch}); check the cross compiler {target.compiler}"
-        )
 
 
 def detector_accuracy(model: torch.nn.Module, qm, journal: Journal) -> TaskAccuracy:

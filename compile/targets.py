@@ -25,7 +25,7 @@ ELF_MACHINES = {"x86_64": 62, "aarch64": 183, "armv7": 40}
 
 
 @dataclass(frozen=True)
-class Int8Spec:
+class PrecisionSpec:
     """How a CPU target's reduced-precision bundle is built: the TVM target its kernels
     take (it may name an ISA feature the fp32 build does not need), the instruction set
     (int8: one of compile/int8.py ISAS) and the CPU flags that run them natively."""
@@ -49,8 +49,8 @@ class Target:
     cpu_flags: tuple[str, ...] = ()  # /proc/cpuinfo flags needed to run natively
     qemu: tuple[str, ...] = field(default=())  # qemu-user command prefix, for run == "qemu"
     tile: ConvTile | None = None  # our conv schedule's register tile (CPU targets)
-    int8: Int8Spec | None = None  # its int8 bundles (None: it has none)
-    fp16: Int8Spec | None = None  # its fp16 bundles: TVM target, CPU flags (isa unused)
+    int8: PrecisionSpec | None = None  # its int8 bundles (None: it has none)
+    fp16: PrecisionSpec | None = None  # its fp16 bundles
 
     @property
     def elf_machine(self) -> int:
@@ -87,7 +87,7 @@ TARGETS: dict[str, Target] = {
             run="native",
             cpu_flags=("avx2", "fma"),
             tile=ConvTile(vec=8, t_tile=6, f_vecs=2, registers=16),  # 12 of 16 ymm
-            int8=Int8Spec(_X86_HOST, "generic", ("avx2", "fma")),  # widening AVX2 loops
+            int8=PrecisionSpec(_X86_HOST, "generic", ("avx2", "fma")),  # widening AVX2 loops
         ),
         Target(
             "x86_64-avx512",
@@ -101,7 +101,7 @@ TARGETS: dict[str, Target] = {
             cpu_flags=("avx512f", "avx512bw", "avx512vl", "avx512dq"),
             tile=ConvTile(vec=16, t_tile=10, f_vecs=2, registers=32),  # 20 of 32 zmm
             # int8 takes VNNI's vpdpbusd: Cascade Lake, Ice Lake, Zen 4 and newer.
-            int8=Int8Spec(
+            int8=PrecisionSpec(
                 {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake"},
                 "avx512vnni",
                 ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"),
@@ -119,13 +119,13 @@ TARGETS: dict[str, Target] = {
             qemu=("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"),
             tile=ConvTile(vec=4, t_tile=6, f_vecs=2, registers=32),  # 12 of 32 q regs
             # int8 takes the dot product extension's sdot (Armv8.2: Cortex-A55/A76, Pi 5).
-            int8=Int8Spec(
+            int8=PrecisionSpec(
                 {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]},
                 "dotprod",
                 ("asimddp",),
             ),
             # fp16 takes half-precision storage and arithmetic (Armv8.2 +fullfp16).
-            fp16=Int8Spec(
+            fp16=PrecisionSpec(
                 {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+fullfp16"]},
                 "fullfp16",
                 ("fphp", "asimdhp"),
@@ -142,7 +142,7 @@ TARGETS: dict[str, Target] = {
             run="qemu",
             qemu=("qemu-arm", "-L", "/usr/arm-linux-gnueabihf"),
             tile=ConvTile(vec=4, t_tile=6, f_vecs=2, registers=16),  # 12 of 16 q regs
-            int8=Int8Spec(_ARMV7, "generic"),  # NEON widening multiply-accumulates
+            int8=PrecisionSpec(_ARMV7, "generic"),  # NEON widening multiply-accumulates
         ),
         Target(
             "cuda",
@@ -206,6 +206,16 @@ def check_compiler(target: Target) -> str:
 def runnable_here(target: Target) -> tuple[bool, str]:
     """Whether this machine runs the target's libraries in-process, and if not, why."""
     return can_run_here(target.arch, target.device, target.cpu_flags)
+
+
+def check_machine(library: Path, target: Target) -> None:
+    """A CompileError unless `library` is an ELF file for `target`'s architecture."""
+    machine = elf_machine_of(library)
+    if machine != target.elf_machine:
+        raise CompileError(
+            f"{Path(library).name} is ELF machine {machine}, expected {target.elf_machine} "
+            f"({target.arch}); check the cross compiler {target.compiler}"
+        )
 
 
 def elf_machine_of(path: str | Path) -> int | None:
