@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from . import quantize
 from .errors import CompileError
 from .quantize import RANGES, QConv, QuantizedModel, check_calibration
 
@@ -280,18 +282,23 @@ class ConvKernel:
         if conv.requant is None:
             return [*out, np.asarray(conv.out_scale, dtype=np.float32).reshape(-1)]
         rq = conv.requant
+
+        def padded(v: np.ndarray, dtype, fill: int) -> np.ndarray:  # padding lanes unused
+            return np.concatenate([v, np.full(fp - f, fill, dtype=v.dtype)]).astype(dtype)
+
         out += [
-            rq.multiplier.astype(np.int32),
-            rq.rounding.astype(np.int64),
-            rq.shift.astype(np.int64),
+            padded(rq.multiplier, np.int32, 0),
+            padded(rq.rounding, np.int64, 0),
+            padded(rq.shift, np.int64, 1),
         ]
-        return out + ([self.lut.astype(np.int8)] if self.lut is not None else [])
+        return out + ([self.lut] if self.lut is not None else [])
 
     def output(self) -> tuple[tuple[int, ...], str]:
         if self.classes is not None:
             return (self.batch, self.length, self.classes), "float32"
         f = self.conv.weight.shape[0]
-        return (self.batch, self.length // self.pool, f), self.conv.out_dtype
+        dtype = str(self.lut.dtype) if self.lut is not None else self.conv.out_dtype
+        return (self.batch, self.length // self.pool, f), dtype
 
 
 def _conv_te(kc: ConvKernel):
@@ -340,7 +347,7 @@ def _epilogue(kc: ConvKernel, acc, bias):
 
     conv = kc.conv
     fp = kc.padded_out
-    shape, dtype = kc.output()
+    shape, _ = kc.output()
     if conv.requant is None:
         scale = te.placeholder((kc.classes,), "float32", name="scale")
         out = te.compute(
@@ -353,7 +360,7 @@ def _epilogue(kc: ConvKernel, acc, bias):
     # The multiplier fits int32: a 32 x 32 -> 64-bit multiply (vpmuldq, smull), not 64 x 64.
     mul = te.placeholder((fp,), "int32", name="mul")
     rnd, sh = (te.placeholder((fp,), "int64", name=nm) for nm in ("rnd", "sh"))
-    lut = te.placeholder((256,), "int8", name="lut") if kc.lut is not None else None
+    lut = te.placeholder((256,), str(kc.lut.dtype), name="lut") if kc.lut is not None else None
 
     def requant(a, f):
         a = a + bias[f]
@@ -361,7 +368,7 @@ def _epilogue(kc: ConvKernel, acc, bias):
             a = tirx.max(a, 0)
         y = tirx.shift_right(a.astype("int64") * mul[f].astype("int64") + rnd[f], sh[f])
         y = tirx.max(tirx.min(y, tirx.const(rq.hi, "int64")), tirx.const(rq.lo, "int64"))
-        return y.astype(dtype)
+        return y.astype(conv.out_dtype)
 
     def pooled(n, i, f):
         """max over the window of requant(acc), computed as one requantization: requant is
@@ -512,6 +519,84 @@ def _dequantize_func(batch: int, frames: int, channels: int, scale: float):
     return _spatial(out, [h])
 
 
+def _requant_scalar(a, rq):
+    """`quantize.requantize` of an int32 expression, for a per-tensor Requant."""
+    from tvm import tirx
+
+    m, r, s = (tirx.const(int(v[0]), "int64") for v in (rq.multiplier, rq.rounding, rq.shift))
+    if rq.relu:
+        a = tirx.max(a, 0)
+    y = tirx.shift_right(a.astype("int64") * m + r, s)
+    return tirx.max(tirx.min(y, tirx.const(rq.hi, "int64")), tirx.const(rq.lo, "int64"))
+
+
+def _over_frames(batch: int, frames: int, channels: int, op: str):
+    """(h, reduction): max or sum over frames of int8 (batch, frames, channels), int32."""
+    from tvm import te
+
+    h = te.placeholder((batch, frames, channels), "int8", name="h")
+    t = te.reduce_axis((0, frames), "t")
+    reduce = te.max if op == "max" else te.sum
+    out = te.compute(
+        (batch, channels), lambda n, c: reduce(h[n, t, c].astype("int32"), axis=t), name=op
+    )
+    return h, out
+
+
+def _schedule_reduction(func, name: str, vector: int = 16):
+    """Frames outermost, channels innermost in vectors: each frame is one contiguous
+    row of the time-major features."""
+    import tvm
+
+    sch = tvm.s_tir.Schedule(func)
+    block = sch.get_sblock(name)
+    n, c, t = sch.get_loops(block)
+    if int(sch.get(c).extent) % vector == 0:
+        co, ci = sch.split(c, [None, vector])
+        sch.reorder(n, co, t, ci)
+        sch.vectorize(ci)  # before decompose_reduction, not after
+        sch.decompose_reduction(block, t)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def _squeeze_func(batch: int, frames: int, channels: int, full: int, rq):
+    """SE's squeeze: per channel of the full model, the int8 mean over frames of the
+    features (batch, frames, channels), or the dropped lead's constant (`pos` < 0)."""
+    from tvm import te, tirx
+
+    h, total = _over_frames(batch, frames, channels, "sum")
+    pos = te.placeholder((full,), "int32", name="pos")
+    const = te.placeholder((full,), "int8", name="const")
+
+    def mean(n, o, c):
+        v = _requant_scalar(total[n, tirx.max(pos[c], 0)], rq).astype("int8")
+        return tirx.if_then_else(pos[c] >= 0, v, const[c])
+
+    out = te.compute((batch, 1, full), mean, name="mean")
+    return _schedule_reduction(te.create_prim_func([h, pos, const, out]), "sum")
+
+
+def _global_pool_func(batch: int, frames: int, channels: int, full: int, mode: str, rq, se: bool):
+    """ECG_CRNN's global pooling: max (or sum) over frames per channel (a dropped lead's
+    constant where `pos` < 0), times SE's excitation, requantized to int8."""
+    from tvm import te, tirx
+
+    h, pooled = _over_frames(batch, frames, channels, "max" if mode == "max" else "sum")
+    pos = te.placeholder((full,), "int32", name="pos")
+    const = te.placeholder((full,), "int32", name="const")
+    excite = te.placeholder((batch, 1, full), "uint8", name="excite")
+
+    def value(n, o, c):
+        v = tirx.if_then_else(pos[c] >= 0, pooled[n, tirx.max(pos[c], 0)], const[c])
+        if se:
+            v = v * excite[n, o, c].astype("int32")
+        return _requant_scalar(v, rq).astype("int8")
+
+    out = te.compute((batch, 1, full), value, name="global_pool")
+    args = [h, pos, const, *([excite] if se else []), out]
+    return _schedule_reduction(te.create_prim_func(args), "max" if mode == "max" else "sum")
+
+
 # --------------------------------------------------------------------------------------
 # The program
 
@@ -615,6 +700,16 @@ def _fusable(length: int, pool: int, dot: Dot) -> bool:
     )
 
 
+def _fit_groups(dot: Dot, conv: QConv) -> Dot:
+    """The Dot for `conv`: a dot instruction's lanes share one input vector, so a
+    grouped conv with fewer output channels per group than lanes (or not a multiple)
+    cannot feed it; such a conv gets plain loops over vectors of whole groups."""
+    per_group = conv.weight.shape[0] // conv.groups
+    if conv.groups == 1 or per_group % dot.lanes == 0:
+        return dot
+    return Dot(math.gcd(per_group, 16), 1, None, "int8", None, registers=12)
+
+
 class _Builder:
     """Emits one call_tir per kernel into a Relax dataflow block; counts constants."""
 
@@ -648,7 +743,9 @@ class _Builder:
         """The branch's convs and pools up to (not including) its last pool."""
         for k, block in enumerate(branch):
             for c, conv in enumerate(block.convs):
-                dot = self.isa.word if conv.in_dtype == "int16" else self.isa.byte
+                dot = _fit_groups(
+                    self.isa.word if conv.in_dtype == "int16" else self.isa.byte, conv
+                )
                 last = c == len(block.convs) - 1 and k < len(branch) - 1
                 pool = block.pool if last and _fusable(length, block.pool, dot) else 1
                 kc = ConvKernel(conv, self.batch, length, channels, dot, pool=pool)
@@ -699,7 +796,10 @@ def _relax_module(qm: QuantizedModel, isa: Isa, batch: int, samples: int):
                 )
             else:
                 raise CompileError("int8: the branches' last pools differ; not supported yet")
-            out = _head(build, qm, h, frames, sum(channels))
+            if qm.pool is not None:
+                out = _classifier(build, qm, h, frames, sum(channels), samples)
+            else:
+                out = _head(build, qm, h, frames, sum(channels))
             result = bb.emit_output(out)
         bb.emit_func_output(result)
     return bb.get(), build.names, build.constant_bytes
@@ -710,10 +810,43 @@ def _head(build: _Builder, qm: QuantizedModel, h, frames: int, channels: int):
     if not qm.head:
         func = _dequantize_func(build.batch, frames, channels, qm.features_scale)
         return build.call("dequantize", func, [h], (build.batch, channels, frames), "float32")
-    for i, lin in enumerate(qm.head):
-        last = i == len(qm.head) - 1
-        classes = lin.conv.weight.shape[0] if last else None
+    return _mlp_kernels(build, "clf_lin", qm.head, h, channels, frames)[0]
+
+
+def _classifier(build: _Builder, qm: QuantizedModel, h, frames: int, channels: int, samples: int):
+    """ECG_CRNN's tail: SE's squeeze and MLP, the global pooling, the head on one row."""
+    from tvm import relax
+
+    b = build.batch
+    if qm.lead_map is not None:
+        pos = qm.lead_map.positions.astype(np.int32)
+        d_sums, d_pooled = quantize.dropped_constants(qm, samples)
+    else:
+        pos = np.arange(channels, dtype=np.int32)
+        d_sums = d_pooled = np.zeros(channels, dtype=np.int64)
+    full = len(pos)
+    excite = []
+    if qm.squeeze is not None:
+        rq = quantize.squeeze_requant(qm, frames)
+        const = quantize.requantize(d_sums, rq).astype(np.int8)  # the reference's values
+        func = _squeeze_func(b, frames, channels, full, rq)
+        e = build.call("se_squeeze", func, [h, pos, const], (b, 1, full), "int8")
+        e, _ = _mlp_kernels(build, "se_lin", qm.squeeze.mlp, e, full)
+        excite = [e]
+    rq = quantize.pool_requant(qm, frames)
+    func = _global_pool_func(b, frames, channels, full, qm.pool.mode, rq, bool(excite))
+    args = [h, pos, d_pooled.astype(np.int32), *excite]
+    z = build.call("global_pool", func, args, (b, 1, full), "int8")
+    out, classes = _mlp_kernels(build, "clf_lin", qm.head, z, full)
+    return build.bb.emit(relax.op.reshape(out, (b, classes)))
+
+
+def _mlp_kernels(build: _Builder, prefix: str, layers, h, channels: int, frames: int = 1):
+    """Linear kernels over (batch, frames, channels): (the last one's output, its width)."""
+    for i, lin in enumerate(layers):
+        width = lin.conv.weight.shape[0]
+        classes = width if lin.conv.requant is None else None
         kc = ConvKernel(lin.conv, build.batch, frames, channels, build.isa.byte, lin.lut, classes)
-        h = build.conv(f"clf_lin{i}", h, kc)
-        channels = lin.conv.weight.shape[0]
-    return h
+        h = build.conv(f"{prefix}{i}", h, kc)
+        channels = width
+    return h, channels

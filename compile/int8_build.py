@@ -27,6 +27,7 @@ import mscnn
 from deploy.bundle import LIBRARY
 from deploy.files import write_npy
 from deploy.manifest import (
+    DecisionAccuracy,
     Footprint,
     Manifest,
     Parity,
@@ -37,6 +38,7 @@ from deploy.manifest import (
     Verdict,
 )
 from deploy.parity import TOLERANCES, compare
+from mscnn.heads import ReducedLeadModel
 
 from . import int8, quantize
 from .errors import CompileError
@@ -92,7 +94,10 @@ def build_int8_into(
     with step("accuracy"):  # Step 6
         if task_of(model) == "qrs_detection":
             quant = dataclasses.replace(quant, accuracy=detector_accuracy(model, qm, journal))
-            manifest = write_manifest(folder, dataclasses.replace(manifest, quantization=quant))
+        elif task_of(model) == "classification":
+            decisions = classifier_decisions(model, qm, variant, journal)
+            quant = dataclasses.replace(quant, decisions=decisions)
+        manifest = write_manifest(folder, dataclasses.replace(manifest, quantization=quant))
     with step("parity"):  # Step 7
         manifest = check_built(folder, manifest, built_for)
         journal.write(f"int8 TVM vs the int8 reference: {manifest.parity.tvm}")
@@ -107,10 +112,21 @@ def quantize_variant(
     loaded: mscnn.LoadedModel, model: torch.nn.Module, variant: Variant, journal: Journal
 ) -> tuple[quantize.QuantizedModel, list[Saturation]]:
     """The variant quantized on the calibration records of its leads, and the layers
-    whose activations clip on them (reported, in the manifest)."""
+    whose activations clip on them (reported, in the manifest). A whole lead-wise
+    model's variant is the full model's quantization with its leads reduced
+    (quantize.reduce_leads): bit for bit the full int8 model on zero-filled leads, as
+    the fp32 variant is the fp32 model's."""
     records = quantize.CALIBRATION_RECORDS
-    calibration = quantize.real_ecg(variant.leads, records)
-    qm = quantize.quantize_model(model, calibration, preset=loaded.preset, record_ids=records)
+    if isinstance(model, ReducedLeadModel):
+        calibration = quantize.real_ecg(loaded.leads, records)
+        full = quantize.quantize_model(
+            loaded.model, calibration, preset=loaded.preset, record_ids=records
+        )
+        qm = quantize.reduce_leads(full, variant.indices)
+        calibration = np.ascontiguousarray(calibration[:, list(variant.indices)])
+    else:
+        calibration = quantize.real_ecg(variant.leads, records)
+        qm = quantize.quantize_model(model, calibration, preset=loaded.preset, record_ids=records)
     saturated = [
         Saturation(s.name, s.clipped, s.total)
         for s in quantize.saturation(qm, calibration)
@@ -156,6 +172,26 @@ def detector_accuracy(model: torch.nn.Module, qm, journal: Journal) -> TaskAccur
             f"(limits: score {score_limit}, F1 {f1_limit} points); ship the fp32 bundle"
         )
     return TaskAccuracy(list(acc.records), acc.fp32.score, acc.fp32.f1, acc.int8.score, acc.int8.f1)
+
+
+def classifier_decisions(
+    model: torch.nn.Module, qm, variant: Variant, journal: Journal
+) -> DecisionAccuracy:
+    """How many of the int8 classifier's decisions (logit > 0, per class and record)
+    equal fp32's on the held-out CinC records. Reported, not gated: no preset ships a
+    trained classifier, and a seeded one's logits sit near 0, where any error flips."""
+    records = list(quantize.HELD_OUT_RECORDS)
+    x = quantize.real_ecg(variant.leads, records)
+    got = np.concatenate([quantize.run_int8(qm, x[i : i + 1]) for i in range(len(x))])
+    with torch.no_grad():
+        ref = model.eval()(torch.from_numpy(x)).numpy()
+    err = float(np.abs(got - ref).max())
+    agreed = int(((got > 0) == (ref > 0)).sum())
+    journal.write(
+        f"held-out decisions: int8 equals fp32 in {agreed} of {ref.size}; "
+        f"logits' max abs error {err:.4g}"
+    )
+    return DecisionAccuracy(records, int(ref.size), agreed, err, err / float(np.abs(ref).max()))
 
 
 # The int8 detector's largest loss against fp32 on held-out records: CPSC2019 score, F1

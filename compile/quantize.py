@@ -49,7 +49,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 import mscnn
-from mscnn.heads import ECG_SEQ_LAB_NET
+from mscnn.heads import ECG_CRNN, ECG_SEQ_LAB_NET, ReducedLeadModel, SqueezeExcitation
 
 from .errors import CompileError
 
@@ -128,6 +128,34 @@ class QLinear:
 
 
 @dataclass(frozen=True)
+class QSqueeze:
+    """Squeeze-excitation in integers: the int8 mean over frames (scale `mean_scale`) and
+    its MLP, whose last table is the sigmoid, to uint8 in units of 1/255."""
+
+    mean_scale: float
+    mlp: tuple[QLinear, ...]
+
+
+@dataclass(frozen=True)
+class QPool:
+    """ECG_CRNN's global pooling over frames (after SE's channel scaling): int8, `scale`."""
+
+    mode: str  # "max" or "avg"
+    scale: float
+
+
+@dataclass(frozen=True)
+class LeadMap:
+    """A reduced-lead variant of a lead-wise whole model (`reduce_leads`): the kept leads'
+    features, and the dropped leads' constants taken from the full model on zeros."""
+
+    full: QuantizedModel
+    leads: tuple[int, ...]  # kept leads, as indices into the full model's
+    positions: np.ndarray  # int32 (full channels,): index into the kept features, -1: dropped
+    cache: dict = field(default_factory=dict, compare=False, repr=False)  # by input length
+
+
+@dataclass(frozen=True)
 class QuantizedModel:
     """What `run_int8` and `compile.int8` compute: int8 weights, integer requantization,
     float only in `input_inv_scale` and the output scales."""
@@ -141,6 +169,9 @@ class QuantizedModel:
     features_scale: float  # the concatenated backbone output
     head: tuple[QLinear, ...]  # empty for a backbone
     calibration: dict  # method, records, what it saw
+    squeeze: QSqueeze | None = None  # a classifier's squeeze-excitation
+    pool: QPool | None = None  # a classifier's global pooling
+    lead_map: LeadMap | None = None  # a reduced-lead classifier
 
     @property
     def input_scale(self) -> float:
@@ -155,7 +186,11 @@ class QuantizedModel:
 
     def layers(self) -> list[QConv]:
         convs = [c for branch in self.branches for block in branch for c in block.convs]
-        return convs + [lin.conv for lin in self.head]
+        return convs + [lin.conv for lin in (*self.tables(), *self.head)]
+
+    def tables(self) -> tuple[QLinear, ...]:
+        """The squeeze-excitation's layers (they come before the head)."""
+        return self.squeeze.mlp if self.squeeze is not None else ()
 
     def weight_bytes(self) -> tuple[int, int]:
         """(int8 weight bytes, the same weights' fp32 bytes)."""
@@ -169,7 +204,8 @@ class QuantizedModel:
             total += c.weight.nbytes + c.bias.nbytes
             if c.requant is not None:  # multiplier and shift fit int32, rounding int64
                 total += c.requant.multiplier.size * (4 + 4 + 8)
-        return total + sum(lin.lut.nbytes for lin in self.head if lin.lut is not None)
+        layers = (*self.tables(), *self.head)
+        return total + sum(lin.lut.nbytes for lin in layers if lin.lut is not None)
 
 
 # --------------------------------------------------------------------------------------
@@ -268,11 +304,23 @@ def _backbone_of(model: nn.Module) -> tuple[mscnn.MultiScopicCNN, str]:
                 "quantize the model without it (cpsc2019_qrs has none)"
             )
         cnn, prefix = model.cnn, "cnn."
+    elif isinstance(model, ECG_CRNN):
+        if model.spec.pool_size != 1:
+            raise CompileError(
+                f"int8: global_pool_size {model.spec.pool_size}; only 1 (one value per channel)"
+            )
+        cnn, prefix = model.cnn, "cnn."
+    elif isinstance(model, ReducedLeadModel):
+        raise CompileError(
+            "int8: quantize the full model, then take its lead variant with "
+            "quantize.reduce_leads (the dropped leads' constants come from the full model)"
+        )
     else:
         raise CompileError(
             f"int8: {type(model).__name__} is not supported yet; quantize a MultiScopicCNN "
-            "backbone or an ECG_SEQ_LAB_NET without attention (presets cpsc2019, "
-            "multi_scopic, multi_scopic_leadwise and their lead variants, cpsc2019_qrs)"
+            "backbone, an ECG_SEQ_LAB_NET without attention or an ECG_CRNN (presets "
+            "cpsc2019, multi_scopic, multi_scopic_leadwise and their lead variants, "
+            "cpsc2019_qrs, leadwise_classifier)"
         )
     block = cnn.spec.block
     if block["subsample_mode"] != "max":
@@ -358,14 +406,18 @@ class _Ranges:
         self.size: dict[str, int] = {}
 
     def add(self, key: str, t: torch.Tensor) -> None:
-        a = t.detach().abs().double().numpy().ravel()
-        self.amax[key] = max(self.amax.get(key, 0.0), float(a.max()) if a.size else 0.0)
-        self.size[key] = self.size.get(key, 0) + a.size
+        # The activations' own float32 values: order statistics need no wider type, and
+        # torch.topk is many times faster than numpy's partition on tens of millions.
+        a = t.detach().abs().float().flatten()
+        self.amax[key] = max(self.amax.get(key, 0.0), float(a.max()) if a.numel() else 0.0)
+        self.size[key] = self.size.get(key, 0) + a.numel()
         if self.percentile is not None:
-            per_record = a.size // max(1, t.shape[0])
+            per_record = a.numel() // max(1, t.shape[0])
             k = math.ceil((1 - self.percentile / 100) * per_record * self.n_records) + 1
-            kept = np.concatenate((self.top.get(key, a[:0]), a))
-            self.top[key] = np.partition(kept, len(kept) - k)[-k:] if len(kept) > k else kept
+            kept = torch.cat((torch.from_numpy(self.top.get(key, np.zeros(0, np.float32))), a))
+            if len(kept) > k:
+                kept = torch.topk(kept, k, sorted=False).values
+            self.top[key] = kept.numpy()
 
     def value(self, key: str) -> float:
         if self.percentile is None:
@@ -373,6 +425,9 @@ class _Ranges:
         rank = (1 - self.percentile / 100) * self.size[key]  # values above the percentile
         top = np.sort(self.top[key])[::-1]
         return float(top[min(int(rank), len(top) - 1)])
+
+
+POOLS = ("attn.avg_pool", "pool")  # SE's squeeze and ECG_CRNN's global pooling
 
 
 def _calibrate(model: nn.Module, x: np.ndarray, ranges: _Ranges, batch: int = 5) -> None:
@@ -385,8 +440,14 @@ def _calibrate(model: nn.Module, x: np.ndarray, ranges: _Ranges, batch: int = 5)
 
     for name, module in names.items():
         last = name.rsplit(".", 1)[-1]
-        if last.startswith(("ca_", "lin_", "act_")) or last == "bn":
+        if last.startswith(("ca_", "lin_", "act_")) or last == "bn" or name in POOLS:
             hooks.append(module.register_forward_hook(record(name)))
+    if isinstance(model, ECG_CRNN):  # the features' maxima over frames (_features_range)
+        hooks.append(
+            model.cnn.register_forward_hook(
+                lambda _m, _i, out: ranges.add("features.max", out.amax(-1))
+            )
+        )
     try:
         with torch.no_grad():
             for i in range(0, len(x), batch):
@@ -477,11 +538,21 @@ def quantize_model(
     s_in = _tensor_scale(amax_in, input_dtype)
     float_branches = _float_blocks(cnn, prefix)
     # One scale for every branch's output, so that concatenating them is a copy.
-    s_feat = _tensor_scale(max(ranges.value(f"{br[-1][2]}.bn") for br in float_branches), "int8")
+    s_feat = _tensor_scale(_features_range(ranges, float_branches, model), "int8")
     branches = tuple(
         _quantize_branch(br, s_in, input_dtype, s_feat, ranges) for br in float_branches
     )
-    head = _quantize_head(model, s_feat, ranges) if prefix else ()
+    squeeze = pool = None
+    if isinstance(getattr(model, "attn", None), SqueezeExcitation):
+        s_mean = _tensor_scale(ranges.value("attn.avg_pool"), "int8")
+        sigmoid = model.attn.fc[1]
+        squeeze = QSqueeze(
+            s_mean, _quantize_mlp(model.attn.fc[0], "attn.fc.0", s_mean, ranges, sigmoid)
+        )
+    if isinstance(model, ECG_CRNN):
+        pool = QPool(model.spec.pool, _tensor_scale(ranges.value("pool"), "int8"))
+    s_head = pool.scale if pool is not None else s_feat
+    head = _quantize_mlp(model.clf, "clf", s_head, ranges) if prefix else ()
     info = {
         "method": method,
         "percentile": percentile if method == "percentile" else None,
@@ -492,12 +563,24 @@ def quantize_model(
     task = getattr(model, "task", "features")
     scale_in = np.float32(1.0 / s_in)
     qm = QuantizedModel(
-        preset, task, cnn.in_channels, input_dtype, scale_in, branches, s_feat, head, info
-    )
+        preset, task, cnn.in_channels, input_dtype, scale_in, branches, s_feat, head, info,
+        squeeze, pool,
+    )  # fmt: skip
     log.info(
         "int8: %d layers quantized (%s calibration on %d records)", len(qm.layers()), method, len(x)
     )
     return qm
+
+
+def _features_range(ranges: _Ranges, float_branches, model: nn.Module) -> float:
+    """The backbone output's range: its values' (the branches' last BatchNorms), or
+    for a classifier that max-pools them, their per-channel maxima over frames: global
+    max pooling keeps each channel's largest value, the very values a percentile of
+    all values would clip."""
+    values = max(ranges.value(f"{br[-1][2]}.bn") for br in float_branches)
+    if isinstance(model, ECG_CRNN) and model.spec.pool == "max":
+        return max(values, ranges.value("features.max"))
+    return values
 
 
 def _quantize_branch(blocks, s_in, dtype, s_feat, ranges: _Ranges) -> tuple[QBlock, ...]:
@@ -556,25 +639,34 @@ def _with_requant(qc: QConv, rq: Requant | None, out_dtype: str, out_scale) -> Q
     )
 
 
-def _quantize_head(model: nn.Module, s_in: float, ranges: _Ranges) -> tuple[QLinear, ...]:
-    """The per-frame MLP: linear -> int8 -> activation table, and the int32 last layer."""
-    linears = [(n, m) for n, m in model.clf.named_children() if n.startswith("lin_")]
-    acts = dict(model.clf.named_children())
+def _quantize_mlp(
+    mlp: nn.Module, prefix: str, s_in: float, ranges: _Ranges, final: nn.Module | None = None
+) -> tuple[QLinear, ...]:
+    """An MLP (the head, or SE's): linear -> int8 -> activation table; the last layer's
+    int32 accumulator is the output, or with `final` (SE's sigmoid) a table to uint8 in
+    units of 1/255."""
+    linears = [(n, m) for n, m in mlp.named_children() if n.startswith("lin_")]
+    acts = dict(mlp.named_children())
     out = []
     for i, (name, lin) in enumerate(linears):
         w = lin.weight.detach().double().numpy()[:, :, None]
         b = lin.bias.detach().double().numpy() if lin.bias is not None else np.zeros(len(w))
-        qc = _quantize_conv(f"clf.{name}", w, b, s_in, "int8")
-        if i == len(linears) - 1:
+        qc = _quantize_conv(f"{prefix}.{name}", w, b, s_in, "int8")
+        last = i == len(linears) - 1
+        if last and final is None:
             out.append(QLinear(qc, None))
             break
-        s_pre = _tensor_scale(ranges.value(f"clf.{name}"), "int8")
-        s_post = _tensor_scale(ranges.value(f"clf.act_{i}"), "int8")
+        s_pre = _tensor_scale(ranges.value(f"{prefix}.{name}"), "int8")
         rq = make_requant(qc.weight_scale * s_in / s_pre, np.zeros(len(w)), False, *INT8)
+        if last:  # SE's sigmoid: (0, 1) as uint8 in units of 1/255
+            act, s_post, dtype = final, 1 / 255, "uint8"
+        else:
+            act, dtype = acts[f"act_{i}"], "int8"
+            s_post = _tensor_scale(ranges.value(f"{prefix}.act_{i}"), "int8")
         grid = torch.arange(-128, 128, dtype=torch.float64) * s_pre
         with torch.no_grad():
-            values = acts[f"act_{i}"](grid.clone()).numpy()
-        lut = np.clip(np.rint(values / s_post), *INT8).astype(np.int8)
+            values = act(grid.clone()).numpy()
+        lut = np.clip(np.rint(values / s_post), *RANGES[dtype]).astype(dtype)
         out.append(QLinear(_with_requant(qc, rq, "int8", s_pre), lut))
         s_in = s_post
     return tuple(out)
@@ -599,16 +691,18 @@ class LayerSaturation:
 
 def conv_accumulate(x: np.ndarray, conv: QConv) -> np.ndarray:
     """int32 accumulators (batch, out, time) of a "same"-padded dilated grouped conv1d on
-    integer `x` (batch, in, time). numpy's int32 matmul is exact here: the quantization
-    bounded every accumulator below 2^31."""
+    integer `x` (batch, in, time). The products and sums are integers below 2^31 (the
+    quantization bounds every accumulator), so float64 holds each partial sum exactly,
+    in any order: a float64 matmul (BLAS, many times numpy's integer matmul) gives the
+    integer result."""
     b, _, t = x.shape
     f, cg, k = conv.weight.shape
     g, d, p = conv.groups, conv.dilation, conv.pad
-    xp = np.pad(x.astype(np.int32), ((0, 0), (0, 0), (p, p)))
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p)))
     cols = np.stack([xp[:, :, i * d : i * d + t] for i in range(k)], axis=2)  # (b, c, k, t)
     cols = cols.reshape(b, g, cg * k, t)
-    w = conv.weight.astype(np.int32).reshape(g, f // g, cg * k)
-    acc = np.matmul(w[None], cols)  # (b, g, f / g, t)
+    w = conv.weight.astype(np.float64).reshape(g, f // g, cg * k)
+    acc = np.matmul(w[None], cols).astype(np.int64).astype(np.int32)  # (b, g, f / g, t)
     return acc.reshape(b, f, t) + conv.bias.astype(np.int32)[:, None]
 
 
@@ -624,14 +718,25 @@ def _requant_counted(acc, rq: Requant, axis: int, name: str, seen: list | None) 
 def run_int8(qm: QuantizedModel, x: np.ndarray, seen: list | None = None) -> np.ndarray:
     """The quantized model on float32 `x` (batch, leads, samples): integers only between
     the input quantization and the output scale. A backbone gives (batch, channels,
-    frames), the detector (batch, frames, classes) logits. `seen`, if a list, is given
-    each layer's LayerSaturation."""
+    frames), the detector (batch, frames, classes) logits, a classifier (batch, classes).
+    `seen`, if a list, is given each layer's LayerSaturation."""
     x = check_calibration(x, qm.in_channels, "input")
     if seen is not None:
         wide = np.rint(x.astype(np.float32) * qm.input_inv_scale)
         lo, hi = RANGES[qm.input_dtype]
         seen.append(LayerSaturation("input", int(((wide < lo) | (wide > hi)).sum()), wide.size))
     q = quantize_input(x, qm.input_inv_scale, qm.input_dtype).astype(np.int32)
+    h = int8_features(qm, q, seen)  # (batch, channels, frames), one scale
+    if qm.pool is not None:
+        return _classify(qm, h, x.shape[2], seen)
+    if not qm.head:
+        return h.astype(np.float32) * np.float32(qm.features_scale)
+    return _mlp(qm.head, h.transpose(0, 2, 1), seen)  # the MLP runs per frame
+
+
+def int8_features(qm: QuantizedModel, q: np.ndarray, seen: list | None = None) -> np.ndarray:
+    """The backbone on the quantized input `q`: the branches' concatenated int8 features
+    (batch, channels, frames), as int32 values."""
     features = []
     for branch in qm.branches:
         h = q
@@ -641,18 +746,156 @@ def run_int8(qm: QuantizedModel, x: np.ndarray, seen: list | None = None) -> np.
             t = h.shape[2] // block.pool * block.pool
             h = h[:, :, :t].reshape(h.shape[0], h.shape[1], -1, block.pool).max(-1)
         features.append(h)
-    h = np.concatenate(features, axis=1)  # (batch, channels, frames), one scale
-    if not qm.head:
-        return h.astype(np.float32) * np.float32(qm.features_scale)
-    h = h.transpose(0, 2, 1)  # (batch, frames, channels): the MLP runs per frame
-    for lin in qm.head:
+    return np.concatenate(features, axis=1)
+
+
+def _mlp(layers: Sequence[QLinear], h: np.ndarray, seen: list | None) -> np.ndarray:
+    """Linear layers over the last axis of `h`: the integers the last table gives, or
+    the float32 output of a last layer without requantization."""
+    for lin in layers:
         w = lin.conv.weight[:, :, 0].astype(np.int32)
-        acc = h @ w.T + lin.conv.bias.astype(np.int32)  # (batch, frames, out)
+        acc = h @ w.T + lin.conv.bias.astype(np.int32)
         if lin.conv.requant is None:
-            return acc.astype(np.float32) * qm.output_scale
-        h = _requant_counted(acc, lin.conv.requant, 2, lin.conv.name, seen)
-        h = lin.lut[h + 128].astype(np.int32)
-    raise CompileError("int8: the head has no output layer")  # unreachable for a built model
+            return acc.astype(np.float32) * np.asarray(lin.conv.out_scale, dtype=np.float32)
+        h = _requant_counted(acc, lin.conv.requant, -1, lin.conv.name, seen)
+        if lin.lut is not None:
+            h = lin.lut[h + 128].astype(np.int32)
+    return h
+
+
+def _classify(qm: QuantizedModel, h: np.ndarray, samples: int, seen: list | None) -> np.ndarray:
+    """ECG_CRNN's tail on the features `h` (batch, channels, frames). SE's excitation e
+    (uint8, > 0) scales a channel by a positive factor, so max over frames of h * e is
+    e * max(h) (and the sum alike): the pooled value is multiplied, then requantized."""
+    frames = h.shape[2]
+    sums = h.sum(2, dtype=np.int64)
+    pooled = h.max(2).astype(np.int64) if qm.pool.mode == "max" else sums
+    if qm.lead_map is not None:  # the dropped leads' channels are constants
+        pos = qm.lead_map.positions
+        d_sums, d_pooled = dropped_constants(qm, samples)
+        sums = np.where(pos >= 0, sums[:, np.maximum(pos, 0)], d_sums)
+        pooled = np.where(pos >= 0, pooled[:, np.maximum(pos, 0)], d_pooled)
+    if qm.squeeze is not None:
+        mean = _requant_counted(sums, squeeze_requant(qm, frames), 1, "attn.avg_pool", seen)
+        pooled = pooled * _mlp(qm.squeeze.mlp, mean, seen)
+    z = _requant_counted(pooled, pool_requant(qm, frames), 1, "pool", seen)
+    return _mlp(qm.head, z, seen)
+
+
+def squeeze_requant(qm: QuantizedModel, frames: int) -> Requant:
+    """SE's mean over `frames`: the int32 sum of the features requantized to int8."""
+    real = qm.features_scale / (frames * qm.squeeze.mean_scale)
+    return make_requant(np.array([real]), np.zeros(1), False, *INT8)
+
+
+def pool_requant(qm: QuantizedModel, frames: int) -> Requant:
+    """The global pooling's output: max (or sum) of the features, times SE's excitation
+    (units of 1/255) if any, requantized to int8. The product must fit int32."""
+    real = qm.features_scale / qm.pool.scale
+    bound = 128
+    if qm.squeeze is not None:
+        real, bound = real / 255, bound * 255
+    if qm.pool.mode == "avg":
+        real, bound = real / frames, bound * frames
+    if bound >= ACC_LIMIT:
+        raise CompileError(
+            f"int8: average pooling over {frames} frames could overflow int32; "
+            "classify shorter windows"
+        )
+    return make_requant(np.array([real]), np.zeros(1), False, *INT8)
+
+
+# --------------------------------------------------------------------------------------
+# Reduced-lead variants of a quantized lead-wise model
+
+
+def reduce_leads(qm: QuantizedModel, leads: Sequence[int]) -> QuantizedModel:
+    """The variant of `qm` (a lead-wise model quantized with all its leads) that takes
+    only `leads`: run_int8(variant, x[:, leads]) equals run_int8(qm, x with the other leads
+    zero) bit for bit. The kept leads' convs are the full model's channels (per-channel
+    weights and requantization, per-tensor scales); a classifier's dropped channels are
+    constants per input length (`dropped_constants`)."""
+    leads = tuple(int(i) for i in leads)
+    if leads == tuple(range(qm.in_channels)):
+        return qm
+    if qm.lead_map is not None:
+        raise CompileError("int8: reduce the full model's leads, not a variant's")
+    if (
+        len(set(leads)) != len(leads)
+        or not leads
+        or not 0 <= min(leads) <= max(leads) < qm.in_channels
+    ):
+        raise CompileError(
+            f"int8: leads {list(leads)}: expected distinct indices below {qm.in_channels}"
+        )
+    branches = _lead_branches(qm, leads)
+    if qm.pool is None and qm.head:
+        raise CompileError("int8: reduced-lead detectors are not supported (no preset has one)")
+    reduced = replace(qm, in_channels=len(leads), branches=branches)
+    if qm.pool is None:
+        return reduced
+    positions = np.full(sum(_widths(qm)), -1, dtype=np.int32)
+    kept = lead_channels(qm, leads)
+    positions[kept] = np.arange(len(kept), dtype=np.int32)
+    return replace(reduced, lead_map=LeadMap(qm, leads, positions))
+
+
+def _widths(qm: QuantizedModel) -> list[int]:
+    return [int(branch[-1].convs[-1].weight.shape[0]) for branch in qm.branches]
+
+
+def lead_channels(qm: QuantizedModel, leads: Sequence[int]) -> list[int]:
+    """The feature channels of a lead-wise model that belong to `leads`, in the order a
+    reduced model computes them (branch by branch, lead by lead)."""
+    channels, offset = [], 0
+    for width in _widths(qm):
+        units = width // qm.in_channels
+        channels += [offset + lead * units + j for lead in leads for j in range(units)]
+        offset += width
+    return channels
+
+
+def _lead_branches(qm: QuantizedModel, leads: tuple[int, ...]) -> tuple:
+    n = qm.in_channels
+    for conv in (c for branch in qm.branches for block in branch for c in block.convs):
+        if conv.groups != n:
+            raise CompileError(
+                f"int8: {conv.name} has {conv.groups} groups for {n} leads: the model is "
+                "not lead-wise, so its leads cannot be dropped exactly"
+            )
+
+    def cut(conv: QConv) -> QConv:
+        units = conv.weight.shape[0] // n
+        idx = np.array([lead * units + j for lead in leads for j in range(units)])
+        rq = conv.requant
+        sub = Requant(rq.multiplier[idx], rq.shift[idx], rq.rounding[idx], rq.relu, rq.lo, rq.hi)
+        return replace(
+            conv, weight=conv.weight[idx], bias=conv.bias[idx],
+            weight_scale=conv.weight_scale[idx], groups=len(leads), requant=sub,
+        )  # fmt: skip
+
+    return tuple(
+        tuple(QBlock(tuple(cut(c) for c in block.convs), block.pool) for block in branch)
+        for branch in qm.branches
+    )
+
+
+def dropped_constants(qm: QuantizedModel, samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sums, pooled) int64 (full channels,) of the dropped leads' features over an
+    input of `samples` (zero where a lead is kept): the full model's features of zero
+    leads, which depend on the length only (zero padding reaches the edges)."""
+    lm = qm.lead_map
+    if samples not in lm.cache:
+        dropped = [i for i in range(lm.full.in_channels) if i not in lm.leads]
+        zeros = np.zeros((1, len(dropped), samples), dtype=np.int32)
+        z = int8_features(reduce_leads(lm.full, dropped), zeros)[0]
+        sums, pooled = np.zeros((2, len(lm.positions)), dtype=np.int64)
+        idx = lead_channels(lm.full, dropped)
+        sums[idx] = z.sum(1)
+        pooled[idx] = z.max(1) if qm.pool.mode == "max" else z.sum(1)
+        lm.cache.clear()  # the latest length only
+        lm.cache[samples] = sums, pooled
+    return lm.cache[samples]
 
 
 def saturation(qm: QuantizedModel, x: np.ndarray) -> list[LayerSaturation]:

@@ -32,6 +32,12 @@ def _precision(q) -> str:
         f"KiB (fp32: {q.fp32_weights_bytes / 1024:.0f} KiB); vs fp32: median normalised "
         f"error {q.fp32_median_normalised:.3g}"
     )
+    if q.decisions is not None:
+        d = q.decisions
+        text += (
+            f"; held-out decisions {d.agreed}/{d.decisions} as fp32, logits' normalised "
+            f"error {d.normalised:.3g}"
+        )
     if q.accuracy is not None:
         a = q.accuracy
         text += (

@@ -206,6 +206,18 @@ class TaskAccuracy:
 
 
 @dataclass(frozen=True)
+class DecisionAccuracy:
+    """A classifier's decisions (logit > 0 per class) on held-out records: how many of
+    int8's equal fp32's, and the logits' error against fp32."""
+
+    records: list[int]
+    decisions: int  # records x classes
+    agreed: int
+    max_abs: float
+    normalised: float  # max_abs / max |fp32 logit|
+
+
+@dataclass(frozen=True)
 class Quantization:
     """An int8 bundle: how it was quantized, and how far it is from fp32. The golden
     outputs are the int8 reference's, judged bit for bit; the distance to fp32 is
@@ -223,6 +235,7 @@ class Quantization:
     fp32_normalised: float  # the worst case's error / max |fp32 output|
     fp32_median_normalised: float  # the median case's
     accuracy: TaskAccuracy | None  # a detector's held-out beats; None otherwise
+    decisions: DecisionAccuracy | None = None  # a classifier's held-out decisions
 
 
 @dataclass(frozen=True)
@@ -345,6 +358,7 @@ def _write_quantization(q: Quantization | None) -> dict[str, Any] | None:
     out = dict(vars(q))
     out["saturated"] = [dict(vars(s)) for s in q.saturated]
     out["accuracy"] = dict(vars(q.accuracy)) if q.accuracy else None
+    out["decisions"] = dict(vars(q.decisions)) if q.decisions else None
     return out
 
 
@@ -714,6 +728,17 @@ def _read_quantization(root: _Obj) -> Quantization | None:
             acc.ints("records"),
             *(acc.number(k) for k in ("fp32_score", "fp32_f1", "int8_score", "int8_f1")),
         )
+    dec = q.obj("decisions", optional=True)
+    if dec is not None:
+        dec = DecisionAccuracy(
+            dec.ints("records"), dec.int("decisions"), dec.int("agreed"),
+            dec.number("max_abs"), dec.number("normalised"),
+        )  # fmt: skip
+        if not 0 <= dec.agreed <= dec.decisions:
+            raise ManifestError(
+                f"{root.where}: quantization.decisions: agreed {dec.agreed} of "
+                f"{dec.decisions}; rebuild the bundle"
+            )
     return Quantization(
         isa=q.str("isa"),
         input_dtype=q.str("input_dtype", choices=("int16", "int8")),
@@ -727,6 +752,7 @@ def _read_quantization(root: _Obj) -> Quantization | None:
         fp32_normalised=q.number("fp32_normalised"),
         fp32_median_normalised=q.number("fp32_median_normalised"),
         accuracy=acc,
+        decisions=dec,
     )
 
 

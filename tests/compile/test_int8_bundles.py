@@ -142,7 +142,6 @@ def test_quantization_record(qrs_int8_bundles, qrs):
     ("args", "message"),
     [
         (["--targets", "cuda"], "target 'cuda' has no int8 bundles: our integer kernels"),
-        (["--targets", "x86_64", "--preset", "leadwise_classifier"], "int8: ECG_CRNN is not"),
         (["--targets", "x86_64", "--hop", "512"], "stream bundles are fp32 only"),
     ],
 )  # fmt: skip

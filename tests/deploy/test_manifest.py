@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from deploy import DeployError
 from deploy.files import read_npy, write_npy
 from deploy.manifest import (
+    DecisionAccuracy,
     FileEntry,
     Footprint,
     GoldenCase,
@@ -92,8 +93,26 @@ def test_round_trip():
 
 
 QUANTIZATION_REQUIRED = [
-    k for k in json.loads(int8_sample().to_json())["quantization"] if k != "accuracy"
+    k
+    for k in json.loads(int8_sample().to_json())["quantization"]
+    if k not in ("accuracy", "decisions")
 ]
+
+
+def test_a_classifiers_decisions_round_trip_and_are_checked():
+    decisions = DecisionAccuracy([25, 26], 16, 15, 0.2, 0.1)
+    base = int8_sample()
+    m = dataclasses.replace(
+        base, quantization=dataclasses.replace(base.quantization, decisions=decisions)
+    )
+    assert Manifest.from_json(m.to_json()) == m
+    data = json.loads(m.to_json())
+    data["quantization"]["decisions"]["agreed"] = 17
+    with pytest.raises(ManifestError, match="agreed 17 of 16"):
+        parse(data)
+    data["quantization"]["decisions"].pop("records")
+    with pytest.raises(ManifestError, match="lacks 'quantization.decisions.records'"):
+        parse(data)
 
 
 @pytest.mark.parametrize("key", QUANTIZATION_REQUIRED)
