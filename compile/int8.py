@@ -13,6 +13,11 @@ every kernel is written in TE from the `QuantizedModel` (compile/quantize.py, wh
       -> backbone: dequantize to (batch, channels, frames) float32
          detector: per-frame linear kernels (requantize, activation table), the last one
          dequantized to (batch, frames, classes) float32 logits
+         classifier: SE's squeeze (sum over frames, requantized) and its linear kernels
+         (the last table is the sigmoid, uint8), the global pooling times the excitation,
+         the head's linear kernels on one row: (batch, classes) float32 logits. A
+         reduced-lead variant's dropped channels enter the squeeze and the pooling as
+         constants (`quantize.dropped_constants`).
 
 Tensors are time-major ("NWC"): a conv's output channels are the vector lanes, and the
 inner product over input channels is what dot-product instructions compute. How a conv's

@@ -1,6 +1,8 @@
 """int8 against fp32 and ONNX Runtime's int8, same machine, one run: latency and accuracy.
 
-What is compared, on the QRS detector (`cpsc2019_qrs`, batch 1, 5000 samples):
+What is compared, on the QRS detector (`cpsc2019_qrs`, batch 1, 5000 samples) or with
+`--preset leadwise_classifier` the 12-lead classifier (seeded weights: its held-out
+decisions against PyTorch fp32's stand for accuracy):
 
 - `ort-fp32`: ONNX Runtime on the exported fp32 model;
 - `ort-int8`: ONNX Runtime on its own static quantization of that model
@@ -16,7 +18,7 @@ model's MACs / median, against peaks measured here: an FMA loop (fp32 FLOP/s) an
 loop (int8 OP/s: one vpdpbusd is 64 multiply-adds), both our own TIR kernels, on the same
 threads. Accuracy: the CPSC2019 score and F1 of each on the held-out records.
 
-    python -m compile.int8_bench [--threads 2] [--rounds 5] [--out build/int8_bench]
+    python -m compile.int8_bench [--preset P] [--threads 2] [--rounds 5] [--out DIR]
 """
 
 from __future__ import annotations
@@ -201,11 +203,12 @@ class Int8Bench:
     accuracy: dict  # runtime -> score, f1, tp, fp, fn, normalized_error (vs PyTorch fp32)
     sizes: dict  # bytes: ONNX files, the int8 program's constants
     load: tuple  # the machine's 1/5/15-minute load averages after the timing (shared hosts)
+    preset: str = "cpsc2019_qrs"
 
     def table(self) -> str:
         t = self.timings
         lines = [
-            f"{self.cpu}, {self.threads} thread(s); detector, batch 1 x {self.samples} "
+            f"{self.cpu}, {self.threads} thread(s); {self.preset}, batch 1 x {self.samples} "
             f"samples, {self.macs / 1e6:.0f} M MACs; load average "
             f"{' '.join(f'{v:.1f}' for v in self.load)}",
             f"measured peaks: FMA loop {self.peaks['fp32-fma']:.0f} GFLOP/s, VNNI loop "
@@ -222,6 +225,13 @@ class Int8Bench:
                 f"{r['vs_ort_fp32']:9.2f} {r['vs_ort_int8']:9.2f} "
                 f"{r['min_vs_ort_fp32']:12.2f} {r['min_vs_ort_int8']:12.2f}"
             )
+        if "score" not in next(iter(self.accuracy.values())):  # a classifier's decisions
+            lines.append(f"{'held-out':16} {'decisions as fp32':>17} {'norm err':>9}")
+            lines += [
+                f"{n:16} {a['agreed']:>8}/{a['decisions']:<8} {a['normalized_error']:9.4f}"
+                for n, a in self.accuracy.items()
+            ]
+            return "\n".join(lines)
         lines.append(f"{'held-out':16} {'score':>9} {'F1':>7} {'FP':>4} {'FN':>4} {'norm err':>9}")
         for name, a in self.accuracy.items():
             lines.append(
@@ -296,8 +306,40 @@ def _accuracy(model, qm, calls: dict) -> dict:
     return out
 
 
-def run_int8_bench(threads: int = 2, rounds: int = 5, runs: int = 50) -> Int8Bench:
-    """The whole comparison on the trained detector (module docstring)."""
+def _decisions(loaded, calls: dict) -> dict:
+    """A classifier's decisions (logit > 0) per runtime against PyTorch fp32's on the
+    held-out CinC records, and the logits' normalised error."""
+    import torch
+
+    from .quantize import HELD_OUT_RECORDS, real_ecg
+
+    x = real_ecg(loaded.leads, HELD_OUT_RECORDS)
+    with torch.no_grad():
+        ref = loaded.model.eval()(torch.from_numpy(x)).numpy()
+    out = {}
+    for name in JUDGED:
+        got = np.concatenate([calls[name](x[i : i + 1]) for i in range(len(x))])
+        out[name] = {
+            "agreed": int(((got > 0) == (ref > 0)).sum()),
+            "decisions": int(ref.size),
+            "normalized_error": float(np.abs(got - ref).max() / np.abs(ref).max()),
+        }
+    out["pytorch-fp32"] = {
+        "agreed": int(ref.size),
+        "decisions": int(ref.size),
+        "normalized_error": 0.0,
+    }
+    return out
+
+
+PRESETS = ("cpsc2019_qrs", "leadwise_classifier")
+
+
+def run_int8_bench(
+    threads: int = 2, rounds: int = 5, runs: int = 50, preset: str = "cpsc2019_qrs"
+) -> Int8Bench:
+    """The whole comparison on the trained detector, or the (seeded) 12-lead classifier
+    (module docstring)."""
     import os
 
     import mscnn
@@ -306,9 +348,9 @@ def run_int8_bench(threads: int = 2, rounds: int = 5, runs: int = 50) -> Int8Ben
 
     from . import int8, quantize
 
-    if not CHECKPOINT.is_file():
+    if preset == "cpsc2019_qrs" and not CHECKPOINT.is_file():
         raise CompileError(f"int8 bench: no trained detector at {CHECKPOINT}; run make train")
-    loaded = mscnn.load_model("cpsc2019_qrs", checkpoint=CHECKPOINT)
+    loaded = mscnn.load_model(preset, checkpoint=CHECKPOINT if preset == PRESETS[0] else None)
     records = quantize.CALIBRATION_RECORDS
     calibration = quantize.real_ecg(loaded.leads, records)
     qm = quantize.quantize_model(loaded, calibration, record_ids=records)
@@ -331,9 +373,12 @@ def run_int8_bench(threads: int = 2, rounds: int = 5, runs: int = 50) -> Int8Ben
         log.info("latency: %d rounds of %s", rounds, ", ".join(TIMED))
         timings = _timings(calls, x, rounds, runs, macs)
         load = os.getloadavg()
-        accuracy = _accuracy(loaded.model, qm, calls)
+        if loaded.model.task == "qrs_detection":
+            accuracy = _accuracy(loaded.model, qm, calls)
+        else:
+            accuracy = _decisions(loaded, calls)
     sizes["tvm-int8-constants"] = program.constant_bytes
-    return Int8Bench(cpu, threads, x.shape[2], macs, peaks, timings, accuracy, sizes, load)
+    return Int8Bench(cpu, threads, x.shape[2], macs, peaks, timings, accuracy, sizes, load, preset)
 
 
 def main(argv=None) -> int:
@@ -346,6 +391,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="threads of every runtime")
     parser.add_argument("--rounds", type=int, default=5, help="rounds alternating runtimes")
     parser.add_argument("--runs", type=int, default=50, help="calls per runtime per round")
+    parser.add_argument("--preset", choices=PRESETS, default=PRESETS[0], help="the model compared")
     parser.add_argument(
         "--out", type=Path, default=Path("build/int8_bench"), help="folder for int8_bench.json"
     )
@@ -354,13 +400,14 @@ def main(argv=None) -> int:
     if min(args.threads, args.rounds, args.runs) < 1:
         parser.error("--threads, --rounds and --runs must be positive")
     try:
-        result = run_int8_bench(args.threads, args.rounds, args.runs)
+        result = run_int8_bench(args.threads, args.rounds, args.runs, args.preset)
     except CompileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(result.table())
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "int8_bench.json"
+    suffix = "" if args.preset == PRESETS[0] else f"_{args.preset}"
+    path = args.out / f"int8_bench{suffix}.json"
     path.write_text(json.dumps(asdict(result), indent=2) + "\n")
     print(f"wrote {path}")
     return 0

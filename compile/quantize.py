@@ -35,13 +35,26 @@ The arithmetic, for a `QuantizedModel`:
   (lut[q + 128] = clip(rint(act(q * s_pre) / s_post))) -> next linear. The last linear's
   int32 accumulator is the output: logits = float32(acc) * float32(s_in * s_w).
   A backbone's output is float32(q) * float32(s) of the concatenated features.
+- Classifier (ECG_CRNN) tail, on the concatenated int8 features h (channels, frames):
+  squeeze-excitation's mean over frames is the int32 sum requantized to int8 (the 1/frames
+  in the multiplier), its MLP as the head's, the last table the sigmoid to uint8 e in
+  units of 1/255. Global pooling takes max over frames of h (or the sum, for "avg"); as
+  e > 0 scales every frame of a channel alike, max(h * e) = e * max(h), so the pooled
+  value is multiplied by e in int32 and requantized to int8. Then the head, on one row.
+- Reduced-lead classifiers (`reduce_leads`): the full model's quantization with the
+  dropped leads' convs removed (per output channel: their channels simply go), and the
+  dropped channels' sums and maxima, constants per input length, computed by the
+  reference on zero leads. So a variant equals the full int8 model on zero-filled leads
+  bit for bit, as the fp32 variant equals the fp32 model.
 
 Calibration sets each tensor's scale from the fp32 model's activations on real ECG: the
 99.9th percentile of its magnitudes by default, or its maximum ("max"). The maximum lets
 two CPSC2019 records whose signal clips at 33 mV (artefacts) set every scale, and the
 detector then loses most beats of ordinary 1-3 mV records (held-out score 0.24 against
-fp32's 0.90); the percentile clips those artefacts instead. The detector is calibrated on
-CPSC2019 records `CALIBRATION_RECORDS` and judged on `HELD_OUT_RECORDS`, never both.
+fp32's 0.90); the percentile clips those artefacts instead. A classifier that max-pools
+its features takes their range from the per-channel maxima over frames (what the pooling
+keeps). Models are calibrated on records `CALIBRATION_RECORDS` (CPSC2019 or CinC 2021)
+and judged on `HELD_OUT_RECORDS`, never both.
 """
 
 from __future__ import annotations
@@ -542,17 +555,7 @@ def quantize_model(
     branches = tuple(
         _quantize_branch(br, s_in, input_dtype, s_feat, ranges) for br in float_branches
     )
-    squeeze = pool = None
-    if isinstance(getattr(model, "attn", None), SqueezeExcitation):
-        s_mean = _tensor_scale(ranges.value("attn.avg_pool"), "int8")
-        sigmoid = model.attn.fc[1]
-        squeeze = QSqueeze(
-            s_mean, _quantize_mlp(model.attn.fc[0], "attn.fc.0", s_mean, ranges, sigmoid)
-        )
-    if isinstance(model, ECG_CRNN):
-        pool = QPool(model.spec.pool, _tensor_scale(ranges.value("pool"), "int8"))
-    s_head = pool.scale if pool is not None else s_feat
-    head = _quantize_mlp(model.clf, "clf", s_head, ranges) if prefix else ()
+    squeeze, pool, head = _quantize_tail(model, s_feat, ranges) if prefix else (None, None, ())
     info = {
         "method": method,
         "percentile": percentile if method == "percentile" else None,
@@ -570,6 +573,21 @@ def quantize_model(
         "int8: %d layers quantized (%s calibration on %d records)", len(qm.layers()), method, len(x)
     )
     return qm
+
+
+def _quantize_tail(model: nn.Module, s_feat: float, ranges: _Ranges) -> tuple:
+    """A whole model's (squeeze-excitation, global pooling, head) after the backbone."""
+    squeeze = pool = None
+    if isinstance(getattr(model, "attn", None), SqueezeExcitation):
+        s_mean = _tensor_scale(ranges.value("attn.avg_pool"), "int8")
+        sigmoid = model.attn.fc[1]
+        squeeze = QSqueeze(
+            s_mean, _quantize_mlp(model.attn.fc[0], "attn.fc.0", s_mean, ranges, sigmoid)
+        )
+    if isinstance(model, ECG_CRNN):
+        pool = QPool(model.spec.pool, _tensor_scale(ranges.value("pool"), "int8"))
+    s_head = pool.scale if pool is not None else s_feat
+    return squeeze, pool, _quantize_mlp(model.clf, "clf", s_head, ranges)
 
 
 def _features_range(ranges: _Ranges, float_branches, model: nn.Module) -> float:
