@@ -45,6 +45,7 @@ _DTYPES = {
     "bool": (6, 8),
     "uint8": (1, 8),
     "int8": (0, 8),
+    "int16": (0, 16),
 }
 # Section names: a vendor linker script's *(.rodata*) and *(.bss*) take them; ours
 # (deploy/mcu/sections.ld) gathers them to report weights and arena apart.
@@ -296,7 +297,7 @@ def lower(onnx_path: Path, tvm_target: Mapping[str, Any]) -> Lowered:
     single-threaded register-tile schedule (`schedule_pass`; the Linux targets' conv
     schedule parallelises and is not used here)."""
     import tvm
-    from tvm import relax, tirx
+    from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     target = tvm.target.Target(dict(tvm_target))
@@ -311,15 +312,37 @@ def lower(onnx_path: Path, tvm_target: Mapping[str, Any]) -> Lowered:
         schedule_pass(),
         *cpu.dataflow_lower_passes(target),
     ]
+    with target:
+        mod = tvm.transform.Sequential(passes)(import_static(onnx_path))
+    return plan(mod, target)
+
+
+def lower_module(mod, tvm_target: Mapping[str, Any]) -> Lowered:
+    """A Relax module whose kernels are PrimFuncs already scheduled (compile/int8.py's
+    integer program, single-threaded) -> the same memory plan and call sequence."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    target = tvm.target.Target(dict(tvm_target))
+    with target:
+        mod = tvm.transform.Sequential(cpu.dataflow_lower_passes(target))(mod)
+    return plan(mod, target)
+
+
+def plan(mod, target) -> Lowered:
+    """TVM's static memory plan of a lowered module, read as our Program."""
+    import tvm
+    from tvm import relax, tirx
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
     finalize = [
         p
         for p in cpu.finalize_passes(target)
         if p.info.name
         in ("StaticPlanBlockMemory", "LowerAllocTensor", "KillAfterLastUse", "LowerRuntimeBuiltin")
     ]
-    mod = import_static(onnx_path)
     with target:
-        mod = tvm.transform.Sequential(passes + finalize)(mod)
+        mod = tvm.transform.Sequential(finalize)(mod)
     program = read_program(mod["main"])
     mod = relax.transform.AttachGlobalSymbol()(mod)
     kernels = tvm.IRModule(

@@ -310,6 +310,12 @@ def _add_mcu(sub, formatter) -> None:
     )
     m.add_argument("--samples", type=_positive, default=2400, help="window (or record) length")
     m.add_argument("--hop", type=_positive, default=None, help="a streaming step of this hop")
+    m.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="int8: the window model quantized, DSP-extension (smlad) kernels",
+    )
     m.add_argument("--out", type=Path, default=Path("build/mcu"), help="output folder")
     m.add_argument(
         "--package",
@@ -332,8 +338,11 @@ def _mcu(args) -> int:
         raise CompileError(f"--board {board} is a {BOARDS[board].core}, not {args.target}")
     loaded = mscnn.load_model(args.preset, args.checkpoint)
     mode = f"stream{args.hop}" if args.hop else f"window{args.samples}"
+    mode += "-int8" if args.precision == "int8" else ""
     out = args.out / board / f"{args.preset}-{mode}"
-    done = build_mcu(loaded, board, out, samples=args.samples, hop=args.hop, part=part)
+    done = build_mcu(
+        loaded, board, out, samples=args.samples, hop=args.hop, part=part, precision=args.precision
+    )
     print(json.dumps(done.to_json(), indent=2))
     print(f"wrote {done.folder} (libmscnn.a, model.h, firmware.elf, mcu.json)")
     if args.package:

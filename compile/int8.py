@@ -91,6 +91,7 @@ class Isa:
     byte: Dot
     word: Dot
     instruction: str | None  # what the asm must contain
+    parallel: bool = True  # False: one thread, scalar stages (microcontrollers)
 
 
 ISAS: dict[str, Isa] = {
@@ -111,6 +112,15 @@ ISAS: dict[str, Isa] = {
             Dot(4, 4, "int8", "int8", "mscnn_sdot"),
             Dot(4, 1, None, "int8", None),
             "sdot",
+        ),
+        Isa(
+            "dsp",
+            "dsp",
+            "thumbv7em",
+            Dot(1, 2, "int16", "int16", "mscnn_smlad", registers=8),
+            Dot(1, 2, "int16", "int16", "mscnn_smlad", registers=8),
+            "smlad",
+            parallel=False,
         ),
         Isa(
             "generic",
@@ -179,6 +189,46 @@ def _intrinsic(lanes: int, group: int, a_dtype: str, b_dtype: str, llvm: str, op
     return desc, impl
 
 
+def _smlad():
+    """(description, implementation) of Cortex-M's `smlad`: two int16 products summed
+    into one int32 accumulator (the DSP extension of Armv7E-M). Each int16 pair is loaded
+    as one 32-bit word."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((2,), "int16", offset_factor=1),
+        B: T.Buffer((1, 2), "int16", offset_factor=1),
+        C: T.Buffer((1,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:1], A[0:2], B[0:1, 0:2])
+            T.writes(C[0:1])
+            for k in T.serial(0, 2):
+                with T.sblock("update"):
+                    vk = T.axis.reduce(2, k)
+                    C[0] = C[0] + T.cast(A[vk], "int32") * T.cast(B[0, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((2,), "int16", offset_factor=1),
+        B: T.Buffer((1, 2), "int16", offset_factor=1),
+        C: T.Buffer((1,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:1], A[0:2], B[0:1, 0:2])
+            T.writes(C[0:1])
+            C[0] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.arm.smlad"),
+                T.reinterpret(A.vload([0], dtype="int16x2"), dtype="int32"),
+                T.reinterpret(B.vload([0, 0], dtype="int16x2"), dtype="int32"),
+                C[0],
+                dtype="int32",
+            )
+
+    return desc, impl
+
+
 @functools.cache
 def _register_intrinsics() -> None:
     """Register ours once per process (TVM's own x86 ones predate LLVM 22's byte-vector
@@ -192,6 +242,7 @@ def _register_intrinsics() -> None:
     }
     for name, args in table.items():
         TensorIntrin.register(name, *_intrinsic(*args), override=True)
+    TensorIntrin.register("mscnn_smlad", *_smlad(), override=True)
 
 
 def select_isa(tvm_target: Mapping[str, Any], require: str | None = None) -> Isa:
@@ -241,6 +292,7 @@ def _operand_offset(stored: str, dot: Dot) -> tuple[str, int]:
     """(operand dtype, o): the instruction sees stored value + o."""
     operand = dot.operand or stored
     offsets = {("int8", "uint8"): 128, ("uint8", "int8"): -128}
+    offsets |= {(small, "int16"): 0 for small in ("int8", "uint8")}  # widening: exact
     if stored != operand and (stored, operand) not in offsets:
         raise CompileError(f"int8: no {operand} operand for a {stored} tensor")
     return operand, offsets.get((stored, operand), 0)
@@ -409,7 +461,7 @@ def _tile(length: int, vectors: int, budget: int, pool: int = 1) -> tuple[int, i
     return max(options, key=lambda o: (o[0] * o[1], -(o[0] + o[1])))
 
 
-def _schedule_conv(func, kc: ConvKernel):
+def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
     """Register tile of tt time steps x fv channel vectors accumulating in registers, the
     dot instruction innermost (tensorized), the epilogue on the tile, tiles in parallel."""
     import tvm
@@ -425,22 +477,29 @@ def _schedule_conv(func, kc: ConvKernel):
     tt, fv = _tile(kc.length, kc.padded_out // dot.lanes, budget, kc.pool)
     to, ti = sch.split(i, [None, tt])
     fo, fu, fi = sch.split(f, [None, fv, dot.lanes])
+    # One thread (a microcontroller): time tiles outermost, so that the padded input is
+    # computed per time tile (a few rows of scratch, not a padded copy of the tensor).
+    outer, tile = ((n, fo, to), to) if parallel else ((n, to, fo), fo)
     if dot.group > 1:
         rco, rci = sch.split(rc, [None, dot.group])
-        sch.reorder(n, fo, to, rk, rco, ti, fu, fi, rci)
+        sch.reorder(*outer, rk, rco, ti, fu, fi, rci)
     else:
-        sch.reorder(n, fo, to, rk, rc, ti, fu, fi)
+        sch.reorder(*outer, rk, rc, ti, fu, fi)
     epilogue = [sch.get_sblock("requant")] if kc.lut is not None else []
     for block in [*epilogue, out]:
-        sch.reverse_compute_at(block, to)
+        sch.reverse_compute_at(block, tile)
         o_t, o_f = sch.get_loops(block)[-2:]
         lookup = block == out and bool(epilogue)  # the table lookup stays scalar
         if int(sch.get(o_f).extent) % dot.lanes == 0 and not lookup:
             o_fo, o_fi = sch.split(o_f, [None, dot.lanes])
             sch.vectorize(o_fi)
             sch.unroll(o_fo)
-        sch.unroll(o_t)
-    sch.parallel(sch.fuse(n, fo, to))
+        if not sch.get(o_t).same_as(sch.get(tile)):  # (a fused pool can leave one frame)
+            sch.unroll(o_t)
+    if parallel:
+        sch.parallel(sch.fuse(n, fo, to))
+    else:  # the padded input per time tile (before tensorize replaces its reader)
+        sch.compute_at(pad, to)
     sch.unroll(ti)
     sch.unroll(fu)
     if dot.intrin is None:  # vectorise before decompose_reduction, not after
@@ -448,7 +507,10 @@ def _schedule_conv(func, kc: ConvKernel):
     init = sch.decompose_reduction(acc, rk)
     if dot.intrin is not None:
         sch.vectorize(sch.get_loops(init)[-1])
-        sch.tensorize(fi, dot.intrin)
+        # One lane: the lane loop vanishes from the block, the pair loop is the intrinsic.
+        sch.tensorize(rci if dot.lanes == 1 else fi, dot.intrin)
+    if not parallel:  # one thread, no vector unit: plain loops
+        return sch.mod["main"].with_attr("tirx.is_scheduled", True)
     n, i, j = sch.get_loops(pad)
     sch.parallel(sch.fuse(n, i))
     width = next((v for v in (64, 32, 16) if int(sch.get(j).extent) % v == 0), None)
@@ -457,7 +519,7 @@ def _schedule_conv(func, kc: ConvKernel):
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-def _spatial(outputs, inputs, vector: int = 16):
+def _spatial(outputs, inputs, parallel: bool = True, vector: int = 16):
     """A PrimFunc of elementwise stages, parallel over all but the innermost axis, which
     is vectorised when its extent allows."""
     import tvm
@@ -468,6 +530,8 @@ def _spatial(outputs, inputs, vector: int = 16):
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         loops = sch.get_loops(block)
         inner = int(sch.get(loops[-1]).extent)
+        if not parallel:
+            continue
         if len(loops) > 2:
             sch.parallel(sch.fuse(*loops[:-1]))
         if inner % vector == 0:
@@ -475,7 +539,7 @@ def _spatial(outputs, inputs, vector: int = 16):
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-def _quantize_func(qm: QuantizedModel, batch: int, samples: int):
+def _quantize_func(qm: QuantizedModel, batch: int, samples: int, parallel: bool = True):
     """float32 (batch, leads, samples) -> clip(rint(x * inv_scale)) (batch, samples, leads)."""
     from tvm import te, tirx
 
@@ -487,10 +551,13 @@ def _quantize_func(qm: QuantizedModel, batch: int, samples: int):
         v = tirx.nearbyint(x[n, c, i] * inv)
         return tirx.max(tirx.min(v, float(hi)), float(lo)).astype(qm.input_dtype)
 
-    return _spatial(te.compute((batch, samples, qm.in_channels), q, name="quantize"), [x])
+    out = te.compute((batch, samples, qm.in_channels), q, name="quantize")
+    return _spatial(out, [x], parallel)
 
 
-def _pool_func(batch: int, length: int, channels: list[int], dtype: str, size: int):
+def _pool_func(
+    batch: int, length: int, channels: list[int], dtype: str, size: int, parallel: bool = True
+):
     """Max-pool of one or several (batch, length, c) tensors, concatenated on channels."""
     from tvm import te, tirx
 
@@ -507,10 +574,10 @@ def _pool_func(batch: int, length: int, channels: list[int], dtype: str, size: i
         return v
 
     out = te.compute((batch, length // size, starts[-1]), value, name="pool")
-    return _spatial(out, xs)
+    return _spatial(out, xs, parallel)
 
 
-def _dequantize_func(batch: int, frames: int, channels: int, scale: float):
+def _dequantize_func(batch: int, frames: int, channels: int, scale: float, parallel: bool = True):
     """int8 (batch, frames, channels) -> float32(q) * scale as (batch, channels, frames)."""
     from tvm import te, tirx
 
@@ -521,7 +588,7 @@ def _dequantize_func(batch: int, frames: int, channels: int, scale: float):
         lambda n, c, i: h[n, i, c].astype("float32") * s,
         name="dequantize",
     )
-    return _spatial(out, [h])
+    return _spatial(out, [h], parallel)
 
 
 def _requant_scalar(a, rq):
@@ -698,6 +765,15 @@ def build_int8(
     )
 
 
+def relax_program(qm: QuantizedModel, tvm_target: Mapping[str, Any], samples: int):
+    """(Relax module, Isa): the program `build_int8` compiles, unbuilt, for another
+    lowering (compile/aot.py's for microcontrollers, whose ISA runs single-threaded)."""
+    isa = select_isa(tvm_target)
+    if isa.byte.intrin or isa.word.intrin:
+        _register_intrinsics()
+    return _relax_module(qm, isa, 1, samples)[0], isa
+
+
 def _fusable(length: int, pool: int, dot: Dot) -> bool:
     """Whether a conv's register tile can hold whole pooling windows without a tail."""
     return length % pool == 0 and any(
@@ -741,7 +817,7 @@ class _Builder:
     def conv(self, name: str, h, kc: ConvKernel):
         from tvm import te
 
-        func = _schedule_conv(te.create_prim_func(_conv_te(kc)), kc)
+        func = _schedule_conv(te.create_prim_func(_conv_te(kc)), kc, self.isa.parallel)
         return self.call(name, func, [h, *kc.constants()], *kc.output())
 
     def branch(self, b: int, branch, h, length: int, channels: int):
@@ -758,7 +834,9 @@ class _Builder:
                 channels = conv.weight.shape[0]
                 length //= pool
             if k < len(branch) - 1 and pool == 1:
-                func = _pool_func(self.batch, length, [channels], "int8", block.pool)
+                func = _pool_func(
+                    self.batch, length, [channels], "int8", block.pool, self.isa.parallel
+                )
                 length //= block.pool
                 h = self.call(
                     f"branch{b}_block{k}_pool", func, [h], (self.batch, length, channels), "int8"
@@ -777,7 +855,7 @@ def _relax_module(qm: QuantizedModel, isa: Isa, batch: int, samples: int):
         with bb.dataflow():
             h0 = build.call(
                 "quantize",
-                _quantize_func(qm, batch, samples),
+                _quantize_func(qm, batch, samples, isa.parallel),
                 [x],
                 (batch, samples, qm.in_channels),
                 qm.input_dtype,
@@ -790,7 +868,7 @@ def _relax_module(qm: QuantizedModel, isa: Isa, batch: int, samples: int):
             channels = [c for _, _, c in ends]
             if len(pools) == 1 and len(lengths) == 1:  # the last pools write the concatenation
                 size, length = pools.pop(), lengths.pop()
-                func = _pool_func(batch, length, channels, "int8", size)
+                func = _pool_func(batch, length, channels, "int8", size, isa.parallel)
                 frames = length // size
                 h = build.call(
                     "pool_concat",
@@ -813,7 +891,9 @@ def _relax_module(qm: QuantizedModel, isa: Isa, batch: int, samples: int):
 def _head(build: _Builder, qm: QuantizedModel, h, frames: int, channels: int):
     """The per-frame MLP, or the backbone's dequantized features."""
     if not qm.head:
-        func = _dequantize_func(build.batch, frames, channels, qm.features_scale)
+        func = _dequantize_func(
+            build.batch, frames, channels, qm.features_scale, build.isa.parallel
+        )
         return build.call("dequantize", func, [h], (build.batch, channels, frames), "float32")
     return _mlp_kernels(build, "clf_lin", qm.head, h, channels, frames)[0]
 

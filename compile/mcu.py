@@ -50,6 +50,7 @@ from .aot import (
     emit_stream_entry,
     emit_stream_header,
     lower,
+    lower_module,
 )
 from .errors import CompileError
 
@@ -549,9 +550,10 @@ class McuBuild:
     stream: StreamFacts | None  # a stream step's delay, look-ahead, state, flush steps
     footprint: Footprint
     speed: Speed  # per window, estimated at the part's clock (default: the core's part)
-    parity: ParityResult  # the worst golden case against PyTorch, cpu tolerance
+    parity: ParityResult  # the worst golden case against PyTorch (int8: its reference)
     beats_equal: bool | None  # detector: every real record's beats are PyTorch's
     fits: dict[str, dict[str, Any]]
+    precision: str = "fp32"  # or "int8": quantize.run_int8's arithmetic, bit for bit
 
     @property
     def library(self) -> Path:
@@ -573,6 +575,7 @@ class McuBuild:
             "parity": self.parity.to_json(),
             "beats_equal": self.beats_equal,
             "fits": self.fits,
+            "precision": self.precision,
         }
 
 
@@ -586,13 +589,16 @@ def build_mcu(
     part: str | None = None,
     records: int = 3,
     seed: int = 0,
+    precision: str = "fp32",
 ) -> McuBuild:
     """Build `loaded` (an mscnn.LoadedModel, or a model in eval mode) for `board` into
     `out_dir`: the window model at `samples`, or with `hop` the streaming step (records
     of `samples` streamed hop by hop). Proves it under qemu on golden inputs and
     `records` real records and returns the figures. A model that does not fit `part`
     (default: the board's own memory) is refused before linking; a parity failure
-    raises ParityError after the report (mcu.json) is written."""
+    raises ParityError after the report (mcu.json) is written. `precision` "int8"
+    builds the window model quantized (compile/quantize.py) with our integer kernels
+    (`smlad` on the DSP extension), judged bit for bit against the int8 reference."""
     import mscnn
 
     from .errors import ParityError
@@ -611,23 +617,25 @@ def build_mcu(
         b.name,
         core.name,
     )
-    inputs, expected = _golden(model, leads, samples, fs, records, seed)
-    library, facts = _build_library(model, core, samples, out, budget, hop)
+    qm = _quantized(model, leads, hop, precision)
+    inputs, expected = _golden(model, leads, samples, fs, records, seed, qm)
+    library, facts = _build_library(model, core, samples, out, budget, hop, qm)
     elf = link_firmware(out, core, b, library, "stream_main.c" if hop else "main.c")
     check_fit(footprint_of(elf), *budget, "the firmware")
     run = _prove(elf, b, inputs, out / "qemu", hop is not None)
-    result = _judge(model, run, inputs, expected, fs, samples, hop is not None)
+    result = _judge(model, run, inputs, expected, fs, samples, hop is not None, precision)
     footprint = footprint_of(elf, run.stack_peak)
     clock = get_part(part or _part_for(b.core)).clock_hz
     per = (hop or samples) / fs  # seconds of ECG per counted run (a window, or one hop)
     speed = Speed(int(np.median(run.instructions or [0])), per, clock, run.peak_step_instructions)
     built = McuBuild(
-        out, b.name, core.name, samples, hop, facts, footprint, speed, *result, fit_table(footprint)
-    )
+        out, b.name, core.name, samples, hop, facts, footprint, speed, *result,
+        fit_table(footprint), precision,
+    )  # fmt: skip
     (out / REPORT).write_text(json.dumps(built.to_json(), indent=2) + "\n")
     if not built.parity.passed or built.beats_equal is False:
         raise ParityError(
-            f"mcu: the firmware under qemu disagrees with PyTorch: {built.parity}"
+            f"mcu: the firmware under qemu disagrees with its reference: {built.parity}"
             f"; beats equal: {built.beats_equal} (see {out / REPORT})"
         )
     return built
@@ -673,20 +681,44 @@ def _budget(board: Board, part: str | None) -> tuple[int, int, str]:
     return p.flash_bytes, p.ram_bytes, p.description
 
 
-def _build_library(model, core: Core, samples: int, out: Path, budget, hop: int | None):
+def _quantized(model, leads: tuple[str, ...], hop: int | None, precision: str):
+    """The int8 model (calibrated on the real records, as the int8 bundles), or None."""
+    from . import quantize
+
+    if precision not in ("fp32", "int8"):
+        raise CompileError(f"mcu: precision {precision!r}; choose from: fp32, int8")
+    if precision == "fp32":
+        return None
+    if hop is not None:
+        raise CompileError(
+            "mcu: int8 stream steps are not built yet; build the int8 window model "
+            "(no --hop) or the fp32 stream step"
+        )
+    records = quantize.CALIBRATION_RECORDS
+    calibration = quantize.real_ecg(leads, records)
+    return quantize.quantize_model(model, calibration, record_ids=records)
+
+
+def _build_library(model, core: Core, samples: int, out: Path, budget, hop: int | None, qm=None):
     """Steps 1-4: ONNX (the window, or the stream step for `hop`), kernels, C and
     libmscnn.a in `out`, refused as soon as the memory plan shows the model cannot fit
     `budget` (weights and arena alone), and again with the library's real sizes.
     Returns the library and the stream's facts (None for a window)."""
     from .export import export_onnx
 
-    if hop is None:
+    if qm is not None:
+        from .int8 import relax_program
+
+        lowered = lower_module(relax_program(qm, core.tvm, samples)[0], core.tvm)
+        what, facts = f"the int8 model at {samples} samples", None
+    elif hop is None:
         onnx_path = export_onnx(model, out / "model.onnx", batch=1, samples=samples)
         what, facts = f"the model at {samples} samples", None
+        lowered = lower(onnx_path, core.tvm)
     else:
         onnx_path, facts = _export_step(model, hop, out / "step.onnx")
         what = f"the stream step at a hop of {hop} samples"
-    lowered = lower(onnx_path, core.tvm)
+        lowered = lower(onnx_path, core.tvm)
     program = lowered.program
     floor = Footprint(0, program.weights_bytes, program.arena_bytes, 0, STACK_BYTES)
     check_fit(floor, *budget, f"{what} (memory plan)")
@@ -709,9 +741,10 @@ def _export_step(model, hop: int, path: Path) -> tuple[Path, StreamFacts]:
     return path, StreamFacts(*(int(meta[META + n]) for n in names))
 
 
-def _golden(model, leads: tuple[str, ...], samples: int, fs: int, records: int, seed: int):
+def _golden(model, leads: tuple[str, ...], samples: int, fs: int, records: int, seed: int, qm=None):
     """Golden inputs (seeded noise, the synthetic ECG and, for the detector, the first
-    `records` CPSC2019 records) and PyTorch's outputs for them."""
+    `records` CPSC2019 records) and PyTorch's outputs for them (the int8 reference's
+    for the int8 model `qm`)."""
     import torch
 
     from .golden import golden_inputs, real_inputs
@@ -721,12 +754,18 @@ def _golden(model, leads: tuple[str, ...], samples: int, fs: int, records: int, 
     if not real:
         log.info("mcu: no real records (%s)", why)
     inputs.update(dict(list(real.items())[:records]))
+    if qm is not None:
+        from .quantize import run_int8
+
+        return inputs, {k: run_int8(qm, x) for k, x in inputs.items()}
     with torch.no_grad():
         expected = {k: model(torch.from_numpy(x)).numpy() for k, x in inputs.items()}
     return inputs, expected
 
 
-def _judge(model, run: QemuRun, inputs, expected, fs: int, samples: int, stream: bool):
+def _judge(
+    model, run: QemuRun, inputs, expected, fs: int, samples: int, stream: bool, precision="fp32"
+):
     """(worst ParityResult, beats equal or None): the firmware's outputs against
     PyTorch's offline outputs (a stream's frames, frame-major, against the offline
     model on the whole record), and for the detector the R-peaks of the real records."""
@@ -745,7 +784,7 @@ def _judge(model, run: QemuRun, inputs, expected, fs: int, samples: int, stream:
         if stream and getattr(model, "task", "features") == "features":
             want = want.transpose(0, 2, 1)  # (1, channels, frames) -> frame-major
         got = got[: want.size].reshape(want.shape) if got.size >= want.size else got
-        results.append(compare(got, want, "cpu"))
+        results.append(compare(got, want, "int8" if precision == "int8" else "cpu"))
         if name.startswith(RECORD_PREFIX) and getattr(model, "task", "") == "qrs_detection":
             mine = detect_rpeaks(got[0], rule, samples)
             beats.append(np.array_equal(mine, detect_rpeaks(want[0], rule, samples)))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import mscnn
-from compile import mcu
+from compile import mcu, quantize
 from compile.errors import CompileError
 from deploy.parity import compare
 from deploy.rpeaks import RPeakRule, detect_rpeaks
@@ -185,6 +185,58 @@ def test_stream_refuses_nonfinite_samples(m7_stream, tmp_path):
     x[0, 777] = np.nan
     run = mcu.run_stream_firmware(m7_stream.firmware, mcu.BOARDS["mps2-an500"], x, tmp_path)
     assert run.status == MSCNN_E_NONFINITE and run.codes == (MSCNN_E_NONFINITE,), run.log
+
+
+@pytest.fixture(scope="module")
+def m7_int8(detector, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mcu-m7-int8")
+    return mcu.build_mcu(
+        detector, "mps2-an500", out, samples=SAMPLES, part="stm32h7", records=2, precision="int8"
+    )
+
+
+def test_int8_firmware_equals_the_int8_reference_on_unseen_records(m7_int8, detector, tmp_path):
+    """Bit for bit, on records the build did not run: quantize.run_int8 defines it."""
+    x = _records(20, 2)
+    run = mcu.run_firmware(m7_int8.firmware, mcu.BOARDS["mps2-an500"], x, tmp_path)
+    assert run.status == 0 and run.codes == (0, 0), run.log
+    records = quantize.CALIBRATION_RECORDS
+    qm = quantize.quantize_model(detector, quantize.real_ecg(detector.leads, records))
+    for got, one in zip(run.outputs, x, strict=True):
+        want = quantize.run_int8(qm, one[None, None, :])
+        assert np.array_equal(got[: want.size].reshape(want.shape), want)
+
+
+def test_int8_is_smaller_bit_exact_and_uses_smlad(m7_int8, m7):
+    assert m7_int8.precision == "int8" and m7_int8.parity.tolerance == 0.0
+    assert m7_int8.parity.passed and m7_int8.parity.max_abs == 0.0 and m7_int8.beats_equal
+    fp32, int8 = m7.footprint, m7_int8.footprint
+    # int16 weights (smlad multiplies int16 pairs): half the fp32 bytes, within 1 MB flash
+    assert int8.flash_weights * 1.9 < fp32.flash_weights and int8.flash < 1024 * 1024
+    assert int8.ram_arena * 2 < fp32.ram_arena
+    asm = subprocess.run(
+        ["arm-none-eabi-objdump", "-d", str(m7_int8.folder / "kernels.o")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert asm.count("smlad") >= 100
+
+
+def test_int8_window_fits_an_nrf52840_class_part(detector, tmp_path):
+    """1 MB flash, 256 KB RAM: the int8 window of 3.2 s fits (fp32 needs 1.2 MB of flash
+    for its weights and code alone)."""
+    built = mcu.build_mcu(
+        detector, "mps2-an386", tmp_path, samples=1600, part="nrf52840", records=1,
+        precision="int8",
+    )  # fmt: skip
+    assert built.core == "cortex-m4" and built.fits["nrf52840"]["fits"]
+    assert built.parity.passed and built.parity.max_abs == 0.0 and built.beats_equal is True
+
+
+def test_int8_stream_steps_are_refused(detector, tmp_path):
+    with pytest.raises(CompileError, match="int8 stream steps are not built yet"):
+        mcu.build_mcu(detector, "mps2-an500", tmp_path, hop=HOP, precision="int8")
+    with pytest.raises(CompileError, match="precision 'int4'; choose from: fp32, int8"):
+        mcu.build_mcu(detector, "mps2-an500", tmp_path, precision="int4")
 
 
 def test_cortex_m4(detector, tmp_path):
