@@ -461,6 +461,17 @@ def _tile(length: int, vectors: int, budget: int, pool: int = 1) -> tuple[int, i
     return max(options, key=lambda o: (o[0] * o[1], -(o[0] + o[1])))
 
 
+def _pad_chunk(sch, to, tt: int, kc: ConvKernel):
+    """The loop over chunks of time tiles under which a single-threaded conv pads its
+    input: each chunk re-reads the dilation halo, d x (k - 1) rows, so a chunk spans at
+    least twice that (at most a third more reads); scratch is chunk plus halo rows."""
+    halo = kc.conv.dilation * (kc.conv.kernel - 1)
+    tiles = kc.length // tt
+    want = -(-halo // tt)
+    chunk = next((c for c in range(max(1, want), tiles + 1) if tiles % c == 0), tiles)
+    return sch.split(to, [None, chunk])[0]
+
+
 def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
     """Register tile of tt time steps x fv channel vectors accumulating in registers, the
     dot instruction innermost (tensorized), the epilogue on the tile, tiles in parallel."""
@@ -498,8 +509,8 @@ def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
             sch.unroll(o_t)
     if parallel:
         sch.parallel(sch.fuse(n, fo, to))
-    else:  # the padded input per time tile (before tensorize replaces its reader)
-        sch.compute_at(pad, to)
+    else:  # the padded input per chunk of time tiles (before tensorize replaces its reader)
+        sch.compute_at(pad, _pad_chunk(sch, to, tt, kc))
     sch.unroll(ti)
     sch.unroll(fu)
     if dot.intrin is None:  # vectorise before decompose_reduction, not after
