@@ -316,6 +316,13 @@ def _add_mcu(sub, formatter) -> None:
         default="fp32",
         help="int8: the window model quantized, DSP-extension (smlad) kernels",
     )
+    m.add_argument(
+        "--weights",
+        choices=("int16", "int8"),
+        default="int16",
+        help="how an int8 build stores its weights: int16 (smlad reads them as they are) "
+        "or int8 (half the flash; sxtb16 widens them, at more instructions)",
+    )
     m.add_argument("--out", type=Path, default=Path("build/mcu"), help="output folder")
     m.add_argument(
         "--package",
@@ -338,11 +345,12 @@ def _mcu(args) -> int:
         raise CompileError(f"--board {board} is a {BOARDS[board].core}, not {args.target}")
     loaded = mscnn.load_model(args.preset, args.checkpoint)
     mode = f"stream{args.hop}" if args.hop else f"window{args.samples}"
-    mode += "-int8" if args.precision == "int8" else ""
+    mode += f"-int8-{args.weights}w" if args.precision == "int8" else ""
     out = args.out / board / f"{args.preset}-{mode}"
     done = build_mcu(
-        loaded, board, out, samples=args.samples, hop=args.hop, part=part, precision=args.precision
-    )
+        loaded, board, out, samples=args.samples, hop=args.hop, part=part,
+        precision=args.precision, weights=args.weights,
+    )  # fmt: skip
     print(json.dumps(done.to_json(), indent=2))
     print(f"wrote {done.folder} (libmscnn.a, model.h, firmware.elf, mcu.json)")
     if args.package:

@@ -79,6 +79,9 @@ class Dot:
     weight: str  # weight dtype in the packed layout
     intrin: str | None  # our TensorIntrin; None: LLVM vectorises the plain loops
     registers: int = 24  # accumulator vectors a register tile may hold
+    # Weights packed [w0, w2, w1, w3] per group of 4: Arm's sxtb16 then unpacks one word
+    # into the int16 pairs (w0, w1) and (w2, w3) that smlad multiplies.
+    interleave: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,15 @@ ISAS: dict[str, Isa] = {
             Dot(1, 2, "int16", "int16", "mscnn_smlad", registers=8),
             Dot(1, 2, "int16", "int16", "mscnn_smlad", registers=8),
             "smlad",
+            parallel=False,
+        ),
+        Isa(  # the same with int8 weights in flash: half the bytes, more instructions
+            "dsp-int8w",
+            "dsp",
+            "thumbv7em",
+            Dot(1, 4, "int16", "int8", "mscnn_smlad_sxtb16", registers=8, interleave=True),
+            Dot(1, 4, "int16", "int8", "mscnn_smlad_sxtb16", registers=8, interleave=True),
+            "sxtb16",
             parallel=False,
         ),
         Isa(
@@ -189,6 +201,12 @@ def _intrinsic(lanes: int, group: int, a_dtype: str, b_dtype: str, llvm: str, op
     return desc, impl
 
 
+def interleaved(j):
+    """Where the packed weights hold input channel j of its group of 4 (Dot.interleave):
+    0, 2, 1, 3 (its own inverse)."""
+    return (j % 2) * 2 + j // 2
+
+
 def _smlad():
     """(description, implementation) of Cortex-M's `smlad`: two int16 products summed
     into one int32 accumulator (the DSP extension of Armv7E-M). Each int16 pair is loaded
@@ -229,6 +247,81 @@ def _smlad():
     return desc, impl
 
 
+def _smlad_sxtb16():
+    """(description, implementation) of four int16 x int8 products into one int32
+    accumulator with Cortex-M's DSP extension (Armv7E-M): the four int8 weights are one
+    word, `sxtb16` (and `sxtb16` of it rotated by 8) widens them to two int16 pairs, and
+    two `smlad` each multiply-add a pair of int16 activations (one word) with one."""
+    from tvm.script import tirx as T
+
+    def intrin(name, *args):
+        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(name), *args, dtype="int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "int16", offset_factor=1),
+        B: T.Buffer((1, 4), "int8", offset_factor=1),
+        C: T.Buffer((1,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:1], A[0:4], B[0:1, 0:4])
+            T.writes(C[0:1])
+            C[0] = intrin(
+                "llvm.arm.smlad",
+                T.reinterpret(A.vload([2], dtype="int16x2"), dtype="int32"),
+                intrin(
+                    "llvm.arm.sxtb16",
+                    T.reinterpret(
+                        T.bitwise_or(
+                            T.shift_right(
+                                T.reinterpret(B.vload([0, 0], dtype="int8x4"), dtype="uint32"),
+                                T.uint32(8),
+                            ),
+                            T.shift_left(
+                                T.reinterpret(B.vload([0, 0], dtype="int8x4"), dtype="uint32"),
+                                T.uint32(24),
+                            ),
+                        ),
+                        dtype="int32",
+                    ),
+                ),
+                intrin(
+                    "llvm.arm.smlad",
+                    T.reinterpret(A.vload([0], dtype="int16x2"), dtype="int32"),
+                    intrin(
+                        "llvm.arm.sxtb16",
+                        T.reinterpret(B.vload([0, 0], dtype="int8x4"), dtype="int32"),
+                    ),
+                    C[0],
+                ),
+            )
+
+    return _sxtb16_desc(), impl
+
+
+def _sxtb16_desc():
+    """What `_smlad_sxtb16` computes: the weights read at their interleaved places."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((4,), "int16", offset_factor=1),
+        B: T.Buffer((1, 4), "int8", offset_factor=1),
+        C: T.Buffer((1,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:1], A[0:4], B[0:1, 0:4])
+            T.writes(C[0:1])
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vk = T.axis.reduce(4, k)
+                    C[0] = C[0] + T.cast(A[vk], "int32") * T.cast(
+                        B[0, vk % 2 * 2 + vk // 2], "int32"
+                    )
+
+    return desc
+
+
 @functools.cache
 def _register_intrinsics() -> None:
     """Register ours once per process (TVM's own x86 ones predate LLVM 22's byte-vector
@@ -243,6 +336,7 @@ def _register_intrinsics() -> None:
     for name, args in table.items():
         TensorIntrin.register(name, *_intrinsic(*args), override=True)
     TensorIntrin.register("mscnn_smlad", *_smlad(), override=True)
+    TensorIntrin.register("mscnn_smlad_sxtb16", *_smlad_sxtb16(), override=True)
 
 
 def select_isa(tvm_target: Mapping[str, Any], require: str | None = None) -> Isa:
@@ -330,6 +424,8 @@ class ConvKernel:
         w = np.zeros((fp, cgp, k), dtype=np.int64)
         w[:f, :cg] = conv.weight
         packed = w.reshape(fp // lanes, lanes, cgp // group, group, k).transpose(0, 4, 2, 1, 3)
+        if dot.interleave:
+            packed = packed[..., [interleaved(j) for j in range(group)]]
         _, offset = _operand_offset(conv.in_dtype, dot)
         bias = np.zeros(fp, dtype=np.int64)
         bias[:f] = conv.bias.astype(np.int64) - offset * conv.weight.astype(np.int64).sum((1, 2))
@@ -382,6 +478,9 @@ def _conv_te(kc: ConvKernel):
     xp = te.compute((b, t + 2 * p, g * cgp), pad, name="pad")
     rk, rc = te.reduce_axis((0, k), "k"), te.reduce_axis((0, cgp), "c")
 
+    def lane(j):  # where a group's input channel j sits in the packed weights
+        return interleaved(j) if dot.interleave else j
+
     def channel(f, rc):
         return rc if g == 1 else (f // fg) * cgp + rc
 
@@ -389,7 +488,7 @@ def _conv_te(kc: ConvKernel):
         (b, t, fp),
         lambda n, i, f: te.sum(
             xp[n, i + d * rk, channel(f, rc)].astype("int32")
-            * w[f // lanes, rk, rc // group, f % lanes, rc % group].astype("int32"),
+            * w[f // lanes, rk, rc // group, f % lanes, lane(rc % group)].astype("int32"),
             axis=[rk, rc],
         ),
         name="acc",
@@ -776,10 +875,13 @@ def build_int8(
     )
 
 
-def relax_program(qm: QuantizedModel, tvm_target: Mapping[str, Any], samples: int):
+def relax_program(
+    qm: QuantizedModel, tvm_target: Mapping[str, Any], samples: int, require: str | None = None
+):
     """(Relax module, Isa): the program `build_int8` compiles, unbuilt, for another
-    lowering (compile/aot.py's for microcontrollers, whose ISA runs single-threaded)."""
-    isa = select_isa(tvm_target)
+    lowering (compile/aot.py's for microcontrollers, whose ISA runs single-threaded).
+    `require` names the ISA, as for build_int8."""
+    isa = select_isa(tvm_target, require)
     if isa.byte.intrin or isa.word.intrin:
         _register_intrinsics()
     return _relax_module(qm, isa, 1, samples)[0], isa

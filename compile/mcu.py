@@ -590,6 +590,7 @@ def build_mcu(
     records: int = 3,
     seed: int = 0,
     precision: str = "fp32",
+    weights: str = "int16",
 ) -> McuBuild:
     """Build `loaded` (an mscnn.LoadedModel, or a model in eval mode) for `board` into
     `out_dir`: the window model at `samples`, or with `hop` the streaming step (records
@@ -598,7 +599,9 @@ def build_mcu(
     (default: the board's own memory) is refused before linking; a parity failure
     raises ParityError after the report (mcu.json) is written. `precision` "int8"
     builds the window model quantized (compile/quantize.py) with our integer kernels
-    (`smlad` on the DSP extension), judged bit for bit against the int8 reference."""
+    (`smlad` on the DSP extension), judged bit for bit against the int8 reference;
+    `weights` says how it stores them in flash: "int16" (smlad reads them as they are)
+    or "int8" (half the bytes; `sxtb16` widens them, at more instructions)."""
     import mscnn
 
     from .errors import ParityError
@@ -610,16 +613,11 @@ def build_mcu(
     leads = tuple(loaded.leads) if is_loaded else ("II",) * model.in_channels
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    log.info(
-        "mcu: %s, %s, for %s (%s)",
-        type(model).__name__,
-        f"stream hop {hop}" if hop else f"window {samples}",
-        b.name,
-        core.name,
-    )
-    qm = _quantized(model, leads, hop, precision)
+    mode = f"stream hop {hop}" if hop else f"window {samples}, {precision}"
+    log.info("mcu: %s, %s, for %s (%s)", type(model).__name__, mode, b.name, core.name)
+    qm, isa = _quantized(model, leads, hop, precision, weights)
     inputs, expected = _golden(model, leads, samples, fs, records, seed, qm)
-    library, facts = _build_library(model, core, samples, out, budget, hop, qm)
+    library, facts = _build_library(model, core, samples, out, budget, hop, qm, isa)
     elf = link_firmware(out, core, b, library, "stream_main.c" if hop else "main.c")
     check_fit(footprint_of(elf), *budget, "the firmware")
     run = _prove(elf, b, inputs, out / "qemu", hop is not None)
@@ -681,14 +679,17 @@ def _budget(board: Board, part: str | None) -> tuple[int, int, str]:
     return p.flash_bytes, p.ram_bytes, p.description
 
 
-def _quantized(model, leads: tuple[str, ...], hop: int | None, precision: str):
-    """The int8 model (calibrated on the real records, as the int8 bundles), or None."""
+def _quantized(model, leads: tuple[str, ...], hop: int | None, precision: str, weights: str):
+    """(The int8 model, calibrated on the real records as the int8 bundles are, and the
+    ISA its kernels use), or (None, None) for fp32."""
     from . import quantize
 
     if precision not in ("fp32", "int8"):
         raise CompileError(f"mcu: precision {precision!r}; choose from: fp32, int8")
+    if weights not in ("int16", "int8"):
+        raise CompileError(f"mcu: weights {weights!r}; choose from: int16, int8")
     if precision == "fp32":
-        return None
+        return None, None
     if hop is not None:
         raise CompileError(
             "mcu: int8 stream steps are not built yet; build the int8 window model "
@@ -696,10 +697,13 @@ def _quantized(model, leads: tuple[str, ...], hop: int | None, precision: str):
         )
     records = quantize.CALIBRATION_RECORDS
     calibration = quantize.real_ecg(leads, records)
-    return quantize.quantize_model(model, calibration, record_ids=records)
+    qm = quantize.quantize_model(model, calibration, record_ids=records)
+    return qm, {"int16": "dsp", "int8": "dsp-int8w"}[weights]
 
 
-def _build_library(model, core: Core, samples: int, out: Path, budget, hop: int | None, qm=None):
+def _build_library(
+    model, core: Core, samples: int, out: Path, budget, hop: int | None, qm=None, isa=None
+):
     """Steps 1-4: ONNX (the window, or the stream step for `hop`), kernels, C and
     libmscnn.a in `out`, refused as soon as the memory plan shows the model cannot fit
     `budget` (weights and arena alone), and again with the library's real sizes.
@@ -709,7 +713,7 @@ def _build_library(model, core: Core, samples: int, out: Path, budget, hop: int 
     if qm is not None:
         from .int8 import relax_program
 
-        lowered = lower_module(relax_program(qm, core.tvm, samples)[0], core.tvm)
+        lowered = lower_module(relax_program(qm, core.tvm, samples, isa)[0], core.tvm)
         what, facts = f"the int8 model at {samples} samples", None
     elif hop is None:
         onnx_path = export_onnx(model, out / "model.onnx", batch=1, samples=samples)

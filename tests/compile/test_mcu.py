@@ -232,11 +232,29 @@ def test_int8_window_fits_an_nrf52840_class_part(detector, tmp_path):
     assert built.parity.passed and built.parity.max_abs == 0.0 and built.beats_equal is True
 
 
+def test_int8_weights_in_flash_halve_it_and_stay_bit_exact(m7_int8, detector, tmp_path):
+    """weights="int8": four int8 weights per word, widened by sxtb16 for smlad."""
+    built = mcu.build_mcu(
+        detector, "mps2-an500", tmp_path, samples=SAMPLES, part="stm32h7", records=1,
+        precision="int8", weights="int8",
+    )  # fmt: skip
+    assert built.parity.passed and built.parity.max_abs == 0.0 and built.beats_equal is True
+    int16 = m7_int8.footprint.flash_weights
+    assert built.footprint.flash_weights < 0.55 * int16
+    asm = subprocess.run(
+        ["arm-none-eabi-objdump", "-d", str(built.folder / "kernels.o")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert asm.count("sxtb16") >= 100 and asm.count("smlad") >= 100
+
+
 def test_int8_stream_steps_are_refused(detector, tmp_path):
     with pytest.raises(CompileError, match="int8 stream steps are not built yet"):
         mcu.build_mcu(detector, "mps2-an500", tmp_path, hop=HOP, precision="int8")
     with pytest.raises(CompileError, match="precision 'int4'; choose from: fp32, int8"):
         mcu.build_mcu(detector, "mps2-an500", tmp_path, precision="int4")
+    with pytest.raises(CompileError, match="weights 'int4'; choose from: int16, int8"):
+        mcu.build_mcu(detector, "mps2-an500", tmp_path, precision="int8", weights="int4")
 
 
 def test_cortex_m4(detector, tmp_path):
