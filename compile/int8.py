@@ -214,20 +214,6 @@ def _smlad():
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
-    def desc(
-        A: T.Buffer((2,), "int16", offset_factor=1),
-        B: T.Buffer((1, 2), "int16", offset_factor=1),
-        C: T.Buffer((1,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:1], A[0:2], B[0:1, 0:2])
-            T.writes(C[0:1])
-            for k in T.serial(0, 2):
-                with T.sblock("update"):
-                    vk = T.axis.reduce(2, k)
-                    C[0] = C[0] + T.cast(A[vk], "int32") * T.cast(B[0, vk], "int32")
-
-    @T.prim_func(s_tir=True)
     def impl(
         A: T.Buffer((2,), "int16", offset_factor=1),
         B: T.Buffer((1, 2), "int16", offset_factor=1),
@@ -244,7 +230,7 @@ def _smlad():
                 dtype="int32",
             )
 
-    return desc, impl
+    return _one_lane_desc(2, "int16", lambda k: k), impl
 
 
 def _smlad_sxtb16():
@@ -296,28 +282,27 @@ def _smlad_sxtb16():
                 ),
             )
 
-    return _sxtb16_desc(), impl
+    return _one_lane_desc(4, "int8", interleaved), impl
 
 
-def _sxtb16_desc():
-    """What `_smlad_sxtb16` computes: the weights read at their interleaved places."""
+def _one_lane_desc(group: int, b_dtype: str, lane):
+    """What a one-lane intrinsic computes: C[0] += sum_k A[k] * B[0, lane(k)] over the
+    group, A int16 (`lane`: where the packed weights hold k)."""
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def desc(
-        A: T.Buffer((4,), "int16", offset_factor=1),
-        B: T.Buffer((1, 4), "int8", offset_factor=1),
+        A: T.Buffer((group,), "int16", offset_factor=1),
+        B: T.Buffer((1, group), b_dtype, offset_factor=1),
         C: T.Buffer((1,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:1], A[0:4], B[0:1, 0:4])
+            T.reads(C[0:1], A[0:group], B[0:1, 0:group])
             T.writes(C[0:1])
-            for k in T.serial(0, 4):
+            for k in T.serial(0, group):
                 with T.sblock("update"):
-                    vk = T.axis.reduce(4, k)
-                    C[0] = C[0] + T.cast(A[vk], "int32") * T.cast(
-                        B[0, vk % 2 * 2 + vk // 2], "int32"
-                    )
+                    vk = T.axis.reduce(group, k)
+                    C[0] = C[0] + T.cast(A[vk], "int32") * T.cast(B[0, lane(vk)], "int32")
 
     return desc
 
