@@ -904,9 +904,12 @@ def dropped_constants(qm: QuantizedModel, samples: int) -> tuple[np.ndarray, np.
     leads, which depend on the length only (zero padding reaches the edges)."""
     lm = qm.lead_map
     if samples not in lm.cache:
-        dropped = [i for i in range(lm.full.in_channels) if i not in lm.leads]
+        dropped = tuple(i for i in range(lm.full.in_channels) if i not in lm.leads)
         zeros = np.zeros((1, len(dropped), samples), dtype=np.int32)
-        z = int8_features(reduce_leads(lm.full, dropped), zeros)[0]
+        backbone = replace(
+            lm.full, in_channels=len(dropped), branches=_lead_branches(lm.full, dropped)
+        )
+        z = int8_features(backbone, zeros)[0]
         sums, pooled = np.zeros((2, len(lm.positions)), dtype=np.int64)
         idx = lead_channels(lm.full, dropped)
         sums[idx] = z.sum(1)
