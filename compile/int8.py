@@ -389,6 +389,18 @@ class ConvKernel:
     lut: np.ndarray | None = None  # the head's activation table, applied after requant
     classes: int | None = None  # the last linear: float32 output of this many channels
     pool: int = 1  # a max-pool fused into the epilogue (its tile holds whole windows)
+    pad: int | None = None  # zero padding per side; None: the conv's "same" padding,
+    # 0: a stream step's conv, its input the span of context plus `length` samples
+
+    @property
+    def padding(self) -> int:
+        return self.conv.pad if self.pad is None else self.pad
+
+    @property
+    def in_length(self) -> int:
+        """Rows of the input: the output's, plus the span, less the padding."""
+        span = self.conv.dilation * (self.conv.kernel - 1)
+        return self.length + span - 2 * self.padding
 
     @property
     def padded_out(self) -> int:
@@ -446,21 +458,22 @@ def _conv_te(kc: ConvKernel):
 
     conv, dot = kc.conv, kc.dot
     b, t, c = kc.batch, kc.length, kc.in_channels
-    g, k, d, p = conv.groups, conv.kernel, conv.dilation, conv.pad
+    g, k, d, p = conv.groups, conv.kernel, conv.dilation, kc.padding
     cg, cgp, fp = c // g, kc.padded_group_in, kc.padded_out
     fg, lanes, group = fp // g, dot.lanes, dot.group
     operand, off = _operand_offset(conv.in_dtype, dot)
-    x = te.placeholder((b, t, c), conv.in_dtype, name="x")
+    t_in = kc.in_length
+    x = te.placeholder((b, t_in, c), conv.in_dtype, name="x")
     w = te.placeholder((fp // lanes, k, cgp // group, lanes, group), dot.weight, name="w")
     bias = te.placeholder((fp,), "int32", name="bias")
 
     def pad(n, i, j):
-        inside = [i >= p, i < t + p] + ([j % cgp < cg] if cgp != cg else [])
+        inside = [i >= p, i < t_in + p] + ([j % cgp < cg] if cgp != cg else [])
         src = x[n, i - p, (j // cgp) * cg + j % cgp if cgp != cg else j]
         value = (src.astype("int32") + off).astype(operand)
         return tirx.if_then_else(tirx.all(*inside), value, tirx.const(off, operand))
 
-    xp = te.compute((b, t + 2 * p, g * cgp), pad, name="pad")
+    xp = te.compute((b, t_in + 2 * p, g * cgp), pad, name="pad")
     rk, rc = te.reduce_axis((0, k), "k"), te.reduce_axis((0, cgp), "c")
 
     def lane(j):  # where a group's input channel j sits in the packed weights
