@@ -771,20 +771,29 @@ def emit_stream_entry(program: Program) -> str:
             "protocol (x, n_valid, *states) -> (frames, valid, *next)"
         )
     rows = ",\n  ".join(
-        f"{{{s.offset}u, {n.offset}u, {s.nbytes // 4}u}}"
+        f"{{{s.offset}u, {n.offset}u, {s.nbytes}u}}"
         for s, n in zip(states, next_states, strict=True)
     )
     hop, leads = x.shape[2], x.shape[1]
     return f"""
-static const struct {{ uint32_t state, next, words; }} mscnn_states[] = {{
+static const struct {{ uint32_t state, next, bytes; }} mscnn_states[] = {{
   {rows or "{0u, 0u, 0u}"}
 }};
 
-void mscnn_reset(void) {{
-  for (size_t k = 0; k < sizeof mscnn_states / sizeof mscnn_states[0]; ++k) {{
-    uint32_t* s = (uint32_t*)(mscnn_arena + mscnn_states[k].state);
-    for (uint32_t i = 0; i < mscnn_states[k].words; ++i) s[i] = 0u;
+/* Word by word where a state's size allows (int8 states may not fill their last word). */
+static void mscnn_copy_state(uint8_t* to, const uint8_t* from, uint32_t bytes) {{
+  if (bytes % 4u == 0u) {{
+    uint32_t* t = (uint32_t*)to;
+    const uint32_t* f = (const uint32_t*)from;
+    for (uint32_t i = 0; i < bytes / 4u; ++i) t[i] = f ? f[i] : 0u;
+  }} else {{
+    for (uint32_t i = 0; i < bytes; ++i) to[i] = from ? from[i] : 0u;
   }}
+}}
+
+void mscnn_reset(void) {{
+  for (size_t k = 0; k < sizeof mscnn_states / sizeof mscnn_states[0]; ++k)
+    mscnn_copy_state(mscnn_arena + mscnn_states[k].state, 0, mscnn_states[k].bytes);
 }}
 
 float* mscnn_input(void) {{ return (float*)(mscnn_arena + {x.offset}); }}
@@ -812,9 +821,8 @@ int mscnn_step(size_t n) {{
   int rc = mscnn_call();
   if (rc != MSCNN_OK) return rc; /* the states are the inputs': untouched */
   for (size_t k = 0; k < sizeof mscnn_states / sizeof mscnn_states[0]; ++k) {{
-    const uint32_t* from = (const uint32_t*)(mscnn_arena + mscnn_states[k].next);
-    uint32_t* to = (uint32_t*)(mscnn_arena + mscnn_states[k].state);
-    for (uint32_t i = 0; i < mscnn_states[k].words; ++i) to[i] = from[i];
+    const uint8_t* from = mscnn_arena + mscnn_states[k].next;
+    mscnn_copy_state(mscnn_arena + mscnn_states[k].state, from, mscnn_states[k].bytes);
   }}
   return MSCNN_OK;
 }}

@@ -613,9 +613,9 @@ def build_mcu(
     leads = tuple(loaded.leads) if is_loaded else ("II",) * model.in_channels
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    mode = f"stream hop {hop}" if hop else f"window {samples}, {precision}"
+    mode = f"stream hop {hop}, {precision}" if hop else f"window {samples}, {precision}"
     log.info("mcu: %s, %s, for %s (%s)", type(model).__name__, mode, b.name, core.name)
-    qm, isa = _quantized(model, leads, hop, precision, weights)
+    qm, isa = _quantized(model, leads, precision, weights)
     inputs, expected = _golden(model, leads, samples, fs, records, seed, qm)
     library, facts = _build_library(model, core, samples, out, budget, hop, qm, isa)
     elf = link_firmware(out, core, b, library, "stream_main.c" if hop else "main.c")
@@ -679,7 +679,7 @@ def _budget(board: Board, part: str | None) -> tuple[int, int, str]:
     return p.flash_bytes, p.ram_bytes, p.description
 
 
-def _quantized(model, leads: tuple[str, ...], hop: int | None, precision: str, weights: str):
+def _quantized(model, leads: tuple[str, ...], precision: str, weights: str):
     """(The int8 model, calibrated on the real records as the int8 bundles are, and the
     ISA its kernels use), or (None, None) for fp32."""
     from . import quantize
@@ -690,11 +690,6 @@ def _quantized(model, leads: tuple[str, ...], hop: int | None, precision: str, w
         raise CompileError(f"mcu: weights {weights!r}; choose from: int16, int8")
     if precision == "fp32":
         return None, None
-    if hop is not None:
-        raise CompileError(
-            "mcu: int8 stream steps are not built yet; build the int8 window model "
-            "(no --hop) or the fp32 stream step"
-        )
     records = quantize.CALIBRATION_RECORDS
     calibration = quantize.real_ecg(leads, records)
     qm = quantize.quantize_model(model, calibration, record_ids=records)
@@ -711,10 +706,9 @@ def _build_library(
     from .export import export_onnx
 
     if qm is not None:
-        from .int8 import relax_program
-
-        lowered = lower_module(relax_program(qm, core.tvm, samples, isa)[0], core.tvm)
-        what, facts = f"the int8 model at {samples} samples", None
+        mod, facts = _int8_program(model, qm, core, samples, hop, isa)
+        lowered = lower_module(mod, core.tvm)
+        what = f"the int8 stream step at a hop of {hop} samples" if hop else "the int8 model"
     elif hop is None:
         onnx_path = export_onnx(model, out / "model.onnx", batch=1, samples=samples)
         what, facts = f"the model at {samples} samples", None
@@ -731,6 +725,29 @@ def _build_library(
     library = compile_library(out, core, kernels)
     check_fit(library_footprint(library, STACK_BYTES), *budget, what)
     return library, facts
+
+
+def _int8_program(model, qm, core: Core, samples: int, hop: int | None, isa: str):
+    """(The int8 Relax program for the core's ISA, the stream's facts or None): the window
+    model at `samples`, or the int8 stream step (compile/int8_stream.py) for `hop`."""
+    from .int8 import relax_program
+
+    if hop is None:
+        return relax_program(qm, core.tvm, samples, isa)[0], None
+    from mscnn import MscnnError
+    from mscnn.streaming import StepModule
+
+    from .int8 import _register_intrinsics, select_isa
+    from .int8_stream import Int8Step, step_module
+
+    try:
+        step = Int8Step(StepModule(model, hop), qm)
+    except MscnnError as exc:
+        raise CompileError(f"mcu: {exc}") from None
+    chosen = select_isa(core.tvm, isa)
+    _register_intrinsics()
+    facts = StreamFacts(hop, step.flush_steps, step.delay_frames, step.look_ahead, step.state_bytes)
+    return step_module(step, chosen)[0], facts
 
 
 def _export_step(model, hop: int, path: Path) -> tuple[Path, StreamFacts]:
