@@ -19,7 +19,8 @@ help:
 	@echo "             the native runner, CUDA only where a GPU is present"
 	@echo "make package TARGET=aarch64   a tarball of the runner, runtime and bundles"
 	@echo "make package TARGET=cortex-m7 the streaming detector for a Cortex-M (M4 too): library,"
-	@echo "             headers, example firmware, proven under qemu-system-arm (MCU_HOP=200)"
+	@echo "             headers, example firmware, proven under qemu-system-arm (MCU_HOP=200,"
+	@echo "             MCU_PRECISION=int8 for the int8 step)"
 	@echo "make runners build the native runner for x86_64, aarch64 and armv7"
 	@echo "make bench   PyTorch vs ONNX Runtime vs TVM latency on this machine (THREADS=), and"
 	@echo "             the detector streamed (hops 64/128/512) vs a 10 s window every hop, and"
@@ -159,13 +160,15 @@ parity: $(RUNNERS)
 # make package TARGET=aarch64: the runner, the runtime and that target's bundles.
 # make package TARGET=cortex-m7: the streaming detector (MCU_HOP samples per step) for a
 # Cortex-M, proven under qemu-system-arm: library, headers, example firmware (compile/mcu.py).
+# MCU_PRECISION=int8: the int8 step (fits a 1 MB flash, 256 KB RAM part such as nRF52840).
 MCU_TARGETS := cortex-m7 cortex-m4
 MCU_HOP ?= 200
+MCU_PRECISION ?= fp32
 package: | $(STAMP) $(TOOLCHAINS)
 	@test -n "$(TARGET)" || { echo "error: give TARGET=<target>, e.g. make package TARGET=aarch64"; exit 2; }
 ifneq ($(filter $(TARGET),$(MCU_TARGETS)),)
 	$(PY) -m compile mcu --target $(TARGET) --hop $(MCU_HOP) --samples 5000 \
-	  --out $(BUILD)/mcu --package $(BUILD)/package $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+	  --precision $(MCU_PRECISION) --out $(BUILD)/mcu --package $(BUILD)/package $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 else
 	$(MAKE) --no-print-directory $(filter $(BUILD)/$(TARGET)/%,$(BUNDLES)) runners
 	$(PY) -m deploy package $(TARGET) --build $(BUILD) --runners $(BUILD)/native --out $(BUILD)/package

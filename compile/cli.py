@@ -314,7 +314,8 @@ def _add_mcu(sub, formatter) -> None:
         "--precision",
         choices=("fp32", "int8"),
         default="fp32",
-        help="int8: the window model quantized, DSP-extension (smlad) kernels",
+        help="int8: the model (window or stream step) quantized, DSP-extension (smlad) "
+        "kernels, bit for bit the int8 reference",
     )
     m.add_argument(
         "--weights",
