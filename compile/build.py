@@ -164,7 +164,8 @@ def _check_shape(loaded: mscnn.LoadedModel, options: BuildOptions, target: Targe
         if options.hop is not None:
             raise CompileError(
                 f"--hop with --precision {options.precision}: stream bundles are fp32 only "
-                "(the reduced-precision builds compute whole windows)"
+                "(the reduced-precision bundles compute whole windows); the int8 stream "
+                "step is built for Cortex-M: python -m compile mcu --hop H --precision int8"
             )
     if options.hop is not None:
         check_hop(loaded, options.hop)
