@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from deploy.manifest import StreamFacts
+
 from .errors import CompileError
 
 ALIGN = 64  # TVM's kernels assume (llvm.assume) 64-byte aligned data pointers
@@ -692,18 +694,6 @@ int mscnn_infer(const float* x, size_t n, float* y, size_t m) {{
   return MSCNN_OK;
 }}
 """
-
-
-@dataclass(frozen=True)
-class StreamFacts:
-    """What the stream entry point needs beyond the step's shapes (compile/stream.py
-    stores them in the step's ONNX metadata)."""
-
-    hop: int
-    flush_steps: int
-    delay_frames: int
-    look_ahead: int
-    state_bytes: int
 
 
 def emit_stream_header(program: Program, facts: StreamFacts, guard: str = "MSCNN_MODEL_H") -> str:

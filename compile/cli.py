@@ -352,7 +352,7 @@ def _mcu(args) -> int:
         loaded, board, out, samples=args.samples, hop=args.hop, part=part,
         precision=args.precision, weights=args.weights,
     )  # fmt: skip
-    print(json.dumps(done.to_json(), indent=2))
+    print(done.report.to_json(), end="")
     print(f"wrote {done.folder} (libmscnn.a, model.h, firmware.elf, mcu.json)")
     if args.package:
         archive, size = package_mcu(done.folder, done.core, args.package)

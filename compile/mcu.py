@@ -24,7 +24,6 @@ step (`hop`) gets the same treatment; deploy/mcu/README.md has the figures.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import re
@@ -37,12 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from deploy.parity import ParityResult
+from deploy.manifest import McuFootprint as Footprint
+from deploy.manifest import McuReport, PartFit, StreamFacts
+from deploy.manifest import McuSpeed as Speed
 
 from .aot import (
     Kernels,
     Lowered,
-    StreamFacts,
     compile_kernels,
     emit_c,
     emit_entry,
@@ -304,30 +304,6 @@ def link_firmware(out: Path, core: Core, board: Board, library: Path, main: str 
 # Step 4: footprint and fit
 
 
-@dataclass(frozen=True)
-class Footprint:
-    """Bytes a device must hold, from the ELF's sections (arm-none-eabi-size -A)."""
-
-    flash_code: int  # vectors, code, read-only data other than weights, .data's image
-    flash_weights: int  # the model's constants (.weights)
-    ram_arena: int  # activations and the kernels' workspace pool (.arena)
-    ram_static: int  # .data and .bss of the runtime and firmware
-    stack_reserved: int  # the stack the linker script sets aside
-    stack_peak: int | None = None  # the most of it ever used, measured under qemu
-
-    @property
-    def flash(self) -> int:
-        return self.flash_code + self.flash_weights
-
-    @property
-    def ram(self) -> int:
-        """Arena, static data and the stack as reserved (the budget a part must meet)."""
-        return self.ram_arena + self.ram_static + self.stack_reserved
-
-    def to_json(self) -> dict[str, int | None]:
-        return {**dataclasses.asdict(self), "flash": self.flash, "ram": self.ram}
-
-
 def section_sizes(elf: Path) -> dict[str, int]:
     size = str(Path(check_tool("arm-none-eabi-gcc")).with_name("arm-none-eabi-size"))
     done = _run([size, "-A", str(elf)], "reading section sizes")
@@ -371,14 +347,14 @@ def _parts(**sizes: int) -> str:
     return " + ".join(f"{_kib(v)} {k}" for k, v in sizes.items() if v) or "nothing"
 
 
-def fit_table(footprint: Footprint) -> dict[str, dict[str, Any]]:
+def fit_table(footprint: Footprint) -> dict[str, PartFit]:
     """Which parts of PARTS the measured footprint fits (by their flash and RAM)."""
     return {
-        p.name: {
-            "fits": footprint.flash <= p.flash_bytes and footprint.ram <= p.ram_bytes,
-            "flash_used": round(footprint.flash / p.flash_bytes, 3),
-            "ram_used": round(footprint.ram / p.ram_bytes, 3),
-        }
+        p.name: PartFit(
+            footprint.flash <= p.flash_bytes and footprint.ram <= p.ram_bytes,
+            round(footprint.flash / p.flash_bytes, 3),
+            round(footprint.ram / p.ram_bytes, 3),
+        )
         for p in PARTS.values()
     }
 
@@ -501,35 +477,6 @@ def run_stream_firmware(
     )
 
 
-@dataclass(frozen=True)
-class Speed:
-    """Speed *estimated* from qemu's instruction count: qemu is not cycle accurate, so
-    the real-time figure assumes one instruction per cycle at `clock_hz`."""
-
-    instructions: int  # per window, or per step of a stream (the median over the runs)
-    window_seconds: float  # seconds of ECG those instructions process (window or hop)
-    clock_hz: int
-    peak_instructions: int | None = None  # a stream: its slowest step (latency)
-
-    @property
-    def instructions_per_second(self) -> float:
-        """Instructions per second of ECG."""
-        return self.instructions / self.window_seconds
-
-    @property
-    def cpu_load(self) -> float:
-        """Share of the core's cycles that real time takes (estimate; < 1 keeps up)."""
-        return self.instructions_per_second / self.clock_hz
-
-    def to_json(self) -> dict[str, float | int]:
-        return {
-            **dataclasses.asdict(self),
-            "instructions_per_second": self.instructions_per_second,
-            "cpu_load": self.cpu_load,
-            "estimate": "qemu instruction count, 1 instruction per cycle assumed",
-        }
-
-
 # --------------------------------------------------------------------------------------
 # The build
 
@@ -539,21 +486,18 @@ REPORT = "mcu.json"
 
 @dataclass(frozen=True)
 class McuBuild:
-    """A model built for a Cortex-M board and proven under qemu: where its files are and
-    what was measured."""
+    """A model built for a Cortex-M board and proven under qemu: its folder (model.c,
+    model.h, libmscnn.a, firmware.elf, mcu.json, qemu/) and its report, whose fields
+    (board, core, footprint, speed, parity, fits, ...) read as the build's own."""
 
-    folder: Path  # model.c, model.h, libmscnn.a, firmware.elf, mcu.json, qemu/
-    board: str
-    core: str
-    samples: int  # the window, or the length of the records streamed
-    hop: int | None  # a stream step's hop; None for a window model
-    stream: StreamFacts | None  # a stream step's delay, look-ahead, state, flush steps
-    footprint: Footprint
-    speed: Speed  # per window, estimated at the part's clock (default: the core's part)
-    parity: ParityResult  # the worst golden case against PyTorch (int8: its reference)
-    beats_equal: bool | None  # detector: every real record's beats are PyTorch's
-    fits: dict[str, dict[str, Any]]
-    precision: str = "fp32"  # or "int8": quantize.run_int8's arithmetic, bit for bit
+    folder: Path
+    report: McuReport
+
+    def __getattr__(self, name: str) -> Any:
+        report = self.__dict__.get("report")
+        if report is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(report, name)
 
     @property
     def library(self) -> Path:
@@ -562,21 +506,6 @@ class McuBuild:
     @property
     def firmware(self) -> Path:
         return self.folder / "firmware.elf"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "board": self.board,
-            "core": self.core,
-            "samples": self.samples,
-            "hop": self.hop,
-            "stream": dataclasses.asdict(self.stream) if self.stream else None,
-            "footprint": self.footprint.to_json(),
-            "speed": self.speed.to_json(),
-            "parity": self.parity.to_json(),
-            "beats_equal": self.beats_equal,
-            "fits": self.fits,
-            "precision": self.precision,
-        }
 
 
 def build_mcu(
@@ -604,6 +533,7 @@ def build_mcu(
     or "int8" (half the bytes; `sxtb16` widens them, at more instructions)."""
     import mscnn
 
+    from .build import verdict
     from .errors import ParityError
 
     b = get_board(board)
@@ -621,22 +551,23 @@ def build_mcu(
     elf = link_firmware(out, core, b, library, "stream_main.c" if hop else "main.c")
     check_fit(footprint_of(elf), *budget, "the firmware")
     run = _prove(elf, b, inputs, out / "qemu", hop is not None)
-    result = _judge(model, run, inputs, expected, fs, samples, hop is not None, precision)
+    parity, beats = _judge(model, run, inputs, expected, fs, samples, hop is not None, precision)
     footprint = footprint_of(elf, run.stack_peak)
     clock = get_part(part or _part_for(b.core)).clock_hz
     per = (hop or samples) / fs  # seconds of ECG per counted run (a window, or one hop)
     speed = Speed(int(np.median(run.instructions or [0])), per, clock, run.peak_step_instructions)
-    built = McuBuild(
-        out, b.name, core.name, samples, hop, facts, footprint, speed, *result,
-        fit_table(footprint), precision,
+    report = McuReport(
+        b.name, core.name, precision, weights if precision == "int8" else None, samples, hop,
+        facts, footprint, speed, verdict(parity, f"qemu-system-arm -M {b.qemu_machine}"),
+        beats, fit_table(footprint),
     )  # fmt: skip
-    (out / REPORT).write_text(json.dumps(built.to_json(), indent=2) + "\n")
-    if not built.parity.passed or built.beats_equal is False:
+    (out / REPORT).write_text(report.to_json())
+    if not parity.passed or beats is False:
         raise ParityError(
-            f"mcu: the firmware under qemu disagrees with its reference: {built.parity}"
-            f"; beats equal: {built.beats_equal} (see {out / REPORT})"
+            f"mcu: the firmware under qemu disagrees with its reference: {parity}"
+            f"; beats equal: {beats} (see {out / REPORT})"
         )
-    return built
+    return McuBuild(out, report)
 
 
 def _prove(elf: Path, board: Board, inputs: dict, workdir: Path, stream: bool) -> QemuRun:

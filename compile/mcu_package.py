@@ -17,9 +17,10 @@ measured report and a README.
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 from pathlib import Path
+
+from deploy.manifest import ManifestError, McuReport
 
 from .errors import CompileError
 from .mcu import BOARDS, CFLAGS, CORES, FIRMWARE_DIR, FIRMWARE_SOURCES, REPORT, STACK_BYTES
@@ -92,10 +93,13 @@ def package_mcu(folder: Path, core: str, out: Path) -> tuple[Path, int]:
     report = folder / REPORT
     if not report.is_file():
         raise CompileError(f"no {REPORT} in {folder}/: build it first (python -m compile mcu)")
-    facts = json.loads(report.read_text())
-    if facts["core"] != core:
-        raise CompileError(f"{folder} was built for {facts['core']}, not {core}")
-    main = "stream_main.c" if facts["hop"] else "main.c"
+    try:
+        facts = McuReport.from_json(report.read_bytes(), str(report))
+    except ManifestError as exc:
+        raise CompileError(f"{exc}; rebuild it (python -m compile mcu)") from None
+    if facts.core != core:
+        raise CompileError(f"{folder} was built for {facts.core}, not {core}")
+    main = "stream_main.c" if facts.hop else "main.c"
     name = f"mscnn-edge-{core}"
     files = _listing(folder, facts, main)
     archive = Path(out) / f"{name}.tar.gz"
@@ -111,9 +115,9 @@ def package_mcu(folder: Path, core: str, out: Path) -> tuple[Path, int]:
     return archive, archive.stat().st_size
 
 
-def _listing(folder: Path, facts: dict, main: str) -> dict[str, Path | str]:
-    board = BOARDS[facts["board"]]
-    core = CORES[facts["core"]]
+def _listing(folder: Path, facts: McuReport, main: str) -> dict[str, Path | str]:
+    board = BOARDS[facts.board]
+    core = CORES[facts.core]
     objects = " ".join(Path(n).stem + ".o" for n in (*FIRMWARE_SOURCES, main))
     files: dict[str, Path | str] = {
         "README.txt": _readme(facts),
@@ -143,39 +147,38 @@ def _listing(folder: Path, facts: dict, main: str) -> dict[str, Path | str]:
     return files
 
 
-def _readme(facts: dict) -> str:
-    fp, speed, parity = facts["footprint"], facts["speed"], facts["parity"]
-    core = CORES[facts["core"]]
+def _readme(facts: McuReport) -> str:
+    fp, speed, core = facts.footprint, facts.speed, CORES[facts.core]
     what = (
-        f"the streaming step, hop {facts['hop']}"
-        if facts["hop"]
-        else (f"the window model, {facts['samples']} samples")
+        f"the streaming step, hop {facts.hop}"
+        if facts.hop
+        else f"the window model, {facts.samples} samples"
     )
-    fits = "; ".join(
-        f"{part}: {'yes' if row['fits'] else 'no'}" for part, row in facts["fits"].items()
-    )
-    beats = {True: "; the detector's beats are PyTorch's", False: "; BEATS DIFFER"}
-    title = f"mscnn-edge for {facts['core']}: {what}"
+    if facts.precision == "int8":
+        what += f", int8 ({facts.weights} weights)"
+    fits = "; ".join(f"{part}: {'yes' if row.fits else 'no'}" for part, row in facts.fits.items())
+    beats = {True: "; the detector's beats are the reference's", False: "; BEATS DIFFER"}
+    title = f"mscnn-edge for {facts.core}: {what}"
     return README.format(
-        core=facts["core"],
+        core=facts.core,
         what=what,
         underline="=" * len(title),
         core_description=core.description,
-        board=facts["board"],
-        parity=parity["normalised"],
-        tolerance=parity["tolerance"],
-        beats=beats.get(facts["beats_equal"], ""),
-        flash_kib=fp["flash"] / 1024,
-        weights_kib=fp["flash_weights"] / 1024,
-        code_kib=fp["flash_code"] / 1024,
-        ram_kib=fp["ram"] / 1024,
-        arena_kib=fp["ram_arena"] / 1024,
-        stack_kib=fp["stack_reserved"] / 1024,
-        stack_peak=fp["stack_peak"],
+        board=facts.board,
+        parity=facts.parity.normalised,
+        tolerance=facts.parity.tolerance,
+        beats=beats.get(facts.beats_equal, ""),
+        flash_kib=fp.flash / 1024,
+        weights_kib=fp.flash_weights / 1024,
+        code_kib=fp.flash_code / 1024,
+        ram_kib=fp.ram / 1024,
+        arena_kib=fp.ram_arena / 1024,
+        stack_kib=fp.stack_reserved / 1024,
+        stack_peak=fp.stack_peak,
         fits=fits,
         speed=(
-            f"{speed['instructions_per_second'] / 1e6:.1f} M instructions per second of ECG: "
-            f"{100 * speed['cpu_load']:.1f}% of a {speed['clock_hz'] / 1e6:g} MHz core"
+            f"{speed.instructions_per_second / 1e6:.1f} M instructions per second of ECG: "
+            f"{100 * speed.cpu_load:.1f}% of a {speed.clock_hz / 1e6:g} MHz core"
         ),
         cflags=" ".join(core.cflags + CFLAGS),
     )

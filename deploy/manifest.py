@@ -820,3 +820,188 @@ def _check_consistent(root: _Obj, m: Manifest) -> None:
         raise root.fail("quantization", "present exactly when precision is int8", m.precision)
     if m.precision != "fp32" and m.stream is not None:
         raise root.fail("precision", "fp32 for a stream bundle", m.precision)
+
+
+# --------------------------------------------------------------------------------------
+# The Cortex-M build's report (mcu.json): what a microcontroller build measured, typed
+# and versioned like the bundle manifest, and read back with the same checks.
+
+MCU_SCHEMA = "mscnn-edge/mcu"
+MCU_SCHEMA_VERSION = 1
+MCU_PRECISIONS = ("fp32", "int8")
+MCU_WEIGHTS = ("int16", "int8")  # how an int8 build stores its weights in flash
+SPEED_ESTIMATE = "qemu instruction count, 1 instruction per cycle assumed"
+
+
+@dataclass(frozen=True)
+class McuFootprint:
+    """Bytes a device must hold, from the ELF's sections (arm-none-eabi-size -A)."""
+
+    flash_code: int  # vectors, code, read-only data other than weights, .data's image
+    flash_weights: int  # the model's constants (.weights)
+    ram_arena: int  # activations and the kernels' workspace pool (.arena)
+    ram_static: int  # .data and .bss of the runtime and firmware
+    stack_reserved: int  # the stack the linker script sets aside
+    stack_peak: int | None = None  # the most of it ever used, measured under qemu
+
+    @property
+    def flash(self) -> int:
+        return self.flash_code + self.flash_weights
+
+    @property
+    def ram(self) -> int:
+        """Arena, static data and the stack as reserved (the budget a part must meet)."""
+        return self.ram_arena + self.ram_static + self.stack_reserved
+
+
+@dataclass(frozen=True)
+class McuSpeed:
+    """Speed *estimated* from qemu's instruction count: qemu is not cycle accurate, so
+    the real-time figure assumes one instruction per cycle at `clock_hz`."""
+
+    instructions: int  # per window, or per step of a stream (the median over the runs)
+    window_seconds: float  # seconds of ECG those instructions process (window or hop)
+    clock_hz: int
+    peak_instructions: int | None = None  # a stream: its slowest step (latency)
+
+    @property
+    def instructions_per_second(self) -> float:
+        """Instructions per second of ECG."""
+        return self.instructions / self.window_seconds
+
+    @property
+    def cpu_load(self) -> float:
+        """Share of the core's cycles that real time takes (estimate; < 1 keeps up)."""
+        return self.instructions_per_second / self.clock_hz
+
+
+@dataclass(frozen=True)
+class StreamFacts:
+    """A stream step's protocol figures (mscnn/streaming.py): the hop, how many empty
+    hops end a record, the frames it lags, its look-ahead in samples, its state's bytes."""
+
+    hop: int
+    flush_steps: int
+    delay_frames: int
+    look_ahead: int
+    state_bytes: int
+
+
+@dataclass(frozen=True)
+class PartFit:
+    """Whether the measured footprint fits a part's flash and RAM, and how full it is."""
+
+    fits: bool
+    flash_used: float  # share of the part's flash
+    ram_used: float
+
+
+@dataclass(frozen=True)
+class McuReport:
+    """A Cortex-M build: where it runs, what it is, and what was measured under qemu."""
+
+    board: str
+    core: str
+    precision: str  # one of MCU_PRECISIONS
+    weights: str | None  # an int8 build's weight storage (MCU_WEIGHTS); None for fp32
+    samples: int  # the window, or the length of the records streamed
+    hop: int | None  # a stream step's hop; None for a window model
+    stream: StreamFacts | None
+    footprint: McuFootprint
+    speed: McuSpeed
+    parity: Verdict  # the worst golden case against PyTorch (int8: its reference)
+    beats_equal: bool | None  # detector: every real record's beats are the reference's
+    fits: dict[str, PartFit]
+
+    def to_json(self) -> str:
+        return json.dumps(_write_mcu(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes, where: str = "mcu.json") -> McuReport:
+        """Parse and validate; a ManifestError names the first problem found."""
+        data = _parse(text, where)
+        if not isinstance(data, dict):
+            raise ManifestError(f"{where} is not an mscnn-edge Cortex-M report ({_kind(data)})")
+        return _read_mcu(_Obj(data, where, ""))
+
+
+def _write_mcu(r: McuReport) -> dict[str, Any]:
+    fp, speed = r.footprint, r.speed
+    return {
+        "schema": MCU_SCHEMA,
+        "schema_version": MCU_SCHEMA_VERSION,
+        "board": r.board,
+        "core": r.core,
+        "precision": r.precision,
+        "weights": r.weights,
+        "samples": r.samples,
+        "hop": r.hop,
+        "stream": dict(vars(r.stream)) if r.stream else None,
+        "footprint": {**dict(vars(fp)), "flash": fp.flash, "ram": fp.ram},
+        "speed": {
+            **dict(vars(speed)),
+            "instructions_per_second": speed.instructions_per_second,
+            "cpu_load": speed.cpu_load,
+            "estimate": SPEED_ESTIMATE,
+        },
+        "parity": _write_verdict(r.parity),
+        "beats_equal": r.beats_equal,
+        "fits": {name: dict(vars(f)) for name, f in r.fits.items()},
+    }
+
+
+def _read_mcu(root: _Obj) -> McuReport:
+    schema, version = root.str("schema"), root.get("schema_version", _is_int, "an integer")
+    if schema != MCU_SCHEMA or version != MCU_SCHEMA_VERSION:
+        raise ManifestError(
+            f"{root.where}: schema {quote(schema)!r} version {version}; deploy reads "
+            f"{MCU_SCHEMA} version {MCU_SCHEMA_VERSION}: rebuild with python -m compile mcu"
+        )
+    precision = root.str("precision", choices=MCU_PRECISIONS)
+    weights = root.str("weights", optional=True, choices=MCU_WEIGHTS)
+    if (weights is None) != (precision == "fp32"):
+        raise root.fail("weights", "given exactly for an int8 build", weights)
+    hop, stream = root.int("hop", optional=True, minimum=1), root.obj("stream", optional=True)
+    if (hop is None) != (stream is None):
+        raise root.fail("stream", "present exactly when hop is", hop)
+    fits = root.obj("fits")
+    return McuReport(
+        board=root.str("board"),
+        core=root.str("core"),
+        precision=precision,
+        weights=weights,
+        samples=root.int("samples", minimum=1),
+        hop=hop,
+        stream=_read_stream_facts(stream) if stream else None,
+        footprint=_read_mcu_footprint(root.obj("footprint")),
+        speed=_read_speed(root.obj("speed")),
+        parity=_read_verdict(root.obj("parity")),
+        beats_equal=root.bool("beats_equal", optional=True),
+        fits={name: _read_fit(fits.obj(name)) for name in fits.data},
+    )
+
+
+def _read_stream_facts(s: _Obj) -> StreamFacts:
+    names = ("hop", "flush_steps", "delay_frames", "look_ahead", "state_bytes")
+    return StreamFacts(*(s.int(n) for n in names))
+
+
+def _read_mcu_footprint(f: _Obj) -> McuFootprint:
+    names = ("flash_code", "flash_weights", "ram_arena", "ram_static", "stack_reserved")
+    return McuFootprint(*(f.int(n) for n in names), f.int("stack_peak", optional=True))
+
+
+def _read_speed(s: _Obj) -> McuSpeed:
+    seconds = s.number("window_seconds")
+    if seconds <= 0:
+        raise s.fail("window_seconds", "a positive number", seconds)
+    return McuSpeed(
+        s.int("instructions"),
+        seconds,
+        s.int("clock_hz", minimum=1),
+        s.int("peak_instructions", optional=True),
+    )
+
+
+def _read_fit(f: _Obj) -> PartFit:
+    return PartFit(f.bool("fits"), f.number("flash_used"), f.number("ram_used"))

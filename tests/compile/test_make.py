@@ -136,5 +136,8 @@ def test_package_for_a_cortex_m_builds_the_streaming_detector():
     assert done.returncode == 0, done.stderr
     assert "-m compile mcu --target cortex-m7 --hop 200 --samples 5000" in done.stdout
     assert "--package b/package" in done.stdout and "deploy package" not in done.stdout
+    assert "--precision fp32" in done.stdout
+    int8 = make("-n", "package", "TARGET=cortex-m4", "MCU_PRECISION=int8", "BUILD=b")
+    assert "-m compile mcu --target cortex-m4" in int8.stdout and "--precision int8" in int8.stdout
     other = make("-n", "package", "TARGET=aarch64", "BUILD=b")
     assert "-m deploy package aarch64" in other.stdout and "compile mcu" not in other.stdout

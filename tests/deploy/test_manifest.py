@@ -22,11 +22,16 @@ from deploy.manifest import (
     GoldenCase,
     Manifest,
     ManifestError,
+    McuFootprint,
+    McuReport,
+    McuSpeed,
     ModelInfo,
     Parity,
+    PartFit,
     Quantization,
     Saturation,
     Schedule,
+    StreamFacts,
     TargetInfo,
     TaskAccuracy,
     TensorInfo,
@@ -405,3 +410,62 @@ def test_set_threads_gives_tvm_as_many_workers_as_asked():
     for threads in sorted({1, min(2, cpus), cpus}):
         set_threads(threads)
         assert tvm_threads() == threads
+
+
+# -- the Cortex-M report (mcu.json) ------------------------------------------------------
+
+
+def mcu_sample(**changes) -> McuReport:
+    report = McuReport(
+        board="mps2-an500",
+        core="cortex-m7",
+        precision="int8",
+        weights="int16",
+        samples=5000,
+        hop=200,
+        stream=StreamFacts(200, 6, 124, 988, 39292),
+        footprint=McuFootprint(430396, 532928, 156800, 200, 16384, 1340),
+        speed=McuSpeed(20787293, 0.4, 480_000_000, 20816161),
+        parity=Verdict(True, 0.0, 0.0, 0.0, "", "qemu-system-arm -M mps2-an500"),
+        beats_equal=True,
+        fits={"stm32h7": PartFit(True, 0.459, 0.165), "nrf52840": PartFit(True, 0.919, 0.661)},
+    )
+    return dataclasses.replace(report, **changes)
+
+
+def test_mcu_report_round_trips_with_its_derived_figures():
+    r = mcu_sample()
+    assert McuReport.from_json(r.to_json()) == r
+    data = json.loads(r.to_json())
+    assert data["footprint"]["flash"] == 430396 + 532928 and data["footprint"]["ram"] == 173384
+    assert data["speed"]["cpu_load"] == pytest.approx(20787293 / 0.4 / 480e6)
+    fp32 = mcu_sample(precision="fp32", weights=None, hop=None, stream=None, beats_equal=None)
+    assert McuReport.from_json(fp32.to_json()) == fp32
+
+
+def _mcu_data(edit):
+    data = json.loads(mcu_sample().to_json())
+    edit(data)
+    return json.dumps(data)
+
+
+MCU_HOSTILE = {
+    "schema": (lambda d: d.update(schema="mscnn-edge/bundle"), "deploy reads mscnn-edge/mcu"),
+    "version": (lambda d: d.update(schema_version=7), "version 7; deploy reads"),
+    "precision": (lambda d: d.update(precision="int4"), "'precision' must be one of fp32, int8"),
+    "fp32 weights": (lambda d: d.update(precision="fp32"), "'weights' must be given exactly"),
+    "hop": (lambda d: d.update(stream=None), "'stream' must be present exactly when hop is"),
+    "seconds": (lambda d: d["speed"].update(window_seconds=0), "a positive number"),
+    "negative": (lambda d: d["footprint"].update(ram_arena=-1), "'footprint.ram_arena'"),
+    "fit": (lambda d: d["fits"]["stm32h7"].update(fits="yes"), "'fits.stm32h7.fits'"),
+    "missing": (lambda d: d.pop("board"), "lacks 'board'"),
+}
+
+
+@pytest.mark.parametrize("case", list(MCU_HOSTILE))
+def test_hostile_mcu_reports_are_one_clear_line(case):
+    edit, message = MCU_HOSTILE[case]
+    with pytest.raises(ManifestError, match=message) as caught:
+        McuReport.from_json(_mcu_data(edit))
+    assert "\n" not in str(caught.value)
+    assert McuReport.from_json(_mcu_data(lambda d: None)) == mcu_sample()
