@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .bundle import load_bundle
+from .bundle import MANIFEST, load_bundle
 from .errors import DeployError
 from .files import show
 
@@ -136,15 +136,23 @@ def _stream(args) -> int:
 
 
 def _add_info(sub) -> None:
-    i = sub.add_parser("info", help="describe a bundle (verifies it, loads nothing)")
+    i = sub.add_parser(
+        "info",
+        help="describe a bundle (verifies it, loads nothing), or a Cortex-M build "
+        "folder (its mcu.json)",
+    )
     i.add_argument("bundle", type=Path)
     i.set_defaults(func=_info)
 
 
 def _info(args) -> int:
-    from .describe import describe
+    from .describe import MCU_REPORT, describe, describe_mcu
 
-    lines = describe(load_bundle(args.bundle))
+    folder = args.bundle
+    if (folder / MCU_REPORT).is_file() and not (folder / MANIFEST).exists():
+        lines = describe_mcu(folder)
+    else:
+        lines = describe(load_bundle(folder))
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         print(f"{key:<{width}}  {value}")

@@ -1,8 +1,14 @@
-"""What `deploy info` and package READMEs say about a bundle, from its manifest only."""
+"""What `deploy info` and package READMEs say about a bundle, from its manifest only (or
+about a Cortex-M build, from its report)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .bundle import LIBRARY, Bundle
+from .errors import DeployError
+from .files import open_inside, read_capped, show
+from .manifest import MAX_MANIFEST_BYTES, ManifestError, McuReport
 
 
 def describe(bundle: Bundle) -> list[tuple[str, str]]:
@@ -45,3 +51,48 @@ def _precision(q) -> str:
             f"{100 * a.int8_f1:.2f} (fp32 {100 * a.fp32_f1:.2f})"
         )
     return text
+
+
+MCU_REPORT = "mcu.json"
+
+
+def load_mcu_report(folder: Path) -> McuReport:
+    """The typed report of a Cortex-M build folder (python -m compile mcu's output)."""
+    try:
+        with open_inside(folder, MCU_REPORT) as fd:
+            text = read_capped(fd, MAX_MANIFEST_BYTES, MCU_REPORT)
+        return McuReport.from_json(text, MCU_REPORT)
+    except (ManifestError, DeployError) as exc:
+        raise DeployError(f"Cortex-M build {show(folder)}: {exc}") from None
+
+
+def describe_mcu(folder: Path) -> list[tuple[str, str]]:
+    """(field, text) lines of a Cortex-M build's report: what it is, what it holds, how
+    fast it is estimated to run, and whether it was proven."""
+    r = load_mcu_report(folder)
+    fp, speed, kib = r.footprint, r.speed, 1024
+    what = f"stream step, hop {r.hop}" if r.hop else f"window of {r.samples} samples"
+    if r.precision == "int8":
+        what += f", int8 ({r.weights} weights)"
+    lines = [
+        ("build", f"{show(folder)}"),
+        ("board", f"{r.board} ({r.core})"),
+        ("model", what),
+        ("flash", f"{fp.flash / kib:.0f} KiB ({fp.flash_code / kib:.0f} code + "
+                  f"{fp.flash_weights / kib:.0f} weights)"),
+        ("RAM", f"{fp.ram / kib:.0f} KiB ({fp.ram_arena / kib:.0f} arena, stack peak "
+                f"{fp.stack_peak} B of {fp.stack_reserved / kib:.0f} KiB)"),
+        ("speed", f"{speed.instructions_per_second / 1e6:.1f} M instructions per s of ECG, "
+                  f"{100 * speed.cpu_load:.1f}% at {speed.clock_hz / 1e6:g} MHz (estimate: "
+                  "qemu's count, 1 instruction per cycle)"),
+        ("parity", f"{'pass' if r.parity.passed else 'FAIL'} under {r.parity.how}, "
+                   f"normalised {r.parity.normalised} (tolerance {r.parity.tolerance})"),
+        ("fits", "; ".join(f"{n}: {'yes' if f.fits else 'no'}" for n, f in r.fits.items())),
+    ]  # fmt: skip
+    if r.stream is not None:
+        s = r.stream
+        text = f"state {s.state_bytes / kib:.1f} KiB, look-ahead {s.look_ahead} samples"
+        lines.insert(3, ("stream", f"{text}, flush {s.flush_steps} steps"))
+    if r.beats_equal is not None:
+        lines.append(("beats", "the reference's" if r.beats_equal else "DIFFER"))
+    return lines

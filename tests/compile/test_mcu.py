@@ -340,3 +340,18 @@ def test_package_refuses_a_build_of_another_core(m7_stream, tmp_path):
 
     with pytest.raises(CompileError, match="built for cortex-m7, not cortex-m4"):
         package_mcu(m7_stream.folder, "cortex-m4", tmp_path)
+
+
+def test_deploy_info_describes_a_cortex_m_build(m7_int8_stream, tmp_path, capsys):
+    from deploy.cli import main
+
+    assert main(["info", str(m7_int8_stream.folder)]) == 0
+    out = capsys.readouterr().out
+    assert "stream step, hop 200, int8 (int16 weights)" in out and "nrf52840: yes" in out
+    assert "estimate" in out and "beats   the reference's" in out
+    # a tampered report is one clear line, not a traceback
+    report = (m7_int8_stream.folder / mcu.REPORT).read_text()
+    (tmp_path / mcu.REPORT).write_text(report.replace('"weights": "int16"', '"weights": null'))
+    assert main(["info", str(tmp_path)]) != 0
+    err = capsys.readouterr().err
+    assert "'weights' must be given exactly for an int8 build" in err and "Traceback" not in err
