@@ -70,8 +70,10 @@ toolchains: $(TOOLCHAINS)
 # Bundles: build/<target>/<preset>-<N>lead/, one make target each, so re-running does
 # nothing when nothing changed and `make -j2` builds two at a time.
 comma := ,
-ALL_TARGETS := x86_64 x86_64-avx512 aarch64 armv7 cuda jetson-orin
+MCU_TARGETS := cortex-m7 cortex-m4
+ALL_TARGETS := x86_64 x86_64-avx512 aarch64 armv7 cuda jetson-orin $(MCU_TARGETS)
 TARGETS  ?= $(ALL_TARGETS)
+BUNDLE_TARGETS := $(filter-out $(MCU_TARGETS),$(subst $(comma), ,$(TARGETS)))
 BUILD    ?= build
 SAMPLES  ?= 5000
 BATCH    ?= 1
@@ -102,10 +104,10 @@ reduced_presets = $(if $(PRECISION),$(if $(filter $(1),$(PRECISION)),$(BUILD_PRE
                     $(filter cpsc2019_qrs,$(BUILD_PRESETS)))
 INT8_PRESETS := $(call reduced_presets,int8)
 FP16_PRESETS := $(call reduced_presets,fp16)
-targets_in    = $(filter $(1),$(subst $(comma), ,$(TARGETS)))
+targets_in    = $(filter $(1),$(BUNDLE_TARGETS))
 reduced_bundles = $(foreach t,$(call targets_in,$(2)),$(foreach p,$(3),\
              $(foreach v,$(call variants_of,$(p)),$(BUILD)/$(t)/$(p)-$(v)lead-$(1)/manifest.json)))
-BUNDLES := $(foreach t,$(subst $(comma), ,$(TARGETS)),$(foreach p,$(FP32_PRESETS),\
+BUNDLES := $(foreach t,$(BUNDLE_TARGETS),$(foreach p,$(FP32_PRESETS),\
              $(foreach v,$(call variants_of,$(p)),$(BUILD)/$(t)/$(p)-$(v)lead/manifest.json))) \
            $(call reduced_bundles,int8,$(INT8_TARGETS),$(INT8_PRESETS)) \
            $(call reduced_bundles,fp16,$(FP16_TARGETS),$(FP16_PRESETS))
@@ -123,7 +125,7 @@ $(BUILD)/$(1)/$(2)-$(3)lead/manifest.json: $(SOURCES) $(BUILD)/.options $(CHECKP
 	$(PY) -m compile build --preset $(2) --targets $(1) --variants $(3) --samples $(SAMPLES) \
 	  --batch $(BATCH) --out $(BUILD) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --quiet
 endef
-$(foreach t,$(subst $(comma), ,$(TARGETS)),$(foreach p,$(FP32_PRESETS),\
+$(foreach t,$(BUNDLE_TARGETS),$(foreach p,$(FP32_PRESETS),\
   $(foreach v,$(call variants_of,$(p)),$(eval $(call bundle_rule,$(t),$(p),$(v))))))
 
 define reduced_rule
@@ -136,11 +138,27 @@ $(foreach t,$(call targets_in,$(INT8_TARGETS)),$(foreach p,$(INT8_PRESETS),\
 $(foreach t,$(call targets_in,$(FP16_TARGETS)),$(foreach p,$(FP16_PRESETS),\
   $(foreach v,$(call variants_of,$(p)),$(eval $(call reduced_rule,$(t),$(p),$(v),fp16)))))
 
-build: $(BUNDLES)
+# Cortex-M (the cores in TARGETS): the streaming detector, hop MCU_HOP, in fp32 and int8,
+# each proven under qemu-system-arm (compile/mcu.py); build/mcu/<core>-stream<hop>-<precision>/.
+MCU_HOP ?= 200
+MCU_PRECISIONS := $(if $(PRECISION),$(filter fp32 int8,$(PRECISION)),fp32 int8)
+MCU_BUILDS := $(if $(filter cpsc2019_qrs,$(BUILD_PRESETS)),\
+  $(foreach c,$(filter $(MCU_TARGETS),$(subst $(comma), ,$(TARGETS))),$(foreach p,$(MCU_PRECISIONS),\
+    $(BUILD)/mcu/$(c)-stream$(MCU_HOP)-$(p)/mcu.json)))
+MCU_SOURCES := $(wildcard deploy/mcu/*)
+
+define mcu_rule
+$(BUILD)/mcu/$(1)-stream$(MCU_HOP)-$(2)/mcu.json: $(SOURCES) $(MCU_SOURCES) $(CHECKPOINT) | $(STAMP) $(TOOLCHAINS)
+	$(PY) -m compile mcu --target $(1) --hop $(MCU_HOP) --samples 5000 --precision $(2) \
+	  --folder $$(@D) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --quiet
+endef
+$(foreach c,$(MCU_TARGETS),$(foreach p,fp32 int8,$(eval $(call mcu_rule,$(c),$(p)))))
+
+build: $(BUNDLES) $(MCU_BUILDS)
 	@$(PY) -m compile summary $(BUILD)
 
 print-bundles:
-	@echo $(BUNDLES)
+	@echo $(BUNDLES) $(MCU_BUILDS)
 
 # --------------------------------------------------------------------------------------
 # The native runner (deploy/native), one relocatable folder per architecture.
@@ -161,14 +179,13 @@ parity: $(RUNNERS)
 # make package TARGET=cortex-m7: the streaming detector (MCU_HOP samples per step) for a
 # Cortex-M, proven under qemu-system-arm: library, headers, example firmware (compile/mcu.py).
 # MCU_PRECISION=int8: the int8 step (fits a 1 MB flash, 256 KB RAM part such as nRF52840).
-MCU_TARGETS := cortex-m7 cortex-m4
-MCU_HOP ?= 200
 MCU_PRECISION ?= fp32
 package: | $(STAMP) $(TOOLCHAINS)
 	@test -n "$(TARGET)" || { echo "error: give TARGET=<target>, e.g. make package TARGET=aarch64"; exit 2; }
 ifneq ($(filter $(TARGET),$(MCU_TARGETS)),)
 	$(PY) -m compile mcu --target $(TARGET) --hop $(MCU_HOP) --samples 5000 \
-	  --precision $(MCU_PRECISION) --out $(BUILD)/mcu --package $(BUILD)/package $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+	  --precision $(MCU_PRECISION) --folder $(BUILD)/mcu/$(TARGET)-stream$(MCU_HOP)-$(MCU_PRECISION) \
+	  --package $(BUILD)/package $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 else
 	$(MAKE) --no-print-directory $(filter $(BUILD)/$(TARGET)/%,$(BUNDLES)) runners
 	$(PY) -m deploy package $(TARGET) --build $(BUILD) --runners $(BUILD)/native --out $(BUILD)/package

@@ -179,11 +179,20 @@ def _add_summary(sub) -> None:
 
 
 def _summary(args) -> int:
-    from .summary import collect, print_table
+    from .summary import collect, collect_mcu, print_mcu_table, print_table
 
     bundles, failures = collect(args.folder)
-    print_table(bundles, failures)
-    return 1 if failures else 0
+    reports, unreadable = collect_mcu(args.folder)
+    if not bundles and not failures and not reports and not unreadable:
+        raise CompileError(f"no bundles under {args.folder}/; run `make build` first")
+    if bundles or failures:
+        print_table(bundles, failures)
+    if reports:
+        print_mcu_table(reports)
+    for failure in unreadable:
+        print(f"FAILED {failure}")
+    failed = failures + unreadable + [str(f) for f, r in reports if not r.parity.passed]
+    return 1 if failed else 0
 
 
 # --------------------------------------------------------------------------------------
@@ -324,7 +333,14 @@ def _add_mcu(sub, formatter) -> None:
         help="how an int8 build stores its weights: int16 (smlad reads them as they are) "
         "or int8 (half the flash; sxtb16 widens them, at more instructions)",
     )
-    m.add_argument("--out", type=Path, default=Path("build/mcu"), help="output folder")
+    m.add_argument(
+        "--out",
+        type=Path,
+        default=Path("build/mcu"),
+        help="output root: the build goes to OUT/<board>/<preset>-<mode>/",
+    )
+    m.add_argument("--folder", type=Path, default=None, help="the build's own folder (not --out)")
+    m.add_argument("--quiet", action="store_true", help="one line, not the report")
     m.add_argument(
         "--package",
         type=Path,
@@ -347,13 +363,20 @@ def _mcu(args) -> int:
     loaded = mscnn.load_model(args.preset, args.checkpoint)
     mode = f"stream{args.hop}" if args.hop else f"window{args.samples}"
     mode += f"-int8-{args.weights}w" if args.precision == "int8" else ""
-    out = args.out / board / f"{args.preset}-{mode}"
+    out = args.folder or args.out / board / f"{args.preset}-{mode}"
     done = build_mcu(
         loaded, board, out, samples=args.samples, hop=args.hop, part=part,
         precision=args.precision, weights=args.weights,
     )  # fmt: skip
-    print(done.report.to_json(), end="")
-    print(f"wrote {done.folder} (libmscnn.a, model.h, firmware.elf, mcu.json)")
+    if not args.quiet:
+        print(done.report.to_json(), end="")
+    fp, speed = done.footprint, done.speed
+    print(
+        f"wrote {done.folder} (libmscnn.a, model.h, firmware.elf, mcu.json): "
+        f"{fp.flash / 1024:.0f} KiB flash, {fp.ram / 1024:.0f} KiB RAM, "
+        f"{100 * speed.cpu_load:.1f}% of {speed.clock_hz / 1e6:g} MHz (estimate), "
+        f"parity {'pass' if done.parity.passed else 'FAIL'}"
+    )
     if args.package:
         archive, size = package_mcu(done.folder, done.core, args.package)
         print(f"wrote {archive} ({size / 1e6:.1f} MB)")

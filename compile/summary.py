@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from deploy.bundle import LIBRARY, MANIFEST, Bundle, load_bundle
+from deploy.describe import MCU_REPORT, load_mcu_report
 from deploy.errors import DeployError
-
-from .errors import CompileError
+from deploy.manifest import McuReport
 
 
 def collect(folder: Path) -> tuple[list[Bundle], list[str]]:
@@ -18,14 +18,24 @@ def collect(folder: Path) -> tuple[list[Bundle], list[str]]:
             bundles.append(load_bundle(manifest.parent))
         except DeployError as exc:
             failures.append(str(exc))
-    if not bundles and not failures:
-        raise CompileError(f"no bundles under {folder}/; run `make build` first")
     bundles.sort(key=lambda b: (b.target.name, b.name[:4], -len(b.leads)))
     failures += [
         f"{p.relative_to(folder)}: parity or build failed (see its build.log)"
         for p in sorted(Path(folder).glob("*/*.failed"))
     ]
     return bundles, failures
+
+
+def collect_mcu(folder: Path) -> tuple[list[tuple[Path, McuReport]], list[str]]:
+    """Every Cortex-M build under `folder/mcu/<name>/` (its typed report), and the
+    unreadable ones."""
+    reports, failures = [], []
+    for report in sorted(Path(folder).glob(f"mcu/*/{MCU_REPORT}")):
+        try:
+            reports.append((report.parent, load_mcu_report(report.parent)))
+        except DeployError as exc:
+            failures.append(str(exc))
+    return reports, failures
 
 
 def parity_cells(bundle: Bundle) -> tuple[str, str, str]:
@@ -60,3 +70,34 @@ def print_table(bundles: list[Bundle], failures: list[str]) -> None:
         console.print(table)
     for failure in failures:
         console.print(f"[red]FAILED[/] {failure}", soft_wrap=True)
+
+
+def print_mcu_table(reports: list[tuple[Path, McuReport]]) -> None:
+    """Footprint, speed estimate, fit and parity of each Cortex-M build."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Cortex-M builds under qemu (speed: instruction count, an estimate)")
+    for column in ("build", "flash KiB (code + weights)", "RAM KiB", "M instr/s", "load"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("fits")
+    table.add_column("parity")
+    for folder, r in reports:
+        fp, speed = r.footprint, r.speed
+        parity = "ok" if r.parity.passed else "FAILED"
+        if r.parity.passed and r.precision == "int8":
+            parity += " (bit-exact int8)"
+        if r.beats_equal is not None:
+            parity += ", beats " + ("equal" if r.beats_equal else "DIFFER")
+        table.add_row(
+            folder.name,
+            f"{fp.flash / 1024:.0f} ({fp.flash_code / 1024:.0f} + {fp.flash_weights / 1024:.0f})",
+            f"{fp.ram / 1024:.0f}",
+            f"{speed.instructions_per_second / 1e6:.1f}",
+            f"{100 * speed.cpu_load:.0f}% @ {speed.clock_hz / 1e6:g} MHz",
+            ", ".join(name for name, fit in r.fits.items() if fit.fits) or "none",
+            parity,
+        )
+    console = Console()
+    console.width = max(console.width, 150)
+    console.print(table)

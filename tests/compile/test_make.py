@@ -9,6 +9,7 @@ import pytest
 
 import mscnn
 from compile import TARGETS, default_variants
+from compile.mcu import CORES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +48,27 @@ def test_default_matrix_matches_the_python_defaults():
     }
     fp16 = {f"b/{t}/cpsc2019_qrs-1lead-fp16/manifest.json" for t in TARGETS if TARGETS[t].fp16}
     assert {t for t in TARGETS if TARGETS[t].fp16} == {"aarch64"}
-    assert got == fp32 | int8 | fp16 and len(got) == 47
+    mcu = {f"b/mcu/{c}-stream200-{p}/mcu.json" for c in CORES for p in ("fp32", "int8")}
+    assert got == fp32 | int8 | fp16 | mcu and len(got) == 51
+
+
+def test_cortex_m_builds_follow_targets_precision_and_preset():
+    """The streaming detector per Cortex-M core in TARGETS, per precision asked; none
+    when the detector is not among the presets."""
+    m7_int8 = make("print-bundles", "BUILD=b", "TARGETS=cortex-m7", "PRECISION=int8")
+    assert m7_int8.stdout.split() == ["b/mcu/cortex-m7-stream200-int8/mcu.json"]
+    m4 = make("print-bundles", "BUILD=b", "TARGETS=x86_64,cortex-m4", "PRESET=cpsc2019_qrs")
+    assert {b for b in m4.stdout.split() if "/mcu/" in b} == {
+        "b/mcu/cortex-m4-stream200-fp32/mcu.json",
+        "b/mcu/cortex-m4-stream200-int8/mcu.json",
+    }
+    none = make("print-bundles", "BUILD=b", "TARGETS=cortex-m7", "PRESET=cpsc2019")
+    assert none.stdout.split() == []
+    recipe = make("-n", "build", "BUILD=b", "TARGETS=cortex-m7", "PRECISION=int8")
+    assert "-m compile mcu --target cortex-m7 --hop 200 --samples 5000 --precision int8" in (
+        recipe.stdout
+    )
+    assert "--folder b/mcu/cortex-m7-stream200-int8" in recipe.stdout
 
 
 def test_precision_picks_the_matrix():
@@ -136,7 +157,7 @@ def test_package_for_a_cortex_m_builds_the_streaming_detector():
     assert done.returncode == 0, done.stderr
     assert "-m compile mcu --target cortex-m7 --hop 200 --samples 5000" in done.stdout
     assert "--package b/package" in done.stdout and "deploy package" not in done.stdout
-    assert "--precision fp32" in done.stdout
+    assert "--precision fp32 --folder b/mcu/cortex-m7-stream200-fp32" in done.stdout
     int8 = make("-n", "package", "TARGET=cortex-m4", "MCU_PRECISION=int8", "BUILD=b")
     assert "-m compile mcu --target cortex-m4" in int8.stdout and "--precision int8" in int8.stdout
     other = make("-n", "package", "TARGET=aarch64", "BUILD=b")

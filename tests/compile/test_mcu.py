@@ -355,3 +355,22 @@ def test_deploy_info_describes_a_cortex_m_build(m7_int8_stream, tmp_path, capsys
     assert main(["info", str(tmp_path)]) != 0
     err = capsys.readouterr().err
     assert "'weights' must be given exactly for an int8 build" in err and "Traceback" not in err
+
+
+def test_build_summary_lists_cortex_m_builds(m7_int8_stream, tmp_path, capsys):
+    """`make build`'s summary: a Cortex-M build's row from its report; a report whose
+    parity failed makes the summary fail."""
+    from compile.cli import main
+
+    ok = tmp_path / "mcu" / "cortex-m7-stream200-int8"
+    ok.mkdir(parents=True)
+    report = (m7_int8_stream.folder / mcu.REPORT).read_text()
+    (ok / mcu.REPORT).write_text(report)
+    assert main(["summary", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "cortex-m7-stream200-int8" in out and "bit-exact int8" in out and "nrf52840" in out
+    bad = tmp_path / "mcu" / "broken"
+    bad.mkdir()
+    (bad / mcu.REPORT).write_text(report.replace('"passed": true', '"passed": false'))
+    assert main(["summary", str(tmp_path)]) == 1
+    assert "FAILED" in capsys.readouterr().out
