@@ -18,7 +18,7 @@ help:
 	@echo "make parity  check every bundle in build/: x86 in-process, ARM under qemu with"
 	@echo "             the native runner, CUDA only where a GPU is present"
 	@echo "make package TARGET=aarch64   a tarball of the runner, runtime and bundles"
-	@echo "make package TARGET=cortex-m7 the streaming detector for a Cortex-M (M4 too): library,"
+	@echo "make package TARGET=cortex-m7 the streaming detector for a Cortex-M (M4, M55 too): library,"
 	@echo "             headers, example firmware, proven under qemu-system-arm (MCU_HOP=200,"
 	@echo "             MCU_PRECISION=int8 for the int8 step)"
 	@echo "make runners build the native runner for x86_64, aarch64 and armv7"
@@ -70,7 +70,7 @@ toolchains: $(TOOLCHAINS)
 # Bundles: build/<target>/<preset>-<N>lead/, one make target each, so re-running does
 # nothing when nothing changed and `make -j2` builds two at a time.
 comma := ,
-MCU_TARGETS := cortex-m7 cortex-m4
+MCU_TARGETS := cortex-m7 cortex-m4 cortex-m55
 ALL_TARGETS := x86_64 x86_64-avx512 aarch64 armv7 cuda jetson-orin $(MCU_TARGETS)
 TARGETS  ?= $(ALL_TARGETS)
 BUNDLE_TARGETS := $(filter-out $(MCU_TARGETS),$(subst $(comma), ,$(TARGETS)))

@@ -329,9 +329,11 @@ def _add_mcu(sub, formatter) -> None:
     m.add_argument(
         "--weights",
         choices=("int16", "int8"),
-        default="int16",
+        default=None,
         help="how an int8 build stores its weights: int16 (smlad reads them as they are) "
-        "or int8 (half the flash; sxtb16 widens them, at more instructions)",
+        "or int8 (half the flash; on M4/M7 sxtb16 widens them, at more instructions; on "
+        "the M55 Helium multiplies them as they are). Default: the core's first (int16 on "
+        "M4/M7, int8 on M55)",
     )
     m.add_argument(
         "--out",
@@ -353,7 +355,7 @@ def _add_mcu(sub, formatter) -> None:
 
 
 def _mcu(args) -> int:
-    from .mcu import BOARDS, build_mcu
+    from .mcu import BOARDS, CORES, build_mcu
     from .mcu_package import PACKAGES, package_mcu
 
     board, part = PACKAGES[args.target] if args.target else ("mps2-an500", None)
@@ -362,11 +364,12 @@ def _mcu(args) -> int:
         raise CompileError(f"--board {board} is a {BOARDS[board].core}, not {args.target}")
     loaded = mscnn.load_model(args.preset, args.checkpoint)
     mode = f"stream{args.hop}" if args.hop else f"window{args.samples}"
-    mode += f"-int8-{args.weights}w" if args.precision == "int8" else ""
+    weights = args.weights or next(iter(CORES[BOARDS[board].core].int8))
+    mode += f"-int8-{weights}w" if args.precision == "int8" else ""
     out = args.folder or args.out / board / f"{args.preset}-{mode}"
     done = build_mcu(
         loaded, board, out, samples=args.samples, hop=args.hop, part=part,
-        precision=args.precision, weights=args.weights,
+        precision=args.precision, weights=weights,
     )  # fmt: skip
     if not args.quiet:
         print(done.report.to_json(), end="")

@@ -90,12 +90,14 @@ class Isa:
 
     name: str
     feature: str | None  # the LLVM feature that names it (None: any CPU)
-    arch: str  # "x86_64" or "aarch64" (LLVM triple prefix), or "any"
+    arch: str | tuple[str, ...]  # LLVM triple prefixes ("x86_64", "aarch64"), or "any"
     byte: Dot
     word: Dot
     instruction: str | None  # what the asm must contain
     parallel: bool = True  # False: one thread, scalar stages (microcontrollers)
 
+
+CORTEX_M = ("thumbv7em", "thumbv8.1m")  # Armv7E-M and Armv8.1-M: the DSP extension
 
 ISAS: dict[str, Isa] = {
     isa.name: isa
@@ -116,10 +118,19 @@ ISAS: dict[str, Isa] = {
             Dot(4, 1, None, "int8", None),
             "sdot",
         ),
+        Isa(  # Helium (Armv8.1-M MVE): 16 int8 (8 int16) products per vmlava, int8 weights
+            "mve",
+            "mve",
+            ("thumbv8.1m",),
+            Dot(1, 16, "int8", "int8", "mscnn_vmlava_s8", registers=8),
+            Dot(1, 8, "int16", "int16", "mscnn_vmlava_s16", registers=8),
+            "vmlava",
+            parallel=False,
+        ),
         Isa(
             "dsp",
             "dsp",
-            "thumbv7em",
+            CORTEX_M,
             Dot(1, 2, "int16", "int16", "mscnn_smlad", registers=8),
             Dot(1, 2, "int16", "int16", "mscnn_smlad", registers=8),
             "smlad",
@@ -128,7 +139,7 @@ ISAS: dict[str, Isa] = {
         Isa(  # the same with int8 weights in flash: half the bytes, more instructions
             "dsp-int8w",
             "dsp",
-            "thumbv7em",
+            CORTEX_M,
             Dot(1, 4, "int16", "int8", "mscnn_smlad_sxtb16", registers=8, interleave=True),
             Dot(1, 4, "int16", "int8", "mscnn_smlad_sxtb16", registers=8, interleave=True),
             "sxtb16",
@@ -233,6 +244,38 @@ def _smlad():
     return _one_lane_desc(2, "int16", lambda k: k), impl
 
 
+def _vmlava(group: int, dtype: str):
+    """(description, implementation) of Helium's `vmlava` (MVE, Armv8.1-M): the products
+    of a vector of `group` activations and weights of `dtype`, summed across the vector
+    into one int32 accumulator (16 int8 or 8 int16 per instruction)."""
+    from tvm.script import tirx as T
+
+    vector = f"{dtype}x{group}"
+    llvm = f"llvm.arm.mve.vmldava.v{group}i{128 // group}"
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((group,), dtype, offset_factor=1),
+        B: T.Buffer((1, group), dtype, offset_factor=1),
+        C: T.Buffer((1,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:1], A[0:group], B[0:1, 0:group])
+            T.writes(C[0:1])
+            C[0] = T.call_llvm_pure_intrin(  # flags: signed, no subtract, no exchange
+                T.llvm_lookup_intrinsic_id(llvm),
+                T.int32(0),
+                T.int32(0),
+                T.int32(0),
+                C[0],
+                A.vload([0], dtype=vector),
+                B.vload([0, 0], dtype=vector),
+                dtype="int32",
+            )
+
+    return _one_lane_desc(group, dtype, lambda k: k, dtype), impl
+
+
 def _smlad_sxtb16():
     """(description, implementation) of four int16 x int8 products into one int32
     accumulator with Cortex-M's DSP extension (Armv7E-M): the four int8 weights are one
@@ -285,14 +328,14 @@ def _smlad_sxtb16():
     return _one_lane_desc(4, "int8", interleaved), impl
 
 
-def _one_lane_desc(group: int, b_dtype: str, lane):
+def _one_lane_desc(group: int, b_dtype: str, lane, a_dtype: str = "int16"):
     """What a one-lane intrinsic computes: C[0] += sum_k A[k] * B[0, lane(k)] over the
-    group, A int16 (`lane`: where the packed weights hold k)."""
+    group (`lane`: where the packed weights hold k)."""
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def desc(
-        A: T.Buffer((group,), "int16", offset_factor=1),
+        A: T.Buffer((group,), a_dtype, offset_factor=1),
         B: T.Buffer((1, group), b_dtype, offset_factor=1),
         C: T.Buffer((1,), "int32", offset_factor=1),
     ) -> None:
@@ -322,6 +365,8 @@ def _register_intrinsics() -> None:
         TensorIntrin.register(name, *_intrinsic(*args), override=True)
     TensorIntrin.register("mscnn_smlad", *_smlad(), override=True)
     TensorIntrin.register("mscnn_smlad_sxtb16", *_smlad_sxtb16(), override=True)
+    TensorIntrin.register("mscnn_vmlava_s8", *_vmlava(16, "int8"), override=True)
+    TensorIntrin.register("mscnn_vmlava_s16", *_vmlava(8, "int16"), override=True)
 
 
 def select_isa(tvm_target: Mapping[str, Any], require: str | None = None) -> Isa:

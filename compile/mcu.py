@@ -69,6 +69,11 @@ class Core:
     description: str
     tvm: Mapping[str, Any]
     cflags: tuple[str, ...]
+    # int8 kernels (compile/int8.py ISAS) by how the weights sit in flash; the first is
+    # the default: smlad reads int16 pairs, sxtb16 widens int8 ones, Helium takes int8.
+    int8: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: {"int16": "dsp", "int8": "dsp-int8w"}
+    )
 
 
 @dataclass(frozen=True)
@@ -95,10 +100,10 @@ class Part:
     clock_hz: int  # the clock the speed estimate assumes
 
 
-def _thumb(mcpu: str) -> dict[str, Any]:
+def _thumb(mcpu: str, triple: str = "thumbv7em-none-eabihf") -> dict[str, Any]:
     return {
         "kind": "llvm",
-        "mtriple": "thumbv7em-none-eabihf",
+        "mtriple": triple,
         "mcpu": mcpu,
         "mfloat-abi": "hard",
         "opt-level": 2,
@@ -120,6 +125,13 @@ CORES: dict[str, Core] = {
             _thumb("cortex-m4"),
             ("-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"),
         ),
+        Core(
+            "cortex-m55",
+            "Arm Cortex-M55, Helium (MVE) with floating point, hard float",
+            _thumb("cortex-m55", "thumbv8.1m.main-none-eabihf"),
+            ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"),
+            {"int8": "mve", "int16": "dsp"},
+        ),
     )
 }
 
@@ -128,6 +140,7 @@ BOARDS: dict[str, Board] = {
     for b in (
         Board("mps2-an500", "cortex-m7", "mps2-an500", 4 * MiB, 4 * MiB, 25_000_000),
         Board("mps2-an386", "cortex-m4", "mps2-an386", 4 * MiB, 4 * MiB, 25_000_000),
+        Board("mps3-an547", "cortex-m55", "mps3-an547", 2 * MiB, 4 * MiB, 32_000_000),
     )
 }
 
@@ -149,6 +162,14 @@ PARTS: dict[str, Part] = {
             1 * MiB,
             256 * KiB,
             64_000_000,
+        ),
+        Part(
+            "m55-hp",
+            "Cortex-M55 application-class MCU at 400 MHz (2 MB flash, 1 MB RAM)",
+            "cortex-m55",
+            2 * MiB,
+            1 * MiB,
+            400_000_000,
         ),
     )
 }
@@ -519,7 +540,7 @@ def build_mcu(
     records: int = 3,
     seed: int = 0,
     precision: str = "fp32",
-    weights: str = "int16",
+    weights: str | None = None,
 ) -> McuBuild:
     """Build `loaded` (an mscnn.LoadedModel, or a model in eval mode) for `board` into
     `out_dir`: the window model at `samples`, or with `hop` the streaming step (records
@@ -545,7 +566,8 @@ def build_mcu(
     out.mkdir(parents=True, exist_ok=True)
     mode = f"stream hop {hop}, {precision}" if hop else f"window {samples}, {precision}"
     log.info("mcu: %s, %s, for %s (%s)", type(model).__name__, mode, b.name, core.name)
-    qm, isa = _quantized(model, leads, precision, weights)
+    weights = weights or next(iter(core.int8))
+    qm, isa = _quantized(model, leads, precision, weights, core)
     inputs, expected = _golden(model, leads, samples, fs, records, seed, qm)
     library, facts = _build_library(model, core, samples, out, budget, hop, qm, isa)
     elf = link_firmware(out, core, b, library, "stream_main.c" if hop else "main.c")
@@ -610,21 +632,22 @@ def _budget(board: Board, part: str | None) -> tuple[int, int, str]:
     return p.flash_bytes, p.ram_bytes, p.description
 
 
-def _quantized(model, leads: tuple[str, ...], precision: str, weights: str):
+def _quantized(model, leads: tuple[str, ...], precision: str, weights: str, core: Core):
     """(The int8 model, calibrated on the real records as the int8 bundles are, and the
     ISA its kernels use), or (None, None) for fp32."""
     from . import quantize
 
     if precision not in ("fp32", "int8"):
         raise CompileError(f"mcu: precision {precision!r}; choose from: fp32, int8")
-    if weights not in ("int16", "int8"):
-        raise CompileError(f"mcu: weights {weights!r}; choose from: int16, int8")
+    if weights not in core.int8:
+        raise CompileError(f"mcu: weights {weights!r}; choose from: {', '.join(core.int8)}")
+    isa = core.int8[weights]
     if precision == "fp32":
         return None, None
     records = quantize.CALIBRATION_RECORDS
     calibration = quantize.real_ecg(leads, records)
     qm = quantize.quantize_model(model, calibration, record_ids=records)
-    return qm, {"int16": "dsp", "int8": "dsp-int8w"}[weights]
+    return qm, isa
 
 
 def _build_library(

@@ -30,6 +30,7 @@ from .mcu import BOARDS, CFLAGS, CORES, FIRMWARE_DIR, FIRMWARE_SOURCES, REPORT, 
 PACKAGES = {
     "cortex-m7": ("mps2-an500", "stm32h7"),
     "cortex-m4": ("mps2-an386", None),
+    "cortex-m55": ("mps3-an547", "m55-hp"),
 }
 
 EXAMPLE_MAKEFILE = """\

@@ -174,7 +174,7 @@ def get_target(name: str) -> Target:
     try:
         return TARGETS[name]
     except (KeyError, TypeError):
-        if name in ("cortex-m7", "cortex-m4"):
+        if name in ("cortex-m7", "cortex-m4", "cortex-m55"):
             raise CompileError(
                 f"{name} is a microcontroller: it gets firmware, not bundles; build it with "
                 f"`make package TARGET={name}` (python -m compile mcu --target {name})"

@@ -32,7 +32,7 @@ def test_unknown_target_lists_valid_ones():
         get_target("arm9")
 
 
-@pytest.mark.parametrize("core", ["cortex-m7", "cortex-m4"])
+@pytest.mark.parametrize("core", ["cortex-m7", "cortex-m4", "cortex-m55"])
 def test_a_cortex_m_as_a_bundle_target_points_to_its_package(core):
     from compile.mcu import CORES
     from compile.mcu_package import PACKAGES
