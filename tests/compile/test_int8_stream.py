@@ -31,12 +31,12 @@ def detector():
 
 @pytest.fixture(scope="module")
 def qdetector(detector):
-    return quantize.quantize_model(detector, real(("II",), range(0, 5)))
+    return quantize.quantize_model(detector, real(("ECG",), range(0, 5)))
 
 
 @pytest.fixture(scope="module")
 def record():
-    return real(("II",), range(30, 31))[0]  # (1 lead, 5000), never calibrated on
+    return real(("ECG",), range(30, 31))[0]  # (1 lead, 5000), never calibrated on
 
 
 @pytest.fixture(scope="module")
