@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: help venv test lint format clean distclean build toolchains print-bundles runners \
-        parity package bench tune FORCE
+        parity package bench tune tflm FORCE
 
 help:
 	@echo "make build   set up, compile the default model for every target and lead variant,"
@@ -22,6 +22,7 @@ help:
 	@echo "             headers, example firmware, proven under qemu-system-arm (MCU_HOP=200,"
 	@echo "             MCU_PRECISION=int8 for the int8 step)"
 	@echo "make runners build the native runner for x86_64, aarch64 and armv7"
+	@echo "make tflm    the detector through TensorFlow Lite Micro beside our int8 build (build/tflm/)"
 	@echo "make bench   PyTorch vs ONNX Runtime vs TVM latency on this machine (THREADS=), and"
 	@echo "             the detector streamed (hops 64/128/512) vs a 10 s window every hop, and"
 	@echo "             int8: ours vs ONNX Runtime int8 and fp32 (latency, accuracy, peaks)"
@@ -44,6 +45,20 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 venv: $(STAMP)
+
+# TensorFlow Lite for Microcontrollers, for the side-by-side only (compile/tflm.py): a
+# virtualenv of its own, since TensorFlow's pins are not ours.
+TFLM_VENV     := .venv-tflm
+TFLM_STAMP    := $(TFLM_VENV)/.installed
+TFLM_PACKAGES := tensorflow-cpu==2.21.0 tflite-micro==0.dev20261023182759
+$(TFLM_STAMP):
+	$(PYTHON) -m venv $(TFLM_VENV)
+	$(TFLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(TFLM_PACKAGES)
+	@touch $@
+
+# make tflm: the trained detector through TFLM beside our int8 build (build/tflm/).
+tflm: $(STAMP) $(TFLM_STAMP)
+	$(PY) -m compile.tflm --out $(BUILD)/tflm
 
 # --------------------------------------------------------------------------------------
 # Cross toolchains and qemu-user (Debian packages), installed when run as root.
@@ -191,7 +206,7 @@ else
 	$(PY) -m deploy package $(TARGET) --build $(BUILD) --runners $(BUILD)/native --out $(BUILD)/package
 endif
 
-test: $(STAMP) $(TOOLCHAINS)
+test: $(STAMP) $(TOOLCHAINS) $(TFLM_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -207,7 +222,7 @@ clean:
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(TFLM_VENV) *.egg-info
 
 # --------------------------------------------------------------------------------------
 # Tuning: MetaSchedule over our conv schedule's tiles, for the presets `make build`
