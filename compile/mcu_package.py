@@ -62,7 +62,7 @@ README = """\
 mscnn-edge for {core}: {what}
 {underline}
 
-Built for {core_description}; proven under qemu-system-arm ({board}) against PyTorch:
+Built for {core_description}; proven under qemu-system-arm ({board}) against {reference}:
 worst normalised error {parity:.2g} (tolerance {tolerance:g}){beats}.
 
 Footprint (measured on the linked example firmware):
@@ -166,6 +166,7 @@ def _readme(facts: McuReport) -> str:
         underline="=" * len(title),
         core_description=core.description,
         board=facts.board,
+        reference="PyTorch" if facts.precision == "fp32" else "the int8 reference, bit for bit",
         parity=facts.parity.normalised,
         tolerance=facts.parity.tolerance,
         beats=beats.get(facts.beats_equal, ""),
