@@ -35,11 +35,15 @@ import torch
 from torch import nn
 
 from mscnn import MscnnError
-from mscnn.streaming import StateSpec, StepModule, StreamingModel
-from mscnn.streaming import _Conv as StreamConv
-from mscnn.streaming import _Decimate as StreamDecimate
-from mscnn.streaming import _Delay as StreamDelay
-from mscnn.streaming import _Pointwise as StreamPointwise
+from mscnn.streaming import (
+    ConvOp,
+    DecimateOp,
+    DelayOp,
+    PointwiseOp,
+    StateSpec,
+    StepModule,
+    StreamingModel,
+)
 
 from . import quantize
 from .errors import CompileError
@@ -54,7 +58,7 @@ class Int8Op:
     and length arithmetic) and, for a conv, the quantized conv that replaces it."""
 
     kind: str  # "delay", "conv" or "pool"
-    op: Any  # mscnn.streaming._Delay, _Conv or _Decimate, bound to the hop
+    op: Any  # mscnn.streaming.DelayOp, ConvOp or DecimateOp, bound to the hop
     dtype: str  # the dtype of its input (and of its state)
     conv: QConv | None = None
 
@@ -94,20 +98,20 @@ def plan_branches(step: StepModule, qm: QuantizedModel) -> list[list[Int8Op]]:
 
 
 def _int8_op(op, dtype: str, convs, pools) -> Int8Op | None:
-    if isinstance(op, StreamDelay):
+    if isinstance(op, DelayOp):
         return Int8Op("delay", op, dtype) if op.by else None
-    if isinstance(op, StreamConv):
+    if isinstance(op, ConvOp):
         qc = next(convs, None)
         if qc is None or not op.name.startswith(qc.name) or qc.pad != op.pad:
             raise CompileError(f"int8 stream: layer {op.name} has no quantized conv to match")
         if qc.in_dtype != dtype and not (dtype == "int16" == qc.in_dtype):
             raise CompileError(f"int8 stream: {op.name} takes {qc.in_dtype}, gets {dtype}")
         return Int8Op("conv", op, dtype, qc)
-    if isinstance(op, StreamDecimate) and op.pool:
+    if isinstance(op, DecimateOp) and op.pool:
         if isinstance(op.layer, nn.AvgPool1d) or next(pools, None) != op.s:
             raise CompileError(f"int8 stream: pool {op.name} is not the quantized block's")
         return Int8Op("pool", op, dtype)
-    if isinstance(op, StreamPointwise) and not op.per_frame:
+    if isinstance(op, PointwiseOp) and not op.per_frame:
         return None  # folded into the conv before it (BatchNorm, ReLU) or the identity
     raise CompileError(
         f"int8 stream: layer {op.name} ({type(op).__name__}) has no int8 step; "

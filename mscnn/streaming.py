@@ -113,13 +113,14 @@ class _Ctx:
 
 
 # --------------------------------------------------------------------------------------
-# Stream ops, one per layer. Each knows its input rate (input samples per raw sample, as
-# a divisor), its delay in and out (samples of its own rate that its chunk lags behind
+# Stream ops, one per layer (public: compile/int8_stream.py plans the int8 step on them).
+# Each knows its input rate (input samples per raw sample, as a divisor), its delay in and
+# out (samples of its own rate that its chunk lags behind
 # the clock), its channels, its states, how it maps the offline length, and `need(t)`:
 # the last input index its output t reads. `bind(hop)` fixes the chunk sizes.
 
 
-class _Op(nn.Module):
+class StreamOp(nn.Module):
     def __init__(self, name: str, rate: int, delay: int, channels: int) -> None:
         super().__init__()
         self.name, self.rate, self.delay_in, self.channels = name, rate, delay, channels
@@ -143,7 +144,7 @@ class _Op(nn.Module):
         return 0
 
 
-class _Conv(_Op):
+class ConvOp(StreamOp):
     """Stride-1 conv with symmetric zero padding: its state is its last `span` inputs."""
 
     def __init__(self, name: str, rate: int, delay: int, conv: nn.Conv1d) -> None:
@@ -176,7 +177,7 @@ class _Conv(_Op):
         return F.conv1d(x, c.weight, c.bias, 1, 0, c.dilation, c.groups)
 
 
-class _Pad(_Op):
+class PadOp(StreamOp):
     """A zero pad (left, right): a relabelling by `left`, zeros where it pads."""
 
     def __init__(self, name: str, rate: int, delay: int, channels: int, pad: Sequence[int]):
@@ -195,7 +196,7 @@ class _Pad(_Op):
         return torch.where(keep, x, 0.0)
 
 
-class _Pointwise(_Op):
+class PointwiseOp(StreamOp):
     """A layer applied to each sample on its own (a Linear layer: to each frame)."""
 
     def __init__(self, name: str, rate: int, delay: int, channels: int, layer: nn.Module):
@@ -213,7 +214,7 @@ class _Pointwise(_Op):
         return self.layer(x)
 
 
-class _Decimate(_Op):
+class DecimateOp(StreamOp):
     """Pooling (kernel = stride = s) or a strided 1x1 conv. A delay line of
     (-delay) mod s samples aligns its windows with the offline ones."""
 
@@ -249,7 +250,7 @@ class _Decimate(_Op):
         return self.layer(x)
 
 
-class _Delay(_Op):
+class DelayOp(StreamOp):
     """A delay line of `by` samples: lines a branch up with the slowest before the concat."""
 
     def __init__(self, name: str, rate: int, delay: int, channels: int, by: int) -> None:
@@ -274,7 +275,7 @@ class _Delay(_Op):
 def _plan_sequence(seq: nn.Module, name: str, cursor: tuple[int, int, int], per_frame: bool):
     """Ops for the children of a plain nn.Sequential, in order; the cursor is the
     (rate, delay, channels) going in. Returns the ops and the cursor coming out."""
-    ops: list[_Op] = []
+    ops: list[StreamOp] = []
     for child_name, child in seq.named_children():
         path = f"{name}.{child_name}"
         if isinstance(child, nn.Sequential) and type(child).forward is nn.Sequential.forward:
@@ -288,7 +289,7 @@ def _plan_sequence(seq: nn.Module, name: str, cursor: tuple[int, int, int], per_
     return ops, cursor
 
 
-def _plan_layer(layer: nn.Module, name: str, cursor, per_frame: bool) -> _Op | None:
+def _plan_layer(layer: nn.Module, name: str, cursor, per_frame: bool) -> StreamOp | None:
     """The stream op of one leaf layer, or MscnnError naming it and why it cannot stream."""
     kind = type(layer).__name__
     if isinstance(layer, nn.Conv1d) and not per_frame:
@@ -296,7 +297,7 @@ def _plan_layer(layer: nn.Module, name: str, cursor, per_frame: bool) -> _Op | N
     if isinstance(layer, nn.ConstantPad1d | nn.ZeroPad1d) and not per_frame:
         if layer.value != 0:
             raise _refuse(name, kind, f"pads with {layer.value}, not zeros")
-        return _Pad(name, *cursor, layer.padding)
+        return PadOp(name, *cursor, layer.padding)
     if isinstance(layer, nn.MaxPool1d | nn.AvgPool1d) and not per_frame:
         return _plan_pool(layer, name, cursor)
     if isinstance(layer, nn.Identity):
@@ -308,13 +309,13 @@ def _plan_layer(layer: nn.Module, name: str, cursor, per_frame: bool) -> _Op | N
                 kind,
                 "normalises with the whole record's statistics (track_running_stats=False)",
             )
-        return _Pointwise(name, *cursor, layer)
+        return PointwiseOp(name, *cursor, layer)
     if isinstance(layer, nn.Linear) and per_frame:
-        return _Pointwise(name, *cursor, layer)
+        return PointwiseOp(name, *cursor, layer)
     if isinstance(layer, _ELEMENTWISE):
-        return _Pointwise(name, *cursor, layer)
+        return PointwiseOp(name, *cursor, layer)
     if isinstance(layer, nn.Softmax | nn.LogSoftmax) and per_frame and layer.dim in (-1, 2):
-        return _Pointwise(name, *cursor, _PerFrame(layer))
+        return PointwiseOp(name, *cursor, _PerFrame(layer))
     for cls, why in _GLOBAL.items():
         if isinstance(layer, cls):
             raise _refuse(name, kind, f"{why}, so a frame would need the future")
@@ -336,7 +337,7 @@ class _PerFrame(nn.Module):
         return self.inner(x.transpose(1, 2)).transpose(1, 2)
 
 
-def _plan_conv(conv: nn.Conv1d, name: str, cursor) -> _Op:
+def _plan_conv(conv: nn.Conv1d, name: str, cursor) -> StreamOp:
     kind = type(conv).__name__
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         raise _refuse(
@@ -347,9 +348,9 @@ def _plan_conv(conv: nn.Conv1d, name: str, cursor) -> _Op:
         )
     stride = conv.stride[0]
     if stride == 1:
-        return _Conv(name, *cursor[:2], conv)
+        return ConvOp(name, *cursor[:2], conv)
     if conv.kernel_size[0] == 1 and conv.padding[0] == 0:
-        return _Decimate(name, *cursor, conv, stride)
+        return DecimateOp(name, *cursor, conv, stride)
     raise _refuse(
         name,
         kind,
@@ -358,7 +359,7 @@ def _plan_conv(conv: nn.Conv1d, name: str, cursor) -> _Op:
     )
 
 
-def _plan_pool(pool: nn.Module, name: str, cursor) -> _Op:
+def _plan_pool(pool: nn.Module, name: str, cursor) -> StreamOp:
     def one(v):
         return v[0] if isinstance(v, tuple) else v
 
@@ -372,14 +373,14 @@ def _plan_pool(pool: nn.Module, name: str, cursor) -> _Op:
             f"dilation {dilation}, ceil_mode {pool.ceil_mode}; only kernel = stride "
             "without padding streams",
         )
-    return _Decimate(name, *cursor, pool, s)
+    return DecimateOp(name, *cursor, pool, s)
 
 
 def _refuse(name: str, kind: str, why: str) -> MscnnError:
     return MscnnError(f"cannot stream: layer {name} ({kind}) {why}")
 
 
-def _plan_backbone(cnn: MultiScopicCNN, prefix: str) -> tuple[list[list[_Op]], tuple]:
+def _plan_backbone(cnn: MultiScopicCNN, prefix: str) -> tuple[list[list[StreamOp]], tuple]:
     """Ops per branch, with the delay line that lines each up with the slowest; and the
     (rate, delay, channels) of the concatenated output."""
     names = list(cnn.branches)
@@ -399,14 +400,14 @@ def _plan_backbone(cnn: MultiScopicCNN, prefix: str) -> tuple[list[list[_Op]], t
         if d < delay and cnn.in_channels * reduction < channels:
             ops, _ = _plan_branch(cnn, prefix, name, (delay - d) * reduction)
         elif d < delay:
-            ops.append(_Delay(f"{prefix}branches.{name}.delay", reduction, d, channels, delay - d))
+            ops.append(DelayOp(f"{prefix}branches.{name}.delay", reduction, d, channels, delay - d))
         branches.append(ops)
     return branches, (reduction, delay, sum(c for _, _, c in ends))
 
 
 def _plan_branch(cnn: MultiScopicCNN, prefix: str, name: str, by: int):
     """The ops of one branch, after an input delay line of `by` samples (none if 0)."""
-    ops = [_Delay(f"{prefix}branches.{name}.delay", 1, 0, cnn.in_channels, by)] if by else []
+    ops = [DelayOp(f"{prefix}branches.{name}.delay", 1, 0, cnn.in_channels, by)] if by else []
     start = (1, by, cnn.in_channels)
     more, end = _plan_sequence(cnn.branches[name], f"{prefix}branches.{name}", start, False)
     return ops + more, end
@@ -548,7 +549,7 @@ class StepModule(nn.Module):
 
     def count_macs(self) -> int:
         """Multiply-accumulates of one step (convs and Linear layers)."""
-        return sum(op.macs() for op in self.modules() if isinstance(op, _Op))
+        return sum(op.macs() for op in self.modules() if isinstance(op, StreamOp))
 
     def _flush_steps(self) -> int:
         """The most steps that end a record (its partial hop, then empty hops), for a
