@@ -102,9 +102,9 @@ def _int8_op(op, dtype: str, convs, pools) -> Int8Op | None:
         return Int8Op("delay", op, dtype) if op.by else None
     if isinstance(op, ConvOp):
         qc = next(convs, None)
-        if qc is None or not op.name.startswith(qc.name) or qc.pad != op.pad:
+        if qc is None or not op.name.startswith(qc.name + ".") or qc.pad != op.pad:
             raise CompileError(f"int8 stream: layer {op.name} has no quantized conv to match")
-        if qc.in_dtype != dtype and not (dtype == "int16" == qc.in_dtype):
+        if qc.in_dtype != dtype:
             raise CompileError(f"int8 stream: {op.name} takes {qc.in_dtype}, gets {dtype}")
         return Int8Op("conv", op, dtype, qc)
     if isinstance(op, DecimateOp) and op.pool:
@@ -137,6 +137,7 @@ class Int8Step:
         self.hop, self.leads, self.channels = step.hop, step.leads, step.channels
         self.frames_per_step, self.delay_frames = step.frames_per_step, step.delay_frames
         self.flush_steps, self.look_ahead = step.flush_steps, step.look_ahead
+        log.debug("int8 step: hop %d, %d state bytes", self.hop, self.state_bytes)
 
     def ops(self) -> list[Int8Op]:
         return [op for ops in self.branches for op in ops]
