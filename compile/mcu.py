@@ -2,9 +2,12 @@
 under qemu-system-arm.
 
     Step 1. Lower     ONNX -> Relax -> TVM's CPU passes (single-threaded: no schedule
-                      that parallelises) -> the memory plan (compile/aot.py reads it)
+                      that parallelises) -> the memory plan (compile/aot.py reads it);
+                      int8: our integer program (compile/int8.py, or the stream step of
+                      compile/int8_stream.py) -> the same memory plan
     Step 2. Kernels   the PrimFuncs compiled by TVM's LLVM backend for the Thumb-2 core
-                      into one object file (packed calling convention, hard float)
+                      into one object file (packed calling convention without its
+                      argument asserts, hard float)
     Step 3. C         model.c / model.h: the arena, the weights as const arrays, the
                       kernels called in order (compile/aot.py)
     Step 4. Fit       the footprint checked against the part's flash and RAM before
@@ -13,8 +16,10 @@ under qemu-system-arm.
                       arm-none-eabi-gcc and newlib (libm for expf/logf, nothing that
                       needs a heap or syscalls)
     Step 6. Proof     run under qemu-system-arm on golden inputs over semihosting;
-                      parity against PyTorch with the one tolerance table, the
-                      detector's beats; instructions counted (-icount), stack painted
+                      parity against PyTorch with the one tolerance table (int8: bit
+                      for bit against the int8 reference), the detector's beats;
+                      instructions counted (-icount), stack painted; the report
+                      (mcu.json) typed by deploy.manifest.McuReport
 
 Cores, boards and parts are data (the tables below); compile/targets.py does not list
 the Cortex-M cores yet, so they live here until it does. A window model or a streaming
@@ -548,10 +553,12 @@ def build_mcu(
     `records` real records and returns the figures. A model that does not fit `part`
     (default: the board's own memory) is refused before linking; a parity failure
     raises ParityError after the report (mcu.json) is written. `precision` "int8"
-    builds the window model quantized (compile/quantize.py) with our integer kernels
-    (`smlad` on the DSP extension), judged bit for bit against the int8 reference;
-    `weights` says how it stores them in flash: "int16" (smlad reads them as they are)
-    or "int8" (half the bytes; `sxtb16` widens them, at more instructions)."""
+    builds the model (window, or stream step) quantized (compile/quantize.py) with our
+    integer kernels, judged bit for bit against the int8 reference; `weights` says how
+    it stores them in flash, and so which kernels (Core.int8): "int16" (`smlad` reads
+    them as they are), "int8" (half the bytes: on M4/M7 `sxtb16` widens them, at more
+    instructions; on the M55 Helium's `vmlava` multiplies them as they are); None takes
+    the core's default."""
     import mscnn
 
     from .build import verdict
