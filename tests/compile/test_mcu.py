@@ -180,10 +180,12 @@ def test_stream_fits_and_keeps_up(m7_stream):
     assert m7_stream.speed.peak_instructions < 480e6 * HOP / 500  # a step within its hop
 
 
-def test_stream_refuses_nonfinite_samples(m7_stream, tmp_path):
+@pytest.mark.parametrize("which", ["m7_stream", "m7_int8_stream"])
+def test_stream_refuses_nonfinite_samples(which, request, tmp_path):
+    built = request.getfixturevalue(which)
     x = cpsc2019_records().signals[0:1].copy()
     x[0, 777] = np.nan
-    run = mcu.run_stream_firmware(m7_stream.firmware, mcu.BOARDS["mps2-an500"], x, tmp_path)
+    run = mcu.run_stream_firmware(built.firmware, mcu.BOARDS["mps2-an500"], x, tmp_path)
     assert run.status == MSCNN_E_NONFINITE and run.codes == (MSCNN_E_NONFINITE,), run.log
 
 
