@@ -756,6 +756,21 @@ const char* mscnn_last_error(void);
 """
 
 
+_COPY_STATE = """
+/* A state copied (from NULL: zeroed) word by word where its size allows (int8 states may
+ * not fill their last word), else byte by byte. */
+static void mscnn_copy_state(uint8_t* to, const uint8_t* from, uint32_t bytes) {
+  if (bytes % 4u == 0u) {
+    uint32_t* t = (uint32_t*)to;
+    const uint32_t* f = (const uint32_t*)from;
+    for (uint32_t i = 0; i < bytes / 4u; ++i) t[i] = f ? f[i] : 0u;
+  } else {
+    for (uint32_t i = 0; i < bytes; ++i) to[i] = from ? from[i] : 0u;
+  }
+}
+"""
+
+
 def emit_stream_entry(program: Program) -> str:
     """The step's entry points, appended to model.c: inputs are (x, n_valid, *states),
     outputs (frames, valid, *next_states); after a step each next state is copied over
@@ -777,17 +792,7 @@ static const struct {{ uint32_t state, next, bytes; }} mscnn_states[] = {{
   {rows or "{0u, 0u, 0u}"}
 }};
 
-/* Word by word where a state's size allows (int8 states may not fill their last word). */
-static void mscnn_copy_state(uint8_t* to, const uint8_t* from, uint32_t bytes) {{
-  if (bytes % 4u == 0u) {{
-    uint32_t* t = (uint32_t*)to;
-    const uint32_t* f = (const uint32_t*)from;
-    for (uint32_t i = 0; i < bytes / 4u; ++i) t[i] = f ? f[i] : 0u;
-  }} else {{
-    for (uint32_t i = 0; i < bytes; ++i) to[i] = from ? from[i] : 0u;
-  }}
-}}
-
+{_COPY_STATE}
 void mscnn_reset(void) {{
   for (size_t k = 0; k < sizeof mscnn_states / sizeof mscnn_states[0]; ++k)
     mscnn_copy_state(mscnn_arena + mscnn_states[k].state, 0, mscnn_states[k].bytes);

@@ -553,12 +553,9 @@ def build_mcu(
     `records` real records and returns the figures. A model that does not fit `part`
     (default: the board's own memory) is refused before linking; a parity failure
     raises ParityError after the report (mcu.json) is written. `precision` "int8"
-    builds the model (window, or stream step) quantized (compile/quantize.py) with our
-    integer kernels, judged bit for bit against the int8 reference; `weights` says how
-    it stores them in flash, and so which kernels (Core.int8): "int16" (`smlad` reads
-    them as they are), "int8" (half the bytes: on M4/M7 `sxtb16` widens them, at more
-    instructions; on the M55 Helium's `vmlava` multiplies them as they are); None takes
-    the core's default."""
+    builds the model (window, or stream step) quantized with our integer kernels, judged
+    bit for bit against the int8 reference; `weights` ("int16", "int8", or None for the
+    core's default) says how flash stores them, and so which kernels (Core.int8)."""
     import mscnn
 
     from .build import verdict
