@@ -53,6 +53,7 @@ from .errors import CompileError, ParityError
 from .export import INPUT_NAME, OUTPUT_NAME, check_onnx, export_onnx
 from .golden import golden_inputs, real_inputs
 from .int8_build import build_int8_into
+from .int8_stream_build import build_int8_stream_into
 from .pipeline import MemoryPlan, compile_executable
 from .publish import Journal, keep_failed, publish, start
 from .quantize import check_quantizable
@@ -116,7 +117,7 @@ def build(
     journal = Journal(tmp / BUILD_LOG)
     build_into = _build_into
     if options.hop is not None:
-        build_into = build_stream_into
+        build_into = build_int8_stream_into if options.precision == "int8" else build_stream_into
     elif options.precision == "int8":
         build_into = build_int8_into
     try:
@@ -161,11 +162,10 @@ def _check_shape(loaded: mscnn.LoadedModel, options: BuildOptions, target: Targe
         precision_target(target, options.precision)  # refused up front where it has none
         if options.precision == "int8":
             check_quantizable(loaded.model)
-        if options.hop is not None:
+        if options.hop is not None and options.precision == "fp16":
             raise CompileError(
-                f"--hop with --precision {options.precision}: stream bundles are fp32 only "
-                "(the reduced-precision bundles compute whole windows); the int8 stream "
-                "step is built for Cortex-M: python -m compile mcu --hop H --precision int8"
+                "--hop with --precision fp16: stream bundles are fp32 or int8 (the fp16 "
+                "bundles compute whole windows)"
             )
     if options.hop is not None:
         check_hop(loaded, options.hop)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -135,6 +136,7 @@ class Int8Step:
         self.fp32, self.qm = step, qm
         self.branches = plan_branches(step, qm)
         self.hop, self.leads, self.channels = step.hop, step.leads, step.channels
+        self.reduction = step.reduction
         self.frames_per_step, self.delay_frames = step.frames_per_step, step.delay_frames
         self.flush_steps, self.look_ahead = step.flush_steps, step.look_ahead
         log.debug("int8 step: hop %d, %d state bytes", self.hop, self.state_bytes)
@@ -484,7 +486,17 @@ class CompiledInt8Step:
     executable: Any  # tvm.relax.Executable
     step: Int8Step
     kernels: tuple[str, ...]
+    isa: Any  # compile.int8.Isa
+    constant_bytes: int  # weights, biases, requantization and tables the step holds
     _vm: Any = None
+
+    def export(self, path: Path, cc: str | None = None) -> Path:
+        """Write the shared library (`cc`: a cross C++ driver for other architectures)."""
+        import tvm
+
+        fcompile = tvm.support.cc.cross_compiler(cc) if cc else None
+        self.executable.export_library(str(path), fcompile=fcompile)
+        return Path(path)
 
     def __call__(self, x: np.ndarray, n_valid: int, states: list[np.ndarray]):
         import tvm
@@ -499,7 +511,8 @@ class CompiledInt8Step:
 
 
 def build_step(step: Int8Step, tvm_target, require: str | None = None) -> CompiledInt8Step:
-    """Compile the int8 step for `tvm_target` (this host's, to run it in process)."""
+    """Compile the int8 step for `tvm_target` (run in process where it is this host's,
+    or exported for a stream bundle); `require` names the ISA, as for int8.build_int8."""
     import tvm
 
     from .int8 import _register_intrinsics, select_isa
@@ -507,8 +520,8 @@ def build_step(step: Int8Step, tvm_target, require: str | None = None) -> Compil
     isa = select_isa(tvm_target, require)
     if isa.byte.intrin or isa.word.intrin:
         _register_intrinsics()
-    mod, names, _ = step_module(step, isa)
+    mod, names, constant_bytes = step_module(step, isa)
     target = tvm.target.Target(dict(tvm_target))
     with target:
         executable = tvm.compile(mod, target=target)
-    return CompiledInt8Step(executable, step, tuple(names))
+    return CompiledInt8Step(executable, step, tuple(names), isa, constant_bytes)

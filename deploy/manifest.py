@@ -163,11 +163,14 @@ class Parity:
     task: TaskVerdict | None = None
 
 
+STATE_DTYPES = ("float32", "int64", "int16", "int8", "uint8")  # integers: an int8 step's
+
+
 @dataclass(frozen=True)
 class StateTensor:
     name: str
     shape: tuple[int, ...]
-    dtype: str  # "float32" or "int64"
+    dtype: str  # one of STATE_DTYPES
 
 
 @dataclass(frozen=True)
@@ -694,9 +697,7 @@ def _read_stream(root: _Obj) -> StreamInfo | None:
         shape = tuple(t.ints("shape", minimum=1))
         if math.prod(shape) > MAX_ELEMENTS:
             raise t.fail("shape", f"at most {MAX_ELEMENTS} elements", list(shape))
-        states.append(
-            StateTensor(t.str("name"), shape, t.str("dtype", choices=("float32", "int64")))
-        )
+        states.append(StateTensor(t.str("name"), shape, t.str("dtype", choices=STATE_DTYPES)))
     numbers = {
         key: info.int(key, minimum=1 if key in ("hop", "reduction", "channels") else 0)
         for key in (
@@ -818,8 +819,8 @@ def _check_consistent(root: _Obj, m: Manifest) -> None:
         )
     if (m.precision == "int8") != (m.quantization is not None):
         raise root.fail("quantization", "present exactly when precision is int8", m.precision)
-    if m.precision != "fp32" and m.stream is not None:
-        raise root.fail("precision", "fp32 for a stream bundle", m.precision)
+    if m.precision == "fp16" and m.stream is not None:
+        raise root.fail("precision", "fp32 or int8 for a stream bundle", m.precision)
 
 
 # --------------------------------------------------------------------------------------

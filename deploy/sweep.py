@@ -12,6 +12,7 @@ from pathlib import Path
 from .bundle import MANIFEST, can_run_here, load_bundle
 from .errors import DeployError
 from .predictor import check_bundle
+from .stream import check_stream
 
 RUNNER = "mscnn-run"
 
@@ -42,8 +43,8 @@ def _one(label: str, path: Path, runners: Path, timeout: float) -> SweepRow:
     bundle = load_bundle(path)
     target = bundle.target
     runs, why = can_run_here(target.arch, target.device, target.cpu_flags)
-    if runs:
-        done = check_bundle(bundle)
+    if runs:  # a stream bundle streams its golden record, as a device streams it
+        done = check_stream(bundle) if bundle.manifest.stream else check_bundle(bundle)
         task = f"{done.task.identical}/{done.task.cases} {done.task.kind}" if done.task else "-"
         status = "pass" if done.passed else "FAIL"
         return SweepRow(label, "native (Python)", done.verdict.normalised, status, task)

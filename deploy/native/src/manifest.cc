@@ -247,12 +247,13 @@ void ReadStream(const ManifestReader& r, const Json& root, Manifest* m) {
     StateSpec state;
     state.name = r.String(entry, "name", "stream.states[].name");
     state.dtype = r.String(entry, "dtype", "stream.states[].dtype");
-    if (state.dtype != "float32" && state.dtype != "int64") {
-      r.Bad("\"stream.states[].dtype\" is " + Clip(state.dtype) + ", expected float32 or int64");
+    std::int64_t state_bytes = StateElementBytes(state.dtype);
+    if (state_bytes == 0) {
+      r.Bad("\"stream.states[].dtype\" is " + Clip(state.dtype) +
+            ", expected float32, int64, int16, int8 or uint8");
     }
     const Json& shape = r.Get(entry, "shape", "stream.states[].shape", Json::Kind::kArray);
     if (shape.items.size() > 8) r.Bad("\"stream.states[].shape\" has more than 8 dimensions");
-    std::int64_t state_bytes = state.dtype == "int64" ? 8 : 4;
     for (const Json& dim : shape.items) {
       const std::int64_t v = r.Integer(dim, "stream.states[].shape[]", 1, kMaxBytes);
       if (state_bytes > kMaxBytes / v) r.Bad("\"stream.states\" describe more than 2 GiB");
@@ -298,6 +299,14 @@ Manifest ParseManifest(const std::string& text, const std::string& where) {
     m.stream_error = e.what();
   }
   return m;
+}
+
+std::int64_t StateElementBytes(const std::string& dtype) {
+  if (dtype == "float32") return 4;
+  if (dtype == "int64") return 8;
+  if (dtype == "int16") return 2;
+  if (dtype == "int8" || dtype == "uint8") return 1;
+  return 0;
 }
 
 }  // namespace mscnn

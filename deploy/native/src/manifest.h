@@ -39,8 +39,11 @@ struct DetectRule {
 struct StateSpec {
   std::string name;
   std::vector<std::int64_t> shape;
-  std::string dtype;
+  std::string dtype;  // float32, int64, or an int8 step's int16, int8, uint8
 };
+
+// Bytes per element of a state dtype; 0 for one a stream bundle never has.
+std::int64_t StateElementBytes(const std::string& dtype);
 
 // A stream bundle's step (deploy/stream.py), manifest key "stream".
 struct StreamSpec {

@@ -157,10 +157,12 @@ void Model::ResetStates(const std::vector<StateSpec>& specs) {
   try {
     s.states.clear();
     for (const StateSpec& spec : specs) {
-      const bool wide = spec.dtype == "int64";
-      const DLDataType dtype{static_cast<std::uint8_t>(wide ? kDLInt : kDLFloat),
-                             static_cast<std::uint8_t>(wide ? 64 : 32), 1};
-      std::size_t bytes = wide ? 8 : 4;
+      const std::int64_t element = StateElementBytes(spec.dtype);
+      const std::uint8_t code = spec.dtype == "float32" ? kDLFloat
+                                : spec.dtype == "uint8" ? kDLUInt
+                                                        : kDLInt;
+      const DLDataType dtype{code, static_cast<std::uint8_t>(8 * element), 1};
+      std::size_t bytes = static_cast<std::size_t>(element);
       for (std::int64_t d : spec.shape) bytes *= static_cast<std::size_t>(d);
       std::vector<char> zeros(bytes, 0);
       s.states.emplace_back(Upload(s, spec.shape, dtype, zeros.data(), bytes));
