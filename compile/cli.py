@@ -117,7 +117,7 @@ def _add_build(sub, formatter) -> None:
         default=None,
         help="build stream bundles of the model's step for hops of this many "
         "samples (a multiple of the model's subsampling, e.g. 64, 128, 512) "
-        "instead of window bundles",
+        "instead of window bundles (fp32 or, with --precision int8, the int8 step)",
     )
     b.add_argument(
         "--precision",
