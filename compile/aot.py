@@ -214,10 +214,13 @@ def _check_dtype(dtype: str) -> str:
     return dtype
 
 
-def read_program(func) -> Program:
+def read_program(func, states_from: int | None = None) -> Program:
     """The call sequence of a Relax function after the memory planning passes, over one
     arena packed by lifetime (`pack_blocks`). Inputs keep their bytes for the whole run
-    (a stream's states live there between steps); outputs stay valid after it."""
+    (a stream's states live there between steps); outputs stay valid after it. With
+    `states_from` (a stream step: inputs and outputs pair up from that index, state and
+    next state), a next state whose kernel runs after the last read of its state is
+    written over the state itself (`_in_place`): the arena holds each such state once."""
     from tvm import relax
 
     reader = _Reader()
@@ -242,9 +245,12 @@ def read_program(func) -> Program:
         outputs = (reader.arg(result),)
     if any(o.block is None for o in outputs):
         raise CompileError("mcu: an output of the program is a constant; nothing to compute")
+    aliases = {} if states_from is None else _in_place(reader, inputs, outputs, states_from)
     for o in outputs:
         reader.use(o, forever)
     offsets, arena = pack_blocks(reader.sizes, reader.first, reader.last)
+    for block, state in aliases.items():
+        offsets[block] = offsets[state]
 
     def placed(t: Tensor) -> Tensor:
         if t.block is None:
@@ -261,6 +267,32 @@ def read_program(func) -> Program:
         arena,
         planned,
     )
+
+
+def _in_place(reader: _Reader, inputs, outputs, start: int) -> dict[int, int]:
+    """{next state's block: its state's block} for the pairs that may share memory: the
+    next state alone in its block, of the state's size, first written after every call
+    that reads the state (so no kernel reads a state its own step has overwritten). The
+    aliased blocks take no space of their own."""
+    uses: dict[int, list[int]] = {}
+    for i, call in enumerate(reader.calls):
+        for a in call.args:
+            if a.block is not None:
+                uses.setdefault(a.block, []).append(i)
+    aliases = {}
+    for state, nxt in zip(inputs[start:], outputs[start:], strict=True):
+        reads, writes = uses.get(state.block, []), uses.get(nxt.block, [])
+        alone = all(
+            (a.offset, a.nbytes) == (nxt.offset, nxt.nbytes)
+            for c in reader.calls
+            for a in c.args
+            if a.block == nxt.block
+        )
+        fits = nxt.offset == 0 and nxt.nbytes == state.nbytes and nxt.block not in aliases
+        if writes and alone and fits and max(reads, default=-1) < min(writes):
+            aliases[nxt.block] = state.block
+            reader.sizes[nxt.block] = 0
+    return aliases
 
 
 # --------------------------------------------------------------------------------------
@@ -294,7 +326,9 @@ class Lowered:
     kernels: Any  # IRModule of the PrimFuncs, with global symbols
 
 
-def lower(onnx_path: Path, tvm_target: Mapping[str, Any]) -> Lowered:
+def lower(
+    onnx_path: Path, tvm_target: Mapping[str, Any], states_from: int | None = None
+) -> Lowered:
     """ONNX -> Relax -> TVM's CPU passes up to the static memory plan, with our
     single-threaded register-tile schedule (`schedule_pass`; the Linux targets' conv
     schedule parallelises and is not used here)."""
@@ -316,10 +350,10 @@ def lower(onnx_path: Path, tvm_target: Mapping[str, Any]) -> Lowered:
     ]
     with target:
         mod = tvm.transform.Sequential(passes)(import_static(onnx_path))
-    return plan(mod, target)
+    return plan(mod, target, states_from)
 
 
-def lower_module(mod, tvm_target: Mapping[str, Any]) -> Lowered:
+def lower_module(mod, tvm_target: Mapping[str, Any], states_from: int | None = None) -> Lowered:
     """A Relax module whose kernels are PrimFuncs already scheduled (compile/int8.py's
     integer program, single-threaded) -> the same memory plan and call sequence."""
     import tvm
@@ -328,10 +362,10 @@ def lower_module(mod, tvm_target: Mapping[str, Any]) -> Lowered:
     target = tvm.target.Target(dict(tvm_target))
     with target:
         mod = tvm.transform.Sequential(cpu.dataflow_lower_passes(target))(mod)
-    return plan(mod, target)
+    return plan(mod, target, states_from)
 
 
-def plan(mod, target) -> Lowered:
+def plan(mod, target, states_from: int | None = None) -> Lowered:
     """TVM's static memory plan of a lowered module, read as our Program."""
     import tvm
     from tvm import relax, tirx
@@ -345,7 +379,7 @@ def plan(mod, target) -> Lowered:
     ]
     with target:
         mod = tvm.transform.Sequential(finalize)(mod)
-    program = read_program(mod["main"])
+    program = read_program(mod["main"], states_from)
     mod = relax.transform.AttachGlobalSymbol()(mod)
     kernels = tvm.IRModule(
         {gv: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
@@ -713,8 +747,8 @@ def emit_stream_header(program: Program, facts: StreamFacts, guard: str = "MSCNN
  * frames [start, stop) of mscnn_output() (mscnn_valid) are the next frames of the
  * record. To end a record of L samples: its last partial hop with n = L % MSCNN_HOP,
  * then hops with n = 0 until stop < MSCNN_FRAMES_PER_STEP (at most MSCNN_FLUSH_STEPS
- * steps). The state lives in the arena between steps; a refused hop leaves it as it
- * was. */
+ * steps). The state lives in the arena between steps; a refused hop (MSCNN_E_LENGTH,
+ * MSCNN_E_NONFINITE) leaves it as it was; after MSCNN_E_KERNEL call mscnn_reset(). */
 #ifndef {guard}
 #define {guard}
 
@@ -821,8 +855,10 @@ int mscnn_step(size_t n) {{
   *(int64_t*)(mscnn_arena + {n_valid.offset}) = (int64_t)n;
   mscnn_clear_error();
   int rc = mscnn_call();
-  if (rc != MSCNN_OK) return rc; /* the states are the inputs': untouched */
+  /* After a kernel error a state updated in place may be half written: reset. */
+  if (rc != MSCNN_OK) return rc;
   for (size_t k = 0; k < sizeof mscnn_states / sizeof mscnn_states[0]; ++k) {{
+    if (mscnn_states[k].next == mscnn_states[k].state) continue; /* updated in place */
     const uint8_t* from = mscnn_arena + mscnn_states[k].next;
     mscnn_copy_state(mscnn_arena + mscnn_states[k].state, from, mscnn_states[k].bytes);
   }}

@@ -506,6 +506,7 @@ def run_stream_firmware(
 # --------------------------------------------------------------------------------------
 # The build
 
+STATES_FROM = 2  # a stream step's (x, n_valid, *states) -> (frames, valid, *next states)
 STACK_BYTES = 16 * KiB  # the firmware's stack reserve; the measured peak is far below
 REPORT = "mcu.json"
 
@@ -665,7 +666,7 @@ def _build_library(
 
     if qm is not None:
         mod, facts = _int8_program(model, qm, core, samples, hop, isa)
-        lowered = lower_module(mod, core.tvm)
+        lowered = lower_module(mod, core.tvm, STATES_FROM if hop else None)
         what = f"the int8 stream step at a hop of {hop} samples" if hop else "the int8 model"
     elif hop is None:
         onnx_path = export_onnx(model, out / "model.onnx", batch=1, samples=samples)
@@ -674,7 +675,7 @@ def _build_library(
     else:
         onnx_path, facts = _export_step(model, hop, out / "step.onnx")
         what = f"the stream step at a hop of {hop} samples"
-        lowered = lower(onnx_path, core.tvm)
+        lowered = lower(onnx_path, core.tvm, STATES_FROM)
     program = lowered.program
     floor = Footprint(0, program.weights_bytes, program.arena_bytes, 0, STACK_BYTES)
     check_fit(floor, *budget, f"{what} (memory plan)")

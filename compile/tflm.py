@@ -211,7 +211,7 @@ def _our_memory(model, qm, out: Path) -> tuple[int, int, int]:
     from .aot import compile_kernels, lower_module
     from .int8 import _register_intrinsics, relax_program, select_isa
     from .int8_stream import Int8Step, step_module
-    from .mcu import CORES
+    from .mcu import CORES, STATES_FROM
 
     _register_intrinsics()
     core = CORES["cortex-m7"].tvm
@@ -222,7 +222,7 @@ def _our_memory(model, qm, out: Path) -> tuple[int, int, int]:
     }
     sizes = {}
     for name, mod in modules.items():
-        lowered = lower_module(mod, core)
+        lowered = lower_module(mod, core, STATES_FROM if name == "stream" else None)
         kernels = compile_kernels(lowered, core, out / f"ours_{name}_kernels.o")
         program = lowered.program
         sizes[name] = (program.weights_bytes, program.arena_bytes + kernels.workspace_bytes)

@@ -2,6 +2,7 @@
 qemu-system-arm, against PyTorch (tensors and beats), with its error codes, footprint,
 instruction count and the refusal of a model that does not fit."""
 
+import re
 import shutil
 import subprocess
 
@@ -287,6 +288,19 @@ def test_int8_stream_meets_the_small_part_goal(m7_int8_stream, m7_stream):
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert asm.count("smlad") >= 100
+
+
+def test_stream_states_are_updated_in_place(m7_int8_stream):
+    """Each layer state's next value is written over it (its kernel runs after the last
+    read): model.c's state table gives one offset for both, and the arena holds every
+    state once. The two counters, whose kernels read them, are copied."""
+    text = (m7_int8_stream.folder / "model.c").read_text()
+    table = text.split("mscnn_states[] = {", 1)[1].split("};", 1)[0]
+    rows = [tuple(int(v) for v in re.findall(r"(\d+)u", row)) for row in table.split("},")]
+    in_place = [r for r in rows if r[0] == r[1]]
+    assert len(rows) == len(in_place) + 2 and len(in_place) >= 20
+    assert sum(r[2] for r in in_place) == m7_int8_stream.stream.state_bytes
+    assert m7_int8_stream.footprint.ram_arena < 130 * 1024  # 153 KiB with copies
 
 
 def test_int8_stream_equals_the_int8_reference_on_an_unseen_record(
