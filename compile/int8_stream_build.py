@@ -28,7 +28,7 @@ from . import quantize
 from .int8_build import _as_int8, _parity, _quantization, quantize_variant
 from .int8_stream import Int8Step, build_step
 from .publish import Journal
-from .stream_build import STREAM_RECORDS, _as_stream, _step_of, check_built_stream
+from .stream_build import _as_stream, _step_of, check_built_stream, golden_record
 from .targets import Target, check_compiler, check_machine, int8_target
 from .variants import Variant, variant_model
 
@@ -78,23 +78,11 @@ def build_int8_stream_into(
 
 
 def _golden(folder: Path, model, qm, variant: Variant, fs: int, seed: int):
-    """The golden record (a minute of CPSC2019 records back to back for a 1-lead model, a
-    synthetic ECG otherwise) and the int8 reference's frames on it, time last; returns
-    the case and, for the quantization record, {name: (int8, fp32) outputs}."""
+    """The golden record (stream_build's) and the int8 reference's frames on it, time
+    last; returns the case and, for the quantization record, {name: (int8, fp32)}."""
     import torch
 
-    from .golden import RECORD_PREFIX, synthetic_ecg
-
-    record, name = None, "ecg"
-    if len(variant.leads) == 1:
-        try:
-            signals = mscnn.data.cpsc2019_records().signals[:STREAM_RECORDS]
-            record, name = signals.reshape(1, -1), RECORD_PREFIX + "cpsc2019-stream"
-        except mscnn.MscnnError:
-            record = None
-    if record is None:
-        record = synthetic_ecg(variant.leads, 60 * fs, fs, 1, seed)[0]
-    record = np.ascontiguousarray(record, dtype=np.float32)
+    record, name = golden_record(variant, fs, seed)
     with torch.no_grad():
         fp32 = model(torch.from_numpy(record)[None]).numpy()
     int8 = quantize.run_int8(qm, record[None])

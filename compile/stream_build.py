@@ -99,16 +99,7 @@ def golden_stream(
 ) -> tuple[np.ndarray, np.ndarray, GoldenCase]:
     """The golden record (leads, samples) and the offline model's frames (channels,
     frames), time last as a stream gives them, written as .npy."""
-    record, name = None, "ecg"
-    if len(variant.leads) == 1:
-        try:
-            signals = ecg_data.cpsc2019_records().signals[:STREAM_RECORDS]
-            record, name = signals.reshape(1, -1), RECORD_PREFIX + "cpsc2019-stream"
-        except mscnn.MscnnError:
-            record = None
-    if record is None:
-        record = synthetic_ecg(variant.leads, 60 * fs, fs, 1, seed)[0]
-    record = np.ascontiguousarray(record, dtype=np.float32)
+    record, name = golden_record(variant, fs, seed)
     with torch.no_grad():
         offline = model(torch.from_numpy(record)[None])[0].numpy()
     if getattr(model, "task", "features") == "qrs_detection":
@@ -118,6 +109,20 @@ def golden_stream(
     write_npy(folder / case.input, record)
     write_npy(folder / case.output, offline)
     return record, offline, case
+
+
+def golden_record(variant: Variant, fs: int, seed: int) -> tuple[np.ndarray, str]:
+    """(record, case name) of a stream bundle's golden case: a minute of CPSC2019 records
+    back to back for a 1-lead model, a synthetic ECG otherwise; float32 (leads, samples)."""
+    if len(variant.leads) == 1:
+        try:
+            signals = ecg_data.cpsc2019_records().signals[:STREAM_RECORDS]
+            record = np.ascontiguousarray(signals.reshape(1, -1), dtype=np.float32)
+            return record, RECORD_PREFIX + "cpsc2019-stream"
+        except mscnn.MscnnError:
+            pass
+    record = synthetic_ecg(variant.leads, 60 * fs, fs, 1, seed)[0]
+    return np.ascontiguousarray(record, dtype=np.float32), "ecg"
 
 
 def _as_stream(base: Manifest, step, case: GoldenCase) -> Manifest:
