@@ -46,7 +46,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# TensorFlow Lite for Microcontrollers, for the side-by-side only (compile/tflm.py): a
+# TensorFlow Lite for Microcontrollers, for the side-by-side only (compile/bench/tflm.py): a
 # virtualenv of its own, since TensorFlow's pins are not ours.
 TFLM_VENV     := .venv-tflm
 TFLM_STAMP    := $(TFLM_VENV)/.installed
@@ -58,7 +58,7 @@ $(TFLM_STAMP):
 
 # make tflm: the trained detector through TFLM beside our int8 build (build/tflm/).
 tflm: $(STAMP) $(TFLM_STAMP)
-	$(PY) -m compile.tflm --out $(BUILD)/tflm
+	$(PY) -m compile.bench.tflm --out $(BUILD)/tflm
 
 # --------------------------------------------------------------------------------------
 # Cross toolchains and qemu-user (Debian packages), installed when run as root.
@@ -103,7 +103,7 @@ DEFAULT_VARIANTS_leadwise_classifier   := 12 6 4 3 2
 # classifier builds on request (PRESET=leadwise_classifier).
 BUILD_PRESETS := $(or $(subst $(comma), ,$(PRESET)),multi_scopic_leadwise cpsc2019 cpsc2019_qrs)
 variants_of    = $(or $(subst $(comma), ,$(VARIANTS)),$(DEFAULT_VARIANTS_$(1)))
-# Reduced precision, for the detector by default: int8 bundles (compile/int8_build.py:
+# Reduced precision, for the detector by default: int8 bundles (compile/bundles/int8_window.py:
 # quantized on real ECG, integer kernels, bit-exact to the int8 reference) for the CPU
 # targets, and fp16 bundles (half-precision storage and products, fp32 accumulation) for
 # aarch64. PRECISION=int8 (or fp16) builds only those, of every preset asked;
@@ -154,7 +154,7 @@ $(foreach t,$(call targets_in,$(FP16_TARGETS)),$(foreach p,$(FP16_PRESETS),\
   $(foreach v,$(call variants_of,$(p)),$(eval $(call reduced_rule,$(t),$(p),$(v),fp16)))))
 
 # Cortex-M (the cores in TARGETS): the streaming detector, hop MCU_HOP, in fp32 and int8,
-# each proven under qemu-system-arm (compile/mcu.py); build/mcu/<core>-stream<hop>-<precision>/.
+# each proven under qemu-system-arm (compile/mcu/firmware.py); build/mcu/<core>-stream<hop>-<precision>/.
 MCU_HOP ?= 200
 MCU_PRECISIONS := $(if $(PRECISION),$(filter fp32 int8,$(PRECISION)),fp32 int8)
 MCU_BUILDS := $(if $(filter cpsc2019_qrs,$(BUILD_PRESETS)),\
@@ -192,7 +192,7 @@ parity: $(RUNNERS)
 
 # make package TARGET=aarch64: the runner, the runtime and that target's bundles.
 # make package TARGET=cortex-m7: the streaming detector (MCU_HOP samples per step) for a
-# Cortex-M, proven under qemu-system-arm: library, headers, example firmware (compile/mcu.py).
+# Cortex-M, proven under qemu-system-arm: library, headers, example firmware (compile/mcu/firmware.py).
 # MCU_PRECISION=int8: the int8 step (fits a 1 MB flash, 256 KB RAM part such as nRF52840).
 MCU_PRECISION ?= fp32
 package: | $(STAMP) $(TOOLCHAINS)
@@ -256,7 +256,7 @@ bench: | $(STAMP) $(TOOLCHAINS)
 	$(PY) -m compile bench-stream $(BUILD)/bench/$(STREAM_TARGET)/cpsc2019_qrs-1lead \
 	  $(foreach h,64 128 512,$(BUILD)/bench/$(STREAM_TARGET)/cpsc2019_qrs-1lead-stream$(h)) \
 	  --threads $(THREADS) --out $(BUILD)/bench
-	$(PY) -m compile.int8_bench --threads $(THREADS) --out $(BUILD)/bench
+	$(PY) -m compile.bench.int8 --threads $(THREADS) --out $(BUILD)/bench
 
 # --------------------------------------------------------------------------------------
 # The demo QRS detector (preset cpsc2019_qrs) on the CPSC2019 sample in ../shared/data
@@ -268,7 +268,7 @@ train: | $(STAMP)
 	$(PY) -m mscnn.train --out $(BUILD)/train/cpsc2019_qrs.pt --expect mscnn/weights/cpsc2019_qrs.json
 
 evaluate: | $(STAMP)
-	$(PY) -m compile.evaluate --out $(BUILD)/evaluate
+	$(PY) -m compile.bench.evaluate --out $(BUILD)/evaluate
 
 # --------------------------------------------------------------------------------------
 # Mutation testing (not in CI): mutmut changes the code whose mistakes are silent (parity

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import mscnn
 from deploy.errors import DeployError
+from deploy.manifest import MCU_PRECISIONS
 
+from .bundles import PRECISIONS
 from .errors import CompileError, ParityError
 from .targets import TARGETS, get_target, runnable_here
 
@@ -65,8 +67,8 @@ def _targets(args) -> int:
     for t in TARGETS.values():
         run = {"native": "native", "qemu": t.qemu[0] if t.qemu else "", "gpu": "GPU"}[t.run]
         table.add_row(t.name, t.description, t.compiler, run, runnable_here(t)[1])
-    from .mcu import BOARDS, CORES
-    from .mcu_package import PACKAGES
+    from .mcu.firmware import BOARDS, CORES
+    from .mcu.package import PACKAGES
 
     for name, (board, _) in PACKAGES.items():
         table.add_row(
@@ -121,7 +123,7 @@ def _add_build(sub, formatter) -> None:
     )
     b.add_argument(
         "--precision",
-        choices=("fp32", "int8", "fp16"),
+        choices=PRECISIONS,
         default="fp32",
         help="int8: post-training quantized bundles with integer kernels (CPU targets; "
         "calibrated on real ECG from the shared data), named <preset>-<N>lead-int8; "
@@ -230,7 +232,7 @@ def _add_bench(sub, formatter) -> None:
 def _bench(args) -> int:
     from rich.console import Console
 
-    from .bench import bundle_paths, peak_note, run_bench, save, table
+    from .bench.window import bundle_paths, peak_note, run_bench, save, table
 
     paths = bundle_paths(args.folders, args.targets)
     if not paths:
@@ -271,8 +273,8 @@ def _add_bench_stream(sub) -> None:
 
 
 def _bench_stream(args) -> int:
-    from .bench import machine_name
-    from .stream_bench import bench_stream, save
+    from .bench.stream import bench_stream, save
+    from .bench.window import machine_name
 
     rows = bench_stream(args.window, args.streams, args.threads)
     print(
@@ -293,8 +295,8 @@ def _bench_stream(args) -> int:
 
 
 def _add_mcu(sub, formatter) -> None:
-    from .mcu import BOARDS, PARTS
-    from .mcu_package import PACKAGES
+    from .mcu.firmware import BOARDS, PARTS
+    from .mcu.package import PACKAGES
 
     m = sub.add_parser(
         "mcu",
@@ -321,7 +323,7 @@ def _add_mcu(sub, formatter) -> None:
     m.add_argument("--hop", type=_positive, default=None, help="a streaming step of this hop")
     m.add_argument(
         "--precision",
-        choices=("fp32", "int8"),
+        choices=MCU_PRECISIONS,
         default="fp32",
         help="int8: the model (window or stream step) quantized, DSP-extension (smlad) "
         "kernels, bit for bit the int8 reference",
@@ -355,8 +357,8 @@ def _add_mcu(sub, formatter) -> None:
 
 
 def _mcu(args) -> int:
-    from .mcu import BOARDS, CORES, build_mcu
-    from .mcu_package import PACKAGES, package_mcu
+    from .mcu.firmware import BOARDS, CORES, build_mcu
+    from .mcu.package import PACKAGES, package_mcu
 
     board, part = PACKAGES[args.target] if args.target else ("mps2-an500", None)
     board, part = args.board or board, args.part or part
@@ -440,7 +442,7 @@ def _tune(args) -> int:
 
     from deploy.remote import Rpc
 
-    from .tune import check_tunable, tune_preset, tuning_table
+    from .lowering.tune import check_tunable, tune_preset, tuning_table
 
     target = get_target(args.target)
     try:

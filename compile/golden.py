@@ -3,7 +3,15 @@ device. Seeded, so two builds of the same model write the same bytes."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import numpy as np
+
+from deploy.files import write_npy
+from deploy.manifest import GoldenCase
+
+log = logging.getLogger(__name__)
 
 # Relative amplitude of the QRS complex per lead, roughly a cardiac vector along the
 # frontal axis at +60 degrees projected on each lead (a synthetic signal, not a recording).
@@ -98,3 +106,39 @@ def real_inputs(
         x = np.ascontiguousarray(signals[k : k + batch, :, :samples], dtype=np.float32)
         cases[RECORD_PREFIX + names[k]] = x
     return cases, f"{len(cases)} real records"
+
+
+def window_cases(
+    task: str,
+    leads: tuple[str, ...],
+    samples: int,
+    fs: int,
+    batch: int = 1,
+    seed: int = 0,
+    records: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Every window a build checks its model on: the seeded noise and synthetic ECG, and
+    for a whole model (task other than "features") the real records of its task (the
+    first `records` of them, or all). One selection for window bundles of every precision
+    and for the Cortex-M builds."""
+    inputs = golden_inputs(leads, samples, fs, batch, seed)
+    if task == "features":
+        return inputs
+    real, why = real_inputs(task, tuple(leads), samples, batch)
+    if not real:
+        log.info("no real records for the golden cases (%s)", why)
+    inputs.update(dict(list(real.items())[:records]))
+    return inputs
+
+
+def write_cases(folder: Path, cases: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[GoldenCase]:
+    """Write each named (input, expected output) pair as plain .npy under folder/golden/,
+    the layout deploy/ and the native runner read; returns the manifest's entries."""
+    (folder / "golden").mkdir()
+    written = []
+    for name, (x, y) in cases.items():
+        case = GoldenCase(name, f"golden/{name}.input.npy", f"golden/{name}.output.npy")
+        write_npy(folder / case.input, x)
+        write_npy(folder / case.output, y)
+        written.append(case)
+    return written

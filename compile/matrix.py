@@ -12,7 +12,7 @@ from deploy.bundle import Bundle
 
 from .build import BuildOptions, build
 from .errors import CompileError, ParityError
-from .quantize import check_quantizable
+from .int8.quantize import check_quantizable
 from .targets import Target, get_target, precision_target
 from .variants import Variant, resolve_variants
 
@@ -30,7 +30,7 @@ class Request:
     seed: int = 0
     out: Path = Path("build")
     hop: int | None = None  # stream bundles of the model's step, hop samples per call
-    precision: str = "fp32"  # "int8": quantized bundles (compile/int8_build.py)
+    precision: str = "fp32"  # "int8": quantized bundles (compile/bundles/int8_window.py)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 from deploy.bundle import can_run_here
 
 from .errors import CompileError
-from .schedule import ConvTile
+from .lowering.schedule import ConvTile
 
 # ELF e_machine codes of the architectures we link for.
 ELF_MACHINES = {"x86_64": 62, "aarch64": 183, "armv7": 40}
@@ -28,7 +28,7 @@ ELF_MACHINES = {"x86_64": 62, "aarch64": 183, "armv7": 40}
 class PrecisionSpec:
     """How a CPU target's reduced-precision bundle is built: the TVM target its kernels
     take (it may name an ISA feature the fp32 build does not need), the instruction set
-    (int8: one of compile/int8.py ISAS) and the CPU flags that run them natively."""
+    (int8: one of compile/int8/kernels.py ISAS) and the CPU flags that run them natively."""
 
     tvm: Mapping[str, Any]
     isa: str

@@ -80,14 +80,29 @@ def host_arch() -> str:
     return _MACHINES.get(machine, machine)
 
 
-def cpu_flags() -> frozenset[str]:
+def cpuinfo(*keys: str) -> list[str]:
+    """The values of the /proc/cpuinfo lines that start with one of `keys`, in file order
+    (one per core for most keys); [] where there is no such file. The one reader of it."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return frozenset(line.split(":", 1)[1].split())
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return frozenset()
+        return []
+    return [
+        line.split(":", 1)[1].strip()
+        for line in text.splitlines()
+        if line.startswith(keys) and ":" in line
+    ]
+
+
+def cpu_flags() -> frozenset[str]:
+    values = cpuinfo("flags", "Features")
+    return frozenset(values[0].split()) if values else frozenset()
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it ("" where it does not): every
+    figure is quoted with it."""
+    return next(iter(cpuinfo("model name")), "")
 
 
 def can_run_here(arch: str, device: str, needs_flags=()) -> tuple[bool, str]:

@@ -29,7 +29,7 @@ DEVICES = ("cpu", "cuda")
 GPU_DEVICES = ("cuda",)
 RUNS = ("native", "qemu", "gpu")
 TASKS = ("features", "qrs_detection", "classification")
-PRECISIONS = ("fp32", "int8", "fp16")  # int8: our integer kernels (compile/int8.py)
+PRECISIONS = ("fp32", "int8", "fp16")  # int8: our integer kernels (compile/int8/kernels.py)
 
 
 class ManifestError(DeployError):
@@ -226,7 +226,7 @@ class Quantization:
     outputs are the int8 reference's, judged bit for bit; the distance to fp32 is
     reported, never judged by the fp32 tolerance."""
 
-    isa: str  # the kernels' int8 instruction set (compile/int8.py ISAS)
+    isa: str  # the kernels' int8 instruction set (compile/int8/kernels.py ISAS)
     input_dtype: str  # "int16" or "int8"
     method: str  # calibration: "percentile" or "max"
     calibration_records: list[int]

@@ -113,7 +113,7 @@ class _Ctx:
 
 
 # --------------------------------------------------------------------------------------
-# Stream ops, one per layer (public: compile/int8_stream.py plans the int8 step on them).
+# Stream ops, one per layer (public: compile/int8/step.py plans the int8 step on them).
 # Each knows its input rate (input samples per raw sample, as a divisor), its delay in and
 # out (samples of its own rate that its chunk lags behind the clock), its channels, its
 # states, how it maps the offline length, and `need(t)`: the last input index its output

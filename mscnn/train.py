@@ -3,7 +3,7 @@
 Why it exists: a bundle of seeded random weights proves parity but detects nothing. A
 small trained detector lets every later stage (int8, streaming, firmware) be judged on
 real beats: the CPSC2019 score and F1 of what it finds. Fifty records are not a training
-set of any size; the figures from `compile.evaluate` (5-fold cross-validation) say how
+set of any size; the figures from `compile.bench.evaluate` (5-fold cross-validation) say how
 far this goes.
 
 What the model learns, and so what a device must feed it:

@@ -82,7 +82,7 @@ def test_bench_skips_stream_and_reduced_precision_bundles(qrs_stream_bundles, qr
     """`make bench` builds stream bundles into the folder it times: a second run found
     them and failed on their golden case. They are timed by bench-stream (and int8 by
     int8_bench); run_bench says so and goes on."""
-    from compile.bench import run_bench
+    from compile.bench.window import run_bench
 
     said = []
     paths = [qrs_stream_bundles["x86_64"].path, qrs_int8_bundles["x86_64"].path]

@@ -15,7 +15,7 @@ import pytest
 import deploy.parity
 import mscnn
 from compile import TARGETS, BuildOptions, CompileError, build, resolve_variant
-from compile.cuda import cubin_archs
+from compile.lowering.cuda import cubin_archs
 from compile.targets import elf_machine_of, runnable_here
 from deploy.manifest import Manifest
 from deploy.predictor import check_parity

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from compile.bench.evaluate import cross_validate, fold_indices
 from compile.errors import CompileError
-from compile.evaluate import cross_validate, fold_indices
 from mscnn import data as ecg_data
 from mscnn.train import TrainConfig
 

@@ -14,8 +14,8 @@ import torch
 from native_runner import run_native
 
 from compile import TARGETS, BuildOptions, build, resolve_variant
-from compile.int8_build import ACCURACY_LIMITS
-from compile.quantize import HELD_OUT_RECORDS
+from compile.bundles.quantized import ACCURACY_LIMITS
+from compile.int8.quantize import HELD_OUT_RECORDS
 from deploy.parity import TOLERANCES
 from deploy.rpeaks import RPeakRule, detect_rpeaks, score_rpeaks
 from mscnn import data as ecg_data

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import mscnn
-from compile import int8, quantize
 from compile.errors import CompileError
-from compile.quantize import Requant, make_requant, quantize_multiplier, requantize
+from compile.int8 import kernels as int8
+from compile.int8 import quantize
+from compile.int8.quantize import Requant, make_requant, quantize_multiplier, requantize
 from deploy.bundle import cpu_flags, host_arch
 from mscnn.train import CHECKPOINT
 

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from native_runner import run_native
 
-from compile import TARGETS, quantize
-from compile.int8_build import ACCURACY_LIMITS
+from compile import TARGETS
+from compile.bundles.quantized import ACCURACY_LIMITS
+from compile.int8 import quantize
 from deploy import load_bundle
 from deploy.bundle import can_run_here
 from deploy.files import sha256_file
@@ -156,7 +157,7 @@ def test_int8_refusals_name_the_problem(args, message, tmp_path):
 
 
 def test_every_int8_target_is_a_cpu_with_a_known_isa():
-    from compile import int8
+    from compile.int8 import kernels as int8
 
     for name, target in TARGETS.items():
         if target.int8 is None:

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import mscnn
-from compile import int8, quantize
 from compile.errors import CompileError
+from compile.int8 import kernels as int8
+from compile.int8 import quantize
 from deploy.bundle import cpu_flags, host_arch
 from mscnn.checkpoint import seeded_init
 

@@ -11,7 +11,8 @@ import shutil
 import pytest
 from native_runner import run_native
 
-from compile import TARGETS, BuildOptions, build, quantize, resolve_variant
+from compile import TARGETS, BuildOptions, build, resolve_variant
+from compile.int8 import quantize
 from deploy import load_bundle
 from deploy.bundle import cpu_flags, host_arch
 from deploy.describe import describe

@@ -10,9 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mscnn
-from compile import int8, quantize
 from compile.errors import CompileError
-from compile.int8_stream import Int8Step, Int8StreamingModel, build_step
+from compile.int8 import kernels as int8
+from compile.int8 import quantize
+from compile.int8.step import Int8Step, Int8StreamingModel, build_step
 from deploy.bundle import cpu_flags, host_arch
 from mscnn.streaming import StepModule
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from native_runner import run_native
 
-from compile import TARGETS, BuildOptions, build, quantize, resolve_variant
+from compile import TARGETS, BuildOptions, build, resolve_variant
+from compile.int8 import quantize
 from deploy.bundle import cpu_flags
 from deploy.stream import open_stream
 from mscnn import data as ecg_data

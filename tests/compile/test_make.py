@@ -9,7 +9,7 @@ import pytest
 
 import mscnn
 from compile import TARGETS, default_variants
-from compile.mcu import CORES
+from compile.mcu.firmware import CORES
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import mscnn
-from compile import mcu, quantize
 from compile.errors import CompileError
+from compile.int8 import quantize
+from compile.mcu import firmware as mcu
 from deploy.manifest import McuReport
 from deploy.parity import compare
 from deploy.rpeaks import RPeakRule, detect_rpeaks
@@ -328,7 +329,7 @@ def test_package_rebuilds_its_firmware_from_itself_alone(m7_stream, detector, tm
     rebuilt firmware streams a real record to PyTorch's beats."""
     import tarfile
 
-    from compile.mcu_package import package_mcu
+    from compile.mcu.package import package_mcu
 
     archive, _ = package_mcu(m7_stream.folder, "cortex-m7", tmp_path / "out")
     with tarfile.open(archive) as tar:
@@ -352,7 +353,7 @@ def test_package_rebuilds_its_firmware_from_itself_alone(m7_stream, detector, tm
 
 
 def test_package_refuses_a_build_of_another_core(m7_stream, tmp_path):
-    from compile.mcu_package import package_mcu
+    from compile.mcu.package import package_mcu
 
     with pytest.raises(CompileError, match="built for cortex-m7, not cortex-m4"):
         package_mcu(m7_stream.folder, "cortex-m4", tmp_path)

@@ -12,7 +12,7 @@ from strategies import runnable
 import mscnn
 from compile import TARGETS
 from compile.export import INPUT_NAME, export_onnx
-from compile.pipeline import compile_executable
+from compile.lowering.pipeline import compile_executable
 from deploy.parity import compare
 
 # Each example compiles a model with TVM (a few seconds): fewer than the global profile.

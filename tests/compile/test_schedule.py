@@ -9,8 +9,8 @@ import torch
 import mscnn
 from compile import TARGETS, BuildOptions, build, resolve_variant
 from compile.export import export_onnx
-from compile.pipeline import front_passes
-from compile.schedule import kernel_kind, schedule_pass
+from compile.lowering.pipeline import front_passes
+from compile.lowering.schedule import kernel_kind, schedule_pass
 from compile.targets import tvm_target
 from deploy import Predictor, compare
 
@@ -104,7 +104,7 @@ def test_a_detectors_head_is_scheduled(name, tmp_path):
 def test_every_conv_of_a_stream_step_is_scheduled(name, tmp_path):
     """A stream step's convs carry its end-of-record mask (index arithmetic before the
     conv, a `where` after it): the index blocks are inlined into the epilogue."""
-    from compile.stream import export_step_onnx
+    from compile.export import export_step_onnx
 
     model = mscnn.load_model("cpsc2019_qrs").model.eval()
     path = export_step_onnx(model, 512, tmp_path / "step.onnx")
@@ -121,7 +121,7 @@ def test_unsupported_kernels_keep_default_loops_and_stay_correct(tmp_path, caplo
     model = mscnn.MultiScopicCNN(1, **config)
     mscnn.seeded_init(model, 3)
     loaded = mscnn.LoadedModel(model.eval(), None, ("ECG",), 500, "test model")
-    with caplog.at_level(logging.INFO, logger="compile.schedule"):
+    with caplog.at_level(logging.INFO, logger="compile.lowering.schedule"):
         bundle = build(
             loaded,
             TARGETS["x86_64"],

@@ -11,14 +11,7 @@ import torch
 
 import mscnn
 from compile import CompileError
-from compile.stream import (
-    META,
-    NEXT,
-    export_step_onnx,
-    stream_facts,
-    stream_onnx,
-    stream_record,
-)
+from compile.export import META, NEXT, export_step_onnx, stream_facts, stream_onnx, stream_record
 from deploy.parity import compare
 from mscnn import ECG_SEQ_LAB_NET, StepModule
 from mscnn import data as ecg_data
@@ -109,7 +102,7 @@ def test_tvm_compiles_the_step_and_it_streams(tmp_path, detector, record):
     import tvm
     from tvm import relax
 
-    from compile.pipeline import import_onnx
+    from compile.lowering.pipeline import import_onnx
 
     step_module = StepModule(detector, 512)
     path = export_step_onnx(detector, 512, tmp_path / "step.onnx")

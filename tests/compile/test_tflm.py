@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mscnn
-from compile import tflm
+from compile.bench import tflm
 from compile.errors import CompileError
 
 

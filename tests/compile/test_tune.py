@@ -13,9 +13,9 @@ import mscnn
 from compile import TARGETS, BuildOptions, build, resolve_variant
 from compile.errors import CompileError
 from compile.export import export_onnx
-from compile.records import FORMAT, RECORDS_DIR, VERSION, load_records, write_records
-from compile.schedule import conv_shape, default_tile, tile_choices
-from compile.tune import conv_kernels, tune
+from compile.lowering.records import FORMAT, RECORDS_DIR, VERSION, load_records, write_records
+from compile.lowering.schedule import conv_shape, default_tile, tile_choices
+from compile.lowering.tune import conv_kernels, tune
 from deploy import DeployError, Predictor, compare
 from deploy.remote import Device, Rpc
 

@@ -2,14 +2,14 @@
 under qemu-system-arm.
 
     Step 1. Lower     ONNX -> Relax -> TVM's CPU passes (single-threaded: no schedule
-                      that parallelises) -> the memory plan (compile/aot.py reads it);
-                      int8: our integer program (compile/int8.py, or the stream step of
-                      compile/int8_stream.py) -> the same memory plan
+                      that parallelises) -> the memory plan (compile/mcu/aot.py reads it);
+                      int8: our integer program (compile/int8/kernels.py, or the stream step of
+                      compile/int8/step.py) -> the same memory plan
     Step 2. Kernels   the PrimFuncs compiled by TVM's LLVM backend for the Thumb-2 core
                       into one object file (packed calling convention without its
                       argument asserts, hard float)
     Step 3. C         model.c / model.h: the arena, the weights as const arrays, the
-                      kernels called in order (compile/aot.py)
+                      kernels called in order (compile/mcu/aot.py)
     Step 4. Fit       the footprint checked against the part's flash and RAM before
                       linking: a model that does not fit is refused with the numbers
     Step 5. Firmware  startup, linker script, main.c (deploy/mcu/) linked with
@@ -41,10 +41,12 @@ from typing import Any
 
 import numpy as np
 
+from deploy.describe import MCU_REPORT
+from deploy.manifest import MCU_PRECISIONS, McuReport, PartFit, StreamFacts
 from deploy.manifest import McuFootprint as Footprint
-from deploy.manifest import McuReport, PartFit, StreamFacts
 from deploy.manifest import McuSpeed as Speed
 
+from ..errors import CompileError
 from .aot import (
     Kernels,
     Lowered,
@@ -57,11 +59,10 @@ from .aot import (
     lower,
     lower_module,
 )
-from .errors import CompileError
 
 log = logging.getLogger(__name__)
 
-FIRMWARE_DIR = Path(__file__).resolve().parents[1] / "deploy" / "mcu"
+FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "deploy" / "mcu"
 KiB, MiB = 1024, 1024 * 1024
 
 
@@ -74,7 +75,7 @@ class Core:
     description: str
     tvm: Mapping[str, Any]
     cflags: tuple[str, ...]
-    # int8 kernels (compile/int8.py ISAS) by how the weights sit in flash; the first is
+    # int8 kernels (compile/int8/kernels.py ISAS) by how the weights sit in flash; the first is
     # the default: smlad reads int16 pairs, sxtb16 widens int8 ones, Helium takes int8.
     int8: Mapping[str, str] = dataclasses.field(
         default_factory=lambda: {"int16": "dsp", "int8": "dsp-int8w"}
@@ -508,7 +509,7 @@ def run_stream_firmware(
 
 STATES_FROM = 2  # a stream step's (x, n_valid, *states) -> (frames, valid, *next states)
 STACK_BYTES = 16 * KiB  # the firmware's stack reserve; the measured peak is far below
-REPORT = "mcu.json"
+REPORT = MCU_REPORT  # deploy/describe.py reads it
 
 
 @dataclass(frozen=True)
@@ -559,8 +560,8 @@ def build_mcu(
     core's default) says how flash stores them, and so which kernels (Core.int8)."""
     import mscnn
 
-    from .build import verdict
-    from .errors import ParityError
+    from ..bundles.common import verdict
+    from ..errors import ParityError
 
     b = get_board(board)
     core, budget = CORES[b.core], _budget(b, part)
@@ -640,19 +641,18 @@ def _budget(board: Board, part: str | None) -> tuple[int, int, str]:
 def _quantized(model, leads: tuple[str, ...], precision: str, weights: str, core: Core):
     """(The int8 model, calibrated on the real records as the int8 bundles are, and the
     ISA its kernels use), or (None, None) for fp32."""
-    from . import quantize
+    from ..int8 import quantize
 
-    if precision not in ("fp32", "int8"):
-        raise CompileError(f"mcu: precision {precision!r}; choose from: fp32, int8")
+    if precision not in MCU_PRECISIONS:
+        raise CompileError(
+            f"mcu: precision {precision!r}; choose from: {', '.join(MCU_PRECISIONS)}"
+        )
     if weights not in core.int8:
         raise CompileError(f"mcu: weights {weights!r}; choose from: {', '.join(core.int8)}")
     isa = core.int8[weights]
     if precision == "fp32":
         return None, None
-    records = quantize.CALIBRATION_RECORDS
-    calibration = quantize.real_ecg(leads, records)
-    qm = quantize.quantize_model(model, calibration, record_ids=records)
-    return qm, isa
+    return quantize.calibrated(model, leads)[0], isa
 
 
 def _build_library(
@@ -662,7 +662,7 @@ def _build_library(
     libmscnn.a in `out`, refused as soon as the memory plan shows the model cannot fit
     `budget` (weights and arena alone), and again with the library's real sizes.
     Returns the library and the stream's facts (None for a window)."""
-    from .export import export_onnx
+    from ..export import export_onnx
 
     if qm is not None:
         mod, facts = _int8_program(model, qm, core, samples, hop, isa)
@@ -688,32 +688,32 @@ def _build_library(
 
 def _int8_program(model, qm, core: Core, samples: int, hop: int | None, isa: str):
     """(The int8 Relax program for the core's ISA, the stream's facts or None): the window
-    model at `samples`, or the int8 stream step (compile/int8_stream.py) for `hop`."""
-    from .int8 import relax_program
+    model at `samples`, or the int8 stream step (compile/int8/step.py) for `hop`."""
+    from ..int8.kernels import relax_program
 
     if hop is None:
         return relax_program(qm, core.tvm, samples, isa)[0], None
     from mscnn import MscnnError
     from mscnn.streaming import StepModule
 
-    from .int8 import _register_intrinsics, select_isa
-    from .int8_stream import Int8Step, step_module
+    from ..int8.kernels import register_intrinsics, select_isa
+    from ..int8.step import Int8Step, step_module
 
     try:
         step = Int8Step(StepModule(model, hop), qm)
     except MscnnError as exc:
         raise CompileError(f"mcu: {exc}") from None
     chosen = select_isa(core.tvm, isa)
-    _register_intrinsics()
+    register_intrinsics()
     facts = StreamFacts(hop, step.flush_steps, step.delay_frames, step.look_ahead, step.state_bytes)
     return step_module(step, chosen)[0], facts
 
 
 def _export_step(model, hop: int, path: Path) -> tuple[Path, StreamFacts]:
-    """The streaming step (compile/stream.py) as ONNX, and its facts from the metadata."""
+    """The streaming step (compile/export.py) as ONNX, and its facts from the metadata."""
     import onnx
 
-    from .stream import META, export_step_onnx
+    from ..export import META, export_step_onnx
 
     export_step_onnx(model, hop, path)
     meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
@@ -727,15 +727,12 @@ def _golden(model, leads: tuple[str, ...], samples: int, fs: int, records: int, 
     for the int8 model `qm`)."""
     import torch
 
-    from .golden import golden_inputs, real_inputs
+    from ..golden import window_cases
 
-    inputs = golden_inputs(leads, samples, fs, 1, seed)
-    real, why = real_inputs(getattr(model, "task", "features"), leads, samples, 1)
-    if not real:
-        log.info("mcu: no real records (%s)", why)
-    inputs.update(dict(list(real.items())[:records]))
+    task = getattr(model, "task", "features")
+    inputs = window_cases(task, leads, samples, fs, 1, seed, records)
     if qm is not None:
-        from .quantize import run_int8
+        from ..int8.quantize import run_int8
 
         return inputs, {k: run_int8(qm, x) for k, x in inputs.items()}
     with torch.no_grad():
@@ -752,7 +749,7 @@ def _judge(
     from deploy.parity import ParityResult, compare, worst
     from deploy.rpeaks import RPeakRule, detect_rpeaks
 
-    from .golden import RECORD_PREFIX
+    from ..golden import RECORD_PREFIX
 
     if run.status != 0 or len(run.outputs) != len(inputs):
         detail = f"the firmware exited with status {run.status} after {len(run.outputs)} of "

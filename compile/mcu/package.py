@@ -1,4 +1,4 @@
-"""`make package TARGET=cortex-m7`: a Cortex-M build (compile/mcu.py) as a tarball for a
+"""`make package TARGET=cortex-m7`: a Cortex-M build (compile/mcu/firmware.py) as a tarball for a
 vendor project: the static library, the headers, the sources to rebuild it with other
 flags, the example firmware with a Makefile that rebuilds it from the package alone, the
 measured report and a README.
@@ -22,8 +22,8 @@ from pathlib import Path
 
 from deploy.manifest import ManifestError, McuReport
 
-from .errors import CompileError
-from .mcu import BOARDS, CFLAGS, CORES, FIRMWARE_DIR, FIRMWARE_SOURCES, REPORT, STACK_BYTES
+from ..errors import CompileError
+from .firmware import BOARDS, CFLAGS, CORES, FIRMWARE_DIR, FIRMWARE_SOURCES, REPORT, STACK_BYTES
 
 # What `make package TARGET=<core>` builds: the board qemu proves it on, and the part
 # whose memory it must fit (None: the board's own).
@@ -123,7 +123,7 @@ def _listing(folder: Path, facts: McuReport, main: str) -> dict[str, Path | str]
     files: dict[str, Path | str] = {
         "README.txt": _readme(facts),
         "README.md": FIRMWARE_DIR / "README.md",
-        "mcu.json": folder / REPORT,
+        REPORT: folder / REPORT,
         "lib/libmscnn.a": folder / "libmscnn.a",
         "include/model.h": folder / "model.h",
         "include/mscnn_rt.h": FIRMWARE_DIR / "mscnn_rt.h",

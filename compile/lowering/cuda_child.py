@@ -1,4 +1,4 @@
-"""The child process of a CUDA build (see compile.cuda): compile, verify, export."""
+"""The child process of a CUDA build (see compile.lowering.cuda): compile, verify, export."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 
 from tvm.support import cc
 
-from compile.cuda import cubin_archs
-from compile.pipeline import compile_executable
+from compile.lowering.cuda import cubin_archs
+from compile.lowering.pipeline import compile_executable
 from compile.targets import check_compiler, get_target
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m compile.cuda_child")
+    parser = argparse.ArgumentParser(prog="python -m compile.lowering.cuda_child")
     parser.add_argument("--onnx", type=Path, required=True)
     parser.add_argument("--target", required=True)
     parser.add_argument("--shape", type=json.loads, required=True)

@@ -43,7 +43,7 @@ def bench_stream(
     from deploy.predictor import Predictor, set_threads
     from deploy.stream import open_stream
 
-    from .bench import time_rounds
+    from .window import time_rounds
 
     set_threads(threads)
     predictor = Predictor(window)

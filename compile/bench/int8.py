@@ -10,15 +10,15 @@ decisions against PyTorch fp32's stand for accuracy):
   same records as ours (`quantize.CALIBRATION_RECORDS`) with the same method (the 99.9th
   percentile; its default, MinMax, is reported too: it fails the same way ours does);
 - `tvm-fp32`: the project's fp32 build (our conv schedule) for x86_64-avx512;
-- `tvm-int8`: our integer program (`compile.int8`) with VNNI kernels.
+- `tvm-int8`: our integer program (`compile.int8.kernels`) with VNNI kernels.
 
 Latency: numpy in, numpy out for every runtime, same threads; rounds alternate the
-runtimes (compile.bench.time_rounds); median, p90 and min per runtime. GOP/s = 2 x the
+runtimes (compile.bench.window.time_rounds); median, p90 and min per runtime. GOP/s = 2 x the
 model's MACs / median, against peaks measured here: an FMA loop (fp32 FLOP/s) and a VNNI
 loop (int8 OP/s: one vpdpbusd is 64 multiply-adds), both our own TIR kernels, on the same
 threads. Accuracy: the CPSC2019 score and F1 of each on the held-out records.
 
-    python -m compile.int8_bench [--preset P] [--threads 2] [--rounds 5] [--out DIR]
+    python -m compile.bench.int8 [--preset P] [--threads 2] [--rounds 5] [--out DIR]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CompileError
+from ..errors import CompileError
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def ort_int8_model(fp32_onnx: Path, out: Path, calibration: np.ndarray, method: 
         quantize_static,
     )
 
-    from .export import INPUT_NAME
+    from ..export import INPUT_NAME
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -164,10 +164,10 @@ def make_runtimes(loaded, program, calibration: np.ndarray, folder: Path, thread
     import tvm
     from tvm import relax
 
-    from .export import INPUT_NAME, export_onnx
-    from .pipeline import compile_executable
-    from .records import load_records
-    from .targets import get_target
+    from ..export import INPUT_NAME, export_onnx
+    from ..lowering.pipeline import compile_executable
+    from ..lowering.records import load_records
+    from ..targets import get_target
 
     shape = program.input_shape
     fp32 = export_onnx(loaded.model.eval(), folder / "fp32.onnx", batch=shape[0], samples=shape[2])
@@ -242,10 +242,10 @@ class Int8Bench:
 
 
 def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} ({_cores()} cores)"
-    return "unknown CPU"
+    """The CPU model and the cores this process may use."""
+    from deploy.bundle import cpu_model as model_name
+
+    return f"{model_name() or 'unknown CPU'} ({_cores()} cores)"
 
 
 def _cores() -> int:
@@ -255,7 +255,7 @@ def _cores() -> int:
 
 
 def _timings(calls: dict, x: np.ndarray, rounds: int, runs: int, macs: int) -> dict:
-    from .bench import time_rounds
+    from .window import time_rounds
 
     samples = time_rounds(
         {n: (lambda f: lambda: f(x))(calls[n]) for n in TIMED}, rounds, runs, pause=0.5
@@ -280,7 +280,7 @@ def _timings(calls: dict, x: np.ndarray, rounds: int, runs: int, macs: int) -> d
 
 
 def _accuracy(model, qm, calls: dict) -> dict:
-    from .quantize import evaluate_detector
+    from ..int8.quantize import evaluate_detector
 
     out = {}
     for name in JUDGED:
@@ -311,7 +311,7 @@ def _decisions(loaded, calls: dict) -> dict:
     held-out CinC records, and the logits' normalised error."""
     import torch
 
-    from .quantize import HELD_OUT_RECORDS, real_ecg
+    from ..int8.quantize import HELD_OUT_RECORDS, real_ecg
 
     x = real_ecg(loaded.leads, HELD_OUT_RECORDS)
     with torch.no_grad():
@@ -346,7 +346,8 @@ def run_int8_bench(
     from deploy.predictor import set_threads, tvm_threads
     from mscnn.train import CHECKPOINT
 
-    from . import int8, quantize
+    from ..int8 import kernels as int8
+    from ..int8 import quantize
 
     if preset == "cpsc2019_qrs" and not CHECKPOINT.is_file():
         raise CompileError(f"int8 bench: no trained detector at {CHECKPOINT}; run make train")
@@ -382,9 +383,9 @@ def run_int8_bench(
 
 
 def main(argv=None) -> int:
-    """`python -m compile.int8_bench`: print the tables, write the JSON."""
+    """`python -m compile.bench.int8`: print the tables, write the JSON."""
     parser = argparse.ArgumentParser(
-        prog="python -m compile.int8_bench",
+        prog="python -m compile.bench.int8",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

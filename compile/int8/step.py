@@ -46,8 +46,8 @@ from mscnn.streaming import (
     StreamingModel,
 )
 
+from ..errors import CompileError
 from . import quantize
-from .errors import CompileError
 from .quantize import QConv, QuantizedModel
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ class Int8Step:
             outs.append(_branch(ops, q, length, clock, given, new))
         h = np.concatenate(outs, axis=0)  # (channels, frames), int8 values
         if self.qm.head:
-            frames = quantize._mlp(self.qm.head, h.T, None).T  # (classes, frames) float32
+            frames = quantize.run_mlp(self.qm.head, h.T, None).T  # (classes, frames) float32
         else:
             frames = h.astype(np.float32) * np.float32(self.qm.features_scale)
         valid = clock.valid(self.frames_per_step, self.delay_frames, self.final_length(length))
@@ -262,7 +262,7 @@ class Int8StreamingModel(StreamingModel):
 
 
 # --------------------------------------------------------------------------------------
-# The compiled step: one Relax function of our kernels (compile/int8.py's convs, and
+# The compiled step: one Relax function of our kernels (compile/int8/kernels.py's convs, and
 # small ones for the clock, masks, context windows and states).
 #
 #   main(x (1, leads, hop) float32, n_valid (1,) int64, *states)
@@ -276,7 +276,7 @@ def step_module(step: Int8Step, isa: Any):
     its dot instructions, and whether kernels run in parallel)."""
     from tvm import relax
 
-    from .int8 import _Builder
+    from .kernels import Builder
 
     bb, specs = relax.BlockBuilder(), step.state_specs()
     x = relax.Var("x", relax.TensorType((1, step.leads, step.hop), "float32"))
@@ -284,7 +284,7 @@ def step_module(step: Int8Step, isa: Any):
     states = [
         relax.Var(f"s{k}", relax.TensorType(list(s.shape), s.dtype)) for k, s in enumerate(specs)
     ]
-    build = _Builder(bb, isa, 1)
+    build = Builder(bb, isa, 1)
     with bb.function("main", [x, n_valid, *states]):
         with bb.dataflow():
             counters = _clock_kernels(build, states[0], states[1], n_valid)
@@ -307,16 +307,16 @@ def _clock_kernels(build, step, seen, n_valid):
     from tvm import te
 
     a, b = (te.placeholder((1,), "int64", name=n) for n in ("a", "b"))
-    add = _spatial(te.compute((1,), lambda i: a[i] + b[i], name="add"), [a, b])
-    one = _spatial(te.compute((1,), lambda i: a[i] + 1, name="increment"), [a])
+    add = _serial(te.compute((1,), lambda i: a[i] + b[i], name="add"), [a, b])
+    one = _serial(te.compute((1,), lambda i: a[i] + 1, name="increment"), [a])
     return (
         build.call("clock_step", one, [step], (1,), "int64"),
         build.call("clock_length", add, [seen, n_valid], (1,), "int64"),
     )
 
 
-def _spatial(out, inputs):
-    from .int8 import _spatial as spatial
+def _serial(out, inputs):
+    from .kernels import spatial
 
     return spatial(out, inputs, parallel=False)
 
@@ -349,7 +349,7 @@ def _quantize_kernel(build, step: Int8Step, x, clock):
         return tirx.if_then_else(keep, v, tirx.const(0.0, "float32")).astype(qm.input_dtype)
 
     out = te.compute((1, hop, step.leads), q, name="quantize")
-    func = _spatial(out, [xp, *c])
+    func = _serial(out, [xp, *c])
     return build.call("quantize", func, [x, *clock], (1, hop, step.leads), qm.input_dtype)
 
 
@@ -372,7 +372,7 @@ def _window_func(rows: int, n: int, channels: int, dtype: str, keep=None):
         return tirx.if_then_else(i < rows, state[b, tirx.min(i, rows - 1), ch], new)
 
     out = te.compute((1, rows + n, channels), value, name="window")
-    return _spatial(out, [*([state] if rows else []), x, *c])
+    return _serial(out, [*([state] if rows else []), x, *c])
 
 
 def _rows_func(total: int, first: int, count: int, channels: int, dtype: str):
@@ -380,7 +380,7 @@ def _rows_func(total: int, first: int, count: int, channels: int, dtype: str):
 
     src = te.placeholder((1, total, channels), dtype, name="src")
     out = te.compute((1, count, channels), lambda b, i, c: src[b, i + first, c], name="rows")
-    return _spatial(out, [src])
+    return _serial(out, [src])
 
 
 def _lengths(chain: tuple):
@@ -405,7 +405,7 @@ def _branch_kernels(build, step: Int8Step, b: int, ops, h, clock, given, new):
     then its chunk; a conv's chunk masked to the record), the next state (the window's
     last rows), then the conv, or the delayed chunk (the window's first rows), pooled.
     Returns (the branch's frames, their channels)."""
-    from .int8 import ConvKernel, _fit_groups, _pool_func
+    from .kernels import ConvKernel, fit_groups, pool_func
 
     chain: list = []
     for k, op in enumerate(ops):
@@ -422,14 +422,14 @@ def _branch_kernels(build, step: Int8Step, b: int, ops, h, clock, given, new):
             new.append(build.call(f"{name}_state", func, [win], (1, rows, c), dtype))
         if op.kind == "conv":
             isa = build.isa
-            dot = _fit_groups(isa.word if op.conv.in_dtype == "int16" else isa.byte, op.conv)
+            dot = fit_groups(isa.word if op.conv.in_dtype == "int16" else isa.byte, op.conv)
             h = build.conv(name, win, ConvKernel(op.conv, 1, n, c, dot, pad=0))
         else:
             if rows:
                 func = _rows_func(rows + n, 0, n, c, dtype)
                 h = build.call(f"{name}_rows", func, [win], (1, n, c), dtype)
             if op.kind == "pool":
-                func = _pool_func(1, n, [c], dtype, f.s, build.isa.parallel)
+                func = pool_func(1, n, [c], dtype, f.s, build.isa.parallel)
                 h = build.call(name, func, [h], (1, n // f.s, c), dtype)
         chain.append(f)
     return h, ops[-1].op.channels_out
@@ -440,21 +440,21 @@ def _head_kernels(build, step: Int8Step, ends):
     dequantized features: (1, channels, frames) float32, time last."""
     from tvm import te
 
-    from .int8 import _dequantize_func, _mlp_kernels, _pool_func
+    from .kernels import dequantize_func, mlp_kernels, pool_func
 
     m, qm = step.frames_per_step, step.qm
     widths = [c for _, c in ends]
     h = ends[0][0]
     if len(ends) > 1:  # a pool of size 1 over several inputs is their concatenation
-        func = _pool_func(1, m, widths, "int8", 1, build.isa.parallel)
+        func = pool_func(1, m, widths, "int8", 1, build.isa.parallel)
         h = build.call("concat", func, [e[0] for e in ends], (1, m, sum(widths)), "int8")
     if not qm.head:
-        func = _dequantize_func(1, m, sum(widths), qm.features_scale, build.isa.parallel)
+        func = dequantize_func(1, m, sum(widths), qm.features_scale, build.isa.parallel)
         return build.call("dequantize", func, [h], (1, sum(widths), m), "float32")
-    logits, classes = _mlp_kernels(build, "clf_lin", qm.head, h, sum(widths), m)
+    logits, classes = mlp_kernels(build, "clf_lin", qm.head, h, sum(widths), m)
     y = te.placeholder((1, m, classes), "float32", name="y")
     out = te.compute((1, classes, m), lambda b, c, t: y[b, t, c], name="time_last")
-    return build.call("time_last", _spatial(out, [y]), [logits], (1, classes, m), "float32")
+    return build.call("time_last", _serial(out, [y]), [logits], (1, classes, m), "float32")
 
 
 def _valid_func(step: Int8Step):
@@ -475,7 +475,7 @@ def _valid_func(step: Int8Step):
         stop = tirx.if_then_else(total < (s + 1) * hop, stop, tirx.const(m, "int64"))
         return tirx.if_then_else(j == 0, start, tirx.max(stop, start))
 
-    return _spatial(te.compute((2,), value, name="valid"), c)
+    return _serial(te.compute((2,), value, name="valid"), c)
 
 
 @dataclass
@@ -486,7 +486,7 @@ class CompiledInt8Step:
     executable: Any  # tvm.relax.Executable
     step: Int8Step
     kernels: tuple[str, ...]
-    isa: Any  # compile.int8.Isa
+    isa: Any  # compile.int8.kernels.Isa
     constant_bytes: int  # weights, biases, requantization and tables the step holds
     _vm: Any = None
 
@@ -515,11 +515,11 @@ def build_step(step: Int8Step, tvm_target, require: str | None = None) -> Compil
     or exported for a stream bundle); `require` names the ISA, as for int8.build_int8."""
     import tvm
 
-    from .int8 import _register_intrinsics, select_isa
+    from .kernels import register_intrinsics, select_isa
 
     isa = select_isa(tvm_target, require)
     if isa.byte.intrin or isa.word.intrin:
-        _register_intrinsics()
+        register_intrinsics()
     mod, names, constant_bytes = step_module(step, isa)
     target = tvm.target.Target(dict(tvm_target))
     with target:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import CompileError
+from ..errors import CompileError
 
 EM_CUDA = 190  # ELF e_machine of a cubin
 STUB_SOURCE = Path(__file__).with_name("cuda_stub.c")
@@ -92,7 +92,7 @@ def compile_cuda_library(onnx_path: Path, target_name: str, shape, library: Path
     cmd = [
         sys.executable,
         "-m",
-        "compile.cuda_child",
+        "compile.lowering.cuda_child",
         "--onnx",
         str(onnx_path),
         "--target",
@@ -108,7 +108,7 @@ def compile_cuda_library(onnx_path: Path, target_name: str, shape, library: Path
             env=child_env(),
             stdout=out,
             stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=Path(__file__).resolve().parents[2],
         )
     if done.returncode != 0:
         tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]

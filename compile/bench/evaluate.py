@@ -8,7 +8,7 @@ CPSC2019 score and F1 a device would get on records it has not seen. The folds a
 seeded permutation of the records, so a rerun gives the same folds and, on the same
 torch build and thread count, the same figures.
 
-    python -m compile.evaluate [--folds 5] [--seed 0] [--epochs N] [--out build/evaluate]
+    python -m compile.bench.evaluate [--folds 5] [--seed 0] [--epochs N] [--out build/evaluate]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from deploy.rpeaks import RPeakRule, RPeakScore, detect_rpeaks, score_rpeaks
 from mscnn import data as ecg_data
 from mscnn.train import CHECKPOINT, TrainConfig, positive_int, train
 
-from .errors import CompileError
+from ..errors import CompileError
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +171,9 @@ def score_checkpoint(path: Path = CHECKPOINT, rule: RPeakRule | None = None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m compile.evaluate`: cross-validate, print the table, save JSON."""
+    """`python -m compile.bench.evaluate`: cross-validate, print the table, save JSON."""
     parser = argparse.ArgumentParser(
-        prog="python -m compile.evaluate",
+        prog="python -m compile.bench.evaluate",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

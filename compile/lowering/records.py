@@ -3,7 +3,7 @@
 compile/tuning/<target>/<preset>.b<batch>x<samples>.json, one file per preset and input
 shape (every lead variant in it), keyed by the kernel's workload_key. A build reads every
 file of its target and takes, per kernel, the fastest record. Kept apart from the search
-(compile/tune.py) so that a build never imports MetaSchedule.
+(compile/lowering/tune.py) so that a build never imports MetaSchedule.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import json
 import os
 from pathlib import Path
 
-from .errors import CompileError
-from .targets import Target
+from ..errors import CompileError
+from ..targets import Target
 
-RECORDS_DIR = Path(__file__).resolve().parent / "tuning"
+RECORDS_DIR = Path(__file__).resolve().parents[1] / "tuning"
 FORMAT = "mscnn-edge tuning records"
 VERSION = 1
 

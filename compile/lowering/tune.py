@@ -1,6 +1,6 @@
 """Tuning: MetaSchedule searches our conv schedule's register tiles, kernel by kernel.
 
-The search space is our own schedule (compile/schedule.py) with its two free choices
+The search space is our own schedule (compile/lowering/schedule.py) with its two free choices
 sampled: time steps per tile and channel vectors per tile, among those that leave no
 tails and fit the ISA's registers. That space holds a few to ~20 points per kernel, so
 the evolutionary search (random cost model; MetaSchedule never measures a candidate
@@ -11,7 +11,7 @@ space was tried first and stays far behind our schedule (see README, Performance
 Kernels are measured on this machine (LocalRunner) or on a device through TVM's RPC
 tracker (RPCRunner), after being built and linked here with the target's compiler.
 
-The records it writes are read and written by compile/records.py (a build imports only
+The records it writes are read and written by compile/lowering/records.py (a build imports only
 that module, never the search).
 """
 
@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deploy.bundle import cpu_model
 from deploy.remote import Device, Rpc, median_us
 
-from .errors import CompileError
+from ..errors import CompileError
+from ..targets import Target, check_compiler, runnable_here
 from .pipeline import front_passes, import_onnx
 from .records import RECORDS_DIR, write_records
 from .schedule import (
@@ -43,7 +45,6 @@ from .schedule import (
     weight_read,
     workload_key,
 )
-from .targets import Target, check_compiler, runnable_here
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def conv_kernels(models: Mapping[str, tuple[Path, tuple[int, ...]]], target: Tar
     as the build sees them: a kernel that occurs in several models is tuned once."""
     import tvm
 
-    from .targets import tvm_target
+    from ..targets import tvm_target
 
     tv = tvm_target(target)
     kernels: dict[str, Kernel] = {}
@@ -372,14 +373,7 @@ def _measured(database, mod) -> list[tuple[float, tuple[int, int]]]:
 
 
 def _machine() -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
@@ -410,9 +404,9 @@ def tune_preset(
     (`out`: another records folder than the one builds read)."""
     import mscnn
 
-    from .export import export_onnx
+    from ..export import export_onnx
+    from ..variants import resolve_variants, variant_model
     from .records import records_file
-    from .variants import resolve_variants, variant_model
 
     loaded = mscnn.load_model(preset)
     with tempfile.TemporaryDirectory(prefix="mscnn-tune-") as tmp:

@@ -1,7 +1,7 @@
 """ONNX -> Relax -> the target's pipeline -> a TVM executable.
 
 CPU: TVM's cpu_generic passes (legalize, fold constants, fuse conv + bias + relu into
-few kernels, lower), with our own schedule (compile/schedule.py) applied to the fused
+few kernels, lower), with our own schedule (compile/lowering/schedule.py) applied to the fused
 kernels after FuseTIR: TVM's default loops are naive, ~3 GFLOP/s on these convs.
 GPU: TVM's default GPU pipeline, whose dlight rules bind every kernel to threads.
 """
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .export import INPUT_NAME
+from ..export import INPUT_NAME
+from ..targets import Target, tvm_target
 from .schedule import KernelCounts, schedule_pass
-from .targets import Target, tvm_target
 
 SCHEDULES = ("tuned", "default-tile", "none")
 

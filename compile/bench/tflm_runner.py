@@ -1,12 +1,12 @@
 """The detector through TensorFlow Lite for Microcontrollers, for a side-by-side.
 
-Run by compile/tflm.py with the interpreter of its own virtual environment (`make tflm`
+Run by compile/bench/tflm.py with the interpreter of its own virtual environment (`make tflm`
 makes `.venv-tflm`: tensorflow-cpu and tflite-micro, pinned), which has no torch, TVM or
 mscnn: this file imports numpy, tensorflow and tflite_micro only, and is run as a script.
 
-    python compile/tflm_runner.py SPEC.npz RESULT.npz MODEL.tflite
+    python compile/bench/tflm_runner.py SPEC.npz RESULT.npz MODEL.tflite
 
-SPEC.npz (written by compile/tflm.py): `spec`, a JSON description of the network (the
+SPEC.npz (written by compile/bench/tflm.py): `spec`, a JSON description of the network (the
 branches' convs with their folded weights, the block-level affine after the last ReLU,
 the pools, the per-frame head), its arrays by name, the calibration records, the
 held-out records and PyTorch's fp32 outputs on them. This script

@@ -59,17 +59,11 @@ class BenchRow:
 
 def peak_gflops(threads: int) -> tuple[float, str]:
     """A nominal FP32 peak and how it was derived (an estimate, stated as such)."""
-    from deploy.bundle import cpu_flags
+    from deploy.bundle import cpu_flags, cpuinfo
 
     flags = cpu_flags()
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
-    mhz = 0.0
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("cpu MHz"):
-                mhz = max(mhz, float(line.split(":")[1]))
-    except OSError:
-        pass
+    mhz = max((float(v) for v in cpuinfo("cpu MHz")), default=0.0)
     peak = threads * mhz / 1000 * lanes * 2 * 2
     how = (
         f"{threads} core(s) x {mhz / 1000:.2f} GHz (/proc/cpuinfo) x {lanes} f32 lanes x "
@@ -126,7 +120,7 @@ def _calls(predictor, model, threads: int, x: np.ndarray, runtimes) -> dict:
     import onnxruntime as ort
     import torch
 
-    from .targets import TARGETS
+    from ..targets import TARGETS
 
     m, path = predictor.bundle.manifest, predictor.bundle.path
     options = ort.SessionOptions()
@@ -197,8 +191,8 @@ def _compiled(bundle_path: Path, manifest, schedule: str, x: np.ndarray, tile=No
     import tvm
     from tvm import relax
 
-    from .pipeline import compile_executable
-    from .targets import get_target
+    from ..lowering.pipeline import compile_executable
+    from ..targets import get_target
 
     target = get_target(manifest.target.name)
     if tile is not None:
@@ -295,7 +289,7 @@ def run_bench(
     from deploy.bundle import load_bundle
     from deploy.predictor import set_threads
 
-    from .variants import Variant, variant_model
+    from ..variants import Variant, variant_model
 
     set_threads(threads)
     rows, models = [], {}
@@ -382,10 +376,6 @@ def peak_note(rows: list[BenchRow], threads: int) -> str:
 
 def machine_name() -> str:
     """The CPU model, as /proc/cpuinfo names it (every figure is quoted with it)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return os.uname().machine
+    from deploy.bundle import cpu_model
+
+    return cpu_model() or os.uname().machine

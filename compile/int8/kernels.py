@@ -2,7 +2,7 @@
 
 Why not import a QDQ ONNX model: TVM 0.27's importer turns QuantizeLinear and
 DequantizeLinear into float arithmetic, so such a model runs in fp32 with extra work. Here
-every kernel is written in TE from the `QuantizedModel` (compile/quantize.py, whose
+every kernel is written in TE from the `QuantizedModel` (compile/int8/quantize.py, whose
 `run_int8` defines the arithmetic), scheduled by us, and called from one Relax function:
 
     x (batch, leads, samples) float32
@@ -40,7 +40,7 @@ Weights are repacked once, at build time, to [F / lanes, K, C / group, lanes, gr
 each instruction's weight operand is one contiguous vector load. A conv's register tile
 (time steps x channel vectors, divisors of both, so no tails) accumulates in registers
 while the dot instruction runs innermost; single-threaded on a Zen 4 core the detector's
-convs run at ~86% of a measured VNNI loop (compile/int8_bench.py).
+convs run at ~86% of a measured VNNI loop (compile/bench/int8.py).
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import CompileError
 from . import quantize
-from .errors import CompileError
 from .quantize import RANGES, QConv, QuantizedModel, check_calibration
 
 log = logging.getLogger(__name__)
@@ -351,7 +351,7 @@ def _one_lane_desc(group: int, b_dtype: str, lane, a_dtype: str = "int16"):
 
 
 @functools.cache
-def _register_intrinsics() -> None:
+def register_intrinsics() -> None:
     """Register ours once per process (TVM's own x86 ones predate LLVM 22's byte-vector
     signatures, and importing tvm.s_tir.tensor_intrin costs a minute of CUDA set-up)."""
     from tvm.s_tir import TensorIntrin
@@ -672,7 +672,7 @@ def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-def _spatial(outputs, inputs, parallel: bool = True, vector: int = 16):
+def spatial(outputs, inputs, parallel: bool = True, vector: int = 16):
     """A PrimFunc of elementwise stages, parallel over all but the innermost axis, which
     is vectorised when its extent allows."""
     import tvm
@@ -705,10 +705,10 @@ def _quantize_func(qm: QuantizedModel, batch: int, samples: int, parallel: bool 
         return tirx.max(tirx.min(v, float(hi)), float(lo)).astype(qm.input_dtype)
 
     out = te.compute((batch, samples, qm.in_channels), q, name="quantize")
-    return _spatial(out, [x], parallel)
+    return spatial(out, [x], parallel)
 
 
-def _pool_func(
+def pool_func(
     batch: int, length: int, channels: list[int], dtype: str, size: int, parallel: bool = True
 ):
     """Max-pool of one or several (batch, length, c) tensors, concatenated on channels."""
@@ -727,10 +727,10 @@ def _pool_func(
         return v
 
     out = te.compute((batch, length // size, starts[-1]), value, name="pool")
-    return _spatial(out, xs, parallel)
+    return spatial(out, xs, parallel)
 
 
-def _dequantize_func(batch: int, frames: int, channels: int, scale: float, parallel: bool = True):
+def dequantize_func(batch: int, frames: int, channels: int, scale: float, parallel: bool = True):
     """int8 (batch, frames, channels) -> float32(q) * scale as (batch, channels, frames)."""
     from tvm import te, tirx
 
@@ -741,7 +741,7 @@ def _dequantize_func(batch: int, frames: int, channels: int, scale: float, paral
         lambda n, c, i: h[n, i, c].astype("float32") * s,
         name="dequantize",
     )
-    return _spatial(out, [h], parallel)
+    return spatial(out, [h], parallel)
 
 
 def _requant_scalar(a, rq):
@@ -893,7 +893,7 @@ def build_int8(
 
     isa = select_isa(tvm_target, require)
     if isa.byte.intrin or isa.word.intrin:
-        _register_intrinsics()
+        register_intrinsics()
     log.info(
         "int8 program: %s, batch %d x %d samples, %s kernels",
         qm.preset or "model",
@@ -922,11 +922,11 @@ def relax_program(
     qm: QuantizedModel, tvm_target: Mapping[str, Any], samples: int, require: str | None = None
 ):
     """(Relax module, Isa): the program `build_int8` compiles, unbuilt, for another
-    lowering (compile/aot.py's for microcontrollers, whose ISA runs single-threaded).
+    lowering (compile/mcu/aot.py's for microcontrollers, whose ISA runs single-threaded).
     `require` names the ISA, as for build_int8."""
     isa = select_isa(tvm_target, require)
     if isa.byte.intrin or isa.word.intrin:
-        _register_intrinsics()
+        register_intrinsics()
     return _relax_module(qm, isa, 1, samples)[0], isa
 
 
@@ -937,7 +937,7 @@ def _fusable(length: int, pool: int, dot: Dot) -> bool:
     )
 
 
-def _fit_groups(dot: Dot, conv: QConv) -> Dot:
+def fit_groups(dot: Dot, conv: QConv) -> Dot:
     """The Dot for `conv`: a dot instruction's lanes share one input vector, so a
     grouped conv with fewer output channels per group than lanes (or not a multiple)
     cannot feed it; such a conv gets plain loops over vectors of whole groups."""
@@ -947,7 +947,7 @@ def _fit_groups(dot: Dot, conv: QConv) -> Dot:
     return Dot(math.gcd(per_group, 16), 1, None, "int8", None, registers=12)
 
 
-class _Builder:
+class Builder:
     """Emits one call_tir per kernel into a Relax dataflow block; counts constants."""
 
     def __init__(self, bb, isa: Isa, batch: int) -> None:
@@ -980,9 +980,7 @@ class _Builder:
         """The branch's convs and pools up to (not including) its last pool."""
         for k, block in enumerate(branch):
             for c, conv in enumerate(block.convs):
-                dot = _fit_groups(
-                    self.isa.word if conv.in_dtype == "int16" else self.isa.byte, conv
-                )
+                dot = fit_groups(self.isa.word if conv.in_dtype == "int16" else self.isa.byte, conv)
                 last = c == len(block.convs) - 1 and k < len(branch) - 1
                 pool = block.pool if last and _fusable(length, block.pool, dot) else 1
                 kc = ConvKernel(conv, self.batch, length, channels, dot, pool=pool)
@@ -990,7 +988,7 @@ class _Builder:
                 channels = conv.weight.shape[0]
                 length //= pool
             if k < len(branch) - 1 and pool == 1:
-                func = _pool_func(
+                func = pool_func(
                     self.batch, length, [channels], "int8", block.pool, self.isa.parallel
                 )
                 length //= block.pool
@@ -1006,7 +1004,7 @@ def _relax_module(qm: QuantizedModel, isa: Isa, batch: int, samples: int):
 
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((batch, qm.in_channels, samples), "float32"))
-    build = _Builder(bb, isa, batch)
+    build = Builder(bb, isa, batch)
     with bb.function("main", [x]):
         with bb.dataflow():
             h0 = build.call(
@@ -1024,7 +1022,7 @@ def _relax_module(qm: QuantizedModel, isa: Isa, batch: int, samples: int):
             channels = [c for _, _, c in ends]
             if len(pools) == 1 and len(lengths) == 1:  # the last pools write the concatenation
                 size, length = pools.pop(), lengths.pop()
-                func = _pool_func(batch, length, channels, "int8", size, isa.parallel)
+                func = pool_func(batch, length, channels, "int8", size, isa.parallel)
                 frames = length // size
                 h = build.call(
                     "pool_concat",
@@ -1044,17 +1042,15 @@ def _relax_module(qm: QuantizedModel, isa: Isa, batch: int, samples: int):
     return bb.get(), build.names, build.constant_bytes
 
 
-def _head(build: _Builder, qm: QuantizedModel, h, frames: int, channels: int):
+def _head(build: Builder, qm: QuantizedModel, h, frames: int, channels: int):
     """The per-frame MLP, or the backbone's dequantized features."""
     if not qm.head:
-        func = _dequantize_func(
-            build.batch, frames, channels, qm.features_scale, build.isa.parallel
-        )
+        func = dequantize_func(build.batch, frames, channels, qm.features_scale, build.isa.parallel)
         return build.call("dequantize", func, [h], (build.batch, channels, frames), "float32")
-    return _mlp_kernels(build, "clf_lin", qm.head, h, channels, frames)[0]
+    return mlp_kernels(build, "clf_lin", qm.head, h, channels, frames)[0]
 
 
-def _classifier(build: _Builder, qm: QuantizedModel, h, frames: int, channels: int, samples: int):
+def _classifier(build: Builder, qm: QuantizedModel, h, frames: int, channels: int, samples: int):
     """ECG_CRNN's tail: SE's squeeze and MLP, the global pooling, the head on one row."""
     from tvm import relax
 
@@ -1072,17 +1068,17 @@ def _classifier(build: _Builder, qm: QuantizedModel, h, frames: int, channels: i
         const = quantize.requantize(d_sums, rq).astype(np.int8)  # the reference's values
         func = _squeeze_func(b, frames, channels, full, rq)
         e = build.call("se_squeeze", func, [h, pos, const], (b, 1, full), "int8")
-        e, _ = _mlp_kernels(build, "se_lin", qm.squeeze.mlp, e, full)
+        e, _ = mlp_kernels(build, "se_lin", qm.squeeze.mlp, e, full)
         excite = [e]
     rq = quantize.pool_requant(qm, frames)
     func = _global_pool_func(b, frames, channels, full, qm.pool.mode, rq, bool(excite))
     args = [h, pos, d_pooled.astype(np.int32), *excite]
     z = build.call("global_pool", func, args, (b, 1, full), "int8")
-    out, classes = _mlp_kernels(build, "clf_lin", qm.head, z, full)
+    out, classes = mlp_kernels(build, "clf_lin", qm.head, z, full)
     return build.bb.emit(relax.op.reshape(out, (b, classes)))
 
 
-def _mlp_kernels(build: _Builder, prefix: str, layers, h, channels: int, frames: int = 1):
+def mlp_kernels(build: Builder, prefix: str, layers, h, channels: int, frames: int = 1):
     """Linear kernels over (batch, frames, channels): (the last one's output, its width)."""
     for i, lin in enumerate(layers):
         width = lin.conv.weight.shape[0]

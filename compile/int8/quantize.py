@@ -4,7 +4,7 @@ Why: int8 weights are 4x smaller than fp32 (what decides whether a model fits a
 microcontroller's flash) and the CPUs these models run on multiply-accumulate several int8
 pairs per fp32 FMA (AVX-512 VNNI `vpdpbusd`, Arm `sdot`, Cortex-M `smlad`). The arithmetic
 below uses integer multipliers and shifts only, so a microcontroller can run it as it is.
-`run_int8` (numpy) *is* the definition: the TVM program of `compile.int8` must equal it bit
+`run_int8` (numpy) *is* the definition: the TVM program of `compile.int8.kernels` must equal it bit
 for bit.
 
 The arithmetic, for a `QuantizedModel`:
@@ -72,7 +72,7 @@ from torch import nn
 import mscnn
 from mscnn.heads import ECG_CRNN, ECG_SEQ_LAB_NET, ReducedLeadModel, SqueezeExcitation
 
-from .errors import CompileError
+from ..errors import CompileError
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class LeadMap:
 
 @dataclass(frozen=True)
 class QuantizedModel:
-    """What `run_int8` and `compile.int8` compute: int8 weights, integer requantization,
+    """What `run_int8` and `compile.int8.kernels` compute: int8 weights, integer requantization,
     float only in `input_inv_scale` and the output scales."""
 
     preset: str | None
@@ -370,7 +370,7 @@ def _bn_affine(bn: nn.BatchNorm1d) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def _float_blocks(cnn: mscnn.MultiScopicCNN, prefix: str) -> list[list[tuple]]:
+def float_blocks(cnn: mscnn.MultiScopicCNN, prefix: str) -> list[list[tuple]]:
     """Per branch, per block: (list of _FloatConv, pool size, block module path)."""
     branches = []
     for b, branch in enumerate(cnn.branches.values()):
@@ -472,6 +472,16 @@ def _calibrate(model: nn.Module, x: np.ndarray, ranges: _Ranges, batch: int = 5)
             h.remove()
 
 
+def calibrated(
+    model: nn.Module, leads: Sequence[str], preset: str | None = None
+) -> tuple[QuantizedModel, np.ndarray]:
+    """`model` quantized on the calibration records (CALIBRATION_RECORDS) of `leads`, and
+    that calibration set: the one calibration every int8 build (bundles, Cortex-M) uses."""
+    records = CALIBRATION_RECORDS
+    calibration = real_ecg(leads, records)
+    return quantize_model(model, calibration, preset=preset, record_ids=records), calibration
+
+
 def check_calibration(x: object, in_channels: int, what: str = "calibration set") -> np.ndarray:
     """The calibration signals as float32 (records, leads, samples), or a CompileError."""
     if not isinstance(x, np.ndarray):
@@ -549,7 +559,7 @@ def quantize_model(
     _calibrate(model, x, ranges)
     amax_in = ranges.amax["input"] if input_dtype == "int16" else ranges.value("input")
     s_in = _tensor_scale(amax_in, input_dtype)
-    float_branches = _float_blocks(cnn, prefix)
+    float_branches = float_blocks(cnn, prefix)
     # One scale for every branch's output, so that concatenating them is a copy.
     s_feat = _tensor_scale(_features_range(ranges, float_branches, model), "int8")
     branches = tuple(
@@ -749,7 +759,7 @@ def run_int8(qm: QuantizedModel, x: np.ndarray, seen: list | None = None) -> np.
         return _classify(qm, h, x.shape[2], seen)
     if not qm.head:
         return h.astype(np.float32) * np.float32(qm.features_scale)
-    return _mlp(qm.head, h.transpose(0, 2, 1), seen)  # the MLP runs per frame
+    return run_mlp(qm.head, h.transpose(0, 2, 1), seen)  # the MLP runs per frame
 
 
 def int8_features(qm: QuantizedModel, q: np.ndarray, seen: list | None = None) -> np.ndarray:
@@ -767,7 +777,7 @@ def int8_features(qm: QuantizedModel, q: np.ndarray, seen: list | None = None) -
     return np.concatenate(features, axis=1)
 
 
-def _mlp(layers: Sequence[QLinear], h: np.ndarray, seen: list | None) -> np.ndarray:
+def run_mlp(layers: Sequence[QLinear], h: np.ndarray, seen: list | None) -> np.ndarray:
     """Linear layers over the last axis of `h`: the integers the last table gives, or
     the float32 output of a last layer without requantization."""
     for lin in layers:
@@ -795,9 +805,9 @@ def _classify(qm: QuantizedModel, h: np.ndarray, samples: int, seen: list | None
         pooled = np.where(pos >= 0, pooled[:, np.maximum(pos, 0)], d_pooled)
     if qm.squeeze is not None:
         mean = _requant_counted(sums, squeeze_requant(qm, frames), 1, "attn.avg_pool", seen)
-        pooled = pooled * _mlp(qm.squeeze.mlp, mean, seen)
+        pooled = pooled * run_mlp(qm.squeeze.mlp, mean, seen)
     z = _requant_counted(pooled, pool_requant(qm, frames), 1, "pool", seen)
-    return _mlp(qm.head, z, seen)
+    return run_mlp(qm.head, z, seen)
 
 
 def squeeze_requant(qm: QuantizedModel, frames: int) -> Requant:

@@ -1,6 +1,6 @@
 """The QRS detector through TensorFlow Lite for Microcontrollers, beside ours.
 
-`make tflm` (`python -m compile.tflm`): the same trained detector, calibrated on the same
+`make tflm` (`python -m compile.bench.tflm`): the same trained detector, calibrated on the same
 CPSC2019 records 0-24 and judged on the same held-out records 25-49, quantized the way a
 TFLM user gets by default (TensorFlow Lite's post-training full-integer quantization) and
 run by TFLM's interpreter, against our int8 build:
@@ -13,7 +13,7 @@ run by TFLM's interpreter, against our int8 build:
   step's arena, which TFLM has no counterpart for.
 
 TFLM runs in its own virtual environment (`.venv-tflm`: tensorflow-cpu and tflite-micro,
-pinned in the Makefile), through compile/tflm_runner.py. What this does not give: TFLM's
+pinned in the Makefile), through compile/bench/tflm_runner.py. What this does not give: TFLM's
 speed or code size on a Cortex-M (building TFLM and CMSIS-NN for Arm needs their
 sources, which no package here ships).
 """
@@ -34,12 +34,12 @@ import torch
 import mscnn
 from mscnn.heads import ECG_SEQ_LAB_NET
 
-from . import quantize
-from .errors import CompileError
+from ..errors import CompileError
+from ..int8 import quantize
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).with_name("tflm_runner.py")
 TFLM_PYTHON = ROOT / ".venv-tflm" / "bin" / "python"
 FLOAT_OPS = ("EXP", "LOG")  # Mish's softplus: TFLM has float kernels only for these
@@ -91,7 +91,7 @@ def network_spec(model: torch.nn.Module, samples: int) -> tuple[dict, dict[str, 
         return name
 
     branches = []
-    for b, blocks in enumerate(quantize._float_blocks(model.cnn, "cnn.")):
+    for b, blocks in enumerate(quantize.float_blocks(model.cnn, "cnn.")):
         branch = []
         for k, (convs, pool, _) in enumerate(blocks):
             specs, post = [], None
@@ -135,7 +135,7 @@ def _head_spec(model, put) -> list[dict]:
 
 
 def run_runner(spec_npz: Path, out: Path, python: Path = TFLM_PYTHON, timeout: float = 1800):
-    """compile/tflm_runner.py under TFLM's interpreter; its results as a dict of arrays."""
+    """compile/bench/tflm_runner.py under TFLM's interpreter; its results as a dict of arrays."""
     if not Path(python).is_file():
         raise CompileError(
             f"tflm: no {python}; run `make tflm`, which makes it (tensorflow-cpu, tflite-micro)"
@@ -208,12 +208,12 @@ def _our_memory(model, qm, out: Path) -> tuple[int, int, int]:
     plan plus the kernels' workspace pool."""
     from mscnn.streaming import StepModule
 
-    from .aot import compile_kernels, lower_module
-    from .int8 import _register_intrinsics, relax_program, select_isa
-    from .int8_stream import Int8Step, step_module
-    from .mcu import CORES, STATES_FROM
+    from ..int8.kernels import register_intrinsics, relax_program, select_isa
+    from ..int8.step import Int8Step, step_module
+    from ..mcu.aot import compile_kernels, lower_module
+    from ..mcu.firmware import CORES, STATES_FROM
 
-    _register_intrinsics()
+    register_intrinsics()
     core = CORES["cortex-m7"].tvm
     step = Int8Step(StepModule(model, 200), qm)
     modules = {
@@ -230,7 +230,7 @@ def _our_memory(model, qm, out: Path) -> tuple[int, int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m compile.tflm", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m compile.bench.tflm", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("build/tflm"))
     parser.add_argument("--python", type=Path, default=TFLM_PYTHON, help="TFLM's interpreter")
     args = parser.parse_args(argv)

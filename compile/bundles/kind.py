@@ -1,0 +1,59 @@
+"""What a bundle kind is: a name, the folder suffix its bundles carry, and the one
+function that builds a bundle of that kind into a temporary folder. compile/build.py
+finds a kind in the registry (compile/bundles/__init__.py) and calls it; it never imports
+a kind's module, so a kind cannot import the build back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import mscnn
+    from deploy.manifest import Manifest
+
+    from ..publish import Journal
+    from ..targets import Target
+    from ..variants import Variant
+
+
+@dataclass
+class BuildOptions:
+    samples: int = 5000
+    batch: int = 1
+    seed: int = 0
+    progress: Callable[[str], None] = field(default=lambda stage: None)
+    tuning: bool = True  # apply the target's tuning records (compile/tuning/<target>/)
+    records_dir: Path | None = None  # another records folder (tests)
+    hop: int | None = None  # a stream bundle of the model's step for this hop (samples)
+    precision: str = "fp32"  # one of compile.bundles.PRECISIONS
+
+
+# build_into(folder, name, loaded, target, variant, options, journal) -> Manifest
+BuildInto = Callable[
+    [Path, str, "mscnn.LoadedModel", "Target", "Variant", BuildOptions, "Journal"], "Manifest"
+]
+
+
+@dataclass(frozen=True)
+class BundleKind:
+    """One kind of bundle. `precision` and `streaming` are what a request names (the
+    registry's key); `build_into` writes a complete bundle (library, golden cases,
+    manifest with every file hashed, parity checked where it runs) into its folder and
+    returns the manifest; `check` refuses, before any work, a request this kind cannot
+    build (it raises CompileError)."""
+
+    name: str
+    precision: str
+    streaming: bool
+    build_into: BuildInto
+    check: Callable[[mscnn.LoadedModel, Target, BuildOptions], None] = lambda *_: None
+    summary: str = ""
+
+    def folder(self, preset: str | None, variant: Variant, hop: int | None) -> str:
+        """The bundle's folder name: <preset>-<variant>[-stream<hop>][-<precision>]."""
+        stream = f"-stream{hop}" if self.streaming else ""
+        suffix = "" if self.precision == "fp32" else f"-{self.precision}"
+        return f"{preset or 'custom'}-{variant.name}{stream}{suffix}"
