@@ -67,7 +67,7 @@ def _targets(args) -> int:
     for t in TARGETS.values():
         run = {"native": "native", "qemu": t.qemu[0] if t.qemu else "", "gpu": "GPU"}[t.run]
         table.add_row(t.name, t.description, t.compiler, run, runnable_here(t)[1])
-    from .mcu.firmware import BOARDS, CORES
+    from .mcu.boards import BOARDS, CORES
     from .mcu.package import PACKAGES
 
     for name, (board, _) in PACKAGES.items():
@@ -295,7 +295,7 @@ def _bench_stream(args) -> int:
 
 
 def _add_mcu(sub, formatter) -> None:
-    from .mcu.firmware import BOARDS, PARTS
+    from .mcu.boards import BOARDS, PARTS
     from .mcu.package import PACKAGES
 
     m = sub.add_parser(
@@ -357,7 +357,8 @@ def _add_mcu(sub, formatter) -> None:
 
 
 def _mcu(args) -> int:
-    from .mcu.firmware import BOARDS, CORES, build_mcu
+    from .mcu.boards import BOARDS, CORES
+    from .mcu.firmware import build_mcu
     from .mcu.package import PACKAGES, package_mcu
 
     board, part = PACKAGES[args.target] if args.target else ("mps2-an500", None)

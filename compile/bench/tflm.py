@@ -211,7 +211,8 @@ def _our_memory(model, qm, out: Path) -> tuple[int, int, int]:
     from ..int8.kernels import register_intrinsics, relax_program, select_isa
     from ..int8.step import Int8Step, step_module
     from ..mcu.aot import compile_kernels, lower_module
-    from ..mcu.firmware import CORES, STATES_FROM
+    from ..mcu.boards import CORES
+    from ..mcu.firmware import STATES_FROM
 
     register_intrinsics()
     core = CORES["cortex-m7"].tvm

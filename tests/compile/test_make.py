@@ -9,7 +9,7 @@ import pytest
 
 import mscnn
 from compile import TARGETS, default_variants
-from compile.mcu.firmware import CORES
+from compile.mcu.boards import CORES
 
 ROOT = Path(__file__).resolve().parents[2]
 

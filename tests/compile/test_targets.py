@@ -34,7 +34,7 @@ def test_unknown_target_lists_valid_ones():
 
 @pytest.mark.parametrize("core", ["cortex-m7", "cortex-m4", "cortex-m55"])
 def test_a_cortex_m_as_a_bundle_target_points_to_its_package(core):
-    from compile.mcu.firmware import CORES
+    from compile.mcu.boards import CORES
     from compile.mcu.package import PACKAGES
 
     assert core in CORES and core in PACKAGES  # the names get_target knows are the tables'
