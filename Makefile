@@ -126,7 +126,7 @@ BUNDLES := $(foreach t,$(BUNDLE_TARGETS),$(foreach p,$(FP32_PRESETS),\
              $(foreach v,$(call variants_of,$(p)),$(BUILD)/$(t)/$(p)-$(v)lead/manifest.json))) \
            $(call reduced_bundles,int8,$(INT8_TARGETS),$(INT8_PRESETS)) \
            $(call reduced_bundles,fp16,$(FP16_TARGETS),$(FP16_PRESETS))
-SOURCES := $(wildcard mscnn/*.py mscnn/weights/* compile/*.py compile/*.c deploy/*.py \
+SOURCES := $(wildcard mscnn/*.py mscnn/weights/* compile/*.py compile/*/*.py compile/*/*.c deploy/*.py \
              compile/tuning/*/*.json ../shared/data/*.npz)
 
 # Options every bundle depends on: rewritten only when they change.

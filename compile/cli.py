@@ -90,11 +90,18 @@ def _add_build(sub, formatter) -> None:
     b = sub.add_parser("build", help="build bundles", formatter_class=formatter)
     b.add_argument(
         "--preset",
-        default=mscnn.DEFAULT_PRESET,
+        default=None,
         choices=list(mscnn.PRESETS),
-        help="model preset (config, leads, sampling rate)",
+        help="model preset (config, leads, sampling rate); with a --checkpoint saved by "
+        "mscnn.save_checkpoint (it carries its config), only a check that it holds this "
+        f"preset's model (default: the checkpoint's own config, else {mscnn.DEFAULT_PRESET})",
     )
-    b.add_argument("--checkpoint", type=Path, help="trained weights (default: seeded init)")
+    b.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="trained weights: a file mscnn.save_checkpoint wrote, or a bare (torch_ecg) "
+        "state dict with --preset (default: the preset's own weights, else seeded)",
+    )
     b.add_argument(
         "--targets",
         type=_csv,
@@ -485,11 +492,28 @@ def _tune(args) -> int:
 # --------------------------------------------------------------------------------------
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Each default shown once, as a user would type it: not where the help already says
+    it, not for a flag or an unset option, a list comma-joined."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is None or default is False or default == argparse.SUPPRESS:
+            return text
+        if not action.option_strings:
+            return text
+        if isinstance(default, list | tuple):
+            default = ",".join(map(str, default))
+        return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m compile",
-        description="Compile MultiScopicCNN to TVM bundles for x86-64, ARM and CUDA.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Compile MultiScopicCNN to TVM bundles for x86-64, ARM and CUDA, and "
+        "to firmware for Cortex-M cores (compile mcu).",
+        formatter_class=_Help,
     )
     sub = p.add_subparsers(dest="command", required=True)
     _add_targets(sub)

@@ -21,7 +21,7 @@ from .variants import Variant, resolve_variants
 class Request:
     """What to build: a preset (and optional checkpoint), targets and lead variants."""
 
-    preset: str = mscnn.DEFAULT_PRESET
+    preset: str | None = mscnn.DEFAULT_PRESET  # None: the checkpoint's own config
     checkpoint: Path | None = None
     targets: list[str] = field(default_factory=list)
     variants: list[str] | None = None  # None: every lead set of the model
@@ -45,11 +45,17 @@ class Plan:
     def __str__(self) -> str:
         r = self.request
         return (
-            f"preset {r.preset} ({self.loaded.source}); targets "
+            f"{_model_name(r, self.loaded)} ({self.loaded.source}); targets "
             f"{', '.join(t.name for t in self.targets)}; variants "
             f"{', '.join(v.name for v in self.variants)}; input (batch {r.batch}, leads, "
             f"{r.samples} samples); out {r.out}/"
         )
+
+
+def _model_name(request: Request, loaded: mscnn.LoadedModel) -> str:
+    if request.preset is None and request.checkpoint is not None:
+        return f"the checkpoint's own config (preset {loaded.preset or 'none: custom'})"
+    return f"preset {loaded.preset}"
 
 
 @dataclass
@@ -82,7 +88,7 @@ def build_matrix(
     for target in planned.targets:
         for variant in planned.variants:
             suffix = "" if r.precision == "fp32" else f"-{r.precision}"
-            label = f"{target.name}/{r.preset}-{variant.name}{suffix}"
+            label = f"{target.name}/{planned.loaded.preset or 'custom'}-{variant.name}{suffix}"
             options = BuildOptions(
                 hop=r.hop,
                 precision=r.precision,

@@ -137,14 +137,19 @@ def load_checkpoint(path: str | Path, preset: str | None = None) -> LoadedModel:
 
 
 def load_model(
-    preset: str = DEFAULT_PRESET, checkpoint: str | Path | None = None, seed: int = 0
+    preset: str | None = DEFAULT_PRESET, checkpoint: str | Path | None = None, seed: int = 0
 ) -> LoadedModel:
     """The model the pipeline compiles: from `checkpoint` if given, else the weights the
     preset ships (the demo detector's, trained by `make train`), else seeded.
 
     Works alike for backbone and whole-model presets: `checkpoint` is a file
-    `save_checkpoint` wrote, or a bare (torch_ecg) state dict of that preset's model.
+    `save_checkpoint` wrote (it carries its config: no preset is needed, and a preset
+    given is checked against it), or a bare (torch_ecg) state dict of that preset's model.
+    `preset=None` without a checkpoint means the default preset.
     """
+    if checkpoint is not None and preset is None:
+        return load_checkpoint(checkpoint, None)
+    preset = preset or DEFAULT_PRESET
     p = get_preset(preset)
     if checkpoint is None and p.weights_path is not None:
         if not p.weights_path.is_file():
@@ -266,18 +271,50 @@ def _from_ours(path: Path, data: Mapping, preset: str | None) -> LoadedModel:
 
 
 def _check_preset(path: Path, model: Model, p: Preset, saved_as: str | None) -> None:
-    """A checkpoint given with a preset must hold that preset's model (weights aside)."""
+    """A checkpoint given with a preset must hold that preset's model (weights aside);
+    where it does not, the error names the fields that differ."""
+    preset_model = _build(p)
     if p.head is None:
-        same = model.head is None and resolve_config(p.in_channels, p.config)[0] == model.spec
+        ours = resolve_config(p.in_channels, p.config)[0]
+        same = model.head is None and ours == model.spec
     else:
-        spec = resolve_head_config(p.head, p.in_channels, p.classes, p.config)[0]
-        same = model.head == p.head and spec == model.spec
+        ours = resolve_head_config(p.head, p.in_channels, p.classes, p.config)[0]
+        same = model.head == p.head and ours == model.spec
     if not same:
+        fields = _differences(model, preset_model)
         raise MscnnError(
-            f"checkpoint {path} holds a different model than preset {p.name!r} "
-            f"({_describe(model)}, vs {_describe(_build(p))}); give its own preset "
-            f"({saved_as!r}) or none"
+            f"checkpoint {path} holds a different model than preset {p.name!r}: "
+            f"{'; '.join(fields) or _describe(model)}. A checkpoint saved by "
+            f"save_checkpoint carries its config: build it with no --preset"
+            + (f" (it was saved as preset {saved_as!r})" if saved_as else "")
         )
+
+
+def _differences(model: Model, other: Model) -> list[str]:
+    """'field: this vs that' for each config field in which two models differ (the head,
+    the lead count, the classes, then the resolved config's fields), at most eight."""
+    found = []
+    if model.head != other.head:
+        found.append(f"head: {model.head or 'none'} vs {other.head or 'none'}")
+    if model.in_channels != other.in_channels:
+        found.append(f"leads: {model.in_channels} vs {other.in_channels}")
+    if model.head is not None and other.head is not None and model.classes != other.classes:
+        found.append(f"classes: {model.classes} vs {other.classes}")
+    mine, theirs = _flat(model.config), _flat(other.config)
+    for key in sorted(set(mine) | set(theirs)):
+        if mine.get(key) != theirs.get(key):
+            found.append(f"{key}: {mine.get(key, 'unset')} vs {theirs.get(key, 'unset')}")
+    return found[:8]
+
+
+def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as {"a.b.c": value}."""
+    if isinstance(config, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in config.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): config}
 
 
 def _describe(model: Model) -> str:
