@@ -153,6 +153,23 @@ $(foreach t,$(call targets_in,$(INT8_TARGETS)),$(foreach p,$(INT8_PRESETS),\
 $(foreach t,$(call targets_in,$(FP16_TARGETS)),$(foreach p,$(FP16_PRESETS),\
   $(foreach v,$(call variants_of,$(p)),$(eval $(call reduced_rule,$(t),$(p),$(v),fp16)))))
 
+# The detector streamed (the README's stream and long-record commands need it): its
+# stream bundles at STREAM_HOP samples per step for the CPU targets in TARGETS, fp32 and
+# int8 (PRECISION= picks one); build/<target>/cpsc2019_qrs-1lead-stream<hop>[-int8]/.
+STREAM_HOP ?= 512
+STREAM_TARGETS := x86_64 x86_64-avx512 aarch64 armv7
+STREAM_PRECISIONS := $(if $(PRECISION),$(filter fp32 int8,$(PRECISION)),fp32 int8)
+stream_name = cpsc2019_qrs-1lead-stream$(STREAM_HOP)$(if $(filter int8,$(1)),-int8)
+STREAMS := $(if $(filter cpsc2019_qrs,$(BUILD_PRESETS)),$(foreach t,$(call targets_in,$(STREAM_TARGETS)),\
+             $(foreach p,$(STREAM_PRECISIONS),$(BUILD)/$(t)/$(call stream_name,$(p))/manifest.json)))
+
+define stream_rule
+$(BUILD)/$(1)/$(call stream_name,$(2))/manifest.json: $(SOURCES) $(BUILD)/.options $(CHECKPOINT) | $(STAMP) $(TOOLCHAINS)
+	$(PY) -m compile build --preset cpsc2019_qrs --targets $(1) --hop $(STREAM_HOP) --precision $(2) \
+	  --out $(BUILD) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --quiet
+endef
+$(foreach t,$(STREAM_TARGETS),$(foreach p,fp32 int8,$(eval $(call stream_rule,$(t),$(p)))))
+
 # Cortex-M (the cores in TARGETS): the streaming detector, hop MCU_HOP, in fp32 and int8,
 # each proven under qemu-system-arm (compile/mcu/firmware.py); build/mcu/<core>-stream<hop>-<precision>/.
 MCU_HOP ?= 200
@@ -169,11 +186,11 @@ $(BUILD)/mcu/$(1)-stream$(MCU_HOP)-$(2)/mcu.json: $(SOURCES) $(MCU_SOURCES) $(CH
 endef
 $(foreach c,$(MCU_TARGETS),$(foreach p,fp32 int8,$(eval $(call mcu_rule,$(c),$(p)))))
 
-build: $(BUNDLES) $(MCU_BUILDS)
+build: $(BUNDLES) $(STREAMS) $(MCU_BUILDS)
 	@$(PY) -m compile summary $(BUILD)
 
 print-bundles:
-	@echo $(BUNDLES) $(MCU_BUILDS)
+	@echo $(BUNDLES) $(STREAMS) $(MCU_BUILDS)
 
 # --------------------------------------------------------------------------------------
 # The native runner (deploy/native), one relocatable folder per architecture.
@@ -202,7 +219,7 @@ ifneq ($(filter $(TARGET),$(MCU_TARGETS)),)
 	  --precision $(MCU_PRECISION) --folder $(BUILD)/mcu/$(TARGET)-stream$(MCU_HOP)-$(MCU_PRECISION) \
 	  --package $(BUILD)/package $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 else
-	$(MAKE) --no-print-directory $(filter $(BUILD)/$(TARGET)/%,$(BUNDLES)) runners
+	$(MAKE) --no-print-directory $(filter $(BUILD)/$(TARGET)/%,$(BUNDLES) $(STREAMS)) runners
 	$(PY) -m deploy package $(TARGET) --build $(BUILD) --runners $(BUILD)/native --out $(BUILD)/package
 endif
 

@@ -9,10 +9,12 @@ GPU: TVM's default GPU pipeline, whose dlight rules bind every kernel to threads
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import CompileError
 from ..export import INPUT_NAME
 from ..targets import Target, tvm_target
 from .schedule import KernelCounts, schedule_pass
@@ -97,17 +99,28 @@ def pipeline_for(
     return run
 
 
-def import_onnx(onnx_path: Path, shape):
-    """The ONNX file as a Relax module with a static input shape."""
+def import_onnx(onnx_path: Path, shape=None):
+    """The ONNX file as a Relax module, every input at the static shape and dtype the file
+    declares (a window model's one input, or a stream step's input and states); `shape`,
+    where given, is the ECG input's. The one ONNX importer of bundles and Cortex-M builds."""
     import onnx
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
-    mod = from_onnx(
-        onnx.load(str(onnx_path)),
-        shape_dict={INPUT_NAME: list(shape)},
-        dtype_dict={INPUT_NAME: "float32"},
-    )
+    model = onnx.load(str(onnx_path))
+    shapes, dtypes = {}, {}
+    for i in model.graph.input:
+        dims = [d.dim_value for d in i.type.tensor_type.shape.dim]
+        shapes[i.name] = dims
+        dtypes[i.name] = onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name
+    if shape is not None:
+        shapes[INPUT_NAME] = list(shape)
+    dynamic = [name for name, dims in shapes.items() if any(d <= 0 for d in dims)]
+    if dynamic:
+        raise CompileError(f"input {', '.join(dynamic)} of {onnx_path} has no static shape")
+    with warnings.catch_warnings():  # state names hold dots, which Relax renames: expected
+        warnings.filterwarnings("ignore", "Renaming name", UserWarning)
+        mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes)
     return relax.transform.DecomposeOpsForInference()(mod)  # batch_norm -> scale and shift
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 from deploy.manifest import StreamFacts
 
 from ..errors import CompileError
+from ..lowering.pipeline import import_onnx
 
 ALIGN = 64  # TVM's kernels assume (llvm.assume) 64-byte aligned data pointers
 _DTYPES = {
@@ -299,27 +299,6 @@ def _in_place(reader: _Reader, inputs, outputs, start: int) -> dict[int, int]:
 # Lowering: ONNX -> Relax -> single-threaded kernels -> the static call sequence
 
 
-def import_static(onnx_path: Path):
-    """The ONNX file as a Relax module, every input at the static shape and dtype the
-    file declares (a window model's one input, or a stream step's input and states)."""
-    import onnx
-    from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
-
-    model = onnx.load(str(onnx_path))
-    shapes, dtypes = {}, {}
-    for i in model.graph.input:
-        dims = [d.dim_value for d in i.type.tensor_type.shape.dim]
-        if any(d <= 0 for d in dims):
-            raise CompileError(f"mcu: input {i.name} of {onnx_path} has no static shape")
-        shapes[i.name] = dims
-        dtypes[i.name] = onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name
-    with warnings.catch_warnings():  # state names hold dots, which Relax renames
-        warnings.filterwarnings("ignore", "Renaming name", UserWarning)
-        mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes)
-    return relax.transform.DecomposeOpsForInference()(mod)  # batch_norm -> scale and shift
-
-
 @dataclass(frozen=True)
 class Lowered:
     program: Program  # the call sequence over the arena
@@ -349,7 +328,7 @@ def lower(
         *cpu.dataflow_lower_passes(target),
     ]
     with target:
-        mod = tvm.transform.Sequential(passes)(import_static(onnx_path))
+        mod = tvm.transform.Sequential(passes)(import_onnx(onnx_path))
     return plan(mod, target, states_from)
 
 

@@ -49,7 +49,32 @@ def test_default_matrix_matches_the_python_defaults():
     fp16 = {f"b/{t}/cpsc2019_qrs-1lead-fp16/manifest.json" for t in TARGETS if TARGETS[t].fp16}
     assert {t for t in TARGETS if TARGETS[t].fp16} == {"aarch64"}
     mcu = {f"b/mcu/{c}-stream200-{p}/mcu.json" for c in CORES for p in ("fp32", "int8")}
-    assert got == fp32 | int8 | fp16 | mcu and len(got) == 53
+    streams = {
+        f"b/{t}/cpsc2019_qrs-1lead-stream512{s}/manifest.json"
+        for t in TARGETS
+        if TARGETS[t].int8
+        for s in ("", "-int8")
+    }
+    assert got == fp32 | int8 | fp16 | streams | mcu and len(got) == 61
+
+
+def test_the_default_build_holds_the_detectors_stream_bundles():
+    """The README streams a record through build/<cpu>/cpsc2019_qrs-1lead-stream512: the
+    default build makes it (fp32 and int8), PRECISION= picks one, and a package of a CPU
+    target carries it."""
+    only_int8 = make(
+        "print-bundles", "BUILD=b", "PRECISION=int8", "TARGETS=aarch64", "PRESET=cpsc2019_qrs"
+    )
+    assert only_int8.stdout.split() == [
+        "b/aarch64/cpsc2019_qrs-1lead-int8/manifest.json",
+        "b/aarch64/cpsc2019_qrs-1lead-stream512-int8/manifest.json",
+    ]
+    none = make("print-bundles", "BUILD=b", "PRESET=cpsc2019", "TARGETS=x86_64")
+    assert "stream" not in none.stdout
+    recipe = make("-n", "build", "BUILD=b", "TARGETS=x86_64", "PRESET=cpsc2019_qrs")
+    assert "--hop 512 --precision int8" in recipe.stdout.replace("\\\n", "")
+    package = make("-n", "package", "BUILD=b", "TARGET=armv7", "PRESET=cpsc2019_qrs")
+    assert "b/armv7/cpsc2019_qrs-1lead-stream512/manifest.json" in package.stdout
 
 
 def test_cortex_m_builds_follow_targets_precision_and_preset():
@@ -78,7 +103,7 @@ def test_precision_picks_the_matrix():
     assert only_int8.stdout.split() == ["b/x86_64/cpsc2019-1lead-int8/manifest.json"]
     only_fp32 = make("print-bundles", "BUILD=b", "PRECISION=fp32", "TARGETS=armv7")
     assert all("int8" not in b for b in only_fp32.stdout.split())
-    assert len(only_fp32.stdout.split()) == 7
+    assert len(only_fp32.stdout.split()) == 8  # 7 windows and the detector's fp32 stream
     only_fp16 = make("print-bundles", "BUILD=b", "PRECISION=fp16", "PRESET=cpsc2019")
     assert only_fp16.stdout.split() == ["b/aarch64/cpsc2019-1lead-fp16/manifest.json"]
     wrong = make("print-bundles", "PRECISION=bf16")
