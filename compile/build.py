@@ -18,7 +18,7 @@ from pathlib import Path
 import mscnn
 from deploy.bundle import BUILD_LOG, Bundle
 
-from .bundles import PRECISIONS, BuildOptions, kind_for
+from .bundles import PRECISIONS, BuildOptions, Job, kind_for
 from .errors import CompileError
 from .publish import Journal, keep_failed, publish, start
 from .targets import Target, check_compiler
@@ -62,7 +62,8 @@ def build(
     tmp = start(final)
     journal = Journal(tmp / BUILD_LOG)
     try:
-        manifest = kind.build_into(tmp, final.name, loaded, target, variant, options, journal)
+        job = Job(tmp, final.name, loaded, target, variant, options, journal)
+        manifest = kind.build_into(job)
     except BaseException as exc:
         journal.write(traceback.format_exc())
         kept = keep_failed(tmp, final)

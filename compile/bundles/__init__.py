@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..errors import CompileError
 from . import int8_stream, int8_window, stream, window
-from .kind import BuildOptions, BundleKind
+from .kind import BuildOptions, BundleKind, Job
 
 KINDS: dict[tuple[str, bool], BundleKind] = {
     (kind.precision, kind.streaming): kind
@@ -40,4 +40,4 @@ def kind_for(precision: str, hop: int | None) -> BundleKind:
     return kind
 
 
-__all__ = ["KINDS", "PRECISIONS", "BuildOptions", "BundleKind", "kind_for"]
+__all__ = ["KINDS", "PRECISIONS", "BuildOptions", "BundleKind", "Job", "kind_for"]

@@ -26,7 +26,6 @@ from deploy.manifest import Manifest
 from ..golden import write_cases
 from ..int8 import quantize
 from ..int8.step import Int8Step, build_step
-from ..publish import Journal
 from ..targets import Target, int8_target
 from ..variants import Variant, variant_model
 from .common import (
@@ -38,7 +37,7 @@ from .common import (
     step_of,
     write_manifest,
 )
-from .kind import BuildOptions, BundleKind
+from .kind import BuildOptions, BundleKind, Job
 from .quantized import (
     PRECISION,
     as_int8,
@@ -50,38 +49,29 @@ from .quantized import (
 )
 
 
-def build_int8_stream_into(
-    folder: Path,
-    name: str,
-    loaded: mscnn.LoadedModel,
-    target: Target,
-    variant: Variant,
-    options: BuildOptions,
-    journal: Journal,
-) -> Manifest:
-    def step(stage: str):
-        return journal.stage(stage, options.progress)
-
-    with step("variant"):  # Step 1
+def build_int8_stream_into(job: Job) -> Manifest:
+    folder, loaded, variant, options = job.folder, job.loaded, job.variant, job.options
+    target, journal = job.target, job.journal
+    with job.stage("variant"):  # Step 1
         model = variant_model(loaded, variant).eval()
         fp32_step, built_for = step_of(model, options.hop), int8_target(target)
-    with step("quantize"):  # Step 2
+    with job.stage("quantize"):  # Step 2
         qm, saturated = quantize_variant(loaded, model, variant, journal)
         int8_step = Int8Step(fp32_step, qm)
-    with step("golden"):  # Step 3
+    with job.stage("golden"):  # Step 3
         case, outputs = _golden(folder, model, qm, variant, loaded.fs, options.seed)
-    with step("tvm"):  # Step 4
+    with job.stage("tvm"):  # Step 4
         compiled = build_step(int8_step, built_for.tvm, require=built_for.int8.isa)
         library = link_int8(compiled, folder, target, journal, "int8 step")
-    with step("manifest"):  # Step 5
+    with job.stage("manifest"):  # Step 5
         shape = (1, int8_step.leads, options.hop)
         base = describe(
-            name, loaded, model, built_for, variant, shape, [], library, int8_parity(None)
+            job.name, loaded, model, built_for, variant, shape, [], library, int8_parity(None)
         )  # fmt: skip
         quant = quantization_record(qm, compiled, saturated, outputs)
         streamed = as_stream(base, int8_step, case)
         manifest = write_manifest(folder, as_int8(streamed, quant, compiled.constant_bytes))
-    with step("parity"):  # Step 6
+    with job.stage("parity"):  # Step 6
         manifest = check_built(folder, manifest, built_for)
         journal.write(f"int8 step (streamed) vs the int8 reference: {manifest.parity.tvm}")
     return manifest

@@ -18,20 +18,17 @@ against the int8 reference, with its distance to fp32 and its accuracy reported 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import torch
 
-import mscnn
 from deploy.manifest import Manifest
 
 from ..golden import window_cases, write_cases
 from ..int8 import kernels, quantize
-from ..publish import Journal
-from ..targets import Target, int8_target
-from ..variants import Variant, variant_model
+from ..targets import int8_target
+from ..variants import variant_model
 from .common import check_built, describe, task_of, variant_contract, write_manifest
-from .kind import BuildOptions, BundleKind
+from .kind import BundleKind, Job
 from .quantized import (
     PRECISION,
     as_int8,
@@ -45,25 +42,16 @@ from .quantized import (
 )
 
 
-def build_int8_into(
-    folder: Path,
-    name: str,
-    loaded: mscnn.LoadedModel,
-    target: Target,
-    variant: Variant,
-    options: BuildOptions,
-    journal: Journal,
-) -> Manifest:
-    def step(stage: str):
-        return journal.stage(stage, options.progress)
-
-    with step("variant"):  # Step 1
+def build_int8_into(job: Job) -> Manifest:
+    folder, loaded, variant, options = job.folder, job.loaded, job.variant, job.options
+    target, journal = job.target, job.journal
+    with job.stage("variant"):  # Step 1
         model = variant_model(loaded, variant).eval()
         built_for = int8_target(target)
         shape = (options.batch, model.in_channels, options.samples)
-    with step("quantize"):  # Step 2
+    with job.stage("quantize"):  # Step 2
         qm, saturated = quantize_variant(loaded, model, variant, journal)
-    with step("golden"):  # Step 3
+    with job.stage("golden"):  # Step 3
         inputs = window_cases(
             task_of(model), variant.leads, options.samples, loaded.fs, options.batch, options.seed
         )
@@ -73,26 +61,26 @@ def build_int8_into(
                 outputs[key] = quantize.run_int8(qm, x), model(torch.from_numpy(x)).numpy()
         write_cases(folder, {key: (x, outputs[key][0]) for key, x in inputs.items()})
         contract = variant_contract(loaded, model, variant, inputs["ecg"])
-    with step("tvm"):  # Step 4
+    with job.stage("tvm"):  # Step 4
         program = kernels.build_int8(
             qm, built_for.tvm, options.batch, options.samples, require=built_for.int8.isa
         )
         library = link_int8(program, folder, target, journal, "int8 kernels")
-    with step("manifest"):  # Step 5
+    with job.stage("manifest"):  # Step 5
         base = describe(
-            name, loaded, model, built_for, variant, shape, list(inputs), library,
+            job.name, loaded, model, built_for, variant, shape, list(inputs), library,
             int8_parity(contract),
         )  # fmt: skip
         quant = quantization_record(qm, program, saturated, outputs)
         manifest = write_manifest(folder, as_int8(base, quant, program.constant_bytes))
-    with step("accuracy"):  # Step 6
+    with job.stage("accuracy"):  # Step 6
         if task_of(model) == "qrs_detection":
             quant = dataclasses.replace(quant, accuracy=detector_accuracy(model, qm, journal))
         elif task_of(model) == "classification":
             decisions = classifier_decisions(model, qm, variant, journal)
             quant = dataclasses.replace(quant, decisions=decisions)
         manifest = write_manifest(folder, dataclasses.replace(manifest, quantization=quant))
-    with step("parity"):  # Step 7
+    with job.stage("parity"):  # Step 7
         manifest = check_built(folder, manifest, built_for)
         journal.write(f"int8 TVM vs the int8 reference: {manifest.parity.tvm}")
     return manifest

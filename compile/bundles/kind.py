@@ -31,18 +31,34 @@ class BuildOptions:
     precision: str = "fp32"  # one of compile.bundles.PRECISIONS
 
 
-# build_into(folder, name, loaded, target, variant, options, journal) -> Manifest
-BuildInto = Callable[
-    [Path, str, "mscnn.LoadedModel", "Target", "Variant", BuildOptions, "Journal"], "Manifest"
-]
+@dataclass(frozen=True)
+class Job:
+    """One bundle being built, as the build hands it to its kind: the temporary folder
+    to write, the bundle's name, the model and variant, the target, the options, and the
+    journal that logs each stage."""
+
+    folder: Path
+    name: str
+    loaded: mscnn.LoadedModel
+    target: Target
+    variant: Variant
+    options: BuildOptions
+    journal: Journal
+
+    def stage(self, stage: str):
+        """`with job.stage("tvm"):` logs the stage, reports progress, times it."""
+        return self.journal.stage(stage, self.options.progress)
+
+
+BuildInto = Callable[[Job], "Manifest"]
 
 
 @dataclass(frozen=True)
 class BundleKind:
     """One kind of bundle. `precision` and `streaming` are what a request names (the
     registry's key); `build_into` writes a complete bundle (library, golden cases,
-    manifest with every file hashed, parity checked where it runs) into its folder and
-    returns the manifest; `check` refuses, before any work, a request this kind cannot
+    manifest with every file hashed, parity checked where it runs) into the job's folder
+    and returns the manifest; `check` refuses, before any work, a request this kind cannot
     build (it raises CompileError)."""
 
     name: str

@@ -13,7 +13,6 @@ target, with a real record streamed hop by hop as its golden case.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,9 +25,8 @@ from deploy.parity import TOLERANCES, compare
 from ..errors import ParityError
 from ..export import export_step_onnx, stream_onnx
 from ..golden import write_cases
-from ..publish import Journal
 from ..targets import Target
-from ..variants import Variant, variant_model
+from ..variants import variant_model
 from .common import (
     as_stream,
     check_built,
@@ -41,47 +39,38 @@ from .common import (
     verdict,
     write_manifest,
 )
-from .kind import BuildOptions, BundleKind
+from .kind import BuildOptions, BundleKind, Job
 
 
-def build_stream_into(
-    folder: Path,
-    name: str,
-    loaded: mscnn.LoadedModel,
-    target: Target,
-    variant: Variant,
-    options: BuildOptions,
-    journal: Journal,
-) -> Manifest:
-    def step(stage: str):
-        return journal.stage(stage, options.progress)
-
-    with step("variant"):  # Step 1
+def build_stream_into(job: Job) -> Manifest:
+    folder, loaded, variant, options = job.folder, job.loaded, job.variant, job.options
+    target, journal = job.target, job.journal
+    with job.stage("variant"):  # Step 1
         model = variant_model(loaded, variant)
         step_model = step_of(model, options.hop)
-    with step("golden"):  # Step 2
+    with job.stage("golden"):  # Step 2
         record, name_ = golden_record(variant, loaded.fs, options.seed)
         with torch.no_grad():
             offline = model(torch.from_numpy(record)[None])[0].numpy()
         if task_of(model) == "qrs_detection":
             offline = np.ascontiguousarray(offline.T)  # (frames, classes) -> time last
         [case] = write_cases(folder, {name_: (record, offline)})
-    with step("onnx"):  # Step 3
+    with job.stage("onnx"):  # Step 3
         export_step_onnx(copy.deepcopy(model), options.hop, folder / ONNX_FILE)
         ort = compare(stream_onnx(folder / ONNX_FILE, record), offline, "cpu")
         journal.write(f"ONNX Runtime (streamed) vs PyTorch (offline): {ort}")
         if not ort.passed:
             raise ParityError(f"the streamed ONNX step disagrees with PyTorch: {ort}")
-    with step("tvm"):  # Step 4
+    with job.stage("tvm"):  # Step 4
         shape = (1, step_model.leads, options.hop)
         library = compile_library(
             folder / ONNX_FILE, target, shape, folder / LIBRARY, journal.path, options
         )
-    with step("manifest"):  # Step 5
+    with job.stage("manifest"):  # Step 5
         parity = Parity(TOLERANCES[target.device], verdict(ort), Verdict.not_run("not run"), None)
-        base = describe(name, loaded, model, target, variant, shape, [], library, parity)
+        base = describe(job.name, loaded, model, target, variant, shape, [], library, parity)
         manifest = write_manifest(folder, as_stream(base, step_model, case))
-    with step("parity"):  # Step 6
+    with job.stage("parity"):  # Step 6
         manifest = check_built(folder, manifest, target)
         journal.write(f"TVM (streamed) vs PyTorch: {manifest.parity.tvm}")
     return manifest

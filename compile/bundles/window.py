@@ -14,7 +14,6 @@ by TVM's pipeline for one target.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import torch
 
@@ -24,9 +23,8 @@ from deploy.manifest import Manifest, Parity, Verdict
 from deploy.parity import TOLERANCES
 
 from ..golden import window_cases, write_cases
-from ..publish import Journal
 from ..targets import Target, precision_target
-from ..variants import Variant, variant_model
+from ..variants import variant_model
 from .common import (
     check_built,
     compile_library,
@@ -38,26 +36,17 @@ from .common import (
     verdict,
     write_manifest,
 )
-from .kind import BuildOptions, BundleKind
+from .kind import BuildOptions, BundleKind, Job
 
 
-def build_window_into(
-    folder: Path,
-    name: str,
-    loaded: mscnn.LoadedModel,
-    target: Target,
-    variant: Variant,
-    options: BuildOptions,
-    journal: Journal,
-) -> Manifest:
-    def step(stage: str):
-        return journal.stage(stage, options.progress)
-
-    with step("variant"):  # Step 1
+def build_window_into(job: Job) -> Manifest:
+    folder, loaded, variant, options = job.folder, job.loaded, job.variant, job.options
+    target, journal = job.target, job.journal
+    with job.stage("variant"):  # Step 1
         model = variant_model(loaded, variant)
         shape = (options.batch, model.in_channels, options.samples)
         target = precision_target(target, options.precision)  # fp16: its own TVM target
-    with step("golden"):  # Step 2
+    with job.stage("golden"):  # Step 2
         inputs = window_cases(
             task_of(model), variant.leads, options.samples, loaded.fs, options.batch, options.seed
         )
@@ -65,23 +54,25 @@ def build_window_into(
             expected = {key: model(torch.from_numpy(x)).numpy() for key, x in inputs.items()}
         write_cases(folder, {key: (x, expected[key]) for key, x in inputs.items()})
         contract = variant_contract(loaded, model, variant, inputs["ecg"])
-    with step("onnx"):  # Step 3
+    with job.stage("onnx"):  # Step 3
         ort = export_checked(model, folder / ONNX_FILE, shape, inputs, expected)
         journal.write(f"ONNX Runtime vs PyTorch: {ort}")
-    with step("tvm"):  # Step 4
+    with job.stage("tvm"):  # Step 4
         library = compile_library(
             folder / ONNX_FILE, target, shape, folder / LIBRARY, journal.path, options
         )
-    with step("manifest"):  # Step 5
+    with job.stage("manifest"):  # Step 5
         parity = Parity(
             TOLERANCES[tolerance_kind(target, options.precision)],
             verdict(ort),
             Verdict.not_run("not run"),
             verdict(contract),
         )
-        base = describe(name, loaded, model, target, variant, shape, list(inputs), library, parity)
+        base = describe(
+            job.name, loaded, model, target, variant, shape, list(inputs), library, parity
+        )
         manifest = write_manifest(folder, dataclasses.replace(base, precision=options.precision))
-    with step("parity"):  # Step 6
+    with job.stage("parity"):  # Step 6
         manifest = check_built(folder, manifest, target)
         journal.write(f"TVM vs PyTorch: {manifest.parity.tvm}; task: {manifest.parity.task}")
     return manifest
