@@ -1,8 +1,10 @@
-"""`deploy detect` on the QRS detector, as a new user meets it: the rate assumed is said,
-a record too long for a window bundle names the stream bundle that takes it, a file of
-another kind says what it is."""
+"""`deploy detect` and `deploy info` on the QRS detector, as a new user meets them: the
+rate assumed is said, a record too long for a window bundle names the stream bundle that
+takes it, a file of another kind says what it is, and `info` shows what the output means
+(task, R-peak rule, a stream bundle's step)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 
 import mscnn
+from deploy.cli import main
 from mscnn import data as ecg_data
 
 pytestmark = pytest.mark.slow
@@ -85,3 +88,30 @@ def test_detect_names_a_file_of_another_kind(qrs_bundles, record, tmp_path):
     first = int(np.argmax(np.abs(counts) > 1e4))
     done = deploy("detect", bundle, "--input", tmp_path / "counts.npy")
     assert f"sample {first} (lead ECG) is {counts[first]:g}; not an ECG in mV" in done.stderr
+
+
+def info(bundle, capsys) -> dict[str, str]:
+    assert main(["info", str(bundle.path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    return dict(re.split(r"\s{2,}", line, maxsplit=1) for line in lines)
+
+
+def test_info_shows_the_task_and_the_rpeak_rule(qrs_bundles, qrs_stream_bundles, capsys):
+    window = info(qrs_bundles["x86_64"], capsys)
+    assert window["task"].startswith("qrs_detection (ECG_SEQ_LAB_NET): R-peak detector")
+    assert window["output"].endswith("batch, frames, classes (logits)")
+    assert window["R-peaks"] == (
+        "a frame (8 samples) is positive when sigmoid(logit) > 0.5; each run of positive "
+        "frames is one beat; beats closer than 200 ms are one (the stronger kept); none "
+        "within 50 ms of the record's ends; at 500 Hz"
+    )
+    assert "stream" not in window
+    bundle = qrs_stream_bundles["x86_64"]
+    s = bundle.manifest.stream
+    stream = info(bundle, capsys)
+    assert stream["R-peaks"] == window["R-peaks"]
+    assert stream["stream"] == (
+        f"hop 512 samples (1024 ms), look-ahead {s.look_ahead} samples "
+        f"({2 * s.look_ahead} ms), state {s.state_bytes / 1024:.1f} KiB in {len(s.states)} "
+        f"tensors, flush {s.flush_steps} steps at most"
+    )
