@@ -79,7 +79,8 @@ def _add_detect(sub) -> None:
         "--fs",
         type=positive,
         default=None,
-        help="the record's sampling rate, checked against the bundle's",
+        help="the record's sampling rate, checked against the bundle's (default: assumed "
+        "to be the bundle's, and said so)",
     )
     d.add_argument("--json", action="store_true", help="print beats and heart rate as JSON")
     d.add_argument("--plot", type=Path, help="also draw the record and its beats to this PNG")
@@ -88,10 +89,11 @@ def _add_detect(sub) -> None:
 
 def _detect(args) -> int:
     from .detect import detect, plot
-    from .files import read_npy
+    from .records import read_record
 
-    record = read_npy(args.input)
+    record = read_record(args.input)
     found = detect(args.bundle, record, args.fs)
+    _note_rate(found.fs_assumed, found.fs)
     if args.json:
         print(json.dumps(found.to_json()))
     else:
@@ -102,6 +104,14 @@ def _detect(args) -> int:
         plot(record, found, args.plot, title=show(args.input.name))
         print(f"wrote {show(args.plot)}", file=sys.stderr if args.json else sys.stdout)
     return EXIT_OK
+
+
+def _note_rate(assumed: bool, fs: int) -> None:
+    """Every run whose rate was assumed says so (on stderr: stdout stays the result)."""
+    from .detect import rate_note
+
+    if assumed:
+        print(f"note: {rate_note(fs)}", file=sys.stderr, flush=True)
 
 
 def _add_stream(sub) -> None:
@@ -115,9 +125,23 @@ def _add_stream(sub) -> None:
         "--input",
         type=Path,
         default=Path("-"),
-        help="raw little-endian float32 samples, leads interleaved (- for stdin)",
+        help="raw little-endian float32 samples in mV, leads interleaved (- for stdin), "
+        "or a .npy file (float32 mV, (samples,) or (leads, samples))",
     )
     s.add_argument("--detect", action="store_true", help="print R-peaks instead of frames")
+    s.add_argument(
+        "--json",
+        action="store_true",
+        help="with --detect: print beats and heart rate as JSON at the end of the record, "
+        "as `deploy detect --json` does",
+    )
+    s.add_argument(
+        "--fs",
+        type=positive,
+        default=None,
+        help="the record's sampling rate, checked against the bundle's (default: assumed "
+        "to be the bundle's, and said so)",
+    )
     s.add_argument(
         "--chunk",
         type=positive,
@@ -128,9 +152,16 @@ def _add_stream(sub) -> None:
 
 
 def _stream(args) -> int:
-    from .streaming_cli import stream_file
+    from .streaming_cli import open_run
 
-    for line in stream_file(args.bundle, args.input, args.detect, args.chunk):
+    if args.json and not args.detect:
+        raise DeployError("--json goes with --detect (beats and heart rate); frames print as text")
+    run = open_run(args.bundle, args.input, args.fs, args.chunk, args.detect)
+    _note_rate(run.fs_assumed, run.fs)
+    if args.json:
+        print(json.dumps(run.detection().to_json()))
+        return EXIT_OK
+    for line in run.lines(args.detect):
         print(line, flush=True)
     return EXIT_OK
 

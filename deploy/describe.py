@@ -10,26 +10,63 @@ from .errors import DeployError
 from .files import open_inside, read_capped, show
 from .manifest import MAX_MANIFEST_BYTES, ManifestError, McuReport
 
+# What a bundle's output means, by the manifest's task: the output tensor's name alone
+# ("features" for every window model) says nothing of it.
+TASK_MEANING = {
+    "features": "backbone features, no task head",
+    "qrs_detection": "R-peak detector, one logit per frame",
+    "classification": "classifier, one logit per class",
+}
+
 
 def describe(bundle: Bundle) -> list[tuple[str, str]]:
-    """(field, text) lines describing a verified bundle; nothing is loaded."""
+    """(field, text) lines describing a verified bundle; nothing is loaded. A detector
+    shows its R-peak rule, a stream bundle its step, since both decide what a run gives."""
     m = bundle.manifest
     runs, why = bundle.runnable_here()
-    shape = {t: f"{t.name} {t.shape} {t.dtype}" for t in (m.input, m.output)}
+    shape = {t: f"{t.name} {t.shape} {t.dtype}: {t.layout}" for t in (m.input, m.output)}
     lines = [
         ("bundle", f"{bundle.name} ({bundle.path})"),
         ("target", f"{m.target.name} ({m.target.arch}, {m.target.device})"),
         ("model", f"{m.model.preset} — {m.model.source}"),
-        ("task", m.model.task + (f" ({', '.join(m.model.classes)})" if m.model.classes else "")),
+        ("task", _task(m.model)),
         ("leads", ", ".join(m.leads) + f" at {m.fs} Hz"),
         ("input", shape[m.input]),
         ("output", shape[m.output]),
         ("library", f"{m.files[LIBRARY].bytes / 1024:.0f} KiB, sha256 verified"),
         ("runs here", "yes" if runs else f"no: {why}"),
     ]
+    if m.stream is not None:
+        lines.insert(7, ("stream", _stream(m.stream, m.fs)))
+    if m.detect is not None:
+        lines.insert(7, ("R-peaks", _rule(m.detect)))
     if m.quantization is not None:
         lines.insert(5, ("precision", _precision(m.quantization)))
     return lines
+
+
+def _task(model) -> str:
+    head = f" ({model.head})" if model.head is not None else ""
+    text = f"{model.task}{head}: {TASK_MEANING.get(model.task, 'see the manifest')}"
+    return text + (f"; classes {', '.join(model.classes)}" if model.classes else "")
+
+
+def _rule(rule) -> str:
+    return (
+        f"a frame ({rule.reduction} samples) is positive when sigmoid(logit) > "
+        f"{rule.threshold:g}; each run of positive frames is one beat; beats closer than "
+        f"{rule.min_rr_ms} ms are one (the stronger kept); none within {rule.edge_ms} ms of "
+        f"the record's ends; at {rule.fs} Hz"
+    )
+
+
+def _stream(info, fs: int) -> str:
+    ms = 1000 / fs
+    return (
+        f"hop {info.hop} samples ({info.hop * ms:.0f} ms), look-ahead {info.look_ahead} "
+        f"samples ({info.look_ahead * ms:.0f} ms), state {info.state_bytes / 1024:.1f} KiB in "
+        f"{len(info.states)} tensors, flush {info.flush_steps} steps at most"
+    )
 
 
 def _precision(q) -> str:
@@ -86,7 +123,8 @@ def describe_mcu(folder: Path) -> list[tuple[str, str]]:
                   f"{100 * speed.cpu_load:.1f}% at {speed.clock_hz / 1e6:g} MHz (estimate: "
                   "qemu's count, 1 instruction per cycle)"),
         ("parity", f"{'pass' if r.parity.passed else 'FAIL'} under {r.parity.how}, "
-                   f"normalised {r.parity.normalised} (tolerance {r.parity.tolerance})"),
+                   f"normalised error {_figure(r.parity.normalised)} (tolerance "
+                   f"{_figure(r.parity.tolerance)})"),
         ("fits", "; ".join(f"{n}: {'yes' if f.fits else 'no'}" for n, f in r.fits.items())),
     ]  # fmt: skip
     if r.stream is not None:
@@ -95,4 +133,11 @@ def describe_mcu(folder: Path) -> list[tuple[str, str]]:
         lines.insert(3, ("stream", f"{text}, flush {s.flush_steps} steps"))
     if r.beats_equal is not None:
         lines.append(("beats", "the reference's" if r.beats_equal else "DIFFER"))
+    if r.fs is not None:
+        lines.insert(3, ("rate", f"{r.fs} Hz ({r.samples} samples = {r.samples / r.fs:g} s)"))
     return lines
+
+
+def _figure(value: float | None) -> str:
+    """3 significant digits (4.67e-07, not 4.6734427952297546e-07); n/a for none."""
+    return "n/a" if value is None else f"{value:.3g}"

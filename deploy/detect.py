@@ -3,6 +3,10 @@
 The bundle's manifest carries the post-processing rule (deploy/rpeaks.py), so a device
 finds the same beats from the same model output; `plot` draws a record with its beats
 (matplotlib is imported only there).
+
+A record holds no sampling rate. Given none, the bundle's is assumed, and every result
+says so (`Detection.fs_assumed`, `rate_note`): a record at another rate gives beats at the
+wrong times and a confident wrong heart rate, and nothing in its samples shows it.
 """
 
 from __future__ import annotations
@@ -16,8 +20,12 @@ import numpy as np
 from .bundle import Bundle, load_bundle
 from .errors import DeployError
 from .files import show
+from .manifest import Manifest
 from .predictor import Predictor
+from .records import check_mv
 from .rpeaks import RPeakRule, detect_rpeaks, heart_rate_bpm
+
+STREAM_HOP = 512  # the hop suggested for a stream bundle (~1 s at 500 Hz; make build's)
 
 
 @dataclass(frozen=True)
@@ -26,26 +34,40 @@ class Detection:
     heart_rate_bpm: float | None
     fs: int
     samples: int
+    fs_assumed: bool = False  # no rate was given: the bundle's was taken (rate_note)
 
     def to_json(self) -> dict:
         return {
             "beats": self.beats.tolist(),
             "heart_rate_bpm": self.heart_rate_bpm,
             "fs": self.fs,
+            "fs_assumed": self.fs_assumed,
             "samples": self.samples,
             "seconds": self.samples / self.fs,
         }
+
+
+def check_rate(manifest: Manifest, fs: int | None) -> bool:
+    """Whether the record's rate is assumed (`fs` None: the bundle's is taken); a
+    DeployError when a given rate is not the bundle's (resampling is the caller's)."""
+    if fs is not None and fs != manifest.fs:
+        raise DeployError(
+            f"record sampled at {fs} Hz; this bundle takes {manifest.fs} Hz: "
+            f"resample the record to {manifest.fs} Hz first"
+        )
+    return fs is None
+
+
+def rate_note(fs: int) -> str:
+    """What the CLIs say on a run whose rate was assumed."""
+    return f"assuming {fs} Hz, the bundle's rate; pass --fs if the record was sampled otherwise"
 
 
 def as_window(bundle: Bundle, record: np.ndarray, fs: int | None = None) -> np.ndarray:
     """A record of shape (samples,), (leads, samples) or (1, leads, samples) as the
     bundle's (1, leads, samples) input; a DeployError names what does not fit."""
     m = bundle.manifest
-    if fs is not None and fs != m.fs:
-        raise DeployError(
-            f"record sampled at {fs} Hz; this bundle takes {m.fs} Hz: "
-            f"resample the record to {m.fs} Hz first"
-        )
+    check_rate(m, fs)
     if not isinstance(record, np.ndarray) or record.ndim not in (1, 2, 3):
         raise DeployError(
             "record: expected an array of shape (samples,), (leads, samples) or (1, leads, samples)"
@@ -57,9 +79,26 @@ def as_window(bundle: Bundle, record: np.ndarray, fs: int | None = None) -> np.n
     if x.shape[2] != want:
         raise DeployError(
             f"record of {x.shape[2]} samples ({x.shape[2] / m.fs:g} s); this "
-            f"window bundle takes {want} samples ({want / m.fs:g} s at {m.fs} Hz)"
+            f"window bundle takes {want} samples ({want / m.fs:g} s at {m.fs} Hz); "
+            + stream_bundle_hint(m)
         )
     return x
+
+
+def stream_bundle_hint(m: Manifest) -> str:
+    """Which stream bundle takes a record of any length, and how to build it: a window
+    bundle's length is fixed, and a record cut to fit loses the beats at its ends."""
+    precision = m.precision if m.name.endswith(f"-{m.precision}") else ""
+    base = m.name.removesuffix(f"-{precision}") if precision else m.name
+    reduction = m.detect.reduction if m.detect is not None else 1
+    hop = -(-STREAM_HOP // reduction) * reduction
+    n = len(m.leads)
+    variant = str(n) if base.endswith(f"-{n}lead") else "+".join(m.leads)
+    command = "python -m compile build" + (f" --preset {m.model.preset}" if m.model.preset else "")
+    command += f" --targets {m.target.name} --variants {variant} --hop {hop}"
+    command += f" --precision {precision}" if precision else ""
+    name = f"{base}-stream{hop}" + (f"-{precision}" if precision else "")
+    return f"for a record of any length use the stream bundle {name}, built with `{command}`"
 
 
 def detect(
@@ -76,32 +115,35 @@ def detect(
             f"bundle {bundle.name} is a {bundle.manifest.model.task} model, not "
             "an R-peak detector (its manifest has no detection rule)"
         )
-    if bundle.manifest.stream is not None:  # a record of any length
-        x = as_record(bundle, record, fs)
+    stream = bundle.manifest.stream is not None  # a stream bundle takes any length
+    x = as_record(bundle, record, fs) if stream else as_window(bundle, record, fs)[0]
+    check_mv(x, "record", leads=bundle.leads)
+    if stream:
         from .stream import open_stream
 
         logits = open_stream(bundle).run(x)[0]
     else:
-        x = as_window(bundle, record, fs)[0]
         logits = (predictor or Predictor(bundle))(x[None])[0, :, 0]
     beats = detect_rpeaks(logits, rule, n_samples=x.shape[-1])
-    return Detection(beats, heart_rate_bpm(beats, rule.fs), rule.fs, x.shape[-1])
+    rate = heart_rate_bpm(beats, rule.fs)
+    return Detection(beats, rate, rule.fs, x.shape[-1], fs_assumed=fs is None)
 
 
 def as_record(bundle: Bundle, record: np.ndarray, fs: int | None = None) -> np.ndarray:
     """A record of any length as (leads, samples) float32 for a stream bundle."""
     m = bundle.manifest
-    if fs is not None and fs != m.fs:
-        raise DeployError(
-            f"record sampled at {fs} Hz; this bundle takes {m.fs} Hz: "
-            f"resample the record to {m.fs} Hz first"
-        )
+    check_rate(m, fs)
     x = np.asarray(record)
     x = x.reshape(1, -1) if x.ndim == 1 else x.reshape(x.shape[-2:]) if x.ndim == 3 else x
     if x.ndim != 2 or x.shape[0] != len(m.leads) or x.shape[1] == 0:
         raise DeployError(
             f"record of shape {np.shape(record)}: expected ({len(m.leads)} leads, "
             "samples) or (samples,) for one lead"
+        )
+    if x.dtype != np.float32:
+        raise DeployError(
+            f"record dtype {x.dtype.str} ({x.dtype.name}): expected float32 mV, '<f4' "
+            "(convert with x.astype('<f4'))"
         )
     return x
 

@@ -913,6 +913,7 @@ class McuReport:
     parity: Verdict  # the worst golden case against PyTorch (int8: its reference)
     beats_equal: bool | None  # detector: every real record's beats are the reference's
     fits: dict[str, PartFit]
+    fs: int | None = None  # the ECG's sampling rate, Hz (None: a report that does not say)
 
     def to_json(self) -> str:
         return json.dumps(_write_mcu(self), indent=2) + "\n"
@@ -948,6 +949,7 @@ def _write_mcu(r: McuReport) -> dict[str, Any]:
         "parity": _write_verdict(r.parity),
         "beats_equal": r.beats_equal,
         "fits": {name: dict(vars(f)) for name, f in r.fits.items()},
+        "fs": r.fs,
     }
 
 
@@ -979,6 +981,7 @@ def _read_mcu(root: _Obj) -> McuReport:
         parity=_read_verdict(root.obj("parity")),
         beats_equal=root.bool("beats_equal", optional=True),
         fits={name: _read_fit(fits.obj(name)) for name in fits.data},
+        fs=root.int("fs", optional=True, minimum=1),
     )
 
 

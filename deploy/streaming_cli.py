@@ -1,80 +1,185 @@
-"""`deploy stream`: raw float32 samples in (a file or stdin), frames or beats out as the
-stream completes them. Memory stays bounded whatever the stream's length."""
+"""`deploy stream`: a record in (raw float32 samples from a file or stdin, or a .npy file),
+frames or beats out as the stream completes them.
+
+Raw input is checked before it is believed (deploy/records.py): a stream that starts like
+a .npy, a zip or a text file is refused, a file that starts like a .npy is read as one,
+and a sample no ECG in mV holds stops the stream, naming its index and value. Memory stays
+bounded whatever a raw stream's length; a .npy is read whole (files.MAX_NPY_BYTES at most).
+"""
 
 from __future__ import annotations
 
+import itertools
+import os
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .bundle import load_bundle
-from .detect import BeatStream
+from .bundle import Bundle, load_bundle
+from .detect import BeatStream, Detection, as_record, check_rate
 from .errors import DeployError
-from .files import open_regular, show
-from .stream import open_stream
+from .files import open_regular, read_npy_fd, show
+from .records import SNIFF_BYTES, check_mv, is_npy, refuse_foreign
+from .rpeaks import RPeakRule, heart_rate_bpm
+from .stream import Stream, open_stream
 
 
-def _chunks(source: Path, leads: int, samples: int, leftover: list) -> Iterator[np.ndarray]:
-    """(leads, n) float32 chunks of an interleaved raw stream; a stream that ends
-    mid-sample is an error naming the leftover bytes, after the whole samples before it."""
-    import os
+@dataclass
+class StreamRun:
+    """One record streamed through a stream bundle: `lines` as they complete, or the
+    whole record's `detection` at its end; `samples` counts the samples streamed."""
 
-    fd = sys.stdin.buffer.fileno() if str(source) == "-" else open_regular(source)
-    frame = 4 * leads
-    rest = b""
-    try:
-        while True:
-            data = os.read(fd, samples * frame)
-            if not data:
-                break
-            data = rest + data
-            whole = len(data) // frame * frame
-            rest = data[whole:]
-            if whole:
-                yield np.frombuffer(data[:whole], "<f4").reshape(-1, leads).T.copy()
-    finally:
-        if str(source) != "-":
-            os.close(fd)
-    if rest:  # the whole samples before it are streamed and flushed first
-        leftover.append(len(rest))
+    bundle: Bundle
+    stream: Stream
+    source: Path
+    chunk: int
+    fs_assumed: bool  # no --fs: the bundle's rate is taken (detect.rate_note)
+    samples: int = 0
+    _leftover: list[int] = field(default_factory=list, init=False, repr=False)
+    _chunks: Iterator[np.ndarray] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        """Look at the input now (a .npy read, a raw stream's first bytes checked), so
+        that a foreign input is refused before anything is printed."""
+        chunks = self._read()
+        first = next(chunks, None)
+        if first is None:
+            leads = len(self.bundle.leads)
+            part = f" ({self._leftover[0]} byte(s))" if self._leftover else ""
+            raise DeployError(
+                f"{self._where} holds no samples{part}; one sample is {4 * leads} bytes "
+                f"({leads} lead(s) of float32): give a record, raw float32 mV or a .npy file"
+            )
+        self._chunks = itertools.chain([first], chunks)
+
+    @property
+    def fs(self) -> int:
+        return self.bundle.manifest.fs
+
+    def lines(self, detect: bool) -> Iterator[str]:
+        """`frame <index> <values...>`, or with `detect` `beat <sample> <seconds>`."""
+        if detect:
+            yield from (f"beat {s} {s / self.fs:.3f}" for s in self.beats())
+            return
+        index = 0
+        for frames in self._frames():
+            for column in frames.T:
+                yield f"frame {index} " + " ".join(f"{v:.6g}" for v in column)
+                index += 1
+        self._check_end()
+
+    def beats(self) -> Iterator[int]:
+        """R-peaks (sample indices) as they become final, by the manifest's rule."""
+        beats = BeatStream(_rule(self.bundle))
+        for frames in self._frames():
+            yield from beats.push(frames[0])
+        yield from beats.flush()
+        self._check_end()
+
+    def detection(self) -> Detection:
+        """The whole record's beats and heart rate, as `deploy detect` gives them."""
+        found = np.array(list(self.beats()), np.int64)
+        fs = self.bundle.manifest.detect.fs
+        return Detection(found, heart_rate_bpm(found, fs), fs, self.samples, self.fs_assumed)
+
+    def _frames(self) -> Iterator[np.ndarray]:
+        for x in self._records():
+            yield self.stream.push(x)
+        yield self.stream.flush()
+
+    def _check_end(self) -> None:
+        """After the output of every whole sample: a stream cut inside a sample."""
+        if self._leftover:
+            leads = len(self.bundle.leads)
+            raise DeployError(
+                f"{self._where}: the stream ended {self._leftover[0]} byte(s) into a "
+                f"sample ({4 * leads} bytes: {leads} lead(s) of float32); the "
+                "samples before it were streamed and their output written"
+            )
+
+    def _records(self) -> Iterator[np.ndarray]:
+        """The input's (leads, n) float32 chunks, each checked as mV before it is streamed."""
+        for x in self._chunks:
+            try:
+                check_mv(x, self._where, self.samples, self.bundle.leads)
+            except DeployError as exc:
+                done = "; the samples before it were streamed" if self.samples else ""
+                raise DeployError(f"{exc}{done}") from None
+            self.samples += x.shape[1]
+            yield x
+
+    @property
+    def _where(self) -> str:
+        return "stdin" if str(self.source) == "-" else show(self.source)
+
+    def _read(self) -> Iterator[np.ndarray]:
+        stdin = str(self.source) == "-"
+        fd = sys.stdin.buffer.fileno() if stdin else open_regular(self.source)
+        try:
+            if not stdin and is_npy(fd):
+                yield from self._npy_chunks(read_npy_fd(fd, self._where), self._where)
+            else:
+                leads = len(self.bundle.leads)
+                yield from _raw_chunks(fd, self._where, leads, self.chunk, self._leftover)
+        finally:
+            if not stdin:
+                os.close(fd)
+
+    def _npy_chunks(self, record: np.ndarray, where: str) -> Iterator[np.ndarray]:
+        try:
+            x = as_record(self.bundle, record)
+        except DeployError as exc:
+            raise DeployError(f"{where}: {exc}") from None
+        check_mv(x, where, 0, self.bundle.leads)  # the whole file, before any output
+        for at in range(0, x.shape[1], self.chunk):
+            yield x[:, at : at + self.chunk]
 
 
-def stream_file(
-    bundle_path: Path, source: Path, detect: bool, chunk: int | None = None
-) -> Iterator[str]:
-    """Lines to print: `frame <index> <values...>` or `beat <sample> <seconds>`."""
+def open_run(
+    bundle_path: Path,
+    source: Path,
+    fs: int | None = None,
+    chunk: int | None = None,
+    detect: bool = False,
+) -> StreamRun:
+    """A stream bundle opened for one record from `source` (a path, or - for stdin); a
+    given `fs` must be the bundle's, none is assumed to be and says so (`fs_assumed`).
+    `detect`: the bundle must be an R-peak detector."""
     bundle = load_bundle(bundle_path)
     stream = open_stream(bundle)
-    rule = bundle.manifest.detect
-    if detect and rule is None:
+    if detect:
+        _rule(bundle)
+    assumed = check_rate(bundle.manifest, fs)
+    return StreamRun(bundle, stream, source, chunk or bundle.manifest.stream.hop, assumed)
+
+
+def _rule(bundle: Bundle) -> RPeakRule:
+    if bundle.manifest.detect is None:
         raise DeployError(f"--detect: bundle {bundle.name} is not an R-peak detector")
-    beats = BeatStream(rule) if detect else None
-    index, fs = 0, bundle.manifest.fs
-    leftover: list[int] = []
-    leads = len(bundle.leads)
-    for chunk_ in _chunks(source, leads, chunk or bundle.manifest.stream.hop, leftover):
-        lines, index = _lines(stream.push(chunk_), beats, index, fs, end=False)
-        yield from lines
-    lines, _ = _lines(stream.flush(), beats, index, fs, end=True)
-    yield from lines
-    if leftover:
-        raise DeployError(
-            f"{show(source)}: the stream ended {leftover[0]} byte(s) into a "
-            f"sample ({4 * leads} bytes: {leads} lead(s) of float32); the "
-            "samples before it were streamed and their output written"
-        )
+    return bundle.manifest.detect
 
 
-def _lines(
-    frames: np.ndarray, beats: BeatStream | None, index: int, fs: int, end: bool
-) -> tuple[list[str], int]:
-    if beats is not None:
-        found = beats.push(frames[0]) + (beats.flush() if end else [])
-        return [f"beat {s} {s / fs:.3f}" for s in found], index
-    lines = [
-        f"frame {index + k} " + " ".join(f"{v:.6g}" for v in column)
-        for k, column in enumerate(frames.T)
-    ]
-    return lines, index + frames.shape[1]
+def _raw_chunks(
+    fd: int, where: str, leads: int, samples: int, leftover: list
+) -> Iterator[np.ndarray]:
+    """(leads, n) float32 chunks of an interleaved raw stream, refused up front when its
+    first bytes are not raw samples; a stream that ends mid-sample is an error naming the
+    leftover bytes, after the whole samples before it."""
+    frame = 4 * leads
+    head = b""
+    while len(head) < SNIFF_BYTES and (data := os.read(fd, SNIFF_BYTES - len(head))):
+        head += data  # a pipe may hand over a few bytes at a time
+    refuse_foreign(head, where)
+    rest, data = b"", head
+    while data:
+        data = rest + data
+        whole = len(data) // frame * frame
+        rest = data[whole:]
+        if whole:
+            yield np.frombuffer(data[:whole], "<f4").reshape(-1, leads).T.copy()
+        data = os.read(fd, samples * frame)
+    if rest:  # the whole samples before it are streamed and flushed first
+        leftover.append(len(rest))

@@ -11,9 +11,10 @@ Our file is a `torch.save`d dict of plain values and tensors only (so it loads w
 `head` None is a bare MultiScopicCNN (`config` its config); otherwise `config` is the
 whole model's torch_ecg config. Version 1 files (backbones, before heads existed) are
 still read. A bare state dict (torch_ecg's `model.state_dict()`) holds no config: give the
-preset it was trained with; for a backbone preset the `cnn.` weights of a torch_ecg
-ECG_SEQ_LAB_NET / ECG_CRNN state dict are taken and its head ignored, for a whole-model
-preset the whole state dict must fit.
+preset it was trained with; the whole state dict must fit it. A torch_ecg ECG_SEQ_LAB_NET /
+ECG_CRNN state dict given with a backbone preset is refused, naming the head it would lose:
+a trained head silently left behind gives features where the user expected the model's
+answer. `backbone_only=True` takes its `cnn.` weights and drops the head on purpose.
 
 No trained weights ship with mscnn-edge. Without a checkpoint, `load_model` gives a
 seeded random initialisation whose normalisation layers carry non-trivial running
@@ -112,16 +113,27 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: str | Path, preset: str | None = None) -> LoadedModel:
+def load_checkpoint(
+    path: str | Path, preset: str | None = None, *, backbone_only: bool = False
+) -> LoadedModel:
     """Load our checkpoint file, or a bare (torch_ecg) state dict given the `preset`.
 
-    A torch_ecg model that holds MultiScopicCNN as `cnn` (ECG_SEQ_LAB_NET, ECG_CRNN) may be
-    given whole with a backbone preset: the `cnn.` weights are taken and the heads ignored,
-    with a log message. With a whole-model preset every key must fit.
+    A whole torch_ecg model's state dict (ECG_SEQ_LAB_NET, ECG_CRNN: the backbone under
+    `cnn.`, a head under `attn.`, `rnn.`, `clf.`) given with a backbone preset is an error
+    that names the head's keys: the head is most of what was trained for the task, and
+    losing it without a word turns a detector into a feature extractor. Give its
+    whole-model preset, or `backbone_only=True` to take the backbone and drop the head on
+    purpose (logged). With a whole-model preset every key must fit.
     """
     path = Path(path)
     data = _read(path)
     if isinstance(data, Mapping) and data.get("format") == FORMAT:
+        if backbone_only and data.get("head") is not None:
+            raise MscnnError(
+                f"checkpoint {path}: backbone_only=True is for a bare (torch_ecg) state dict; "
+                f"this is an mscnn-edge checkpoint of a whole {data.get('head')} model: load "
+                "it without backbone_only and take `.model.cnn` for its backbone"
+            )
         return _from_ours(path, data, preset)
     if preset is None:
         _find_state_dict(path, data, whole=True)  # not a state dict at all: say that first
@@ -130,21 +142,32 @@ def load_checkpoint(path: str | Path, preset: str | None = None) -> LoadedModel:
             f"trained with (choose from: {', '.join(PRESETS)})"
         )
     p = get_preset(preset)
-    state = _find_state_dict(path, data, whole=p.head is not None)
+    if backbone_only and p.head is not None:
+        backbones = ", ".join(n for n, q in PRESETS.items() if q.head is None)
+        raise MscnnError(
+            f"backbone_only=True: preset {preset!r} is a whole model ({p.head}), it keeps its "
+            f"head; give a backbone preset ({backbones}) or leave out backbone_only"
+        )
+    state = _find_state_dict(path, data, whole=p.head is not None, preset=p, keep=backbone_only)
     model = _build(p)
     _load_state(model, state, path, f"preset {preset!r}")
     return LoadedModel(model.eval(), preset, p.leads, p.fs, f"state dict {path.name}")
 
 
 def load_model(
-    preset: str | None = DEFAULT_PRESET, checkpoint: str | Path | None = None, seed: int = 0
+    preset: str | None = DEFAULT_PRESET,
+    checkpoint: str | Path | None = None,
+    seed: int = 0,
+    *,
+    backbone_only: bool = False,
 ) -> LoadedModel:
     """The model the pipeline compiles: from `checkpoint` if given, else the weights the
     preset ships (the demo detector's, trained by `make train`), else seeded.
 
     Works alike for backbone and whole-model presets: `checkpoint` is a file
     `save_checkpoint` wrote (it carries its config: no preset is needed, and a preset
-    given is checked against it), or a bare (torch_ecg) state dict of that preset's model.
+    given is checked against it), or a bare (torch_ecg) state dict of that preset's model
+    (`backbone_only`: as for load_checkpoint, a whole model's head dropped on purpose).
     `preset=None` without a checkpoint means the default preset.
     """
     if checkpoint is not None and preset is None:
@@ -159,7 +182,7 @@ def load_model(
             )
         checkpoint = p.weights_path
     if checkpoint is not None:
-        loaded = load_checkpoint(checkpoint, preset)
+        loaded = load_checkpoint(checkpoint, preset, backbone_only=backbone_only)
         if loaded.preset not in (None, preset):
             raise MscnnError(
                 f"checkpoint {checkpoint} is for preset {loaded.preset!r}, not {preset!r}"
@@ -326,9 +349,12 @@ def _describe(model: Model) -> str:
     return text
 
 
-def _find_state_dict(path: Path, data: Any, whole: bool) -> Mapping[str, torch.Tensor]:
+def _find_state_dict(
+    path: Path, data: Any, whole: bool, preset: Preset | None = None, keep: bool = False
+) -> Mapping[str, torch.Tensor]:
     """The state dict inside `data`; for a backbone (not `whole`), the MultiScopicCNN part
-    of a whole torch_ecg model's state dict."""
+    of a whole torch_ecg model's state dict when `keep` (backbone_only) says to drop the
+    head, else an error naming it."""
     if isinstance(data, Mapping):
         for key in ("state_dict", "model_state_dict"):
             if isinstance(data.get(key), Mapping):
@@ -347,14 +373,42 @@ def _find_state_dict(path: Path, data: Any, whole: bool) -> Mapping[str, torch.T
         prefixes = {k[: k.index("branches.")] for k in data if ".branches." in f".{k}"}
         if len(prefixes) == 1:
             prefix = prefixes.pop()
-            ignored = sorted({k.split(".")[0] for k in data if not k.startswith(prefix)})
-            log.info(
-                "taking the MultiScopicCNN weights under %r; ignoring %s",
-                prefix,
-                ", ".join(ignored) or "nothing",
-            )
+            dropped = _head_prefixes(prefix, [k for k in data if not k.startswith(prefix)])
+            if dropped and not keep:
+                raise MscnnError(_head_refusal(path, prefix, dropped, preset))
+            if dropped:
+                log.info(
+                    "backbone_only: taking the MultiScopicCNN weights under %r; dropping %s",
+                    prefix,
+                    ", ".join(dropped),
+                )
             data = {k[len(prefix) :]: v for k, v in data.items() if k.startswith(prefix)}
     return data
+
+
+def _head_prefixes(backbone: str, keys: list[str]) -> list[str]:
+    """`attn.*`, `clf.*`: the keys outside the backbone, by their first name below the
+    backbone's parent (`model.clf.*` when the backbone is `model.cnn.`)."""
+    parent = backbone[: backbone.rstrip(".").rfind(".") + 1]
+    return sorted(
+        {parent + k[len(parent) :].split(".")[0] + ".*" for k in keys if k.startswith(parent)}
+        | {k.split(".")[0] + ".*" for k in keys if not k.startswith(parent)}
+    )
+
+
+def _head_refusal(path: Path, backbone: str, dropped: list[str], preset: Preset | None) -> str:
+    name = preset.name if preset is not None else "a backbone preset"
+    whole = [
+        n
+        for n, q in PRESETS.items()
+        if q.head is not None and preset is not None and q.backbone_config == preset.config
+    ] or [n for n, q in PRESETS.items() if q.head is not None]
+    return (
+        f"checkpoint {path} is a whole model's state dict (backbone under {backbone!r}, head "
+        f"{', '.join(dropped)}); preset {name!r} is the backbone alone, so the head would be "
+        f"dropped: load it as the whole model it is (preset {' or '.join(map(repr, whole))}, "
+        "if it is that model), or pass backbone_only=True to drop the head on purpose"
+    )
 
 
 def _load_state(model: Model, state: Mapping, path: Path, what: str) -> None:

@@ -441,6 +441,7 @@ def test_mcu_report_round_trips_with_its_derived_figures():
     assert data["speed"]["cpu_load"] == pytest.approx(20787293 / 0.4 / 480e6)
     fp32 = mcu_sample(precision="fp32", weights=None, hop=None, stream=None, beats_equal=None)
     assert McuReport.from_json(fp32.to_json()) == fp32
+    assert McuReport.from_json(mcu_sample(fs=500).to_json()).fs == 500
 
 
 def _mcu_data(edit):
@@ -460,6 +461,24 @@ MCU_HOSTILE = {
     "fit": (lambda d: d["fits"]["stm32h7"].update(fits="yes"), "'fits.stm32h7.fits'"),
     "missing": (lambda d: d.pop("board"), "lacks 'board'"),
 }
+
+
+def test_info_on_a_cortex_m_build_is_readable(tmp_path, capsys):
+    """Figures at 3 significant digits, not a float's repr; the rate where the report
+    gives it (older reports do not: no line then)."""
+    from deploy.cli import main
+
+    parity = Verdict(True, 4.6734427952297546e-07, 1.2e-06, 1e-05, "", "qemu-system-arm")
+    (tmp_path / "mcu.json").write_text(mcu_sample(parity=parity, fs=500).to_json())
+    assert main(["info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "normalised error 4.67e-07 (tolerance 1e-05)" in out and "4.6734" not in out
+    assert "rate    500 Hz (5000 samples = 10 s)" in out
+    data = json.loads(mcu_sample(parity=parity).to_json())
+    del data["fs"]
+    (tmp_path / "mcu.json").write_text(json.dumps(data))
+    assert main(["info", str(tmp_path)]) == 0
+    assert "rate" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("case", list(MCU_HOSTILE))

@@ -51,14 +51,52 @@ def test_bare_state_dict_with_preset(tmp_path, cpsc):
         load_checkpoint(tmp_path / "sd.pth")
 
 
-def test_torch_ecg_full_model_state_dict(tmp_path, cpsc):
-    """ECG_SEQ_LAB_NET keeps MultiScopicCNN as `cnn`; its heads are not ours to compile."""
+def test_torch_ecg_full_model_state_dict(tmp_path, cpsc, caplog):
+    """ECG_SEQ_LAB_NET keeps MultiScopicCNN as `cnn`: with a backbone preset its head is
+    dropped only when asked for (backbone_only=True), never silently."""
     state = {f"cnn.{k}": v for k, v in cpsc.model.state_dict().items()}
     state["rnn.lstm.weight_ih_l0"] = torch.zeros(4, 4)
     state["clf.linear.weight"] = torch.zeros(2, 4)
     torch.save({"model_state_dict": state}, tmp_path / "full.pth")
-    loaded = load_checkpoint(tmp_path / "full.pth", preset="cpsc2019")
+    with caplog.at_level("INFO", logger="mscnn.checkpoint"):
+        loaded = load_checkpoint(tmp_path / "full.pth", preset="cpsc2019", backbone_only=True)
     assert outputs_equal(loaded.model, cpsc.model)
+    assert "dropping clf.*, rnn.*" in caplog.text
+    loaded = load_model("cpsc2019", tmp_path / "full.pth", backbone_only=True)
+    assert outputs_equal(loaded.model, cpsc.model)
+
+
+def test_dropping_a_whole_models_head_is_an_error(tmp_path, qrs):
+    """A whole torch_ecg model given with its backbone's preset: the head (attn, clf)
+    would be lost, so the error names it and both ways out."""
+    config = {**mscnn.PRESETS["cpsc2019_qrs"].config, "attn": {"name": "se", "se": {}}}
+    whole = mscnn.ECG_SEQ_LAB_NET(["N"], 1, config)
+    torch.save(whole.state_dict(), tmp_path / "whole.pth")
+    with pytest.raises(MscnnError) as info:
+        load_checkpoint(tmp_path / "whole.pth", preset="cpsc2019")
+    message = str(info.value)
+    assert "whole model's state dict (backbone under 'cnn.', head attn.*, clf.*)" in message
+    assert "preset 'cpsc2019' is the backbone alone" in message
+    assert "load it as the whole model it is (preset 'cpsc2019_qrs'" in message
+    assert "pass backbone_only=True to drop the head on purpose" in message
+    with pytest.raises(MscnnError, match="attn.*clf.*backbone_only=True"):
+        load_model("cpsc2019", tmp_path / "whole.pth")  # compile's path: load_model
+    kept = load_checkpoint(tmp_path / "whole.pth", preset="cpsc2019", backbone_only=True)
+    assert type(kept.model) is mscnn.MultiScopicCNN
+    assert all(
+        torch.equal(v, whole.cnn.state_dict()[k]) for k, v in kept.model.state_dict().items()
+    )
+    # nested one level deeper (a wrapper's `model.`): the prefixes say where the head is
+    torch.save({f"model.{k}": v for k, v in whole.state_dict().items()}, tmp_path / "deep.pth")
+    with pytest.raises(MscnnError, match=r"under 'model\.cnn\.', head model\.attn\.\*, model\.clf"):
+        load_checkpoint(tmp_path / "deep.pth", preset="cpsc2019")
+    # backbone_only keeps a whole-model preset's head: it is refused, not ignored
+    torch.save(qrs.model.state_dict(), tmp_path / "qrs.pth")
+    with pytest.raises(MscnnError, match="preset 'cpsc2019_qrs' is a whole model.*cpsc2019"):
+        load_checkpoint(tmp_path / "qrs.pth", preset="cpsc2019_qrs", backbone_only=True)
+    ours = save_checkpoint(tmp_path / "ours.pt", qrs.model, leads=qrs.leads, fs=500)
+    with pytest.raises(MscnnError, match=r"bare \(torch_ecg\) state dict.*\.model\.cnn"):
+        load_checkpoint(ours, backbone_only=True)
 
 
 def test_checkpoint_for_another_config(tmp_path, cpsc):
