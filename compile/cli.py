@@ -103,6 +103,12 @@ def _add_build(sub, formatter) -> None:
         "state dict with --preset (default: the preset's own weights, else seeded)",
     )
     b.add_argument(
+        "--backbone-only",
+        action="store_true",
+        help="with a backbone --preset, take a whole model's state dict and drop its head on "
+        "purpose (without it, a head that would be dropped is an error)",
+    )
+    b.add_argument(
         "--targets",
         type=_csv,
         default=list(TARGETS),
@@ -157,6 +163,7 @@ def _build(args) -> int:
         args.out,
         args.hop,
         args.precision,
+        args.backbone_only,
     )
     planned = plan(request)
     console = Console(stderr=True)

@@ -31,6 +31,7 @@ class Request:
     out: Path = Path("build")
     hop: int | None = None  # stream bundles of the model's step, hop samples per call
     precision: str = "fp32"  # "int8": quantized bundles (compile/bundles/int8_window.py)
+    backbone_only: bool = False  # a whole model's head dropped on purpose (mscnn.load_model)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,9 @@ class Outcome:
 def plan(request: Request) -> Plan:
     """Resolve and check everything a build needs before the first bundle starts."""
     targets = [get_target(t) for t in request.targets]
-    loaded = mscnn.load_model(request.preset, request.checkpoint, seed=request.seed)
+    loaded = mscnn.load_model(
+        request.preset, request.checkpoint, seed=request.seed, backbone_only=request.backbone_only
+    )
     for target in targets:
         precision_target(target, request.precision)
     if request.precision == "int8":

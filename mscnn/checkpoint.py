@@ -321,7 +321,9 @@ def _differences(model: Model, other: Model) -> list[str]:
         found.append(f"head: {model.head or 'none'} vs {other.head or 'none'}")
     if model.in_channels != other.in_channels:
         found.append(f"leads: {model.in_channels} vs {other.in_channels}")
-    if model.head is not None and other.head is not None and model.classes != other.classes:
+    if model.head != other.head:
+        return found  # a whole model against a backbone: their configs share no fields
+    if model.head is not None and model.classes != other.classes:
         found.append(f"classes: {model.classes} vs {other.classes}")
     mine, theirs = _flat(model.config), _flat(other.config)
     for key in sorted(set(mine) | set(theirs)):
@@ -407,7 +409,8 @@ def _head_refusal(path: Path, backbone: str, dropped: list[str], preset: Preset 
         f"checkpoint {path} is a whole model's state dict (backbone under {backbone!r}, head "
         f"{', '.join(dropped)}); preset {name!r} is the backbone alone, so the head would be "
         f"dropped: load it as the whole model it is (preset {' or '.join(map(repr, whole))}, "
-        "if it is that model), or pass backbone_only=True to drop the head on purpose"
+        "if it is that model), or pass backbone_only=True (compile build --backbone-only) "
+        "to drop the head on purpose"
     )
 
 

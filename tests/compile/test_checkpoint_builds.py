@@ -41,3 +41,22 @@ def test_a_preset_that_does_not_match_names_the_field(se_checkpoint, tmp_path, c
     assert code == 2
     assert "attn.name: se vs none" in err and "with no --preset" in err
     assert "Traceback" not in err and not (tmp_path / "x86_64").exists()
+
+
+def test_a_head_is_dropped_only_when_asked(tmp_path, capsys):
+    """A whole model's bare state dict given with a backbone preset: refused, naming the
+    head; with --backbone-only the plan holds the backbone alone."""
+    import torch
+
+    from compile.matrix import Request, plan
+
+    whole = mscnn.load_model("cpsc2019_qrs").model
+    path = tmp_path / "whole.pth"
+    torch.save(whole.state_dict(), path)
+    code = main(["build", "--preset", "cpsc2019", "--checkpoint", str(path), "--targets",
+                 "x86_64", "--out", str(tmp_path / "b")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "--backbone-only" in err and "clf" in err
+    planned = plan(Request("cpsc2019", path, ["x86_64"], backbone_only=True))
+    assert planned.loaded.model.head is None
+    assert planned.loaded.model.num_parameters == whole.cnn.num_parameters
