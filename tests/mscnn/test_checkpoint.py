@@ -78,7 +78,10 @@ def test_dropping_a_whole_models_head_is_an_error(tmp_path, qrs):
     assert "whole model's state dict (backbone under 'cnn.', head attn.*, clf.*)" in message
     assert "preset 'cpsc2019' is the backbone alone" in message
     assert "load it as the whole model it is (preset 'cpsc2019_qrs'" in message
-    assert "pass backbone_only=True to drop the head on purpose" in message
+    assert (
+        "pass backbone_only=True (compile build --backbone-only) to drop the head on purpose"
+        in message
+    )
     with pytest.raises(MscnnError, match="attn.*clf.*backbone_only=True"):
         load_model("cpsc2019", tmp_path / "whole.pth")  # compile's path: load_model
     kept = load_checkpoint(tmp_path / "whole.pth", preset="cpsc2019", backbone_only=True)
