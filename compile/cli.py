@@ -8,7 +8,9 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
+import textwrap
 from dataclasses import asdict
 from pathlib import Path
 
@@ -53,32 +55,30 @@ def _targets(args) -> int:
         rows = {n: {**asdict(t), "runnable_here": runnable_here(t)[1]} for n, t in TARGETS.items()}
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(
-        "target",
-        "for",
-        "links with",
-        "run by",
-        "here",
-        title="TVM targets (--json for their TVM target dicts)",
-    )
-    for t in TARGETS.values():
-        run = {"native": "native", "qemu": t.qemu[0] if t.qemu else "", "gpu": "GPU"}[t.run]
-        table.add_row(t.name, t.description, t.compiler, run, runnable_here(t)[1])
     from .mcu.boards import BOARDS, CORES
     from .mcu.package import PACKAGES
 
+    rows = []  # (name, what it is for, links with, run by, here)
+    for t in TARGETS.values():
+        qemu = f"under {t.qemu[0]}" if t.qemu else ""
+        run = {"native": "natively", "qemu": qemu, "gpu": "on a GPU"}[t.run]
+        rows.append((t.name, t.description, t.compiler, run, runnable_here(t)[1]))
     for name, (board, _) in PACKAGES.items():
-        table.add_row(
+        rows.append((
             name,
             f"{CORES[name].description}; no OS (make package TARGET={name})",
             "arm-none-eabi-gcc",
-            f"qemu-system-arm -M {BOARDS[board].qemu_machine}",
-            "firmware, not bundles",
-        )
-    Console().print(table)
+            f"under qemu-system-arm -M {BOARDS[board].qemu_machine}",
+            "firmware, not bundles (python -m compile mcu)",
+        ))  # fmt: skip
+    width = min(shutil.get_terminal_size((100, 24)).columns, 100)
+    indent = " " * (max(len(r[0]) for r in rows) + 2)
+    print("Targets (--json for their TVM target dicts):")
+    for name, what, links, run, here in rows:
+        first = f"{name:<{len(indent)}}{what}"
+        print("\n" + textwrap.fill(first, width, subsequent_indent=indent))
+        more = f"links with {links}; runs {run}; here: {here}"
+        print(textwrap.fill(more, width, initial_indent=indent, subsequent_indent=indent))
     return 0
 
 

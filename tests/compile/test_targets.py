@@ -68,3 +68,15 @@ def test_cli_lists_targets():
     ).stdout
     for name in TARGETS:
         assert name in table
+
+
+def test_the_target_listing_reads_at_80_columns():
+    """Every line fits 80 columns, and each target's name starts a line of its own."""
+    listing = subprocess.run(
+        [sys.executable, "-m", "compile", "targets"],
+        capture_output=True, text=True, check=True, env={"COLUMNS": "80", "PATH": ""},
+    ).stdout  # fmt: skip
+    lines = listing.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    starts = {line.split()[0] for line in lines if line and not line.startswith(" ")}
+    assert set(TARGETS) | {"cortex-m4", "cortex-m7", "cortex-m55"} <= starts
