@@ -890,11 +890,27 @@ class StreamFacts:
 
 @dataclass(frozen=True)
 class PartFit:
-    """Whether the measured footprint fits a part's flash and RAM, and how full it is."""
+    """Whether the measured footprint fits a part, region by region, and how full it is.
+    The arena is one array, so it must fit one contiguous RAM region (`arena_region`);
+    reports written before regions carry only fits, flash_used and ram_used."""
 
     fits: bool
     flash_used: float  # share of the part's flash
-    ram_used: float
+    ram_used: float  # share of the part's RAM, all regions together
+    arena_region: str | None = None  # the RAM region the arena is placed in
+    arena_region_bytes: int | None = None  # that region's size
+    arena_used: float | None = None  # the arena's share of that region (> 1: it cannot fit)
+    why: str | None = None  # why it does not fit, with the numbers; None when it fits
+
+
+@dataclass(frozen=True)
+class McuSample:
+    """The real record a build ships as its example input (a package's example/input.f32,
+    lead-major float32), and the R-peaks the reference model and rule give on it."""
+
+    record: str  # the golden case's name
+    samples: int  # per lead
+    beats: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -913,7 +929,10 @@ class McuReport:
     parity: Verdict  # the worst golden case against PyTorch (int8: its reference)
     beats_equal: bool | None  # detector: every real record's beats are the reference's
     fits: dict[str, PartFit]
-    fs: int | None = None  # the ECG's sampling rate, Hz (None: a report that does not say)
+    # Added with the packages' own README (older reports lack them: None):
+    fs: int | None = None  # the input's sampling rate, Hz (samples are mV)
+    firmware_beats_equal: bool | None = None  # the firmware's own R-peak rule (C), likewise
+    sample: McuSample | None = None
 
     def to_json(self) -> str:
         return json.dumps(_write_mcu(self), indent=2) + "\n"
@@ -950,6 +969,8 @@ def _write_mcu(r: McuReport) -> dict[str, Any]:
         "beats_equal": r.beats_equal,
         "fits": {name: dict(vars(f)) for name, f in r.fits.items()},
         "fs": r.fs,
+        "firmware_beats_equal": r.firmware_beats_equal,
+        "sample": {**dict(vars(r.sample)), "beats": list(r.sample.beats)} if r.sample else None,
     }
 
 
@@ -967,7 +988,7 @@ def _read_mcu(root: _Obj) -> McuReport:
     hop, stream = root.int("hop", optional=True, minimum=1), root.obj("stream", optional=True)
     if (hop is None) != (stream is None):
         raise root.fail("stream", "present exactly when hop is", hop)
-    fits = root.obj("fits")
+    fits, sample = root.obj("fits"), root.obj("sample", optional=True)
     return McuReport(
         board=root.str("board"),
         core=root.str("core"),
@@ -982,6 +1003,8 @@ def _read_mcu(root: _Obj) -> McuReport:
         beats_equal=root.bool("beats_equal", optional=True),
         fits={name: _read_fit(fits.obj(name)) for name in fits.data},
         fs=root.int("fs", optional=True, minimum=1),
+        firmware_beats_equal=root.bool("firmware_beats_equal", optional=True),
+        sample=_read_sample(sample) if sample else None,
     )
 
 
@@ -1008,4 +1031,21 @@ def _read_speed(s: _Obj) -> McuSpeed:
 
 
 def _read_fit(f: _Obj) -> PartFit:
-    return PartFit(f.bool("fits"), f.number("flash_used"), f.number("ram_used"))
+    return PartFit(
+        f.bool("fits"),
+        f.number("flash_used"),
+        f.number("ram_used"),
+        f.str("arena_region", optional=True),
+        f.int("arena_region_bytes", optional=True, minimum=1),
+        f.number("arena_used", optional=True),
+        f.str("why", optional=True),
+    )
+
+
+def _read_sample(s: _Obj) -> McuSample:
+    beats = s.get(
+        "beats",
+        lambda v: isinstance(v, list) and all(_is_int(b) and b >= 0 for b in v),
+        "a list of sample indices",
+    )
+    return McuSample(s.str("record"), s.int("samples", minimum=1), tuple(beats))

@@ -1,7 +1,8 @@
 """The Cortex-M cores, the boards qemu emulates for them, and the parts (real chips) a
 build is checked against: data, one table each. A core says how TVM compiles for it and
-which int8 kernels it has; a board how qemu runs it; a part how much flash and RAM a
-product has."""
+which int8 kernels it has; a board how qemu runs it; a part what memory a product has,
+region by region (a linker script's MEMORY lines): the arena is one array, so it must
+fit one contiguous RAM region, not the part's RAM in all."""
 
 from __future__ import annotations
 
@@ -41,18 +42,73 @@ class Board:
     flash_bytes: int
     ram_bytes: int
     sysclk_hz: int  # SysTick's processor clock as qemu models it
+    flash_base: int = 0x0000_0000  # where its linker script puts FLASH and RAM
+    ram_base: int = 0x2000_0000
+
+    @property
+    def memory(self) -> Part:
+        """The board's own memory as a part: one flash and one RAM region, as its linker
+        script (deploy/mcu/<board>.ld) has them."""
+        return Part(
+            self.name,
+            f"board {self.name}",
+            self.core,
+            (
+                Region("FLASH", "flash", self.flash_base, self.flash_bytes),
+                Region("RAM", "ram", self.ram_base, self.ram_bytes),
+            ),
+            self.sysclk_hz,
+        )
+
+
+@dataclass(frozen=True)
+class Region:
+    """One contiguous block of a part's memory, as its reference manual maps it."""
+
+    name: str
+    kind: str  # "flash" or "ram"
+    base: int
+    size: int
 
 
 @dataclass(frozen=True)
 class Part:
-    """A class of microcontroller a model must fit: its flash and RAM."""
+    """A class of microcontroller a model must fit: its memory regions. The code and
+    weights go to the largest flash region; the arena (.bss.mscnn_arena) to the RAM
+    region `arena_in` names (default: the largest), the rest of RAM (static data, stack)
+    beside it there or in another RAM region."""
 
     name: str
     description: str
     core: str
-    flash_bytes: int
-    ram_bytes: int
+    regions: tuple[Region, ...]
     clock_hz: int  # the clock the speed estimate assumes
+    arena_in: str | None = None  # the arena's region; None: the largest RAM region
+
+    def _of(self, kind: str) -> tuple[Region, ...]:
+        return tuple(r for r in self.regions if r.kind == kind)
+
+    @property
+    def ram_regions(self) -> tuple[Region, ...]:
+        return self._of("ram")
+
+    @property
+    def flash_region(self) -> Region:
+        return max(self._of("flash"), key=lambda r: r.size)
+
+    @property
+    def arena_region(self) -> Region:
+        if self.arena_in is None:
+            return max(self.ram_regions, key=lambda r: r.size)
+        return next(r for r in self.ram_regions if r.name == self.arena_in)
+
+    @property
+    def flash_bytes(self) -> int:
+        return sum(r.size for r in self._of("flash"))
+
+    @property
+    def ram_bytes(self) -> int:
+        return sum(r.size for r in self.ram_regions)
 
 
 def _thumb(mcpu: str, triple: str = "thumbv7em-none-eabihf") -> dict[str, Any]:
@@ -95,7 +151,16 @@ BOARDS: dict[str, Board] = {
     for b in (
         Board("mps2-an500", "cortex-m7", "mps2-an500", 4 * MiB, 4 * MiB, 25_000_000),
         Board("mps2-an386", "cortex-m4", "mps2-an386", 4 * MiB, 4 * MiB, 25_000_000),
-        Board("mps3-an547", "cortex-m55", "mps3-an547", 2 * MiB, 4 * MiB, 32_000_000),
+        Board(
+            "mps3-an547",
+            "cortex-m55",
+            "mps3-an547",
+            2 * MiB,
+            4 * MiB,
+            32_000_000,
+            flash_base=0x0100_0000,
+            ram_base=0x2100_0000,
+        ),
     )
 }
 
@@ -104,26 +169,38 @@ PARTS: dict[str, Part] = {
     for p in (
         Part(
             "stm32h7",
-            "STM32H7-class Cortex-M7 at 480 MHz (2 MB flash, 1 MB RAM)",
+            "STM32H743-class Cortex-M7 at 480 MHz (2 MB flash; 992 KB RAM in four blocks, "
+            "the largest the 512 KB AXI SRAM)",
             "cortex-m7",
-            2 * MiB,
-            1 * MiB,
+            (
+                Region("FLASH", "flash", 0x0800_0000, 2 * MiB),
+                Region("DTCM", "ram", 0x2000_0000, 128 * KiB),
+                Region("AXI_SRAM", "ram", 0x2400_0000, 512 * KiB),
+                Region("SRAM1_3", "ram", 0x3000_0000, 288 * KiB),
+                Region("SRAM4", "ram", 0x3800_0000, 64 * KiB),
+            ),
             480_000_000,
         ),
         Part(
             "nrf52840",
-            "nRF52840-class Cortex-M4F at 64 MHz (1 MB flash, 256 KB RAM)",
+            "nRF52840-class Cortex-M4F at 64 MHz (1 MB flash, 256 KB RAM in one block)",
             "cortex-m4",
-            1 * MiB,
-            256 * KiB,
+            (
+                Region("FLASH", "flash", 0x0000_0000, 1 * MiB),
+                Region("RAM", "ram", 0x2000_0000, 256 * KiB),
+            ),
             64_000_000,
         ),
         Part(
+            # A class, not a chip: real M55 parts split their RAM into TCMs and SRAM
+            # banks; add one here by its regions before trusting a fit against it.
             "m55-hp",
-            "Cortex-M55 application-class MCU at 400 MHz (2 MB flash, 1 MB RAM)",
+            "Cortex-M55 application-class MCU at 400 MHz (2 MB flash, 1 MB RAM in one block)",
             "cortex-m55",
-            2 * MiB,
-            1 * MiB,
+            (
+                Region("FLASH", "flash", 0x0000_0000, 2 * MiB),
+                Region("SRAM", "ram", 0x2000_0000, 1 * MiB),
+            ),
             400_000_000,
         ),
     )

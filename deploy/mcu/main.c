@@ -1,11 +1,13 @@
 /* Example firmware: the model on a Cortex-M with no OS and no heap, driven over
- * semihosting by the host (compile/mcu.py runs it under qemu-system-arm).
+ * semihosting by the host (qemu-system-arm, or a debug probe).
  *
- * Reads input.f32 (records of MSCNN_INPUT_LEN float32 samples, back to back) from the
- * host's working directory, runs the model on each record, writes the outputs to
- * output.f32 and prints one line per record and a summary:
+ * Reads input.f32 (records of MSCNN_INPUT_LEN float32 samples in mV at MSCNN_FS_HZ, back
+ * to back) from the host's working directory, runs the model on each record, writes the
+ * outputs to output.f32 and prints, for the QRS detector, each record's R-peaks (the rule
+ * of rpeaks.h), one line per record and a summary:
  *
- *   mscnn run index=0 rc=0 ticks=123456 ticks_hi=0
+ *   mscnn beat record=0 sample=1234 ms=2468
+ *   mscnn run index=0 rc=0 ticks=123456 ticks_hi=0 beats=5
  *   mscnn calibration instructions=2097152 ticks=52429
  *   mscnn done records=3 stack_peak=1234 stack_size=16384
  *
@@ -21,6 +23,40 @@
 
 #include "model.h"
 #include "semihost.h"
+
+#ifdef MSCNN_RPEAK_THRESHOLD /* the QRS detector: one logit per frame */
+#include "rpeaks.h"
+
+/* A sample index as milliseconds, in 32-bit arithmetic (no 64-bit division). */
+static uint32_t ms_of(uint32_t sample) {
+  return sample / MSCNN_FS_HZ * 1000u + sample % MSCNN_FS_HZ * 1000u / MSCNN_FS_HZ;
+}
+
+/* The R-peaks of one record's logits, printed; how many. */
+static uint32_t print_beats(int index, const float* logits) {
+  static mscnn_beats_t beats;
+  uint32_t count = 0;
+  int64_t sample;
+  mscnn_beats_init(&beats, MSCNN_RPEAK_THRESHOLD, MSCNN_REDUCTION, MSCNN_RPEAK_MIN_RR,
+                   MSCNN_RPEAK_EDGE);
+  for (size_t i = 0; i <= MSCNN_OUTPUT_LEN; ++i) {
+    if (i < MSCNN_OUTPUT_LEN) {
+      mscnn_beats_push(&beats, logits[i]);
+    } else {
+      mscnn_beats_finish(&beats, MSCNN_SAMPLES);
+    }
+    while (mscnn_beats_next(&beats, &sample)) {
+      sh_print("mscnn beat");
+      sh_print_kv("record", (uint32_t)index);
+      sh_print_kv("sample", (uint32_t)sample);
+      sh_print_kv("ms", ms_of((uint32_t)sample));
+      sh_print("\n");
+      ++count;
+    }
+  }
+  return count;
+}
+#endif
 
 extern uint32_t __stack_bottom, __stack_top;
 
@@ -76,11 +112,17 @@ static int run_one(int index, int out) {
   uint64_t start = systick_now();
   int rc = mscnn_run(MSCNN_INPUT_LEN);
   uint64_t ticks = systick_now() - start;
+#ifdef MSCNN_RPEAK_THRESHOLD
+  uint32_t beats = rc == MSCNN_OK ? print_beats(index, mscnn_output()) : 0u;
+#endif
   sh_print("mscnn run");
   sh_print_kv("index", (uint32_t)index);
   sh_print_kv("rc", (uint32_t)rc);
   sh_print_kv("ticks", (uint32_t)ticks);
   sh_print_kv("ticks_hi", (uint32_t)(ticks >> 32));
+#ifdef MSCNN_RPEAK_THRESHOLD
+  sh_print_kv("beats", beats);
+#endif
   if (rc != MSCNN_OK) {
     sh_print(" error=");
     sh_print(mscnn_last_error());

@@ -1,13 +1,16 @@
 /* Example firmware for a streaming step: one record streamed hop by hop, as a wearable
- * would, with no OS and no heap, driven over semihosting by the host (compile/mcu.py).
+ * would, with no OS and no heap, driven over semihosting by the host (qemu-system-arm, or
+ * a debug probe).
  *
- * Reads input.f32 (a record: MSCNN_LEADS rows of float32 samples, lead-major) from the
- * host's working directory, streams it through mscnn_step() by the protocol of model.h
- * (whole hops, the partial last hop, empty hops until the frames stop), writes the
- * record's frames to output.f32 frame by frame (frame-major: MSCNN_CHANNELS floats per
- * frame) and prints:
+ * Reads input.f32 (a record: MSCNN_LEADS rows of float32 samples in mV at MSCNN_FS_HZ,
+ * lead-major) from the host's working directory, streams it through mscnn_step() by the
+ * protocol of model.h (whole hops, the partial last hop, empty hops until the frames
+ * stop), writes the record's frames to output.f32 frame by frame (frame-major:
+ * MSCNN_CHANNELS floats per frame) and prints, for the QRS detector, each R-peak as soon
+ * as the rule (rpeaks.h) is certain of it, then a summary:
  *
- *   mscnn stream steps=27 ticks=123456 ticks_hi=0 hop_ticks_max=5000 frames=625
+ *   mscnn beat sample=1234 ms=2468
+ *   mscnn stream steps=27 rc=0 ticks=123456 ticks_hi=0 hop_ticks_max=5000 frames=625 beats=12
  *   mscnn calibration instructions=2097152 ticks=52429
  *   mscnn done records=1 stack_peak=1234 stack_size=16384
  *
@@ -19,6 +22,31 @@
 
 #include "model.h"
 #include "semihost.h"
+
+#ifdef MSCNN_RPEAK_THRESHOLD /* the QRS detector: one logit per frame */
+#include "rpeaks.h"
+
+/* A sample index as milliseconds, in 32-bit arithmetic (no 64-bit division). */
+static uint32_t ms_of(uint32_t sample) {
+  return sample / MSCNN_FS_HZ * 1000u + sample % MSCNN_FS_HZ * 1000u / MSCNN_FS_HZ;
+}
+#define WITH_BEATS 1
+static mscnn_beats_t beats;
+static uint32_t beat_count;
+
+static void print_beats(void) {
+  int64_t sample;
+  while (mscnn_beats_next(&beats, &sample)) {
+    sh_print("mscnn beat");
+    sh_print_kv("sample", (uint32_t)sample);
+    sh_print_kv("ms", ms_of((uint32_t)sample));
+    sh_print("\n");
+    ++beat_count;
+  }
+}
+#else
+#define WITH_BEATS 0
+#endif
 
 extern uint32_t __stack_bottom, __stack_top;
 
@@ -82,6 +110,10 @@ static int write_frames(int out) {
       if (sh_write(out, &y[c * MSCNN_FRAMES_PER_STEP + t], sizeof(float)) != sizeof(float))
         return -1;
     }
+#if WITH_BEATS
+    mscnn_beats_push(&beats, y[t]);
+    print_beats();
+#endif
   }
   return (int)(stop - start);
 }
@@ -94,6 +126,9 @@ static void report(size_t steps, uint64_t ticks, uint64_t hop_max, size_t frames
   sh_print_kv("ticks_hi", (uint32_t)(ticks >> 32));
   sh_print_kv("hop_ticks_max", (uint32_t)hop_max);
   sh_print_kv("frames", (uint32_t)frames);
+#if WITH_BEATS
+  sh_print_kv("beats", beat_count);
+#endif
   if (rc == MSCNN_E_KERNEL) {
     sh_print(" error=");
     sh_print(mscnn_last_error());
@@ -106,6 +141,10 @@ static int stream(int in, int out, size_t samples) {
   uint64_t total = 0, hop_max = 0;
   int rc = MSCNN_OK;
   mscnn_reset();
+#if WITH_BEATS
+  mscnn_beats_init(&beats, MSCNN_RPEAK_THRESHOLD, MSCNN_REDUCTION, MSCNN_RPEAK_MIN_RR,
+                   MSCNN_RPEAK_EDGE);
+#endif
   for (size_t k = 0; k < end + MSCNN_FLUSH_STEPS; ++k) {
     size_t n = read_hop(in, samples, k);
     uint64_t start = systick_now();
@@ -122,6 +161,12 @@ static int stream(int in, int out, size_t samples) {
     mscnn_valid(&first, &stop);
     if (k >= end && stop < MSCNN_FRAMES_PER_STEP) break;
   }
+#if WITH_BEATS
+  if (rc == MSCNN_OK) {
+    mscnn_beats_finish(&beats, (int64_t)samples);
+    print_beats();
+  }
+#endif
   report(steps, total, hop_max, frames, rc);
   return rc;
 }

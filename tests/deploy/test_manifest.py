@@ -24,6 +24,7 @@ from deploy.manifest import (
     ManifestError,
     McuFootprint,
     McuReport,
+    McuSample,
     McuSpeed,
     ModelInfo,
     Parity,
@@ -442,6 +443,30 @@ def test_mcu_report_round_trips_with_its_derived_figures():
     fp32 = mcu_sample(precision="fp32", weights=None, hop=None, stream=None, beats_equal=None)
     assert McuReport.from_json(fp32.to_json()) == fp32
     assert McuReport.from_json(mcu_sample(fs=500).to_json()).fs == 500
+
+
+def test_mcu_report_carries_regions_the_rate_and_the_sample_and_reads_older_ones():
+    fit = PartFit(False, 0.541, 0.627, "AXI_SRAM", 524288, 1.18, "the arena needs 604.1 KiB")
+    r = mcu_sample(
+        fits={"stm32h7": fit},
+        fs=500,
+        firmware_beats_equal=True,
+        sample=McuSample("record-data_00014", 5000, (272, 648, 1024)),
+    )
+    assert McuReport.from_json(r.to_json()) == r
+    data = json.loads(r.to_json())
+    assert data["fits"]["stm32h7"]["arena_region"] == "AXI_SRAM" and data["fs"] == 500
+    assert data["sample"]["beats"] == [272, 648, 1024]
+    # a report from before regions, rate and sample: the new fields read as None
+    for key in ("fs", "firmware_beats_equal", "sample"):
+        del data[key]
+    data["fits"]["stm32h7"] = {"fits": True, "flash_used": 0.5, "ram_used": 0.6}
+    old = McuReport.from_json(json.dumps(data))
+    assert old.fs is None and old.sample is None and old.firmware_beats_equal is None
+    assert old.fits["stm32h7"] == PartFit(True, 0.5, 0.6)
+    data["sample"] = {"record": "r", "samples": 10, "beats": [1, -2]}
+    with pytest.raises(ManifestError, match="'sample.beats' must be a list of sample indices"):
+        McuReport.from_json(json.dumps(data))
 
 
 def _mcu_data(edit):
