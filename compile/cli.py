@@ -324,7 +324,8 @@ def _add_mcu(sub, formatter) -> None:
         "--target",
         choices=list(PACKAGES),
         default=None,
-        help="a Cortex-M target: picks its board and part (cortex-m7: mps2-an500, stm32h7)",
+        help="a Cortex-M target: picks its board (cortex-m7: mps2-an500); the report says "
+        "which parts the build fits",
     )
     m.add_argument("--board", default=None, choices=list(BOARDS), help="default: mps2-an500")
     m.add_argument(
@@ -355,7 +356,8 @@ def _add_mcu(sub, formatter) -> None:
         "--out",
         type=Path,
         default=Path("build/mcu"),
-        help="output root: the build goes to OUT/<board>/<preset>-<mode>/",
+        help="output root: the build goes to OUT/<core>-stream<hop>-<precision>/ "
+        "(a window: OUT/<core>-window<samples>-<precision>/), as make names them",
     )
     m.add_argument("--folder", type=Path, default=None, help="the build's own folder (not --out)")
     m.add_argument("--quiet", action="store_true", help="one line, not the report")
@@ -372,7 +374,7 @@ def _add_mcu(sub, formatter) -> None:
 
 def _mcu(args) -> int:
     from .mcu.boards import BOARDS, CORES
-    from .mcu.firmware import build_mcu
+    from .mcu.firmware import build_mcu, build_name
     from .mcu.package import PACKAGES, package_mcu
 
     board, part = PACKAGES[args.target] if args.target else ("mps2-an500", None)
@@ -380,10 +382,12 @@ def _mcu(args) -> int:
     if args.target and BOARDS[board].core != args.target:
         raise CompileError(f"--board {board} is a {BOARDS[board].core}, not {args.target}")
     loaded = mscnn.load_model(args.preset, args.checkpoint)
-    mode = f"stream{args.hop}" if args.hop else f"window{args.samples}"
-    weights = args.weights or next(iter(CORES[BOARDS[board].core].int8))
-    mode += f"-int8-{weights}w" if args.precision == "int8" else ""
-    out = args.folder or args.out / board / f"{args.preset}-{mode}"
+    core = BOARDS[board].core
+    weights = args.weights or next(iter(CORES[core].int8))
+    name = build_name(core, args.hop, args.samples, args.precision, weights)
+    if args.preset != "cpsc2019_qrs" or args.checkpoint:  # not make's model: say which
+        name = f"{loaded.preset or 'custom'}-{name}"
+    out = args.folder or args.out / name
     done = build_mcu(
         loaded, board, out, samples=args.samples, hop=args.hop, part=part,
         precision=args.precision, weights=weights,

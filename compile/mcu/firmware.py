@@ -48,7 +48,8 @@ from deploy.manifest import McuFootprint as Footprint
 from deploy.manifest import McuSpeed as Speed
 from deploy.rpeaks import RPeakRule, detect_rpeaks
 
-from ..errors import CompileError
+from ..bundles.common import verdict
+from ..errors import CompileError, ParityError
 from .aot import (
     Kernels,
     Lowered,
@@ -483,20 +484,13 @@ def build_mcu(
     builds the model (window, or stream step) quantized with our integer kernels, judged
     bit for bit against the int8 reference; `weights` ("int16", "int8", or None for the
     core's default) says how flash stores them, and so which kernels (Core.int8)."""
-    import mscnn
-
-    from ..bundles.common import verdict
-    from ..errors import ParityError
-
     b = get_board(board)
     core, budget = CORES[b.core], _budget(b, part)
-    is_loaded = isinstance(loaded, mscnn.LoadedModel)
-    model, fs = (loaded.model, loaded.fs) if is_loaded else (loaded, 500)
-    leads = tuple(loaded.leads) if is_loaded else ("II",) * model.in_channels
+    model, fs, leads = _model_facts(loaded)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    mode = f"stream hop {hop}, {precision}" if hop else f"window {samples}, {precision}"
-    log.info("mcu: %s, %s, for %s (%s)", type(model).__name__, mode, b.name, core.name)
+    mode = f"stream hop {hop}" if hop else f"window {samples}"
+    log.info("mcu: %s, %s, %s, for %s", type(model).__name__, mode, precision, b.name)
     weights = weights or next(iter(core.int8))
     qm, isa = _quantized(model, leads, precision, weights, core)
     inputs, expected = _golden(model, leads, samples, fs, records, seed, qm)
@@ -511,13 +505,8 @@ def build_mcu(
     clock = get_part(part or _part_for(b.core)).clock_hz
     per = (hop or samples) / fs  # seconds of ECG per counted run (a window, or one hop)
     speed = Speed(int(np.median(run.instructions or [0])), per, clock, run.peak_step_instructions)
-    fits = fit_table(footprint)
-    for name, fit in fits.items():
-        if not fit.fits and PARTS[name].core == core.name:
-            log.warning("mcu: the firmware does not fit %s: %s", PARTS[name].description, fit.why)
-    (out / SAMPLE).unlink(missing_ok=True)
-    if sample is not None:  # the example's input: a real record, lead-major float32
-        (out / SAMPLE).write_bytes(np.ascontiguousarray(inputs[sample.record], "<f4").tobytes())
+    fits = _fits(footprint, core)
+    _write_sample(out, inputs, sample)
     report = McuReport(
         b.name, core.name, precision, weights if precision == "int8" else None, samples, hop,
         facts, footprint, speed, verdict(parity, f"qemu-system-arm -M {b.qemu_machine}"),
@@ -531,6 +520,32 @@ def build_mcu(
             f"(see {out / REPORT})"
         )
     return McuBuild(out, report)
+
+
+def _model_facts(loaded) -> tuple[Any, int, tuple[str, ...]]:
+    """(model, sampling rate, lead names) of an mscnn.LoadedModel, or of a bare model
+    (500 Hz, its leads named II)."""
+    import mscnn
+
+    if isinstance(loaded, mscnn.LoadedModel):
+        return loaded.model, loaded.fs, tuple(loaded.leads)
+    return loaded, 500, ("II",) * loaded.in_channels
+
+
+def _fits(footprint: Footprint, core: Core) -> dict[str, PartFit]:
+    """The fit table, with a warning for each part of this core the firmware misses."""
+    fits = fit_table(footprint)
+    for name, fit in fits.items():
+        if not fit.fits and PARTS[name].core == core.name:
+            log.warning("mcu: the firmware does not fit %s: %s", PARTS[name].description, fit.why)
+    return fits
+
+
+def _write_sample(out: Path, inputs: dict, sample) -> None:
+    """The example's input (a real record, lead-major float32), or none."""
+    (out / SAMPLE).unlink(missing_ok=True)
+    if sample is not None:
+        (out / SAMPLE).write_bytes(np.ascontiguousarray(inputs[sample.record], "<f4").tobytes())
 
 
 def rpeak_rule(model, fs: int) -> RPeakRule | None:

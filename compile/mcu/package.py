@@ -319,11 +319,27 @@ def _md_intro(facts: McuReport, header, fs: int, leads: int, detector: bool) -> 
         "recorded, with no filtering and no normalisation. Convert ADC counts to mV "
         "yourself (gain and offset of your front end).",
     ]
+    lines += _md_timing(facts, header, fs, detector)
+    if detector:
+        lines += [
+            f"- R-peaks: `include/rpeaks.h` turns the logits into beats (sample indices) as "
+            f"frames arrive: a frame is positive when its logit exceeds "
+            f"`MSCNN_RPEAK_THRESHOLD`; each run of positive frames is a candidate; two beats "
+            f"closer than `MSCNN_RPEAK_MIN_RR` = {header['MSCNN_RPEAK_MIN_RR']} samples are "
+            f"one (the stronger stands); beats nearer a record's ends than `MSCNN_RPEAK_EDGE` "
+            f"= {header['MSCNN_RPEAK_EDGE']} samples are dropped. A beat is certain, and "
+            "reported, about MIN_RR + EDGE samples after its frames arrive.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _md_timing(facts: McuReport, header, fs: int, detector: bool) -> list[str]:
+    """The README's lines on what one call takes and gives, and its time budget."""
     if facts.hop:
         hop, seconds = facts.hop, facts.hop / fs
         speed = facts.speed
         peak = speed.peak_instructions or speed.instructions
-        lines += [
+        return [
             f"- **One step per hop of {hop} samples per lead, every {hop} / {fs} Hz = "
             f"{seconds:g} s.** That is the time budget of a step: `mscnn_step()` must return "
             "before the next hop is complete.",
@@ -340,21 +356,10 @@ def _md_intro(facts: McuReport, header, fs: int, leads: int, detector: bool) -> 
             f"{header['MSCNN_DELAY_FRAMES']} frames behind the input.",
         ]
     else:
-        lines += [
+        return [
             f"- One window of {header['MSCNN_SAMPLES']} samples per lead "
             f"({int(header['MSCNN_SAMPLES']) / fs:g} s) per call of `mscnn_run()`.",
         ]
-    if detector:
-        lines += [
-            f"- R-peaks: `include/rpeaks.h` turns the logits into beats (sample indices) as "
-            f"frames arrive: a frame is positive when its logit exceeds "
-            f"`MSCNN_RPEAK_THRESHOLD`; each run of positive frames is a candidate; two beats "
-            f"closer than `MSCNN_RPEAK_MIN_RR` = {header['MSCNN_RPEAK_MIN_RR']} samples are "
-            f"one (the stronger stands); beats nearer a record's ends than `MSCNN_RPEAK_EDGE` "
-            f"= {header['MSCNN_RPEAK_EDGE']} samples are dropped. A beat is certain, and "
-            "reported, about MIN_RR + EDGE samples after its frames arrive.",
-        ]
-    return "\n".join(lines) + "\n"
 
 
 def _md_files(facts: McuReport, detector: bool) -> str:
