@@ -125,7 +125,7 @@ def describe_mcu(folder: Path) -> list[tuple[str, str]]:
         ("parity", f"{'pass' if r.parity.passed else 'FAIL'} under {r.parity.how}, "
                    f"normalised error {_figure(r.parity.normalised)} (tolerance "
                    f"{_figure(r.parity.tolerance)})"),
-        ("fits", "; ".join(f"{n}: {'yes' if f.fits else 'no'}" for n, f in r.fits.items())),
+        ("fits", "; ".join(_fit(n, f) for n, f in r.fits.items())),
     ]  # fmt: skip
     if r.stream is not None:
         s = r.stream
@@ -141,3 +141,10 @@ def describe_mcu(folder: Path) -> list[tuple[str, str]]:
 def _figure(value: float | None) -> str:
     """3 significant digits (4.67e-07, not 4.6734427952297546e-07); n/a for none."""
     return "n/a" if value is None else f"{value:.3g}"
+
+
+def _fit(name: str, fit) -> str:
+    """A part's verdict, with the reason where it does not fit (the region, the sizes)."""
+    if fit.fits:
+        return f"{name}: yes"
+    return f"{name}: no ({fit.why})" if fit.why else f"{name}: no"

@@ -513,3 +513,17 @@ def test_hostile_mcu_reports_are_one_clear_line(case):
         McuReport.from_json(_mcu_data(edit))
     assert "\n" not in str(caught.value)
     assert McuReport.from_json(_mcu_data(lambda d: None)) == mcu_sample()
+
+
+def test_info_says_why_a_part_does_not_fit(tmp_path, capsys):
+    from deploy.cli import main
+
+    why = "the arena needs 604.1 KiB in one block, AXI_SRAM holds 512.0 KiB"
+    report = dataclasses.replace(
+        mcu_sample(),
+        fits={"stm32h7": PartFit(False, 0.541, 0.627, "AXI_SRAM", 524288, 1.18, why),
+              "nrf52840": PartFit(True, 0.919, 0.661)},
+    )  # fmt: skip
+    (tmp_path / "mcu.json").write_text(report.to_json())
+    assert main(["info", str(tmp_path)]) == 0
+    assert f"stm32h7: no ({why}); nrf52840: yes" in capsys.readouterr().out
