@@ -223,3 +223,40 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def select_leads(rec: Recording, lead: str | None, wanted: tuple[str, ...]) -> Recording:
+    """The leads a bundle taking `wanted` gets: the one `lead` names, else the record as it
+    is when its lead count fits, else the bundle's leads by name; else a DeployError that
+    lists the record's leads and asks for --lead."""
+    if lead is not None:
+        return rec.lead(lead)
+    if len(rec.leads) == len(wanted):
+        return rec
+    if set(wanted) <= set(rec.leads):
+        rows = [rec.leads.index(name) for name in wanted]
+        return Recording(rec.signals[rows], wanted, rec.fs, rec.source)
+    raise DeployError(
+        f"the record has {len(rec.leads)} leads ({', '.join(show(n) for n in rec.leads)}); "
+        f"this bundle takes {len(wanted)} ({', '.join(wanted)}): choose one with --lead "
+        "NAME or --lead INDEX"
+    )
+
+
+def record_rate(rec: Recording, fs: int | None, path: str | Path) -> int | None:
+    """The record's rate: its file's, or `fs` (--fs) where the file states none; a given
+    `fs` that disagrees with the file's is refused (one of them is wrong)."""
+    if rec.fs is None:
+        return fs
+    stated = rec.fs
+    if stated != int(stated):
+        raise DeployError(
+            f"{show(path)} is sampled at {stated:g} Hz, not a whole number of Hz; "
+            "resample it to a whole rate first"
+        )
+    if fs is not None and fs != stated:
+        raise DeployError(
+            f"--fs {fs} disagrees with {show(path)}, whose header says {stated:g} Hz; "
+            "leave out --fs (the header's rate is used) or fix the header"
+        )
+    return int(stated)
