@@ -2,12 +2,12 @@
 
 The rate ratio is reduced to up/down (L/M: 360 -> 500 Hz is 25/18). One FIR low-pass is
 designed per rate pair: a windowed sinc, cutoff at the slower rate's Nyquist (1/max(L, M)
-of the upsampled band), 2 * 10 * max(L, M) + 1 taps, Kaiser window beta 5 (stopband about
--54 dB), scaled to a DC gain of L. It is applied polyphase: output k is the dot product of
-one of its L phases (about 20 * max(L, M) / L taps) with the latest inputs, so the
-zero-stuffed signal is never formed. The filter is centred (zero phase: output k stands
-at input time k * M / L) and the record is taken as zero outside its ends, as
-scipy.signal.resample_poly's defaults do.
+of the upsampled band), 2 * 10 * max(L, M) + 1 taps, Kaiser window beta 5 (about -55 dB
+from 1.2 times the cutoff; measured in docs/recordings.md), scaled to a DC gain of L. It is
+applied polyphase: output k is the dot product of one of its L phases (about
+20 * max(L, M) / L taps) with the latest inputs, so the zero-stuffed signal is never
+formed. The filter is centred (zero phase: output k stands at input time k * M / L) and
+the record is taken as zero outside its ends, as scipy.signal.resample_poly's defaults do.
 
 `Resampler` is the streaming form (`push(chunk)` then `flush()`); `resample` is one push
 of the whole record and a flush, so any chunking gives the same samples, bit for bit:
