@@ -73,14 +73,24 @@ def _add_detect(sub) -> None:
         "--input",
         type=Path,
         required=True,
-        help="the record: .npy float32 mV, (samples,), (leads, samples) or (1, leads, samples)",
+        help="the record: WFDB (.hea), EDF/BDF (.edf, .bdf), CSV (.csv, one column per lead, "
+        "an optional header row of lead names) or .npy float32 mV, (samples,), "
+        "(leads, samples) or (1, leads, samples); WFDB and EDF need "
+        "`pip install 'mscnn-edge[records]'`",
+    )
+    d.add_argument(
+        "--lead",
+        default=None,
+        help="the lead to use, by name (MLII, II) or index from 0 (default: the record's "
+        "leads when their number fits the bundle)",
     )
     d.add_argument(
         "--fs",
         type=positive,
         default=None,
-        help="the record's sampling rate, checked against the bundle's (default: assumed "
-        "to be the bundle's, and said so)",
+        help="the record's sampling rate in Hz, for CSV and .npy (WFDB and EDF state "
+        "theirs); another rate than the bundle's is resampled to it (default: the "
+        "bundle's rate is assumed, and said so)",
     )
     d.add_argument("--json", action="store_true", help="print beats and heart rate as JSON")
     d.add_argument("--plot", type=Path, help="also draw the record and its beats to this PNG")
@@ -89,17 +99,31 @@ def _add_detect(sub) -> None:
 
 def _detect(args) -> int:
     from .detect import detect, plot
-    from .records import read_record
+    from .recordings import read_recording, record_rate, select_leads
 
-    record = read_record(args.input)
-    found = detect(args.bundle, record, args.fs)
+    bundle = load_bundle(args.bundle)
+    rec = read_recording(args.input)
+    fs = record_rate(rec, args.fs, args.input)
+    if rec.source != "npy" or args.lead is not None:
+        rec = select_leads(rec, args.lead, tuple(bundle.leads))
+    record = rec.signals
+    found = detect(bundle, record, fs)
     _note_rate(found.fs_assumed, found.fs)
+    if found.fs_input is not None:
+        print(
+            f"note: resampled from {found.fs_input} Hz (the record's) to {found.fs} Hz (the "
+            "bundle's); beats are in the record's samples",
+            file=sys.stderr,
+            flush=True,
+        )
     if args.json:
         print(json.dumps(found.to_json()))
     else:
         rate = f"{found.heart_rate_bpm:.1f} bpm" if found.heart_rate_bpm else "n/a"
-        print(f"{len(found.beats)} beats in {found.samples / found.fs:g} s, heart rate {rate}")
+        seconds = found.samples / found.input_fs
+        print(f"{len(found.beats)} beats in {seconds:g} s, heart rate {rate}")
         print("R-peaks (samples):", " ".join(map(str, found.beats.tolist())))
+        print("R-peaks (s):", " ".join(f"{b / found.input_fs:.3f}" for b in found.beats))
     if args.plot is not None:
         plot(record, found, args.plot, title=show(args.input.name))
         print(f"wrote {show(args.plot)}", file=sys.stderr if args.json else sys.stdout)

@@ -4,9 +4,11 @@ The bundle's manifest carries the post-processing rule (deploy/rpeaks.py), so a 
 finds the same beats from the same model output; `plot` draws a record with its beats
 (matplotlib is imported only there).
 
-A record holds no sampling rate. Given none, the bundle's is assumed, and every result
+A .npy record holds no sampling rate. Given none, the bundle's is assumed, and every result
 says so (`Detection.fs_assumed`, `rate_note`): a record at another rate gives beats at the
-wrong times and a confident wrong heart rate, and nothing in its samples shows it.
+wrong times and a confident wrong heart rate, and nothing in its samples shows it. A record
+at another rate, given (`fs`), is resampled to the bundle's (deploy/resample.py) and its
+beats mapped back to the record's own sample clock.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .files import show
 from .manifest import Manifest
 from .predictor import Predictor
 from .records import check_mv
+from .resample import rate_pair, resample
 from .rpeaks import RPeakRule, detect_rpeaks, heart_rate_bpm
 
 STREAM_HOP = 512  # the hop suggested for a stream bundle (~1 s at 500 Hz; make build's)
@@ -35,15 +38,25 @@ class Detection:
     fs: int
     samples: int
     fs_assumed: bool = False  # no rate was given: the bundle's was taken (rate_note)
+    # the record's own rate when it was resampled to `fs` (the bundle's); beats and
+    # samples are in the record's clock
+    fs_input: int | None = None
+
+    @property
+    def input_fs(self) -> int:
+        """The rate of the record's own clock, which `beats` and `samples` count in."""
+        return self.fs_input or self.fs
 
     def to_json(self) -> dict:
         return {
             "beats": self.beats.tolist(),
+            "beats_s": (self.beats / self.input_fs).tolist(),
             "heart_rate_bpm": self.heart_rate_bpm,
             "fs": self.fs,
+            "fs_input": self.input_fs,
             "fs_assumed": self.fs_assumed,
             "samples": self.samples,
-            "seconds": self.samples / self.fs,
+            "seconds": self.samples / self.input_fs,
         }
 
 
@@ -107,7 +120,10 @@ def detect(
     fs: int | None = None,
     predictor: Predictor | None = None,
 ) -> Detection:
-    """Run a detector bundle on one record and apply the manifest's R-peak rule."""
+    """Run a detector bundle on one record and apply the manifest's R-peak rule.
+
+    A record at `fs` other than the bundle's rate is resampled to it first; the beats
+    come back in the record's own samples (rounded to the nearest)."""
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     rule = bundle.manifest.detect
     if rule is None:
@@ -115,6 +131,8 @@ def detect(
             f"bundle {bundle.name} is a {bundle.manifest.model.task} model, not "
             "an R-peak detector (its manifest has no detection rule)"
         )
+    if fs is not None and fs != bundle.manifest.fs:
+        return _detect_resampled(bundle, record, fs, predictor)
     stream = bundle.manifest.stream is not None  # a stream bundle takes any length
     x = as_record(bundle, record, fs) if stream else as_window(bundle, record, fs)[0]
     check_mv(x, "record", leads=bundle.leads)
@@ -127,6 +145,23 @@ def detect(
     beats = detect_rpeaks(logits, rule, n_samples=x.shape[-1])
     rate = heart_rate_bpm(beats, rule.fs)
     return Detection(beats, rate, rule.fs, x.shape[-1], fs_assumed=fs is None)
+
+
+def _detect_resampled(
+    bundle: Bundle, record: np.ndarray, fs: int, predictor: Predictor | None
+) -> Detection:
+    pair = rate_pair(fs, bundle.manifest.fs)
+    x = np.asarray(record)
+    if x.ndim not in (1, 2, 3) or x.dtype.kind != "f" or (x.ndim == 3 and x.shape[0] != 1):
+        raise DeployError(
+            f"record of shape {x.shape} dtype {x.dtype}: expected float mV of shape "
+            "(samples,), (leads, samples) or (1, leads, samples)"
+        )
+    x = x.reshape(-1, x.shape[-1])
+    check_mv(x, "record", leads=bundle.leads if len(x) == len(bundle.leads) else ())
+    found = detect(bundle, resample(x, pair.fs_in, pair.fs_out), pair.fs_out, predictor)
+    beats = np.minimum(pair.to_input_clock(found.beats), x.shape[-1] - 1)
+    return dataclasses.replace(found, beats=beats, samples=x.shape[-1], fs_input=pair.fs_in)
 
 
 def as_record(bundle: Bundle, record: np.ndarray, fs: int | None = None) -> np.ndarray:
@@ -160,12 +195,13 @@ def plot(record: np.ndarray, detection: Detection, path: Path, title: str = "") 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fs = detection.input_fs
     signal = np.asarray(record, dtype=np.float64).reshape(-1, detection.samples)[0]
-    t = np.arange(detection.samples) / detection.fs
-    fig, ax = plt.subplots(figsize=(max(6, detection.samples / detection.fs), 3))
+    t = np.arange(detection.samples) / fs
+    fig, ax = plt.subplots(figsize=(max(6, detection.samples / fs), 3))
     ax.plot(t, signal, linewidth=0.8, color="black")
     ax.plot(
-        detection.beats / detection.fs,
+        detection.beats / fs,
         signal[detection.beats],
         "v",
         color="red",

@@ -2,7 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
+#include <iterator>
+#include <set>
 
 namespace mscnn {
 
@@ -44,19 +45,17 @@ std::vector<std::int64_t> DetectRpeaks(const std::vector<double>& x, const Detec
                      if (p.strength != q.strength) return p.strength > q.strength;
                      return p.sample < q.sample;
                    });
-  std::vector<std::int64_t> kept;
+  // Kept beats in a sorted set: a candidate is m or more from every kept beat exactly when
+  // it is from the nearest kept one on each side, so each test is O(log n). Candidates'
+  // samples are distinct (runs are disjoint), so a set loses none.
+  std::set<std::int64_t> kept;
   for (const Candidate& c : candidates) {
-    bool clear = true;
-    for (std::int64_t k : kept) {
-      if (std::llabs(c.sample - k) < m) {
-        clear = false;
-        break;
-      }
-    }
-    if (clear) kept.push_back(c.sample);
+    const auto above = kept.lower_bound(c.sample);
+    if (above != kept.end() && *above - c.sample < m) continue;
+    if (above != kept.begin() && c.sample - *std::prev(above) < m) continue;
+    kept.insert(above, c.sample);
   }
-  std::sort(kept.begin(), kept.end());
-  return kept;
+  return std::vector<std::int64_t>(kept.begin(), kept.end());
 }
 
 bool HeartRate(const std::vector<std::int64_t>& beats, std::int64_t fs, double* bpm) {
