@@ -328,12 +328,7 @@ def _add_mcu(sub, formatter) -> None:
         "which parts the build fits",
     )
     m.add_argument("--board", default=None, choices=list(BOARDS), help="default: mps2-an500")
-    m.add_argument(
-        "--part",
-        default=None,
-        choices=list(PARTS),
-        help="memory budget to check against (default: the board's)",
-    )
+    m.add_argument("--part", choices=list(PARTS), help="memory to fit (default: the board's)")
     m.add_argument("--samples", type=_positive, default=2400, help="window (or record) length")
     m.add_argument("--hop", type=_positive, default=None, help="a streaming step of this hop")
     m.add_argument(
