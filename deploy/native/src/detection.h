@@ -1,0 +1,28 @@
+// What a QRS detector bundle's output becomes for its user: the logits of a record, and
+// its beats and heart rate as printed (text, or the JSON of `python -m deploy detect`).
+#ifndef MSCNN_RUN_DETECTION_H_
+#define MSCNN_RUN_DETECTION_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "manifest.h"
+#include "npy.h"
+
+namespace mscnn {
+
+// A Refusal unless the bundle is an R-peak detector of a form this runner knows.
+void RequireDetector(const Manifest& m);
+
+// The logits of record `b` of a window detector's output (batch, frames, 1), in double.
+std::vector<double> WindowLogits(const Array& y, std::size_t b);
+
+// `beats: N s1 s2 ...` and `heart_rate: X bpm` lines, or with `json` one JSON object
+// (beats, heart_rate_bpm, fs, samples, seconds) for a record of `samples` samples.
+void PrintDetection(const std::vector<std::int64_t>& beats, const DetectRule& rule,
+                    std::int64_t samples, bool json);
+
+}  // namespace mscnn
+
+#endif  // MSCNN_RUN_DETECTION_H_

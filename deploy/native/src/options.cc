@@ -1,0 +1,142 @@
+#include "options.h"
+
+#include <cstdio>
+
+#include "refusal.h"
+#include "runner.h"
+
+namespace mscnn {
+namespace {
+
+constexpr const char* kVersion = "0.1.0";
+
+constexpr const char* kUsage =
+    "usage: mscnn-run BUNDLE --check [--device cpu|cuda]\n"
+    "       mscnn-run BUNDLE --input X.npy --output Y.npy [--device cpu|cuda]\n"
+    "       mscnn-run BUNDLE --input X.npy --detect [--json]   (R-peak detector bundles)\n"
+    "       mscnn-run BUNDLE --stream [--input FILE|-] [--detect]  (stream bundles; raw\n"
+    "                        little-endian float32 samples, leads interleaved)\n"
+    "       mscnn-run BUNDLE --info\n"
+    "       mscnn-run --tolerances | --version | --help\n"
+    "\n"
+    "BUNDLE is a folder made by `python -m compile build` (manifest.json, model.so,\n"
+    "golden/). Every file the manifest lists is checked against its SHA-256 before\n"
+    "model.so is loaded. Exit codes: 0 ok, 1 golden mismatch, 2 refused (see stderr).\n";
+
+void SetMode(Options* o, const std::string& mode) {
+  if (!o->mode.empty() && o->mode != mode) {
+    throw Refusal("--" + o->mode + " and --" + mode + " cannot be combined; run mscnn-run --help");
+  }
+  o->mode = mode;
+}
+
+}  // namespace
+
+Options ParseArgs(int argc, char** argv) {
+  Options o;
+  bool have_input = false, have_output = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    std::string value;
+    bool inline_value = false;
+    if (arg.rfind("--", 0) == 0) {
+      std::size_t eq = arg.find('=');
+      if (eq != std::string::npos) {
+        value = arg.substr(eq + 1);
+        arg = arg.substr(0, eq);
+        inline_value = true;
+      }
+    }
+    auto take_value = [&](const char* flag) {
+      if (inline_value) return value;
+      if (i + 1 >= argc) throw Refusal(std::string(flag) + " needs a value; run mscnn-run --help");
+      return std::string(argv[++i]);
+    };
+    if (arg == "--check") {
+      SetMode(&o, "check");
+    } else if (arg == "--info") {
+      SetMode(&o, "info");
+    } else if (arg == "--tolerances") {
+      SetMode(&o, "tolerances");
+    } else if (arg == "--version") {
+      SetMode(&o, "version");
+    } else if (arg == "--help" || arg == "-h") {
+      SetMode(&o, "help");
+    } else if (arg == "--stream") {
+      SetMode(&o, "stream");
+    } else if (arg == "--detect") {
+      o.detect = true;
+    } else if (arg == "--json") {
+      o.json = true;
+    } else if (arg == "--input") {
+      o.input = take_value("--input");
+      have_input = true;
+    } else if (arg == "--output") {
+      o.output = take_value("--output");
+      have_output = true;
+    } else if (arg == "--device") {
+      o.device = take_value("--device");
+      if (o.device != "cpu" && o.device != "cuda") {
+        throw Refusal("--device must be cpu or cuda, not '" + o.device + "'");
+      }
+    } else if (arg.size() > 1 && arg[0] == '-') {
+      throw Refusal("unknown option " + arg + "; run mscnn-run --help");
+    } else if (o.bundle.empty()) {
+      o.bundle = arg;
+    } else {
+      throw Refusal("more than one bundle given (" + o.bundle + ", " + arg +
+                    "); run mscnn-run --help");
+    }
+  }
+  if (o.json && !o.detect) throw Refusal("--json goes with --detect; run mscnn-run --help");
+  if (o.mode == "stream") {
+    if (have_output) throw Refusal("--stream prints to stdout; drop --output");
+    if (o.json) throw Refusal("--json goes with --detect on a window bundle, not --stream");
+    if (!have_input) o.input = "-";
+    if (o.input.empty()) throw Refusal("--input needs a file name, or - for stdin");
+  } else if (o.detect) {
+    if (!o.mode.empty()) {
+      throw Refusal("--detect goes with --input X.npy or --stream, not --" + o.mode +
+                    (o.mode == "check" ? " (which compares a detector's beats already)" : ""));
+    }
+    if (have_output) throw Refusal("--detect prints beats and heart rate; drop --output");
+    if (!have_input || o.input.empty()) {
+      throw Refusal("--detect needs --input X.npy (the record), or --stream");
+    }
+    SetMode(&o, "detect");
+  } else if (have_input || have_output) {
+    if (!(have_input && have_output)) {
+      throw Refusal("--input and --output go together: give both, or use --check");
+    }
+    if (o.input.empty() || o.output.empty()) throw Refusal("--input and --output need file names");
+    SetMode(&o, "run");
+  }
+  if (o.mode.empty()) {
+    throw Refusal(o.bundle.empty() ? "no bundle given; run mscnn-run --help"
+                                   : "say what to do with the bundle: --check, --info or "
+                                     "--input X.npy --output Y.npy");
+  }
+  const bool needs_bundle = o.mode == "check" || o.mode == "run" || o.mode == "info" ||
+                            o.mode == "detect" || o.mode == "stream";
+  if (needs_bundle && o.bundle.empty()) throw Refusal("--" + o.mode + " needs a BUNDLE folder");
+  if (!needs_bundle && !o.bundle.empty()) {
+    throw Refusal("--" + o.mode + " takes no bundle; run mscnn-run --help");
+  }
+  if (!o.device.empty() && o.mode != "check" && o.mode != "run" && o.mode != "detect" &&
+      o.mode != "stream") {
+    throw Refusal("--device applies to --check, --detect, --stream and --input/--output only");
+  }
+  return o;
+}
+
+int Help(const Options&) {
+  std::fputs(kUsage, stdout);
+  return 0;
+}
+
+int Version(const Options&) {
+  std::printf("mscnn-run %s (%s)\n", kVersion, kRunnerArch);
+  return 0;
+}
+
+}  // namespace mscnn

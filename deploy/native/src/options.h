@@ -1,0 +1,29 @@
+// mscnn-run's command line: what to do, with which bundle, input, output and device.
+#ifndef MSCNN_RUN_OPTIONS_H_
+#define MSCNN_RUN_OPTIONS_H_
+
+#include <string>
+
+namespace mscnn {
+
+struct Options {
+  std::string bundle;
+  std::string mode;  // "check", "run", "detect", "stream", "info", "tolerances", "version", "help"
+  std::string input;
+  std::string output;
+  std::string device;
+  bool detect = false;
+  bool json = false;
+};
+
+// The command line, checked as a whole: one mode, the values it needs, and no option
+// that does not go with it; anything else is a Refusal that says what to run instead.
+Options ParseArgs(int argc, char** argv);
+
+// --help (the usage text, on stdout) and --version.
+int Help(const Options& o);
+int Version(const Options& o);
+
+}  // namespace mscnn
+
+#endif  // MSCNN_RUN_OPTIONS_H_

@@ -1,0 +1,83 @@
+#include "streaming.h"
+
+#include <cmath>
+#include <cstdio>
+#include <vector>
+
+#include "bundle.h"
+#include "detection.h"
+#include "model.h"
+#include "refusal.h"
+#include "rpeaks.h"
+#include "runner.h"
+#include "stream.h"
+#include "text.h"
+
+namespace mscnn {
+
+int Stream(const Options& o) {
+  Bundle bundle = Bundle::Open(o.bundle);
+  const Manifest& m = bundle.manifest();
+  if (!m.stream_error.empty()) throw Refusal(m.stream_error);
+  if (!m.has_stream) {
+    throw Refusal("bundle " + Clip(m.name) + " is a window bundle (\"stream\": null); --stream "
+                  "needs a stream bundle: python -m compile build --hop 512");
+  }
+  if (o.detect) RequireDetector(m);
+  const std::string device = DeviceFor(bundle, o);
+  Admit(bundle);
+  const std::int64_t leads = std::int64_t(m.leads.size());
+  RawSource source(o.input, leads, m.stream.hop);
+  Model model(bundle.LibraryPath(), "model.so in " + bundle.dir(), device, RuntimeDir());
+  StreamRunner runner(model, m.stream, leads);
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each line as soon as it is known
+
+  BeatStream beats(m.detect);
+  std::vector<double> logits;
+  std::int64_t index = 0;
+  auto emit = [&](const Array& frames, std::int64_t start, std::int64_t stop) {
+    const std::size_t channels = std::size_t(frames.shape[1]), n = std::size_t(frames.shape[2]);
+    for (std::int64_t f = start; f < stop; ++f) {
+      if (o.detect) {
+        const float v = frames.data[std::size_t(f)];
+        if (!std::isfinite(v)) {
+          throw Refusal("the model's output holds NaN or Inf, so no beats can be found; "
+                        "check the bundle with --check");
+        }
+        logits.push_back(v);
+        continue;
+      }
+      std::printf("frame %lld", static_cast<long long>(index++));
+      for (std::size_t c = 0; c < channels; ++c) std::printf(" %.6g", frames.data[c * n + std::size_t(f)]);
+      std::printf("\n");
+    }
+  };
+  auto report = [&](const std::vector<std::int64_t>& found) {
+    for (std::int64_t s : found) {
+      std::printf("beat %lld %.3f\n", static_cast<long long>(s), double(s) / m.fs);
+    }
+  };
+  auto drain = [&]() {
+    if (o.detect) report(beats.Push(logits));
+    logits.clear();
+  };
+  for (;;) {
+    const std::vector<float>& xs = source.Next();
+    if (xs.empty()) break;
+    runner.Push(xs.data(), xs.size() / std::size_t(leads), emit);
+    drain();
+  }
+  runner.Flush(emit);
+  drain();
+  if (o.detect) report(beats.Flush());
+  std::fflush(stdout);
+  if (source.leftover() != 0) {
+    throw Refusal(source.label() + ": the stream ended " + std::to_string(source.leftover()) +
+                  " byte(s) into a sample (" + std::to_string(4 * leads) + " bytes: " +
+                  std::to_string(leads) + " lead(s) of float32); the samples before it were "
+                  "streamed and their output written");
+  }
+  return 0;
+}
+
+}  // namespace mscnn

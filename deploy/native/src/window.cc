@@ -1,0 +1,90 @@
+#include "window.h"
+
+#include <chrono>
+#include <cstdio>
+#include <vector>
+
+#include "bundle.h"
+#include "detection.h"
+#include "model.h"
+#include "npy.h"
+#include "output.h"
+#include "refusal.h"
+#include "rpeaks.h"
+#include "runner.h"
+#include "text.h"
+
+namespace mscnn {
+
+int RunOne(const Options& o) {
+  Bundle bundle = Bundle::Open(o.bundle);
+  const Manifest& m = bundle.manifest();
+  const std::string device = DeviceFor(bundle, o);
+  Admit(bundle);
+
+  const std::string label = "input " + o.input;
+  Array x = ReadNpy(o.input, label);
+  if (x.shape != m.input.shape) {
+    throw Refusal(label + " has the wrong shape for bundle " + Clip(m.name) + ": " +
+                  DescribeShapeMismatch(m, x.shape));
+  }
+  RequireFiniteInput(m, x, label);
+  OutputFile out(o.output);
+
+  Model model(bundle.LibraryPath(), "model.so in " + bundle.dir(), device, RuntimeDir());
+  const auto start = std::chrono::steady_clock::now();
+  Array y = model.Run(x);
+  const double run_ms = Millis(std::chrono::steady_clock::now() - start);
+  out.Commit(NpyHeader(y.shape), y.data.data(), y.data.size() * sizeof(float));
+
+  std::int64_t bad = 0;
+  if (FirstNonFinite(y.data, &bad) >= 0) {
+    std::fprintf(stderr, "warning: the output holds %lld NaN or Inf value(s)\n",
+                 static_cast<long long>(bad));
+  }
+  std::printf("%s: wrote %s, shape %s float32, run_ms=%.1f\n", Show(m.name).c_str(),
+              Show(o.output).c_str(),
+              ShapeText(y.shape).c_str(), run_ms);
+  return 0;
+}
+
+int Detect(const Options& o) {
+  Bundle bundle = Bundle::Open(o.bundle);
+  const Manifest& m = bundle.manifest();
+  RequireDetector(m);
+  if (m.has_stream) {
+    throw Refusal("bundle " + Clip(m.name) + " is a stream bundle; stream the record as raw "
+                  "float32 samples with --stream --detect --input FILE");
+  }
+  const std::string device = DeviceFor(bundle, o);
+  Admit(bundle);
+  const std::string label = "input " + o.input;
+  Array x = ReadNpy(o.input, label);
+  const std::int64_t leads = m.input.shape[1], samples = m.input.shape[2];
+  const bool fits = m.input.shape[0] == 1 &&
+                    (x.shape == m.input.shape || x.shape == std::vector<std::int64_t>{leads, samples} ||
+                     (leads == 1 && x.shape == std::vector<std::int64_t>{samples}));
+  if (!fits) {
+    throw Refusal(label + " has the wrong shape for bundle " + Clip(m.name) + ": " +
+                  DescribeShapeMismatch(m, x.shape));
+  }
+  x.shape = m.input.shape;
+  RequireFiniteInput(m, x, label);
+  Model model(bundle.LibraryPath(), "model.so in " + bundle.dir(), device, RuntimeDir());
+  Array y = model.Run(x);
+  std::int64_t bad = 0;
+  if (FirstNonFinite(y.data, &bad) >= 0) {
+    throw Refusal("the model's output holds NaN or Inf, so no beats can be found; check the "
+                  "bundle with --check");
+  }
+  const std::int64_t frames = std::int64_t(y.data.size()), r = m.detect.reduction;
+  if (frames != samples / r && frames != (samples + r - 1) / r) {
+    throw Refusal("the model gives " + std::to_string(frames) + " frames for " +
+                  std::to_string(samples) + " samples, which does not fit the rule's reduction " +
+                  std::to_string(r) + "; rebuild the bundle");
+  }
+  PrintDetection(DetectRpeaks(WindowLogits(y, 0), m.detect, samples), m.detect, samples, o.json);
+  return 0;
+}
+
+}  // namespace mscnn
