@@ -48,9 +48,11 @@ def runner_for(arch: str) -> Path:
     return _built[arch]
 
 
-def run_native(arch: str, *args, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_native(arch: str, *args, timeout: float = 600, stdin=None) -> subprocess.CompletedProcess:
+    """The runner for `arch` on `args`; `stdin`: an open file for it to read."""
     return subprocess.run(
         [*EMULATOR.get(arch, []), str(runner_for(arch)), *map(str, args)],
+        stdin=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,

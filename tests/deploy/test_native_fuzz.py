@@ -1,13 +1,14 @@
 """mscnn-run's readers under a bounded, seeded mutation fuzz, built with AddressSanitizer
 and UBSan (deploy/native/fuzz/fuzz.cc): the manifest reader (tvm-ffi's JSON parser, our
-structural scan and the typed checks), the .npy reader, the ELF check of model.so, and
-Bundle::Open with the verification of every file. Every case must end in success or a
-one-line refusal, with no sanitizer report.
+structural scan and the typed checks), the .npy reader, the ELF check of model.so,
+Bundle::Open with the verification of every file, and --stream's raw sample reader. Every
+case must end in success or a one-line refusal, with no sanitizer report.
 
-The seed and the time budget are fixed (MSCNN_FUZZ_SECONDS, 40 s over the four targets by
+The seed and the time budget are fixed (MSCNN_FUZZ_SECONDS, 40 s over the five targets by
 default), so CI time is bounded and the same seed replays the same cases; the number of
 cases depends on the machine. The seeds are the real x86_64 bundle and every hostile
-manifest and input of the native case table."""
+manifest and input of the native case table, and raw samples, text and archives for the
+stream reader."""
 
 import json
 import os
@@ -23,7 +24,7 @@ from native_cases import CROSS_CC, ROWS, Setup, rehash
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 20261125
 BUDGET = float(os.environ.get("MSCNN_FUZZ_SECONDS", "40"))
-SHARE = {"manifest": 0.3, "npy": 0.2, "elf": 0.15, "bundle": 0.35}
+SHARE = {"manifest": 0.3, "npy": 0.15, "elf": 0.1, "bundle": 0.35, "raw": 0.1}
 SANITIZER_ENV = {
     "ASAN_OPTIONS": "detect_leaks=1:exitcode=86:abort_on_error=0:allocator_may_return_null=1",
     "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1:exitcode=87",
@@ -89,11 +90,20 @@ def corpus(cpsc_bundles, tmp_path_factory) -> dict[str, list[Path]]:
     head = work / "model-head.so"  # the real library's headers (the whole is 1 MB: slow)
     head.write_bytes((base / "model.so").read_bytes()[:4096])
     libraries = [_library(arch, work / f"{arch}.so") for arch in CROSS_CC]
+    raw = work / "raw"  # what --stream is given: raw samples, and the formats it refuses
+    raw.mkdir()
+    x = np.load(base / setup.golden["input"]).astype("<f4").reshape(-1)
+    x.tofile(raw / "golden.f32")
+    rows = "".join(f"{i},{v:.4f}\n" for i, v in enumerate(x[:64]))
+    (raw / "rec.csv").write_text("time,ecg\n" + rows)
+    (raw / "rec.hea").write_text("rec 1 500 5000\nrec.dat 16 1000 16 0 0 0 0 ECG\n")
+    np.savez(raw / "rec.npz", ecg=x)
     return {
         "manifest": [base / "manifest.json", small / "manifest.json", *manifests],
         "npy": sorted(base.glob("golden/*.npy")) + inputs,
         "elf": [*libraries, head],
         "bundle": [small / "manifest.json"],
+        "raw": [*sorted(raw.iterdir()), *sorted(base.glob("golden/*.npy"))],
         "bundle_dir": [small],
     }
 

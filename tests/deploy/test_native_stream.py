@@ -117,6 +117,22 @@ def test_detect_gives_the_rule_on_pytorchs_output(qrs, qrs_bundles, records, tmp
     assert (got["fs"], got["samples"], got["seconds"]) == (500, 5000, 10.0)
 
 
+def test_detect_on_a_record_longer_than_the_window_names_the_stream_bundle(qrs_bundles, records,
+                                                                          tmp_path):  # fmt: skip
+    """A 20 s record for the 10 s window: the refusal says to stream it through the model's
+    stream bundle, and how that is built; not that the array has the wrong rank."""
+    bundle = qrs_bundles["x86_64"].path
+    x = records.signals[:2].reshape(-1).astype("<f4")
+    for dims in (1, 2, 3):
+        name = f"long-{dims}d.npy"
+        np.save(tmp_path / name, x.reshape((1,) * (dims - 1) + x.shape))
+        error = one_error(run_native("x86_64", bundle, "--input", tmp_path / name, "--detect"))
+        assert "10000 samples" in error and "window of 5000 samples" in error, error
+        assert "stream bundle cpsc2019_qrs-1lead-stream512" in error, error
+        assert "python -m compile build --preset cpsc2019_qrs" in error and "--hop 512" in error
+        assert "--stream --detect" in error and "instead of 3-D" not in error, error
+
+
 def test_detect_and_stream_refuse_bundles_without_them(qrs_bundles, tmp_path):
     bundle = qrs_bundles["x86_64"].path
     np.save(tmp_path / "x.npy", np.zeros(5000, "<f4"))
@@ -167,6 +183,94 @@ def test_a_stream_ending_mid_sample_or_with_nan_is_refused(qrs_stream_bundles, t
     assert "sample 2345 (lead 0) is NaN or Inf" in error
 
 
+def test_stream_refuses_a_file_that_is_not_raw_samples(qrs_stream_bundles, records, tmp_path):
+    """A .npy, an .npz, a CSV, a WFDB header or a text line before the samples, given to
+    --stream: one error line that says what the file is and what to do, and no beat
+    printed (read as float32, a .npy header would be 32 samples and shift every beat)."""
+    bundle = qrs_stream_bundles["x86_64"].path
+    x = records.signals[7].astype("<f4")
+    np.save(tmp_path / "rec.npy", x)
+    np.savez(tmp_path / "rec.npz", ecg=x)
+    rows = "".join(f"{i / 500:g},{v:.4f}\n" for i, v in enumerate(x[:1000]))
+    (tmp_path / "rec.csv").write_text("time,ecg\n" + rows)
+    (tmp_path / "rec.hea").write_text("data_00014 1 500 5000\ndata_00014.dat 16 1000 16 0\n")
+    (tmp_path / "headed.f32").write_bytes(b"ECG lead II in mV at 500 Hz, float32\n" + x.tobytes())
+    expected = {
+        "rec.npy": (".npy header", "np.load('rec.npy').astype('<f4').tofile('rec.f32')",
+                    "python -m deploy stream"),
+        "rec.npz": ("zip archive", ".npz", ".astype('<f4').tofile('rec.f32')"),
+        "rec.csv": ('line of text ("time,ecg")', "CSV", ".astype('<f4').tofile('rec.f32')"),
+        "rec.hea": ('line of text ("data_00014 1 500 5000")', ".hea"),
+        "headed.f32": ('line of text ("ECG lead II',),
+    }  # fmt: skip
+    for name, needles in expected.items():
+        done = run_native("x86_64", bundle, "--stream", "--detect", "--input", tmp_path / name)
+        error = one_error(done)
+        assert done.stdout == "", (name, done.stdout[:200])
+        assert error.startswith(f"error: input {tmp_path / name} starts with a "), error
+        assert all(n in error for n in needles), (name, error)
+        assert "raw little-endian float32 samples" in error, error
+    with open(tmp_path / "rec.npy", "rb") as f:
+        done = run_native("x86_64", bundle, "--stream", "--detect", stdin=f)
+    assert one_error(done).startswith("error: stdin starts with a .npy header") and not done.stdout
+
+
+def test_stream_refuses_samples_that_are_not_an_ecg_in_mv(qrs_stream_bundles, records, tmp_path):
+    """|x| > 1e4 is not an ECG in mV (a wrong format, byte order or scale): refused with the
+    sample and its value; the limit itself passes."""
+    bundle = qrs_stream_bundles["x86_64"].path
+    x = np.zeros(3000, "<f4")
+    x[1500] = 1e4
+    x.tofile(tmp_path / "edge.f32")
+    done = run_native("x86_64", bundle, "--stream", "--input", tmp_path / "edge.f32")
+    assert done.returncode == 0, done.stderr
+    x[2345] = -20000.5
+    x.tofile(tmp_path / "big.f32")
+    error = one_error(run_native("x86_64", bundle, "--stream", "--input", tmp_path / "big.f32"))
+    assert "sample 2345 (lead 0) is -20000.5, not an ECG in mV" in error, error
+    # A real record written big-endian: refused, not run.
+    records.signals[7].astype(">f4").tofile(tmp_path / "swapped.f32")
+    error = one_error(run_native("x86_64", bundle, "--stream", "--detect", "--input",
+                                 tmp_path / "swapped.f32"))  # fmt: skip
+    assert "not an ECG in mV" in error and "byte order" in error, error
+
+
+def test_stream_detect_json_is_the_window_detect_json(qrs_bundles, qrs_stream_bundles, records,
+                                                      five_minutes, tmp_path):  # fmt: skip
+    """--stream --detect --json prints one object of the same keys as --detect --json on a
+    window bundle, once the stream has ended: the beats of the whole stream."""
+    np.save(tmp_path / "x.npy", records.signals[7].astype("<f4"))
+    window = run_native("x86_64", qrs_bundles["x86_64"].path, "--input", tmp_path / "x.npy",
+                        "--detect", "--json")  # fmt: skip
+    assert window.returncode == 0, window.stderr
+    path, expected = five_minutes
+    bundle = qrs_stream_bundles["x86_64"].path
+    done = run_native("x86_64", bundle, "--stream", "--detect", "--json", "--input", path)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 1, done.stdout[:500]
+    got = json.loads(done.stdout)
+    assert list(got) == list(json.loads(window.stdout))
+    assert got["beats"] == expected.tolist()
+    assert got["heart_rate_bpm"] == heart_rate_bpm(expected)
+    assert (got["fs"], got["samples"], got["seconds"]) == (500, 150000, 300.0)
+    error = one_error(run_native("x86_64", bundle, "--stream", "--json", "--input", path))
+    assert "--json goes with --detect" in error
+
+
+def test_info_on_a_stream_bundle_shows_its_step(qrs_bundles, qrs_stream_bundles):
+    bundle = qrs_stream_bundles["x86_64"].path
+    step = json.loads((bundle / "manifest.json").read_text())["stream"]
+    done = run_native("x86_64", bundle, "--info")
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("stream: ")]
+    assert len(lines) == 1, done.stdout
+    assert lines[0].startswith(f"stream: hop {step['hop']} samples (1.024 s), look-ahead "
+                               f"{step['look_ahead']} samples ("), lines[0]  # fmt: skip
+    assert f"state {step['state_bytes']} bytes" in lines[0], lines[0]
+    window = run_native("x86_64", qrs_bundles["x86_64"].path, "--info")
+    assert window.returncode == 0 and "stream:" not in window.stdout, window.stdout
+
+
 def test_stream_detect_over_five_minutes_equals_the_offline_beats(qrs_stream_bundles,
                                                                   five_minutes):  # fmt: skip
     path, expected = five_minutes
@@ -178,10 +282,16 @@ def test_stream_detect_over_five_minutes_equals_the_offline_beats(qrs_stream_bun
 @pytest.mark.slow
 @pytest.mark.cross
 @pytest.mark.parametrize("arch", ARM)
-def test_arm_stream_detect_and_check_under_qemu(arch, qrs_stream_arm_bundles, five_minutes):
+def test_arm_stream_detect_and_check_under_qemu(arch, qrs_stream_arm_bundles, five_minutes,
+                                                tmp_path):  # fmt: skip
     path, expected = five_minutes
     bundle = qrs_stream_arm_bundles[arch].path
     done = run_native(arch, bundle, "--check")
     assert done.returncode == 0 and "beats=1/1" in done.stdout, done.stdout + done.stderr
     got = streamed_beats(run_native(arch, bundle, "--stream", "--detect", "--input", path))
     np.testing.assert_array_equal(got, expected)
+    done = run_native(arch, bundle, "--stream", "--detect", "--json", "--input", path)
+    assert done.returncode == 0 and json.loads(done.stdout)["beats"] == expected.tolist()
+    np.save(tmp_path / "rec.npy", np.fromfile(path, "<f4")[:5000])
+    error = one_error(run_native(arch, bundle, "--stream", "--input", tmp_path / "rec.npy"))
+    assert ".npy header" in error, error

@@ -10,6 +10,8 @@
 //   elf       CheckElfLibrary on a private in-memory file, as model.so is checked
 //   bundle    Bundle::Open, VerifyFiles, CheckLibrary and the golden .npy files, on a copy
 //             of the bundle at --bundle whose manifest.json is the case
+//   raw       RawSource, --stream's reader, to the end of a file: the check of its first
+//             bytes (.npy, .npz, text) and of every sample, 1 to 3 leads, short reads
 // The contract: every case returns normally or throws a Refusal (or JsonError) whose
 // message, escaped as main() prints it, is one line of at most 4 KiB; anything else is
 // a finding (saved under DIR). A sanitizer report ends the run at once (the case that
@@ -43,6 +45,7 @@
 #include "../src/json.h"
 #include "../src/manifest.h"
 #include "../src/npy.h"
+#include "../src/raw.h"
 #include "../src/refusal.h"
 #include "../src/text.h"
 
@@ -74,7 +77,9 @@ const char* const kTokens[] = {
     "\"model.so\"", "\"../x\"", "\"a/../b\"", "\"/etc/passwd\"", "\xff", "\xc0\x80",
     "\xe2\x80\xa8", "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[", "'descr': '<f4', ", "'fortran_order': True",
     "'shape': (", "), }", "(0,)", "(1, 1, 99999999999)", "\x93NUMPY\x01\x00", "\x93NUMPY\x02\x00",
-    "\x7f" "ELF\x02\x01\x01", "\x7f" "ELF\x01\x01\x01", "\xff\xff\xff\xff", "\x00\x00\x00\x00"};
+    "\x7f" "ELF\x02\x01\x01", "\x7f" "ELF\x01\x01\x01", "\xff\xff\xff\xff", "\x00\x00\x00\x00",
+    "PK\x03\x04", "\n", "\r\n", "time,ecg\n", "\x00\x40\x1c\x46", "\x01\x40\x1c\xc6",
+    "\x00\x00\xc0\x7f", "\x0a\xd7\x23\x3c"};
 
 std::string Mutate(const std::vector<std::string>& pool, Rng& rng) {
   std::string s = pool[rng.Below(pool.size())];
@@ -173,6 +178,13 @@ std::string RunCase(const std::string& data) {
       mscnn::ReadNpy(g_ctx.work + "/case.npy", "input case.npy");
     } else {
       mscnn::ParseNpy(data, "input case.npy");
+    }
+  } else if (t == "raw") {
+    // Leads and read size from the case's size: each case one way, every way in the run.
+    WriteFile(g_ctx.work + "/case.f32", data);
+    mscnn::RawSource source(g_ctx.work + "/case.f32", 1 + std::int64_t(data.size() % 3),
+                            1 + std::int64_t(data.size() / 3 % 16));
+    while (!source.Next().empty()) {
     }
   } else if (t == "elf") {
     mscnn::Fd fd(::memfd_create("model.so", MFD_CLOEXEC));
@@ -289,10 +301,10 @@ int main(int argc, char** argv) {
       seed_files.push_back(arg);
     }
   }
-  const std::set<std::string> targets = {"manifest", "npy", "elf", "bundle"};
+  const std::set<std::string> targets = {"manifest", "npy", "elf", "bundle", "raw"};
   if (targets.count(g_ctx.target) == 0 || g_ctx.work.empty() ||
       (g_ctx.target == "bundle" && g_ctx.bundle.empty())) {
-    std::fprintf(stderr, "error: give a TARGET (manifest, npy, elf, bundle), --work DIR, and "
+    std::fprintf(stderr, "error: give a TARGET (manifest, npy, elf, bundle, raw), --work DIR, and "
                          "--bundle DIR for the bundle target\n");
     return 2;
   }

@@ -26,6 +26,17 @@ int Info(const Options& o) {
               ShapeText(m.input.shape).c_str());
   std::printf("output: %s float32 %s\n", Show(m.output.name).c_str(),
               ShapeText(m.output.shape).c_str());
+  if (m.has_stream) {  // the step's input is one hop; what it keeps between hops
+    const StreamSpec& s = m.stream;
+    std::printf("stream: hop %lld samples (%g s), look-ahead %lld samples (%g s), state %lld "
+                "bytes (%.1f KiB in %zu tensors), flush %lld steps\n",
+                static_cast<long long>(s.hop), double(s.hop) / m.fs,
+                static_cast<long long>(s.look_ahead), double(s.look_ahead) / m.fs,
+                static_cast<long long>(s.state_bytes), double(s.state_bytes) / 1024,
+                s.states.size(), static_cast<long long>(s.flush_steps));
+  } else if (!m.stream_error.empty()) {
+    std::printf("stream: not readable by this mscnn-run: %s\n", m.stream_error.c_str());
+  }
   std::printf("golden: %s\n", golden.empty() ? "(none)" : Show(golden).c_str());
   std::printf("runner: %s, %s\n", kRunnerArch,
               m.arch == kRunnerArch ? "can run this bundle"

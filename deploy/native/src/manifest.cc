@@ -127,6 +127,10 @@ void CheckSchema(const ManifestReader& r, const Json& root, const std::string& w
 
 void ReadTarget(const ManifestReader& r, const Json& root, Manifest* m) {
   m->name = r.String(root, "name", "name");
+  const Json* model = root.Find("model");
+  const Json* preset = model != nullptr && model->kind == Json::Kind::kObject
+                           ? model->Find("preset") : nullptr;
+  if (preset != nullptr && preset->kind == Json::Kind::kString) m->preset = preset->text;
   const Json& target = r.Get(root, "target", "target", Json::Kind::kObject);
   m->target_name = r.String(target, "name", "target.name");
   m->arch = r.String(target, "arch", "target.arch");

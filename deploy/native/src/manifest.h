@@ -55,6 +55,7 @@ struct StreamSpec {
 // The keys mscnn-run uses; any other key (newer optional fields) is ignored.
 struct Manifest {
   std::string name;
+  std::string preset;  // "model.preset" where it is a string, else empty: for messages only
   std::string target_name;
   std::string arch;    // "x86_64", "aarch64" or "armv7"
   std::string device;  // "cpu" or "cuda"

@@ -14,8 +14,8 @@ constexpr const char* kUsage =
     "usage: mscnn-run BUNDLE --check [--device cpu|cuda]\n"
     "       mscnn-run BUNDLE --input X.npy --output Y.npy [--device cpu|cuda]\n"
     "       mscnn-run BUNDLE --input X.npy --detect [--json]   (R-peak detector bundles)\n"
-    "       mscnn-run BUNDLE --stream [--input FILE|-] [--detect]  (stream bundles; raw\n"
-    "                        little-endian float32 samples, leads interleaved)\n"
+    "       mscnn-run BUNDLE --stream [--input FILE|-] [--detect [--json]]  (stream bundles;\n"
+    "                        raw little-endian float32 samples in mV, leads interleaved)\n"
     "       mscnn-run BUNDLE --info\n"
     "       mscnn-run --tolerances | --version | --help\n"
     "\n"
@@ -91,7 +91,6 @@ Options ParseArgs(int argc, char** argv) {
   if (o.json && !o.detect) throw Refusal("--json goes with --detect; run mscnn-run --help");
   if (o.mode == "stream") {
     if (have_output) throw Refusal("--stream prints to stdout; drop --output");
-    if (o.json) throw Refusal("--json goes with --detect on a window bundle, not --stream");
     if (!have_input) o.input = "-";
     if (o.input.empty()) throw Refusal("--input needs a file name, or - for stdin");
   } else if (o.detect) {

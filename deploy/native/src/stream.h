@@ -5,7 +5,6 @@
 
 #include <cstdint>
 #include <functional>
-#include <string>
 #include <vector>
 
 #include "manifest.h"
@@ -40,32 +39,6 @@ class StreamRunner {
   Array hop_;  // (1, leads, hop), planar
   std::int64_t fill_ = 0;
   std::int64_t samples_ = 0;
-};
-
-// Reads raw little-endian float32 samples, leads interleaved, from a file or "-" (stdin)
-// in pieces of about one hop; a NaN or Inf sample is a Refusal naming it (sample index
-// and lead), before any of its piece is streamed.
-class RawSource {
- public:
-  RawSource(const std::string& path, std::int64_t leads, std::int64_t hop);
-  ~RawSource();
-  RawSource(const RawSource&) = delete;
-  RawSource& operator=(const RawSource&) = delete;
-
-  // The next whole samples (interleaved), empty at the end of the stream.
-  const std::vector<float>& Next();
-  // Bytes after the last whole sample at the end of the stream (0: it ended cleanly).
-  std::size_t leftover() const { return rest_.size(); }
-  std::string label() const { return label_; }
-
- private:
-  std::string label_;
-  int fd_ = -1;
-  bool owned_ = false;
-  std::int64_t leads_;
-  std::vector<char> buffer_, rest_;
-  std::vector<float> samples_;
-  std::int64_t seen_ = 0;  // whole samples read so far
 };
 
 }  // namespace mscnn

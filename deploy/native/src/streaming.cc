@@ -7,6 +7,7 @@
 #include "bundle.h"
 #include "detection.h"
 #include "model.h"
+#include "raw.h"
 #include "refusal.h"
 #include "rpeaks.h"
 #include "runner.h"
@@ -28,6 +29,7 @@ int Stream(const Options& o) {
   Admit(bundle);
   const std::int64_t leads = std::int64_t(m.leads.size());
   RawSource source(o.input, leads, m.stream.hop);
+  source.CheckStart();  // a file of another format fails before the model is loaded
   Model model(bundle.LibraryPath(), "model.so in " + bundle.dir(), device, RuntimeDir());
   StreamRunner runner(model, m.stream, leads);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each line as soon as it is known
@@ -52,7 +54,12 @@ int Stream(const Options& o) {
       std::printf("\n");
     }
   };
+  std::vector<std::int64_t> found_all;  // --json: printed as one object at the end
   auto report = [&](const std::vector<std::int64_t>& found) {
+    if (o.json) {
+      found_all.insert(found_all.end(), found.begin(), found.end());
+      return;
+    }
     for (std::int64_t s : found) {
       std::printf("beat %lld %.3f\n", static_cast<long long>(s), double(s) / m.fs);
     }
@@ -70,6 +77,7 @@ int Stream(const Options& o) {
   runner.Flush(emit);
   drain();
   if (o.detect) report(beats.Flush());
+  if (o.json) PrintDetection(found_all, m.detect, source.samples(), true);
   std::fflush(stdout);
   if (source.leftover() != 0) {
     throw Refusal(source.label() + ": the stream ended " + std::to_string(source.leftover()) +

@@ -1,4 +1,5 @@
-// mscnn-run --stream: a stream bundle over raw samples (the step's driver is stream.h).
+// mscnn-run --stream: a stream bundle over raw samples (read by raw.h, stepped by
+// stream.h).
 #ifndef MSCNN_RUN_STREAMING_H_
 #define MSCNN_RUN_STREAMING_H_
 
@@ -8,7 +9,9 @@ namespace mscnn {
 
 // Raw samples from a file or stdin through a stream bundle: frames, or beats with
 // --detect, printed as the stream completes them; memory is bounded (one hop of samples,
-// a few seconds of logits) whatever the stream's length.
+// a few seconds of logits) whatever the stream's length. With --detect --json, the beats
+// of the whole stream (kept: 8 bytes a beat) as one JSON object at its end, as
+// --detect --json prints for a window bundle.
 int Stream(const Options& o);
 
 }  // namespace mscnn

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include "bundle.h"
@@ -15,6 +16,50 @@
 #include "text.h"
 
 namespace mscnn {
+namespace {
+
+// The samples of a record of `leads` leads in one of the forms --detect takes ((samples,)
+// for one lead, (leads, samples), (1, leads, samples)), whatever their number; 0 if
+// `shape` is none of them.
+std::int64_t RecordSamples(const std::vector<std::int64_t>& shape, std::int64_t leads) {
+  if (shape.size() == 1 && leads == 1) return shape[0];
+  if (shape.size() == 2 && shape[0] == leads) return shape[1];
+  if (shape.size() == 3 && shape[0] == 1 && shape[1] == leads) return shape[2];
+  return 0;
+}
+
+std::string Number(double v) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%g", v);
+  return text;
+}
+
+// A record longer than the window: the model's stream bundle takes it whole. Its name is
+// the one `python -m compile build --hop 512` gives it: -stream512 before the precision
+// (stream steps are fp32 or int8, so an fp16 window's model streams in fp32).
+[[noreturn]] void RefuseLongRecord(const Manifest& m, const std::string& label, std::int64_t n) {
+  const std::string precision = "-" + m.precision;
+  std::string name = m.name;
+  if (m.precision != "fp32" && name.size() > precision.size() &&
+      name.compare(name.size() - precision.size(), precision.size(), precision) == 0) {
+    name.resize(name.size() - precision.size());
+  }
+  const std::string suffix = m.precision == "int8" ? precision : "";
+  const std::int64_t leads = m.input.shape[1], samples = m.input.shape[2];
+  throw Refusal(
+      label + " is a record of " + std::to_string(n) + " samples (" + Number(double(n) / m.fs) +
+      " s at " + Number(m.fs) + " Hz), longer than the window of " + std::to_string(samples) +
+      " samples (" + Number(double(samples) / m.fs) + " s) of bundle " + Clip(m.name) +
+      ": stream it through the model's stream bundle " +
+      Clip(name + "-stream512" + suffix) + " (python -m compile build" +
+      (m.preset.empty() ? "" : " --preset " + Clip(m.preset)) + " --targets " +
+      Clip(m.target_name) + " --hop 512" + (suffix.empty() ? "" : " --precision int8") +
+      ") with --stream --detect --input rec.f32, the record as raw float32 samples: python -c "
+      "\"import numpy as np; np.load('rec.npy')" + (leads > 1 ? ".T" : "") +
+      ".astype('<f4').tofile('rec.f32')\"");
+}
+
+}  // namespace
 
 int RunOne(const Options& o) {
   Bundle bundle = Bundle::Open(o.bundle);
@@ -65,6 +110,8 @@ int Detect(const Options& o) {
                     (x.shape == m.input.shape || x.shape == std::vector<std::int64_t>{leads, samples} ||
                      (leads == 1 && x.shape == std::vector<std::int64_t>{samples}));
   if (!fits) {
+    const std::int64_t n = RecordSamples(x.shape, leads);
+    if (m.input.shape[0] == 1 && n > samples) RefuseLongRecord(m, label, n);
     throw Refusal(label + " has the wrong shape for bundle " + Clip(m.name) + ": " +
                   DescribeShapeMismatch(m, x.shape));
   }
