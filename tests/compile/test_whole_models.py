@@ -116,7 +116,7 @@ def test_deploy_detect_prints_beats_and_heart_rate(qrs_bundles, qrs, tmp_path):
     ("record", "extra", "message"),
     [
         (np.zeros(4000, "<f4"), (), "record of 4000 samples (8 s); this window bundle takes 5000"),
-        (np.zeros(5000, "<f4"), ("--fs", "250"), "sampled at 250 Hz; this bundle takes 500 Hz"),
+        (np.zeros(5000, "<f4"), ("--fs", "250"), "record of 10000 samples (20 s); this window"),
         (np.full(5000, np.nan, "<f4"), (), "NaN or Inf"),
         (np.zeros((3, 5000), "<f4"), (), "3 leads, expected 1"),
     ],
