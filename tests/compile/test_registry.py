@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from compile import bundles
 from compile.bundles import KINDS, PRECISIONS, kind_for
 from compile.errors import CompileError
 from compile.variants import Variant
@@ -65,4 +64,3 @@ def test_the_build_imports_no_kind():
         for alias in node.names
     }
     assert imported & kinds == set()
-    assert bundles.__name__ == "compile.bundles"

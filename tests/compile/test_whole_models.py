@@ -2,12 +2,11 @@
 the lead-wise classifier by its decisions; `deploy detect` on records."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from deploy_cli import deploy
 from native_runner import run_native
 
 import mscnn
@@ -77,15 +76,6 @@ def test_arm_detector_finds_pytorchs_beats_under_qemu(qrs_bundles, qrs, name, tm
         got = detect_rpeaks(np.load(tmp_path / "y.npy")[0, :, 0], rule, 5000)
         assert np.array_equal(got, pytorch_beats(qrs.model.eval(), x, rule))
         (tmp_path / "y.npy").unlink()
-
-
-def deploy(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "deploy", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_deploy_detect_prints_beats_and_heart_rate(qrs_bundles, qrs, tmp_path):

@@ -1,20 +1,10 @@
 """`python -m deploy`: exit 0 on pass, 1 on mismatch, 2 on an unusable bundle or input."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-
-def deploy(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "deploy", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+from deploy_cli import deploy
 
 
 def test_check_passes(cpsc_bundles):

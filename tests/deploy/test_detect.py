@@ -5,36 +5,19 @@ takes it, a file of another kind says what it is, and `info` shows what the outp
 
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from deploy_cli import RATE_NOTE, cpsc_record, deploy
 
-import mscnn
 from deploy.cli import main
-from mscnn import data as ecg_data
 
 pytestmark = pytest.mark.slow
-
-NOTE = "note: assuming 500 Hz, the bundle's rate; pass --fs if the record was sampled otherwise"
 
 
 @pytest.fixture(scope="module")
 def record() -> np.ndarray:
-    try:
-        return ecg_data.cpsc2019_records().signals[5].astype("<f4")
-    except mscnn.MscnnError as exc:
-        pytest.skip(f"the CPSC2019 records are not here: {exc}")
-
-
-def deploy(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "deploy", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return cpsc_record()
 
 
 def test_detect_says_which_rate_it_assumed(qrs_bundles, record, tmp_path):
@@ -42,9 +25,9 @@ def test_detect_says_which_rate_it_assumed(qrs_bundles, record, tmp_path):
     np.save(tmp_path / "rec.npy", record)
     as_json = deploy("detect", bundle, "--input", tmp_path / "rec.npy", "--json")
     found = json.loads(as_json.stdout)
-    assert (found["fs"], found["fs_assumed"]) == (500, True) and as_json.stderr.strip() == NOTE
+    assert (found["fs"], found["fs_assumed"]) == (500, True) and as_json.stderr.strip() == RATE_NOTE
     text = deploy("detect", bundle, "--input", tmp_path / "rec.npy")
-    assert text.returncode == 0 and text.stderr.strip() == NOTE
+    assert text.returncode == 0 and text.stderr.strip() == RATE_NOTE
     assert text.stdout.startswith(f"{len(found['beats'])} beats in 10 s")
     given = deploy("detect", bundle, "--input", tmp_path / "rec.npy", "--json", "--fs", "500")
     assert json.loads(given.stdout) == {**found, "fs_assumed": False} and given.stderr == ""

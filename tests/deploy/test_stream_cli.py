@@ -4,40 +4,20 @@ saying what was found and what to give instead; the assumed rate is said; `--det
 --json` prints `deploy detect --json`'s object."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from deploy_cli import RATE_NOTE, cpsc_record, deploy
 
-import mscnn
 from deploy import load_bundle
 from deploy.detect import detect
-from mscnn import data as ecg_data
 
 pytestmark = pytest.mark.slow
-
-NOTE = "note: assuming 500 Hz, the bundle's rate; pass --fs if the record was sampled otherwise"
 
 
 @pytest.fixture(scope="module")
 def record() -> np.ndarray:
-    """A real 10 s CPSC2019 record, float32 mV at 500 Hz."""
-    try:
-        return ecg_data.cpsc2019_records().signals[5].astype("<f4")
-    except mscnn.MscnnError as exc:
-        pytest.skip(f"the CPSC2019 records are not here: {exc}")
-
-
-def deploy(*args, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, "-m", "deploy", *map(str, args)],
-        input=stdin,
-        capture_output=True,
-        timeout=300,
-    )
-    done.stdout, done.stderr = done.stdout.decode(), done.stderr.decode()
-    return done
+    return cpsc_record()
 
 
 def beats_of(stdout: str) -> list[int]:
@@ -56,7 +36,7 @@ def test_a_npy_file_is_read_as_npy(qrs_stream_bundles, record, tmp_path):
     expected = detect(bundle, record).beats.tolist()
     assert len(expected) >= 5
     assert beats_of(npy.stdout) == beats_of(raw.stdout) == expected
-    assert npy.stderr.strip() == NOTE  # no --fs: the rate taken is said
+    assert npy.stderr.strip() == RATE_NOTE  # no --fs: the rate taken is said
 
 
 def foreign_inputs(record, tmp_path) -> dict:
@@ -126,7 +106,7 @@ def test_stream_detect_json_is_detects_json(qrs_stream_bundles, record, tmp_path
     assert found["beats"] == detect(load_bundle(bundle), record).beats.tolist()
     assert (found["fs"], found["fs_assumed"], found["samples"]) == (500, True, 5000)
     assert found["seconds"] == 10.0 and found["heart_rate_bpm"] > 30
-    assert streamed.stderr.strip() == NOTE
+    assert streamed.stderr.strip() == RATE_NOTE
     raw = deploy("stream", bundle, "--detect", "--json", "--fs", "500", stdin=record.tobytes())
     assert json.loads(raw.stdout) == {**found, "fs_assumed": False}
     assert raw.stderr == ""  # a rate given is not assumed
