@@ -10,7 +10,7 @@ from pathlib import Path
 import mscnn
 from deploy.bundle import Bundle
 
-from .build import BuildOptions, build
+from .build import BuildOptions, build, bundle_dir
 from .errors import CompileError, ParityError
 from .int8.quantize import check_quantizable
 from .targets import Target, get_target, precision_target
@@ -90,8 +90,8 @@ def build_matrix(
     outcome = Outcome([], [])
     for target in planned.targets:
         for variant in planned.variants:
-            suffix = "" if r.precision == "fp32" else f"-{r.precision}"
-            label = f"{target.name}/{planned.loaded.preset or 'custom'}-{variant.name}{suffix}"
+            where = bundle_dir(Path(), target, planned.loaded.preset, variant, r.hop, r.precision)
+            label = str(where)  # <target>/<the kind's folder name>, as it will be published
             options = BuildOptions(
                 hop=r.hop,
                 precision=r.precision,
