@@ -443,6 +443,13 @@ def _add_tune(sub, formatter) -> None:
     )
     u.add_argument("--rpc-key", metavar="KEY", help="the device's key at the tracker")
     u.add_argument(
+        "--rpc-wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to keep trying a tracker that does not answer (default 60)",
+    )
+    u.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -460,7 +467,7 @@ def _tune(args) -> int:
 
     target = get_target(args.target)
     try:
-        rpc = Rpc.parse(args.rpc_tracker, args.rpc_key)
+        rpc = Rpc.parse(args.rpc_tracker, args.rpc_key, args.rpc_wait)
     except DeployError as exc:
         raise CompileError(str(exc)) from None
     check_tunable(target, rpc)

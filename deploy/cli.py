@@ -264,6 +264,13 @@ def _add_bench(sub) -> None:
     )
     b.add_argument("--rpc-tracker", metavar="HOST:PORT", help="time on a device via this tracker")
     b.add_argument("--rpc-key", metavar="KEY", help="the device's key at the tracker")
+    b.add_argument(
+        "--rpc-wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to keep trying a tracker that does not answer (default 60)",
+    )
     b.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     b.set_defaults(func=_bench)
 
@@ -272,7 +279,7 @@ def _bench(args) -> int:
     from .remote import Rpc, time_bundles
 
     print(f"{'bundle':<34} {'target':<14} {'median ms':>10} {'p90 ms':>8} {'min ms':>8}  where")
-    rpc = Rpc.parse(args.rpc_tracker, args.rpc_key)
+    rpc = Rpc.parse(args.rpc_tracker, args.rpc_key, args.rpc_wait)
     for t in time_bundles(
         args.bundles, rpc, args.threads, args.repeat, args.min_repeat_ms, args.json
     ):

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import statistics
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +33,16 @@ class Rpc:
     port: int
     key: str
     timeout: float = 120.0
+    wait: float = 60.0  # seconds to keep trying a tracker that does not answer yet
 
     @classmethod
-    def parse(cls, tracker: str | None, key: str | None) -> Rpc | None:
-        """From the CLI's --rpc-tracker HOST:PORT and --rpc-key; None when neither."""
+    def parse(cls, tracker: str | None, key: str | None, wait: float = 60.0) -> Rpc | None:
+        """From the CLI's --rpc-tracker HOST:PORT, --rpc-key and --rpc-wait; None when
+        neither tracker nor key is given."""
         if tracker is None and key is None:
             return None
+        if not wait >= 0:
+            raise DeployError(f"--rpc-wait {wait:g}: give the seconds to wait, 0 or more")
         if tracker is None:
             raise DeployError("--rpc-key needs --rpc-tracker HOST:PORT")
         host, sep, port = tracker.rpartition(":")
@@ -47,7 +53,7 @@ class Rpc:
                 "--rpc-tracker needs --rpc-key: the key the device's RPC server registered "
                 "with (python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY)"
             )
-        return cls(host, int(port), key)
+        return cls(host, int(port), key, wait=wait)
 
     def __str__(self) -> str:
         return f"{self.key} via tracker {self.host}:{self.port}"
@@ -66,6 +72,7 @@ class Device:
         from tvm import rpc as tvm_rpc
 
         try:
+            _reach(rpc)
             tracker = tvm_rpc.connect_tracker(rpc.host, rpc.port)
             self.session = tracker.request(rpc.key, priority=1, session_timeout=rpc.timeout)
         except Exception as exc:  # refused, unreachable, no such key: say which
@@ -95,6 +102,20 @@ class Device:
             name, self.dev, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms
         )
         return list(timer(*args).results)
+
+
+def _reach(rpc: Rpc) -> None:
+    """Wait up to `rpc.wait` seconds for the tracker to accept a connection (TVM's own
+    client keeps retrying for a fixed minute); raise the last OSError if it never does."""
+    deadline = time.monotonic() + rpc.wait
+    while True:
+        try:
+            socket.create_connection((rpc.host, rpc.port), timeout=5).close()
+            return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
 
 
 def median_us(seconds: list[float]) -> float:

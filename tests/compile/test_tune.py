@@ -227,7 +227,7 @@ def test_rpc_options_are_checked(tracker, key, expected):
 
 def test_an_unreachable_tracker_is_a_clear_error():
     with pytest.raises(DeployError, match="cannot get a device"):
-        Device(Rpc("127.0.0.1", 9, "nobody", timeout=5))
+        Device(Rpc("127.0.0.1", 9, "nobody", timeout=5, wait=2))
 
 
 @pytest.mark.parametrize(

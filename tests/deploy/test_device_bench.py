@@ -77,7 +77,11 @@ def test_bench_checks_hashes_before_timing(bundle_copy):
     [
         (["--rpc-tracker", "nohost"], "not HOST:PORT"),
         (["--rpc-key", "k"], "needs --rpc-tracker"),
-        (["--rpc-tracker", "127.0.0.1:9", "--rpc-key", "k"], "cannot get a device"),
+        (
+            ["--rpc-tracker", "127.0.0.1:9", "--rpc-key", "k", "--rpc-wait", "2"],
+            "cannot get a device",
+        ),
+        (["--rpc-tracker", "127.0.0.1:9", "--rpc-key", "k", "--rpc-wait", "-1"], "0 or more"),
         (["--repeat", "0"], "positive integer"),
     ],
 )
