@@ -87,7 +87,7 @@ TARGETS: dict[str, Target] = {
             run="native",
             cpu_flags=("avx2", "fma"),
             tile=ConvTile(vec=8, t_tile=6, f_vecs=2, registers=16),  # 12 of 16 ymm
-            int8=PrecisionSpec(_X86_HOST, "generic", ("avx2", "fma")),  # widening AVX2 loops
+            int8=PrecisionSpec(_X86_HOST, "avx2", ("avx2", "fma")),  # vpmaddubsw + vpmaddwd
         ),
         Target(
             "x86_64-avx512",

@@ -27,6 +27,10 @@ features, never by its name):
 - `avx512vnni` (x86-64): `vpdpbusd` multiplies 4 unsigned bytes of input by 4 signed
   bytes of weight into each of 16 int32 lanes; `vpdpwssd` does 2 int16 pairs (the int16
   input layer).
+- `avx2` (x86-64 without VNNI): `vpmaddubsw` multiplies unsigned by signed bytes into
+  int16 pairs, `vpmaddwd` by ones sums those into 8 int32 lanes. The unsigned operand
+  is |a| and the signed one w with a's sign (`vpsignb`), so with symmetric weights no
+  pair can saturate (`_avx2_bytes`); `vpmaddwd` alone does the int16 input layer.
 - `dotprod` (aarch64 +dotprod): `sdot`, 4 signed bytes into each of 4 int32 lanes.
 - `generic`: plain loops that LLVM vectorises (widening multiply-adds), for any CPU.
 
@@ -110,6 +114,14 @@ ISAS: dict[str, Isa] = {
             Dot(16, 2, "int16", "int16", "mscnn_vpdpwssd"),
             "vpdpbusd",
         ),
+        Isa(  # AVX2 (Haswell, Zen and newer; Atom/Celeron/Pentium since Gracemont)
+            "avx2",
+            "avx2",
+            "x86_64",
+            Dot(8, 4, "int8", "int8", "mscnn_avx2_bytes", registers=12),
+            Dot(8, 2, "int16", "int16", "mscnn_vpmaddwd", registers=12),
+            "vpmaddubsw",
+        ),
         Isa(
             "dotprod",
             "dotprod",
@@ -161,13 +173,9 @@ ISAS: dict[str, Isa] = {
 # Tensor intrinsics: C[i] += sum_k A[k] * B[i, k] over `lanes` x `group`, as one call
 
 
-def _intrinsic(lanes: int, group: int, a_dtype: str, b_dtype: str, llvm: str, operand: str):
-    """(description, implementation) of a broadcast dot product. `operand` is the vector
-    type LLVM 22's intrinsic takes for A and B (e.g. int8x64 for vpdpbusd)."""
+def _broadcast_desc(lanes: int, group: int, a_dtype: str, b_dtype: str):
+    """What a broadcast dot computes: C[i] += sum_k A[k] * B[i, k], `lanes` x `group`."""
     from tvm.script import tirx as T
-
-    width = {"int8": 8, "uint8": 8, "int16": 16}[a_dtype] * group  # bits of A's group
-    word = f"int{width}"
 
     @T.prim_func(s_tir=True)
     def desc(
@@ -184,6 +192,33 @@ def _intrinsic(lanes: int, group: int, a_dtype: str, b_dtype: str, llvm: str, op
                         vi, vk = T.axis.remap("SR", [i, k])
                         C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
+    return desc
+
+
+def _broadcast_a(A, a_dtype: str, group: int, lanes: int, operand: str):
+    """A's group as one word, broadcast to every lane, as the vector type `operand` (no
+    named variable, which TVM would allocate as a buffer in every tile)."""
+    from tvm.script import tirx as T
+
+    width = {"int8": 8, "uint8": 8, "int16": 16}[a_dtype] * group  # bits of A's group
+    return T.reinterpret(
+        T.broadcast(
+            T.reinterpret(A.vload([0], f"{a_dtype}x{group}"), dtype=f"int{width}"),
+            lanes * 32 // width,
+        ),
+        dtype=operand,
+    )
+
+
+def _intrinsic(lanes: int, group: int, a_dtype: str, b_dtype: str, llvm: str, operand: str):
+    """(description, implementation) of a broadcast dot product. `operand` is the vector
+    type LLVM 22's intrinsic takes for A and B (e.g. int8x64 for vpdpbusd). An intrinsic
+    without an accumulator operand (AVX2's pmadd.wd) is added to C instead."""
+    from tvm.script import tirx as T
+
+    if llvm == "llvm.x86.avx2.pmadd.wd":
+        return _broadcast_desc(lanes, group, a_dtype, b_dtype), _vpmaddwd(lanes, group)
+
     @T.prim_func(s_tir=True)
     def impl(
         A: T.Buffer((group,), a_dtype, offset_factor=1),
@@ -193,23 +228,88 @@ def _intrinsic(lanes: int, group: int, a_dtype: str, b_dtype: str, llvm: str, op
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
             T.writes(C[0:lanes])
-            # (A's group as one word, broadcast: no named variable, which TVM would
-            # allocate as a buffer in every tile)
             C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id(llvm),
                 C.vload([0], dtype=f"int32x{lanes}"),
-                T.reinterpret(
-                    T.broadcast(
-                        T.reinterpret(A.vload([0], f"{a_dtype}x{group}"), dtype=word),
-                        lanes * 32 // width,
-                    ),
-                    dtype=operand,
-                ),
+                _broadcast_a(A, a_dtype, group, lanes, operand),
                 T.reinterpret(B.vload([0, 0], dtype=f"{b_dtype}x{lanes * group}"), dtype=operand),
                 dtype=f"int32x{lanes}",
             )
 
-    return desc, impl
+    return _broadcast_desc(lanes, group, a_dtype, b_dtype), impl
+
+
+def _vpmaddwd(lanes: int, group: int):
+    """AVX2's `vpmaddwd`: int16 pairs multiplied and summed into int32 lanes, added to C."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((group,), "int16", offset_factor=1),
+        B: T.Buffer((lanes, group), "int16", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], dtype=f"int32x{lanes}") + (
+                T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                    _broadcast_a(A, "int16", group, lanes, f"int16x{lanes * group}"),
+                    B.vload([0, 0], dtype=f"int16x{lanes * group}"),
+                    dtype=f"int32x{lanes}",
+                )
+            )
+
+    return impl
+
+
+def _avx2_bytes():
+    """(description, implementation) of 8 lanes x 4 int8 products with AVX2, exactly.
+
+    `vpmaddubsw` multiplies unsigned by signed bytes and adds pairs into int16 with
+    saturation; `vpmaddwd` by ones then adds pairs of those into int32. Activations are
+    int8 (a in [-128, 127]) and weights symmetric (w in [-127, 127]): the unsigned operand
+    is |a| (`vpsignb a, a`: -128 gives 0x80, i.e. 128 unsigned) and the signed one w with
+    a's sign (`vpsignb w, a`: never -(-128)). A pair is then at most 2 x 128 x 127 =
+    32,512 in magnitude, inside int16: no saturation, the same integers as `run_int8`."""
+    from tvm.script import tirx as T
+
+    def x86(name: str, dtype: str, *args):
+        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(name), *args, dtype=dtype)
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "int8", offset_factor=1),
+        B: T.Buffer((8, 4), "int8", offset_factor=1),
+        C: T.Buffer((8,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+            T.writes(C[0:8])
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + x86(
+                "llvm.x86.avx2.pmadd.wd",
+                "int32x8",
+                x86(
+                    "llvm.x86.avx2.pmadd.ub.sw",
+                    "int16x16",
+                    x86(
+                        "llvm.x86.avx2.psign.b",
+                        "int8x32",
+                        _broadcast_a(A, "int8", 4, 8, "int8x32"),
+                        _broadcast_a(A, "int8", 4, 8, "int8x32"),
+                    ),
+                    x86(
+                        "llvm.x86.avx2.psign.b",
+                        "int8x32",
+                        B.vload([0, 0], dtype="int8x32"),
+                        _broadcast_a(A, "int8", 4, 8, "int8x32"),
+                    ),
+                ),
+                T.broadcast(T.int16(1), 16),
+            )
+
+    return _broadcast_desc(8, 4, "int8", "int8"), impl
 
 
 def interleaved(j):
@@ -360,9 +460,11 @@ def register_intrinsics() -> None:
         "mscnn_vpdpbusd": (16, 4, "uint8", "int8", "llvm.x86.avx512.vpdpbusd.512", "int8x64"),
         "mscnn_vpdpwssd": (16, 2, "int16", "int16", "llvm.x86.avx512.vpdpwssd.512", "int16x32"),
         "mscnn_sdot": (4, 4, "int8", "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8", "int8x16"),
+        "mscnn_vpmaddwd": (8, 2, "int16", "int16", "llvm.x86.avx2.pmadd.wd", "int16x16"),
     }
     for name, args in table.items():
         TensorIntrin.register(name, *_intrinsic(*args), override=True)
+    TensorIntrin.register("mscnn_avx2_bytes", *_avx2_bytes(), override=True)
     TensorIntrin.register("mscnn_smlad", *_smlad(), override=True)
     TensorIntrin.register("mscnn_smlad_sxtb16", *_smlad_sxtb16(), override=True)
     TensorIntrin.register("mscnn_vmlava_s8", *_vmlava(16, "int8"), override=True)

@@ -22,7 +22,7 @@ from deploy.files import sha256_file
 from deploy.predictor import check_bundle
 
 ISAS = {
-    "x86_64": "generic",
+    "x86_64": "avx2",
     "x86_64-avx512": "avx512vnni",
     "aarch64": "dotprod",
     "armv7": "generic",
@@ -30,7 +30,7 @@ ISAS = {
 # What each shipped library must contain: the dot-product instruction of its ISA, or for
 # the plain loops the widening multiply-add the vectoriser emits.
 INSTRUCTIONS = {
-    "x86_64": ("objdump", "vpmaddwd"),
+    "x86_64": ("objdump", "vpmaddubsw"),
     "x86_64-avx512": ("objdump", "vpdpbusd"),
     "aarch64": ("aarch64-linux-gnu-objdump", "sdot"),
     "armv7": ("arm-linux-gnueabihf-objdump", "vmla.i32"),
