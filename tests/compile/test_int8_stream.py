@@ -92,11 +92,18 @@ def test_int8_state_is_a_quarter_of_fp32(detector, qdetector):
     assert dtypes <= {"int16", "int8", "uint8"} and "int16" in dtypes  # the input's context
 
 
-@pytest.fixture(scope="module")
-def compiled(detector, qdetector):
-    if host_arch() != "x86_64" or "avx512_vnni" not in cpu_flags():
-        pytest.skip("this CPU has no AVX-512 VNNI: the x86 int8 step cannot run here")
-    return build_step(Int8Step(StepModule(detector, 200), qdetector), int8.X86_VNNI)
+HASWELL = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}
+
+
+@pytest.fixture(scope="module", params=["avx512vnni", "avx2"])
+def compiled(request, detector, qdetector):
+    """The step with each x86 ISA's kernels: VNNI's vpdpbusd, AVX2's vpmaddubsw."""
+    flag, target = {"avx512vnni": ("avx512_vnni", int8.X86_VNNI), "avx2": ("avx2", HASWELL)}[
+        request.param
+    ]
+    if host_arch() != "x86_64" or flag not in cpu_flags():
+        pytest.skip(f"this CPU has no {flag}: the x86 int8 step on {request.param} cannot run here")
+    return build_step(Int8Step(StepModule(detector, 200), qdetector), target, require=request.param)
 
 
 def test_compiled_step_equals_the_reference_state_by_state(compiled, qdetector, record):
