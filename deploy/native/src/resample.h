@@ -45,6 +45,7 @@ class Resampler {
   // OutputLength(received) in all.
   void Flush(std::vector<float>* out);
   const RatePair& pair() const { return pair_; }
+  std::int64_t leads() const { return leads_; }
   std::int64_t received() const { return received_; }
 
  private:
