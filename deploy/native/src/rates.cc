@@ -18,13 +18,19 @@ InputRate::InputRate(std::int64_t fs, const Manifest& m) : fs_(fs ? fs : std::in
   }
   resampler_ = std::make_unique<Resampler>(MakeRatePair(fs, std::int64_t(m.fs)),
                                            std::int64_t(m.leads.size()));
+}
+
+void InputRate::Note() {
+  if (noted_) return;
+  noted_ = true;
   std::fprintf(stderr, "note: resampled from %lld Hz (the record's) to %lld Hz (the bundle's); "
-               "beats are in the record's samples\n", static_cast<long long>(fs),
-               static_cast<long long>(m.fs));
+               "beats are in the record's samples\n", static_cast<long long>(fs_),
+               static_cast<long long>(resampler_->pair().fs_out));
 }
 
 const std::vector<float>& InputRate::Push(const std::vector<float>& xs) {
   if (!resampler_) return xs;
+  Note();
   out_.clear();
   resampler_->Push(xs.data(), xs.size() / std::size_t(resampler_->leads()), &out_);
   return out_;
@@ -80,6 +86,7 @@ Array InputRate::ResampleWindow(const Array& x, std::int64_t window, const std::
     for (std::int64_t i = 0; i < window; ++i) out.data[std::size_t(lead * window + i)] = y[std::size_t(i * leads + lead)];
   }
   *samples = n;
+  Note();
   return out;
 }
 

@@ -41,7 +41,10 @@ class InputRate {
                       std::int64_t samples, bool json) const;
 
  private:
+  void Note();  // once, when the first samples are accepted: the note on stderr
+
   std::int64_t fs_;
+  bool noted_ = false;
   std::unique_ptr<Resampler> resampler_;
   std::vector<float> out_;
 };
