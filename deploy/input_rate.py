@@ -25,6 +25,11 @@ class InputRate:
     def resampled(self) -> bool:
         return self._resampler is not None
 
+    @property
+    def held(self) -> int:
+        """Record samples (per lead) the resampler keeps: bounded, whatever the length."""
+        return self._resampler.held if self._resampler else 0
+
     def push(self, x: np.ndarray) -> np.ndarray:
         """(leads, n) samples of the record; (leads, m) at the bundle's rate, float32:
         those now final (x itself when not resampled)."""
