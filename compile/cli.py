@@ -331,15 +331,7 @@ def _add_mcu(sub, formatter) -> None:
     m.add_argument("--part", choices=list(PARTS), help="memory to fit (default: the board's)")
     m.add_argument("--samples", type=_positive, default=2400, help="window (or record) length")
     m.add_argument("--hop", type=_positive, default=None, help="a streaming step of this hop")
-    m.add_argument(
-        "--input-fs",
-        type=_positive,
-        default=None,
-        metavar="HZ",
-        help="with --hop: the sensor's sampling rate; the firmware resamples its samples to "
-        "the model's rate as they arrive (filter taps generated at build time) and reports "
-        "beats in the sensor's samples (default: the model's rate)",
-    )
+    _add_input_fs(m)
     m.add_argument(
         "--precision",
         choices=MCU_PRECISIONS,
@@ -374,6 +366,18 @@ def _add_mcu(sub, formatter) -> None:
         "firmware with its Makefile, report, README",
     )
     m.set_defaults(func=_mcu)
+
+
+def _add_input_fs(m) -> None:
+    m.add_argument(
+        "--input-fs",
+        type=_positive,
+        default=None,
+        metavar="HZ",
+        help="with --hop: the sensor's sampling rate; the firmware resamples its samples to "
+        "the model's rate as they arrive (filter taps generated at build time) and reports "
+        "beats in the sensor's samples (default: the model's rate)",
+    )
 
 
 def _mcu(args) -> int:

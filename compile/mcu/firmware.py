@@ -46,6 +46,7 @@ from deploy.describe import MCU_REPORT
 from deploy.manifest import MCU_PRECISIONS, McuReport, McuSample, PartFit, StreamFacts
 from deploy.manifest import McuFootprint as Footprint
 from deploy.manifest import McuSpeed as Speed
+from deploy.resample import RatePair
 from deploy.rpeaks import RPeakRule, detect_rpeaks
 
 from ..bundles.common import verdict
@@ -161,33 +162,19 @@ def link_firmware(
     board: Board,
     library: Path,
     main: str = "main.c",
-    resampled: bool = False,
+    pair: RatePair | None = None,
 ):
     """firmware.elf for `board`: deploy/mcu's startup and `main` (main.c for a window
-    model, stream_main.c for a stream step) over the library; `resampled`: the stream
-    firmware resamples the sensor's rate (resample_taps.h written in `out`, rates.py)."""
+    model, stream_main.c for a stream step) over the library; with the sensor-to-model
+    rate `pair`, a stream firmware that resamples (resample_taps.h written in `out`)."""
     gcc = check_tool("arm-none-eabi-gcc")
     objects = []
-    extra = (*rates.SOURCES, "resample_input.c") if resampled else ()
+    flags = [*core.cflags, *CFLAGS, "-I", str(out), "-I", str(FIRMWARE_DIR)]
+    extra = rates.firmware_sources(out, pair)  # none without resampling
+    flags += ["-DMSCNN_RESAMPLE"] if extra else []
     for name in (*FIRMWARE_SOURCES, *extra, main):
         obj = out / f"fw_{Path(name).stem}.o"
-        _run(
-            [
-                gcc,
-                *core.cflags,
-                *CFLAGS,
-                *(["-DMSCNN_RESAMPLE"] if resampled else []),
-                "-I",
-                str(out),
-                "-I",
-                str(FIRMWARE_DIR),
-                "-c",
-                str(FIRMWARE_DIR / name),
-                "-o",
-                str(obj),
-            ],
-            f"compiling {name}",
-        )
+        _run([gcc, *flags, "-c", str(FIRMWARE_DIR / name), "-o", str(obj)], f"compiling {name}")
         objects.append(str(obj))
     elf = out / "firmware.elf"
     _run(
@@ -497,24 +484,18 @@ def build_mcu(
     bit for bit against the int8 reference; `weights` ("int16", "int8", or None for the
     core's default) says how flash stores them, and so which kernels (Core.int8).
     `input_fs`: a stream firmware for a sensor at that rate (rates.py)."""
-    b = get_board(board)
-    core, budget = CORES[b.core], _budget(b, part)
-    model, fs, leads = _model_facts(loaded)
-    pair = rates.input_pair(input_fs, fs, hop)
+    b, (model, fs, leads) = get_board(board), _model_facts(loaded)
+    core, budget, pair = CORES[b.core], _budget(b, part), rates.input_pair(input_fs, fs, hop)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mode = f"stream hop {hop}" if hop else f"window {samples}"
     log.info("mcu: %s, %s, %s, for %s", type(model).__name__, mode, precision, b.name)
     weights = weights or next(iter(core.int8))
     qm, isa = _quantized(model, leads, precision, weights, core)
-    inputs, expected = _golden(model, leads, samples, fs, records, seed, qm)
-    if pair is not None:
-        inputs, expected = rates.at_input_rate(inputs, _reference(model, qm), pair)
-        rates.write_taps(out, pair)
+    inputs, expected = _golden(model, leads, samples, fs, records, seed, qm, pair)
     rule = rpeak_rule(model, fs)
     library, facts = _build_library(model, core, samples, out, budget, hop, qm, isa, fs, rule)
-    main = "stream_main.c" if hop else "main.c"
-    elf = link_firmware(out, core, b, library, main, resampled=pair is not None)
+    elf = link_firmware(out, core, b, library, "stream_main.c" if hop else "main.c", pair)
     check_fit(footprint_of(elf), budget, "the firmware")
     run = _prove(elf, b, inputs, out / "qemu", hop is not None)
     judged = _judge(model, run, inputs, expected, fs, samples, hop is not None, precision, pair)
@@ -718,7 +699,16 @@ def _export_step(model, hop: int, path: Path) -> tuple[Path, StreamFacts]:
     return path, StreamFacts(*(int(meta[META + n]) for n in names))
 
 
-def _golden(model, leads: tuple[str, ...], samples: int, fs: int, records: int, seed: int, qm=None):
+def _golden(
+    model,
+    leads: tuple[str, ...],
+    samples: int,
+    fs: int,
+    records: int,
+    seed: int,
+    qm=None,
+    pair: RatePair | None = None,
+):
     """Golden inputs (seeded noise, the synthetic ECG and, for the detector, the first
     `records` CPSC2019 records) and PyTorch's outputs for them (the int8 reference's
     for the int8 model `qm`)."""
@@ -727,6 +717,8 @@ def _golden(model, leads: tuple[str, ...], samples: int, fs: int, records: int, 
     task = getattr(model, "task", "features")
     inputs = window_cases(task, leads, samples, fs, 1, seed, records)
     reference = _reference(model, qm)
+    if pair is not None:  # at the sensor's rate, against the Python path (rates.py)
+        return rates.at_input_rate(inputs, reference, pair)
     return inputs, {k: reference(x) for k, x in inputs.items()}
 
 

@@ -60,10 +60,13 @@ def taps_header(pair: RatePair) -> str:
     )
 
 
-def write_taps(out: Path, pair: RatePair) -> Path:
-    path = out / TAPS_HEADER
-    path.write_text(taps_header(pair))
-    return path
+def firmware_sources(out: Path, pair: RatePair | None) -> tuple[str, ...]:
+    """The example stream firmware's extra sources (deploy/mcu) for a sensor at another
+    rate, with resample_taps.h written in `out`; none when `pair` is None."""
+    if pair is None:
+        return ()
+    (out / TAPS_HEADER).write_text(taps_header(pair))
+    return (*SOURCES, "resample_input.c")
 
 
 def at_input_rate(inputs: dict, reference, pair: RatePair) -> tuple[dict, dict]:
