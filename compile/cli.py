@@ -331,6 +331,7 @@ def _add_mcu(sub, formatter) -> None:
     m.add_argument("--part", choices=list(PARTS), help="memory to fit (default: the board's)")
     m.add_argument("--samples", type=_positive, default=2400, help="window (or record) length")
     m.add_argument("--hop", type=_positive, default=None, help="a streaming step of this hop")
+    _add_input_fs(m)
     m.add_argument(
         "--precision",
         choices=MCU_PRECISIONS,
@@ -367,6 +368,18 @@ def _add_mcu(sub, formatter) -> None:
     m.set_defaults(func=_mcu)
 
 
+def _add_input_fs(m) -> None:
+    m.add_argument(
+        "--input-fs",
+        type=_positive,
+        default=None,
+        metavar="HZ",
+        help="with --hop: the sensor's sampling rate; the firmware resamples its samples to "
+        "the model's rate as they arrive (filter taps generated at build time) and reports "
+        "beats in the sensor's samples (default: the model's rate)",
+    )
+
+
 def _mcu(args) -> int:
     from .mcu.boards import BOARDS, CORES
     from .mcu.firmware import build_mcu, build_name
@@ -382,10 +395,11 @@ def _mcu(args) -> int:
     name = build_name(core, args.hop, args.samples, args.precision, weights)
     if args.preset != "cpsc2019_qrs" or args.checkpoint:  # not make's model: say which
         name = f"{loaded.preset or 'custom'}-{name}"
+    name += f"-in{args.input_fs}" if args.input_fs else ""
     out = args.folder or args.out / name
     done = build_mcu(
         loaded, board, out, samples=args.samples, hop=args.hop, part=part,
-        precision=args.precision, weights=weights,
+        precision=args.precision, weights=weights, input_fs=args.input_fs,
     )  # fmt: skip
     if not args.quiet:
         print(done.report.to_json(), end="")

@@ -109,13 +109,7 @@ def _detect(args) -> int:
     record = rec.signals
     found = detect(bundle, record, fs)
     _note_rate(found.fs_assumed, found.fs)
-    if found.fs_input is not None:
-        print(
-            f"note: resampled from {found.fs_input} Hz (the record's) to {found.fs} Hz (the "
-            "bundle's); beats are in the record's samples",
-            file=sys.stderr,
-            flush=True,
-        )
+    _note_resampled(found.fs_input, found.fs)
     if args.json:
         print(json.dumps(found.to_json()))
     else:
@@ -136,6 +130,16 @@ def _note_rate(assumed: bool, fs: int) -> None:
 
     if assumed:
         print(f"note: {rate_note(fs)}", file=sys.stderr, flush=True)
+
+
+def _note_resampled(fs_input: int | None, fs: int) -> None:
+    if fs_input is not None:
+        print(
+            f"note: resampled from {fs_input} Hz (the record's) to {fs} Hz (the "
+            "bundle's); beats are in the record's samples",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _add_stream(sub) -> None:
@@ -163,8 +167,9 @@ def _add_stream(sub) -> None:
         "--fs",
         type=positive,
         default=None,
-        help="the record's sampling rate, checked against the bundle's (default: assumed "
-        "to be the bundle's, and said so)",
+        help="the record's sampling rate in Hz; another than the bundle's is resampled to "
+        "it as the samples arrive, and beats are reported in the record's samples "
+        "(default: the bundle's rate is assumed, and said so)",
     )
     s.add_argument(
         "--chunk",
@@ -182,6 +187,7 @@ def _stream(args) -> int:
         raise DeployError("--json goes with --detect (beats and heart rate); frames print as text")
     run = open_run(args.bundle, args.input, args.fs, args.chunk, args.detect)
     _note_rate(run.fs_assumed, run.fs)
+    _note_resampled(run.rate.fs if run.rate.resampled else None, run.fs)
     if args.json:
         print(json.dumps(run.detection().to_json()))
         return EXIT_OK

@@ -134,7 +134,10 @@ def describe_mcu(folder: Path) -> list[tuple[str, str]]:
     if r.beats_equal is not None:
         lines.append(("beats", "the reference's" if r.beats_equal else "DIFFER"))
     if r.fs is not None:
-        lines.insert(3, ("rate", f"{r.fs} Hz ({r.samples} samples = {r.samples / r.fs:g} s)"))
+        rate = f"{r.fs} Hz ({r.samples} samples = {r.samples / r.fs:g} s)"
+        if r.input_fs is not None:
+            rate += f"; the sensor's {r.input_fs} Hz resampled on the device, beats in its clock"
+        lines.insert(3, ("rate", rate))
     return lines
 
 

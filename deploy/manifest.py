@@ -933,6 +933,9 @@ class McuReport:
     fs: int | None = None  # the input's sampling rate, Hz (samples are mV)
     firmware_beats_equal: bool | None = None  # the firmware's own R-peak rule (C), likewise
     sample: McuSample | None = None
+    # a stream build for a sensor at another rate (compile mcu --input-fs): the rate its
+    # firmware takes and resamples to `fs`; beats are in its clock. None: it takes `fs`
+    input_fs: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(_write_mcu(self), indent=2) + "\n"
@@ -971,6 +974,7 @@ def _write_mcu(r: McuReport) -> dict[str, Any]:
         "fs": r.fs,
         "firmware_beats_equal": r.firmware_beats_equal,
         "sample": {**dict(vars(r.sample)), "beats": list(r.sample.beats)} if r.sample else None,
+        "input_fs": r.input_fs,
     }
 
 
@@ -1005,6 +1009,7 @@ def _read_mcu(root: _Obj) -> McuReport:
         fs=root.int("fs", optional=True, minimum=1),
         firmware_beats_equal=root.bool("firmware_beats_equal", optional=True),
         sample=_read_sample(sample) if sample else None,
+        input_fs=root.int("input_fs", optional=True, minimum=1),
     )
 
 

@@ -108,6 +108,12 @@ class Resampler:
         self._next = 0  # next output index
         self._shape: tuple[int, ...] | None = None
 
+    @property
+    def held(self) -> int:
+        """Input samples (per lead) kept for the outputs still to come: a few dozen after
+        each push, whatever the stream's length."""
+        return 0 if self._buf is None else self._buf.shape[1]
+
     def push(self, chunk: np.ndarray) -> np.ndarray:
         """New input samples; the outputs now final (float32, same leading shape)."""
         x = self._check(chunk)

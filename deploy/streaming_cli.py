@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import Bundle, load_bundle
-from .detect import BeatStream, Detection, as_record, check_rate
+from .detect import BeatStream, Detection, as_record
 from .errors import DeployError
 from .files import open_regular, read_npy_fd, show
+from .input_rate import InputRate
 from .records import SNIFF_BYTES, check_mv, is_npy, refuse_foreign
 from .rpeaks import RPeakRule, heart_rate_bpm
 from .stream import Stream, open_stream
@@ -37,6 +38,7 @@ class StreamRun:
     source: Path
     chunk: int
     fs_assumed: bool  # no --fs: the bundle's rate is taken (detect.rate_note)
+    rate: InputRate  # the record's rate: resampled to the bundle's on the way in
     samples: int = 0
     _leftover: list[int] = field(default_factory=list, init=False, repr=False)
     _chunks: Iterator[np.ndarray] = field(init=False, repr=False)
@@ -60,9 +62,10 @@ class StreamRun:
         return self.bundle.manifest.fs
 
     def lines(self, detect: bool) -> Iterator[str]:
-        """`frame <index> <values...>`, or with `detect` `beat <sample> <seconds>`."""
+        """`frame <index> <values...>`, or with `detect` `beat <sample> <seconds>` (in the
+        record's clock; frames are the model's, at the bundle's rate)."""
         if detect:
-            yield from (f"beat {s} {s / self.fs:.3f}" for s in self.beats())
+            yield from (f"beat {s} {s / self.rate.fs:.3f}" for s in self.beats())
             return
         index = 0
         for frames in self._frames():
@@ -72,22 +75,31 @@ class StreamRun:
         self._check_end()
 
     def beats(self) -> Iterator[int]:
-        """R-peaks (sample indices) as they become final, by the manifest's rule."""
+        """R-peaks (the record's sample indices) as they become final."""
+        for found in self._beats():
+            yield from self.rate.to_record(found, self.samples).tolist()
+
+    def _beats(self) -> Iterator[list[int]]:
+        """R-peaks at the bundle's rate as they become final, by the manifest's rule."""
         beats = BeatStream(_rule(self.bundle))
         for frames in self._frames():
-            yield from beats.push(frames[0])
-        yield from beats.flush()
+            yield beats.push(frames[0])
+        yield beats.flush()
         self._check_end()
 
     def detection(self) -> Detection:
         """The whole record's beats and heart rate, as `deploy detect` gives them."""
-        found = np.array(list(self.beats()), np.int64)
+        found = np.array([b for part in self._beats() for b in part], np.int64)
         fs = self.bundle.manifest.detect.fs
-        return Detection(found, heart_rate_bpm(found, fs), fs, self.samples, self.fs_assumed)
+        rate = heart_rate_bpm(found, fs)
+        beats = self.rate.to_record(found, self.samples)
+        fs_input = self.rate.fs if self.rate.resampled else None
+        return Detection(beats, rate, fs, self.samples, self.fs_assumed, fs_input)
 
     def _frames(self) -> Iterator[np.ndarray]:
         for x in self._records():
-            yield self.stream.push(x)
+            yield self.stream.push(self.rate.push(x))
+        yield self.stream.push(self.rate.flush(len(self.bundle.leads)))
         yield self.stream.flush()
 
     def _check_end(self) -> None:
@@ -146,14 +158,15 @@ def open_run(
     detect: bool = False,
 ) -> StreamRun:
     """A stream bundle opened for one record from `source` (a path, or - for stdin); a
-    given `fs` must be the bundle's, none is assumed to be and says so (`fs_assumed`).
-    `detect`: the bundle must be an R-peak detector."""
+    given `fs` other than the bundle's is resampled to it, none is assumed to be the
+    bundle's and says so (`fs_assumed`). `detect`: the bundle must be an R-peak detector."""
     bundle = load_bundle(bundle_path)
     stream = open_stream(bundle)
     if detect:
         _rule(bundle)
-    assumed = check_rate(bundle.manifest, fs)
-    return StreamRun(bundle, stream, source, chunk or bundle.manifest.stream.hop, assumed)
+    rate = InputRate(fs, bundle.manifest.fs)
+    chunk = chunk or bundle.manifest.stream.hop
+    return StreamRun(bundle, stream, source, chunk, fs is None, rate)
 
 
 def _rule(bundle: Bundle) -> RPeakRule:

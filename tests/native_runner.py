@@ -57,3 +57,20 @@ def run_native(arch: str, *args, timeout: float = 600, stdin=None) -> subprocess
         text=True,
         timeout=timeout,
     )
+
+
+def resample_tool() -> Path:
+    """mscnn-resample (deploy/native/tools): the runner's resampler alone, for x86_64; two
+    source files, no TVM runtime, built in a second or two."""
+    if "resample" not in _built:
+        out = ROOT / "build" / "native" / "x86_64"
+        done = subprocess.run(
+            ["make", "-C", str(ROOT / "deploy" / "native"), "resample-tool", "ARCH=x86_64",
+             f"OUT={out}", f"PYTHON={sys.executable}"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        _built["resample"] = out / "mscnn-resample"
+    return _built["resample"]

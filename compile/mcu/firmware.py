@@ -46,10 +46,12 @@ from deploy.describe import MCU_REPORT
 from deploy.manifest import MCU_PRECISIONS, McuReport, McuSample, PartFit, StreamFacts
 from deploy.manifest import McuFootprint as Footprint
 from deploy.manifest import McuSpeed as Speed
+from deploy.resample import RatePair
 from deploy.rpeaks import RPeakRule, detect_rpeaks
 
 from ..bundles.common import verdict
 from ..errors import CompileError, ParityError
+from . import rates
 from .aot import (
     Kernels,
     Lowered,
@@ -154,29 +156,25 @@ def compile_library(out: Path, core: Core, kernels: Kernels) -> Path:
     return library
 
 
-def link_firmware(out: Path, core: Core, board: Board, library: Path, main: str = "main.c"):
+def link_firmware(
+    out: Path,
+    core: Core,
+    board: Board,
+    library: Path,
+    main: str = "main.c",
+    pair: RatePair | None = None,
+):
     """firmware.elf for `board`: deploy/mcu's startup and `main` (main.c for a window
-    model, stream_main.c for a stream step) over the library."""
+    model, stream_main.c for a stream step) over the library; with the sensor-to-model
+    rate `pair`, a stream firmware that resamples (resample_taps.h written in `out`)."""
     gcc = check_tool("arm-none-eabi-gcc")
     objects = []
-    for name in (*FIRMWARE_SOURCES, main):
+    flags = [*core.cflags, *CFLAGS, "-I", str(out), "-I", str(FIRMWARE_DIR)]
+    extra = rates.firmware_sources(out, pair)  # none without resampling
+    flags += ["-DMSCNN_RESAMPLE"] if extra else []
+    for name in (*FIRMWARE_SOURCES, *extra, main):
         obj = out / f"fw_{Path(name).stem}.o"
-        _run(
-            [
-                gcc,
-                *core.cflags,
-                *CFLAGS,
-                "-I",
-                str(out),
-                "-I",
-                str(FIRMWARE_DIR),
-                "-c",
-                str(FIRMWARE_DIR / name),
-                "-o",
-                str(obj),
-            ],
-            f"compiling {name}",
-        )
+        _run([gcc, *flags, "-c", str(FIRMWARE_DIR / name), "-o", str(obj)], f"compiling {name}")
         objects.append(str(obj))
     elf = out / "firmware.elf"
     _run(
@@ -474,6 +472,7 @@ def build_mcu(
     seed: int = 0,
     precision: str = "fp32",
     weights: str | None = None,
+    input_fs: int | None = None,
 ) -> McuBuild:
     """Build `loaded` (an mscnn.LoadedModel, or a model in eval mode) for `board` into
     `out_dir`: the window model at `samples`, or with `hop` the streaming step (records
@@ -483,23 +482,23 @@ def build_mcu(
     raises ParityError after the report (mcu.json) is written. `precision` "int8"
     builds the model (window, or stream step) quantized with our integer kernels, judged
     bit for bit against the int8 reference; `weights` ("int16", "int8", or None for the
-    core's default) says how flash stores them, and so which kernels (Core.int8)."""
-    b = get_board(board)
-    core, budget = CORES[b.core], _budget(b, part)
-    model, fs, leads = _model_facts(loaded)
+    core's default) says how flash stores them, and so which kernels (Core.int8).
+    `input_fs`: a stream firmware for a sensor at that rate (rates.py)."""
+    b, (model, fs, leads) = get_board(board), _model_facts(loaded)
+    core, budget, pair = CORES[b.core], _budget(b, part), rates.input_pair(input_fs, fs, hop)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mode = f"stream hop {hop}" if hop else f"window {samples}"
     log.info("mcu: %s, %s, %s, for %s", type(model).__name__, mode, precision, b.name)
     weights = weights or next(iter(core.int8))
     qm, isa = _quantized(model, leads, precision, weights, core)
-    inputs, expected = _golden(model, leads, samples, fs, records, seed, qm)
+    inputs, expected = _golden(model, leads, samples, fs, records, seed, qm, pair)
     rule = rpeak_rule(model, fs)
     library, facts = _build_library(model, core, samples, out, budget, hop, qm, isa, fs, rule)
-    elf = link_firmware(out, core, b, library, "stream_main.c" if hop else "main.c")
+    elf = link_firmware(out, core, b, library, "stream_main.c" if hop else "main.c", pair)
     check_fit(footprint_of(elf), budget, "the firmware")
     run = _prove(elf, b, inputs, out / "qemu", hop is not None)
-    judged = _judge(model, run, inputs, expected, fs, samples, hop is not None, precision)
+    judged = _judge(model, run, inputs, expected, fs, samples, hop is not None, precision, pair)
     parity, beats, own_beats, sample = judged
     footprint = footprint_of(elf, run.stack_peak)
     clock = get_part(part or _part_for(b.core)).clock_hz
@@ -510,7 +509,7 @@ def build_mcu(
     report = McuReport(
         b.name, core.name, precision, weights if precision == "int8" else None, samples, hop,
         facts, footprint, speed, verdict(parity, f"qemu-system-arm -M {b.qemu_machine}"),
-        beats, fits, fs, own_beats, sample,
+        beats, fits, fs, own_beats, sample, pair.fs_in if pair else None,
     )  # fmt: skip
     (out / REPORT).write_text(report.to_json())
     if not parity.passed or beats is False or own_beats is False:
@@ -700,33 +699,64 @@ def _export_step(model, hop: int, path: Path) -> tuple[Path, StreamFacts]:
     return path, StreamFacts(*(int(meta[META + n]) for n in names))
 
 
-def _golden(model, leads: tuple[str, ...], samples: int, fs: int, records: int, seed: int, qm=None):
+def _golden(
+    model,
+    leads: tuple[str, ...],
+    samples: int,
+    fs: int,
+    records: int,
+    seed: int,
+    qm=None,
+    pair: RatePair | None = None,
+):
     """Golden inputs (seeded noise, the synthetic ECG and, for the detector, the first
     `records` CPSC2019 records) and PyTorch's outputs for them (the int8 reference's
     for the int8 model `qm`)."""
-    import torch
-
     from ..golden import window_cases
 
     task = getattr(model, "task", "features")
     inputs = window_cases(task, leads, samples, fs, 1, seed, records)
+    reference = _reference(model, qm)
+    if pair is not None:  # at the sensor's rate, against the Python path (rates.py)
+        return rates.at_input_rate(inputs, reference, pair)
+    return inputs, {k: reference(x) for k, x in inputs.items()}
+
+
+def _reference(model, qm=None):
+    """The reference outputs of one input (1, leads, samples): PyTorch's, or the int8
+    reference's for the int8 model `qm`."""
+    import torch
+
     if qm is not None:
         from ..int8.quantize import run_int8
 
-        return inputs, {k: run_int8(qm, x) for k, x in inputs.items()}
-    with torch.no_grad():
-        expected = {k: model(torch.from_numpy(x)).numpy() for k, x in inputs.items()}
-    return inputs, expected
+        return lambda x: run_int8(qm, x)
+
+    def run(x):
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+
+    return run
 
 
 def _judge(
-    model, run: QemuRun, inputs, expected, fs: int, samples: int, stream: bool, precision="fp32"
+    model,
+    run: QemuRun,
+    inputs,
+    expected,
+    fs: int,
+    samples: int,
+    stream: bool,
+    precision="fp32",
+    pair=None,
 ):
     """(worst ParityResult, beats equal, the firmware's own beats equal, the sample): the
     firmware's outputs against PyTorch's offline outputs (a stream's frames, frame-major,
     against the offline model on the whole record); for the detector, on each real
     record, the R-peaks of its outputs and those it printed itself (rpeaks.c) against
-    the reference's, and the first record as the sample (None where they do not apply)."""
+    the reference's, and the first record as the sample (None where they do not apply).
+    `pair`: the records were given at the sensor's rate (rates.py): the reference's beats
+    at the model's rate, the firmware's own and the sample's in the sensor's clock."""
     from deploy.parity import ParityResult, compare, worst
 
     from ..golden import RECORD_PREFIX
@@ -743,12 +773,15 @@ def _judge(
         got = got[: want.size].reshape(want.shape) if got.size >= want.size else got
         results.append(compare(got, want, "int8" if precision == "int8" else "cpu"))
         if name.startswith(RECORD_PREFIX) and rule is not None:
-            reference = detect_rpeaks(want[0], rule, samples)
-            beats.append(np.array_equal(detect_rpeaks(got[0], rule, samples), reference))
+            n, n_in = want.shape[1] * rule.reduction, inputs[name].shape[-1]
+            n = min(n, pair.output_length(n_in)) if pair else samples
+            reference = detect_rpeaks(want[0], rule, n)
+            beats.append(np.array_equal(detect_rpeaks(got[0], rule, n), reference))
+            clock = rates.beats_to_input(reference, pair, n_in) if pair else reference
             if run.beats is not None:
-                own.append(np.array_equal(np.array(run.beats[i], np.int64), reference))
+                own.append(np.array_equal(np.array(run.beats[i], np.int64), clock))
             if sample is None:
-                sample = McuSample(name, samples, tuple(int(b) for b in reference))
+                sample = McuSample(name, n_in, tuple(int(b) for b in clock))
     return (
         worst(results),
         all(beats) if beats else None,

@@ -125,6 +125,11 @@ def package_mcu(folder: Path, core: str, out: Path) -> tuple[Path, int]:
         raise CompileError(f"{exc}; rebuild it (python -m compile mcu)") from None
     if facts.core != core:
         raise CompileError(f"{folder} was built for {facts.core}, not {core}")
+    if facts.input_fs is not None:
+        raise CompileError(
+            f"{folder} resamples a {facts.input_fs} Hz sensor (--input-fs), which the "
+            "package does not ship yet: package a build at the model's rate"
+        )
     main = "stream_main.c" if facts.hop else "main.c"
     name = f"mscnn-edge-{core}"
     files = _listing(folder, facts, main)

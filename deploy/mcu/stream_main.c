@@ -3,7 +3,9 @@
  * a debug probe).
  *
  * Reads input.f32 (a record: MSCNN_LEADS rows of float32 samples in mV at MSCNN_FS_HZ,
- * lead-major) from the host's working directory, streams it through mscnn_step() by the
+ * or at MSCNN_INPUT_FS_HZ for a build with --input-fs, which resamples them as they are
+ * read, and prints beats in that rate's samples; lead-major) from the host's working
+ * directory, streams it through mscnn_step() by the
  * protocol of model.h (whole hops, the partial last hop, empty hops until the frames
  * stop), writes the record's frames to output.f32 frame by frame (frame-major:
  * MSCNN_CHANNELS floats per frame) and prints, for the QRS detector, each R-peak as soon
@@ -23,12 +25,21 @@
 #include "model.h"
 #include "semihost.h"
 
+#ifdef MSCNN_RESAMPLE /* built with --input-fs: input.f32 is at the sensor's rate */
+#include "resample_input.h"
+#define BEAT_FS_HZ MSCNN_INPUT_FS_HZ /* beats in the sensor's clock */
+#define BEAT_SAMPLE(s) mscnn_input_sample(s)
+#else
+#define BEAT_FS_HZ MSCNN_FS_HZ
+#define BEAT_SAMPLE(s) (s)
+#endif
+
 #ifdef MSCNN_RPEAK_THRESHOLD /* the QRS detector: one logit per frame */
 #include "rpeaks.h"
 
 /* A sample index as milliseconds, in 32-bit arithmetic (no 64-bit division). */
 static uint32_t ms_of(uint32_t sample) {
-  return sample / MSCNN_FS_HZ * 1000u + sample % MSCNN_FS_HZ * 1000u / MSCNN_FS_HZ;
+  return sample / BEAT_FS_HZ * 1000u + sample % BEAT_FS_HZ * 1000u / BEAT_FS_HZ;
 }
 #define WITH_BEATS 1
 static mscnn_beats_t beats;
@@ -37,9 +48,10 @@ static uint32_t beat_count;
 static void print_beats(void) {
   int64_t sample;
   while (mscnn_beats_next(&beats, &sample)) {
+    const uint32_t s = BEAT_SAMPLE((uint32_t)sample);
     sh_print("mscnn beat");
-    sh_print_kv("sample", (uint32_t)sample);
-    sh_print_kv("ms", ms_of((uint32_t)sample));
+    sh_print_kv("sample", s);
+    sh_print_kv("ms", ms_of(s));
     sh_print("\n");
     ++beat_count;
   }
@@ -91,6 +103,10 @@ __attribute__((noinline)) static uint64_t calibrate(void) {
 
 /* Hop k of the record (samples per lead), zero-padded by mscnn_step past `n`. */
 static size_t read_hop(int in, size_t samples, size_t k) {
+#ifdef MSCNN_RESAMPLE
+  (void)samples, (void)k; /* read in order, through the resampler */
+  return mscnn_input_hop(in, mscnn_input());
+#endif
   size_t first = k * MSCNN_HOP;
   size_t n = first >= samples ? 0 : (samples - first < MSCNN_HOP ? samples - first : MSCNN_HOP);
   float* x = mscnn_input();
@@ -184,7 +200,11 @@ int main(void) {
   }
   long bytes = sh_length(in);
   long row = (long)(MSCNN_LEADS * sizeof(float));
-  int rc = bytes > 0 && bytes % row == 0 ? stream(in, out, (size_t)(bytes / row)) : MSCNN_E_LENGTH;
+  size_t samples = (size_t)(bytes / row);
+#ifdef MSCNN_RESAMPLE
+  samples = mscnn_input_begin(samples); /* the record's length at the model's rate */
+#endif
+  int rc = bytes > 0 && bytes % row == 0 ? stream(in, out, samples) : MSCNN_E_LENGTH;
   sh_close(in);
   sh_close(out);
   uint64_t calibration = calibrate();

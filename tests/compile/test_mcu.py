@@ -16,8 +16,10 @@ import mscnn
 from compile.errors import CompileError
 from compile.int8 import quantize
 from compile.mcu import firmware as mcu
+from compile.mcu.package import package_mcu
 from deploy.manifest import McuReport
 from deploy.parity import compare
+from deploy.resample import rate_pair, resample
 from deploy.rpeaks import RPeakRule, detect_rpeaks
 from mscnn.data import cpsc2019_records
 
@@ -502,3 +504,47 @@ def test_m55_helium_int8_stream_is_bit_exact_and_uses_vmlava(m55_helium, detecto
 def test_m55_fp32_window(detector, tmp_path):
     built = mcu.build_mcu(detector, "mps3-an547", tmp_path, samples=1200, records=1)
     assert built.core == "cortex-m55" and built.parity.passed and built.beats_equal is True
+
+
+@pytest.fixture(scope="module")
+def m7_stream_250(detector, tmp_path_factory):
+    """The smallest stream build (2400-sample records, one real record) for a 250 Hz
+    sensor: about a minute, most of it TVM compiling the step."""
+    out = tmp_path_factory.mktemp("mcu-m7-stream-250")
+    return mcu.build_mcu(
+        detector, "mps2-an500", out, samples=SAMPLES, hop=HOP, records=1, input_fs=250
+    )
+
+
+def test_stream_at_a_250_hz_sensor_gives_the_python_paths_beats(m7_stream_250, detector,
+                                                               tmp_path):  # fmt: skip
+    """An unseen real record given at 250 Hz: the firmware resamples it as it streams
+    (taps from the build, float32) and prints the beats of the Python path (deploy's
+    resampler to 500 Hz, the model, the rule, back to the 250 Hz clock), as
+    deploy detect --fs 250 reports them. The build proved its golden records the same
+    way, and says so in mcu.json."""
+    built = m7_stream_250
+    assert (built.input_fs, built.fs) == (250, 500)
+    assert built.parity.passed and built.beats_equal and built.firmware_beats_equal
+    assert (built.folder / "resample_taps.h").read_text().count("#define MSCNN_RS_UP 2u") == 1
+    x = resample(cpsc2019_records().signals[30], 500, 250)[None]  # (1 lead, 2500) at 250 Hz
+    run = mcu.run_stream_firmware(built.firmware, mcu.BOARDS["mps2-an500"], x, tmp_path)
+    assert run.status == 0 and run.codes == (0,), run.log
+    back = resample(x, 250, 500)
+    with torch.no_grad():
+        want = detector.model(torch.from_numpy(back[None]))[0].numpy()  # (frames, 1)
+    assert compare(run.outputs[0].reshape(want.shape), want, "cpu").passed
+    rule = RPeakRule(reduction=detector.model.reduction, fs=detector.fs)
+    beats = detect_rpeaks(want, rule, back.shape[1])
+    expected = np.minimum(rate_pair(250, 500).to_input_clock(beats), x.shape[1] - 1)
+    assert len(expected) >= 5 and run.beats == (tuple(expected.tolist()),)
+    assert f"ms={expected[0] * 4}" in run.log  # 4 ms a sample at 250 Hz
+
+
+def test_bad_input_rates(detector, m7_stream_250, tmp_path):
+    with pytest.raises(CompileError, match="--input-fs 250: a window build .* give --hop"):
+        mcu.build_mcu(detector, "mps2-an500", tmp_path, input_fs=250)
+    with pytest.raises(CompileError, match="ratio 500/1999; up and down must be <= 1000"):
+        mcu.build_mcu(detector, "mps2-an500", tmp_path, hop=HOP, input_fs=1999)
+    with pytest.raises(CompileError, match="resamples a 250 Hz sensor"):
+        package_mcu(m7_stream_250.folder, "cortex-m7", tmp_path)

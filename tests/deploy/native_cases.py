@@ -608,6 +608,10 @@ ROWS: list[Row] = [
     # Arguments.
     Row("no arguments", args(lambda s, f: []), 2, ("no bundle",)),
     Row("unknown option", args(lambda s, f: [str(s.base), "--frobnicate"]), 2, ("unknown option",)),
+    Row("--fs with --check", args(lambda s, f: [str(s.base), "--check", "--fs", "360"]), 2,
+        ("--fs (the record's rate) goes with --stream or --detect",)),
+    Row("--fs a fraction", args(lambda s, f: [str(s.base), "--stream", "--fs", "360.5"]), 2,
+        ("--fs 360.5: expected the record's sampling rate as a whole, positive number",)),
 ]
 # fmt: on
 

@@ -445,6 +445,17 @@ def test_mcu_report_round_trips_with_its_derived_figures():
     assert McuReport.from_json(mcu_sample(fs=500).to_json()).fs == 500
 
 
+def test_mcu_report_carries_the_sensors_rate():
+    """compile mcu --input-fs: the rate the firmware takes; older reports read as None."""
+    data = json.loads(mcu_sample(fs=500, input_fs=250).to_json())
+    assert data["input_fs"] == 250 and McuReport.from_json(json.dumps(data)).input_fs == 250
+    del data["input_fs"]
+    assert McuReport.from_json(json.dumps(data)).input_fs is None
+    data["input_fs"] = 0
+    with pytest.raises(ManifestError, match="input_fs"):
+        McuReport.from_json(json.dumps(data))
+
+
 def test_mcu_report_carries_regions_the_rate_and_the_sample_and_reads_older_ones():
     fit = PartFit(False, 0.541, 0.627, "AXI_SRAM", 524288, 1.18, "the arena needs 604.1 KiB")
     r = mcu_sample(

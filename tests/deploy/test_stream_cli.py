@@ -116,9 +116,12 @@ def test_stream_refusals_name_the_fix(qrs_stream_bundles, record):
     bundle = qrs_stream_bundles["x86_64"].path
     frames = deploy("stream", bundle, "--json", stdin=record.tobytes())
     assert frames.returncode == 2 and "--json goes with --detect" in frames.stderr
-    other = deploy("stream", bundle, "--detect", "--fs", "360", stdin=record.tobytes())
-    assert other.returncode == 2
-    assert "record sampled at 360 Hz; this bundle takes 500 Hz: resample" in other.stderr
+    other = deploy("stream", bundle, "--detect", "--fs", "1999", stdin=record.tobytes())
+    assert other.returncode == 2 and other.stdout == ""  # a ratio the filter cannot take
+    assert other.stderr == (
+        "error: 1999 Hz -> 500 Hz is the ratio 500/1999; up and down must be <= 1000 (a "
+        "39981-tap filter): resample to a rate with a simpler ratio first\n"
+    )
     empty = deploy("stream", bundle, "--detect", "--json", stdin=b"")
     assert empty.returncode == 2 and empty.stderr.startswith("error: stdin holds no samples")
     cut = deploy("stream", bundle, "--detect", "--json", stdin=record.tobytes() + b"\x00")

@@ -10,9 +10,7 @@
 #include "text.h"
 
 namespace mscnn {
-namespace {
 
-// The shortest decimal that reads back as the same double, as Python's json prints it.
 std::string JsonNumber(double v) {
   char text[64];
   const bool plain = std::fabs(v) >= 1e-4 && std::fabs(v) < 1e16;  // Python's repr's range
@@ -24,8 +22,6 @@ std::string JsonNumber(double v) {
   if (out.find_first_of(".e") == std::string::npos) out += ".0";
   return out;
 }
-
-}  // namespace
 
 void RequireDetector(const Manifest& m) {
   if (!m.detect_error.empty()) throw Refusal(m.detect_error);

@@ -5,12 +5,16 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "manifest.h"
 #include "npy.h"
 
 namespace mscnn {
+
+// The shortest decimal that reads back as the same double, as Python's json prints it.
+std::string JsonNumber(double v);
 
 // A Refusal unless the bundle is an R-peak detector of a form this runner knows.
 void RequireDetector(const Manifest& m);

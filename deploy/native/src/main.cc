@@ -2,8 +2,8 @@
 //
 //   mscnn-run BUNDLE --check [--device cpu|cuda]
 //   mscnn-run BUNDLE --input x.npy --output y.npy [--device cpu|cuda]
-//   mscnn-run BUNDLE --input x.npy --detect [--json]
-//   mscnn-run BUNDLE --stream [--input FILE|-] [--detect [--json]]
+//   mscnn-run BUNDLE --input x.npy --detect [--json] [--fs HZ]
+//   mscnn-run BUNDLE --stream [--input FILE|-] [--detect [--json]] [--fs HZ]
 //   mscnn-run BUNDLE --info
 //   mscnn-run --tolerances
 //

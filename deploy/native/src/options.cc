@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "refusal.h"
+#include "resample.h"
 #include "runner.h"
 
 namespace mscnn {
@@ -13,15 +14,18 @@ constexpr const char* kVersion = "0.1.0";
 constexpr const char* kUsage =
     "usage: mscnn-run BUNDLE --check [--device cpu|cuda]\n"
     "       mscnn-run BUNDLE --input X.npy --output Y.npy [--device cpu|cuda]\n"
-    "       mscnn-run BUNDLE --input X.npy --detect [--json]   (R-peak detector bundles)\n"
-    "       mscnn-run BUNDLE --stream [--input FILE|-] [--detect [--json]]  (stream bundles;\n"
-    "                        raw little-endian float32 samples in mV, leads interleaved)\n"
+    "       mscnn-run BUNDLE --input X.npy --detect [--json] [--fs HZ]  (R-peak detectors)\n"
+    "       mscnn-run BUNDLE --stream [--input FILE|-] [--detect [--json]] [--fs HZ]\n"
+    "                        (stream bundles; raw little-endian float32 samples in mV,\n"
+    "                        leads interleaved)\n"
     "       mscnn-run BUNDLE --info\n"
     "       mscnn-run --tolerances | --version | --help\n"
     "\n"
     "BUNDLE is a folder made by `python -m compile build` (manifest.json, model.so,\n"
     "golden/). Every file the manifest lists is checked against its SHA-256 before\n"
-    "model.so is loaded. Exit codes: 0 ok, 1 golden mismatch, 2 refused (see stderr).\n";
+    "model.so is loaded. --fs HZ: the record's sampling rate (default: the bundle's); a\n"
+    "record at another is resampled to the bundle's and its beats are reported in its\n"
+    "own samples. Exit codes: 0 ok, 1 golden mismatch, 2 refused (see stderr).\n";
 
 void SetMode(Options* o, const std::string& mode) {
   if (!o->mode.empty() && o->mode != mode) {
@@ -74,6 +78,8 @@ Options ParseArgs(int argc, char** argv) {
     } else if (arg == "--output") {
       o.output = take_value("--output");
       have_output = true;
+    } else if (arg == "--fs") {
+      o.fs = ParseRate(take_value("--fs"), "--fs");
     } else if (arg == "--device") {
       o.device = take_value("--device");
       if (o.device != "cpu" && o.device != "cuda") {
@@ -120,6 +126,10 @@ Options ParseArgs(int argc, char** argv) {
   if (needs_bundle && o.bundle.empty()) throw Refusal("--" + o.mode + " needs a BUNDLE folder");
   if (!needs_bundle && !o.bundle.empty()) {
     throw Refusal("--" + o.mode + " takes no bundle; run mscnn-run --help");
+  }
+  if (o.fs != 0 && o.mode != "stream" && o.mode != "detect") {
+    throw Refusal("--fs (the record's rate) goes with --stream or --detect --input X.npy, "
+                  "not --" + o.mode);
   }
   if (!o.device.empty() && o.mode != "check" && o.mode != "run" && o.mode != "detect" &&
       o.mode != "stream") {

@@ -2,6 +2,7 @@
 #ifndef MSCNN_RUN_OPTIONS_H_
 #define MSCNN_RUN_OPTIONS_H_
 
+#include <cstdint>
 #include <string>
 
 namespace mscnn {
@@ -12,6 +13,7 @@ struct Options {
   std::string input;
   std::string output;
   std::string device;
+  std::int64_t fs = 0;  // --fs: the record's rate in Hz (0: the bundle's is assumed)
   bool detect = false;
   bool json = false;
 };

@@ -7,6 +7,7 @@
 #include "bundle.h"
 #include "detection.h"
 #include "model.h"
+#include "rates.h"
 #include "raw.h"
 #include "refusal.h"
 #include "rpeaks.h"
@@ -27,6 +28,7 @@ int Stream(const Options& o) {
   if (o.detect) RequireDetector(m);
   const std::string device = DeviceFor(bundle, o);
   Admit(bundle);
+  InputRate rate(o.fs, m);  // a ratio the filter cannot take is refused before the model loads
   const std::int64_t leads = std::int64_t(m.leads.size());
   RawSource source(o.input, leads, m.stream.hop);
   source.CheckStart();  // a file of another format fails before the model is loaded
@@ -61,7 +63,8 @@ int Stream(const Options& o) {
       return;
     }
     for (std::int64_t s : found) {
-      std::printf("beat %lld %.3f\n", static_cast<long long>(s), double(s) / m.fs);
+      s = rate.ToRecord(s, source.samples());  // in the record's clock
+      std::printf("beat %lld %.3f\n", static_cast<long long>(s), double(s) / double(rate.fs()));
     }
   };
   auto drain = [&]() {
@@ -71,13 +74,16 @@ int Stream(const Options& o) {
   for (;;) {
     const std::vector<float>& xs = source.Next();
     if (xs.empty()) break;
-    runner.Push(xs.data(), xs.size() / std::size_t(leads), emit);
+    const std::vector<float>& ys = rate.Push(xs);  // at the bundle's rate
+    runner.Push(ys.data(), ys.size() / std::size_t(leads), emit);
     drain();
   }
+  const std::vector<float>& tail = rate.Flush();
+  runner.Push(tail.data(), tail.size() / std::size_t(leads), emit);
   runner.Flush(emit);
   drain();
   if (o.detect) report(beats.Flush());
-  if (o.json) PrintDetection(found_all, m.detect, source.samples(), true);
+  if (o.json) rate.PrintDetection(found_all, m.detect, source.samples(), true);
   std::fflush(stdout);
   if (source.leftover() != 0) {
     throw Refusal(source.label() + ": the stream ended " + std::to_string(source.leftover()) +

@@ -10,6 +10,7 @@
 #include "model.h"
 #include "npy.h"
 #include "output.h"
+#include "rates.h"
 #include "refusal.h"
 #include "rpeaks.h"
 #include "runner.h"
@@ -103,9 +104,12 @@ int Detect(const Options& o) {
   }
   const std::string device = DeviceFor(bundle, o);
   Admit(bundle);
+  InputRate rate(o.fs, m);
   const std::string label = "input " + o.input;
   Array x = ReadNpy(o.input, label);
   const std::int64_t leads = m.input.shape[1], samples = m.input.shape[2];
+  std::int64_t record_samples = samples;  // in the record's own clock
+  if (rate.resampled()) x = rate.ResampleWindow(x, samples, label, &record_samples);
   const bool fits = m.input.shape[0] == 1 &&
                     (x.shape == m.input.shape || x.shape == std::vector<std::int64_t>{leads, samples} ||
                      (leads == 1 && x.shape == std::vector<std::int64_t>{samples}));
@@ -130,7 +134,8 @@ int Detect(const Options& o) {
                   std::to_string(samples) + " samples, which does not fit the rule's reduction " +
                   std::to_string(r) + "; rebuild the bundle");
   }
-  PrintDetection(DetectRpeaks(WindowLogits(y, 0), m.detect, samples), m.detect, samples, o.json);
+  rate.PrintDetection(DetectRpeaks(WindowLogits(y, 0), m.detect, samples), m.detect,
+                     record_samples, o.json);
   return 0;
 }
 
