@@ -142,6 +142,14 @@ def _add_build(sub, formatter) -> None:
         "calibrated on real ECG from the shared data), named <preset>-<N>lead-int8; "
         "fp16: half-precision storage and products, fp32 accumulation (aarch64)",
     )
+    b.add_argument(
+        "--sign",
+        type=Path,
+        default=None,
+        metavar="KEY",
+        help="sign each bundle's manifest with this Ed25519 private key (python -m deploy "
+        "keygen KEY) into manifest.sig; devices given KEY.pub run only such bundles",
+    )
     b.set_defaults(func=_build)
 
 
@@ -164,6 +172,7 @@ def _build(args) -> int:
         args.hop,
         args.precision,
         args.backbone_only,
+        args.sign,
     )
     planned = plan(request)
     console = Console(stderr=True)
