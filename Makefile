@@ -63,20 +63,29 @@ tflm: $(STAMP) $(TFLM_STAMP)
 	$(PY) -m compile.bench.tflm --out $(BUILD)/tflm
 
 # --------------------------------------------------------------------------------------
-# Cross toolchains and qemu-user (Debian packages), installed when run as root.
-APT_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
+# Cross toolchains and qemu-user (Debian packages), installed when run as root; and
+# libsodium (the native runner's signature checks, linked statically) for each runner
+# architecture, the ARM ones through Debian's multiarch (dpkg --add-architecture).
+APT_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm \
+                libsodium-dev libsodium-dev:arm64 libsodium-dev:armhf
 TOOLS        := g++ aarch64-linux-gnu-g++ arm-linux-gnueabihf-g++ qemu-aarch64 qemu-arm arm-none-eabi-gcc qemu-system-arm
+LIBRARIES    := /usr/include/sodium.h /usr/lib/x86_64-linux-gnu/libsodium.a \
+                /usr/lib/aarch64-linux-gnu/libsodium.a /usr/lib/arm-linux-gnueabihf/libsodium.a
 TOOLCHAINS   := $(VENV)/.toolchains
 
-$(TOOLCHAINS): | $(STAMP)
+# Rechecked whenever this Makefile changes (a new tool or library in the lists above).
+$(TOOLCHAINS): Makefile | $(STAMP)
 	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	for f in $(LIBRARIES); do test -e $$f || missing="$$missing $$f"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing cross toolchains and qemu-user (missing:$$missing)"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    echo "installing cross toolchains, qemu-user and libsodium (missing:$$missing)"; \
+	    dpkg --add-architecture arm64 && dpkg --add-architecture armhf && \
+	    { DEBIAN_FRONTEND=noninteractive apt-get update -qq || \
+	      echo "warning: apt-get update failed for some lists; installing from the rest"; } && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null || exit 1; \
 	  else \
-	    echo "error: missing$$missing; run: sudo apt-get install -y $(APT_PACKAGES)"; exit 1; \
+	    echo "error: missing$$missing; run: sudo dpkg --add-architecture arm64 && sudo dpkg --add-architecture armhf && sudo apt-get update && sudo apt-get install -y $(APT_PACKAGES)"; exit 1; \
 	  fi; \
 	fi
 	@touch $@

@@ -52,7 +52,7 @@ def _sources_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def _build_tiny(out: Path) -> Path:
+def build_tiny(out: Path, **options) -> Path:
     from compile import TARGETS, BuildOptions, build, resolve_variant
 
     config = {
@@ -66,7 +66,7 @@ def _build_tiny(out: Path) -> Path:
     model = mscnn.MultiScopicCNN(1, **config)
     mscnn.seeded_init(model, 5)
     loaded = mscnn.LoadedModel(model.eval(), None, ("ECG",), 500, "tiny test model")
-    options = BuildOptions(samples=TINY_SAMPLES, tuning=False)
+    options = BuildOptions(samples=TINY_SAMPLES, tuning=False, **options)
     return build(loaded, TARGETS["x86_64"], resolve_variant(loaded, "1"), out, options).path
 
 
@@ -74,13 +74,19 @@ def _build_tiny(out: Path) -> Path:
 def tiny_bundle(request, tmp_path_factory) -> Path:
     cache = getattr(request.config, "cache", None)
     if cache is None:  # pytest's cache disabled: build per session
-        return _build_tiny(tmp_path_factory.mktemp("tiny"))
+        return build_tiny(tmp_path_factory.mktemp("tiny"))
     folder = cache.mkdir(f"tiny-bundle-{_sources_digest()}")
     for stale in folder.parent.glob("tiny-bundle-*"):  # from other sources, unused for an hour
         if stale != folder and time.time() - stale.stat().st_mtime > 3600:
             shutil.rmtree(stale, ignore_errors=True)
     built = folder / "x86_64" / "custom-1lead"  # where build() publishes it
-    return built if (built / "manifest.json").is_file() else _build_tiny(folder)
+    return built if (built / "manifest.json").is_file() else build_tiny(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_builder():
+    """build_tiny itself: build(out, **BuildOptions fields) -> the bundle's folder (~5 s)."""
+    return build_tiny
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from native_cases import ROWS, Setup, run_cases
+from native_cases import Setup, rows_for, run_cases
 from native_libs import nonfinite_library
 from native_runner import EMULATOR, run_native, runner_for
 
@@ -70,7 +70,7 @@ def test_refusals_and_round_trips(arch, cpsc_bundles, tmp_path):
                   nonfinite_libraries(arch, base, tmp_path / "libraries"))  # fmt: skip
     report, problems = run_cases(str(runner_for(arch)), EMULATOR.get(arch, []), setup,
                                  python=arch == "x86_64")  # fmt: skip
-    assert len(report) == len(ROWS)
+    assert len(report) == len(rows_for(arch))
     assert not problems, "\n".join(problems + ["", *report])
 
 

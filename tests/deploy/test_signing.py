@@ -125,24 +125,29 @@ def test_signing_again_gives_the_same_bytes(signed, keys):
     assert len(first) == SIGNATURE_FILE_BYTES
 
 
-def test_a_rebuild_with_the_same_key_signs_identically(tmp_path, keys, cpsc_bundles):
-    """`compile build --sign` of the request the session fixture built (cpsc2019, x86_64,
-    512 samples; ~25 s): the same manifest bytes, so the same signature as signing the
-    fixture's bundle; and it verifies."""
-    from compile.cli import main as compile_main
-
-    argv = ["build", "--preset", "cpsc2019", "--targets", "x86_64", "--samples", "512",
-            "--out", str(tmp_path / "out"), "--sign", str(keys / "owner"), "--quiet"]  # fmt: skip
-    assert compile_main(argv) == 0
-    built = tmp_path / "out" / "x86_64" / "cpsc2019-1lead"
+def test_a_rebuild_with_the_same_key_signs_identically(tmp_path, keys, tiny_bundle, tiny_builder):
+    """build() with a signing key, of the tiny bundle's request (~5 s): the same manifest
+    bytes as the unsigned build, so the same signature as signing that bundle; and the
+    signature verifies."""
+    built = tiny_builder(tmp_path / "out", signing_key=keys / "owner")
     assert load_bundle(built, trust(keys)).signer is not None
-    before = cpsc_bundles["x86_64"].path
-    assert (built / "manifest.json").read_bytes() == (before / "manifest.json").read_bytes()
+    assert (built / "manifest.json").read_bytes() == (tiny_bundle / "manifest.json").read_bytes()
     again = tmp_path / "again"
     again.mkdir()
-    (again / "manifest.json").write_bytes((before / "manifest.json").read_bytes())
+    (again / "manifest.json").write_bytes((tiny_bundle / "manifest.json").read_bytes())
     sign_bundle(again, read_signing_key(keys / "owner"))
     assert (again / SIGNATURE).read_bytes() == (built / SIGNATURE).read_bytes()
+
+
+def test_compile_build_refuses_a_public_key_before_any_work(tmp_path, keys, capsys):
+    from compile.cli import main as compile_main
+
+    argv = ["build", "--preset", "cpsc2019", "--targets", "x86_64", "--out", str(tmp_path),
+            "--sign", str(keys / "owner.pub")]  # fmt: skip
+    assert compile_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is a public key" in err and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
 
 
 def test_make_build_passes_the_key_to_every_bundle_rule():

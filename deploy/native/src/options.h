@@ -14,6 +14,8 @@ struct Options {
   std::string device;
   bool detect = false;
   bool json = false;
+  std::string trust;               // --trust KEY.pub: run only bundles that key signed
+  bool require_signature = false;  // --require-signature: refuse to run without a key
 };
 
 // The command line, checked as a whole: one mode, the values it needs, and no option
