@@ -235,7 +235,7 @@ package: | $(STAMP) $(TOOLCHAINS)
 ifneq ($(filter $(TARGET),$(MCU_TARGETS)),)
 	$(PY) -m compile mcu --target $(TARGET) --hop $(MCU_HOP) --samples 5000 \
 	  --precision $(MCU_PRECISION) --folder $(BUILD)/mcu/$(TARGET)-stream$(MCU_HOP)-$(MCU_PRECISION) \
-	  --package $(BUILD)/package $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+	  --package $(BUILD)/package $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(SIGN)
 else
 	$(MAKE) --no-print-directory $(filter $(BUILD)/$(TARGET)/%,$(BUNDLES) $(STREAMS)) runners
 	$(PY) -m deploy package $(TARGET) --build $(BUILD) --runners $(BUILD)/native --out $(BUILD)/package \

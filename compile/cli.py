@@ -17,6 +17,7 @@ from pathlib import Path
 import mscnn
 from deploy.errors import DeployError
 from deploy.manifest import MCU_PRECISIONS
+from deploy.signing import read_signing_key
 
 from .bundles import PRECISIONS
 from .errors import CompileError, ParityError
@@ -373,6 +374,14 @@ def _add_mcu(sub, formatter) -> None:
         help="also write DIR/mscnn-edge-<core>.tar.gz: library, headers, sources, example "
         "firmware with its Makefile, report, README",
     )
+    m.add_argument(
+        "--sign",
+        type=Path,
+        default=None,
+        metavar="KEY",
+        help="with --package: SHA256SUMS of the library and headers signed with this "
+        "Ed25519 private key (python -m deploy keygen), and the tarball's signature",
+    )
     m.set_defaults(func=_mcu)
 
 
@@ -381,6 +390,10 @@ def _mcu(args) -> int:
     from .mcu.firmware import build_mcu, build_name
     from .mcu.package import PACKAGES, package_mcu
 
+    if args.sign is not None:
+        if not args.package:
+            raise CompileError("--sign signs a package: give --package DIR too")
+        read_signing_key(args.sign)  # a bad key refused before the build
     board, part = PACKAGES[args.target] if args.target else ("mps2-an500", None)
     board, part = args.board or board, args.part or part
     if args.target and BOARDS[board].core != args.target:
@@ -406,8 +419,8 @@ def _mcu(args) -> int:
         f"parity {'pass' if done.parity.passed else 'FAIL'}"
     )
     if args.package:
-        archive, size = package_mcu(done.folder, done.core, args.package)
-        print(f"wrote {archive} ({size / 1e6:.1f} MB)")
+        archive, size = package_mcu(done.folder, done.core, args.package, args.sign)
+        print(f"wrote {archive} ({size / 1e6:.1f} MB)" + (" and .sig" if args.sign else ""))
     return 0
 
 
