@@ -41,6 +41,16 @@ def _positive(value: str) -> int:
     return number
 
 
+def _add_sign(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--sign",
+        type=Path,
+        default=None,
+        metavar="KEY",
+        help=f"{what} (KEY: an Ed25519 private key, from python -m deploy keygen KEY)",
+    )
+
+
 # --------------------------------------------------------------------------------------
 # targets
 
@@ -143,14 +153,7 @@ def _add_build(sub, formatter) -> None:
         "calibrated on real ECG from the shared data), named <preset>-<N>lead-int8; "
         "fp16: half-precision storage and products, fp32 accumulation (aarch64)",
     )
-    b.add_argument(
-        "--sign",
-        type=Path,
-        default=None,
-        metavar="KEY",
-        help="sign each bundle's manifest with this Ed25519 private key (python -m deploy "
-        "keygen KEY) into manifest.sig; devices given KEY.pub run only such bundles",
-    )
+    _add_sign(b, "sign each bundle's manifest into manifest.sig (devices trusting KEY.pub)")
     b.set_defaults(func=_build)
 
 
@@ -374,14 +377,7 @@ def _add_mcu(sub, formatter) -> None:
         help="also write DIR/mscnn-edge-<core>.tar.gz: library, headers, sources, example "
         "firmware with its Makefile, report, README",
     )
-    m.add_argument(
-        "--sign",
-        type=Path,
-        default=None,
-        metavar="KEY",
-        help="with --package: SHA256SUMS of the library and headers signed with this "
-        "Ed25519 private key (python -m deploy keygen), and the tarball's signature",
-    )
+    _add_sign(m, "with --package: SHA256SUMS of the library and headers signed, and the tarball")
     m.set_defaults(func=_mcu)
 
 

@@ -88,25 +88,16 @@ def package(
         leads=", ".join(example.leads),
         fs=example.manifest.fs,
         bundles=", ".join(b.name for b in bundles),
-        signed=SIGNED.format(
-            trusted=TRUSTED_KEY_FILE, fingerprint=trust.key.fingerprint, archive=archive.name
-        )
-        if trust.key is not None
-        else "",
+        signed=_signed_note(trust, archive),
     )
     tmp = archive.with_name(archive.name + ".tmp")
     with tarfile.open(tmp, "w:gz") as tar:
         tar.add(runner_dir, arcname=f"{name}/runner", filter=_skip_objects)
         for bundle in bundles:
             tar.add(bundle.path, arcname=f"{name}/bundles/{bundle.name}")
-        data = readme.encode()
-        info = tarfile.TarInfo(f"{name}/README.txt")
-        info.size, info.mode = len(data), 0o644
-        tar.addfile(info, io.BytesIO(data))
-        index = json.dumps({"target": target, "bundles": [b.name for b in bundles]}).encode()
-        info = tarfile.TarInfo(f"{name}/package.json")
-        info.size, info.mode = len(index), 0o644
-        tar.addfile(info, io.BytesIO(index))
+        _add_text(tar, f"{name}/README.txt", readme)
+        index = {"target": target, "bundles": [b.name for b in bundles]}
+        _add_text(tar, f"{name}/package.json", json.dumps(index))
         if trust.key is not None:
             _add_text(tar, f"{name}/runner/{TRUSTED_KEY_FILE}", trust.key.to_text())
     tmp.replace(archive)
@@ -122,6 +113,16 @@ def _add_text(tar: tarfile.TarFile, name: str, text: str) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def _signed_note(trust: Trust, archive: Path) -> str:
+    if trust.key is None:
+        return ""
+    return SIGNED.format(
+        trusted=TRUSTED_KEY_FILE, fingerprint=trust.key.fingerprint, archive=archive.name
+    )
+
+
 def _skip_objects(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-    """Ship the runner and its libraries, not the build's intermediate files."""
-    return None if info.name.endswith((".o", ".d", ".a")) else info
+    """Ship the runner and its libraries, not the build's intermediate files (nor a key
+    file left in the runner's folder: a package trusts only the key it is signed with)."""
+    skip = info.name.endswith((".o", ".d", ".a", f"/{TRUSTED_KEY_FILE}"))
+    return None if skip else info
