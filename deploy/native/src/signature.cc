@@ -12,7 +12,6 @@
 
 #include "io.h"
 #include "refusal.h"
-#include "runner.h"
 #include "sha256.h"
 
 namespace mscnn {
@@ -143,9 +142,14 @@ bool Verifies(const std::string& signature, const std::string& message, const st
              reinterpret_cast<const unsigned char*>(key.data())) == 0;
 }
 
+// The runner's own folder, where a package puts trusted.pub.
 std::string ExecutableDir() {
-  const std::string lib = RuntimeDir();  // <the runner's folder>/lib
-  return lib.size() > 4 ? lib.substr(0, lib.size() - 4) : ".";
+  std::vector<char> path(4096);
+  const ssize_t n = ::readlink("/proc/self/exe", path.data(), path.size() - 1);
+  if (n <= 0) return ".";
+  const std::string exe(path.data(), std::size_t(n));
+  const std::size_t slash = exe.rfind('/');
+  return slash == std::string::npos ? "." : exe.substr(0, slash);
 }
 
 }  // namespace
