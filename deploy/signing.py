@@ -283,9 +283,12 @@ def verifies(signature: Signature, data: bytes, key: bytes | None = None) -> boo
     return True
 
 
-def check_signed(signature: Signature | None, data: bytes, trust: Trust, what: str) -> str | None:
-    """Refuse `data` (what: "manifest.json") unless it is signed by the trusted key; the
-    signer's fingerprint when it is. With no key trusted, nothing is checked (None)."""
+def check_signed(
+    signature: Signature | None, data: bytes, trust: Trust, what: str, sig_name: str = SIGNATURE
+) -> str | None:
+    """Refuse `data` (what: "manifest.json"; its signature file: `sig_name`) unless it is
+    signed by the trusted key; the signer's fingerprint when it is. With no key trusted,
+    nothing is checked (None)."""
     if trust.key is None:
         return None
     trusted = f"the trusted key {trust.key.fingerprint}"
@@ -301,8 +304,8 @@ def check_signed(signature: Signature | None, data: bytes, trust: Trust, what: s
         )
     if not verifies(signature, data, trust.key.raw):
         raise DeployError(
-            f"{what}: bad signature ({SIGNATURE} does not match it): it was changed after "
-            "it was signed, so nothing of it was loaded; rebuild or re-copy it"
+            f"{what}: bad signature ({sig_name} does not match it): it was changed after "
+            "it was signed; it was not loaded: rebuild or re-copy it"
         )
     return signature.fingerprint
 
@@ -348,7 +351,7 @@ def verify_file(path: Path, trust: Trust) -> str:
     finally:
         os.close(fd)
     signature = parse_signature(data, show(sig_path), size)
-    return check_signed(signature, Path(path).read_bytes(), trust, show(path))
+    return check_signed(signature, Path(path).read_bytes(), trust, show(path), sig_path.name)
 
 
 # --------------------------------------------------------------------------------------

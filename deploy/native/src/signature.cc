@@ -186,8 +186,8 @@ void VerifyManifest(int dir_fd, const std::string& dir, const std::string& manif
   }
   if (!Verifies(signature, manifest, key.raw)) {
     throw Refusal("bundle " + dir + ": bad signature (manifest.sig does not match "
-                  "manifest.json): it was changed after it was signed, so nothing of it was "
-                  "loaded; rebuild or re-copy it");
+                  "manifest.json): it was changed after it was signed; it was not loaded: "
+                  "rebuild or re-copy it");
   }
 }
 
