@@ -260,14 +260,12 @@ def parse_signature(data: bytes, where: str, size: int | None = None) -> Signatu
 
 def read_signature(folder: Path) -> Signature | None:
     """The bundle's parsed signature, or None where it has no manifest.sig."""
-    try:
-        with open_inside(Path(folder), SIGNATURE) as fd:
-            size = os.fstat(fd).st_size
-            data = os.pread(fd, SIGNATURE_FILE_BYTES + 1, 0)
-    except DeployError as exc:
-        if str(exc).endswith("is missing"):
-            return None
-        raise
+    path = Path(folder) / SIGNATURE
+    if not path.exists() and not path.is_symlink():
+        return None
+    with open_inside(Path(folder), SIGNATURE) as fd:  # no symlink, a regular file
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, SIGNATURE_FILE_BYTES + 1, 0)
     return parse_signature(data, SIGNATURE, size)
 
 
