@@ -18,6 +18,8 @@ help:
 	@echo "make parity  check every bundle in build/: x86 in-process, ARM under qemu with"
 	@echo "             the native runner, CUDA only where a GPU is present"
 	@echo "make package TARGET=aarch64   a tarball of the runner, runtime and bundles"
+	@echo "             (SIGNING_KEY=KEY: signed bundles, a runner that trusts KEY.pub alone,"
+	@echo "             TARBALL.sig; make build SIGNING_KEY=KEY signs each bundle's manifest)"
 	@echo "make package TARGET=cortex-m7 the streaming detector for a Cortex-M (M4, M55 too): library,"
 	@echo "             headers, example firmware, proven under qemu-system-arm (MCU_HOP=200,"
 	@echo "             MCU_PRECISION=int8 for the int8 step)"
@@ -61,20 +63,29 @@ tflm: $(STAMP) $(TFLM_STAMP)
 	$(PY) -m compile.bench.tflm --out $(BUILD)/tflm
 
 # --------------------------------------------------------------------------------------
-# Cross toolchains and qemu-user (Debian packages), installed when run as root.
-APT_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
+# Cross toolchains and qemu-user (Debian packages), installed when run as root; and
+# libsodium (the native runner's signature checks, linked statically) for each runner
+# architecture, the ARM ones through Debian's multiarch (dpkg --add-architecture).
+APT_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm \
+                libsodium-dev libsodium-dev:arm64 libsodium-dev:armhf
 TOOLS        := g++ aarch64-linux-gnu-g++ arm-linux-gnueabihf-g++ qemu-aarch64 qemu-arm arm-none-eabi-gcc qemu-system-arm
+LIBRARIES    := /usr/include/sodium.h /usr/lib/x86_64-linux-gnu/libsodium.a \
+                /usr/lib/aarch64-linux-gnu/libsodium.a /usr/lib/arm-linux-gnueabihf/libsodium.a
 TOOLCHAINS   := $(VENV)/.toolchains
 
-$(TOOLCHAINS): | $(STAMP)
+# Rechecked whenever this Makefile changes (a new tool or library in the lists above).
+$(TOOLCHAINS): Makefile | $(STAMP)
 	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	for f in $(LIBRARIES); do test -e $$f || missing="$$missing $$f"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing cross toolchains and qemu-user (missing:$$missing)"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    echo "installing cross toolchains, qemu-user and libsodium (missing:$$missing)"; \
+	    dpkg --add-architecture arm64 && dpkg --add-architecture armhf && \
+	    { DEBIAN_FRONTEND=noninteractive apt-get update -qq || \
+	      echo "warning: apt-get update failed for some lists; installing from the rest"; } && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null || exit 1; \
 	  else \
-	    echo "error: missing$$missing; run: sudo apt-get install -y $(APT_PACKAGES)"; exit 1; \
+	    echo "error: missing$$missing; run: sudo dpkg --add-architecture arm64 && sudo dpkg --add-architecture armhf && sudo apt-get update && sudo apt-get install -y $(APT_PACKAGES)"; exit 1; \
 	  fi; \
 	fi
 	@touch $@
@@ -129,16 +140,22 @@ BUNDLES := $(foreach t,$(BUNDLE_TARGETS),$(foreach p,$(FP32_PRESETS),\
 SOURCES := $(wildcard mscnn/*.py mscnn/weights/* compile/*.py compile/*/*.py compile/*/*.c deploy/*.py \
              compile/tuning/*/*.json ../shared/data/*.npz)
 
+# SIGNING_KEY=KEY (python -m deploy keygen KEY): every bundle's manifest is signed with this
+# Ed25519 private key into manifest.sig (docs/reliability.md); a device given KEY.pub
+# runs only bundles so signed.
+SIGNING_KEY ?=
+SIGN := $(if $(SIGNING_KEY),--sign $(SIGNING_KEY))
+
 # Options every bundle depends on: rewritten only when they change.
 $(BUILD)/.options: FORCE
 	@mkdir -p $(BUILD)
-	@echo "SAMPLES=$(SAMPLES) BATCH=$(BATCH) CHECKPOINT=$(CHECKPOINT)" > $@.new.$$$$ && \
+	@echo "SAMPLES=$(SAMPLES) BATCH=$(BATCH) CHECKPOINT=$(CHECKPOINT) SIGNING_KEY=$(SIGNING_KEY)" > $@.new.$$$$ && \
 	  { cmp -s $@.new.$$$$ $@ && rm $@.new.$$$$ || mv $@.new.$$$$ $@; }
 
 define bundle_rule
 $(BUILD)/$(1)/$(2)-$(3)lead/manifest.json: $(SOURCES) $(BUILD)/.options $(CHECKPOINT) | $(STAMP) $(TOOLCHAINS)
 	$(PY) -m compile build --preset $(2) --targets $(1) --variants $(3) --samples $(SAMPLES) \
-	  --batch $(BATCH) --out $(BUILD) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --quiet
+	  --batch $(BATCH) --out $(BUILD) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(SIGN) --quiet
 endef
 $(foreach t,$(BUNDLE_TARGETS),$(foreach p,$(FP32_PRESETS),\
   $(foreach v,$(call variants_of,$(p)),$(eval $(call bundle_rule,$(t),$(p),$(v))))))
@@ -146,7 +163,8 @@ $(foreach t,$(BUNDLE_TARGETS),$(foreach p,$(FP32_PRESETS),\
 define reduced_rule
 $(BUILD)/$(1)/$(2)-$(3)lead-$(4)/manifest.json: $(SOURCES) $(BUILD)/.options $(CHECKPOINT) | $(STAMP) $(TOOLCHAINS)
 	$(PY) -m compile build --precision $(4) --preset $(2) --targets $(1) --variants $(3) \
-	  --samples $(SAMPLES) --batch $(BATCH) --out $(BUILD) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --quiet
+	  --samples $(SAMPLES) --batch $(BATCH) --out $(BUILD) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
+	  $(SIGN) --quiet
 endef
 $(foreach t,$(call targets_in,$(INT8_TARGETS)),$(foreach p,$(INT8_PRESETS),\
   $(foreach v,$(call variants_of,$(p)),$(eval $(call reduced_rule,$(t),$(p),$(v),int8)))))
@@ -166,7 +184,7 @@ STREAMS := $(if $(filter cpsc2019_qrs,$(BUILD_PRESETS)),$(foreach t,$(call targe
 define stream_rule
 $(BUILD)/$(1)/$(call stream_name,$(2))/manifest.json: $(SOURCES) $(BUILD)/.options $(CHECKPOINT) | $(STAMP) $(TOOLCHAINS)
 	$(PY) -m compile build --preset cpsc2019_qrs --targets $(1) --hop $(STREAM_HOP) --precision $(2) \
-	  --out $(BUILD) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --quiet
+	  --out $(BUILD) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(SIGN) --quiet
 endef
 $(foreach t,$(STREAM_TARGETS),$(foreach p,fp32 int8,$(eval $(call stream_rule,$(t),$(p)))))
 
@@ -217,10 +235,11 @@ package: | $(STAMP) $(TOOLCHAINS)
 ifneq ($(filter $(TARGET),$(MCU_TARGETS)),)
 	$(PY) -m compile mcu --target $(TARGET) --hop $(MCU_HOP) --samples 5000 \
 	  --precision $(MCU_PRECISION) --folder $(BUILD)/mcu/$(TARGET)-stream$(MCU_HOP)-$(MCU_PRECISION) \
-	  --package $(BUILD)/package $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+	  --package $(BUILD)/package $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(SIGN)
 else
 	$(MAKE) --no-print-directory $(filter $(BUILD)/$(TARGET)/%,$(BUNDLES) $(STREAMS)) runners
-	$(PY) -m deploy package $(TARGET) --build $(BUILD) --runners $(BUILD)/native --out $(BUILD)/package
+	$(PY) -m deploy package $(TARGET) --build $(BUILD) --runners $(BUILD)/native --out $(BUILD)/package \
+	  $(SIGN)
 endif
 
 test: $(STAMP) $(TOOLCHAINS) $(TFLM_STAMP)

@@ -16,7 +16,8 @@ import traceback
 from pathlib import Path
 
 import mscnn
-from deploy.bundle import BUILD_LOG, Bundle
+from deploy.bundle import BUILD_LOG, Bundle, sign_bundle
+from deploy.signing import read_signing_key
 
 from .bundles import PRECISIONS, BuildOptions, Job, kind_for
 from .errors import CompileError
@@ -57,6 +58,7 @@ def build(
     """Build and publish one bundle into `out/<target>/<preset>-<variant>[...]/`."""
     options = options or BuildOptions()
     kind = _check_request(loaded, options, target)
+    key = read_signing_key(options.signing_key) if options.signing_key else None
     check_compiler(target)
     final = Path(out) / target.name / kind.folder(loaded.preset, variant, options.hop)
     tmp = start(final)
@@ -64,6 +66,9 @@ def build(
     try:
         job = Job(tmp, final.name, loaded, target, variant, options, journal)
         manifest = kind.build_into(job)
+        if key is not None:  # the final manifest's bytes, signed before publication
+            with job.stage("sign"):
+                sign_bundle(tmp, key)
     except BaseException as exc:
         journal.write(traceback.format_exc())
         kept = keep_failed(tmp, final)

@@ -17,6 +17,7 @@ from pathlib import Path
 import mscnn
 from deploy.errors import DeployError
 from deploy.manifest import MCU_PRECISIONS
+from deploy.signing import read_signing_key
 
 from .bundles import PRECISIONS
 from .errors import CompileError, ParityError
@@ -38,6 +39,16 @@ def _positive(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return number
+
+
+def _add_sign(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--sign",
+        type=Path,
+        default=None,
+        metavar="KEY",
+        help=f"{what} (KEY: an Ed25519 private key, from python -m deploy keygen KEY)",
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -142,6 +153,7 @@ def _add_build(sub, formatter) -> None:
         "calibrated on real ECG from the shared data), named <preset>-<N>lead-int8; "
         "fp16: half-precision storage and products, fp32 accumulation (aarch64)",
     )
+    _add_sign(b, "sign each bundle's manifest into manifest.sig (devices trusting KEY.pub)")
     b.set_defaults(func=_build)
 
 
@@ -164,6 +176,7 @@ def _build(args) -> int:
         args.hop,
         args.precision,
         args.backbone_only,
+        args.sign,
     )
     planned = plan(request)
     console = Console(stderr=True)
@@ -365,6 +378,7 @@ def _add_mcu(sub, formatter) -> None:
         help="also write DIR/mscnn-edge-<core>.tar.gz: library, headers, sources, example "
         "firmware with its Makefile, report, README",
     )
+    _add_sign(m, "with --package: SHA256SUMS of the library and headers signed, and the tarball")
     m.set_defaults(func=_mcu)
 
 
@@ -385,6 +399,10 @@ def _mcu(args) -> int:
     from .mcu.firmware import build_mcu, build_name
     from .mcu.package import PACKAGES, package_mcu
 
+    if args.sign is not None:
+        if not args.package:
+            raise CompileError("--sign signs a package: give --package DIR too")
+        read_signing_key(args.sign)  # a bad key refused before the build
     board, part = PACKAGES[args.target] if args.target else ("mps2-an500", None)
     board, part = args.board or board, args.part or part
     if args.target and BOARDS[board].core != args.target:
@@ -411,8 +429,8 @@ def _mcu(args) -> int:
         f"parity {'pass' if done.parity.passed else 'FAIL'}"
     )
     if args.package:
-        archive, size = package_mcu(done.folder, done.core, args.package)
-        print(f"wrote {archive} ({size / 1e6:.1f} MB)")
+        archive, size = package_mcu(done.folder, done.core, args.package, args.sign)
+        print(f"wrote {archive} ({size / 1e6:.1f} MB)" + (" and .sig" if args.sign else ""))
     return 0
 
 

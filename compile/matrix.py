@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mscnn
 from deploy.bundle import Bundle
+from deploy.signing import read_signing_key
 
 from .build import BuildOptions, build, bundle_dir
 from .errors import CompileError, ParityError
@@ -32,6 +33,7 @@ class Request:
     hop: int | None = None  # stream bundles of the model's step, hop samples per call
     precision: str = "fp32"  # "int8": quantized bundles (compile/bundles/int8_window.py)
     backbone_only: bool = False  # a whole model's head dropped on purpose (mscnn.load_model)
+    signing_key: Path | None = None  # sign every bundle's manifest with this private key
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class Outcome:
 def plan(request: Request) -> Plan:
     """Resolve and check everything a build needs before the first bundle starts."""
     targets = [get_target(t) for t in request.targets]
+    if request.signing_key is not None:
+        read_signing_key(request.signing_key)  # a bad key refused before any work
     loaded = mscnn.load_model(
         request.preset, request.checkpoint, seed=request.seed, backbone_only=request.backbone_only
     )
@@ -98,6 +102,7 @@ def build_matrix(
                 samples=r.samples,
                 batch=r.batch,
                 seed=r.seed,
+                signing_key=r.signing_key,
                 progress=lambda stage, label=label: progress(label, stage),
             )
             try:

@@ -43,6 +43,15 @@ from .manifest import (
     ManifestError,
     TargetInfo,
 )
+from .signing import (
+    SIGNATURE,
+    Signature,
+    Trust,
+    check_bundle_signature,
+    current_trust,
+    sign_bytes,
+    write_signature,
+)
 
 LIBRARY = "model.so"
 ONNX_FILE = "model.onnx"
@@ -61,6 +70,7 @@ __all__ = [
     "load_bundle",
     "read_npy",
     "sha256_file",
+    "sign_bundle",
     "write_npy",
 ]
 
@@ -126,6 +136,7 @@ class Bundle:
 
     path: Path
     manifest: Manifest
+    signer: str | None = None  # the trusted key's fingerprint, when its signature was checked
 
     @property
     def name(self) -> str:
@@ -195,8 +206,10 @@ class Bundle:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Read and verify a bundle: the manifest's types, then every file's size and sha256."""
+def load_bundle(path: str | Path, trust: Trust | None = None) -> Bundle:
+    """Read and verify a bundle: with a trusted key (`trust`, else the one in force: see
+    deploy/signing.py), the signature over the manifest bytes first; then the manifest's
+    types, then every file's size and sha256."""
     path = Path(path)
     if not path.is_dir():
         raise DeployError(f"bundle {show(path)}: no such folder")
@@ -205,6 +218,11 @@ def load_bundle(path: str | Path) -> Bundle:
     try:
         with open_inside(path, MANIFEST) as fd:
             text = read_capped(fd, MAX_MANIFEST_BYTES, MANIFEST)
+    except DeployError as exc:
+        raise DeployError(f"bundle {show(path)}: {exc}; rebuild the bundle") from None
+    # Before the manifest is even parsed: its bytes are what the signature covers.
+    signer = check_bundle_signature(path, text, trust or current_trust())
+    try:
         manifest = Manifest.from_json(text, MANIFEST)
     except ManifestError as exc:
         raise DeployError(f"bundle {show(path)}: {exc}") from None
@@ -214,7 +232,21 @@ def load_bundle(path: str | Path) -> Bundle:
         raise DeployError(f"bundle {show(path)}: manifest lists no {LIBRARY}")
     for rel, entry in manifest.files.items():
         _check_file(path, rel, entry.bytes, entry.sha256)
-    return Bundle(path, manifest)
+    return Bundle(path, manifest, signer)
+
+
+def sign_bundle(folder: str | Path, key) -> Signature:
+    """Sign a bundle folder's manifest.json bytes with `key` (deploy.signing's
+    read_signing_key) into manifest.sig beside it, which the manifest does not list."""
+    folder = Path(folder)
+    try:
+        with open_inside(folder, MANIFEST) as fd:
+            data = read_capped(fd, MAX_MANIFEST_BYTES, MANIFEST)
+    except DeployError as exc:
+        raise DeployError(f"bundle {show(folder)}: {exc}") from None
+    signature = sign_bytes(key, data)
+    write_signature(folder / SIGNATURE, signature)
+    return signature
 
 
 def _check_file(path: Path, rel: str, size: int, sha256: str) -> None:

@@ -15,6 +15,9 @@ from pathlib import Path
 from .bundle import MANIFEST, load_bundle
 from .errors import DeployError
 from .files import show
+from .signing import trusting
+from .signing_cli import SUBCOMMANDS as SIGNING_SUBCOMMANDS
+from .signing_cli import add_trust_options, trust_from_args
 
 EXIT_OK, EXIT_MISMATCH, EXIT_UNUSABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -303,14 +306,23 @@ def _add_package(sub) -> None:
     k.add_argument("--build", type=Path, default=Path("build"))
     k.add_argument("--runners", type=Path, default=Path("build/native"))
     k.add_argument("--out", type=Path, default=Path("build/package"))
+    k.add_argument(
+        "--sign",
+        type=Path,
+        metavar="KEY",
+        help="ship only bundles signed by KEY, the runner set to trust KEY.pub alone, and "
+        "sign the tarball (TARBALL.sig)",
+    )
     k.set_defaults(func=_package)
 
 
 def _package(args) -> int:
     from .package import package
 
-    archive, size = package(args.build, args.target, args.runners, args.out)
+    archive, size = package(args.build, args.target, args.runners, args.out, args.sign)
     print(f"wrote {archive} ({size / 1e6:.1f} MB)")
+    if args.sign is not None:
+        print(f"wrote {archive}.sig")
     return EXIT_OK
 
 
@@ -323,6 +335,7 @@ SUBCOMMANDS = [
     _add_parity,
     _add_bench,
     _add_package,
+    *SIGNING_SUBCOMMANDS,
 ]
 
 
@@ -336,6 +349,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)
+    add_trust_options(sub)
     return p
 
 
@@ -347,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # clean up partial outputs as on Ctrl-C
     try:
-        return args.func(args)
+        with trusting(trust_from_args(args)):
+            return args.func(args)
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE

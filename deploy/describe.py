@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bundle import LIBRARY, Bundle
+from .bundle import LIBRARY, MANIFEST, Bundle
 from .errors import DeployError
 from .files import open_inside, read_capped, show
 from .manifest import MAX_MANIFEST_BYTES, ManifestError, McuReport
+from .signing import describe_signature
 
 # What a bundle's output means, by the manifest's task: the output tensor's name alone
 # ("features" for every window model) says nothing of it.
@@ -34,6 +35,7 @@ def describe(bundle: Bundle) -> list[tuple[str, str]]:
         ("input", shape[m.input]),
         ("output", shape[m.output]),
         ("library", f"{m.files[LIBRARY].bytes / 1024:.0f} KiB, sha256 verified"),
+        ("signature", _signature(bundle)),
         ("runs here", "yes" if runs else f"no: {why}"),
     ]
     if m.stream is not None:
@@ -43,6 +45,15 @@ def describe(bundle: Bundle) -> list[tuple[str, str]]:
     if m.quantization is not None:
         lines.insert(5, ("precision", _precision(m.quantization)))
     return lines
+
+
+def _signature(bundle: Bundle) -> str:
+    """Signed or not, by which key (fingerprint), and whether it verifies."""
+    if bundle.signer is not None:  # load_bundle checked it against the trusted key
+        return f"signed by ed25519 key {bundle.signer}, verified: the trusted key"
+    with open_inside(bundle.path, MANIFEST) as fd:
+        data = read_capped(fd, MAX_MANIFEST_BYTES, MANIFEST)
+    return describe_signature(bundle.path, data)
 
 
 def _task(model) -> str:

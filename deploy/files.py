@@ -63,16 +63,17 @@ def open_inside(root: Path, rel: str) -> Iterator[int]:
             os.close(fd)
 
 
-def open_regular(path: str | Path) -> int:
+def open_regular(path: str | Path, hint: str = "give a .npy file") -> int:
     """A descriptor of a user-given file, checked to be a regular file (not a FIFO, a
-    device or a folder) on the opened descriptor; the caller closes it."""
+    device or a folder) on the opened descriptor; the caller closes it. `hint` ends the
+    refusal (what to give instead)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise DeployError(f"{show(path)}: {exc.strerror}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise DeployError(f"{show(path)} is not a regular file; give a .npy file")
+        raise DeployError(f"{show(path)} is not a regular file; {hint}")
     os.set_blocking(fd, True)
     return fd
 

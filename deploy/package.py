@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .bundle import MANIFEST, load_bundle
 from .errors import DeployError
+from .signing import TRUSTED_KEY_FILE, PublicKey, Trust, read_signing_key, sign_file
 from .sweep import RUNNER
 
 README = """\
@@ -36,14 +37,27 @@ On the device
 
 Exit codes: 0 ok (parity passed), 1 parity mismatch, 2 unusable bundle or input (the
 message says which file or value and why). Every file's sha256 is checked against the
-manifest before the model library is loaded.
+manifest before the model library is loaded.{signed}
 
 Bundles: {bundles}
 """
 
 
-def package(build: Path, target: str, runners: Path, out: Path) -> tuple[Path, int]:
-    """Write `out/mscnn-edge-<target>.tar.gz`; returns its path and size in bytes."""
+SIGNED = """
+Signed: runner/{trusted} is the public key (ed25519 {fingerprint}) this runner reads at
+start; it runs only bundles whose manifest.sig that key made, checked before anything
+else of the bundle is read. The tarball's signature is {archive}.sig.
+"""
+
+
+def package(
+    build: Path, target: str, runners: Path, out: Path, signing_key: Path | None = None
+) -> tuple[Path, int]:
+    """Write `out/mscnn-edge-<target>.tar.gz`; returns its path and size in bytes. With a
+    signing key: every bundle must be signed by it, the runner ships trusting its public
+    half alone (runner/trusted.pub), and the tarball is signed (`.tar.gz.sig`)."""
+    key = read_signing_key(signing_key) if signing_key is not None else None
+    trust = Trust(PublicKey(bytes(key.verify_key))) if key is not None else Trust()
     folder = Path(build) / target
     bundle_dirs = sorted(p.parent for p in folder.glob(f"*/{MANIFEST}"))
     if not bundle_dirs:
@@ -51,7 +65,7 @@ def package(build: Path, target: str, runners: Path, out: Path) -> tuple[Path, i
             f"no bundles for target {target!r} under {folder}/; run "
             f"`make build TARGETS={target}` first"
         )
-    bundles = [load_bundle(p) for p in bundle_dirs]  # verified before they are shipped
+    bundles = [load_bundle(p, trust) for p in bundle_dirs]  # verified before they ship
     arch, device = bundles[0].target.arch, bundles[0].device
     runner_dir = Path(runners) / arch
     if not (runner_dir / RUNNER).is_file():
@@ -74,24 +88,41 @@ def package(build: Path, target: str, runners: Path, out: Path) -> tuple[Path, i
         leads=", ".join(example.leads),
         fs=example.manifest.fs,
         bundles=", ".join(b.name for b in bundles),
+        signed=_signed_note(trust, archive),
     )
     tmp = archive.with_name(archive.name + ".tmp")
     with tarfile.open(tmp, "w:gz") as tar:
         tar.add(runner_dir, arcname=f"{name}/runner", filter=_skip_objects)
         for bundle in bundles:
             tar.add(bundle.path, arcname=f"{name}/bundles/{bundle.name}")
-        data = readme.encode()
-        info = tarfile.TarInfo(f"{name}/README.txt")
-        info.size, info.mode = len(data), 0o644
-        tar.addfile(info, io.BytesIO(data))
-        index = json.dumps({"target": target, "bundles": [b.name for b in bundles]}).encode()
-        info = tarfile.TarInfo(f"{name}/package.json")
-        info.size, info.mode = len(index), 0o644
-        tar.addfile(info, io.BytesIO(index))
+        _add_text(tar, f"{name}/README.txt", readme)
+        index = {"target": target, "bundles": [b.name for b in bundles]}
+        _add_text(tar, f"{name}/package.json", json.dumps(index))
+        if trust.key is not None:
+            _add_text(tar, f"{name}/runner/{TRUSTED_KEY_FILE}", trust.key.to_text())
     tmp.replace(archive)
+    if key is not None:
+        sign_file(archive, key)
     return archive, archive.stat().st_size
 
 
+def _add_text(tar: tarfile.TarFile, name: str, text: str) -> None:
+    data = text.encode()
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _signed_note(trust: Trust, archive: Path) -> str:
+    if trust.key is None:
+        return ""
+    return SIGNED.format(
+        trusted=TRUSTED_KEY_FILE, fingerprint=trust.key.fingerprint, archive=archive.name
+    )
+
+
 def _skip_objects(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-    """Ship the runner and its libraries, not the build's intermediate files."""
-    return None if info.name.endswith((".o", ".d", ".a")) else info
+    """Ship the runner and its libraries, not the build's intermediate files (nor a key
+    file left in the runner's folder: a package trusts only the key it is signed with)."""
+    skip = info.name.endswith((".o", ".d", ".a", f"/{TRUSTED_KEY_FILE}"))
+    return None if skip else info

@@ -12,6 +12,7 @@ from pathlib import Path
 from .bundle import MANIFEST, can_run_here, load_bundle
 from .errors import DeployError
 from .predictor import check_bundle
+from .signing import current_trust, runner_args
 from .stream import check_stream
 
 RUNNER = "mscnn-run"
@@ -59,7 +60,7 @@ def _one(label: str, path: Path, runners: Path, timeout: float) -> SweepRow:
             label, f"not run: no {target.arch} runner at {runner} (make runners)", None, "not run"
         )
     done = subprocess.run(
-        [*emulator, str(runner), str(path), "--check"],
+        [*emulator, str(runner), str(path), "--check", *runner_args(current_trust())],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -29,6 +29,7 @@ class BuildOptions:
     records_dir: Path | None = None  # another records folder (tests)
     hop: int | None = None  # a stream bundle of the model's step for this hop (samples)
     precision: str = "fp32"  # one of compile.bundles.PRECISIONS
+    signing_key: Path | None = None  # sign the manifest (manifest.sig) with this private key
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,16 @@ and a README written for this build.
       include/rpeaks.h      the detector's R-peak rule, streaming
       src/                  model.c, mscnn_rt.c, rpeaks.c and kernels.o, for your flags
       example/              startup, linker scripts, main, Makefile, firmware.elf, input.f32
+      SHA256SUMS, SHA256SUMS.sig   with a signing key: the sha256 of the library and every
+                            header, and its Ed25519 signature (deploy/signing.py's format)
 
-Nothing in it names a file of the repository (a test reads every text file).
+Nothing in it names a file of the repository (a test reads every text file). With a
+signing key the tarball is signed too (`.tar.gz.sig` beside it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import subprocess
@@ -29,6 +33,7 @@ from pathlib import Path
 from string import Template
 
 from deploy.manifest import ManifestError, McuReport
+from deploy.signing import SIG_SUFFIX, read_signing_key, sign_bytes, sign_file
 
 from ..errors import CompileError
 from .boards import PARTS, KiB
@@ -112,9 +117,36 @@ Example firmware
 """
 
 
-def package_mcu(folder: Path, core: str, out: Path) -> tuple[Path, int]:
+SUMS = "SHA256SUMS"
+
+SIGNED_MD = """## Signed
+
+`SHA256SUMS` lists the sha256 of `lib/libmscnn.a` and every header in `include/`;
+`SHA256SUMS.sig` is its Ed25519 signature by the key with fingerprint {fingerprint}
+(one line: `mscnn-ed25519-signature <public key, 64 hex> <signature of SHA256SUMS, 128
+hex>`; libsodium's `crypto_sign_verify_detached` checks it). Before linking:
+
+```
+python -m deploy verify SHA256SUMS --trust KEY.pub && sha256sum -c SHA256SUMS
+```
+
+This proves where the library came from on your build machine. The device checks the
+final firmware image, which your bootloader verifies: with MCUboot, sign the image you
+link (`imgtool sign --key your-ecdsa-p256.pem --version 1.0.0 --header-size 0x200
+--pad-header --slot-size <slot> --align 8 firmware.bin firmware.signed.bin`, with your
+board's slot layout) and build MCUboot with the matching public key; it refuses an image
+that signature does not verify before jumping to it.
+"""
+
+
+def package_mcu(
+    folder: Path, core: str, out: Path, signing_key: Path | None = None
+) -> tuple[Path, int]:
     """Write `out/mscnn-edge-<core>.tar.gz` from the build in `folder` (build_mcu's
-    output, with its report); returns its path and size in bytes."""
+    output, with its report); returns its path and size in bytes. With a signing key:
+    SHA256SUMS of the library and headers and its signature inside, the tarball's
+    signature beside it."""
+    key = read_signing_key(signing_key) if signing_key is not None else None
     folder = Path(folder)
     report = folder / REPORT
     if not report.is_file():
@@ -133,6 +165,8 @@ def package_mcu(folder: Path, core: str, out: Path) -> tuple[Path, int]:
     main = "stream_main.c" if facts.hop else "main.c"
     name = f"mscnn-edge-{core}"
     files = _listing(folder, facts, main)
+    if key is not None:
+        files |= _signed(files, key)
     archive = Path(out) / f"{name}.tar.gz"
     archive.parent.mkdir(parents=True, exist_ok=True)
     tmp = archive.with_suffix(".tmp")
@@ -143,7 +177,27 @@ def package_mcu(folder: Path, core: str, out: Path) -> tuple[Path, int]:
             else:
                 tar.add(source, f"{name}/{rel}", recursive=False)
     tmp.replace(archive)
+    if key is not None:
+        sign_file(archive, key)
     return archive, archive.stat().st_size
+
+
+def _signed(files: dict[str, Path | str], key) -> dict[str, Path | str]:
+    """SHA256SUMS (sha256sum's format) of the library and headers, its signature, and
+    README.md with a section on checking them and on signing the final image."""
+    lines = []
+    for rel, source in sorted(files.items()):
+        if rel == "lib/libmscnn.a" or rel.startswith("include/"):
+            data = source.encode() if isinstance(source, str) else source.read_bytes()
+            lines.append(f"{hashlib.sha256(data).hexdigest()}  {rel}\n")
+    sums = "".join(lines)
+    signature = sign_bytes(key, sums.encode())
+    readme = files["README.md"]
+    return {
+        SUMS: sums,
+        SUMS + SIG_SUFFIX: signature.to_bytes().decode(),
+        "README.md": f"{readme}\n{SIGNED_MD.format(fingerprint=signature.fingerprint)}",
+    }
 
 
 def _listing(folder: Path, facts: McuReport, main: str) -> dict[str, Path | str]:

@@ -17,6 +17,7 @@ from compile.errors import CompileError
 from compile.int8 import quantize
 from compile.mcu import firmware as mcu
 from compile.mcu.package import package_mcu
+from deploy.errors import DeployError
 from deploy.manifest import McuReport
 from deploy.parity import compare
 from deploy.resample import rate_pair, resample
@@ -422,6 +423,40 @@ def test_model_header_states_the_input_and_the_rule(m7_stream, m7_int8_stream):
         assert "#define MSCNN_FS_HZ 500" in header and "millivolts (mV)" in header
         assert "#define MSCNN_RPEAK_THRESHOLD 0.0f" in header  # probability 0.5
         assert "#define MSCNN_RPEAK_MIN_RR 100" in header and "#define MSCNN_REDUCTION 8" in header
+
+
+def test_a_signed_package_carries_the_signature_of_its_library_and_headers(m7_stream, tmp_path):
+    """With a key: SHA256SUMS of the library and every header, signed, inside; the tarball
+    signed beside; the README shows how to check them and how a bootloader signs the image."""
+    import hashlib
+    import tarfile
+
+    from compile.mcu.package import package_mcu
+    from deploy.signing import Trust, keygen, read_public_key, verify_file
+
+    keygen(tmp_path / "key")
+    trust = Trust(read_public_key(tmp_path / "key.pub"))
+    archive, _ = package_mcu(m7_stream.folder, "cortex-m7", tmp_path / "out", tmp_path / "key")
+    assert verify_file(archive, trust) == trust.key.fingerprint
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    root = tmp_path / "x" / "mscnn-edge-cortex-m7"
+    sums = dict(line.split("  ")[::-1] for line in (root / "SHA256SUMS").read_text().splitlines())
+    headers = {f"include/{p.name}" for p in (root / "include").iterdir()}
+    assert set(sums) == {"lib/libmscnn.a", *headers} and len(headers) >= 3
+    for rel, digest in sums.items():
+        assert hashlib.sha256((root / rel).read_bytes()).hexdigest() == digest
+    assert verify_file(root / "SHA256SUMS", trust) == trust.key.fingerprint
+    readme = (root / "README.md").read_text()
+    assert "imgtool sign" in readme and trust.key.fingerprint in readme
+    assert not REPOSITORY_PATHS.search(readme + (root / "SHA256SUMS").read_text())
+    with open(root / "SHA256SUMS", "a") as f:  # a changed list: refused
+        f.write(f"{'0' * 64}  include/extra.h\n")
+    with pytest.raises(DeployError, match="bad signature"):
+        verify_file(root / "SHA256SUMS", trust)
+    with pytest.raises(DeployError, match="is a public key"):
+        package_mcu(m7_stream.folder, "cortex-m7", tmp_path / "out2", tmp_path / "key.pub")
+    assert not (tmp_path / "out2").exists()
 
 
 def test_package_refuses_a_build_of_another_core(m7_stream, tmp_path):

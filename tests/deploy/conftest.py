@@ -1,8 +1,17 @@
-"""A fresh, writable copy of a built bundle per test, to tamper with."""
+"""A fresh, writable copy of a built bundle per test, to tamper with; the tiny bundle."""
 
+import hashlib
 import shutil
+import time
+from pathlib import Path
 
 import pytest
+
+import compile as compile_package
+import deploy
+import mscnn
+
+TINY_SAMPLES = 64  # the tiny bundle's input length
 
 
 @pytest.fixture
@@ -28,3 +37,59 @@ def arm_leadwise_bundles(tmp_path_factory, leadwise, bundle_samples):
         for arch in ("aarch64", "armv7")
         for spec in mscnn.LEAD_SETS
     }
+
+
+# The tiny bundle (a two-branch model, 64 samples, x86-64), built once per source version and
+# kept in pytest's cache, keyed by a hash of the mscnn, compile and deploy sources.
+
+
+def _sources_digest() -> str:
+    digest = hashlib.sha256()
+    for package in (mscnn, compile_package, deploy):
+        root = Path(package.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_tiny(out: Path, **options) -> Path:
+    from compile import TARGETS, BuildOptions, build, resolve_variant
+
+    config = {
+        **mscnn.PRESETS["cpsc2019"].config,
+        "scopes": [[[1]], [[2]]],
+        "num_filters": [[8], [8]],
+        "filter_lengths": [[3], [3]],
+        "subsample_lengths": [2, 2],
+        "dropouts": 0,
+    }
+    model = mscnn.MultiScopicCNN(1, **config)
+    mscnn.seeded_init(model, 5)
+    loaded = mscnn.LoadedModel(model.eval(), None, ("ECG",), 500, "tiny test model")
+    options = BuildOptions(samples=TINY_SAMPLES, tuning=False, **options)
+    return build(loaded, TARGETS["x86_64"], resolve_variant(loaded, "1"), out, options).path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(request, tmp_path_factory) -> Path:
+    cache = getattr(request.config, "cache", None)
+    if cache is None:  # pytest's cache disabled: build per session
+        return build_tiny(tmp_path_factory.mktemp("tiny"))
+    folder = cache.mkdir(f"tiny-bundle-{_sources_digest()}")
+    for stale in folder.parent.glob("tiny-bundle-*"):  # from other sources, unused for an hour
+        if stale != folder and time.time() - stale.stat().st_mtime > 3600:
+            shutil.rmtree(stale, ignore_errors=True)
+    built = folder / "x86_64" / "custom-1lead"  # where build() publishes it
+    return built if (built / "manifest.json").is_file() else build_tiny(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_builder():
+    """build_tiny itself: build(out, **BuildOptions fields) -> the bundle's folder (~5 s)."""
+    return build_tiny
+
+
+@pytest.fixture
+def tiny(tiny_bundle, tmp_path) -> Path:
+    """A private, writable copy of the tiny bundle."""
+    return Path(shutil.copytree(tiny_bundle, tmp_path / tiny_bundle.name))

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,22 @@ class Setup:
         self.marker = self.work / "probe-was-loaded"
         self.control = self.work / "probe-control-was-loaded"
 
+    @cached_property
+    def keys(self) -> Path:
+        """Two key pairs, made once: the owner's (`owner`, `owner.pub`) and another's."""
+        folder = self.work / "keys"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("owner", "other"):
+            deploy_cli("keygen", folder / name)
+        return folder
+
+    @cached_property
+    def signed(self) -> Path:
+        """A copy of the base bundle signed by the owner's key (never written to)."""
+        bundle = Path(shutil.copytree(self.base, self.work / "signed" / "bundle"))
+        deploy_cli("sign", bundle, "--key", self.keys / "owner")
+        return bundle
+
     def folder(self, name: str) -> Path:
         folder = self.work / name.replace(" ", "-").replace("/", "-")
         folder.mkdir(parents=True, exist_ok=True)
@@ -166,6 +183,11 @@ class Setup:
         path.write_text(json.dumps(manifest, indent=2))
 
 
+def deploy_cli(*args) -> None:
+    subprocess.run([sys.executable, "-m", "deploy", *map(str, args)], check=True,
+                   capture_output=True, timeout=300)  # fmt: skip
+
+
 # A row makes its case from a Setup and its own folder: (args, extra Case fields).
 Make = Callable[[Setup, Path], tuple[list[str], dict]]
 
@@ -178,6 +200,11 @@ class Row:
     needles: tuple[str, ...] = ()
     python: bool = False
     seconds: float = 300.0
+    arches: tuple[str, ...] = ()  # only these architectures (qemu is slow); () for all
+
+
+def rows_for(arch: str) -> list[Row]:
+    return [row for row in ROWS if not row.arches or arch in row.arches]
 
 
 def bundle_check(change: Callable[[Setup, Path], object], mode: str = "--check") -> Make:
@@ -431,7 +458,53 @@ def _nan_at(index: int, value: float) -> Callable[[np.ndarray], np.ndarray]:
     return lambda x: np.where(np.arange(x.size).reshape(x.shape) == index, value, x).astype("<f4")
 
 
+def signed_check(change: Callable[[Setup, Path], object], *flags: str,
+                 key: str | None = "owner.pub") -> Make:  # fmt: skip
+    """A copy of the owner-signed bundle, changed by `change`, checked trusting `key`."""
+
+    def make(s: Setup, folder: Path):
+        bundle = Path(shutil.copytree(s.signed, folder / "bundle"))
+        change(s, bundle)
+        trust = ["--trust", str(s.keys / key)] if key else []
+        return [str(bundle), "--check", *trust, *flags], {}
+
+    return make
+
+
+def _resign(name: str) -> Callable[[Setup, Path], None]:
+    return lambda s, b: deploy_cli("sign", b, "--key", s.keys / name)
+
+
+def _signature(change: Callable[[bytes], bytes]) -> Callable[[Setup, Path], None]:
+    def write(s: Setup, b: Path) -> None:
+        (b / "manifest.sig").write_bytes(change((b / "manifest.sig").read_bytes()))
+
+    return write
+
+
+def _short_signature(data: bytes) -> bytes:
+    """The file's right length, but a signature of 63 bytes (and padding)."""
+    tag, key, value = data.split()
+    return tag + b" " + key + b" " + value[:126] + b"  \n"
+
+
+def _forge(s: Setup, b: Path) -> None:
+    """model.so and manifest.json both rewritten, the hashes matching (the loader probe:
+    loading it would create the marker); the old signature stays."""
+    _probe(s, b, s.marker)
+    rehash(b)
+
+
+def _untouched(s: Setup, b: Path) -> None:
+    pass
+
+
+def _key_file(text: str) -> Callable[[Setup, Path], None]:
+    return lambda s, b: (s.keys / "garbage.pub").write_text(text)
+
+
 _GOLDEN_IN = lambda s: s.golden["input"]  # noqa: E731
+_X86 = ("x86_64",)
 _MANIFEST = "manifest.json"
 
 # --------------------------------------------------------------------------------------
@@ -478,6 +551,35 @@ ROWS: list[Row] = [
         ("golden", "symbolic link")),
     Row("golden file a symlink out of the bundle",
         bundle_check(lambda s, b: _outside(b, _GOLDEN_IN(s))), 2, ("symbolic link",)),
+    # Signatures (deploy/signing.py): with a trusted key, checked before anything is parsed,
+    # hashed or loaded. The forged bundle, and the signed one, on every architecture.
+    Row("signed, trusted", signed_check(_untouched), 0, ("check: pass",)),
+    Row("forged: library and manifest rewritten, hashes matching", signed_check(_forge), 2,
+        ("bad signature", "not loaded"), python=True),
+    Row("signed, no key given", signed_check(_untouched, key=None), 0, ("check: pass",),
+        arches=_X86),
+    Row("--info of a signed bundle", lambda s, f: ([str(s.signed), "--info"], {}), 0,
+        ("signature: signed by ed25519 key",), arches=_X86),
+    Row("unsigned bundle, a key given", signed_check(lambda s, b: (b / "manifest.sig").unlink()),
+        2, ("is not signed",), python=True, arches=_X86),
+    Row("manifest changed after signing", signed_check(lambda s, b: s.edit(
+        b, lambda m: m.update(name="renamed"))), 2, ("bad signature",), python=True, arches=_X86),
+    Row("signed by another key", signed_check(_resign("other")), 2, ("signed by another key",),
+        python=True, arches=_X86),
+    Row("signature truncated", signed_check(_signature(lambda d: d[:100])), 2, ("is 100 bytes",),
+        python=True, arches=_X86),
+    Row("signature padded to 1 MiB", signed_check(_signature(lambda d: d + b"\0" * (1 << 20))), 2,
+        ("a signature file is exactly 218",), python=True, arches=_X86),
+    Row("signature of 63 bytes", signed_check(_signature(_short_signature)), 2,
+        ("not a signature file",), python=True, arches=_X86),
+    Row("manifest.sig a symlink", signed_check(lambda s, b: _outside(b, "manifest.sig")), 2,
+        ("manifest.sig", "symbolic link"), arches=_X86),
+    Row("--trust a private key", signed_check(_untouched, key="owner"), 2, ("is a private key",),
+        python=True, arches=_X86),
+    Row("--trust a file that is not a key", signed_check(_key_file("ssh-ed25519 AAAA"),
+        key="garbage.pub"), 2, ("is not a key",), python=True, arches=_X86),
+    Row("--require-signature without a key", signed_check(_untouched, "--require-signature",
+        key=None), 2, ("needs a key",), python=True, arches=_X86),
     # Consistent (rehashed) bundles that run: the verdict, not a refusal.
     Row("golden output changed, rehashed", rehashed(_exponent_flip), 1,
         ("FAIL", "check: FAIL 1/2"), python=True),
@@ -623,7 +725,7 @@ ROWS: list[Row] = [
 def build_cases(setup: Setup) -> list[Case]:
     """Every row as a case, its files in a folder of its own under setup.work."""
     cases = []
-    for row in ROWS:
+    for row in rows_for(setup.arch):
         folder = setup.folder(row.name)
         argv, extra = row.make(setup, folder)
         cases.append(Case(row.name, argv, row.rc, list(row.needles), row.python, row.seconds,
@@ -634,8 +736,11 @@ def build_cases(setup: Setup) -> list[Case]:
 def python_control(case: Case) -> list[str]:
     """`python -m deploy` on the same bundle or input: it must refuse (exit 1 or 2) with,
     for a refusal, one `error:` line."""
+    trust = [a for a in case.args if a == "--require-signature"]
+    if "--trust" in case.args:
+        trust += ["--trust", case.args[case.args.index("--trust") + 1]]
     if "--check" in case.args:
-        argv = ["check", case.args[0]]
+        argv = ["check", case.args[0], *trust]
     else:
         i, o = case.args.index("--input"), case.args.index("--output")
         argv = ["run", case.args[0], "--input", case.args[i + 1], "--output", case.args[o + 1]]

@@ -11,67 +11,17 @@ import json
 import os
 import shutil
 import stat
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import compile as compile_package
-import deploy
-import mscnn
 from deploy import DeployError, load_bundle
 from deploy import bundle as bundle_module
 from deploy import files as files_module
 
 SAMPLES = 64
 FILES = ["model.so", "model.onnx", "golden/noise.input.npy", "golden/ecg.output.npy"]
-
-
-def _sources_digest() -> str:
-    digest = hashlib.sha256()
-    for package in (mscnn, compile_package, deploy):
-        root = Path(package.__file__).parent
-        for path in sorted(root.rglob("*.py")):
-            digest.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _build_tiny(out: Path) -> Path:
-    from compile import TARGETS, BuildOptions, build, resolve_variant
-
-    config = {
-        **mscnn.PRESETS["cpsc2019"].config,
-        "scopes": [[[1]], [[2]]],
-        "num_filters": [[8], [8]],
-        "filter_lengths": [[3], [3]],
-        "subsample_lengths": [2, 2],
-        "dropouts": 0,
-    }
-    model = mscnn.MultiScopicCNN(1, **config)
-    mscnn.seeded_init(model, 5)
-    loaded = mscnn.LoadedModel(model.eval(), None, ("ECG",), 500, "tiny test model")
-    options = BuildOptions(samples=SAMPLES, tuning=False)
-    return build(loaded, TARGETS["x86_64"], resolve_variant(loaded, "1"), out, options).path
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(request, tmp_path_factory) -> Path:
-    cache = getattr(request.config, "cache", None)
-    if cache is None:  # pytest's cache disabled: build per session
-        return _build_tiny(tmp_path_factory.mktemp("tiny"))
-    folder = cache.mkdir(f"tiny-bundle-{_sources_digest()}")
-    for stale in folder.parent.glob("tiny-bundle-*"):  # from other sources, unused for an hour
-        if stale != folder and time.time() - stale.stat().st_mtime > 3600:
-            shutil.rmtree(stale, ignore_errors=True)
-    built = folder / "x86_64" / "custom-1lead"  # where build() publishes it
-    return built if (built / "manifest.json").is_file() else _build_tiny(folder)
-
-
-@pytest.fixture
-def tiny(tiny_bundle, tmp_path) -> Path:
-    """A private, writable copy of the tiny bundle."""
-    return Path(shutil.copytree(tiny_bundle, tmp_path / tiny_bundle.name))
 
 
 def manifest_of(path: Path) -> dict:

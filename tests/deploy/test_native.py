@@ -3,6 +3,7 @@ machine (ARM under qemu-user): parity on every variant, and every refusal."""
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from native_cases import ROWS, Setup, run_cases
+from native_cases import Setup, rows_for, run_cases
 from native_libs import nonfinite_library
 from native_runner import EMULATOR, run_native, runner_for
 
@@ -70,7 +71,7 @@ def test_refusals_and_round_trips(arch, cpsc_bundles, tmp_path):
                   nonfinite_libraries(arch, base, tmp_path / "libraries"))  # fmt: skip
     report, problems = run_cases(str(runner_for(arch)), EMULATOR.get(arch, []), setup,
                                  python=arch == "x86_64")  # fmt: skip
-    assert len(report) == len(ROWS)
+    assert len(report) == len(rows_for(arch))
     assert not problems, "\n".join(problems + ["", *report])
 
 
@@ -157,3 +158,36 @@ def test_package_runs_where_it_is_unpacked(cpsc_bundles, tmp_path):
                             str(home / "bundles" / "cpsc2019-1lead"), "--check"],
                            capture_output=True, text=True, timeout=600)  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_runner_with_trusted_pub_beside_it_runs_only_what_that_key_signed(tiny, tmp_path):
+    """A signed package's runner: trusted.pub beside mscnn-run is read at start; a signed
+    bundle runs, an unsigned one and a --trust naming another key are refused (x86_64)."""
+    from deploy.bundle import sign_bundle
+    from deploy.signing import keygen, read_signing_key
+
+    built = runner_for("x86_64")
+    home = tmp_path / "runner"
+    home.mkdir()
+    shutil.copy(built, home / "mscnn-run")
+    (home / "lib").symlink_to(built.parent / "lib")  # the runtime, found through the rpath
+    for name in ("owner", "other"):
+        keygen(tmp_path / name)
+    shutil.copy(tmp_path / "owner.pub", home / "trusted.pub")
+
+    def run_here(*args) -> subprocess.CompletedProcess:
+        return subprocess.run([str(home / "mscnn-run"), *map(str, args)], capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+
+    unsigned = run_here(tiny, "--check")
+    assert unsigned.returncode == 2 and "is not signed" in unsigned.stderr, unsigned.stderr
+    sign_bundle(tiny, read_signing_key(tmp_path / "owner"))
+    signed = run_here(tiny, "--check")
+    assert signed.returncode == 0 and "check: pass" in signed.stdout, signed.stderr
+    info = run_here(tiny, "--info").stdout
+    assert "signature: signed by ed25519 key" in info and "verified: the trusted key" in info
+    other = run_here(tiny, "--check", "--trust", tmp_path / "other.pub")
+    assert other.returncode == 2 and "trusts only the key it was packaged with" in other.stderr
+    sign_bundle(tiny, read_signing_key(tmp_path / "other"))
+    resigned = run_here(tiny, "--check")
+    assert resigned.returncode == 2 and "signed by another key" in resigned.stderr

@@ -119,7 +119,7 @@ void Seal(int fd) {
 
 }  // namespace
 
-Bundle Bundle::Open(const std::string& dir_arg) {
+Bundle Bundle::Open(const std::string& dir_arg, const std::optional<PublicKey>& trusted) {
   std::string dir = dir_arg;
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
   Bundle bundle;
@@ -135,9 +135,18 @@ Bundle Bundle::Open(const std::string& dir_arg) {
     }
     throw Refusal("cannot open bundle folder " + dir + ": " + std::strerror(errno));
   }
-  const std::string text = ReadManifestText(bundle.dir_fd_.get(), dir);
-  bundle.manifest_ = ParseManifest(text, dir + "/manifest.json");
+  bundle.manifest_text_ = ReadManifestText(bundle.dir_fd_.get(), dir);
+  if (trusted) {  // before the manifest is parsed and any file hashed: its bytes are signed
+    VerifyManifest(bundle.dir_fd_.get(), dir, bundle.manifest_text_, *trusted);
+    bundle.signer_ = trusted->fingerprint;
+  }
+  bundle.manifest_ = ParseManifest(bundle.manifest_text_, dir + "/manifest.json");
   return bundle;
+}
+
+std::string Bundle::SignatureLine() const {
+  if (!signer_.empty()) return "signed by ed25519 key " + signer_ + ", verified: the trusted key";
+  return DescribeSignature(dir_fd_.get(), manifest_text_);
 }
 
 void Bundle::VerifyFiles() {

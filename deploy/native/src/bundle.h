@@ -5,19 +5,23 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "io.h"
 #include "manifest.h"
+#include "signature.h"
 
 namespace mscnn {
 
 class Bundle {
  public:
   // Reads and checks manifest.json (a regular file of at most 1 MiB, not a symlink); a
-  // Refusal says what is missing or malformed.
-  static Bundle Open(const std::string& dir);
+  // Refusal says what is missing or malformed. With a trusted key, manifest.sig must be
+  // that key's signature of the bytes read, checked before they are parsed.
+  static Bundle Open(const std::string& dir,
+                     const std::optional<PublicKey>& trusted = std::nullopt);
 
   // Every listed file is reached inside the folder without a symlink, is a regular file
   // of its recorded size, and has its recorded SHA-256, computed from the descriptor
@@ -42,11 +46,15 @@ class Bundle {
 
   const std::string& dir() const { return dir_; }
   const Manifest& manifest() const { return manifest_; }
+  // --info: whether and by whom the bundle is signed (the trusted key's, if checked).
+  std::string SignatureLine() const;
 
  private:
   std::string dir_;
   Fd dir_fd_;
   Manifest manifest_;
+  std::string manifest_text_;  // the bytes parsed (and, with a trusted key, verified)
+  std::string signer_;         // the trusted key's fingerprint, when its signature matched
   Fd library_;  // sealed memfd copy of model.so
   std::uint64_t library_size_ = 0;
   std::map<std::string, std::string> verified_;

@@ -13,6 +13,7 @@
 #include "refusal.h"
 #include "rpeaks.h"
 #include "runner.h"
+#include "signature.h"
 #include "stream.h"
 #include "text.h"
 
@@ -198,7 +199,7 @@ int CheckStream(Bundle& bundle, const std::string& device, double tolerance) {
 }  // namespace
 
 int Check(const Options& o) {
-  Bundle bundle = Bundle::Open(o.bundle);
+  Bundle bundle = Bundle::Open(o.bundle, TrustedKey(o));
   const Manifest& m = bundle.manifest();
   const std::string device = DeviceFor(bundle, o);
   const double tolerance = ToleranceOf(m.precision == "fp32" ? device : m.precision);

@@ -6,11 +6,12 @@
 #include "bundle.h"
 #include "npy.h"
 #include "runner.h"
+#include "signature.h"
 
 namespace mscnn {
 
 int Info(const Options& o) {
-  Bundle bundle = Bundle::Open(o.bundle);
+  Bundle bundle = Bundle::Open(o.bundle, TrustedKey(o));
   const Manifest& m = bundle.manifest();
   std::string leads;
   for (std::size_t i = 0; i < m.leads.size(); ++i) leads += (i ? ", " : "") + m.leads[i];
@@ -38,6 +39,7 @@ int Info(const Options& o) {
     std::printf("stream: not readable by this mscnn-run: %s\n", m.stream_error.c_str());
   }
   std::printf("golden: %s\n", golden.empty() ? "(none)" : Show(golden).c_str());
+  std::printf("signature: %s\n", bundle.SignatureLine().c_str());
   std::printf("runner: %s, %s\n", kRunnerArch,
               m.arch == kRunnerArch ? "can run this bundle"
                                     : ("needs the " + m.arch + " build of mscnn-run").c_str());

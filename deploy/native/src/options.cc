@@ -20,6 +20,9 @@ constexpr const char* kUsage =
     "                        leads interleaved)\n"
     "       mscnn-run BUNDLE --info\n"
     "       mscnn-run --tolerances | --version | --help\n"
+    "  with any BUNDLE: [--trust KEY.pub] [--require-signature]  run only bundles that key\n"
+    "                   signed (trusted.pub beside mscnn-run, as a signed package ships it,\n"
+    "                   does the same; --require-signature refuses to run without a key)\n"
     "\n"
     "BUNDLE is a folder made by `python -m compile build` (manifest.json, model.so,\n"
     "golden/). Every file the manifest lists is checked against its SHA-256 before\n"
@@ -80,6 +83,11 @@ Options ParseArgs(int argc, char** argv) {
       have_output = true;
     } else if (arg == "--fs") {
       o.fs = ParseRate(take_value("--fs"), "--fs");
+    } else if (arg == "--trust") {
+      o.trust = take_value("--trust");
+      if (o.trust.empty()) throw Refusal("--trust needs a public key file (KEY.pub)");
+    } else if (arg == "--require-signature") {
+      o.require_signature = true;
     } else if (arg == "--device") {
       o.device = take_value("--device");
       if (o.device != "cpu" && o.device != "cuda") {
@@ -124,6 +132,9 @@ Options ParseArgs(int argc, char** argv) {
   const bool needs_bundle = o.mode == "check" || o.mode == "run" || o.mode == "info" ||
                             o.mode == "detect" || o.mode == "stream";
   if (needs_bundle && o.bundle.empty()) throw Refusal("--" + o.mode + " needs a BUNDLE folder");
+  if (!needs_bundle && (!o.trust.empty() || o.require_signature)) {
+    throw Refusal("--trust and --require-signature go with a BUNDLE; run mscnn-run --help");
+  }
   if (!needs_bundle && !o.bundle.empty()) {
     throw Refusal("--" + o.mode + " takes no bundle; run mscnn-run --help");
   }

@@ -16,6 +16,8 @@ struct Options {
   std::int64_t fs = 0;  // --fs: the record's rate in Hz (0: the bundle's is assumed)
   bool detect = false;
   bool json = false;
+  std::string trust;               // --trust KEY.pub: run only bundles that key signed
+  bool require_signature = false;  // --require-signature: refuse to run without a key
 };
 
 // The command line, checked as a whole: one mode, the values it needs, and no option

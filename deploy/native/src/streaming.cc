@@ -12,13 +12,14 @@
 #include "refusal.h"
 #include "rpeaks.h"
 #include "runner.h"
+#include "signature.h"
 #include "stream.h"
 #include "text.h"
 
 namespace mscnn {
 
 int Stream(const Options& o) {
-  Bundle bundle = Bundle::Open(o.bundle);
+  Bundle bundle = Bundle::Open(o.bundle, TrustedKey(o));
   const Manifest& m = bundle.manifest();
   if (!m.stream_error.empty()) throw Refusal(m.stream_error);
   if (!m.has_stream) {

@@ -14,6 +14,7 @@
 #include "refusal.h"
 #include "rpeaks.h"
 #include "runner.h"
+#include "signature.h"
 #include "text.h"
 
 namespace mscnn {
@@ -63,7 +64,7 @@ std::string Number(double v) {
 }  // namespace
 
 int RunOne(const Options& o) {
-  Bundle bundle = Bundle::Open(o.bundle);
+  Bundle bundle = Bundle::Open(o.bundle, TrustedKey(o));
   const Manifest& m = bundle.manifest();
   const std::string device = DeviceFor(bundle, o);
   Admit(bundle);
@@ -95,7 +96,7 @@ int RunOne(const Options& o) {
 }
 
 int Detect(const Options& o) {
-  Bundle bundle = Bundle::Open(o.bundle);
+  Bundle bundle = Bundle::Open(o.bundle, TrustedKey(o));
   const Manifest& m = bundle.manifest();
   RequireDetector(m);
   if (m.has_stream) {
