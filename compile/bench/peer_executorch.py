@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import peer_serve  # noqa: E402  (a sibling script, importable once its folder is on the path)
+import peer_serve  # a sibling script, importable once its folder is on the path
 
 MODELS = ("executorch-fp32", "executorch-int8")
 
@@ -41,11 +41,8 @@ def lower(exported) -> tuple[bytes, int]:
 
     edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
     graph = edge.exported_program().graph_module.graph
-    outside = sum(
-        1
-        for n in graph.nodes
-        if n.op == "call_function" and "delegate" not in str(n.target) and "getitem" not in str(n.target)
-    )
+    targets = [str(n.target) for n in graph.nodes if n.op == "call_function"]
+    outside = sum(1 for t in targets if "delegate" not in t and "getitem" not in t)
     return bytes(edge.to_executorch().buffer), outside
 
 
@@ -58,13 +55,14 @@ def quantized(exported, calibration: np.ndarray):
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    quantizer = XNNPACKQuantizer().set_global(config)
     prepared = prepare_pt2e(exported.module(), quantizer)
     with torch.no_grad():
         for record in calibration:
-            prepared(torch.tensor(record[None]))
+            prepared(torch.from_numpy(record[None].copy()))  # canonical strides
     converted = convert_pt2e(prepared)
-    example = torch.tensor(calibration[:1])
+    example = torch.from_numpy(calibration[:1].copy())
     return torch.export.export(converted, (example,))
 
 
@@ -76,7 +74,7 @@ def runtime_call(pte: bytes):
     module = portable_lib._load_for_executorch_from_buffer(pte)
 
     def call(x: np.ndarray) -> np.ndarray:
-        return np.array(module.forward([torch.from_numpy(np.ascontiguousarray(x))])[0])
+        return np.array(module.forward([torch.from_numpy(x.copy())])[0])  # canonical strides
 
     return call
 
@@ -104,7 +102,8 @@ def main(argv: list[str]) -> int:
 
         return build
 
-    calls, status = peer_serve.build_all({name: builder(name) for name in MODELS})
+    asked = peer_serve.wanted(data, MODELS)
+    calls, status = peer_serve.build_all({name: builder(name) for name in asked})
     for name, count in outside_counts.items():
         status[name]["outside_delegate"] = count
     return peer_serve.serve(calls, status, data["x"])

@@ -33,8 +33,8 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import peer_serve  # noqa: E402  (a sibling script, importable once its folder is on the path)
-import tflm_runner  # noqa: E402
+import peer_serve  # a sibling script, importable once its folder is on the path
+import tflm_runner
 
 MODELS = ("litert-fp32", "litert-int8", "litert-int8-mixed")
 
@@ -107,8 +107,9 @@ def main(argv: list[str]) -> int:
 
         return build
 
-    calls, status = peer_serve.build_all({name: builder(name) for name in MODELS[:2]})
-    if not status["litert-int8"]["ok"]:
+    asked = peer_serve.wanted(data, MODELS[:2])
+    calls, status = peer_serve.build_all({name: builder(name) for name in asked})
+    if "litert-int8" in status and not status["litert-int8"]["ok"]:
         more, more_status = peer_serve.build_all({MODELS[2]: builder(MODELS[2])})
         calls.update(more)
         status.update(more_status)

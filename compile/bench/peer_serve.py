@@ -40,6 +40,11 @@ def one_line(exc: BaseException) -> str:
     return lines[0][:300] if lines else type(exc).__name__
 
 
+def wanted(data, models: tuple[str, ...]) -> tuple[str, ...]:
+    """The models SPEC.npz asks for (`models`, optional: all of them by default)."""
+    return tuple(str(m) for m in data["models"] if m in models) if "models" in data else models
+
+
 def build_all(builders: dict) -> tuple[dict, dict]:
     """name -> call for every builder that succeeds, and the status line of each."""
     calls, status = {}, {}

@@ -73,7 +73,7 @@ class PeerProcess:
     def __init__(self, peer: Peer, spec: Path, workdir: Path, threads: int):
         self.peer, self.workdir = peer, workdir
         self.log_path = workdir / f"{peer.name}.log"
-        self._log = open(self.log_path, "w")  # the child's stderr, for the curious
+        self._log = open(self.log_path, "w")  # noqa: SIM115  (the child's stderr, till close)
         self.proc = subprocess.Popen(
             [str(peer.python), str(HERE / peer.script), str(spec), str(workdir), str(threads)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
@@ -141,25 +141,62 @@ def start_peer(peer: Peer, spec: Path, workdir: Path, threads: int):
 # What each peer is given
 
 
-def detector_spec(model, x, calibration, held_out, expected, workdir: Path) -> dict[str, Path]:
+def detector_spec(
+    model, x, calibration, held_out, expected, workdir: Path, models=None
+) -> dict[str, Path]:
     """SPEC.npz per peer for the QRS detector: LiteRT gets the network as data (rebuilt in
-    Keras), ExecuTorch the model exported with torch.export (a .pt2 its torch loads)."""
+    Keras), ExecuTorch the model exported with torch.export (a .pt2 its torch loads).
+    `models`: the peer models to build (all by default)."""
     import torch
 
     from .tflm import network_spec
 
     common = {"x": x, "calibration": calibration, "held_out": held_out, "expected": expected}
+    if models is not None:
+        common["models"] = np.array(list(models), dtype=str)
     spec, arrays = network_spec(model, x.shape[2])
     litert = workdir / "litert_spec.npz"
     np.savez(litert, spec=json.dumps(spec), **common, **arrays)
     program = workdir / "detector.pt2"
-    example = torch.tensor(x)  # fresh strides: numpy's size-1 lead axis has stride 0,
-    with torch.no_grad():  # which ExecuTorch refuses ("0 in strides is not supported")
+    # a copy has canonical strides: numpy's size-1 lead axis of `x` may have stride 0,
+    # which ExecuTorch refuses ("0 in strides is not supported for ExecuTorch")
+    example = torch.from_numpy(x.copy())
+    with torch.no_grad():
         exported = torch.export.export(model.eval(), (example,))
     torch.export.save(exported, program)
     executorch = workdir / "executorch_spec.npz"
     np.savez(executorch, program=str(program), **common)
     return {"litert": litert, "executorch": executorch}
+
+
+def start_detector_peers(
+    model, x: np.ndarray, workdir: Path, threads: int, names, samples=None, models=None
+):
+    """The peers named, started on the QRS detector: calibrated on our calibration records,
+    checked and judged on the held-out ones (cut to `samples` where given, for tests);
+    `x` is the timing input; `models` limits what they build (all by default).
+    ({name: PeerProcess}, {model: status}); ({}, {}) for none."""
+    import torch
+
+    if not names:
+        return {}, {}
+    calibration, held = detector_inputs(samples)
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(held)).numpy()
+    specs = detector_spec(model, x, calibration, held, expected, workdir, models)
+    return open_peers(specs, workdir, threads, names)
+
+
+def detector_inputs(samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(calibration, held-out) CPSC2019 records as the detector takes them, (records, 1,
+    samples), the first `samples` of each where given."""
+    from ..int8.quantize import CALIBRATION_RECORDS, HELD_OUT_RECORDS, real_ecg
+
+    cut = slice(None, samples)
+    return tuple(
+        np.ascontiguousarray(real_ecg(("ECG",), records)[..., cut])
+        for records in (CALIBRATION_RECORDS, HELD_OUT_RECORDS)
+    )
 
 
 def open_peers(specs: dict[str, Path], workdir: Path, threads: int, names=None):

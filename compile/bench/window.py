@@ -154,15 +154,27 @@ def _calls(predictor, model, threads: int, x: np.ndarray, runtimes) -> dict:
 
 def time_rounds(calls: dict, rounds: int, runs: int, pause: float) -> dict[str, list[float]]:
     """Milliseconds per call, per runtime, over rounds that alternate the runtimes."""
-    samples: dict[str, list[float]] = {name: [] for name in calls}
+    timers = {name: local_timer(call) for name, call in calls.items()}
+    return time_timers(timers, rounds, runs, pause)
+
+
+def local_timer(call):
+    """n -> the times in ms of n back-to-back calls of `call` in this process."""
+    return lambda n: _time(call, n)
+
+
+def time_timers(timers: dict, rounds: int, runs: int, pause: float) -> dict[str, list[float]]:
+    """time_rounds over timers (n -> n call times in ms): a runtime timed in another
+    process (compile.bench.peers) takes its turn in the same rounds as ours."""
+    samples: dict[str, list[float]] = {name: [] for name in timers}
     per_round = {}
-    for name, call in calls.items():  # warm-up; a slow runtime gets fewer calls per round
-        warm = min(_time(call, 2))
+    for name, timer in timers.items():  # warm-up; a slow runtime gets fewer calls per round
+        warm = min(timer(2))
         per_round[name] = max(1, min(runs, int(ROUND_SECONDS * 1e3 / max(warm, 1e-3))))
     for _ in range(rounds):
-        for name, call in calls.items():
+        for name, timer in timers.items():
             time.sleep(pause)
-            samples[name] += _time(call, per_round[name])
+            samples[name] += timer(per_round[name])
     return samples
 
 

@@ -1,0 +1,102 @@
+"""The benchmark's peers (LiteRT and ExecuTorch, each in its own venv) compute what
+PyTorch computes, so `make bench` compares equal work; a peer that cannot run says why in
+one line. The peers' venvs are made by `make test` (and `make bench`)."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mscnn
+from compile.bench import peer_serve, peers
+from compile.bench.window import time_timers
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = 1000  # a 2 s window: the detector's frames (125) and every layer, at a fifth of the cost
+# fp32 peers sum in another order (XNNPACK's kernels, TFLite's NHWC layout) than PyTorch:
+# the fp32 parity bound of CPU builds (1e-5) is ours; theirs is held to 1e-4 of the largest
+# output, ten times looser and still far below the int8 rows' error (~1e-2 and more).
+FP32_TOLERANCE = 1e-4
+
+
+def test_a_peer_without_its_venv_is_refused_with_the_make_target(tmp_path):
+    peer = peers.Peer("nowhere", ".venv-nowhere", "peer_litert.py", ("a", "b"), "absent")
+    process, status = peers.start_peer(peer, tmp_path / "spec.npz", tmp_path, 1)
+    assert process is None
+    assert set(status) == {"a", "b"}
+    assert all(not s["ok"] and "make bench" in s["error"] for s in status.values())
+
+
+def test_a_model_the_peer_refuses_is_one_line_of_its_own_error():
+    def refuses():
+        raise RuntimeError("Weight and Input should both be quantized\n  at op_conv2d.py:126")
+
+    calls, status = peer_serve.build_all({"ok": lambda: (abs, 7), "refused": refuses})
+    assert list(calls) == ["ok"] and status["ok"] == {"ok": True, "bytes": 7}
+    assert status["refused"] == {
+        "ok": False,
+        "error": "RuntimeError: Weight and Input should both be quantized",
+    }
+
+
+def test_timers_alternate_in_rounds():
+    order = []
+
+    def timer(name):
+        def run(n):
+            order.append((name, n))
+            return [1.0] * n
+
+        return run
+
+    samples = time_timers({"a": timer("a"), "b": timer("b")}, rounds=3, runs=4, pause=0)
+    assert [name for name, n in order[2:]] == ["a", "b"] * 3  # after each one's warm-up
+    assert {name: len(v) for name, v in samples.items()} == {"a": 12, "b": 12}
+
+
+def test_unknown_peer_is_a_clear_error():
+    done = subprocess.run(
+        [sys.executable, "-m", "compile.bench.int8", "--peers", "litert,tflite"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "unknown peer 'tflite'; choose from: litert, executorch" in done.stderr
+
+
+@pytest.mark.slow
+def test_peers_compute_what_pytorch_computes(tmp_path):
+    """Each peer, on the detector at SAMPLES: fp32 within FP32_TOLERANCE of PyTorch on
+    held-out records; LiteRT's int8 runs them too; the child times calls on request."""
+    missing = [p.venv for p in peers.PEERS.values() if not p.python.is_file()]
+    if missing:
+        pytest.skip(f"no {', '.join(missing)}: `make test` makes the peers' venvs")
+    model = mscnn.load_model("cpsc2019_qrs").model.eval()
+    held = peers.detector_inputs(SAMPLES)[1][:3]
+    start = time.perf_counter()
+    processes, status = peers.start_detector_peers(
+        model, held[:1], tmp_path, 1, tuple(peers.PEERS), SAMPLES,
+        models=("litert-fp32", "litert-int8", "executorch-fp32"),
+    )  # fmt: skip
+    try:
+        assert set(status) == {"litert-fp32", "litert-int8", "executorch-fp32"}, status
+        assert all(s["ok"] for s in status.values()), status
+        with torch.no_grad():
+            expected = model(torch.from_numpy(np.ascontiguousarray(held))).numpy()
+        _, runs = peers.model_calls(processes)
+        scale = np.abs(expected).max()
+        for name in ("litert-fp32", "executorch-fp32"):
+            got = runs[name](held)
+            assert got.shape == expected.shape
+            assert np.abs(got - expected).max() / scale <= FP32_TOLERANCE, name
+        int8 = runs["litert-int8"](held)
+        assert int8.shape == expected.shape and np.isfinite(int8).all()
+        assert not np.array_equal(int8, runs["litert-fp32"](held))  # really quantized
+        ms = processes["executorch"].timer("executorch-fp32")(3)
+        assert len(ms) == 3 and all(t > 0 for t in ms)
+    finally:
+        peers.close_all(processes)
+    print(f"peers started and checked in {time.perf_counter() - start:.0f} s")
