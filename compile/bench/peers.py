@@ -78,8 +78,12 @@ class PeerProcess:
             [str(peer.python), str(HERE / peer.script), str(spec), str(workdir), str(threads)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
         )  # fmt: skip
-        first = self._read(START_SECONDS)
-        self.status: dict[str, dict] = first["models"]
+        self.status: dict[str, dict] = {}
+
+    def wait_ready(self) -> dict[str, dict]:
+        """The child's models once it has built them (its first line)."""
+        self.status = self._read(START_SECONDS)["models"]
+        return self.status
 
     def _read(self, timeout: float) -> dict:
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
@@ -125,16 +129,21 @@ def refused(peer: Peer, why: str) -> dict[str, dict]:
 
 def start_peer(peer: Peer, spec: Path, workdir: Path, threads: int):
     """(PeerProcess or None, status per model): None with every model refused when the
-    peer's venv is missing or the child dies before it announces its models."""
+    peer's venv is missing. The child converts meanwhile: `ready` waits for it."""
     if not peer.python.is_file():
         why = f"no {peer.venv}: `make bench` makes it (see the Makefile's peer venvs)"
         return None, refused(peer, why)
     log.info("peer %s: converting in %s (minutes)", peer.name, peer.venv)
+    return PeerProcess(peer, spec, workdir, threads), {}
+
+
+def ready(process: PeerProcess):
+    """(process, its models' status), or (None, every model refused) when the child died
+    before it announced them."""
     try:
-        process = PeerProcess(peer, spec, workdir, threads)
+        return process, process.wait_ready()
     except CompileError as exc:
-        return None, refused(peer, str(exc))
-    return process, process.status
+        return None, refused(process.peer, str(exc))
 
 
 # --------------------------------------------------------------------------------------
@@ -201,9 +210,15 @@ def detector_inputs(samples: int | None = None) -> tuple[np.ndarray, np.ndarray]
 
 def open_peers(specs: dict[str, Path], workdir: Path, threads: int, names=None):
     """Start the peers named (all by default): ({name: PeerProcess}, {model: status})."""
-    processes, status = {}, {}
-    for name in names or PEERS:
+    started, status = {}, {}
+    for name in names or PEERS:  # the children convert side by side
         process, models = start_peer(PEERS[name], specs[name], workdir, threads)
+        if process is not None:
+            started[name] = process
+        status.update(models)
+    processes = {}
+    for name, process in started.items():
+        process, models = ready(process)
         if process is not None:
             processes[name] = process
         status.update(models)

@@ -2,20 +2,17 @@
 PyTorch computes, so `make bench` compares equal work; a peer that cannot run says why in
 one line. The peers' venvs are made by `make test` (and `make bench`)."""
 
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import mscnn
+from compile.bench import int8 as int8_bench
 from compile.bench import peer_serve, peers
 from compile.bench.window import time_timers
 
-ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = 1000  # a 2 s window: the detector's frames (125) and every layer, at a fifth of the cost
 # fp32 peers sum in another order (XNNPACK's kernels, TFLite's NHWC layout) than PyTorch:
 # the fp32 parity bound of CPU builds (1e-5) is ours; theirs is held to 1e-4 of the largest
@@ -58,13 +55,11 @@ def test_timers_alternate_in_rounds():
     assert {name: len(v) for name, v in samples.items()} == {"a": 12, "b": 12}
 
 
-def test_unknown_peer_is_a_clear_error():
-    done = subprocess.run(
-        [sys.executable, "-m", "compile.bench.int8", "--peers", "litert,tflite"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 2
-    assert "unknown peer 'tflite'; choose from: litert, executorch" in done.stderr
+def test_unknown_peer_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        int8_bench.main(["--peers", "litert,tflite"])
+    assert exit_.value.code == 2
+    assert "unknown peer 'tflite'; choose from: litert, executorch" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -100,3 +95,13 @@ def test_peers_compute_what_pytorch_computes(tmp_path):
     finally:
         peers.close_all(processes)
     print(f"peers started and checked in {time.perf_counter() - start:.0f} s")
+
+
+def test_a_peer_that_dies_before_it_is_ready_is_refused_with_its_last_words(tmp_path):
+    peer = peers.Peer("broken", ".venv", "no_such_peer.py", ("m",), "a script that is not there")
+    process, status = peers.start_peer(peer, tmp_path / "spec.npz", tmp_path, 1)
+    assert status == {}
+    process, status = peers.ready(process)
+    assert process is None and not status["m"]["ok"]
+    assert status["m"]["error"].startswith("peer broken stopped:")
+    assert "no_such_peer.py" in status["m"]["error"]  # the interpreter's own complaint
