@@ -23,7 +23,8 @@ help:
 	@echo "             MCU_PRECISION=int8 for the int8 step)"
 	@echo "make runners build the native runner for x86_64, aarch64 and armv7"
 	@echo "make tflm    the detector through TensorFlow Lite Micro beside our int8 build (build/tflm/)"
-	@echo "make bench   PyTorch vs ONNX Runtime vs TVM latency on this machine (THREADS=), and"
+	@echo "make bench   PyTorch vs ONNX Runtime vs ExecuTorch vs LiteRT vs TVM latency on this"
+	@echo "             machine (THREADS=, PEERS=litert,executorch), and"
 	@echo "             the detector streamed (hops 64/128/512) vs a 10 s window every hop, and"
 	@echo "             int8: ours vs ONNX Runtime int8 and fp32 (latency, accuracy, peaks), with"
 	@echo "             LiteRT and ExecuTorch (XNNPACK) as peers in venvs of their own (PEERS=)"
@@ -282,7 +283,7 @@ bench: | $(STAMP) $(TOOLCHAINS) $(TFLM_STAMP) $(ET_STAMP)
 	$(BENCH_BUILD) --preset cpsc2019 --batch 8 --out $(BUILD)/bench-batch8
 	$(BENCH_BUILD) --preset multi_scopic_leadwise --variants 12 --batch 8 --out $(BUILD)/bench-batch8
 	$(PY) -m compile bench $(BUILD)/bench $(BUILD)/bench-batch8 --targets $(BENCH_TARGETS) \
-	  --threads $(THREADS) --out $(BUILD)/bench
+	  --threads $(THREADS) --peers $(PEERS) --out $(BUILD)/bench
 	$(BENCH_BUILD) --preset cpsc2019_qrs --out $(BUILD)/bench
 	for hop in 64 128 512; do $(BENCH_BUILD) --preset cpsc2019_qrs --hop $$hop --out $(BUILD)/bench || exit 1; done
 	$(PY) -m compile bench-stream $(BUILD)/bench/$(STREAM_TARGET)/cpsc2019_qrs-1lead \

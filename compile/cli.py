@@ -239,6 +239,13 @@ def _add_bench(sub, formatter) -> None:
         action="store_true",
         help="skip TVM without schedules (seconds per call on big models)",
     )
+    m.add_argument(
+        "--peers",
+        type=_peer_csv,
+        default=(),
+        help="peers timed beside ours on every model (litert, executorch; each in its own "
+        "venv, made by `make bench`)",
+    )
     m.add_argument("--out", type=Path, default=Path("build/bench"), help="JSON and PNG go here")
     m.set_defaults(func=_bench)
 
@@ -263,10 +270,14 @@ def _bench(args) -> int:
         args.checkpoint,
         not args.no_untuned,
         console.print,
+        args.peers,
     )
     out = Console()
     out.width = max(out.width, 170)
     out.print(table(rows, args.threads))
+    refusals = {(n, why): r.variant for r in rows for n, why in r.peer_refusals.items()}
+    for (name, why), variant in refusals.items():
+        out.print(f"{name} cannot run {variant}: {why}", markup=False)
     json_path, png_path = save(rows, args.threads, args.out)
     out.print(peak_note(rows, args.threads))
     out.print(f"saved {json_path} and {png_path}")

@@ -156,8 +156,6 @@ def detector_spec(
     """SPEC.npz per peer for the QRS detector: LiteRT gets the network as data (rebuilt in
     Keras), ExecuTorch the model exported with torch.export (a .pt2 its torch loads).
     `models`: the peer models to build (all by default)."""
-    import torch
-
     from .tflm import network_spec
 
     common = {"x": x, "calibration": calibration, "held_out": held_out, "expected": expected}
@@ -166,16 +164,52 @@ def detector_spec(
     spec, arrays = network_spec(model, x.shape[2])
     litert = workdir / "litert_spec.npz"
     np.savez(litert, spec=json.dumps(spec), **common, **arrays)
-    program = workdir / "detector.pt2"
+    executorch = workdir / "executorch_spec.npz"
+    np.savez(executorch, program=str(export_program(model, x, workdir)), **common)
+    return {"litert": litert, "executorch": executorch}
+
+
+def export_program(model, x: np.ndarray, workdir: Path) -> Path:
+    """`model` exported with torch.export at the input `x`, saved as a .pt2."""
+    import torch
+
     # a copy has canonical strides: numpy's size-1 lead axis of `x` may have stride 0,
     # which ExecuTorch refuses ("0 in strides is not supported for ExecuTorch")
     example = torch.from_numpy(x.copy())
     with torch.no_grad():
         exported = torch.export.export(model.eval(), (example,))
+    program = workdir / "model.pt2"
     torch.export.save(exported, program)
-    executorch = workdir / "executorch_spec.npz"
-    np.savez(executorch, program=str(program), **common)
-    return {"litert": litert, "executorch": executorch}
+    return program
+
+
+def window_spec(model, x: np.ndarray, workdir: Path, names) -> tuple[dict[str, Path], dict]:
+    """SPEC.npz per peer for the fp32 window of any model at the input `x`: ExecuTorch
+    takes every model; LiteRT those the Keras rebuild maps (the QRS detector), the others
+    refused with the rebuild's reason. ({peer: spec}, {model: refusal})."""
+    import torch
+
+    from .tflm import network_spec
+
+    specs = {}
+    if "executorch" in names:
+        specs["executorch"] = workdir / "executorch_spec.npz"
+        program = export_program(model, x, workdir)
+        np.savez(specs["executorch"], program=str(program), x=x, models=["executorch-fp32"])
+    if "litert" in names:
+        try:
+            if x.shape[0] != 1:
+                raise CompileError(f"the Keras rebuild takes batch 1, not {x.shape[0]}")
+            spec, arrays = network_spec(model, x.shape[2])
+        except CompileError as exc:
+            return specs, {"litert-fp32": {"ok": False, "error": f"not mapped: {exc}"}}
+        held = detector_inputs(x.shape[2])[1][:2]  # the Keras copy is checked on these
+        with torch.no_grad():
+            expected = model.eval()(torch.from_numpy(held)).numpy()
+        specs["litert"] = workdir / "litert_spec.npz"
+        np.savez(specs["litert"], spec=json.dumps(spec), x=x, held_out=held, expected=expected,
+                 calibration=held[:1], models=["litert-fp32"], **arrays)  # fmt: skip
+    return specs, {}
 
 
 def start_detector_peers(
@@ -211,7 +245,7 @@ def detector_inputs(samples: int | None = None) -> tuple[np.ndarray, np.ndarray]
 def open_peers(specs: dict[str, Path], workdir: Path, threads: int, names=None):
     """Start the peers named (all by default): ({name: PeerProcess}, {model: status})."""
     started, status = {}, {}
-    for name in names or PEERS:  # the children convert side by side
+    for name in PEERS if names is None else names:  # the children convert side by side
         process, models = start_peer(PEERS[name], specs[name], workdir, threads)
         if process is not None:
             started[name] = process

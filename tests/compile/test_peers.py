@@ -71,9 +71,11 @@ def test_peers_compute_what_pytorch_computes(tmp_path):
         pytest.skip(f"no {', '.join(missing)}: `make test` makes the peers' venvs")
     model = mscnn.load_model("cpsc2019_qrs").model.eval()
     held = peers.detector_inputs(SAMPLES)[1][:3]
+    x = held[:1, 0][:, None]  # the lead axis as numpy slices it: stride 0, which
+    assert 0 in torch.from_numpy(x).stride()  # ExecuTorch refuses unless we copy
     start = time.perf_counter()
     processes, status = peers.start_detector_peers(
-        model, held[:1], tmp_path, 1, tuple(peers.PEERS), SAMPLES,
+        model, x, tmp_path, 1, tuple(peers.PEERS), SAMPLES,
         models=("litert-fp32", "litert-int8", "executorch-fp32"),
     )  # fmt: skip
     try:
@@ -105,3 +107,15 @@ def test_a_peer_that_dies_before_it_is_ready_is_refused_with_its_last_words(tmp_
     assert process is None and not status["m"]["ok"]
     assert status["m"]["error"].startswith("peer broken stopped:")
     assert "no_such_peer.py" in status["m"]["error"]  # the interpreter's own complaint
+
+
+def test_litert_refuses_a_model_the_keras_rebuild_does_not_map_in_one_line(tmp_path):
+    backbone = mscnn.load_model("cpsc2019").model.eval()
+    x = np.zeros((1, 1, 256), np.float32)
+    specs, status = peers.window_spec(backbone, x, tmp_path, ("litert",))
+    assert specs == {}
+    assert status["litert-fp32"]["error"].startswith("not mapped: tflm: the side-by-side takes")
+    detector = mscnn.load_model("cpsc2019_qrs").model.eval()
+    specs, status = peers.window_spec(detector, np.zeros((8, 1, 256), np.float32), tmp_path,
+                                      ("litert",))  # fmt: skip
+    assert specs == {} and "batch 1, not 8" in status["litert-fp32"]["error"]
