@@ -76,6 +76,7 @@ def runtime_call(pte: bytes):
     def call(x: np.ndarray) -> np.ndarray:
         return np.array(module.forward([torch.from_numpy(x.copy())])[0])  # canonical strides
 
+    call.program = pte  # the module reads the buffer it was loaded from and does not own it
     return call
 
 
