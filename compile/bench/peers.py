@@ -55,7 +55,8 @@ PEERS = {
         ".venv-tflm",
         "peer_litert.py",
         ("litert-fp32", "litert-int8", "litert-int8-mixed"),
-        "LiteRT (tf.lite.Interpreter 2.21, XNNPACK delegate), the detector rebuilt in Keras",
+        "LiteRT (tf.lite.Interpreter 2.21, XNNPACK delegate), the detector rebuilt in Keras; "
+        "int8-mixed keeps Mish's EXP and LOG in float",
     ),
     "executorch": Peer(
         "executorch",
