@@ -249,11 +249,8 @@ def save(rows: list[BenchRow], threads: int, out: Path) -> tuple[Path, Path]:
             name = name.replace(long, brief)
         labels.append(f"{name} {r.target.replace('x86_64-', '')} b{r.batch}")
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows)), 5))
-    names = [
-        n
-        for n in (*RUNTIMES, *PEER_RUNTIMES)
-        if any(n in r.timings for r in rows) and n != "tvm-untuned"
-    ]
+    shown = (*RUNTIMES, *PEER_RUNTIMES)
+    names = [n for n in shown if n != "tvm-untuned" and any(n in r.timings for r in rows)]
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         ax.bar(
