@@ -30,6 +30,7 @@ import numpy as np
 RUNTIMES = ("pytorch", "onnxruntime", "tvm", "tvm-default-tile", "tvm-arm-rule", "tvm-untuned")
 # the peers' fp32 windows (compile/bench/peers.py), where `--peers` asks for them
 PEER_RUNTIMES = ("executorch-fp32", "litert-fp32")
+PEER_LABELS = {"executorch-fp32": "ExecuTorch", "litert-fp32": "LiteRT"}
 ROUND_SECONDS = 1.0  # a runtime's share of one round, at least one call
 
 
@@ -394,6 +395,7 @@ def table(rows: list[BenchRow], threads: int):
         title=f"median ms ({threads} threads); TVM as built (tuned) / ONNX Runtime; "
         f"GFLOP/s of a {peak:.0f} GFLOP/s nominal peak"
     )
+    peers = [n for n in PEER_RUNTIMES if any(n in r.timings for r in rows)]  # columns if run
     columns = (
         "variant",
         "target",
@@ -404,8 +406,7 @@ def table(rows: list[BenchRow], threads: int):
         "TVM default tile",
         "ARM rule",
         "TVM untuned",
-        "ExecuTorch",
-        "LiteRT",
+        *(PEER_LABELS[n] for n in peers),
         "tuned kernels",
         "TVM/ORT",
         "TVM GFLOP/s",
@@ -421,7 +422,7 @@ def table(rows: list[BenchRow], threads: int):
             r.variant.replace("multi_scopic_leadwise", "leadwise"),
             r.target,
             str(r.batch),
-            *(f"{t[n].median_ms:.2f}" if n in t else "-" for n in (*RUNTIMES, *PEER_RUNTIMES)),
+            *(f"{t[n].median_ms:.2f}" if n in t else "-" for n in (*RUNTIMES, *peers)),
             r.tuned_kernels,
             f"{t['tvm'].ratio_to_ort:.2f}",
             f"{t['tvm'].gflops:.0f}",
