@@ -25,9 +25,11 @@ help:
 	@echo "             MCU_PRECISION=int8 for the int8 step)"
 	@echo "make runners build the native runner for x86_64, aarch64 and armv7"
 	@echo "make tflm    the detector through TensorFlow Lite Micro beside our int8 build (build/tflm/)"
-	@echo "make bench   PyTorch vs ONNX Runtime vs TVM latency on this machine (THREADS=), and"
+	@echo "make bench   PyTorch vs ONNX Runtime vs ExecuTorch vs LiteRT vs TVM latency on this"
+	@echo "             machine (THREADS=, PEERS=litert,executorch), and"
 	@echo "             the detector streamed (hops 64/128/512) vs a 10 s window every hop, and"
-	@echo "             int8: ours vs ONNX Runtime int8 and fp32 (latency, accuracy, peaks)"
+	@echo "             int8: ours vs ONNX Runtime int8 and fp32 (latency, accuracy, peaks), with"
+	@echo "             LiteRT and ExecuTorch (XNNPACK) as peers in venvs of their own (PEERS=)"
 	@echo "make tune TARGET=x86_64   tune the conv kernels, write compile/tuning/<target>/"
 	@echo "             (RPC_TRACKER=host:port RPC_KEY=key: measure on a device)"
 	@echo "make train   retrain the demo QRS detector (deterministic) and check it reproduces"
@@ -57,6 +59,20 @@ $(TFLM_STAMP):
 	$(PYTHON) -m venv $(TFLM_VENV)
 	$(TFLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(TFLM_PACKAGES)
 	@touch $@
+
+# The benchmark's peers (compile/bench/peers.py), each in a virtualenv of its own: LiteRT
+# runs in .venv-tflm (tensorflow-cpu); ExecuTorch in .venv-executorch, since executorch
+# pins torchao and coremltools that we do not, with the torch we pin (its compiled runtime
+# links libtorch; torch==2.13.0 takes the CPU wheel). About 1.5 GB and 5 minutes.
+ET_VENV     := .venv-executorch
+ET_STAMP    := $(ET_VENV)/.installed
+ET_PACKAGES := torch==2.13.0 executorch==1.5.1
+$(ET_STAMP):
+	$(PYTHON) -m venv $(ET_VENV)
+	$(ET_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(ET_PACKAGES)
+	@touch $@
+
+PEERS ?= litert,executorch
 
 # make tflm: the trained detector through TFLM beside our int8 build (build/tflm/).
 tflm: $(STAMP) $(TFLM_STAMP)
@@ -258,7 +274,7 @@ clean:
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV) $(TFLM_VENV) *.egg-info
+	rm -rf $(VENV) $(TFLM_VENV) $(ET_VENV) *.egg-info
 
 # --------------------------------------------------------------------------------------
 # Tuning: MetaSchedule over our conv schedule's tiles, for the presets `make build`
@@ -279,20 +295,20 @@ STREAM_TARGET ?= $(lastword $(subst $(comma), ,$(BENCH_TARGETS)))
 THREADS ?= $(shell nproc)
 BENCH_BUILD := $(PY) -m compile build --targets $(BENCH_TARGETS) --samples $(SAMPLES) --quiet
 
-bench: | $(STAMP) $(TOOLCHAINS)
+bench: | $(STAMP) $(TOOLCHAINS) $(TFLM_STAMP) $(ET_STAMP)
 	$(BENCH_BUILD) --preset multi_scopic_leadwise --out $(BUILD)/bench
 	$(BENCH_BUILD) --preset cpsc2019 --out $(BUILD)/bench
 	$(BENCH_BUILD) --preset multi_scopic --variants 12 --out $(BUILD)/bench
 	$(BENCH_BUILD) --preset cpsc2019 --batch 8 --out $(BUILD)/bench-batch8
 	$(BENCH_BUILD) --preset multi_scopic_leadwise --variants 12 --batch 8 --out $(BUILD)/bench-batch8
 	$(PY) -m compile bench $(BUILD)/bench $(BUILD)/bench-batch8 --targets $(BENCH_TARGETS) \
-	  --threads $(THREADS) --out $(BUILD)/bench
+	  --threads $(THREADS) --peers $(PEERS) --out $(BUILD)/bench
 	$(BENCH_BUILD) --preset cpsc2019_qrs --out $(BUILD)/bench
 	for hop in 64 128 512; do $(BENCH_BUILD) --preset cpsc2019_qrs --hop $$hop --out $(BUILD)/bench || exit 1; done
 	$(PY) -m compile bench-stream $(BUILD)/bench/$(STREAM_TARGET)/cpsc2019_qrs-1lead \
 	  $(foreach h,64 128 512,$(BUILD)/bench/$(STREAM_TARGET)/cpsc2019_qrs-1lead-stream$(h)) \
-	  --threads $(THREADS) --out $(BUILD)/bench
-	$(PY) -m compile.bench.int8 --threads $(THREADS) --out $(BUILD)/bench
+	  --threads $(THREADS) --peers $(PEERS) --out $(BUILD)/bench
+	$(PY) -m compile.bench.int8 --threads $(THREADS) --peers $(PEERS) --out $(BUILD)/bench
 
 # --------------------------------------------------------------------------------------
 # The demo QRS detector (preset cpsc2019_qrs) on the CPSC2019 sample in ../shared/data

@@ -252,6 +252,13 @@ def _add_bench(sub, formatter) -> None:
         action="store_true",
         help="skip TVM without schedules (seconds per call on big models)",
     )
+    m.add_argument(
+        "--peers",
+        type=_peer_csv,
+        default=(),
+        help="peers timed beside ours on every model (litert, executorch; each in its own "
+        "venv, made by `make bench`)",
+    )
     m.add_argument("--out", type=Path, default=Path("build/bench"), help="JSON and PNG go here")
     m.set_defaults(func=_bench)
 
@@ -276,10 +283,14 @@ def _bench(args) -> int:
         args.checkpoint,
         not args.no_untuned,
         console.print,
+        args.peers,
     )
     out = Console()
     out.width = max(out.width, 170)
     out.print(table(rows, args.threads))
+    refusals = {(n, why): r.variant for r in rows for n, why in r.peer_refusals.items()}
+    for (name, why), variant in refusals.items():
+        out.print(f"{name} cannot run {variant}: {why}", markup=False)
     json_path, png_path = save(rows, args.threads, args.out)
     out.print(peak_note(rows, args.threads))
     out.print(f"saved {json_path} and {png_path}")
@@ -295,15 +306,34 @@ def _add_bench_stream(sub) -> None:
     m.add_argument("window", type=Path, help="the model's window bundle (10 s)")
     m.add_argument("streams", type=Path, nargs="+", help="its stream bundles (one per hop)")
     m.add_argument("--threads", type=_positive, default=os.cpu_count() or 1)
+    m.add_argument(
+        "--peers",
+        type=_peer_csv,
+        default=(),
+        help="peers whose 10 s window is re-run every hop too (litert, executorch; each in "
+        "its own venv, made by `make bench`)",
+    )
     m.add_argument("--out", type=Path, default=Path("build/bench"), help="JSON and PNG go here")
     m.set_defaults(func=_bench_stream)
+
+
+def _peer_csv(text: str) -> tuple[str, ...]:
+    from .bench.peers import PEERS
+
+    names = tuple(_csv(text))
+    unknown = [n for n in names if n not in PEERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown peer {unknown[0]!r}; choose from: {', '.join(PEERS)}"
+        )
+    return names
 
 
 def _bench_stream(args) -> int:
     from .bench.stream import bench_stream, save
     from .bench.window import machine_name
 
-    rows = bench_stream(args.window, args.streams, args.threads)
+    rows, refusals = bench_stream(args.window, args.streams, args.threads, peers=args.peers)
     print(
         f"{'hop':>5} {'ms':>6} {'step us':>9} {'stream/s ms':>12} {'window TVM/s ms':>16} "
         f"{'window ORT/s ms':>16} {'stream/ORT':>11} {'state KiB':>10} {'window act KiB':>15}"
@@ -316,7 +346,17 @@ def _bench_stream(args) -> int:
             f"{p['window_tvm'] / 1e3:>16.2f} {p['window_ort'] / 1e3:>16.2f} "
             f"{p['stream'] / p['window_ort']:>11.3f} {r.state_bytes / 1024:>10.0f} {act:>15}"
         )
-    json_path, png_path = save(rows, args.threads, machine_name(), args.out)
+    for r in rows:
+        ours = r.per_second["stream"]
+        for name, us in r.window_peers_us.items():
+            print(
+                f"{r.hop:>5} {name:>20}: window {us:9.1f} us, "
+                f"{r.per_second['window_' + name] / 1e3:9.2f} ms per second of ECG; "
+                f"stream / it {ours / r.per_second['window_' + name]:.3f}"
+            )
+    for name, why in refusals.items():
+        print(f"{name} cannot run: {why}")
+    json_path, png_path = save(rows, args.threads, machine_name(), args.out, refusals)
     print(f"{machine_name()}, {args.threads} threads; saved {json_path} and {png_path}")
     return 0
 

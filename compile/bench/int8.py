@@ -10,7 +10,12 @@ decisions against PyTorch fp32's stand for accuracy):
   same records as ours (`quantize.CALIBRATION_RECORDS`) with the same method (the 99.9th
   percentile; its default, MinMax, is reported too: it fails the same way ours does);
 - `tvm-fp32`: the project's fp32 build (our conv schedule) for x86_64-avx512;
-- `tvm-int8`: our integer program (`compile.int8.kernels`) with VNNI kernels.
+- `tvm-int8`: our integer program (`compile.int8.kernels`) with VNNI kernels;
+- the peers (compile/bench/peers.py), each in its own venv, for the detector:
+  `litert-fp32` and `litert-int8` (LiteRT with the XNNPACK delegate, full-integer
+  post-training quantization) and `executorch-fp32` and `executorch-int8` (ExecuTorch's
+  XNNPACK backend, PT2E int8), calibrated on the same records; a peer that cannot run
+  the model has its own one-line error in the table instead of a row.
 
 Latency: numpy in, numpy out for every runtime, same threads; rounds alternate the
 runtimes (compile.bench.window.time_rounds); median, p90 and min per runtime. GOP/s = 2 x the
@@ -18,7 +23,8 @@ model's MACs / median, against peaks measured here: an FMA loop (fp32 FLOP/s) an
 loop (int8 OP/s: one vpdpbusd is 64 multiply-adds), both our own TIR kernels, on the same
 threads. Accuracy: the CPSC2019 score and F1 of each on the held-out records.
 
-    python -m compile.bench.int8 [--preset P] [--threads 2] [--rounds 5] [--out DIR]
+    python -m compile.bench.int8 [--preset P] [--threads 2] [--rounds 5] [--peers litert,...]
+                                 [--out DIR]
 """
 
 from __future__ import annotations
@@ -30,12 +36,13 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CompileError
+from .peers import PEERS, close_all, start_detector_peers
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +211,18 @@ class Int8Bench:
     sizes: dict  # bytes: ONNX files, the int8 program's constants
     load: tuple  # the machine's 1/5/15-minute load averages after the timing (shared hosts)
     preset: str = "cpsc2019_qrs"
+    refusals: dict = field(default_factory=dict)  # peer model -> its own error, one line
+
+    def goals(self) -> list[str]:
+        """Ours against the fastest peer of each precision (median over median)."""
+        lines = []
+        for ours, kind in (("tvm-fp32", "fp32"), ("tvm-int8", "int8")):
+            peers = {n: r for n, r in self.timings.items() if kind in n and not n.startswith("tvm")}
+            if ours in self.timings and peers:
+                name = min(peers, key=lambda n: peers[n]["median_ms"])
+                ratio = self.timings[ours]["median_ms"] / peers[name]["median_ms"]
+                lines.append(f"goal: {ours} / fastest {kind} peer ({name}) = {ratio:.2f} (<= 1.0)")
+        return lines
 
     def table(self) -> str:
         t = self.timings
@@ -225,6 +244,8 @@ class Int8Bench:
                 f"{r['vs_ort_fp32']:9.2f} {r['vs_ort_int8']:9.2f} "
                 f"{r['min_vs_ort_fp32']:12.2f} {r['min_vs_ort_int8']:12.2f}"
             )
+        lines += [f"{name:16} cannot run: {why}" for name, why in self.refusals.items()]
+        lines += self.goals()
         if "score" not in next(iter(self.accuracy.values())):  # a classifier's decisions
             lines.append(f"{'held-out':16} {'decisions as fp32':>17} {'norm err':>9}")
             lines += [
@@ -254,12 +275,12 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def _timings(calls: dict, x: np.ndarray, rounds: int, runs: int, macs: int) -> dict:
-    from .window import time_rounds
+def _timings(calls: dict, x: np.ndarray, rounds: int, runs: int, macs: int, peers: dict) -> dict:
+    """Our runtimes (`calls` on `x`) and the peers' timers (on the same `x`), in rounds."""
+    from .window import local_timer, time_timers
 
-    samples = time_rounds(
-        {n: (lambda f: lambda: f(x))(calls[n]) for n in TIMED}, rounds, runs, pause=0.5
-    )
+    timers = {n: local_timer((lambda f: lambda: f(x))(calls[n])) for n in TIMED}
+    samples = time_timers({**timers, **peers}, rounds, runs, pause=0.5)
     out = {}
     for name, values in samples.items():
         median = statistics.median(values)
@@ -283,7 +304,7 @@ def _accuracy(model, qm, calls: dict) -> dict:
     from ..int8.quantize import evaluate_detector
 
     out = {}
-    for name in JUDGED:
+    for name in calls:
         acc = evaluate_detector(model, qm, run=calls[name])
         s = acc.int8
         out[name] = {
@@ -317,7 +338,7 @@ def _decisions(loaded, calls: dict) -> dict:
     with torch.no_grad():
         ref = loaded.model.eval()(torch.from_numpy(x)).numpy()
     out = {}
-    for name in JUDGED:
+    for name in calls:
         got = np.concatenate([calls[name](x[i : i + 1]) for i in range(len(x))])
         out[name] = {
             "agreed": int(((got > 0) == (ref > 0)).sum()),
@@ -336,12 +357,14 @@ PRESETS = ("cpsc2019_qrs", "leadwise_classifier")
 
 
 def run_int8_bench(
-    threads: int = 2, rounds: int = 5, runs: int = 50, preset: str = "cpsc2019_qrs"
+    threads: int = 2,
+    rounds: int = 5,
+    runs: int = 50,
+    preset: str = "cpsc2019_qrs",
+    peers: tuple[str, ...] = (),
 ) -> Int8Bench:
     """The whole comparison on the trained detector, or the (seeded) 12-lead classifier
-    (module docstring)."""
-    import os
-
+    (module docstring); `peers` (names in compile.bench.peers.PEERS) for the detector."""
     import mscnn
     from deploy.predictor import set_threads, tvm_threads
     from mscnn.train import CHECKPOINT
@@ -351,6 +374,8 @@ def run_int8_bench(
 
     if preset == "cpsc2019_qrs" and not CHECKPOINT.is_file():
         raise CompileError(f"int8 bench: no trained detector at {CHECKPOINT}; run make train")
+    if peers and preset != PRESETS[0]:
+        raise CompileError("int8 bench: the peers run the detector only; drop --peers")
     loaded = mscnn.load_model(preset, checkpoint=CHECKPOINT if preset == PRESETS[0] else None)
     records = quantize.CALIBRATION_RECORDS
     calibration = quantize.real_ecg(loaded.leads, records)
@@ -358,28 +383,60 @@ def run_int8_bench(
     set_threads(threads)  # TVM's pool, with this thread's CPUs given back
     if tvm_threads() != threads:
         raise CompileError(f"TVM's pool runs {tvm_threads()} threads, {threads} asked")
-    cpu = cpu_model()
     program = int8.build_int8(qm, int8.X86_VNNI, batch=1, samples=calibration.shape[2])
     x = quantize.real_ecg(loaded.leads, [quantize.HELD_OUT_RECORDS[0]])
     with tempfile.TemporaryDirectory() as tmp:
         calls, sizes = make_runtimes(loaded, program, calibration, Path(tmp), threads)
-        macs = loaded.model.count_macs(x.shape[2])
-        log.info("peaks: timing an FMA and a VNNI loop on %d thread(s)", threads)
-        # The best of two passes: on the 2-core VMs the first parallel loop of a process
-        # sometimes ran at one core's rate (117 against 230 GFLOP/s a moment later).
-        peaks = {
-            name: max(measure_peak(kind, threads, int8.X86_VNNI) for _ in range(2))
-            for name, kind in (("fp32-fma", "fma"), ("int8-vnni", "vnni"))
-        }
-        log.info("latency: %d rounds of %s", rounds, ", ".join(TIMED))
-        timings = _timings(calls, x, rounds, runs, macs)
-        load = os.getloadavg()
-        if loaded.model.task == "qrs_detection":
-            accuracy = _accuracy(loaded.model, qm, calls)
-        else:
-            accuracy = _decisions(loaded, calls)
-    sizes["tvm-int8-constants"] = program.constant_bytes
-    return Int8Bench(cpu, threads, x.shape[2], macs, peaks, timings, accuracy, sizes, load, preset)
+        processes, status = start_detector_peers(loaded.model, x, Path(tmp), threads, peers)
+        try:
+            result = _measure(loaded, qm, calls, processes, x, (threads, rounds, runs), program)
+        finally:
+            close_all(processes)
+    result.sizes.update(sizes)
+    result.sizes.update({n: st["bytes"] for n, st in status.items() if st["ok"]})
+    result.refusals = {n: st["error"] for n, st in status.items() if not st["ok"]}
+    return result
+
+
+def _measure(loaded, qm, calls, processes, x, how, program) -> Int8Bench:
+    """Peaks, the timing rounds (ours and the peers') and the held-out accuracy."""
+    import os
+
+    from ..int8 import kernels as int8
+    from .peers import model_calls
+
+    threads, rounds, runs = how
+    peer_timers, peer_runs = model_calls(processes)
+    macs = loaded.model.count_macs(x.shape[2])
+    log.info("peaks: timing an FMA and a VNNI loop on %d thread(s)", threads)
+    # The best of two passes: on the 2-core VMs the first parallel loop of a process
+    # sometimes ran at one core's rate (117 against 230 GFLOP/s a moment later).
+    peaks = {
+        name: max(measure_peak(kind, threads, int8.X86_VNNI) for _ in range(2))
+        for name, kind in (("fp32-fma", "fma"), ("int8-vnni", "vnni"))
+    }
+    log.info("latency: %d rounds of %s", rounds, ", ".join([*TIMED, *peer_timers]))
+    timings = _timings(calls, x, rounds, runs, macs, peer_timers)
+    load = os.getloadavg()
+    judged = {**{n: calls[n] for n in JUDGED}, **peer_runs}
+    if loaded.model.task == "qrs_detection":
+        accuracy = _accuracy(loaded.model, qm, judged)
+    else:
+        accuracy = _decisions(loaded, judged)
+    sizes = {"tvm-int8-constants": program.constant_bytes}
+    return Int8Bench(
+        cpu_model(), threads, x.shape[2], macs, peaks, timings, accuracy, sizes, load, loaded.preset
+    )
+
+
+def _peer_names(text: str) -> tuple[str, ...]:
+    names = tuple(n for n in text.split(",") if n)
+    unknown = [n for n in names if n not in PEERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown peer {unknown[0]!r}; choose from: {', '.join(PEERS)}"
+        )
+    return names
 
 
 def main(argv=None) -> int:
@@ -394,6 +451,12 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=50, help="calls per runtime per round")
     parser.add_argument("--preset", choices=PRESETS, default=PRESETS[0], help="the model compared")
     parser.add_argument(
+        "--peers",
+        type=_peer_names,
+        default=(),
+        help=f"comma-separated peers beside ours, each in its own venv ({', '.join(PEERS)})",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path("build/int8_bench"), help="folder for int8_bench.json"
     )
     args = parser.parse_args(argv)
@@ -401,7 +464,7 @@ def main(argv=None) -> int:
     if min(args.threads, args.rounds, args.runs) < 1:
         parser.error("--threads, --rounds and --runs must be positive")
     try:
-        result = run_int8_bench(args.threads, args.rounds, args.runs, args.preset)
+        result = run_int8_bench(args.threads, args.rounds, args.runs, args.preset, args.peers)
     except CompileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -28,6 +28,9 @@ from pathlib import Path
 import numpy as np
 
 RUNTIMES = ("pytorch", "onnxruntime", "tvm", "tvm-default-tile", "tvm-arm-rule", "tvm-untuned")
+# the peers' fp32 windows (compile/bench/peers.py), where `--peers` asks for them
+PEER_RUNTIMES = ("executorch-fp32", "litert-fp32")
+PEER_LABELS = {"executorch-fp32": "ExecuTorch", "litert-fp32": "LiteRT"}
 ROUND_SECONDS = 1.0  # a runtime's share of one round, at least one call
 
 
@@ -55,6 +58,7 @@ class BenchRow:
     activation_bytes: int | None
     tuned_kernels: str = ""  # "18/18": conv kernels that took a tuned tile
     timings: dict[str, Timing] = field(default_factory=dict)
+    peer_refusals: dict[str, str] = field(default_factory=dict)  # peer model -> its error
 
 
 def peak_gflops(threads: int) -> tuple[float, str]:
@@ -89,15 +93,18 @@ def bench_bundle(
     runs: int,
     pause: float = 0.5,
     runtimes=RUNTIMES,
+    peer_timers: dict | None = None,
 ) -> BenchRow:
-    """Time one bundle against PyTorch and ONNX Runtime on its golden ECG input."""
+    """Time one bundle against PyTorch and ONNX Runtime on its golden ECG input (and the
+    peers' timers, which were given that same input)."""
     from deploy import Predictor
 
     predictor = Predictor(bundle_path)
     m = predictor.bundle.manifest
     x, _ = predictor.bundle.golden["ecg"]
     calls = _calls(predictor, model, threads, x, runtimes)
-    samples = time_rounds(calls, rounds, runs, pause)
+    timers = {name: local_timer(call) for name, call in calls.items()}
+    samples = time_timers({**timers, **(peer_timers or {})}, rounds, runs, pause)
     row = _row(m, model)
     for name, values in samples.items():
         median = statistics.median(values)
@@ -154,15 +161,27 @@ def _calls(predictor, model, threads: int, x: np.ndarray, runtimes) -> dict:
 
 def time_rounds(calls: dict, rounds: int, runs: int, pause: float) -> dict[str, list[float]]:
     """Milliseconds per call, per runtime, over rounds that alternate the runtimes."""
-    samples: dict[str, list[float]] = {name: [] for name in calls}
+    timers = {name: local_timer(call) for name, call in calls.items()}
+    return time_timers(timers, rounds, runs, pause)
+
+
+def local_timer(call):
+    """n -> the times in ms of n back-to-back calls of `call` in this process."""
+    return lambda n: _time(call, n)
+
+
+def time_timers(timers: dict, rounds: int, runs: int, pause: float) -> dict[str, list[float]]:
+    """time_rounds over timers (n -> n call times in ms): a runtime timed in another
+    process (compile.bench.peers) takes its turn in the same rounds as ours."""
+    samples: dict[str, list[float]] = {name: [] for name in timers}
     per_round = {}
-    for name, call in calls.items():  # warm-up; a slow runtime gets fewer calls per round
-        warm = min(_time(call, 2))
+    for name, timer in timers.items():  # warm-up; a slow runtime gets fewer calls per round
+        warm = min(timer(2))
         per_round[name] = max(1, min(runs, int(ROUND_SECONDS * 1e3 / max(warm, 1e-3))))
     for _ in range(rounds):
-        for name, call in calls.items():
+        for name, timer in timers.items():
             time.sleep(pause)
-            samples[name] += _time(call, per_round[name])
+            samples[name] += timer(per_round[name])
     return samples
 
 
@@ -231,7 +250,8 @@ def save(rows: list[BenchRow], threads: int, out: Path) -> tuple[Path, Path]:
             name = name.replace(long, brief)
         labels.append(f"{name} {r.target.replace('x86_64-', '')} b{r.batch}")
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows)), 5))
-    names = [n for n in RUNTIMES if any(n in r.timings for r in rows) and n != "tvm-untuned"]
+    shown = (*RUNTIMES, *PEER_RUNTIMES)
+    names = [n for n in shown if n != "tvm-untuned" and any(n in r.timings for r in rows)]
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         ax.bar(
@@ -282,38 +302,88 @@ def run_bench(
     checkpoint: Path | None = None,
     untuned: bool = True,
     say=lambda text: None,
+    peers: tuple[str, ...] = (),
 ) -> list[BenchRow]:
     """Time every bundle that runs here against PyTorch (the model it was built from,
-    re-derived for its lead variant) and ONNX Runtime."""
+    re-derived for its lead variant), ONNX Runtime and the `peers`' fp32 windows."""
+    import tempfile
+
+    from deploy.predictor import set_threads
+
+    from .peers import close_all
+
+    set_threads(threads)
+    rows, models, started = [], {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for path in paths:
+                row = _bench_one(path, threads, (rounds, runs), checkpoint, untuned, say,
+                                 (peers, tmp, started, models))  # fmt: skip
+                rows += [row] if row is not None else []
+        finally:
+            for processes, _ in started.values():
+                close_all(processes)
+    return rows
+
+
+def _bench_one(path: Path, threads: int, how, checkpoint, untuned: bool, say, shared):
+    """One bundle's row (None for a bundle this benchmark does not time); `shared`: the
+    peers asked for, a folder, the peers started so far and the models loaded so far."""
     import mscnn
     from deploy.bundle import load_bundle
-    from deploy.predictor import set_threads
 
     from ..variants import Variant, variant_model
 
-    set_threads(threads)
-    rows, models = [], {}
-    for path in paths:
-        bundle = load_bundle(path)
-        runs_here, why = bundle.runnable_here()
-        if not runs_here:
-            say(f"skipped {path}: {why}")
-            continue
-        m = bundle.manifest
-        if m.stream is not None or m.precision != "fp32":
-            kind = "stream" if m.stream is not None else m.precision
-            say(f"skipped {path}: {kind} bundles are timed by bench-stream and int8_bench")
-            continue
-        if m.model.preset not in models:
-            models[m.model.preset] = mscnn.load_model(m.model.preset, checkpoint)
-        variant = Variant(m.name, tuple(m.leads), tuple(m.lead_indices))
-        model = variant_model(models[m.model.preset], variant)
-        say(f"timing {path} ...")
-        # Untuned TVM takes seconds per call on the big models: batch 1 only.
-        skip_untuned = not untuned or bundle.input_shape[0] > 1
-        runtimes = [r for r in RUNTIMES if not (skip_untuned and r == "tvm-untuned")]
-        rows.append(bench_bundle(path, model, threads, rounds, runs, runtimes=runtimes))
-    return rows
+    peers, tmp, started, models = shared
+    bundle = load_bundle(path)
+    runs_here, why = bundle.runnable_here()
+    if not runs_here:
+        say(f"skipped {path}: {why}")
+        return None
+    m = bundle.manifest
+    if m.stream is not None or m.precision != "fp32":
+        kind = "stream" if m.stream is not None else m.precision
+        say(f"skipped {path}: {kind} bundles are timed by bench-stream and int8_bench")
+        return None
+    if m.model.preset not in models:
+        models[m.model.preset] = mscnn.load_model(m.model.preset, checkpoint)
+    variant = Variant(m.name, tuple(m.leads), tuple(m.lead_indices))
+    model = variant_model(models[m.model.preset], variant)
+    key = (m.model.preset, m.name, tuple(bundle.input_shape))
+    if peers and key not in started:  # one set of peers per model and shape, for every target
+        started[key] = _window_peers(model, bundle.golden["ecg"][0], tmp, threads, peers)
+    timers, refusals = _peer_timers(started.get(key))
+    say(f"timing {path} ...")
+    # Untuned TVM takes seconds per call on the big models: batch 1 only.
+    skip_untuned = not untuned or bundle.input_shape[0] > 1
+    runtimes = [r for r in RUNTIMES if not (skip_untuned and r == "tvm-untuned")]
+    row = bench_bundle(path, model, threads, *how, runtimes=runtimes, peer_timers=timers)
+    row.peer_refusals = refusals
+    return row
+
+
+def _window_peers(model, x: np.ndarray, tmp: str, threads: int, names):
+    """The peers' fp32 windows of `model` at the input `x` (compile.bench.peers.window_spec)."""
+    import tempfile
+
+    from .peers import open_peers, window_spec
+
+    folder = Path(tempfile.mkdtemp(dir=tmp))
+    specs, status = window_spec(model, x, folder, names)
+    processes, more = open_peers(specs, folder, threads, tuple(specs))
+    return processes, {**status, **more}
+
+
+def _peer_timers(started) -> tuple[dict, dict]:
+    """(fp32 timers, refusals) of one started set of peers."""
+    from .peers import model_calls
+
+    if started is None:
+        return {}, {}
+    processes, status = started
+    timers, _ = model_calls(processes)
+    refusals = {n: st["error"] for n, st in status.items() if not st["ok"]}
+    return {n: t for n, t in timers.items() if n in PEER_RUNTIMES}, refusals
 
 
 def table(rows: list[BenchRow], threads: int):
@@ -325,6 +395,7 @@ def table(rows: list[BenchRow], threads: int):
         title=f"median ms ({threads} threads); TVM as built (tuned) / ONNX Runtime; "
         f"GFLOP/s of a {peak:.0f} GFLOP/s nominal peak"
     )
+    peers = [n for n in PEER_RUNTIMES if any(n in r.timings for r in rows)]  # columns if run
     columns = (
         "variant",
         "target",
@@ -335,6 +406,7 @@ def table(rows: list[BenchRow], threads: int):
         "TVM default tile",
         "ARM rule",
         "TVM untuned",
+        *(PEER_LABELS[n] for n in peers),
         "tuned kernels",
         "TVM/ORT",
         "TVM GFLOP/s",
@@ -350,7 +422,7 @@ def table(rows: list[BenchRow], threads: int):
             r.variant.replace("multi_scopic_leadwise", "leadwise"),
             r.target,
             str(r.batch),
-            *(f"{t[n].median_ms:.2f}" if n in t else "-" for n in RUNTIMES),
+            *(f"{t[n].median_ms:.2f}" if n in t else "-" for n in (*RUNTIMES, *peers)),
             r.tuned_kernels,
             f"{t['tvm'].ratio_to_ort:.2f}",
             f"{t['tvm'].gflops:.0f}",
