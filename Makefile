@@ -62,8 +62,8 @@ tflm: $(STAMP) $(TFLM_STAMP)
 
 # --------------------------------------------------------------------------------------
 # Cross toolchains and qemu-user (Debian packages), installed when run as root.
-APT_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
-TOOLS        := g++ aarch64-linux-gnu-g++ arm-linux-gnueabihf-g++ qemu-aarch64 qemu-arm arm-none-eabi-gcc qemu-system-arm
+APT_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm llvm
+TOOLS        := g++ aarch64-linux-gnu-g++ arm-linux-gnueabihf-g++ qemu-aarch64 qemu-arm arm-none-eabi-gcc qemu-system-arm llvm-mca
 TOOLCHAINS   := $(VENV)/.toolchains
 
 $(TOOLCHAINS): | $(STAMP)

@@ -65,6 +65,7 @@ from .quantize import RANGES, QConv, QuantizedModel, check_calibration
 
 log = logging.getLogger(__name__)
 
+MACS_ATTR = "mscnn.macs"  # a conv kernel's multiply-accumulates per call (PrimFunc attr)
 STACK_BYTES = 1024  # TVM's kMaxStackAlloca: larger per-tile buffers go to the heap
 
 # The x86-64 target with AVX-512 VNNI (Cascade Lake, Ice Lake, Zen 4 and newer). The
@@ -590,6 +591,12 @@ class ConvKernel:
         ]
         return out + ([self.lut] if self.lut is not None else [])
 
+    @property
+    def macs(self) -> int:
+        """The multiply-accumulates one call computes (the model's, not the padding's)."""
+        f, cg, k = self.conv.weight.shape
+        return self.batch * self.length * f * cg * k
+
     def output(self) -> tuple[tuple[int, ...], str]:
         if self.classes is not None:
             return (self.batch, self.length, self.classes), "float32"
@@ -1076,6 +1083,7 @@ class Builder:
         from tvm import te
 
         func = _schedule_conv(te.create_prim_func(_conv_te(kc)), kc, self.isa.parallel)
+        func = func.with_attr(MACS_ATTR, kc.macs)  # the per-kernel profile's MACs
         return self.call(name, func, [h, *kc.constants()], *kc.output())
 
     def branch(self, b: int, branch, h, length: int, channels: int):

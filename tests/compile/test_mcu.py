@@ -15,6 +15,7 @@ import torch
 import mscnn
 from compile.errors import CompileError
 from compile.int8 import quantize
+from compile.mcu import estimate
 from compile.mcu import firmware as mcu
 from deploy.manifest import McuReport
 from deploy.parity import compare
@@ -328,6 +329,41 @@ def test_stream_states_are_updated_in_place(m7_int8_stream):
     assert m7_int8_stream.footprint.ram_arena < 130 * 1024  # 153 KiB with copies
 
 
+def test_per_kernel_profile_and_cycle_estimate(m7_int8_stream, qdetector):
+    """mcu.json's profile: one row per kernel call of model.c, in order, whose
+    instructions add up to the step's; MACs on the conv kernels (12.65 M per 0.4 s hop);
+    llvm-mca's ratio on each kernel's innermost loop, and the estimate their sum."""
+    built = m7_int8_stream
+    report = McuReport.from_json((built.folder / mcu.REPORT).read_bytes())
+    assert report == built.report and report.profile is not None
+    calls = re.findall(r"__tvm_ffi_(\w+)\(NULL", (built.folder / "model.c").read_text())
+    assert [k.kernel for k in report.profile] == calls
+    assert [k.call for k in report.profile] == list(range(len(calls)))
+    covered = sum(k.instructions for k in report.profile)
+    assert 0.99 * built.speed.instructions <= covered <= built.speed.instructions
+    # the MAC kernels are the model's convs and linears, in order: each one's MACs are
+    # its weights' f x c x k products for each of its frames in the step (at most a hop)
+    layers = [c for branch in qdetector.branches for block in branch for c in block.convs]
+    layers += [lin.conv for lin in qdetector.head]
+    counted = [k for k in report.profile if k.macs is not None]
+    assert len(counted) == len(layers)
+    for k, conv in zip(counted, layers, strict=True):
+        size = int(np.prod(conv.weight.shape))
+        assert k.macs % size == 0 and 1 <= k.macs // size <= HOP, (k, conv.weight.shape)
+    assert 0.5 < built.speed.instructions / report.macs < 4
+    hottest = max(report.profile, key=lambda k: k.instructions)
+    assert hottest.macs and 0.3 < hottest.cycles_per_instruction < 3
+    pairs = [(k.instructions, k.cycles_per_instruction) for k in report.profile]
+    assert built.speed.cycles == round(estimate.estimate_cycles(built.speed.instructions, pairs))
+    assert "llvm-mca" in built.speed.cycle_method and "cortex-m7" in built.speed.cycle_method
+    # the M7 issues two instructions a cycle where it can: fewer cycles than instructions
+    assert built.speed.cycle_load < built.speed.cpu_load
+    loops = estimate.kernel_loops(
+        built.folder / "kernels.o", [hottest.kernel], mcu.CORES["cortex-m7"].tvm
+    )
+    assert any(line.startswith("smlad") for line in loops[hottest.kernel].lines)
+
+
 def test_int8_stream_equals_the_int8_reference_on_an_unseen_record(
     m7_int8_stream, qdetector, detector, tmp_path
 ):
@@ -435,7 +471,11 @@ def test_deploy_info_describes_a_cortex_m_build(m7_int8_stream, tmp_path, capsys
     assert main(["info", str(m7_int8_stream.folder)]) == 0
     out = capsys.readouterr().out
     assert "stream step, hop 200, int8 (int16 weights)" in out and "nrf52840: yes" in out
-    assert "estimate" in out and "beats   the reference's" in out
+    assert "estimate" in out and re.search(r"beats +the reference's", out)
+    # the cycle estimate and the three costliest kernels of the profile
+    assert "% at 480 MHz (estimate: llvm-mca" in out and "instructions/MAC" in out
+    kernels = out.split("kernels", 1)[1].split("beats", 1)[0].strip().splitlines()[1:]
+    assert len(kernels) == 3 and all("M instructions" in k and "/MAC" in k for k in kernels)
     # a tampered report is one clear line, not a traceback
     report = (m7_int8_stream.folder / mcu.REPORT).read_text()
     (tmp_path / mcu.REPORT).write_text(report.replace('"weights": "int16"', '"weights": null'))
