@@ -364,6 +364,41 @@ def test_per_kernel_profile_and_cycle_estimate(m7_int8_stream, qdetector):
     assert any(line.startswith("smlad") for line in loops[hottest.kernel].lines)
 
 
+def _smlad_per_loaded_word(lines) -> list[int]:
+    """For each word the loop loads (ldr, ldrd), how many smlad multiply it before its
+    register is written again (the loop read as straight code)."""
+    uses, live = [], {}
+    for line in lines:
+        mnemonic, _, operands = line.partition(" ")
+        regs = re.findall(r"\b(r\d+|sl|fp|ip|lr)\b", operands)
+        if mnemonic == "smlad":
+            for r in set(regs[1:3]):
+                if r in live:
+                    uses[live[r]] += 1
+        for r in regs[:2] if mnemonic == "ldrd" else regs[:1]:  # written: end of its life
+            live.pop(r, None)
+            if mnemonic in ("ldr", "ldrd") and "[sp" not in operands:
+                live[r] = len(uses)
+                uses.append(0)
+    return uses
+
+
+def test_hottest_conv_reuses_each_loaded_word(m7_int8_stream):
+    """The smlad kernels' 2 x 2 register tiles, in the object code: in the inner loop of
+    the costliest conv, each loaded input or weight word feeds two smlad (one per output
+    channel, or per time step), and no accumulator is spilled to the stack."""
+    profile = m7_int8_stream.report.profile
+    hottest = max((k for k in profile if k.kernel.endswith("_conv")), key=lambda k: k.instructions)
+    tvm = mcu.CORES["cortex-m7"].tvm
+    lines = estimate.kernel_loops(m7_int8_stream.folder / "kernels.o", [hottest.kernel], tvm)[
+        hottest.kernel
+    ].lines
+    uses = _smlad_per_loaded_word(lines)
+    assert sum(line.startswith("smlad") for line in lines) >= 16
+    assert len(uses) >= 8 and sorted(uses)[len(uses) // 2] >= 2, uses
+    assert not [line for line in lines if line.startswith("str") and "[sp" in line]
+
+
 def test_int8_stream_equals_the_int8_reference_on_an_unseen_record(
     m7_int8_stream, qdetector, detector, tmp_path
 ):
