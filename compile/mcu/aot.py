@@ -659,12 +659,11 @@ _PROFILE = """
 #ifdef MSCNN_PROFILE
 uint32_t mscnn_profile_ticks[MSCNN_CALLS];
 const uint32_t mscnn_profile_calls = MSCNN_CALLS;
-static uint32_t mscnn_profile_at, mscnn_profile_last;
+static uint32_t mscnn_profile_last;
 static void mscnn_mark(uint32_t k) {{
   uint32_t now = *(volatile const uint32_t*)0xE000E018u; /* SYST_CVR */
   if (k > 0u) mscnn_profile_ticks[k - 1u] += (mscnn_profile_last - now) & 0xFFFFFFu;
   mscnn_profile_last = now;
-  mscnn_profile_at = k;
 }}
 #define MSCNN_MARK(k) mscnn_mark(k)
 #else
