@@ -22,6 +22,8 @@ under qemu-system-arm.
                       for bit against the int8 reference), the detector's beats;
                       the firmware's own R-peaks (deploy/mcu/rpeaks.c) against the
                       reference rule's; instructions counted (-icount), stack painted;
+                      the per-kernel profile (firmware-profile.elf, SysTick marks) and
+                      llvm-mca's cycle estimate (compile/mcu/estimate.py);
                       the report (mcu.json) typed by deploy.manifest.McuReport
 
 Cores, boards and parts are data (compile/mcu/boards.py). A window model or a streaming
@@ -164,19 +166,25 @@ def compile_library(out: Path, core: Core, kernels: Kernels) -> Path:
     return library
 
 
-def link_firmware(out: Path, core: Core, board: Board, library: Path, main: str = "main.c"):
+def link_firmware(
+    out: Path, core: Core, board: Board, library: Path, main: str = "main.c", profile=False
+):
     """firmware.elf for `board`: deploy/mcu's startup and `main` (main.c for a window
-    model, stream_main.c for a stream step) over the library, with the per-kernel
-    profile (MSCNN_PROFILE: model.c recompiled with its marks, profile.c)."""
+    model, stream_main.c for a stream step) over the library; with `profile`,
+    firmware-profile.elf, which also prints the per-kernel profile (MSCNN_PROFILE:
+    model.c recompiled with its marks, profile.c)."""
     gcc = check_tool("arm-none-eabi-gcc")
-    objects = []
-    sources = [FIRMWARE_DIR / n for n in (*FIRMWARE_SOURCES, main, PROFILE_SOURCE)]
-    for source in [*sources, out / "model.c"]:  # model.c again, with the profile's marks
-        obj = out / f"fw_{source.stem}.o"
-        flags = [*core.cflags, *CFLAGS, "-DMSCNN_PROFILE", "-I", str(out), "-I", str(FIRMWARE_DIR)]
+    objects, prefix = [], "fwp" if profile else "fw"
+    sources = [FIRMWARE_DIR / n for n in (*FIRMWARE_SOURCES, main)]
+    if profile:  # model.c again, with the profile's marks
+        sources += [FIRMWARE_DIR / PROFILE_SOURCE, out / "model.c"]
+    for source in sources:
+        obj = out / f"{prefix}_{source.stem}.o"
+        flags = [*core.cflags, *CFLAGS, *(["-DMSCNN_PROFILE"] if profile else [])]
+        flags += ["-I", str(out), "-I", str(FIRMWARE_DIR)]
         _run([gcc, *flags, "-c", str(source), "-o", str(obj)], f"compiling {source.name}")
         objects.append(str(obj))
-    elf = out / "firmware.elf"
+    elf = out / ("firmware-profile.elf" if profile else "firmware.elf")
     _run(
         [
             gcc,
@@ -189,7 +197,7 @@ def link_firmware(out: Path, core: Core, board: Board, library: Path, main: str 
             f"{board.name}.ld",
             f"-Wl,--defsym=__stack_size={STACK_BYTES}",
             "-Wl,--gc-sections",
-            f"-Wl,-Map={out / 'firmware.map'}",
+            f"-Wl,-Map={elf.with_suffix('.map')}",
             *objects,
             str(library),
             "-lm",
@@ -514,7 +522,7 @@ def build_mcu(
     clock = get_part(part or _part_for(b.core)).clock_hz
     per = (hop or samples) / fs  # seconds of ECG per counted run (a window, or one hop)
     speed = Speed(int(np.median(run.instructions or [0])), per, clock, run.peak_step_instructions)
-    profile, speed = _profile(run, lowered, out / "kernels.o", core, speed)
+    profile, speed = _profile(out, b, library, lowered, next(iter(inputs.values())), hop, speed)
     fits = _fits(footprint, core)
     _write_sample(out, inputs, sample)
     report = McuReport(
@@ -532,16 +540,25 @@ def build_mcu(
     return McuBuild(out, report)
 
 
-def _profile(run: QemuRun, lowered: Lowered, kernels_o: Path, core: Core, speed: Speed):
+def _profile(out: Path, board: Board, library: Path, lowered: Lowered, x, hop, speed: Speed):
     """(The per-kernel profile, the speed with its cycle estimate): each kernel call's
-    instructions (the firmware's SysTick marks), MACs (the int8 convs) and llvm-mca's
-    cycles per instruction on its innermost loop (compile/mcu/estimate.py)."""
+    instructions (firmware-profile.elf's SysTick marks, run on the first golden input
+    `x`), MACs (the int8 convs) and llvm-mca's cycles per instruction on its innermost
+    loop (compile/mcu/estimate.py). firmware.elf, proven and measured, has no marks."""
+    core = CORES[board.core]
+    main = "stream_main.c" if hop else "main.c"
+    elf = link_firmware(out, core, board, library, main, profile=True)
+    workdir = out / "qemu-profile"
+    if hop:
+        run = run_stream_firmware(elf, board, x[0], workdir)
+    else:
+        run = run_firmware(elf, board, x.reshape(1, -1), workdir)
     calls = lowered.program.calls
     if run.profile is None or len(run.profile) != len(calls):
         log.warning("mcu: the firmware printed no per-kernel profile; none in the report")
         return None, speed
     macs = kernel_macs(lowered)
-    loops = kernel_loops(kernels_o, [c.kernel for c in calls], core.tvm)
+    loops = kernel_loops(out / "kernels.o", [c.kernel for c in calls], core.tvm)
     profile = tuple(
         McuKernel(
             k, c.kernel, round(n), macs.get(c.kernel),
