@@ -82,9 +82,9 @@ tflm: $(STAMP) $(TFLM_STAMP)
 # Cross toolchains and qemu-user (Debian packages), installed when run as root; and
 # libsodium (the native runner's signature checks, linked statically) for each runner
 # architecture, the ARM ones through Debian's multiarch (dpkg --add-architecture).
-APT_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm \
+APT_PACKAGES := g++ g++-aarch64-linux-gnu g++-arm-linux-gnueabihf qemu-user gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm llvm \
                 libsodium-dev libsodium-dev:arm64 libsodium-dev:armhf
-TOOLS        := g++ aarch64-linux-gnu-g++ arm-linux-gnueabihf-g++ qemu-aarch64 qemu-arm arm-none-eabi-gcc qemu-system-arm
+TOOLS        := g++ aarch64-linux-gnu-g++ arm-linux-gnueabihf-g++ qemu-aarch64 qemu-arm arm-none-eabi-gcc qemu-system-arm llvm-mca
 LIBRARIES    := /usr/include/sodium.h /usr/lib/x86_64-linux-gnu/libsodium.a \
                 /usr/lib/aarch64-linux-gnu/libsodium.a /usr/lib/arm-linux-gnueabihf/libsodium.a
 TOOLCHAINS   := $(VENV)/.toolchains

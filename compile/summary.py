@@ -77,8 +77,11 @@ def print_mcu_table(reports: list[tuple[Path, McuReport]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="Cortex-M builds under qemu (speed: instruction count, an estimate)")
-    for column in ("build", "flash KiB (code + weights)", "RAM KiB", "M instr/s", "load"):
+    table = Table(
+        title="Cortex-M builds under qemu (load: by instruction count; by llvm-mca cycles)"
+    )
+    columns = ("build", "flash KiB (code + weights)", "RAM KiB", "M instr/s", "instr/MAC")
+    for column in (*columns, "load: instr; cycles"):
         table.add_column(column, no_wrap=True)
     table.add_column("fits")
     table.add_column("parity")
@@ -94,10 +97,13 @@ def print_mcu_table(reports: list[tuple[Path, McuReport]]) -> None:
             f"{fp.flash / 1024:.0f} ({fp.flash_code / 1024:.0f} + {fp.flash_weights / 1024:.0f})",
             f"{fp.ram / 1024:.0f}",
             f"{speed.instructions_per_second / 1e6:.1f}",
-            f"{100 * speed.cpu_load:.0f}% @ {speed.clock_hz / 1e6:g} MHz",
+            f"{speed.instructions / r.macs:.2f}" if r.macs else "-",
+            f"{100 * speed.cpu_load:.0f}%"
+            + (f"; {100 * speed.cycle_load:.0f}%" if speed.cycles is not None else "")
+            + f" @ {speed.clock_hz / 1e6:g} MHz",
             ", ".join(name for name, fit in r.fits.items() if fit.fits) or "none",
             parity,
         )
     console = Console()
-    console.width = max(console.width, 150)
+    console.width = max(console.width, 170)
     console.print(table)

@@ -142,6 +142,12 @@ def describe_mcu(folder: Path) -> list[tuple[str, str]]:
         s = r.stream
         text = f"state {s.state_bytes / kib:.1f} KiB, look-ahead {s.look_ahead} samples"
         lines.insert(3, ("stream", f"{text}, flush {s.flush_steps} steps"))
+    if speed.cycles is not None:
+        lines.insert(-2, ("cycles", f"{speed.cycles / speed.window_seconds / 1e6:.1f} M per s "
+                                    f"of ECG, {100 * speed.cycle_load:.1f}% at "
+                                    f"{speed.clock_hz / 1e6:g} MHz (estimate: "
+                                    f"{speed.cycle_method})"))  # fmt: skip
+    lines += _profile_lines(r)
     if r.beats_equal is not None:
         lines.append(("beats", "the reference's" if r.beats_equal else "DIFFER"))
     if r.fs is not None:
@@ -149,6 +155,29 @@ def describe_mcu(folder: Path) -> list[tuple[str, str]]:
         if r.input_fs is not None:
             rate += f"; the sensor's {r.input_fs} Hz resampled on the device, beats in its clock"
         lines.insert(3, ("rate", rate))
+    return lines
+
+
+PROFILE_SHOWN = 3  # `deploy info` lists this many of the costliest kernels
+
+
+def _profile_lines(r: McuReport) -> list[tuple[str, str]]:
+    """The per-kernel profile's summary and its costliest kernels, or nothing."""
+    if not r.profile:
+        return []
+    speed, per = r.speed, "step" if r.hop else "window"
+    total = f"{len(r.profile)} kernel calls per {per}"
+    if r.macs:
+        total += f", {r.macs / 1e6:.2f} M MACs, {speed.instructions / r.macs:.2f} instructions/MAC"
+    lines = [("kernels", total)]
+    for k in sorted(r.profile, key=lambda k: -k.instructions)[:PROFILE_SHOWN]:
+        text = f"{k.kernel}: {k.instructions / 1e6:.2f} M instructions "
+        text += f"({100 * k.instructions / speed.instructions:.1f}%)"
+        if k.macs:
+            text += f", {k.macs / 1e6:.2f} M MACs, {k.instructions_per_mac:.2f}/MAC"
+        if k.cycles_per_instruction is not None:
+            text += f", {k.cycles_per_instruction:.2f} cycles/instruction"
+        lines.append(("", text))
     return lines
 
 

@@ -864,6 +864,9 @@ class McuSpeed:
     window_seconds: float  # seconds of ECG those instructions process (window or hop)
     clock_hz: int
     peak_instructions: int | None = None  # a stream: its slowest step (latency)
+    # The core's pipeline model (compile/mcu/estimate.py); older reports lack them: None.
+    cycles: int | None = None  # estimated cycles per window or step
+    cycle_method: str | None = None  # how they were estimated
 
     @property
     def instructions_per_second(self) -> float:
@@ -874,6 +877,27 @@ class McuSpeed:
     def cpu_load(self) -> float:
         """Share of the core's cycles that real time takes (estimate; < 1 keeps up)."""
         return self.instructions_per_second / self.clock_hz
+
+    @property
+    def cycle_load(self) -> float | None:
+        """The same share from the cycle estimate (None without one)."""
+        return None if self.cycles is None else self.cycles / self.window_seconds / self.clock_hz
+
+
+@dataclass(frozen=True)
+class McuKernel:
+    """One kernel call of a Cortex-M build's per-kernel profile (its firmware's SysTick
+    read before each call under qemu -icount), per window or stream step."""
+
+    call: int  # its place in the entry point's call sequence
+    kernel: str
+    instructions: int  # qemu's count, to SysTick's resolution (one tick: tens of them)
+    macs: int | None  # multiply-accumulates it computes (int8 convs); None: not known
+    cycles_per_instruction: float | None  # llvm-mca on its innermost loop; None: not timed
+
+    @property
+    def instructions_per_mac(self) -> float | None:
+        return self.instructions / self.macs if self.macs else None
 
 
 @dataclass(frozen=True)
@@ -936,6 +960,12 @@ class McuReport:
     # a stream build for a sensor at another rate (compile mcu --input-fs): the rate its
     # firmware takes and resamples to `fs`; beats are in its clock. None: it takes `fs`
     input_fs: int | None = None
+    profile: tuple[McuKernel, ...] | None = None  # per kernel call; older reports: None
+
+    @property
+    def macs(self) -> int | None:
+        """Multiply-accumulates per window or step, from the profile (None without)."""
+        return sum(k.macs or 0 for k in self.profile) if self.profile else None
 
     def to_json(self) -> str:
         return json.dumps(_write_mcu(self), indent=2) + "\n"
@@ -966,6 +996,7 @@ def _write_mcu(r: McuReport) -> dict[str, Any]:
             **dict(vars(speed)),
             "instructions_per_second": speed.instructions_per_second,
             "cpu_load": speed.cpu_load,
+            "cycle_load": speed.cycle_load,
             "estimate": SPEED_ESTIMATE,
         },
         "parity": _write_verdict(r.parity),
@@ -975,7 +1006,13 @@ def _write_mcu(r: McuReport) -> dict[str, Any]:
         "firmware_beats_equal": r.firmware_beats_equal,
         "sample": {**dict(vars(r.sample)), "beats": list(r.sample.beats)} if r.sample else None,
         "input_fs": r.input_fs,
+        "macs": r.macs,
+        "profile": None if r.profile is None else [_write_kernel(k) for k in r.profile],
     }
+
+
+def _write_kernel(k: McuKernel) -> dict[str, Any]:
+    return {**dict(vars(k)), "instructions_per_mac": k.instructions_per_mac}
 
 
 def _read_mcu(root: _Obj) -> McuReport:
@@ -1010,6 +1047,23 @@ def _read_mcu(root: _Obj) -> McuReport:
         firmware_beats_equal=root.bool("firmware_beats_equal", optional=True),
         sample=_read_sample(sample) if sample else None,
         input_fs=root.int("input_fs", optional=True, minimum=1),
+        profile=_read_profile(root),
+    )
+
+
+def _read_profile(root: _Obj) -> tuple[McuKernel, ...] | None:
+    if root.data.get("profile") is None:
+        return None
+    rows = [_Obj(row, root.where, f"profile[{i}]") for i, row in enumerate(root.list("profile"))]
+    return tuple(
+        McuKernel(
+            r.int("call"),
+            r.str("kernel"),
+            r.int("instructions"),
+            r.int("macs", optional=True),
+            r.number("cycles_per_instruction", optional=True),
+        )
+        for r in rows
     )
 
 
@@ -1032,6 +1086,8 @@ def _read_speed(s: _Obj) -> McuSpeed:
         seconds,
         s.int("clock_hz", minimum=1),
         s.int("peak_instructions", optional=True),
+        s.int("cycles", optional=True),
+        s.str("cycle_method", optional=True),
     )
 
 

@@ -65,6 +65,7 @@ from .quantize import RANGES, QConv, QuantizedModel, check_calibration
 
 log = logging.getLogger(__name__)
 
+MACS_ATTR = "mscnn.macs"  # a conv kernel's multiply-accumulates per call (PrimFunc attr)
 STACK_BYTES = 1024  # TVM's kMaxStackAlloca: larger per-tile buffers go to the heap
 
 # The x86-64 target with AVX-512 VNNI (Cascade Lake, Ice Lake, Zen 4 and newer). The
@@ -143,8 +144,10 @@ ISAS: dict[str, Isa] = {
             "dsp",
             "dsp",
             CORTEX_M,
-            Dot(1, 2, "int16", "int16", "mscnn_smlad", registers=8),
-            Dot(1, 2, "int16", "int16", "mscnn_smlad", registers=8),
+            # 2 x 2 tiles: 4 accumulators and 4 operand words stay in the core's 13 free
+            # registers (each loaded word feeds two smlad); a 4 x 2 tile spills them
+            Dot(1, 2, "int16", "int16", "mscnn_smlad", registers=4),
+            Dot(1, 2, "int16", "int16", "mscnn_smlad", registers=4),
             "smlad",
             parallel=False,
         ),
@@ -590,6 +593,12 @@ class ConvKernel:
         ]
         return out + ([self.lut] if self.lut is not None else [])
 
+    @property
+    def macs(self) -> int:
+        """The multiply-accumulates one call computes (the model's, not the padding's)."""
+        f, cg, k = self.conv.weight.shape
+        return self.batch * self.length * f * cg * k
+
     def output(self) -> tuple[tuple[int, ...], str]:
         if self.classes is not None:
             return (self.batch, self.length, self.classes), "float32"
@@ -690,11 +699,14 @@ def _epilogue(kc: ConvKernel, acc, bias):
     return [mul, rnd, sh, lut], out
 
 
-def _tile(length: int, vectors: int, budget: int, pool: int = 1) -> tuple[int, int]:
+def _tile(
+    length: int, vectors: int, budget: int, pool: int = 1, serial: bool = False
+) -> tuple[int, int]:
     """(time steps, channel vectors) of the register tile: the most accumulators within
     `budget` from divisors of the length and vector count (no tails, no predicates), the
     squarer of equals (fewest loads per instruction). With a fused `pool` the time steps
-    are whole pooling windows."""
+    are whole pooling windows. `serial` (one thread): at least two time steps, beyond
+    the budget if the length has no smaller divisor."""
     options = [
         (tt, fv)
         for tt in range(pool, 17, pool)
@@ -702,7 +714,10 @@ def _tile(length: int, vectors: int, budget: int, pool: int = 1) -> tuple[int, i
         for fv in range(1, 5)
         if vectors % fv == 0 and tt * fv <= budget
     ]
-    return max(options, key=lambda o: (o[0] * o[1], -(o[0] + o[1])))
+    several = [o for o in options if o[0] > 1] if serial else []
+    if serial and not several and length > 1:  # the serial epilogue needs a time loop
+        several = [(next(t for t in range(max(2, pool), length + 1) if length % t == 0), 1)]
+    return max(several or options, key=lambda o: (o[0] * o[1], -(o[0] + o[1])))
 
 
 def _pad_chunk(sch, to, tt: int, kc: ConvKernel):
@@ -729,7 +744,7 @@ def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
     # keeps it in registers) only below 1 KiB; larger ones become a heap workspace
     # allocated, zeroed and freed in every tile.
     budget = min(dot.registers, (STACK_BYTES - 1) // (4 * dot.lanes))
-    tt, fv = _tile(kc.length, kc.padded_out // dot.lanes, budget, kc.pool)
+    tt, fv = _tile(kc.length, kc.padded_out // dot.lanes, budget, kc.pool, not parallel)
     to, ti = sch.split(i, [None, tt])
     fo, fu, fi = sch.split(f, [None, fv, dot.lanes])
     # One thread (a microcontroller): time tiles outermost, so that the padded input is
@@ -1076,6 +1091,7 @@ class Builder:
         from tvm import te
 
         func = _schedule_conv(te.create_prim_func(_conv_te(kc)), kc, self.isa.parallel)
+        func = func.with_attr(MACS_ATTR, kc.macs)  # the per-kernel profile's MACs
         return self.call(name, func, [h, *kc.constants()], *kc.output())
 
     def branch(self, b: int, branch, h, length: int, channels: int):

@@ -97,6 +97,19 @@ class Program:
         return tuple(dict.fromkeys(c.kernel for c in self.calls))
 
 
+def kernel_macs(lowered: Lowered) -> dict[str, int]:
+    """The multiply-accumulates per call of each kernel that states them (the int8 convs:
+    compile/int8/kernels.py's MACS_ATTR), by name."""
+    from ..int8.kernels import MACS_ATTR
+
+    out = {}
+    for gv, func in lowered.kernels.functions.items():
+        macs = func.attrs.get(MACS_ATTR) if func.attrs is not None else None
+        if macs is not None:
+            out[gv.name_hint] = int(macs)
+    return out
+
+
 def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
@@ -625,15 +638,37 @@ def emit_c(program: Program, workspace_bytes: int, header: str = "model.h") -> s
         out.append(f"int32_t __tvm_ffi_{kernel}(void*, const mscnn_any_t*, int32_t, mscnn_any_t*);")
     for k, _, _, anys in calls:
         out.append(f"static const mscnn_any_t mscnn_a{k}[] = {{{anys}}};")
+    out.append(_PROFILE.format(calls=len(calls)))
     out.append("\nstatic int mscnn_call(void) {\n  mscnn_any_t result;")
     for k, kernel, n, _ in calls:
         out.append(
-            f"  result.type_index = 0;\n"
+            f"  MSCNN_MARK({k});\n  result.type_index = 0;\n"
             f"  if (__tvm_ffi_{kernel}(NULL, mscnn_a{k}, {n}, &result) != 0) "
             "return MSCNN_E_KERNEL;"
         )
-    out.append("  return MSCNN_OK;\n}\n")
+    out.append(f"  MSCNN_MARK({len(calls)});\n  return MSCNN_OK;\n}}\n")
     return "\n".join(out)
+
+
+# The per-kernel profile, compiled in only with -DMSCNN_PROFILE (the proof firmware; the
+# library is built without it): SysTick (architectural on every Cortex-M, counting down
+# at the processor clock, 24 bits) read before each kernel call, the ticks since the
+# last mark added to the call that ran. A call must take under 2^24 ticks.
+_PROFILE = """
+#define MSCNN_CALLS {calls}u
+#ifdef MSCNN_PROFILE
+uint32_t mscnn_profile_ticks[MSCNN_CALLS];
+const uint32_t mscnn_profile_calls = MSCNN_CALLS;
+static uint32_t mscnn_profile_last;
+static void mscnn_mark(uint32_t k) {{
+  uint32_t now = *(volatile const uint32_t*)0xE000E018u; /* SYST_CVR */
+  if (k > 0u) mscnn_profile_ticks[k - 1u] += (mscnn_profile_last - now) & 0xFFFFFFu;
+  mscnn_profile_last = now;
+}}
+#define MSCNN_MARK(k) mscnn_mark(k)
+#else
+#define MSCNN_MARK(k) ((void)0)
+#endif"""
 
 
 _ERROR_CODES = """

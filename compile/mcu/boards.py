@@ -209,6 +209,8 @@ PARTS: dict[str, Part] = {
 TOOLS = {
     "arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
     "qemu-system-arm": "qemu-system-arm",
+    "arm-none-eabi-objdump": "binutils-arm-none-eabi",
+    "llvm-mca": "llvm",  # the cycle estimate (compile/mcu/estimate.py)
 }
 
 

@@ -22,6 +22,8 @@ under qemu-system-arm.
                       for bit against the int8 reference), the detector's beats;
                       the firmware's own R-peaks (deploy/mcu/rpeaks.c) against the
                       reference rule's; instructions counted (-icount), stack painted;
+                      the per-kernel profile (firmware-profile.elf, SysTick marks) and
+                      llvm-mca's cycle estimate (compile/mcu/estimate.py);
                       the report (mcu.json) typed by deploy.manifest.McuReport
 
 Cores, boards and parts are data (compile/mcu/boards.py). A window model or a streaming
@@ -43,7 +45,14 @@ from typing import Any
 import numpy as np
 
 from deploy.describe import MCU_REPORT
-from deploy.manifest import MCU_PRECISIONS, McuReport, McuSample, PartFit, StreamFacts
+from deploy.manifest import (
+    MCU_PRECISIONS,
+    McuKernel,
+    McuReport,
+    McuSample,
+    PartFit,
+    StreamFacts,
+)
 from deploy.manifest import McuFootprint as Footprint
 from deploy.manifest import McuSpeed as Speed
 from deploy.resample import RatePair
@@ -61,10 +70,12 @@ from .aot import (
     emit_header,
     emit_stream_entry,
     emit_stream_header,
+    kernel_macs,
     lower,
     lower_module,
 )
 from .boards import BOARDS, CORES, PARTS, TOOLS, Board, Core, KiB, Part, get_board, get_part
+from .estimate import estimate_cycles, kernel_loops, method
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +97,7 @@ def check_tool(tool: str) -> str:
 # Step 3-5: C, fit, firmware
 
 FIRMWARE_SOURCES = ("startup.c", "semihost.c")  # and main.c or stream_main.c
+PROFILE_SOURCE = "profile.c"  # the proof firmware's per-kernel profile (not packaged)
 LIBRARY_SOURCES = ("mscnn_rt.c", "rpeaks.c")
 LIBRARY_HEADERS = ("mscnn_rt.h", "rpeaks.h")
 SAMPLE = "sample.f32"  # the first real record, as the example firmware reads it
@@ -163,20 +175,27 @@ def link_firmware(
     library: Path,
     main: str = "main.c",
     pair: RatePair | None = None,
+    profile: bool = False,
 ):
     """firmware.elf for `board`: deploy/mcu's startup and `main` (main.c for a window
     model, stream_main.c for a stream step) over the library; with the sensor-to-model
-    rate `pair`, a stream firmware that resamples (resample_taps.h written in `out`)."""
+    rate `pair`, a stream firmware that resamples (resample_taps.h written in `out`);
+    with `profile`, firmware-profile.elf, which also prints the per-kernel profile
+    (MSCNN_PROFILE: model.c recompiled with its marks, profile.c)."""
     gcc = check_tool("arm-none-eabi-gcc")
-    objects = []
-    flags = [*core.cflags, *CFLAGS, "-I", str(out), "-I", str(FIRMWARE_DIR)]
+    objects, prefix = [], "fwp" if profile else "fw"
     extra = rates.firmware_sources(out, pair)  # none without resampling
-    flags += ["-DMSCNN_RESAMPLE"] if extra else []
-    for name in (*FIRMWARE_SOURCES, *extra, main):
-        obj = out / f"fw_{Path(name).stem}.o"
-        _run([gcc, *flags, "-c", str(FIRMWARE_DIR / name), "-o", str(obj)], f"compiling {name}")
+    sources = [FIRMWARE_DIR / n for n in (*FIRMWARE_SOURCES, *extra, main)]
+    if profile:  # model.c again, with the profile's marks
+        sources += [FIRMWARE_DIR / PROFILE_SOURCE, out / "model.c"]
+    for source in sources:
+        obj = out / f"{prefix}_{source.stem}.o"
+        flags = [*core.cflags, *CFLAGS, *(["-DMSCNN_PROFILE"] if profile else [])]
+        flags += ["-DMSCNN_RESAMPLE"] if extra else []
+        flags += ["-I", str(out), "-I", str(FIRMWARE_DIR)]
+        _run([gcc, *flags, "-c", str(source), "-o", str(obj)], f"compiling {source.name}")
         objects.append(str(obj))
-    elf = out / "firmware.elf"
+    elf = out / ("firmware-profile.elf" if profile else "firmware.elf")
     _run(
         [
             gcc,
@@ -189,7 +208,7 @@ def link_firmware(
             f"{board.name}.ld",
             f"-Wl,--defsym=__stack_size={STACK_BYTES}",
             "-Wl,--gc-sections",
-            f"-Wl,-Map={out / 'firmware.map'}",
+            f"-Wl,-Map={elf.with_suffix('.map')}",
             *objects,
             str(library),
             "-lm",
@@ -324,6 +343,7 @@ _RUN_LINE = re.compile(r"mscnn run index=(\d+) rc=(\d+)(?: ticks=(\d+) ticks_hi=
 _CALIBRATION = re.compile(r"mscnn calibration instructions=(\d+) ticks=(\d+)")
 _DONE = re.compile(r"mscnn done records=(\d+) stack_peak=(\d+) stack_size=(\d+)")
 _BEAT = re.compile(r"mscnn beat(?: record=(\d+))? sample=(\d+)")
+_PROFILE = re.compile(r"mscnn profile call=(\d+) ticks=(\d+)")
 
 
 @dataclass(frozen=True)
@@ -339,6 +359,8 @@ class QemuRun:
     peak_step_instructions: int | None = None  # a stream: its slowest step
     # the detector's firmware: the R-peaks it printed, per record (deploy/mcu/rpeaks.c)
     beats: tuple[tuple[int, ...], ...] | None = None
+    # the profile: instructions of each kernel call per record (a stream: per step)
+    profile: tuple[float, ...] | None = None
 
 
 def parse_beats(log: str, records: int) -> tuple[tuple[int, ...], ...] | None:
@@ -388,6 +410,10 @@ def _parse_run(status: int, log: str, workdir: Path) -> QemuRun:
     output = workdir / "output.f32"
     values = np.fromfile(output, dtype="<f4") if output.exists() else np.zeros(0, "<f4")
     ok = sum(rc == "0" for _, rc, _, _ in runs)
+    ticks_per_call = [int(t) for _, t in _PROFILE.findall(log)]
+    profile = None
+    if per_tick and ticks_per_call and ok:
+        profile = tuple(t * per_tick / ok for t in ticks_per_call)
     return QemuRun(
         status,
         tuple(int(rc) for _, rc, _, _ in runs),
@@ -396,6 +422,7 @@ def _parse_run(status: int, log: str, workdir: Path) -> QemuRun:
         int(done[2]) if done else None,
         log,
         beats=parse_beats(log, ok),
+        profile=profile,
     )
 
 
@@ -418,6 +445,7 @@ def run_stream_firmware(
     steps, rc, ticks, hi, worst = (int(v) for v in line.groups())
     per_tick = int(calibration[1]) / int(calibration[2])
     values = np.fromfile(workdir / "output.f32", dtype="<f4")
+    ticks_per_call = [int(t) for _, t in _PROFILE.findall(run.log)]
     return dataclasses.replace(
         run,
         codes=(rc,),
@@ -425,6 +453,7 @@ def run_stream_firmware(
         instructions=(round((ticks + (hi << 32)) * per_tick / steps),),
         peak_step_instructions=round(worst * per_tick),
         beats=parse_beats(run.log, 1),
+        profile=tuple(t * per_tick / steps for t in ticks_per_call) or None,
     )
 
 
@@ -494,7 +523,8 @@ def build_mcu(
     qm, isa = _quantized(model, leads, precision, weights, core)
     inputs, expected = _golden(model, leads, samples, fs, records, seed, qm, pair)
     rule = rpeak_rule(model, fs)
-    library, facts = _build_library(model, core, samples, out, budget, hop, qm, isa, fs, rule)
+    built = _build_library(model, core, samples, out, budget, hop, qm, isa, fs, rule)
+    library, facts, lowered = built
     elf = link_firmware(out, core, b, library, "stream_main.c" if hop else "main.c", pair)
     check_fit(footprint_of(elf), budget, "the firmware")
     run = _prove(elf, b, inputs, out / "qemu", hop is not None)
@@ -504,12 +534,15 @@ def build_mcu(
     clock = get_part(part or _part_for(b.core)).clock_hz
     per = (hop or samples) / fs  # seconds of ECG per counted run (a window, or one hop)
     speed = Speed(int(np.median(run.instructions or [0])), per, clock, run.peak_step_instructions)
+    profile, speed = _profile(
+        out, b, library, lowered, next(iter(inputs.values())), hop, speed, pair
+    )
     fits = _fits(footprint, core)
     _write_sample(out, inputs, sample)
     report = McuReport(
         b.name, core.name, precision, weights if precision == "int8" else None, samples, hop,
         facts, footprint, speed, verdict(parity, f"qemu-system-arm -M {b.qemu_machine}"),
-        beats, fits, fs, own_beats, sample, pair.fs_in if pair else None,
+        beats, fits, fs, own_beats, sample, pair.fs_in if pair else None, profile,
     )  # fmt: skip
     (out / REPORT).write_text(report.to_json())
     if not parity.passed or beats is False or own_beats is False:
@@ -519,6 +552,39 @@ def build_mcu(
             f"(see {out / REPORT})"
         )
     return McuBuild(out, report)
+
+
+def _profile(
+    out: Path, board: Board, library: Path, lowered: Lowered, x, hop, speed: Speed, pair=None
+):
+    """(The per-kernel profile, the speed with its cycle estimate): each kernel call's
+    instructions (firmware-profile.elf's SysTick marks, run on the first golden input
+    `x`), MACs (the int8 convs) and llvm-mca's cycles per instruction on its innermost
+    loop (compile/mcu/estimate.py). firmware.elf, proven and measured, has no marks."""
+    core = CORES[board.core]
+    main = "stream_main.c" if hop else "main.c"
+    elf = link_firmware(out, core, board, library, main, pair, profile=True)
+    workdir = out / "qemu-profile"
+    if hop:
+        run = run_stream_firmware(elf, board, x[0], workdir)
+    else:
+        run = run_firmware(elf, board, x.reshape(1, -1), workdir)
+    calls = lowered.program.calls
+    if run.profile is None or len(run.profile) != len(calls):
+        log.warning("mcu: the firmware printed no per-kernel profile; none in the report")
+        return None, speed
+    macs = kernel_macs(lowered)
+    loops = kernel_loops(out / "kernels.o", [c.kernel for c in calls], core.tvm)
+    profile = tuple(
+        McuKernel(
+            k, c.kernel, round(n), macs.get(c.kernel),
+            round(loops[c.kernel].cycles_per_instruction, 4) if c.kernel in loops else None,
+        )
+        for k, (c, n) in enumerate(zip(calls, run.profile, strict=True))
+    )  # fmt: skip
+    pairs = [(k.instructions, k.cycles_per_instruction) for k in profile]
+    cycles = round(estimate_cycles(speed.instructions, pairs))
+    return profile, dataclasses.replace(speed, cycles=cycles, cycle_method=method(core.tvm))
 
 
 def _model_facts(loaded) -> tuple[Any, int, tuple[str, ...]]:
@@ -585,7 +651,13 @@ def _prove(elf: Path, board: Board, inputs: dict, workdir: Path, stream: bool) -
         "".join(r.log for r in runs),
         max(r.peak_step_instructions or 0 for r in runs),
         None if any(r.beats is None for r in runs) else tuple(r.beats[0] for r in runs),
+        None if any(r.profile is None for r in runs) else _mean(r.profile for r in runs),
     )
+
+
+def _mean(rows) -> tuple[float, ...]:
+    """The per-call figures of several runs, averaged call by call."""
+    return tuple(float(v) for v in np.mean(np.array(list(rows), dtype=np.float64), axis=0))
 
 
 def _part_for(core: str) -> str:
@@ -661,7 +733,7 @@ def _build_library(
     write_c(lowered, kernels, out, facts, fs, rule)
     library = compile_library(out, core, kernels)
     check_fit(library_footprint(library, STACK_BYTES), budget, what)
-    return library, facts
+    return library, facts, lowered
 
 
 def _int8_program(model, qm, core: Core, samples: int, hop: int | None, isa: str):

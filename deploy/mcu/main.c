@@ -24,6 +24,10 @@
 #include "model.h"
 #include "semihost.h"
 
+#ifdef MSCNN_PROFILE
+void mscnn_profile_print(void);
+#endif
+
 #ifdef MSCNN_RPEAK_THRESHOLD /* the QRS detector: one logit per frame */
 #include "rpeaks.h"
 
@@ -167,6 +171,9 @@ int main(void) {
   }
   sh_close(in);
   sh_close(out);
+#ifdef MSCNN_PROFILE
+  mscnn_profile_print(); /* profile.c: ticks per kernel call */
+#endif
   uint64_t calibration = calibrate();
   sh_print("mscnn calibration");
   sh_print_kv("instructions", 2u * CALIBRATION_LOOPS);

@@ -34,6 +34,10 @@
 #define BEAT_SAMPLE(s) (s)
 #endif
 
+#ifdef MSCNN_PROFILE
+void mscnn_profile_print(void);
+#endif
+
 #ifdef MSCNN_RPEAK_THRESHOLD /* the QRS detector: one logit per frame */
 #include "rpeaks.h"
 
@@ -207,6 +211,9 @@ int main(void) {
   int rc = bytes > 0 && bytes % row == 0 ? stream(in, out, samples) : MSCNN_E_LENGTH;
   sh_close(in);
   sh_close(out);
+#ifdef MSCNN_PROFILE
+  mscnn_profile_print(); /* profile.c: ticks per kernel call */
+#endif
   uint64_t calibration = calibrate();
   sh_print("mscnn calibration");
   sh_print_kv("instructions", 2u * CALIBRATION_LOOPS);

@@ -15,6 +15,7 @@ import torch
 import mscnn
 from compile.errors import CompileError
 from compile.int8 import quantize
+from compile.mcu import estimate
 from compile.mcu import firmware as mcu
 from compile.mcu.package import package_mcu
 from deploy.errors import DeployError
@@ -331,6 +332,76 @@ def test_stream_states_are_updated_in_place(m7_int8_stream):
     assert m7_int8_stream.footprint.ram_arena < 130 * 1024  # 153 KiB with copies
 
 
+def test_per_kernel_profile_and_cycle_estimate(m7_int8_stream, qdetector):
+    """mcu.json's profile: one row per kernel call of model.c, in order, whose
+    instructions add up to the step's; MACs on the conv kernels (12.65 M per 0.4 s hop);
+    llvm-mca's ratio on each kernel's innermost loop, and the estimate their sum."""
+    built = m7_int8_stream
+    report = McuReport.from_json((built.folder / mcu.REPORT).read_bytes())
+    assert report == built.report and report.profile is not None
+    calls = re.findall(r"__tvm_ffi_(\w+)\(NULL", (built.folder / "model.c").read_text())
+    assert [k.kernel for k in report.profile] == calls
+    assert [k.call for k in report.profile] == list(range(len(calls)))
+    covered = sum(k.instructions for k in report.profile)
+    assert 0.99 * built.speed.instructions <= covered <= built.speed.instructions
+    # the MAC kernels are the model's convs and linears, in order: each one's MACs are
+    # its weights' f x c x k products for each of its frames in the step (at most a hop)
+    layers = [c for branch in qdetector.branches for block in branch for c in block.convs]
+    layers += [lin.conv for lin in qdetector.head]
+    counted = [k for k in report.profile if k.macs is not None]
+    assert len(counted) == len(layers)
+    for k, conv in zip(counted, layers, strict=True):
+        size = int(np.prod(conv.weight.shape))
+        assert k.macs % size == 0 and 1 <= k.macs // size <= HOP, (k, conv.weight.shape)
+    assert 0.5 < built.speed.instructions / report.macs < 4
+    hottest = max(report.profile, key=lambda k: k.instructions)
+    assert hottest.macs and 0.3 < hottest.cycles_per_instruction < 3
+    pairs = [(k.instructions, k.cycles_per_instruction) for k in report.profile]
+    assert built.speed.cycles == round(estimate.estimate_cycles(built.speed.instructions, pairs))
+    assert "llvm-mca" in built.speed.cycle_method and "cortex-m7" in built.speed.cycle_method
+    # the M7 issues two instructions a cycle where it can: fewer cycles than instructions
+    assert built.speed.cycle_load < built.speed.cpu_load
+    loops = estimate.kernel_loops(
+        built.folder / "kernels.o", [hottest.kernel], mcu.CORES["cortex-m7"].tvm
+    )
+    assert any(line.startswith("smlad") for line in loops[hottest.kernel].lines)
+
+
+def _smlad_per_loaded_word(lines) -> list[int]:
+    """For each word the loop loads (ldr, ldrd), how many smlad multiply it before its
+    register is written again (the loop read as straight code)."""
+    uses, live = [], {}
+    for line in lines:
+        mnemonic, _, operands = line.partition(" ")
+        regs = re.findall(r"\b(r\d+|sl|fp|ip|lr)\b", operands)
+        if mnemonic == "smlad":
+            for r in set(regs[1:3]):
+                if r in live:
+                    uses[live[r]] += 1
+        for r in regs[:2] if mnemonic == "ldrd" else regs[:1]:  # written: end of its life
+            live.pop(r, None)
+            if mnemonic in ("ldr", "ldrd") and "[sp" not in operands:
+                live[r] = len(uses)
+                uses.append(0)
+    return uses
+
+
+def test_hottest_conv_reuses_each_loaded_word(m7_int8_stream):
+    """The smlad kernels' 2 x 2 register tiles, in the object code: in the inner loop of
+    the costliest conv, each loaded input or weight word feeds two smlad (one per output
+    channel, or per time step), and no accumulator is spilled to the stack."""
+    profile = m7_int8_stream.report.profile
+    hottest = max((k for k in profile if k.kernel.endswith("_conv")), key=lambda k: k.instructions)
+    tvm = mcu.CORES["cortex-m7"].tvm
+    lines = estimate.kernel_loops(m7_int8_stream.folder / "kernels.o", [hottest.kernel], tvm)[
+        hottest.kernel
+    ].lines
+    uses = _smlad_per_loaded_word(lines)
+    assert sum(line.startswith("smlad") for line in lines) >= 16
+    assert len(uses) >= 8 and sorted(uses)[len(uses) // 2] >= 2, uses
+    assert not [line for line in lines if line.startswith("str") and "[sp" in line]
+
+
 def test_int8_stream_equals_the_int8_reference_on_an_unseen_record(
     m7_int8_stream, qdetector, detector, tmp_path
 ):
@@ -472,7 +543,11 @@ def test_deploy_info_describes_a_cortex_m_build(m7_int8_stream, tmp_path, capsys
     assert main(["info", str(m7_int8_stream.folder)]) == 0
     out = capsys.readouterr().out
     assert "stream step, hop 200, int8 (int16 weights)" in out and "nrf52840: yes" in out
-    assert "estimate" in out and "beats   the reference's" in out
+    assert "estimate" in out and re.search(r"beats +the reference's", out)
+    # the cycle estimate and the three costliest kernels of the profile
+    assert "% at 480 MHz (estimate: llvm-mca" in out and "instructions/MAC" in out
+    kernels = out.split("kernels", 1)[1].split("beats", 1)[0].strip().splitlines()[1:]
+    assert len(kernels) == 3 and all("M instructions" in k and "/MAC" in k for k in kernels)
     # a tampered report is one clear line, not a traceback
     report = (m7_int8_stream.folder / mcu.REPORT).read_text()
     (tmp_path / mcu.REPORT).write_text(report.replace('"weights": "int16"', '"weights": null'))

@@ -23,6 +23,7 @@ from deploy.manifest import (
     Manifest,
     ManifestError,
     McuFootprint,
+    McuKernel,
     McuReport,
     McuSample,
     McuSpeed,
@@ -477,6 +478,42 @@ def test_mcu_report_carries_regions_the_rate_and_the_sample_and_reads_older_ones
     assert old.fits["stm32h7"] == PartFit(True, 0.5, 0.6)
     data["sample"] = {"record": "r", "samples": 10, "beats": [1, -2]}
     with pytest.raises(ManifestError, match="'sample.beats' must be a list of sample indices"):
+        McuReport.from_json(json.dumps(data))
+
+
+def test_mcu_report_carries_the_profile_and_the_cycle_estimate_and_reads_older_ones(
+    tmp_path, capsys
+):
+    from deploy.cli import main
+
+    speed = McuSpeed(20787293, 0.4, 480_000_000, 20816161, 15_000_000, "llvm-mca, cortex-m7")
+    profile = (
+        McuKernel(0, "quantize", 1000, None, 1.0),
+        McuKernel(1, "branch0_op1_conv", 3_000_000, 2_000_000, 0.7),
+        McuKernel(2, "clf_lin0", 1_500_000, 1_000_000, None),
+        McuKernel(3, "branch0_op2_pool", 2_000_000, None, 0.8),
+        McuKernel(4, "branch0_op3_conv", 500_000, 250_000, 0.9),
+    )
+    r = mcu_sample(speed=speed, profile=profile)
+    assert McuReport.from_json(r.to_json()) == r
+    data = json.loads(r.to_json())
+    assert data["macs"] == 3_250_000 and data["profile"][1]["instructions_per_mac"] == 1.5
+    assert data["speed"]["cycle_load"] == pytest.approx(15e6 / 0.4 / 480e6)
+    (tmp_path / "mcu.json").write_text(r.to_json())
+    assert main(["info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "5 kernel calls per step, 3.25 M MACs, 6.40 instructions/MAC" in out
+    assert "cycles   37.5 M per s of ECG, 7.8% at 480 MHz (estimate: llvm-mca" in out
+    shown = [line.split(":")[0].strip() for line in out.splitlines() if "M instructions (" in line]
+    assert shown == ["branch0_op1_conv", "branch0_op2_pool", "clf_lin0"]  # the costliest 3
+    for key in ("profile", "macs"):
+        del data[key]
+    for key in ("cycles", "cycle_method", "cycle_load"):
+        del data["speed"][key]
+    old = McuReport.from_json(json.dumps(data))
+    assert old.profile is None and old.speed.cycles is None and old.speed.cycle_load is None
+    data["profile"] = [{"call": 0, "kernel": "k", "instructions": -1}]
+    with pytest.raises(ManifestError, match="'profile\\[0\\].instructions' must be"):
         McuReport.from_json(json.dumps(data))
 
 
