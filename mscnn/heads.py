@@ -52,10 +52,21 @@ from torch import Tensor, nn
 from .config import ACTIVATIONS, ModelSpec, as_list, choice, plain, positive_int, resolve_config
 from .errors import MscnnError
 from .model import MultiScopicCNN, check_lead_indices, scale_config
+from .recurrent import (
+    GcSpec,
+    GlobalContext,
+    LstmSpec,
+    NlSpec,
+    NonLocal,
+    StackedLstm,
+    resolve_gc,
+    resolve_lstm,
+    resolve_nl,
+)
 
 CNN_NAMES = ("multi_scopic", "multi_scopic_leadwise")
-RNN_NAMES = ("none",)
-ATTN_NAMES = ("none", "se")
+RNN_NAMES = ("none", "lstm", "linear")
+ATTN_NAMES = ("none", "se", "gc", "nl")
 CRNN_POOLS = ("max", "avg")
 
 # torch_ecg 0.0.33's defaults for the keys a config may leave out (its ECG_CRNN_CONFIG,
@@ -67,19 +78,36 @@ _SE_DEFAULTS = {
     "bias": True,
     "dropouts": 0.0,
 }
+_LINEAR_DEFAULTS = {"out_channels": [256, 64], "bias": True, "dropouts": 0.2, "activation": "mish"}
+_GC_DEFAULTS = {"ratio": 4, "reduction": True, "pooling_type": "attn", "fusion_types": ["mul"]}
+_NL_DEFAULTS = {
+    "filter_lengths": {"g": 1, "phi": 1, "theta": 1, "W": 1},
+    "subsample_length": 2,
+    "batch_norm": True,
+}
+_ATTN_DEFAULTS = {"se": _SE_DEFAULTS, "gc": _GC_DEFAULTS, "nl": _NL_DEFAULTS}
+_LSTM_DEFAULTS = {"bias": True, "bidirectional": True, "retseq": True}
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "ECG_CRNN": {
         "fs": 500,
-        "rnn": {"name": "none"},
-        "attn": {"name": "se", "se": _SE_DEFAULTS},
+        "rnn": {
+            "name": "none",
+            "lstm": {**_LSTM_DEFAULTS, "dropouts": 0.2, "hidden_sizes": [192, 192]},
+            "linear": _LINEAR_DEFAULTS,
+        },
+        "attn": {"name": "se", **_ATTN_DEFAULTS},
         "global_pool": "max",
         "global_pool_size": 1,
         "clf": {"out_channels": [1024], "activation": "mish", "bias": True, "dropouts": 0.2},
     },
     "ECG_SEQ_LAB_NET": {
         "fs": 500,
-        "rnn": {"name": "lstm"},
-        "attn": {"name": "se", "se": _SE_DEFAULTS},
+        "rnn": {
+            "name": "lstm",
+            "lstm": {**_LSTM_DEFAULTS, "dropouts": 0, "hidden_sizes": [256, 256]},
+            "linear": _LINEAR_DEFAULTS,
+        },
+        "attn": {"name": "se", **_ATTN_DEFAULTS},
         "global_pool": "none",
         "global_pool_size": 1,
         "recover_length": False,
@@ -109,6 +137,7 @@ class MlpSpec:
     kw_activation: Mapping[str, Any]
     bias: bool
     dropouts: tuple[float, ...]
+    last_activation: bool = False  # torch_ecg's MLP as `rnn` linear: activation after every layer
 
 
 @dataclass(frozen=True)
@@ -121,6 +150,8 @@ class HeadSpec:
     backbone: ModelSpec
     backbone_config: Mapping[str, Any] = field(compare=False)
     se: MlpSpec | None = None  # (channels -> channels // reduction -> channels)
+    rnn: LstmSpec | MlpSpec | None = None  # between the backbone and the attention
+    attention: GcSpec | NlSpec | None = None  # global context or non-local attention
     pool: str = "none"  # "none" (per frame), "max" or "avg" (over frames)
     pool_size: int = 1
     clf: MlpSpec | None = None
@@ -152,11 +183,16 @@ def resolve_head_config(
         )
     merged = _merge(_DEFAULTS[head], config)
     name, backbone, backbone_config = _resolve_cnn(in_channels, merged.get("cnn"))
-    _resolve_rnn(merged["rnn"])
+    rnn_config, rnn = _resolve_rnn(head, merged["rnn"], backbone.out_channels)
     channels = backbone.out_channels
-    attn, se = _resolve_attn(merged["attn"], channels)
+    if rnn is not None:
+        channels = rnn.out_features if isinstance(rnn, LstmSpec) else rnn.out_features[-1]
+    last_only = isinstance(rnn, LstmSpec) and not rnn.retseq
+    attn_config = merged["attn"] if not last_only else {"name": "none"}  # torch_ecg ignores it
+    attn, se, attention = _resolve_attn(attn_config, channels)
     pool, pool_size = _resolve_pool(head, merged)
-    clf_config, clf = _resolve_clf(merged["clf"], channels * pool_size, len(classes))
+    width = channels if last_only else channels * pool_size
+    clf_config, clf = _resolve_clf(merged["clf"], width, len(classes))
     recover = merged.get("recover_length", False)
     if not isinstance(recover, bool):
         raise MscnnError(f"config['recover_length']: expected true or false, got {recover!r}")
@@ -169,16 +205,18 @@ def resolve_head_config(
         classes,
         backbone,
         backbone_config,
-        se,
-        pool,
-        pool_size,
-        clf,
-        recover,
+        se=se,
+        pool=pool,
+        pool_size=pool_size,
+        clf=clf,
+        recover_length=recover,
+        rnn=rnn,
+        attention=attention,
     )
     canonical = {
         "fs": fs,
         "cnn": {"name": name, name: backbone_config},
-        "rnn": {"name": "none"},
+        "rnn": rnn_config,
         "attn": attn,
         "global_pool": pool,
         "global_pool_size": pool_size,
@@ -243,17 +281,53 @@ def _resolve_cnn(in_channels: Any, cnn: Any) -> tuple[str, ModelSpec, dict[str, 
     return name, backbone, canonical
 
 
-def _resolve_rnn(rnn: Any) -> None:
-    _name(_section(rnn, "config['rnn']"), "config['rnn']", RNN_NAMES)
+def _resolve_rnn(
+    head: str, rnn: Any, channels: int
+) -> tuple[dict[str, Any], LstmSpec | MlpSpec | None]:
+    rnn = _section(rnn, "config['rnn']")
+    name = _name(rnn, "config['rnn']", RNN_NAMES)
+    if name == "none":
+        return {"name": "none"}, None
+    where = f"config['rnn'][{name!r}]"
+    section = _section(rnn.get(name), where)
+    if name == "lstm":
+        config, spec = resolve_lstm(section, where, channels)
+        if head == "ECG_SEQ_LAB_NET" and not spec.retseq:
+            raise MscnnError(
+                f"{where}['retseq']: false keeps only the last frame, but ECG_SEQ_LAB_NET "
+                "labels every frame: use true (or ECG_CRNN to classify the window)"
+            )
+        return {"name": name, name: config}, spec
+    _check_keys(section, ("out_channels", "activation", "bias", "dropouts"), where)
+    widths = as_list(section["out_channels"], f"{where}['out_channels']")
+    widths = [positive_int(w, f"{where}['out_channels'][{i}]") for i, w in enumerate(widths)]
+    mlp = _mlp(section, where, channels, tuple(widths), {}, last_activation=True)
+    config = {
+        "out_channels": widths,
+        "activation": mlp.activation,
+        "bias": mlp.bias,
+        "dropouts": list(mlp.dropouts),
+    }
+    return {"name": name, name: config}, mlp
 
 
-def _resolve_attn(attn: Any, channels: int) -> tuple[dict[str, Any], MlpSpec | None]:
+def _resolve_attn(
+    attn: Any, channels: int
+) -> tuple[dict[str, Any], MlpSpec | None, GcSpec | NlSpec | None]:
     attn = _section(attn, "config['attn']")
     name = _name(attn, "config['attn']", ATTN_NAMES)
     if name == "none":
-        return {"name": "none"}, None
+        return {"name": "none"}, None, None
     where = f"config['attn'][{name!r}]"
-    se = _section(attn.get(name), where)
+    section = _section(attn.get(name), where)
+    if name in ("gc", "nl"):
+        config, spec = (resolve_gc if name == "gc" else resolve_nl)(section, where, channels)
+        return {"name": name, name: config}, None, spec
+    config, mlp = _resolve_se(section, where, channels)
+    return {"name": name, name: config}, mlp, None
+
+
+def _resolve_se(se: Mapping[str, Any], where: str, channels: int) -> tuple[dict, MlpSpec]:
     _check_keys(se, ("reduction", "activation", "kw_activation", "bias", "dropouts"), where)
     reduction = positive_int(se["reduction"], f"{where}['reduction']")
     mid = channels // reduction
@@ -280,7 +354,7 @@ def _resolve_attn(attn: Any, channels: int) -> tuple[dict[str, Any], MlpSpec | N
         "bias": mlp.bias,
         "dropouts": list(mlp.dropouts),
     }
-    return {"name": name, name: config}, mlp
+    return config, mlp
 
 
 def _resolve_pool(head: str, config: Mapping[str, Any]) -> tuple[str, int]:
@@ -330,7 +404,12 @@ def _check_keys(section: Mapping[str, Any], valid: Sequence[str], where: str) ->
 
 
 def _mlp(
-    section: Mapping[str, Any], where: str, in_features: int, out: tuple[int, ...], kw: dict
+    section: Mapping[str, Any],
+    where: str,
+    in_features: int,
+    out: tuple[int, ...],
+    kw: dict,
+    last_activation: bool = False,
 ) -> MlpSpec:
     act = section["activation"]
     choice(act, ACTIVATIONS, f"{where}['activation']")
@@ -349,7 +428,8 @@ def _mlp(
     for i, p in enumerate(dropouts):
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
             raise MscnnError(f"{where}['dropouts'][{i}]: expected a rate in [0, 1), got {p!r}")
-    return MlpSpec(in_features, out, act.lower(), kw, bias, tuple(float(p) for p in dropouts))
+    rates = tuple(float(p) for p in dropouts)
+    return MlpSpec(in_features, out, act.lower(), kw, bias, rates, last_activation)
 
 
 # --------------------------------------------------------------------------------------
@@ -365,7 +445,7 @@ class Mlp(nn.Sequential):
         last = len(spec.out_features) - 1
         for i, out in enumerate(spec.out_features):
             self.add_module(f"lin_{i}", nn.Linear(width, out, bias=spec.bias))
-            if i < last:
+            if i < last or spec.last_activation:
                 act = ACTIVATIONS[spec.activation](**spec.kw_activation)
                 self.add_module(f"act_{i}", act)
             if spec.dropouts[i] > 0:
@@ -421,8 +501,14 @@ class WholeModel(nn.Module):
         self.config: dict[str, Any] = canonical
         self.classes: list[str] = list(spec.classes)
         self.cnn = MultiScopicCNN(spec.in_channels, **spec.backbone_config)
-        self.attn = SqueezeExcitation(spec.se) if spec.se else nn.Identity()
+        self.rnn = _rnn_layer(spec.rnn)
+        self.attn = _attn_layer(spec)
         self.clf = Mlp(spec.clf)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Backbone, rnn, attention: (batch, channels, frames), or (batch, features) after
+        an LSTM with `retseq` false (its last frame)."""
+        return self.attn(self.rnn(self.cnn(x)))
 
     @property
     def in_channels(self) -> int:
@@ -456,8 +542,25 @@ class WholeModel(nn.Module):
         return macs * batch_size
 
     def _head_macs(self, frames: int) -> int:
-        se = self.attn.fc[0].count_macs(1) if self.spec.se else 0
-        return se + self.clf.count_macs(1 if self.spec.pool != "none" else frames)
+        spec = self.spec
+        se = self.attn.fc[0].count_macs(1) if spec.se else 0
+        if isinstance(spec.rnn, LstmSpec):
+            se += spec.rnn.count_macs(frames)
+        elif spec.rnn is not None:
+            se += self.rnn.count_macs(frames)
+        if isinstance(spec.attention, GcSpec):  # mask, context, the 1x1 convs
+            se += 2 * frames * spec.attention.channels
+            se += 2 * spec.attention.channels * spec.attention.mid * len(spec.attention.fusions)
+        elif isinstance(spec.attention, NlSpec):  # 1x1 projections and the frames^2 products
+            nl, sub = spec.attention, frames // spec.attention.subsample
+            se += frames * nl.channels * nl.mid * 2 + 2 * sub * nl.channels * nl.mid
+            se += 2 * frames * sub * nl.mid
+        rows = 1 if spec.pool != "none" or self._last_only else frames
+        return se + self.clf.count_macs(rows)
+
+    @property
+    def _last_only(self) -> bool:
+        return isinstance(self.spec.rnn, LstmSpec) and not self.spec.rnn.retseq
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, classes={self.classes}"
@@ -479,7 +582,7 @@ class ECG_SEQ_LAB_NET(WholeModel):
         return _frame_reduction(self.spec)
 
     def forward(self, x: Tensor) -> Tensor:
-        features = self.attn(self.cnn(x))  # (batch, channels, frames)
+        features = self.features(x)  # (batch, channels, frames)
         logits = self.clf(features.permute(0, 2, 1))  # (batch, frames, classes)
         return _recover(logits, x.shape[-1]) if self.spec.recover_length else logits
 
@@ -505,7 +608,9 @@ class ECG_CRNN(WholeModel):
         self.pool = pool(self.spec.pool_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        features = self.attn(self.cnn(x))  # (batch, channels, frames)
+        features = self.features(x)  # (batch, channels, frames)
+        if self._last_only:  # (batch, features): torch_ecg skips attention and pooling
+            return self.clf(features)
         pooled = self.pool(features).flatten(1)  # (batch, channels * pool_size), by channel
         return self.clf(pooled)  # (batch, classes)
 
@@ -517,6 +622,30 @@ class ECG_CRNN(WholeModel):
 
 
 HEADS: dict[str, type[WholeModel]] = {m.head: m for m in (ECG_SEQ_LAB_NET, ECG_CRNN)}
+
+
+class FrameMlp(Mlp):
+    """`rnn` linear: torch_ecg's MLP applied to every frame, (batch, channels, frames) in
+    and out."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.permute(0, 2, 1)).permute(0, 2, 1)
+
+
+def _rnn_layer(spec: LstmSpec | MlpSpec | None) -> nn.Module:
+    if spec is None:
+        return nn.Identity()
+    return StackedLstm(spec) if isinstance(spec, LstmSpec) else FrameMlp(spec)
+
+
+def _attn_layer(spec: HeadSpec) -> nn.Module:
+    if spec.se:
+        return SqueezeExcitation(spec.se)
+    if isinstance(spec.attention, GcSpec):
+        return GlobalContext(spec.attention)
+    if isinstance(spec.attention, NlSpec):
+        return NonLocal(spec.attention)
+    return nn.Identity()
 
 
 def build_model(
@@ -739,6 +868,13 @@ class ReducedLeadModel(nn.Module):
 def derive_whole_variant(model: WholeModel, indices: Sequence[int]) -> nn.Module:
     """The reduced-lead model of a whole model (used by `mscnn.derive_variant`)."""
     check_lead_indices(indices, model.in_channels)
+    if model.cnn.is_lead_wise and (model.spec.rnn is not None or model.spec.attention):
+        layer = "rnn" if model.spec.rnn is not None else "attn"
+        raise MscnnError(
+            f"reduced-lead variants of a lead-wise {model.head} with {layer} "
+            f"{model.config[layer]['name']!r} are not derived yet (only none and se fold "
+            "exactly); run the full model on zero-filled leads (mscnn.zero_fill)"
+        )
     if model.cnn.is_lead_wise:
         return ReducedLeadModel(model, indices)
     if model.cnn.groups != 1:
@@ -828,6 +964,7 @@ __all__ = [
     "ECG_CRNN",
     "ECG_SEQ_LAB_NET",
     "HEADS",
+    "FrameMlp",
     "HeadSpec",
     "ReducedLeadModel",
     "WholeModel",
