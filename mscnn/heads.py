@@ -865,16 +865,119 @@ class ReducedLeadModel(nn.Module):
         return f"{self.head}, leads {list(self.lead_indices)} of {self.full_leads}"
 
 
+class _ScatteredBackbone(nn.Module):
+    """The full model's feature map from the kept leads' backbone: the kept channels
+    computed, the dropped leads' channels the constants Z of this input length, each at its
+    position in the full map (one constant-index gather)."""
+
+    def __init__(self, full: MultiScopicCNN, kept: list[int]) -> None:
+        super().__init__()
+        dropped = [i for i in range(full.in_channels) if i not in kept]
+        self.kept = _backbone_variant(full, kept)
+        self.zero_leads = _backbone_variant(full, dropped).eval()
+        order = full.lead_wise_channels(kept) + full.lead_wise_channels(dropped)
+        self.register_buffer("positions", torch.argsort(torch.tensor(order)), persistent=False)
+        self.full_channels = len(order)
+        self._cache: dict[tuple, Tensor] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.kept(x)  # (batch, kept channels, frames)
+        with warnings.catch_warnings():  # a trace holds the constants of its input length
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            z = self._constants(int(x.shape[-1]), features.dtype, features.device)
+        z = z.unsqueeze(0).expand(features.shape[0], -1, -1)
+        return torch.cat([features, z], dim=1).index_select(1, self.positions)
+
+    def _constants(self, seq_len: int, dtype, device) -> Tensor:
+        sources = [*self.zero_leads.parameters(), *self.zero_leads.buffers()]
+        key = (seq_len, dtype, device, tuple(t._version for t in sources))
+        if key not in self._cache:
+            with torch.no_grad(), _untraced():
+                zero = torch.zeros(
+                    1, self.zero_leads.in_channels, seq_len, dtype=dtype, device=device
+                )
+                self._cache = {key: self.zero_leads(zero)[0].contiguous()}
+        return self._cache[key]
+
+    def compute_output_shape(self, seq_len=None, batch_size=None):
+        shape = self.kept.compute_output_shape(seq_len, batch_size)
+        return (shape[0], self.full_channels, shape[2])
+
+    def receptive_field(self, fs=None):
+        return self.kept.receptive_field(fs)
+
+    def count_macs(self, seq_len: int) -> int:
+        return self.kept.count_macs(seq_len)
+
+    def train(self, mode: bool = True) -> _ScatteredBackbone:
+        super().train(mode)
+        self.zero_leads.eval()  # the constants are those of eval mode, always
+        return self
+
+
+class ConstantInputsModel(ReducedLeadModel):
+    """A reduced-lead variant of a whole model whose head does not fold exactly: an LSTM
+    (`rnn` lstm, and linear alike) or global-context / non-local attention after a
+    lead-wise backbone.
+
+    Why not fold: the dropped leads' features Z (channels, frames) are input-independent
+    but not constant over frames (zero padding reaches the edges, see ReducedLeadModel),
+    so through an LSTM they would enter the input projection as a per-frame term
+    W_ih[:, dropped] @ Z[:, t], which ONNX's LSTM op (one bias per gate) cannot hold. So
+    the variant keeps the constant inputs: only the kept leads' convs run, Z (computed
+    once per input length from the dropped leads' backbone on zeros) is put back at its
+    channels, and the full model's head runs unchanged. Exact by construction:
+    `variant(x[:, kept]) == full(zero_fill(x))`. The head costs what the full model's does.
+    """
+
+    def __init__(self, full: WholeModel, indices: Sequence[int]) -> None:
+        nn.Module.__init__(self)
+        kept = list(indices)
+        self.head, self.task, self.classes = full.head, full.task, list(full.classes)
+        self.spec, self.config = full.spec, copy.deepcopy(full.config)
+        self.full_leads, self.lead_indices = full.in_channels, tuple(kept)
+        self.whole = copy.deepcopy(full)
+        self.whole.cnn = _ScatteredBackbone(full.cnn, kept)
+        self.zero_leads = self.whole.cnn.zero_leads
+        self.train(full.training)
+
+    @property
+    def reduction(self) -> int | None:
+        return self.whole.reduction
+
+    @property
+    def num_parameters(self) -> int:
+        """The weights that run on an input (the dropped leads' backbone only computes
+        constants; the constants themselves grow with the input length)."""
+        skip = {id(p) for p in self.zero_leads.parameters()}
+        return sum(p.numel() for p in self.parameters() if id(p) not in skip)
+
+    def compute_output_shape(self, seq_len: int | None = None, batch_size: int | None = None):
+        return self.whole.compute_output_shape(seq_len, batch_size)
+
+    def receptive_field(self, fs: float | None = None) -> int | float:
+        return self.whole.receptive_field(fs)
+
+    def count_macs(self, seq_len: int, batch_size: int = 1) -> int:
+        return self.whole.count_macs(seq_len, batch_size)
+
+    def train(self, mode: bool = True) -> ConstantInputsModel:
+        nn.Module.train(self, mode)
+        self.whole.cnn.train(mode)
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.whole(x)
+
+    def extra_repr(self) -> str:
+        return f"{self.head}, leads {list(self.lead_indices)} of {self.full_leads}, kept inputs"
+
+
 def derive_whole_variant(model: WholeModel, indices: Sequence[int]) -> nn.Module:
     """The reduced-lead model of a whole model (used by `mscnn.derive_variant`)."""
     check_lead_indices(indices, model.in_channels)
     if model.cnn.is_lead_wise and (model.spec.rnn is not None or model.spec.attention):
-        layer = "rnn" if model.spec.rnn is not None else "attn"
-        raise MscnnError(
-            f"reduced-lead variants of a lead-wise {model.head} with {layer} "
-            f"{model.config[layer]['name']!r} are not derived yet (only none and se fold "
-            "exactly); run the full model on zero-filled leads (mscnn.zero_fill)"
-        )
+        return ConstantInputsModel(model, indices)
     if model.cnn.is_lead_wise:
         return ReducedLeadModel(model, indices)
     if model.cnn.groups != 1:
@@ -961,6 +1064,7 @@ def _untraced() -> Iterator[None]:
 
 
 __all__ = [
+    "ConstantInputsModel",
     "ECG_CRNN",
     "ECG_SEQ_LAB_NET",
     "HEADS",

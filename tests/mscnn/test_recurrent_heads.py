@@ -283,10 +283,57 @@ def test_linear_rnn_streams_exactly():
     assert (streamed - expected).abs().max().item() <= 1e-5
 
 
-def test_reduced_lead_variant_of_global_attention_is_refused():
-    config = crnn_leadwise()
-    config.rnn.name = "none"
-    config.attn.name = "gc"
-    model = ECG_CRNN(CLASSES, 12, config).eval()
-    with pytest.raises(MscnnError, match=r"with attn 'gc' are not derived"):
-        mscnn.derive_variant(model, [0, 1])
+# --------------------------------------------------------------------------------------
+# Reduced-lead variants: variant(x[:, kept]) == full(zero_fill(x)), the constant inputs kept
+
+
+def small_leadwise_crnn(head="ECG_CRNN", rnn="lstm", attn="se", **lstm):
+    config = crnn_leadwise(**lstm)
+    config.cnn.multi_scopic_leadwise["num_filters"] = [[24, 48, 96]] * 3  # 2/4/8 per lead
+    config.rnn.name = rnn
+    config.rnn.lstm.hidden_sizes = [16, 16]
+    config.attn.name = attn
+    if head == "ECG_SEQ_LAB_NET":
+        config.global_pool = "none"
+        config.clf.out_channels = [32]
+        config.clf.dropouts = 0.0
+    model = mscnn.HEADS[head](CLASSES, 12, config)
+    seeded_init(model, seed=11)
+    return model.eval()
+
+
+def test_dropped_leads_features_are_not_constant_over_frames():
+    """Why the LSTM variant keeps the constant inputs: the backbone's output for all-zero
+    leads differs at the edges of the window (zero padding), so it would enter the LSTM's
+    input projection as a per-frame term, not as a bias ONNX's LSTM op can hold."""
+    model = small_leadwise_crnn()
+    with torch.no_grad():
+        z = model.cnn(torch.zeros(1, 12, 1000))[0]  # (channels, frames)
+    spread = (z - z[:, z.shape[1] // 2 : z.shape[1] // 2 + 1]).abs().max(dim=0).values
+    assert spread[0] > 1e-3 and spread[-1] > 1e-3  # the edges differ from the middle
+    assert spread[len(spread) // 2] == 0
+
+
+@needs_data
+@pytest.mark.parametrize(
+    ("head", "rnn", "attn", "lstm"),
+    [
+        ("ECG_CRNN", "lstm", "se", {}),
+        ("ECG_SEQ_LAB_NET", "lstm", "se", {"bidirectional": False}),
+        ("ECG_SEQ_LAB_NET", "linear", "gc", {}),
+    ],
+    ids=["crnn_bilstm_se", "seq_lab_uni_lstm", "linear_gc"],
+)
+def test_reduced_lead_variants_keep_the_contract(head, rnn, attn, lstm, cinc_x):
+    full = small_leadwise_crnn(head, rnn, attn, **lstm)
+    for name in ("3",) if attn != "gc" else ("6",):
+        kept = mscnn.resolve_leads(name)[1]
+        variant = mscnn.derive_variant(full, kept)
+        assert isinstance(variant, mscnn.ConstantInputsModel) and variant.in_channels == len(kept)
+        with torch.no_grad():
+            expected = full(mscnn.zero_fill(cinc_x[:, kept], kept, 12))
+            got = variant(cinc_x[:, kept])
+        assert got.shape == expected.shape == variant.compute_output_shape(1000, 2)
+        scale = max(1.0, expected.abs().max().item())
+        assert (got - expected).abs().max().item() / scale <= 1e-5
+        assert variant.count_macs(1000) < full.count_macs(1000)  # the dropped convs are gone

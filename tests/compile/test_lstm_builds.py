@@ -1,0 +1,100 @@
+"""Whole models with an LSTM head compile on every target: the ONNX LSTM lowered to one
+input-projection matmul per direction plus a TIR recurrence kernel
+(compile/lowering/lstm.py), checked against PyTorch on real ECG in process (x86_64),
+under qemu with the native runner (aarch64, armv7), and built for CUDA.
+
+The model is torch_ecg's default ECG_SEQ_LAB_NET_CONFIG (multi_scopic backbone,
+bidirectional LSTM, SE, 256-64 classifier) with hidden sizes 32/32 instead of 256/256 so
+that each build takes seconds; docs/whole-models.md has the full-size figures. Built at
+512 samples (1 s), one bundle per target, once per module."""
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from native_runner import run_native
+
+import mscnn
+from compile import TARGETS, BuildOptions, build, resolve_variant
+from compile.errors import CompileError
+from compile.lowering.lstm import LstmConverter
+from deploy.predictor import Predictor
+from mscnn import data as ecg_data
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from torch_ecg.model_configs import ECG_SEQ_LAB_NET_CONFIG
+
+pytestmark = pytest.mark.slow
+SAMPLES = 512
+
+
+def seq_lab_crnn(bidirectional=True):
+    config = copy.deepcopy(ECG_SEQ_LAB_NET_CONFIG)
+    config.rnn.lstm.hidden_sizes = [32, 32]
+    config.rnn.lstm.bidirectional = bidirectional
+    model = mscnn.ECG_SEQ_LAB_NET(["qrs"], 1, config)
+    mscnn.seeded_init(model, 5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def crnn(tmp_path_factory):
+    path = tmp_path_factory.mktemp("crnn") / "crnn.pt"
+    mscnn.save_checkpoint(path, seq_lab_crnn(), leads=["II"], fs=500)
+    return mscnn.load_checkpoint(path)
+
+
+@pytest.fixture(scope="module")
+def crnn_bundles(tmp_path_factory, crnn):
+    out = tmp_path_factory.mktemp("crnn_bundles")
+    variant = resolve_variant(crnn, "1")
+    options = BuildOptions(samples=SAMPLES)
+    return {n: build(crnn, TARGETS[n], variant, out, options) for n in ("x86_64", "aarch64")}
+
+
+def real_windows(n=4):
+    try:
+        signals = ecg_data.cpsc2019_records().signals
+    except mscnn.MscnnError as exc:
+        pytest.skip(f"the CPSC2019 records are not here: {exc}")
+    starts = (0, 1500, 3000, 4400)[:n]
+    return [
+        signals[k * 7][None, None, s : s + SAMPLES].astype(np.float32) for k, s in enumerate(starts)
+    ]
+
+
+def normalised(got, expected):
+    assert np.isfinite(got).all()
+    return float(np.abs(got - expected).max() / np.abs(expected).max())
+
+
+def test_x86_bundle_equals_pytorch_on_real_ecg(crnn_bundles, crnn):
+    bundle = crnn_bundles["x86_64"]
+    assert bundle.manifest.parity.tvm.passed and bundle.manifest.detect is not None
+    predictor = Predictor(bundle)
+    for x in real_windows():
+        with torch.no_grad():
+            expected = crnn.model(torch.from_numpy(x)).numpy()
+        assert normalised(predictor(x), expected) <= 1e-5
+
+
+@pytest.mark.cross
+def test_aarch64_bundle_equals_pytorch_under_qemu(crnn_bundles, crnn, tmp_path):
+    x = real_windows(1)[0]
+    np.save(tmp_path / "x.npy", x)
+    bundle = crnn_bundles["aarch64"]
+    done = run_native(
+        "aarch64", bundle.path, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy"
+    )
+    assert done.returncode == 0, done.stderr
+    with torch.no_grad():
+        expected = crnn.model(torch.from_numpy(x)).numpy()
+    assert normalised(np.load(tmp_path / "y.npy"), expected) <= 1e-5
+
+
+def test_converter_refuses_what_torch_does_not_export():
+    with pytest.raises(CompileError, match=r"attribute clip=1\.0 is not supported"):
+        LstmConverter.convert(None, [], {"hidden_size": 4, "clip": 1.0}, None)
