@@ -184,21 +184,14 @@ def resolve_head_config(
     merged = _merge(_DEFAULTS[head], config)
     name, backbone, backbone_config = _resolve_cnn(in_channels, merged.get("cnn"))
     rnn_config, rnn = _resolve_rnn(head, merged["rnn"], backbone.out_channels)
-    channels = backbone.out_channels
-    if rnn is not None:
-        channels = rnn.out_features if isinstance(rnn, LstmSpec) else rnn.out_features[-1]
+    channels = _width_after(rnn, backbone.out_channels)
     last_only = isinstance(rnn, LstmSpec) and not rnn.retseq
     attn_config = merged["attn"] if not last_only else {"name": "none"}  # torch_ecg ignores it
     attn, se, attention = _resolve_attn(attn_config, channels)
     pool, pool_size = _resolve_pool(head, merged)
     width = channels if last_only else channels * pool_size
     clf_config, clf = _resolve_clf(merged["clf"], width, len(classes))
-    recover = merged.get("recover_length", False)
-    if not isinstance(recover, bool):
-        raise MscnnError(f"config['recover_length']: expected true or false, got {recover!r}")
-    fs = merged["fs"]
-    if isinstance(fs, bool) or not isinstance(fs, numbers.Real) or not fs > 0:
-        raise MscnnError(f"config['fs']: expected a positive sampling rate, got {fs!r}")
+    recover, fs = _resolve_scalars(merged)
     spec = HeadSpec(
         head,
         backbone.in_channels,
@@ -225,6 +218,24 @@ def resolve_head_config(
     if head == "ECG_SEQ_LAB_NET":
         canonical["recover_length"] = recover
     return spec, plain(canonical, "config")
+
+
+def _width_after(rnn: LstmSpec | MlpSpec | None, channels: int) -> int:
+    """Channels per frame after the `rnn` layer."""
+    if rnn is None:
+        return channels
+    return rnn.out_features if isinstance(rnn, LstmSpec) else rnn.out_features[-1]
+
+
+def _resolve_scalars(config: Mapping[str, Any]) -> tuple[bool, Any]:
+    """(recover_length, fs), checked."""
+    recover = config.get("recover_length", False)
+    if not isinstance(recover, bool):
+        raise MscnnError(f"config['recover_length']: expected true or false, got {recover!r}")
+    fs = config["fs"]
+    if isinstance(fs, bool) or not isinstance(fs, numbers.Real) or not fs > 0:
+        raise MscnnError(f"config['fs']: expected a positive sampling rate, got {fs!r}")
+    return recover, fs
 
 
 def _merge(defaults: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
@@ -1064,10 +1075,10 @@ def _untraced() -> Iterator[None]:
 
 
 __all__ = [
-    "ConstantInputsModel",
     "ECG_CRNN",
     "ECG_SEQ_LAB_NET",
     "HEADS",
+    "ConstantInputsModel",
     "FrameMlp",
     "HeadSpec",
     "ReducedLeadModel",

@@ -59,7 +59,7 @@ def _check_attrs(attrs: dict) -> tuple[int, str]:
     return int(attrs["hidden_size"]), direction
 
 
-def recurrence_func(steps: int, batch: int, hidden: int, reverse: bool, gpu: bool = False):
+def recurrence_func(steps: int, batch: int, hidden: int, reverse: bool):
     """The TIR kernel: p (steps, batch, 4H) projected inputs with both biases, rt (H, 4H)
     the recurrent weights transposed -> y (steps, batch, H) every h, c (batch, H) the last
     cell state. Zero initial state."""
@@ -89,7 +89,9 @@ def recurrence_func(steps: int, batch: int, hidden: int, reverse: bool, gpu: boo
                 for k in range(hidden):
                     for go in range(gates // lanes):
                         for gi in T.vectorized(lanes):
-                            acc[go * lanes + gi] = acc[go * lanes + gi] + h[k] * rt[k, go * lanes + gi]
+                            acc[go * lanes + gi] = (
+                                acc[go * lanes + gi] + h[k] * rt[k, go * lanes + gi]
+                            )
                 for j in range(hidden):
                     cell = T.sigmoid(acc[2 * hidden + j]) * c[b, j] + T.sigmoid(acc[j]) * T.tanh(
                         acc[3 * hidden + j]
@@ -97,6 +99,47 @@ def recurrence_func(steps: int, batch: int, hidden: int, reverse: bool, gpu: boo
                     c[b, j] = cell
                     h[j] = T.sigmoid(acc[hidden + j]) * T.tanh(cell)
                     y[s + back * (steps - 1 - 2 * s), b, j] = h[j]
+
+    return lstm_recurrence
+
+
+def recurrence_func_gpu(steps: int, batch: int, hidden: int, reverse: bool):
+    """The kernel's GPU form: one thread block per batch row, one thread per hidden unit
+    (its four gates' dot products with h, which the block shares in shared memory), two
+    barriers per frame. The recurrence itself stays sequential over frames."""
+    from tvm.script import tirx as T
+
+    gates = 4 * hidden
+    back = 1 if reverse else 0
+
+    @T.prim_func(private=True)
+    def lstm_recurrence(
+        p: T.Buffer((steps, batch, gates), "float32"),
+        rt: T.Buffer((hidden, gates), "float32"),
+        y: T.Buffer((steps, batch, hidden), "float32"),
+        c: T.Buffer((batch, hidden), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        for b in T.thread_binding(batch, thread="blockIdx.x"):
+            for j in T.thread_binding(hidden, thread="threadIdx.x"):
+                h = T.alloc_buffer((hidden,), "float32", scope="shared")
+                acc = T.alloc_buffer((4,), "float32", scope="local")
+                cell = T.alloc_buffer((1,), "float32", scope="local")
+                h[j] = T.float32(0)
+                cell[0] = T.float32(0)
+                T.tvm_storage_sync("shared")
+                for s in range(steps):
+                    for q in range(4):
+                        acc[q] = p[s + back * (steps - 1 - 2 * s), b, q * hidden + j]
+                    for k in range(hidden):
+                        for q in range(4):
+                            acc[q] = acc[q] + h[k] * rt[k, q * hidden + j]
+                    cell[0] = T.sigmoid(acc[2]) * cell[0] + T.sigmoid(acc[0]) * T.tanh(acc[3])
+                    T.tvm_storage_sync("shared")
+                    h[j] = T.sigmoid(acc[1]) * T.tanh(cell[0])
+                    y[s + back * (steps - 1 - 2 * s), b, j] = h[j]
+                    T.tvm_storage_sync("shared")
+                c[b, j] = cell[0]
 
     return lstm_recurrence
 
@@ -132,7 +175,10 @@ class LstmConverter:
             b = np.zeros(8 * hidden, np.float32) if bias is None else bias[d]
             proj = bb.emit(relax.op.matmul(x, relax.const(np.ascontiguousarray(w[d].T))))
             proj = bb.emit(relax.op.add(proj, relax.const(b[: 4 * hidden] + b[4 * hidden :])))
-            func = recurrence_func(steps, batch, hidden, reverse, cls.gpu)
+            if cls.gpu and hidden > 1024:
+                raise CompileError(f"ONNX LSTM: hidden size {hidden}; a GPU block holds 1024")
+            make = recurrence_func_gpu if cls.gpu else recurrence_func
+            func = make(steps, batch, hidden, reverse)
             gv = bb.add_func(func, "lstm_recurrence")
             out = bb.emit(
                 relax.call_tir(
@@ -164,7 +210,9 @@ def lstm_converter(gpu: bool = False) -> Iterator[None]:
     from tvm.relax.frontend.onnx import onnx_frontend
 
     original = onnx_frontend._get_convert_map
-    converter = type("LstmConverterGpu" if gpu else "LstmConverterCpu", (LstmConverter,), {"gpu": gpu})
+    converter = type(
+        "LstmConverterGpu" if gpu else "LstmConverterCpu", (LstmConverter,), {"gpu": gpu}
+    )
     onnx_frontend._get_convert_map = lambda: {**original(), "LSTM": converter}
     try:
         yield

@@ -1,12 +1,13 @@
-"""Whole models with an LSTM head compile on every target: the ONNX LSTM lowered to one
-input-projection matmul per direction plus a TIR recurrence kernel
-(compile/lowering/lstm.py), checked against PyTorch on real ECG in process (x86_64),
-under qemu with the native runner (aarch64, armv7), and built for CUDA.
+"""Whole models with an LSTM head compile: the ONNX LSTM lowered to one input-projection
+matmul per direction plus a TIR recurrence kernel (compile/lowering/lstm.py), checked
+against PyTorch on real ECG in process (x86_64) and under qemu with the native runner
+(aarch64); refused for Cortex-M with its cost.
 
 The model is torch_ecg's default ECG_SEQ_LAB_NET_CONFIG (multi_scopic backbone,
-bidirectional LSTM, SE, 256-64 classifier) with hidden sizes 32/32 instead of 256/256 so
-that each build takes seconds; docs/whole-models.md has the full-size figures. Built at
-512 samples (1 s), one bundle per target, once per module."""
+bidirectional LSTM, SE, 256-64 classifier) with 4/4/8 filters per branch and hidden sizes
+32/32 instead of 256/256, so that a build takes about a minute; docs/whole-models.md has
+the full-size figures. Built at 512 samples (1 s), one bundle per target, once per
+module."""
 
 import copy
 import warnings
@@ -27,12 +28,12 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from torch_ecg.model_configs import ECG_SEQ_LAB_NET_CONFIG
 
-pytestmark = pytest.mark.slow
 SAMPLES = 512
 
 
 def seq_lab_crnn(bidirectional=True):
     config = copy.deepcopy(ECG_SEQ_LAB_NET_CONFIG)
+    config.cnn.multi_scopic.num_filters = [[4, 4, 8]] * 3  # a quick backbone under qemu
     config.rnn.lstm.hidden_sizes = [32, 32]
     config.rnn.lstm.bidirectional = bidirectional
     model = mscnn.ECG_SEQ_LAB_NET(["qrs"], 1, config)
@@ -71,6 +72,7 @@ def normalised(got, expected):
     return float(np.abs(got - expected).max() / np.abs(expected).max())
 
 
+@pytest.mark.slow
 def test_x86_bundle_equals_pytorch_on_real_ecg(crnn_bundles, crnn):
     bundle = crnn_bundles["x86_64"]
     assert bundle.manifest.parity.tvm.passed and bundle.manifest.detect is not None
@@ -81,6 +83,7 @@ def test_x86_bundle_equals_pytorch_on_real_ecg(crnn_bundles, crnn):
         assert normalised(predictor(x), expected) <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.cross
 def test_aarch64_bundle_equals_pytorch_under_qemu(crnn_bundles, crnn, tmp_path):
     x = real_windows(1)[0]
@@ -98,3 +101,17 @@ def test_aarch64_bundle_equals_pytorch_under_qemu(crnn_bundles, crnn, tmp_path):
 def test_converter_refuses_what_torch_does_not_export():
     with pytest.raises(CompileError, match=r"attribute clip=1\.0 is not supported"):
         LstmConverter.convert(None, [], {"hidden_size": 4, "clip": 1.0}, None)
+
+
+def test_compile_mcu_refuses_an_lstm_head_with_its_cost(tmp_path):
+    """torch_ecg's default seq-lab model: the refusal states MACs per second of ECG
+    against the M7's clock and the weights against its flash; nothing is written."""
+    from compile.mcu.firmware import build_mcu
+
+    model = mscnn.ECG_SEQ_LAB_NET(["qrs"], 1, copy.deepcopy(ECG_SEQ_LAB_NET_CONFIG)).eval()
+    with pytest.raises(CompileError) as info:
+        build_mcu(model, "mps2-an500", tmp_path / "mcu")
+    # 2 directions x 4 gates x 256 x ((192 + 256) + (512 + 256)) per frame, 62.5 frames/s
+    assert "costs 155.6 M MAC per second of ECG (32% of stm32h7's 480 MHz" in str(info.value)
+    assert "9.53 MiB of fp32 weights" in str(info.value)
+    assert not (tmp_path / "mcu").exists()

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mscnn
-from mscnn import ECG_CRNN, ECG_SEQ_LAB_NET, MscnnError, StreamingModel, seeded_init
+from mscnn import ECG_SEQ_LAB_NET, MscnnError, StreamingModel, seeded_init
 from mscnn import data as ecg_data
 
 with warnings.catch_warnings():
