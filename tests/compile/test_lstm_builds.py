@@ -115,3 +115,17 @@ def test_compile_mcu_refuses_an_lstm_head_with_its_cost(tmp_path):
     assert "costs 155.6 M MAC per second of ECG (32% of stm32h7's 480 MHz" in str(info.value)
     assert "9.53 MiB of fp32 weights" in str(info.value)
     assert not (tmp_path / "mcu").exists()
+
+
+@pytest.mark.slow
+def test_cuda_library_holds_the_compiled_recurrence(tmp_path):
+    """The recurrence's GPU form (a block per batch row, a thread per hidden unit, barriers
+    per frame) compiles to a cubin of the target's SM (build only: parity needs a GPU)."""
+    from compile.export import export_onnx
+    from compile.lowering.cuda import compile_cuda_library, cubin_archs
+
+    onnx_path = export_onnx(seq_lab_crnn(), tmp_path / "m.onnx", batch=1, samples=SAMPLES)
+    library = tmp_path / "model.so"
+    compile_cuda_library(onnx_path, "cuda", (1, 1, SAMPLES), library, tmp_path / "build.log")
+    assert TARGETS["cuda"].tvm["arch"] in cubin_archs(library)
+    assert b"__global__" not in library.read_bytes()
