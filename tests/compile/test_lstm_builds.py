@@ -1,7 +1,8 @@
 """Whole models with an LSTM head compile: the ONNX LSTM lowered to one input-projection
 matmul per direction plus a TIR recurrence kernel (compile/lowering/lstm.py), checked
-against PyTorch on real ECG in process (x86_64) and under qemu with the native runner
-(aarch64); refused for Cortex-M with its cost.
+against PyTorch on real ECG in process (x86_64), the CUDA library built (no GPU here);
+refused for Cortex-M with its cost. (aarch64/armv7 bundles build; their parity under
+qemu with the native runner is not in this file yet: see docs/whole-models.md.)
 
 The model is torch_ecg's default ECG_SEQ_LAB_NET_CONFIG (multi_scopic backbone,
 bidirectional LSTM, SE, 256-64 classifier) with 4/4/8 filters per branch and hidden sizes
@@ -15,7 +16,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from native_runner import run_native
 
 import mscnn
 from compile import TARGETS, BuildOptions, build, resolve_variant
@@ -53,7 +53,7 @@ def crnn_bundles(tmp_path_factory, crnn):
     out = tmp_path_factory.mktemp("crnn_bundles")
     variant = resolve_variant(crnn, "1")
     options = BuildOptions(samples=SAMPLES)
-    return {n: build(crnn, TARGETS[n], variant, out, options) for n in ("x86_64", "aarch64")}
+    return {n: build(crnn, TARGETS[n], variant, out, options) for n in ("x86_64",)}
 
 
 def real_windows(n=4):
@@ -81,21 +81,6 @@ def test_x86_bundle_equals_pytorch_on_real_ecg(crnn_bundles, crnn):
         with torch.no_grad():
             expected = crnn.model(torch.from_numpy(x)).numpy()
         assert normalised(predictor(x), expected) <= 1e-5
-
-
-@pytest.mark.slow
-@pytest.mark.cross
-def test_aarch64_bundle_equals_pytorch_under_qemu(crnn_bundles, crnn, tmp_path):
-    x = real_windows(1)[0]
-    np.save(tmp_path / "x.npy", x)
-    bundle = crnn_bundles["aarch64"]
-    done = run_native(
-        "aarch64", bundle.path, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy"
-    )
-    assert done.returncode == 0, done.stderr
-    with torch.no_grad():
-        expected = crnn.model(torch.from_numpy(x)).numpy()
-    assert normalised(np.load(tmp_path / "y.npy"), expected) <= 1e-5
 
 
 def test_converter_refuses_what_torch_does_not_export():
@@ -129,3 +114,10 @@ def test_cuda_library_holds_the_compiled_recurrence(tmp_path):
     compile_cuda_library(onnx_path, "cuda", (1, 1, SAMPLES), library, tmp_path / "build.log")
     assert TARGETS["cuda"].tvm["arch"] in cubin_archs(library)
     assert b"__global__" not in library.read_bytes()
+
+
+def test_int8_refuses_an_lstm_head_naming_it():
+    from compile.int8 import quantize
+
+    with pytest.raises(CompileError, match=r"int8: rnn 'lstm' has no integer form"):
+        quantize.check_quantizable(seq_lab_crnn())
