@@ -7,31 +7,28 @@ take torch_ecg's config dicts (the shape of its `ECG_SEQ_LAB_NET_CONFIG` /
 loads with `strict=True` and gives the same logits (no sigmoid, as torch_ecg's `forward`):
 
     cnn.branches...            MultiScopicCNN (`cnn.name` multi_scopic / multi_scopic_leadwise)
-    attn.fc.0.lin_0, .lin_1    squeeze-excitation (`attn.name` se), absent for none
+    rnn.*                      `rnn.name` lstm (StackedLSTM) or linear (MLP per frame), absent
+                               for none (mscnn.recurrent)
+    attn.*                     se (attn.fc.0.lin_0, .lin_1), gc or nl, absent for none
     clf.lin_{i}, .act_{i}      the classifier MLP; its last layer gives one logit per class
 
 Data flow (batch b, channels c, frames t = samples / 8, classes k):
 
-    ECG_SEQ_LAB_NET  (b, leads, samples) -> cnn (b, c, t) -> [se] -> clf per frame (b, t, k)
-                     with `recover_length` the logits are linearly interpolated to (b, samples, k)
-    ECG_CRNN         (b, leads, samples) -> cnn (b, c, t) -> [se] -> max|avg over t -> clf (b, k)
+    ECG_SEQ_LAB_NET  (b, leads, samples) -> cnn (b, c, t) -> [rnn] -> [attn] -> clf per frame
+                     (b, t, k); with `recover_length` linearly interpolated to (b, samples, k)
+    ECG_CRNN         (b, leads, samples) -> cnn -> [rnn] -> [attn] -> max|avg over t -> clf
+                     (b, k); an LSTM with `retseq` false: its last frame -> clf (as torch_ecg)
 
-Supported: `rnn.name` none; `attn.name` none or se; `global_pool` max or avg (ECG_CRNN). Keys
-left out take torch_ecg's defaults (ECG_SEQ_LAB_NET's default rnn is an LSTM, so it must say
-none). Refused up front, with the key and the valid values named:
-
-- `rnn` lstm / linear: a bidirectional LSTM runs frame by frame over the whole window, so it
-  cannot stream with bounded latency, is sequential on every target, and has no integer
-  form; `linear` is torch_ecg's per-frame MLP placed before the attention, which nothing
-  here needs.
-- `attn` gc / nl / sa / transformer: they weigh every frame against the others with a
-  softmax over time (non-local and self-attention hold a frames x frames matrix), which
-  neither streams nor folds exactly into a reduced-lead model.
-- other backbones: mscnn is the MultiScopicCNN reference.
+Supported: `rnn.name` none, lstm, linear; `attn.name` none, se, gc, nl; `global_pool` max
+or avg (ECG_CRNN). Keys left out take torch_ecg's defaults. Refused up front, with the key
+and the valid values named: other rnn names; attention sa / transformer (self-attention
+over all frames, which we have not proven on the targets); other backbones (mscnn is the
+MultiScopicCNN reference). Streaming refuses the LSTM and global attention (mscnn.streaming).
 
 Reduced-lead variants (`mscnn.derive_variant`) of a model with a lead-wise backbone are
 `ReducedLeadModel`s: exact, in eval mode, against the full model fed zeros on the dropped
-leads (see that class for how the dropped leads are folded in).
+leads (see that class for how the dropped leads are folded in); with an rnn or gc/nl
+attention, `ConstantInputsModel`s (the dropped leads' features kept as constant inputs).
 """
 
 from __future__ import annotations
