@@ -21,8 +21,8 @@ the importer while a file is imported (`import_onnx`) and lowers each LSTM node 
 Only what torch's exporter writes is accepted (zero initial states, no sequence lengths,
 default activations, no clip, layout 0, no peepholes); anything else is refused naming
 the attribute. The recurrence kernel is marked scheduled, so our conv schedule leaves it
-alone; on a GPU target it runs as one thread per batch row (a sequential recurrence:
-correct, not fast; see docs/whole-models.md).
+alone. On a GPU target it takes its GPU form (`recurrence_func_gpu`): a thread block per
+batch row, a thread per hidden unit, h in shared memory; the frames stay sequential.
 """
 
 from __future__ import annotations
