@@ -79,6 +79,7 @@ _FOLDABLE = {
     "Unsqueeze",
     "Squeeze",
     "Gather",
+    "Expand",  # an LSTM's zero initial states
 }
 
 

@@ -7,31 +7,28 @@ take torch_ecg's config dicts (the shape of its `ECG_SEQ_LAB_NET_CONFIG` /
 loads with `strict=True` and gives the same logits (no sigmoid, as torch_ecg's `forward`):
 
     cnn.branches...            MultiScopicCNN (`cnn.name` multi_scopic / multi_scopic_leadwise)
-    attn.fc.0.lin_0, .lin_1    squeeze-excitation (`attn.name` se), absent for none
+    rnn.*                      `rnn.name` lstm (StackedLSTM) or linear (MLP per frame), absent
+                               for none (mscnn.recurrent)
+    attn.*                     se (attn.fc.0.lin_0, .lin_1), gc or nl, absent for none
     clf.lin_{i}, .act_{i}      the classifier MLP; its last layer gives one logit per class
 
 Data flow (batch b, channels c, frames t = samples / 8, classes k):
 
-    ECG_SEQ_LAB_NET  (b, leads, samples) -> cnn (b, c, t) -> [se] -> clf per frame (b, t, k)
-                     with `recover_length` the logits are linearly interpolated to (b, samples, k)
-    ECG_CRNN         (b, leads, samples) -> cnn (b, c, t) -> [se] -> max|avg over t -> clf (b, k)
+    ECG_SEQ_LAB_NET  (b, leads, samples) -> cnn (b, c, t) -> [rnn] -> [attn] -> clf per frame
+                     (b, t, k); with `recover_length` linearly interpolated to (b, samples, k)
+    ECG_CRNN         (b, leads, samples) -> cnn -> [rnn] -> [attn] -> max|avg over t -> clf
+                     (b, k); an LSTM with `retseq` false: its last frame -> clf (as torch_ecg)
 
-Supported: `rnn.name` none; `attn.name` none or se; `global_pool` max or avg (ECG_CRNN). Keys
-left out take torch_ecg's defaults (ECG_SEQ_LAB_NET's default rnn is an LSTM, so it must say
-none). Refused up front, with the key and the valid values named:
-
-- `rnn` lstm / linear: a bidirectional LSTM runs frame by frame over the whole window, so it
-  cannot stream with bounded latency, is sequential on every target, and has no integer
-  form; `linear` is torch_ecg's per-frame MLP placed before the attention, which nothing
-  here needs.
-- `attn` gc / nl / sa / transformer: they weigh every frame against the others with a
-  softmax over time (non-local and self-attention hold a frames x frames matrix), which
-  neither streams nor folds exactly into a reduced-lead model.
-- other backbones: mscnn is the MultiScopicCNN reference.
+Supported: `rnn.name` none, lstm, linear; `attn.name` none, se, gc, nl; `global_pool` max
+or avg (ECG_CRNN). Keys left out take torch_ecg's defaults. Refused up front, with the key
+and the valid values named: other rnn names; attention sa / transformer (self-attention
+over all frames, which we have not proven on the targets); other backbones (mscnn is the
+MultiScopicCNN reference). Streaming refuses the LSTM and global attention (mscnn.streaming).
 
 Reduced-lead variants (`mscnn.derive_variant`) of a model with a lead-wise backbone are
 `ReducedLeadModel`s: exact, in eval mode, against the full model fed zeros on the dropped
-leads (see that class for how the dropped leads are folded in).
+leads (see that class for how the dropped leads are folded in); with an rnn or gc/nl
+attention, `ConstantInputsModel`s (the dropped leads' features kept as constant inputs).
 """
 
 from __future__ import annotations
@@ -52,10 +49,21 @@ from torch import Tensor, nn
 from .config import ACTIVATIONS, ModelSpec, as_list, choice, plain, positive_int, resolve_config
 from .errors import MscnnError
 from .model import MultiScopicCNN, check_lead_indices, scale_config
+from .recurrent import (
+    GcSpec,
+    GlobalContext,
+    LstmSpec,
+    NlSpec,
+    NonLocal,
+    StackedLstm,
+    resolve_gc,
+    resolve_lstm,
+    resolve_nl,
+)
 
 CNN_NAMES = ("multi_scopic", "multi_scopic_leadwise")
-RNN_NAMES = ("none",)
-ATTN_NAMES = ("none", "se")
+RNN_NAMES = ("none", "lstm", "linear")
+ATTN_NAMES = ("none", "se", "gc", "nl")
 CRNN_POOLS = ("max", "avg")
 
 # torch_ecg 0.0.33's defaults for the keys a config may leave out (its ECG_CRNN_CONFIG,
@@ -67,19 +75,36 @@ _SE_DEFAULTS = {
     "bias": True,
     "dropouts": 0.0,
 }
+_LINEAR_DEFAULTS = {"out_channels": [256, 64], "bias": True, "dropouts": 0.2, "activation": "mish"}
+_GC_DEFAULTS = {"ratio": 4, "reduction": True, "pooling_type": "attn", "fusion_types": ["mul"]}
+_NL_DEFAULTS = {
+    "filter_lengths": {"g": 1, "phi": 1, "theta": 1, "W": 1},
+    "subsample_length": 2,
+    "batch_norm": True,
+}
+_ATTN_DEFAULTS = {"se": _SE_DEFAULTS, "gc": _GC_DEFAULTS, "nl": _NL_DEFAULTS}
+_LSTM_DEFAULTS = {"bias": True, "bidirectional": True, "retseq": True}
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "ECG_CRNN": {
         "fs": 500,
-        "rnn": {"name": "none"},
-        "attn": {"name": "se", "se": _SE_DEFAULTS},
+        "rnn": {
+            "name": "none",
+            "lstm": {**_LSTM_DEFAULTS, "dropouts": 0.2, "hidden_sizes": [192, 192]},
+            "linear": _LINEAR_DEFAULTS,
+        },
+        "attn": {"name": "se", **_ATTN_DEFAULTS},
         "global_pool": "max",
         "global_pool_size": 1,
         "clf": {"out_channels": [1024], "activation": "mish", "bias": True, "dropouts": 0.2},
     },
     "ECG_SEQ_LAB_NET": {
         "fs": 500,
-        "rnn": {"name": "lstm"},
-        "attn": {"name": "se", "se": _SE_DEFAULTS},
+        "rnn": {
+            "name": "lstm",
+            "lstm": {**_LSTM_DEFAULTS, "dropouts": 0, "hidden_sizes": [256, 256]},
+            "linear": _LINEAR_DEFAULTS,
+        },
+        "attn": {"name": "se", **_ATTN_DEFAULTS},
         "global_pool": "none",
         "global_pool_size": 1,
         "recover_length": False,
@@ -109,6 +134,7 @@ class MlpSpec:
     kw_activation: Mapping[str, Any]
     bias: bool
     dropouts: tuple[float, ...]
+    last_activation: bool = False  # torch_ecg's MLP as `rnn` linear: activation after every layer
 
 
 @dataclass(frozen=True)
@@ -121,6 +147,8 @@ class HeadSpec:
     backbone: ModelSpec
     backbone_config: Mapping[str, Any] = field(compare=False)
     se: MlpSpec | None = None  # (channels -> channels // reduction -> channels)
+    rnn: LstmSpec | MlpSpec | None = None  # between the backbone and the attention
+    attention: GcSpec | NlSpec | None = None  # global context or non-local attention
     pool: str = "none"  # "none" (per frame), "max" or "avg" (over frames)
     pool_size: int = 1
     clf: MlpSpec | None = None
@@ -152,33 +180,33 @@ def resolve_head_config(
         )
     merged = _merge(_DEFAULTS[head], config)
     name, backbone, backbone_config = _resolve_cnn(in_channels, merged.get("cnn"))
-    _resolve_rnn(merged["rnn"])
-    channels = backbone.out_channels
-    attn, se = _resolve_attn(merged["attn"], channels)
+    rnn_config, rnn = _resolve_rnn(head, merged["rnn"], backbone.out_channels)
+    channels = _width_after(rnn, backbone.out_channels)
+    last_only = isinstance(rnn, LstmSpec) and not rnn.retseq
+    attn_config = merged["attn"] if not last_only else {"name": "none"}  # torch_ecg ignores it
+    attn, se, attention = _resolve_attn(attn_config, channels)
     pool, pool_size = _resolve_pool(head, merged)
-    clf_config, clf = _resolve_clf(merged["clf"], channels * pool_size, len(classes))
-    recover = merged.get("recover_length", False)
-    if not isinstance(recover, bool):
-        raise MscnnError(f"config['recover_length']: expected true or false, got {recover!r}")
-    fs = merged["fs"]
-    if isinstance(fs, bool) or not isinstance(fs, numbers.Real) or not fs > 0:
-        raise MscnnError(f"config['fs']: expected a positive sampling rate, got {fs!r}")
+    width = channels if last_only else channels * pool_size
+    clf_config, clf = _resolve_clf(merged["clf"], width, len(classes))
+    recover, fs = _resolve_scalars(merged)
     spec = HeadSpec(
         head,
         backbone.in_channels,
         classes,
         backbone,
         backbone_config,
-        se,
-        pool,
-        pool_size,
-        clf,
-        recover,
+        se=se,
+        pool=pool,
+        pool_size=pool_size,
+        clf=clf,
+        recover_length=recover,
+        rnn=rnn,
+        attention=attention,
     )
     canonical = {
         "fs": fs,
         "cnn": {"name": name, name: backbone_config},
-        "rnn": {"name": "none"},
+        "rnn": rnn_config,
         "attn": attn,
         "global_pool": pool,
         "global_pool_size": pool_size,
@@ -187,6 +215,24 @@ def resolve_head_config(
     if head == "ECG_SEQ_LAB_NET":
         canonical["recover_length"] = recover
     return spec, plain(canonical, "config")
+
+
+def _width_after(rnn: LstmSpec | MlpSpec | None, channels: int) -> int:
+    """Channels per frame after the `rnn` layer."""
+    if rnn is None:
+        return channels
+    return rnn.out_features if isinstance(rnn, LstmSpec) else rnn.out_features[-1]
+
+
+def _resolve_scalars(config: Mapping[str, Any]) -> tuple[bool, Any]:
+    """(recover_length, fs), checked."""
+    recover = config.get("recover_length", False)
+    if not isinstance(recover, bool):
+        raise MscnnError(f"config['recover_length']: expected true or false, got {recover!r}")
+    fs = config["fs"]
+    if isinstance(fs, bool) or not isinstance(fs, numbers.Real) or not fs > 0:
+        raise MscnnError(f"config['fs']: expected a positive sampling rate, got {fs!r}")
+    return recover, fs
 
 
 def _merge(defaults: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
@@ -243,17 +289,53 @@ def _resolve_cnn(in_channels: Any, cnn: Any) -> tuple[str, ModelSpec, dict[str, 
     return name, backbone, canonical
 
 
-def _resolve_rnn(rnn: Any) -> None:
-    _name(_section(rnn, "config['rnn']"), "config['rnn']", RNN_NAMES)
+def _resolve_rnn(
+    head: str, rnn: Any, channels: int
+) -> tuple[dict[str, Any], LstmSpec | MlpSpec | None]:
+    rnn = _section(rnn, "config['rnn']")
+    name = _name(rnn, "config['rnn']", RNN_NAMES)
+    if name == "none":
+        return {"name": "none"}, None
+    where = f"config['rnn'][{name!r}]"
+    section = _section(rnn.get(name), where)
+    if name == "lstm":
+        config, spec = resolve_lstm(section, where, channels)
+        if head == "ECG_SEQ_LAB_NET" and not spec.retseq:
+            raise MscnnError(
+                f"{where}['retseq']: false keeps only the last frame, but ECG_SEQ_LAB_NET "
+                "labels every frame: use true (or ECG_CRNN to classify the window)"
+            )
+        return {"name": name, name: config}, spec
+    _check_keys(section, ("out_channels", "activation", "bias", "dropouts"), where)
+    widths = as_list(section["out_channels"], f"{where}['out_channels']")
+    widths = [positive_int(w, f"{where}['out_channels'][{i}]") for i, w in enumerate(widths)]
+    mlp = _mlp(section, where, channels, tuple(widths), {}, last_activation=True)
+    config = {
+        "out_channels": widths,
+        "activation": mlp.activation,
+        "bias": mlp.bias,
+        "dropouts": list(mlp.dropouts),
+    }
+    return {"name": name, name: config}, mlp
 
 
-def _resolve_attn(attn: Any, channels: int) -> tuple[dict[str, Any], MlpSpec | None]:
+def _resolve_attn(
+    attn: Any, channels: int
+) -> tuple[dict[str, Any], MlpSpec | None, GcSpec | NlSpec | None]:
     attn = _section(attn, "config['attn']")
     name = _name(attn, "config['attn']", ATTN_NAMES)
     if name == "none":
-        return {"name": "none"}, None
+        return {"name": "none"}, None, None
     where = f"config['attn'][{name!r}]"
-    se = _section(attn.get(name), where)
+    section = _section(attn.get(name), where)
+    if name in ("gc", "nl"):
+        config, spec = (resolve_gc if name == "gc" else resolve_nl)(section, where, channels)
+        return {"name": name, name: config}, None, spec
+    config, mlp = _resolve_se(section, where, channels)
+    return {"name": name, name: config}, mlp, None
+
+
+def _resolve_se(se: Mapping[str, Any], where: str, channels: int) -> tuple[dict, MlpSpec]:
     _check_keys(se, ("reduction", "activation", "kw_activation", "bias", "dropouts"), where)
     reduction = positive_int(se["reduction"], f"{where}['reduction']")
     mid = channels // reduction
@@ -280,7 +362,7 @@ def _resolve_attn(attn: Any, channels: int) -> tuple[dict[str, Any], MlpSpec | N
         "bias": mlp.bias,
         "dropouts": list(mlp.dropouts),
     }
-    return {"name": name, name: config}, mlp
+    return config, mlp
 
 
 def _resolve_pool(head: str, config: Mapping[str, Any]) -> tuple[str, int]:
@@ -330,7 +412,12 @@ def _check_keys(section: Mapping[str, Any], valid: Sequence[str], where: str) ->
 
 
 def _mlp(
-    section: Mapping[str, Any], where: str, in_features: int, out: tuple[int, ...], kw: dict
+    section: Mapping[str, Any],
+    where: str,
+    in_features: int,
+    out: tuple[int, ...],
+    kw: dict,
+    last_activation: bool = False,
 ) -> MlpSpec:
     act = section["activation"]
     choice(act, ACTIVATIONS, f"{where}['activation']")
@@ -349,7 +436,8 @@ def _mlp(
     for i, p in enumerate(dropouts):
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
             raise MscnnError(f"{where}['dropouts'][{i}]: expected a rate in [0, 1), got {p!r}")
-    return MlpSpec(in_features, out, act.lower(), kw, bias, tuple(float(p) for p in dropouts))
+    rates = tuple(float(p) for p in dropouts)
+    return MlpSpec(in_features, out, act.lower(), kw, bias, rates, last_activation)
 
 
 # --------------------------------------------------------------------------------------
@@ -365,7 +453,7 @@ class Mlp(nn.Sequential):
         last = len(spec.out_features) - 1
         for i, out in enumerate(spec.out_features):
             self.add_module(f"lin_{i}", nn.Linear(width, out, bias=spec.bias))
-            if i < last:
+            if i < last or spec.last_activation:
                 act = ACTIVATIONS[spec.activation](**spec.kw_activation)
                 self.add_module(f"act_{i}", act)
             if spec.dropouts[i] > 0:
@@ -421,8 +509,14 @@ class WholeModel(nn.Module):
         self.config: dict[str, Any] = canonical
         self.classes: list[str] = list(spec.classes)
         self.cnn = MultiScopicCNN(spec.in_channels, **spec.backbone_config)
-        self.attn = SqueezeExcitation(spec.se) if spec.se else nn.Identity()
+        self.rnn = _rnn_layer(spec.rnn)
+        self.attn = _attn_layer(spec)
         self.clf = Mlp(spec.clf)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Backbone, rnn, attention: (batch, channels, frames), or (batch, features) after
+        an LSTM with `retseq` false (its last frame)."""
+        return self.attn(self.rnn(self.cnn(x)))
 
     @property
     def in_channels(self) -> int:
@@ -456,8 +550,25 @@ class WholeModel(nn.Module):
         return macs * batch_size
 
     def _head_macs(self, frames: int) -> int:
-        se = self.attn.fc[0].count_macs(1) if self.spec.se else 0
-        return se + self.clf.count_macs(1 if self.spec.pool != "none" else frames)
+        spec = self.spec
+        se = self.attn.fc[0].count_macs(1) if spec.se else 0
+        if isinstance(spec.rnn, LstmSpec):
+            se += spec.rnn.count_macs(frames)
+        elif spec.rnn is not None:
+            se += self.rnn.count_macs(frames)
+        if isinstance(spec.attention, GcSpec):  # mask, context, the 1x1 convs
+            se += 2 * frames * spec.attention.channels
+            se += 2 * spec.attention.channels * spec.attention.mid * len(spec.attention.fusions)
+        elif isinstance(spec.attention, NlSpec):  # 1x1 projections and the frames^2 products
+            nl, sub = spec.attention, frames // spec.attention.subsample
+            se += frames * nl.channels * nl.mid * 2 + 2 * sub * nl.channels * nl.mid
+            se += 2 * frames * sub * nl.mid
+        rows = 1 if spec.pool != "none" or self._last_only else frames
+        return se + self.clf.count_macs(rows)
+
+    @property
+    def _last_only(self) -> bool:
+        return isinstance(self.spec.rnn, LstmSpec) and not self.spec.rnn.retseq
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, classes={self.classes}"
@@ -479,7 +590,7 @@ class ECG_SEQ_LAB_NET(WholeModel):
         return _frame_reduction(self.spec)
 
     def forward(self, x: Tensor) -> Tensor:
-        features = self.attn(self.cnn(x))  # (batch, channels, frames)
+        features = self.features(x)  # (batch, channels, frames)
         logits = self.clf(features.permute(0, 2, 1))  # (batch, frames, classes)
         return _recover(logits, x.shape[-1]) if self.spec.recover_length else logits
 
@@ -505,7 +616,9 @@ class ECG_CRNN(WholeModel):
         self.pool = pool(self.spec.pool_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        features = self.attn(self.cnn(x))  # (batch, channels, frames)
+        features = self.features(x)  # (batch, channels, frames)
+        if self._last_only:  # (batch, features): torch_ecg skips attention and pooling
+            return self.clf(features)
         pooled = self.pool(features).flatten(1)  # (batch, channels * pool_size), by channel
         return self.clf(pooled)  # (batch, classes)
 
@@ -517,6 +630,30 @@ class ECG_CRNN(WholeModel):
 
 
 HEADS: dict[str, type[WholeModel]] = {m.head: m for m in (ECG_SEQ_LAB_NET, ECG_CRNN)}
+
+
+class FrameMlp(Mlp):
+    """`rnn` linear: torch_ecg's MLP applied to every frame, (batch, channels, frames) in
+    and out."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.permute(0, 2, 1)).permute(0, 2, 1)
+
+
+def _rnn_layer(spec: LstmSpec | MlpSpec | None) -> nn.Module:
+    if spec is None:
+        return nn.Identity()
+    return StackedLstm(spec) if isinstance(spec, LstmSpec) else FrameMlp(spec)
+
+
+def _attn_layer(spec: HeadSpec) -> nn.Module:
+    if spec.se:
+        return SqueezeExcitation(spec.se)
+    if isinstance(spec.attention, GcSpec):
+        return GlobalContext(spec.attention)
+    if isinstance(spec.attention, NlSpec):
+        return NonLocal(spec.attention)
+    return nn.Identity()
 
 
 def build_model(
@@ -736,9 +873,119 @@ class ReducedLeadModel(nn.Module):
         return f"{self.head}, leads {list(self.lead_indices)} of {self.full_leads}"
 
 
+class _ScatteredBackbone(nn.Module):
+    """The full model's feature map from the kept leads' backbone: the kept channels
+    computed, the dropped leads' channels the constants Z of this input length, each at its
+    position in the full map (one constant-index gather)."""
+
+    def __init__(self, full: MultiScopicCNN, kept: list[int]) -> None:
+        super().__init__()
+        dropped = [i for i in range(full.in_channels) if i not in kept]
+        self.kept = _backbone_variant(full, kept)
+        self.zero_leads = _backbone_variant(full, dropped).eval()
+        order = full.lead_wise_channels(kept) + full.lead_wise_channels(dropped)
+        self.register_buffer("positions", torch.argsort(torch.tensor(order)), persistent=False)
+        self.full_channels = len(order)
+        self._cache: dict[tuple, Tensor] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.kept(x)  # (batch, kept channels, frames)
+        with warnings.catch_warnings():  # a trace holds the constants of its input length
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            z = self._constants(int(x.shape[-1]), features.dtype, features.device)
+        z = z.unsqueeze(0).expand(features.shape[0], -1, -1)
+        return torch.cat([features, z], dim=1).index_select(1, self.positions)
+
+    def _constants(self, seq_len: int, dtype, device) -> Tensor:
+        sources = [*self.zero_leads.parameters(), *self.zero_leads.buffers()]
+        key = (seq_len, dtype, device, tuple(t._version for t in sources))
+        if key not in self._cache:
+            with torch.no_grad(), _untraced():
+                zero = torch.zeros(
+                    1, self.zero_leads.in_channels, seq_len, dtype=dtype, device=device
+                )
+                self._cache = {key: self.zero_leads(zero)[0].contiguous()}
+        return self._cache[key]
+
+    def compute_output_shape(self, seq_len=None, batch_size=None):
+        shape = self.kept.compute_output_shape(seq_len, batch_size)
+        return (shape[0], self.full_channels, shape[2])
+
+    def receptive_field(self, fs=None):
+        return self.kept.receptive_field(fs)
+
+    def count_macs(self, seq_len: int) -> int:
+        return self.kept.count_macs(seq_len)
+
+    def train(self, mode: bool = True) -> _ScatteredBackbone:
+        super().train(mode)
+        self.zero_leads.eval()  # the constants are those of eval mode, always
+        return self
+
+
+class ConstantInputsModel(ReducedLeadModel):
+    """A reduced-lead variant of a whole model whose head does not fold exactly: an LSTM
+    (`rnn` lstm, and linear alike) or global-context / non-local attention after a
+    lead-wise backbone.
+
+    Why not fold: the dropped leads' features Z (channels, frames) are input-independent
+    but not constant over frames (zero padding reaches the edges, see ReducedLeadModel),
+    so through an LSTM they would enter the input projection as a per-frame term
+    W_ih[:, dropped] @ Z[:, t], which ONNX's LSTM op (one bias per gate) cannot hold. So
+    the variant keeps the constant inputs: only the kept leads' convs run, Z (computed
+    once per input length from the dropped leads' backbone on zeros) is put back at its
+    channels, and the full model's head runs unchanged. Exact by construction:
+    `variant(x[:, kept]) == full(zero_fill(x))`. The head costs what the full model's does.
+    """
+
+    def __init__(self, full: WholeModel, indices: Sequence[int]) -> None:
+        nn.Module.__init__(self)
+        kept = list(indices)
+        self.head, self.task, self.classes = full.head, full.task, list(full.classes)
+        self.spec, self.config = full.spec, copy.deepcopy(full.config)
+        self.full_leads, self.lead_indices = full.in_channels, tuple(kept)
+        self.whole = copy.deepcopy(full)
+        self.whole.cnn = _ScatteredBackbone(full.cnn, kept)
+        self.zero_leads = self.whole.cnn.zero_leads
+        self.train(full.training)
+
+    @property
+    def reduction(self) -> int | None:
+        return self.whole.reduction
+
+    @property
+    def num_parameters(self) -> int:
+        """The weights that run on an input (the dropped leads' backbone only computes
+        constants; the constants themselves grow with the input length)."""
+        skip = {id(p) for p in self.zero_leads.parameters()}
+        return sum(p.numel() for p in self.parameters() if id(p) not in skip)
+
+    def compute_output_shape(self, seq_len: int | None = None, batch_size: int | None = None):
+        return self.whole.compute_output_shape(seq_len, batch_size)
+
+    def receptive_field(self, fs: float | None = None) -> int | float:
+        return self.whole.receptive_field(fs)
+
+    def count_macs(self, seq_len: int, batch_size: int = 1) -> int:
+        return self.whole.count_macs(seq_len, batch_size)
+
+    def train(self, mode: bool = True) -> ConstantInputsModel:
+        nn.Module.train(self, mode)
+        self.whole.cnn.train(mode)
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.whole(x)
+
+    def extra_repr(self) -> str:
+        return f"{self.head}, leads {list(self.lead_indices)} of {self.full_leads}, kept inputs"
+
+
 def derive_whole_variant(model: WholeModel, indices: Sequence[int]) -> nn.Module:
     """The reduced-lead model of a whole model (used by `mscnn.derive_variant`)."""
     check_lead_indices(indices, model.in_channels)
+    if model.cnn.is_lead_wise and (model.spec.rnn is not None or model.spec.attention):
+        return ConstantInputsModel(model, indices)
     if model.cnn.is_lead_wise:
         return ReducedLeadModel(model, indices)
     if model.cnn.groups != 1:
@@ -828,6 +1075,8 @@ __all__ = [
     "ECG_CRNN",
     "ECG_SEQ_LAB_NET",
     "HEADS",
+    "ConstantInputsModel",
+    "FrameMlp",
     "HeadSpec",
     "ReducedLeadModel",
     "WholeModel",

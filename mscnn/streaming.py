@@ -57,8 +57,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import MscnnError
-from .heads import ECG_SEQ_LAB_NET, ReducedLeadModel, SqueezeExcitation, WholeModel
+from .heads import ECG_SEQ_LAB_NET, FrameMlp, ReducedLeadModel, SqueezeExcitation, WholeModel
 from .model import ACTIVATIONS, MultiScopicCNN
+from .recurrent import GlobalContext, NonLocal, StackedLstm
 
 log = logging.getLogger(__name__)
 
@@ -436,6 +437,14 @@ def _plan_model(model: nn.Module):
             "ends; stream the model with recover_length=False"
         )
     branches, end = _plan_backbone(model.cnn, "cnn.")
+    rnn_ops: list[StreamOp] = []
+    if isinstance(model.rnn, StackedLstm):
+        raise _refuse_lstm(model.rnn)
+    if isinstance(model.rnn, FrameMlp):  # per frame, like the classifier
+        rnn_ops, end = _plan_sequence(model.rnn, "rnn", end, per_frame=True)
+    if isinstance(model.attn, GlobalContext | NonLocal):
+        why = "weighs every frame against the whole record (softmax over frames)"
+        raise _refuse("attn", type(model.attn).__name__, f"{why}, so a frame would need the future")
     if isinstance(model.attn, SqueezeExcitation):
         why = "scales every channel by its mean over the whole record"
         raise _refuse("attn", "SqueezeExcitation", f"{why}, so a frame would need the future")
@@ -444,7 +453,20 @@ def _plan_model(model: nn.Module):
     if not isinstance(model, ECG_SEQ_LAB_NET):
         raise MscnnError(f"cannot stream a {model.head}: it has no per-frame output")
     head, _ = _plan_sequence(model.clf, "clf", end, per_frame=True)
-    return branches, head, end, model.cnn
+    return branches, rnn_ops + head, end, model.cnn
+
+
+def _refuse_lstm(rnn: StackedLstm) -> MscnnError:
+    name = f"rnn.{rnn.spec.layer_names()[0]}"
+    if rnn.spec.bidirectional:
+        why = (
+            "runs backwards from the end of the record, so the first frame needs the "
+            "whole record; see docs/streaming.md for the look-ahead a bounded "
+            "approximation would need, or train a unidirectional LSTM"
+        )
+    else:
+        why = "carries state (h, c) from frame to frame, which the step does not hold yet"
+    return _refuse(name, "LSTM", why)
 
 
 def _backbone_of(model: nn.Module) -> MultiScopicCNN:

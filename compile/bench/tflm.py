@@ -82,7 +82,11 @@ def network_spec(model: torch.nn.Module, samples: int) -> tuple[dict, dict[str, 
     """The detector as data the runner builds in Keras: per branch and block the convs
     (conv-level norms folded), the block's BatchNorm as an affine after its last ReLU, the
     pool; then the per-frame head."""
-    if not isinstance(model, ECG_SEQ_LAB_NET) or not isinstance(model.attn, torch.nn.Identity):
+    if (
+        not isinstance(model, ECG_SEQ_LAB_NET)
+        or not isinstance(model.attn, torch.nn.Identity)
+        or model.spec.rnn is not None
+    ):
         raise CompileError("tflm: the side-by-side takes the QRS detector (ECG_SEQ_LAB_NET)")
     arrays: dict[str, np.ndarray] = {}
 

@@ -308,6 +308,13 @@ class _FloatConv:
 
 def _backbone_of(model: nn.Module) -> tuple[mscnn.MultiScopicCNN, str]:
     """The MultiScopicCNN and its module prefix; what int8 cannot take is refused here."""
+    spec = getattr(model, "spec", None)
+    if getattr(spec, "rnn", None) is not None or getattr(spec, "attention", None) is not None:
+        layer = "rnn" if spec.rnn is not None else "attn"
+        raise CompileError(
+            f"int8: {layer} {model.config[layer]['name']!r} has no integer form here "
+            "(only the CNN, SE and the classifier); build this model in fp32"
+        )
     if isinstance(model, mscnn.MultiScopicCNN):
         cnn, prefix = model, ""
     elif isinstance(model, ECG_SEQ_LAB_NET) and model.spec.se is None:

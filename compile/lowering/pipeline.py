@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import CompileError
 from ..export import INPUT_NAME
 from ..targets import Target, tvm_target
+from .lstm import lstm_converter
 from .schedule import KernelCounts, schedule_pass
 
 SCHEDULES = ("tuned", "default-tile", "none")
@@ -99,10 +100,12 @@ def pipeline_for(
     return run
 
 
-def import_onnx(onnx_path: Path, shape=None):
+def import_onnx(onnx_path: Path, shape=None, gpu: bool = False):
     """The ONNX file as a Relax module, every input at the static shape and dtype the file
     declares (a window model's one input, or a stream step's input and states); `shape`,
-    where given, is the ECG input's. The one ONNX importer of bundles and Cortex-M builds."""
+    where given, is the ECG input's. The one ONNX importer of bundles and Cortex-M builds.
+    ONNX LSTM nodes are lowered by our converter (compile/lowering/lstm.py; `gpu` picks
+    its GPU form)."""
     import onnx
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -120,7 +123,8 @@ def import_onnx(onnx_path: Path, shape=None):
         raise CompileError(f"input {', '.join(dynamic)} of {onnx_path} has no static shape")
     with warnings.catch_warnings():  # state names hold dots, which Relax renames: expected
         warnings.filterwarnings("ignore", "Renaming name", UserWarning)
-        mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes)
+        with lstm_converter(gpu):
+            mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes)
     return relax.transform.DecomposeOpsForInference()(mod)  # batch_norm -> scale and shift
 
 
@@ -141,7 +145,7 @@ def compile_executable(
     from tvm import relax
 
     seen: dict[str, Any] = {}
-    mod = import_onnx(onnx_path, shape)
+    mod = import_onnx(onnx_path, shape, gpu=target.is_gpu)
     if precision == "fp16":
         mod = relax.transform.ToMixedPrecision(out_dtype="float32")(mod)
     elif precision != "fp32":

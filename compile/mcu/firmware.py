@@ -515,6 +515,7 @@ def build_mcu(
     `input_fs`: a stream firmware for a sensor at that rate (rates.py)."""
     b, (model, fs, leads) = get_board(board), _model_facts(loaded)
     core, budget, pair = CORES[b.core], _budget(b, part), rates.input_pair(input_fs, fs, hop)
+    _refuse_recurrent(model, fs, get_part(part or _part_for(b.core)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mode = f"stream hop {hop}" if hop else f"window {samples}"
@@ -585,6 +586,32 @@ def _profile(
     pairs = [(k.instructions, k.cycles_per_instruction) for k in profile]
     cycles = round(estimate_cycles(speed.instructions, pairs))
     return profile, dataclasses.replace(speed, cycles=cycles, cycle_method=method(core.tvm))
+
+
+def _refuse_recurrent(model, fs: int, part: Part) -> None:
+    """An LSTM head is refused with what it costs: its multiply-accumulates per second of
+    ECG (fp32, one MAC per cycle at best on the core's FPU) against the part's clock, and
+    its weights against the part's flash. The recurrence is sequential over frames and a
+    bidirectional one cannot stream, so a window must be held in RAM as well."""
+    from mscnn.recurrent import LstmSpec
+
+    rnn = getattr(getattr(model, "spec", None), "rnn", None)
+    if not isinstance(rnn, LstmSpec):
+        return
+    frames_per_s = fs / math.prod(block.subsample for block in model.spec.backbone.branches[0])
+    macs = rnn.count_macs(1) * frames_per_s
+    weights = sum(
+        4 * h * (i + h + 2) * rnn.directions * 4 for i, h in rnn.layer_sizes()
+    )  # fp32 bytes, both biases
+    flash = part.flash_region.size
+    raise CompileError(
+        f"mcu: the LSTM head ({'bi' if rnn.bidirectional else 'uni'}directional, hidden "
+        f"{list(rnn.hidden_sizes)}) costs {macs / 1e6:.1f} M MAC per second of ECG "
+        f"({100 * macs / part.clock_hz:.0f}% of {part.name}'s {part.clock_hz / 1e6:.0f} MHz at "
+        f"one fp32 MAC per cycle, before the backbone) and {weights / 2**20:.2f} MiB of fp32 "
+        f"weights ({100 * weights / flash:.0f}% of its {flash / 2**20:.0f} MiB flash); "
+        "Cortex-M builds take the CNN heads (rnn none): see docs/microcontrollers.md"
+    )
 
 
 def _model_facts(loaded) -> tuple[Any, int, tuple[str, ...]]:

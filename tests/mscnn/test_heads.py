@@ -181,35 +181,16 @@ def seq_lab(**changes):
 
 
 REFUSALS = {
-    "lstm": (
+    "gru": (
         ECG_CRNN,
-        crnn(rnn={"name": "lstm"}),
-        r"config\['rnn'\]\['name'\]: 'lstm' is not supported; choose from: none",
-    ),
-    "linear": (
-        ECG_CRNN,
-        crnn(rnn={"name": "linear"}),
-        r"config\['rnn'\]\['name'\]: 'linear' is not supported",
-    ),
-    "seq_lab_default_rnn": (
-        ECG_SEQ_LAB_NET,
-        {k: v for k, v in seq_lab().items() if k != "rnn"},
-        r"config\['rnn'\]\['name'\]: 'lstm' is not supported",
-    ),
-    "gc": (
-        ECG_CRNN,
-        crnn(attn={"name": "gc"}),
-        r"config\['attn'\]\['name'\]: 'gc' is not supported; choose from: none, se",
-    ),
-    "nl": (
-        ECG_SEQ_LAB_NET,
-        seq_lab(attn={"name": "nl"}),
-        r"config\['attn'\]\['name'\]: 'nl' is not supported; choose from: none, se",
+        crnn(rnn={"name": "gru"}),
+        r"config\['rnn'\]\['name'\]: 'gru' is not supported; choose from: none, lstm, linear",
     ),
     "transformer": (
         ECG_CRNN,
         crnn(attn={"name": "transformer"}),
-        r"config\['attn'\]\['name'\]: 'transformer' is not supported",
+        r"config\['attn'\]\['name'\]: 'transformer' is not supported; choose from: "
+        r"none, se, gc, nl",
     ),
     "other_cnn": (
         ECG_CRNN,

@@ -1,0 +1,137 @@
+"""Whole models with an LSTM head compile: the ONNX LSTM lowered to one input-projection
+matmul per direction plus a TIR recurrence kernel (compile/lowering/lstm.py), checked
+against PyTorch on real ECG in process (x86_64) and under qemu with the native runner
+(aarch64), the CUDA library built (no GPU here); refused for Cortex-M with its cost.
+
+The model is torch_ecg's default ECG_SEQ_LAB_NET_CONFIG (multi_scopic backbone,
+bidirectional LSTM, SE, 256-64 classifier) with 4/4/8 filters per branch and hidden sizes
+32/32 instead of 256/256, so that a build takes about a minute; docs/whole-models.md has
+the full-size figures. Built at 512 samples (1 s), one bundle per target, once per
+module."""
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from native_runner import run_native
+
+import mscnn
+from compile import TARGETS, BuildOptions, build, resolve_variant
+from compile.errors import CompileError
+from compile.lowering.lstm import LstmConverter
+from deploy.predictor import Predictor
+from mscnn import data as ecg_data
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from torch_ecg.model_configs import ECG_SEQ_LAB_NET_CONFIG
+
+SAMPLES = 512
+
+
+def seq_lab_crnn(bidirectional=True):
+    config = copy.deepcopy(ECG_SEQ_LAB_NET_CONFIG)
+    config.cnn.multi_scopic.num_filters = [[4, 4, 8]] * 3  # a quick backbone under qemu
+    config.rnn.lstm.hidden_sizes = [32, 32]
+    config.rnn.lstm.bidirectional = bidirectional
+    model = mscnn.ECG_SEQ_LAB_NET(["qrs"], 1, config)
+    mscnn.seeded_init(model, 5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def crnn(tmp_path_factory):
+    path = tmp_path_factory.mktemp("crnn") / "crnn.pt"
+    mscnn.save_checkpoint(path, seq_lab_crnn(), leads=["II"], fs=500)
+    return mscnn.load_checkpoint(path)
+
+
+@pytest.fixture(scope="module")
+def crnn_bundles(tmp_path_factory, crnn):
+    out = tmp_path_factory.mktemp("crnn_bundles")
+    variant = resolve_variant(crnn, "1")
+    options = BuildOptions(samples=SAMPLES)
+    return {n: build(crnn, TARGETS[n], variant, out, options) for n in ("x86_64", "aarch64")}
+
+
+def real_windows(n=4):
+    try:
+        signals = ecg_data.cpsc2019_records().signals
+    except mscnn.MscnnError as exc:
+        pytest.skip(f"the CPSC2019 records are not here: {exc}")
+    starts = (0, 1500, 3000, 4400)[:n]
+    return [
+        signals[k * 7][None, None, s : s + SAMPLES].astype(np.float32) for k, s in enumerate(starts)
+    ]
+
+
+def normalised(got, expected):
+    assert np.isfinite(got).all()
+    return float(np.abs(got - expected).max() / np.abs(expected).max())
+
+
+@pytest.mark.slow
+def test_x86_bundle_equals_pytorch_on_real_ecg(crnn_bundles, crnn):
+    bundle = crnn_bundles["x86_64"]
+    assert bundle.manifest.parity.tvm.passed and bundle.manifest.detect is not None
+    predictor = Predictor(bundle)
+    for x in real_windows():
+        with torch.no_grad():
+            expected = crnn.model(torch.from_numpy(x)).numpy()
+        assert normalised(predictor(x), expected) <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.cross
+def test_aarch64_bundle_passes_its_golden_cases_under_qemu(crnn_bundles, monkeypatch):
+    """The device's own output (mscnn-run --check under qemu) on every golden case: the
+    50 CPSC2019 records (their first 512 samples) and PyTorch's beats on them. One TVM
+    thread: on a loaded 2-core host the runtime's spinning workers under qemu made a
+    single window take minutes."""
+    monkeypatch.setenv("TVM_NUM_THREADS", "1")
+    done = run_native("aarch64", crnn_bundles["aarch64"].path, "--check")
+    assert done.returncode == 0, done.stdout + done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("check: pass 52/52") and "beats=50/50" in last
+
+
+def test_converter_refuses_what_torch_does_not_export():
+    with pytest.raises(CompileError, match=r"attribute clip=1\.0 is not supported"):
+        LstmConverter.convert(None, [], {"hidden_size": 4, "clip": 1.0}, None)
+
+
+def test_compile_mcu_refuses_an_lstm_head_with_its_cost(tmp_path):
+    """torch_ecg's default seq-lab model: the refusal states MACs per second of ECG
+    against the M7's clock and the weights against its flash; nothing is written."""
+    from compile.mcu.firmware import build_mcu
+
+    model = mscnn.ECG_SEQ_LAB_NET(["qrs"], 1, copy.deepcopy(ECG_SEQ_LAB_NET_CONFIG)).eval()
+    with pytest.raises(CompileError) as info:
+        build_mcu(model, "mps2-an500", tmp_path / "mcu")
+    # 2 directions x 4 gates x 256 x ((192 + 256) + (512 + 256)) per frame, 62.5 frames/s
+    assert "costs 155.6 M MAC per second of ECG (32% of stm32h7's 480 MHz" in str(info.value)
+    assert "9.53 MiB of fp32 weights" in str(info.value)
+    assert not (tmp_path / "mcu").exists()
+
+
+@pytest.mark.slow
+def test_cuda_library_holds_the_compiled_recurrence(tmp_path):
+    """The recurrence's GPU form (a block per batch row, a thread per hidden unit, barriers
+    per frame) compiles to a cubin of the target's SM (build only: parity needs a GPU)."""
+    from compile.export import export_onnx
+    from compile.lowering.cuda import compile_cuda_library, cubin_archs
+
+    onnx_path = export_onnx(seq_lab_crnn(), tmp_path / "m.onnx", batch=1, samples=SAMPLES)
+    library = tmp_path / "model.so"
+    compile_cuda_library(onnx_path, "cuda", (1, 1, SAMPLES), library, tmp_path / "build.log")
+    assert TARGETS["cuda"].tvm["arch"] in cubin_archs(library)
+    assert b"__global__" not in library.read_bytes()
+
+
+def test_int8_refuses_an_lstm_head_naming_it():
+    from compile.int8 import quantize
+
+    with pytest.raises(CompileError, match=r"int8: rnn 'lstm' has no integer form"):
+        quantize.check_quantizable(seq_lab_crnn())
