@@ -22,7 +22,7 @@ from .bundle import Bundle, load_bundle
 from .detect import BeatStream, Detection, as_record, check_rate
 from .errors import DeployError
 from .files import open_regular, read_npy_fd, show
-from .records import SNIFF_BYTES, check_mv, is_npy, refuse_foreign
+from .records import SNIFF_BYTES, Gap, check_mv_or_gap, is_npy, refuse_foreign, split_gaps
 from .rpeaks import RPeakRule, heart_rate_bpm
 from .stream import Stream, open_stream
 
@@ -39,6 +39,7 @@ class StreamRun:
     fs_assumed: bool  # no --fs: the bundle's rate is taken (detect.rate_note)
     samples: int = 0
     _leftover: list[int] = field(default_factory=list, init=False, repr=False)
+    _last_segment: int = field(default=0, init=False, repr=False)  # samples, at the end
     _chunks: Iterator[np.ndarray] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -60,35 +61,68 @@ class StreamRun:
         return self.bundle.manifest.fs
 
     def lines(self, detect: bool) -> Iterator[str]:
-        """`frame <index> <values...>`, or with `detect` `beat <sample> <seconds>`."""
+        """`frame <index> <values...>`, or with `detect` `beat <sample> <seconds>`; and
+        `gap <start> <samples>` for each NaN run once it has ended, in order. Frame
+        indices count the frames printed: after a gap the next segment's frames follow."""
         if detect:
-            yield from (f"beat {s} {s / self.fs:.3f}" for s in self.beats())
+            for event in self.beats():
+                gap = isinstance(event, Gap)
+                yield f"gap {event.start} {event.samples}" if gap else beat_line(event, self.fs)
             return
         index = 0
-        for frames in self._frames():
-            for column in frames.T:
+        for event in self._frames():
+            if isinstance(event, Gap):
+                yield f"gap {event.start} {event.samples}"
+                continue
+            for column in event.T if isinstance(event, np.ndarray) else ():
                 yield f"frame {index} " + " ".join(f"{v:.6g}" for v in column)
                 index += 1
         self._check_end()
 
-    def beats(self) -> Iterator[int]:
-        """R-peaks (sample indices) as they become final, by the manifest's rule."""
+    def beats(self) -> Iterator[int | Gap]:
+        """R-peaks (sample indices) as they become final, by the manifest's rule, and each
+        gap (a Gap) once it has ended; the rule restarts at every gap."""
         beats = BeatStream(_rule(self.bundle))
-        for frames in self._frames():
-            yield from beats.push(frames[0])
-        yield from beats.flush()
+        for event in self._frames():
+            if isinstance(event, np.ndarray):
+                yield from beats.push(event[0])
+            elif isinstance(event, Cut):
+                yield from beats.gap(event.gap, event.segment)
+            else:
+                yield event
+        yield from beats.flush(self._last_segment)
         self._check_end()
 
     def detection(self) -> Detection:
-        """The whole record's beats and heart rate, as `deploy detect` gives them."""
-        found = np.array(list(self.beats()), np.int64)
+        """The whole record's beats, gaps and heart rate, as `deploy detect` gives them."""
+        events = list(self.beats())
+        gaps = tuple(e for e in events if isinstance(e, Gap))
+        found = np.array([e for e in events if not isinstance(e, Gap)], np.int64)
         fs = self.bundle.manifest.detect.fs
-        return Detection(found, heart_rate_bpm(found, fs), fs, self.samples, self.fs_assumed)
+        rate = heart_rate_bpm(found, fs, [g.start for g in gaps])
+        return Detection(found, rate, fs, self.samples, self.fs_assumed, gaps=gaps)
 
-    def _frames(self) -> Iterator[np.ndarray]:
-        for x in self._records():
-            yield self.stream.push(x)
-        yield self.stream.flush()
+    def _frames(self) -> Iterator[np.ndarray | Cut | Gap]:
+        """The stream's frames as they complete; at a NaN run's first sample a Cut (the
+        segment before it ended: its last frames came first), and the run as one Gap once
+        it has ended (runs cut by chunk boundaries joined)."""
+        stream, open_gap = self.stream, None
+        for piece in self._records():
+            if isinstance(piece, Gap):
+                segment = stream.samples - stream.start
+                yield stream.gap(piece.samples)
+                yield Cut(segment, piece.samples)
+                joined = open_gap and Gap(open_gap.start, open_gap.samples + piece.samples)
+                open_gap = joined or piece
+                continue
+            if open_gap is not None:
+                yield open_gap
+                open_gap = None
+            yield stream.push(piece)
+        self._last_segment = stream.samples - stream.start
+        yield stream.flush()
+        if open_gap is not None:
+            yield open_gap
 
     def _check_end(self) -> None:
         """After the output of every whole sample: a stream cut inside a sample."""
@@ -100,16 +134,17 @@ class StreamRun:
                 "samples before it were streamed and their output written"
             )
 
-    def _records(self) -> Iterator[np.ndarray]:
-        """The input's (leads, n) float32 chunks, each checked as mV before it is streamed."""
+    def _records(self) -> Iterator[np.ndarray | Gap]:
+        """The input's (leads, n) float32 chunks, each checked as mV before it is streamed,
+        split at NaN runs (records.split_gaps: a sample with NaN on any lead is a gap)."""
         for x in self._chunks:
             try:
-                check_mv(x, self._where, self.samples, self.bundle.leads)
+                check_mv_or_gap(x, self._where, self.samples, self.bundle.leads)
             except DeployError as exc:
                 done = "; the samples before it were streamed" if self.samples else ""
                 raise DeployError(f"{exc}{done}") from None
-            self.samples += x.shape[1]
-            yield x
+            first, self.samples = self.samples, self.samples + x.shape[1]
+            yield from split_gaps(x, first)
 
     @property
     def _where(self) -> str:
@@ -133,7 +168,7 @@ class StreamRun:
             x = as_record(self.bundle, record)
         except DeployError as exc:
             raise DeployError(f"{where}: {exc}") from None
-        check_mv(x, where, 0, self.bundle.leads)  # the whole file, before any output
+        check_mv_or_gap(x, where, 0, self.bundle.leads)  # the whole file, before any output
         for at in range(0, x.shape[1], self.chunk):
             yield x[:, at : at + self.chunk]
 
@@ -154,6 +189,18 @@ def open_run(
         _rule(bundle)
     assumed = check_rate(bundle.manifest, fs)
     return StreamRun(bundle, stream, source, chunk or bundle.manifest.stream.hop, assumed)
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The segment of `segment` samples before a gap of `gap` samples has ended."""
+
+    segment: int
+    gap: int
+
+
+def beat_line(sample: int, fs: int) -> str:
+    return f"beat {sample} {sample / fs:.3f}"
 
 
 def _rule(bundle: Bundle) -> RPeakRule:

@@ -15,6 +15,18 @@
 #include "text.h"
 
 namespace mscnn {
+namespace {
+
+// Sample `i` of interleaved samples is a gap when any lead is NaN: the model needs every
+// lead (deploy/records.py gap_mask, the same rule).
+bool IsGap(const std::vector<float>& xs, std::size_t i, std::int64_t leads) {
+  for (std::int64_t lead = 0; lead < leads; ++lead) {
+    if (std::isnan(xs[i * std::size_t(leads) + std::size_t(lead)])) return true;
+  }
+  return false;
+}
+
+}  // namespace
 
 int Stream(const Options& o) {
   Bundle bundle = Bundle::Open(o.bundle);
@@ -55,6 +67,7 @@ int Stream(const Options& o) {
     }
   };
   std::vector<std::int64_t> found_all;  // --json: printed as one object at the end
+  std::vector<GapRun> gaps;             // --json: listed in the object
   auto report = [&](const std::vector<std::int64_t>& found) {
     if (o.json) {
       found_all.insert(found_all.end(), found.begin(), found.end());
@@ -68,16 +81,45 @@ int Stream(const Options& o) {
     if (o.detect) report(beats.Push(logits));
     logits.clear();
   };
+  GapRun open{0, 0};  // the NaN run under way (samples 0: none), reported once it ends
+  auto close_gap = [&]() {
+    if (open.samples == 0) return;
+    if (o.json) {
+      gaps.push_back(open);
+    } else {
+      std::printf("gap %lld %lld\n", static_cast<long long>(open.start),
+                  static_cast<long long>(open.samples));
+    }
+    open.samples = 0;
+  };
   for (;;) {
     const std::vector<float>& xs = source.Next();
     if (xs.empty()) break;
-    runner.Push(xs.data(), xs.size() / std::size_t(leads), emit);
-    drain();
+    const std::size_t count = xs.size() / std::size_t(leads);
+    for (std::size_t at = 0, end = 0; at < count; at = end) {
+      const bool gap = IsGap(xs, at, leads);
+      for (end = at + 1; end < count && IsGap(xs, end, leads) == gap;) ++end;
+      const std::int64_t n = std::int64_t(end - at);
+      if (!gap) {
+        close_gap();
+        runner.Push(xs.data() + at * std::size_t(leads), end - at, emit);
+        drain();
+        continue;
+      }
+      const std::int64_t segment = runner.samples();
+      if (open.samples == 0) open.start = runner.start() + segment;
+      open.samples += n;
+      runner.Gap(n, emit);  // the segment before ends: its last frames, then a fresh state
+      drain();
+      if (o.detect) report(beats.Gap(n, segment));
+    }
   }
+  const std::int64_t last = runner.samples();
   runner.Flush(emit);
   drain();
-  if (o.detect) report(beats.Flush());
-  if (o.json) PrintDetection(found_all, m.detect, source.samples(), true);
+  if (o.detect) report(beats.Flush(last));
+  close_gap();
+  if (o.json) PrintDetection(found_all, m.detect, source.samples(), true, &gaps);
   std::fflush(stdout);
   if (source.leftover() != 0) {
     throw Refusal(source.label() + ": the stream ended " + std::to_string(source.leftover()) +
