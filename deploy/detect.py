@@ -147,7 +147,8 @@ def detect(
         logits = open_stream(bundle).run(x)[0]
     else:
         logits = (predictor or Predictor(bundle))(x[None])[0, :, 0]
-    beats = detect_rpeaks(logits, rule, n_samples=x.shape[-1])
+    n = x.shape[-1]  # a stream of fewer samples than a frame has no frame, so no beat
+    beats = detect_rpeaks(logits, rule, n) if len(logits) else np.zeros(0, np.int64)
     rate = heart_rate_bpm(beats, rule.fs)
     return Detection(beats, rate, rule.fs, x.shape[-1], fs_assumed=fs is None)
 

@@ -127,8 +127,8 @@ def test_detect_and_stream_report_the_same_gaps(
 ):
     """`deploy detect` on a .npy with NaN runs (a stream bundle) gives `deploy stream`'s
     JSON: segments detected alone, gaps listed; a window bundle refuses, naming the stream
-    bundle; Inf is still refused."""
-    gaps = [Gap(0, 300), Gap(7000, 1500), Gap(12000, 1)]
+    bundle; Inf is still refused. A segment of fewer samples than a frame (3) has no beat."""
+    gaps = [Gap(0, 300), Gap(7000, 1500), Gap(8503, 10), Gap(12000, 1)]
     np.save(tmp_path / "gaps.npy", with_gaps(ecg, gaps))
     bundle = qrs_stream_bundles["x86_64"]
     status, detected, _ = cli(
@@ -143,11 +143,11 @@ def test_detect_and_stream_report_the_same_gaps(
     assert found["gaps"] == [{"start": g.start, "samples": g.samples, "seconds": g.samples / 500}
                              for g in gaps]  # fmt: skip
     assert found["samples"] == len(ecg) and len(found["beats"]) >= 20
-    rate = heart_rate_bpm(np.array(found["beats"]), 500, [0, 7000, 12000])
+    rate = heart_rate_bpm(np.array(found["beats"]), 500, [g.start for g in gaps])
     assert found["heart_rate_bpm"] == rate != heart_rate_bpm(np.array(found["beats"]))
     assert found["beats"] == detect(bundle, with_gaps(ecg, gaps)).beats.tolist()
     _, text, _ = cli(capsys, "detect", bundle.path, "--input", tmp_path / "gaps.npy")
-    assert text.splitlines()[-3:] == ["gap 0 300", "gap 7000 1500", "gap 12000 1"]
+    assert text.splitlines()[-4:] == ["gap 0 300", "gap 7000 1500", "gap 8503 10", "gap 12000 1"]
 
     np.save(tmp_path / "window.npy", with_gaps(ecg[:5000], [Gap(1000, 250)]))
     status, _, error = cli(capsys, "detect", qrs_bundles["x86_64"].path, "--input",
