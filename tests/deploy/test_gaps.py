@@ -105,6 +105,18 @@ def test_gap_ends_the_segment_and_keeps_the_clock(qrs_stream_bundles, ecg):
     assert stream.samples == 10
 
 
+def test_frames_and_gap_lines_in_order(qrs_stream_bundles, ecg, tmp_path):
+    """Without --detect: the first segment's frames (all of them: it was flushed), the gap's
+    line, then the next segment's frames; frame indices count on."""
+    x = ecg[:3000].copy()
+    x[2345:2350] = np.nan
+    x.tofile(tmp_path / "gap.f32")
+    lines = list(open_run(qrs_stream_bundles["x86_64"].path, tmp_path / "gap.f32").lines(False))
+    assert lines[2345 // 8] == "gap 2345 5" and len(lines) == 2345 // 8 + 1 + 650 // 8
+    frames = [line.split() for line in lines if line.startswith("frame ")]
+    assert [int(f[1]) for f in frames] == list(range(len(frames)))
+
+
 def test_heart_rate_counts_no_interval_across_a_gap():
     beats = np.array([0, 500, 1000, 5000, 5400])
     assert heart_rate_bpm(beats) == 60.0 * 500 * 4 / 5400  # no gap: as before
