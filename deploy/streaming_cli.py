@@ -67,7 +67,7 @@ class StreamRun:
         if detect:
             for event in self.beats():
                 gap = isinstance(event, Gap)
-                yield f"gap {event.start} {event.samples}" if gap else beat_line(event, self.fs)
+                yield f"gap {event.start} {event.samples}" if gap else _beat_line(event, self.fs)
             return
         index = 0
         for event in self._frames():
@@ -112,8 +112,9 @@ class StreamRun:
                 segment = stream.samples - stream.start
                 yield stream.gap(piece.samples)
                 yield Cut(segment, piece.samples)
-                joined = open_gap and Gap(open_gap.start, open_gap.samples + piece.samples)
-                open_gap = joined or piece
+                if open_gap is not None:  # the run went on past a chunk's end
+                    piece = Gap(open_gap.start, open_gap.samples + piece.samples)
+                open_gap = piece
                 continue
             if open_gap is not None:
                 yield open_gap
@@ -199,7 +200,7 @@ class Cut:
     gap: int
 
 
-def beat_line(sample: int, fs: int) -> str:
+def _beat_line(sample: int, fs: int) -> str:
     return f"beat {sample} {sample / fs:.3f}"
 
 

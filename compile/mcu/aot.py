@@ -758,6 +758,24 @@ int mscnn_infer(const float* x, size_t n, float* y, size_t m) {{
 """
 
 
+_SEGMENT_API = """/* Zero the state and the record's clock: call before a record's first hop. */
+void mscnn_reset(void);
+/* Called after each step of mscnn_flush / mscnn_stream_gap: take the step's frames
+ * (mscnn_valid, mscnn_output) as after any step. */
+typedef void (*mscnn_frames_fn)(void* ctx);
+/* The end of a record: the hop at mscnn_input() with its first `n` samples real (those
+ * since the last whole hop, 0 to MSCNN_HOP - 1), then empty hops until the frames stop;
+ * `frames(ctx)` after each step. Then as mscnn_reset(). MSCNN_OK or a step's error. */
+int mscnn_flush(size_t n, mscnn_frames_fn frames, void* ctx);
+/* A gap of `samples` samples (the sensor gave none) after the segment's last `n` samples
+ * (written to mscnn_input() as for mscnn_flush): the segment ends as a record does, the
+ * state is zeroed, and the next segment begins `samples` after its end in the record's
+ * clock (mscnn_segment_start). Beats of each segment are those of a record of it alone. */
+int mscnn_stream_gap(size_t n, uint32_t samples, mscnn_frames_fn frames, void* ctx);
+/* The record's sample where the current segment began: 0, or the end of the last gap. */
+uint32_t mscnn_segment_start(void);"""
+
+
 def emit_stream_header(
     program: Program,
     facts: StreamFacts,
@@ -779,8 +797,7 @@ def emit_stream_header(
  * MSCNN_E_NONFINITE) leaves it as it was; after MSCNN_E_KERNEL call mscnn_reset().
  * mscnn_input() lies in the arena: while mscnn_step runs, the arena is the model's; write
  * the next hop there only after it returns (collect samples in a buffer of your own).
- * mscnn_flush() runs the end of a record for you; mscnn_stream_gap() ends a segment where
- * the sensor gave no samples (lead-off) and keeps the record's clock across the gap. */
+ * mscnn_flush() ends a record; mscnn_stream_gap() a segment before a lead-off gap. */
 #ifndef {guard}
 #define {guard}
 
@@ -802,22 +819,7 @@ extern "C" {{
 #define MSCNN_ARENA_BYTES {program.arena_bytes}  /* .bss.mscnn_arena, 64-byte aligned */
 #define MSCNN_WEIGHTS_BYTES {program.weights_bytes}  /* .rodata.mscnn_weights, flash */
 {_input_lines(fs, rule)}{_ERROR_CODES}
-/* Zero the state and the record's clock: call before the first hop of every record. */
-void mscnn_reset(void);
-/* Called after each step of mscnn_flush / mscnn_stream_gap: take the step's frames
- * (mscnn_valid, mscnn_output) as after any step. */
-typedef void (*mscnn_frames_fn)(void* ctx);
-/* The end of a record: the hop at mscnn_input() with its first `n` samples real (those
- * since the last whole hop, 0 to MSCNN_HOP - 1), then empty hops until the frames stop;
- * `frames(ctx)` after each step. Then as mscnn_reset(). MSCNN_OK or a step's error. */
-int mscnn_flush(size_t n, mscnn_frames_fn frames, void* ctx);
-/* A gap of `samples` samples (the sensor gave none) after the segment's last `n` samples
- * (written to mscnn_input() as for mscnn_flush): the segment ends as a record does, the
- * state is zeroed, and the next segment begins `samples` after its end in the record's
- * clock (mscnn_segment_start). Beats of each segment are those of a record of it alone. */
-int mscnn_stream_gap(size_t n, uint32_t samples, mscnn_frames_fn frames, void* ctx);
-/* The record's sample where the current segment began: 0, or the end of the last gap. */
-uint32_t mscnn_segment_start(void);
+{_SEGMENT_API}
 /* Where to write a hop (MSCNN_LEADS x MSCNN_HOP floats, lead-major, in the arena). */
 float* mscnn_input(void);
 /* One step on the hop written there; `n`: real samples at its front (<= MSCNN_HOP). */
@@ -851,7 +853,21 @@ static void mscnn_copy_state(uint8_t* to, const uint8_t* from, uint32_t bytes) {
 """
 
 
-_END_SEGMENT = """
+_SEGMENTS = """
+static uint32_t mscnn_start, mscnn_stepped; /* the segment's first sample; samples stepped */
+
+static void mscnn_zero_states(void) {
+  for (size_t k = 0; k < sizeof mscnn_states / sizeof mscnn_states[0]; ++k)
+    mscnn_copy_state(mscnn_arena + mscnn_states[k].state, 0, mscnn_states[k].bytes);
+}
+
+void mscnn_reset(void) {
+  mscnn_zero_states();
+  mscnn_start = mscnn_stepped = 0u;
+}
+
+uint32_t mscnn_segment_start(void) { return mscnn_start; }
+
 /* The segment's partial hop of n samples, then empty hops until the frames stop. */
 static int mscnn_end_segment(size_t n, mscnn_frames_fn frames, void* ctx) {
   if (n == 0u && mscnn_stepped == 0u) return MSCNN_OK; /* nothing streamed */
@@ -905,21 +921,7 @@ static const struct {{ uint32_t state, next, bytes; }} mscnn_states[] = {{
   {rows or "{0u, 0u, 0u}"}
 }};
 
-{_COPY_STATE}
-static uint32_t mscnn_start, mscnn_stepped; /* the segment's first sample; samples stepped */
-
-static void mscnn_zero_states(void) {{
-  for (size_t k = 0; k < sizeof mscnn_states / sizeof mscnn_states[0]; ++k)
-    mscnn_copy_state(mscnn_arena + mscnn_states[k].state, 0, mscnn_states[k].bytes);
-}}
-
-void mscnn_reset(void) {{
-  mscnn_zero_states();
-  mscnn_start = mscnn_stepped = 0u;
-}}
-
-uint32_t mscnn_segment_start(void) {{ return mscnn_start; }}
-{_END_SEGMENT}
+{_COPY_STATE}{_SEGMENTS}
 float* mscnn_input(void) {{ return (float*)(mscnn_arena + {x.offset}); }}
 
 const float* mscnn_output(void) {{ return (const float*)(mscnn_arena + {frames.offset}); }}
