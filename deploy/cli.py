@@ -121,6 +121,8 @@ def _detect(args) -> int:
         print(f"{len(found.beats)} beats in {seconds:g} s, heart rate {rate}")
         print("R-peaks (samples):", " ".join(map(str, found.beats.tolist())))
         print("R-peaks (s):", " ".join(f"{b / found.input_fs:.3f}" for b in found.beats))
+        for gap in found.gaps:  # NaN runs: each segment was detected alone
+            print(f"gap {gap.start} {gap.samples}")
     if args.plot is not None:
         plot(record, found, args.plot, title=show(args.input.name))
         print(f"wrote {show(args.plot)}", file=sys.stderr if args.json else sys.stdout)

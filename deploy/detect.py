@@ -24,7 +24,7 @@ from .errors import DeployError
 from .files import show
 from .manifest import Manifest
 from .predictor import Predictor
-from .records import check_mv
+from .records import Gap, check_mv, check_mv_or_gap, gap_mask, split_gaps
 from .resample import rate_pair, resample
 from .rpeaks import RPeakRule, detect_rpeaks, heart_rate_bpm
 
@@ -41,6 +41,7 @@ class Detection:
     # the record's own rate when it was resampled to `fs` (the bundle's); beats and
     # samples are in the record's clock
     fs_input: int | None = None
+    gaps: tuple[Gap, ...] = ()  # runs the sensor did not give; no RR interval spans one
 
     @property
     def input_fs(self) -> int:
@@ -57,6 +58,7 @@ class Detection:
             "fs_assumed": self.fs_assumed,
             "samples": self.samples,
             "seconds": self.samples / self.input_fs,
+            "gaps": [g.to_json(self.input_fs) for g in self.gaps],
         }
 
 
@@ -131,6 +133,9 @@ def detect(
             f"bundle {bundle.name} is a {bundle.manifest.model.task} model, not "
             "an R-peak detector (its manifest has no detection rule)"
         )
+    gaps = _gaps_in(record)
+    if gaps:
+        return _detect_segments(bundle, record, fs, predictor, gaps)
     if fs is not None and fs != bundle.manifest.fs:
         return _detect_resampled(bundle, record, fs, predictor)
     stream = bundle.manifest.stream is not None  # a stream bundle takes any length
@@ -142,9 +147,50 @@ def detect(
         logits = open_stream(bundle).run(x)[0]
     else:
         logits = (predictor or Predictor(bundle))(x[None])[0, :, 0]
-    beats = detect_rpeaks(logits, rule, n_samples=x.shape[-1])
+    n = x.shape[-1]  # a stream of fewer samples than a frame has no frame, so no beat
+    beats = detect_rpeaks(logits, rule, n) if len(logits) else np.zeros(0, np.int64)
     rate = heart_rate_bpm(beats, rule.fs)
     return Detection(beats, rate, rule.fs, x.shape[-1], fs_assumed=fs is None)
+
+
+def _gaps_in(record: object) -> list[Gap]:
+    """The NaN runs of a float record of 1 to 3 dimensions (records.gap_mask)."""
+    x = record if isinstance(record, np.ndarray) else np.zeros(0)
+    if x.dtype.kind != "f" or x.ndim not in (1, 2, 3) or x.size == 0:
+        return []
+    x = x.reshape(-1, x.shape[-1])
+    return [g for g in split_gaps(x) if isinstance(g, Gap)] if gap_mask(x).any() else []
+
+
+def _detect_segments(
+    bundle: Bundle, record: np.ndarray, fs: int | None, predictor, gaps: list[Gap]
+) -> Detection:
+    """A record with gaps: each segment between them detected alone (as a record of its
+    own: the model's state and the rule restart), beats in the record's clock, and no
+    heart-rate interval across a gap. A window bundle takes one whole window of samples,
+    so it refuses, naming the stream bundle."""
+    m = bundle.manifest
+    x = record.reshape(-1, record.shape[-1])
+    check_mv_or_gap(x, "record", leads=bundle.leads if len(x) == len(bundle.leads) else ())
+    if m.stream is None:
+        more = f", and {len(gaps) - 1} more" if len(gaps) > 1 else ""
+        raise DeployError(
+            f"record holds a gap (NaN from sample {gaps[0].start}, {gaps[0].samples} "
+            f"samples{more}); a window bundle takes one whole window of samples, while a "
+            "stream bundle reads NaN runs as sensor gaps: " + stream_bundle_hint(m)
+        )
+    beats, at = [], 0
+    for piece in split_gaps(x):
+        if isinstance(piece, np.ndarray):
+            beats.append(detect(bundle, piece, fs, predictor).beats + at)
+        at += piece.samples if isinstance(piece, Gap) else piece.shape[1]
+    found = np.concatenate(beats) if beats else np.zeros(0, np.int64)
+    resampled = fs is not None and fs != m.fs
+    fs_record = fs if resampled else m.fs
+    rate = heart_rate_bpm(found, fs_record, [g.start for g in gaps])
+    return Detection(
+        found, rate, m.fs, x.shape[-1], fs is None, fs if resampled else None, tuple(gaps)
+    )
 
 
 def _detect_resampled(
@@ -238,9 +284,13 @@ class BeatStream:
         r = rule.reduction
         self.horizon = max(2 * rule.min_rr_samples + rule.edge_samples + 4 * r, rule.fs)
         self._keep = (2 * self.horizon) // r + 1  # frames kept behind the reporting point
+        self.origin = 0  # the record's sample where the current segment began
+        self._restart()
+
+    def _restart(self) -> None:
         self._logits = np.zeros(0, np.float64)
         self._offset = 0  # frame index of _logits[0]
-        self._last = -1  # last beat reported (sample)
+        self._last = -1  # last beat reported (sample of the segment)
 
     def push(self, logits: np.ndarray) -> list[int]:
         """New frames' logits (k,); the beats that are now final, as sample indices."""
@@ -253,12 +303,32 @@ class BeatStream:
             beats += self._beats(None, limit=end - self.horizon)
             drop = max(0, len(self._logits) - self._keep)
             self._logits, self._offset = self._logits[drop:], self._offset + drop
+        return [self.origin + b for b in beats]
+
+    def flush(self, n_samples: int | None = None) -> list[int]:
+        """The end of the record: the remaining beats (the end edge rule applies).
+        `n_samples`: the segment's length (default: its frames times the reduction)."""
+        beats = self._end(n_samples)
+        self.origin = 0
         return beats
 
-    def flush(self) -> list[int]:
-        """The end of the record: the remaining beats (the end edge rule applies)."""
+    def gap(self, n: int, n_samples: int | None = None) -> list[int]:
+        """A gap of `n` samples after a segment of `n_samples`: the segment's remaining
+        beats (its end edge applies, as at a record's end); the rule restarts and later
+        beats count from the gap's end, in the record's clock."""
+        r = self.rule.reduction
+        length = (self._offset + len(self._logits)) * r if n_samples is None else n_samples
+        beats = self._end(length)
+        self.origin += length + n
+        return beats
+
+    def _end(self, n_samples: int | None) -> list[int]:
         n = (self._offset + len(self._logits)) * self.rule.reduction
-        return self._beats(n, limit=n) or []
+        n = n if n_samples is None else n_samples
+        beats = self._beats(n, limit=n) if len(self._logits) else []
+        origin = self.origin
+        self._restart()
+        return [origin + b for b in beats]
 
     def _beats(self, n_samples: int | None, limit: int) -> list[int]:
         r = self.rule.reduction

@@ -44,6 +44,19 @@ class InputRate:
             return np.zeros((leads, 0), np.float32)
         return self._resampler.flush()
 
+    def restart(self) -> None:
+        """A new segment (after a gap): the resampler forgets the samples before it."""
+        if self._resampler is not None:
+            self._resampler = Resampler(self.fs, self.pair.fs_out)
+            self._pushed = False
+
+    def model_samples(self, n: int) -> int:
+        """`n` samples of the record as samples at the bundle's rate (nearest, at least 1):
+        a gap's length in the model's clock."""
+        if self.pair is None:
+            return n
+        return max(1, round(n * self.pair.fs_out / self.pair.fs_in))
+
     def to_record(self, beats: np.ndarray, received: int) -> np.ndarray:
         """Beats at the bundle's rate as samples of the record (nearest, at most its last
         sample of the `received` so far), as deploy detect --fs reports them."""

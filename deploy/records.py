@@ -12,7 +12,8 @@ an ECG in mV can hold (`check_mv`).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,45 @@ def check_mv(x: np.ndarray, where: str, first: int = 0, leads: Sequence[str] = (
             "by the gain to give mV"
         )
     raise DeployError(f"{where}: sample {first + k}{name} is {value:g}; {why}")
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A gap in a record: `samples` samples from sample `start` (the record's clock) that
+    the sensor did not give (lead-off: NaN in the file, or a gap the caller declared)."""
+
+    start: int
+    samples: int
+
+    def to_json(self, fs: int) -> dict:
+        return {"start": self.start, "samples": self.samples, "seconds": self.samples / fs}
+
+
+def gap_mask(x: np.ndarray) -> np.ndarray:
+    """(n,) bool: the samples of a (leads, n) record that are gaps. A sample with NaN on
+    any lead is one: the model needs every lead, so one lead off is no sample either."""
+    if x.dtype.kind != "f":
+        return np.zeros(x.shape[-1], bool)
+    return np.isnan(x).any(axis=0)
+
+
+def split_gaps(x: np.ndarray, first: int = 0) -> Iterator[np.ndarray | Gap]:
+    """A (leads, n) chunk, column 0 the record's sample `first`, as its runs in order: the
+    samples between gaps as (leads, k) arrays, each run of NaN samples as a Gap."""
+    gap = gap_mask(x)
+    edges = np.flatnonzero(np.diff(gap.view(np.int8))) + 1
+    for a, b in zip([0, *edges.tolist()], [*edges.tolist(), len(gap)], strict=True):
+        yield Gap(first + a, b - a) if gap[a] else x[:, a:b]
+
+
+def check_mv_or_gap(x: np.ndarray, where: str, first: int = 0, leads: Sequence[str] = ()) -> None:
+    """check_mv on the samples that are not gaps (gap_mask): NaN marks a gap, while Inf
+    and values no ECG in mV holds are refused as before."""
+    gap = gap_mask(x)
+    if gap.any():
+        x = x.copy()
+        x[:, gap] = 0
+    check_mv(x, where, first, leads)
 
 
 def is_npy(fd: int) -> bool:

@@ -153,14 +153,22 @@ def _min_rr_keep(samples: np.ndarray, strengths: np.ndarray, m: int) -> np.ndarr
     return np.array(kept, dtype=np.int64)
 
 
-def heart_rate_bpm(beats: np.ndarray, fs: int = 500) -> float | None:
-    """Mean heart rate over the beats: 60 * fs * (n - 1) / (last - first); None below 2."""
+def heart_rate_bpm(beats: np.ndarray, fs: int = 500, breaks: Sequence[int] = ()) -> float | None:
+    """Mean heart rate over the beats: 60 * fs * (n - 1) / (last - first), None below 2.
+
+    `breaks`: samples where the record was cut (the first sample of each gap). An RR
+    interval across a break is no RR interval (the beats between are unknown), so the
+    rate is 60 * fs * k / (sum of the k intervals that cross none); None if none is left."""
     b = _check_indices(beats, "beats")
-    if len(b) and (np.diff(b) <= 0).any():
+    rr = np.diff(b)
+    if (rr <= 0).any():
         raise DeployError("beats: sample indices must be strictly rising")
-    if len(b) < 2:
+    cut = np.searchsorted(b, np.asarray(breaks, np.int64), side="left") - 1
+    keep = np.ones(len(rr), bool)
+    keep[cut[(cut >= 0) & (cut < len(rr))]] = False
+    if not keep.any():
         return None
-    return 60.0 * fs * (len(b) - 1) / float(b[-1] - b[0])
+    return 60.0 * fs * int(keep.sum()) / float(rr[keep].sum())
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ flushing gives exactly the frames the window model gives on the whole record.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,8 +29,13 @@ Step = Callable[[np.ndarray, int, list], tuple[np.ndarray, tuple[int, int], list
 
 class Stream:
     """`push(x)` (leads, n) float32 -> frames completed so far (channels, k); `flush()` ->
-    the rest, then the stream is reset; `reset()` starts a new record. A refused chunk
-    (NaN/Inf, wrong leads or dtype) leaves the stream as it was."""
+    the rest, then the stream is reset; `reset()` starts a new record; `gap(n)` marks n
+    samples the sensor did not give. A refused chunk (NaN/Inf, wrong leads or dtype)
+    leaves the stream as it was.
+
+    `samples` is the record's clock (samples pushed and gap samples), `start` the sample
+    where the current segment began (0, or the end of the last gap): frame k of the
+    segment covers samples start + k * reduction onwards."""
 
     def __init__(self, info: StreamInfo, leads: int, step: Step, initial: Callable[[], list]):
         self.info, self.leads = info, leads
@@ -39,7 +45,7 @@ class Stream:
     def reset(self) -> None:
         self._states = self._initial()
         self._pending = np.zeros((self.leads, 0), np.float32)
-        self.samples = 0
+        self.samples = self.start = 0
 
     def push(self, x: np.ndarray) -> np.ndarray:
         x = self._check(x)
@@ -55,7 +61,26 @@ class Stream:
 
     def flush(self) -> np.ndarray:
         """The frames that the end of the record completes; then a fresh stream."""
-        if self.samples == 0:
+        frames = self._end_segment()
+        self.reset()
+        return frames
+
+    def gap(self, n: int) -> np.ndarray:
+        """A gap of `n` samples (the sensor lost contact): the frames that end the segment
+        before it, as `flush` gives them, then the model's state restarts and the clock
+        advances by `n`, so the next segment keeps the record's sample clock (`start`).
+        Beats of each segment are the offline rule's on that segment alone."""
+        if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
+            raise DeployError(f"gap of {n!r} samples: give a whole number of samples >= 1")
+        end = self.samples + int(n)
+        frames = self._end_segment()
+        self.reset()
+        self.samples = self.start = end
+        return frames
+
+    def _end_segment(self) -> np.ndarray:
+        """The current segment's last frames: its partial hop, then empty hops."""
+        if self.samples == self.start:
             return self._cat([])
         hop, m = self.info.hop, self.info.hop // self.info.reduction
         x = np.zeros((1, self.leads, hop), np.float32)
@@ -65,7 +90,6 @@ class Stream:
             out, (start, stop), states = self._step(x, n_valid, states)
             frames.append(out[0, :, start:stop])
             if stop < m:
-                self.reset()
                 return self._cat(frames)
             x, n_valid = np.zeros_like(x), 0
         raise DeployError(
@@ -92,7 +116,7 @@ class Stream:
             raise DeployError(
                 f"chunk holds NaN or Inf (lead {lead}, sample {sample} of the "
                 "chunk); it was refused and the stream is as before: resend a "
-                "clean chunk or reset()"
+                "clean chunk, mark a sensor gap with gap(n), or reset()"
             )
         return x
 

@@ -9,6 +9,7 @@ bounded whatever a raw stream's length; a .npy is read whole (files.MAX_NPY_BYTE
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import sys
@@ -23,7 +24,7 @@ from .detect import BeatStream, Detection, as_record
 from .errors import DeployError
 from .files import open_regular, read_npy_fd, show
 from .input_rate import InputRate
-from .records import SNIFF_BYTES, check_mv, is_npy, refuse_foreign
+from .records import SNIFF_BYTES, Gap, check_mv_or_gap, is_npy, refuse_foreign, split_gaps
 from .rpeaks import RPeakRule, heart_rate_bpm
 from .stream import Stream, open_stream
 
@@ -41,6 +42,8 @@ class StreamRun:
     rate: InputRate  # the record's rate: resampled to the bundle's on the way in
     samples: int = 0
     _leftover: list[int] = field(default_factory=list, init=False, repr=False)
+    _last_segment: int = field(default=0, init=False, repr=False)  # samples, at the end
+    _segments: list[Segment] = field(default_factory=lambda: [Segment(0, 0)], init=False)
     _chunks: Iterator[np.ndarray] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -63,44 +66,98 @@ class StreamRun:
 
     def lines(self, detect: bool) -> Iterator[str]:
         """`frame <index> <values...>`, or with `detect` `beat <sample> <seconds>` (in the
-        record's clock; frames are the model's, at the bundle's rate)."""
+        record's clock; frames are the model's, at the bundle's rate); and `gap <start>
+        <samples>` for each NaN run once it has ended, in order. Frame indices count the
+        frames printed: after a gap the next segment's frames follow."""
         if detect:
-            yield from (f"beat {s} {s / self.rate.fs:.3f}" for s in self.beats())
+            for event in self.beats():
+                gap = isinstance(event, Gap)
+                yield (
+                    f"gap {event.start} {event.samples}" if gap else _beat_line(event, self.rate.fs)
+                )
             return
         index = 0
-        for frames in self._frames():
-            for column in frames.T:
+        for event in self._frames():
+            if isinstance(event, Gap):
+                yield f"gap {event.start} {event.samples}"
+                continue
+            for column in event.T if isinstance(event, np.ndarray) else ():
                 yield f"frame {index} " + " ".join(f"{v:.6g}" for v in column)
                 index += 1
         self._check_end()
 
-    def beats(self) -> Iterator[int]:
-        """R-peaks (the record's sample indices) as they become final."""
-        for found in self._beats():
-            yield from self.rate.to_record(found, self.samples).tolist()
+    def beats(self) -> Iterator[int | Gap]:
+        """R-peaks (the record's sample indices) as they become final, by the manifest's
+        rule, and each gap (a Gap) once it has ended; the rule restarts at every gap."""
+        for event in self._events():
+            yield event if isinstance(event, Gap) else self._to_record(event)
 
-    def _beats(self) -> Iterator[list[int]]:
-        """R-peaks at the bundle's rate as they become final, by the manifest's rule."""
+    def _events(self) -> Iterator[int | Gap]:
+        """R-peaks at the bundle's rate (the model's clock) and the gaps (the record's)."""
         beats = BeatStream(_rule(self.bundle))
-        for frames in self._frames():
-            yield beats.push(frames[0])
-        yield beats.flush()
+        for event in self._frames():
+            if isinstance(event, np.ndarray):
+                yield from beats.push(event[0])
+            elif isinstance(event, Cut):
+                yield from beats.gap(event.gap, event.segment)
+            else:
+                yield event
+        yield from beats.flush(self._last_segment)
         self._check_end()
 
     def detection(self) -> Detection:
-        """The whole record's beats and heart rate, as `deploy detect` gives them."""
-        found = np.array([b for part in self._beats() for b in part], np.int64)
+        """The whole record's beats, gaps and heart rate, as `deploy detect` gives them."""
+        events = list(self._events())
+        gaps = tuple(e for e in events if isinstance(e, Gap))
+        found = np.array([e for e in events if not isinstance(e, Gap)], np.int64)
+        beats = np.array([self._to_record(b) for b in found], np.int64)
         fs = self.bundle.manifest.detect.fs
-        rate = heart_rate_bpm(found, fs)
-        beats = self.rate.to_record(found, self.samples)
+        if gaps:  # as detect() does: intervals in the record's clock, none across a gap
+            rate = heart_rate_bpm(beats, self.rate.fs, [g.start for g in gaps])
+        else:
+            rate = heart_rate_bpm(found, fs)
         fs_input = self.rate.fs if self.rate.resampled else None
-        return Detection(beats, rate, fs, self.samples, self.fs_assumed, fs_input)
+        return Detection(beats, rate, fs, self.samples, self.fs_assumed, fs_input, gaps)
 
-    def _frames(self) -> Iterator[np.ndarray]:
-        for x in self._records():
-            yield self.stream.push(self.rate.push(x))
-        yield self.stream.push(self.rate.flush(len(self.bundle.leads)))
-        yield self.stream.flush()
+    def _to_record(self, beat: int) -> int:
+        """A beat in the model's clock as a sample of the record: in its segment, taken
+        back through the resampler's ratio (nearest, at most the segment's last sample,
+        or the last one received while the segment goes on)."""
+        seg = next(s for s in reversed(self._segments) if s.model_start <= beat)
+        received = seg.record_samples
+        received = self.samples - seg.record_start if received is None else received
+        return seg.record_start + int(self.rate.to_record([beat - seg.model_start], received)[0])
+
+    def _frames(self) -> Iterator[np.ndarray | Cut | Gap]:
+        """The stream's frames as they complete; at a NaN run's first sample a Cut (the
+        segment before it ended, its last frames first), and the run as one Gap once it
+        has ended (runs cut by chunk boundaries joined). Each segment is resampled alone,
+        as deploy detect does; `_segments` says where each starts in both clocks."""
+        stream, open_gap, leads = self.stream, None, len(self.bundle.leads)
+        for piece in self._records():
+            if isinstance(piece, Gap):
+                yield stream.push(self.rate.flush(leads))  # the segment's resampled tail
+                self.rate.restart()
+                segment = stream.samples - stream.start
+                gap = self.rate.model_samples(piece.samples)
+                yield stream.gap(gap)
+                yield Cut(segment, gap)
+                self._segments[-1] = self._segments[-1].ended(piece.start)
+                self._segments.append(Segment(stream.start, piece.start + piece.samples))
+                if open_gap is not None:  # the run went on past a chunk's end
+                    piece = Gap(open_gap.start, open_gap.samples + piece.samples)
+                open_gap = piece
+                continue
+            if open_gap is not None:
+                yield open_gap
+                open_gap = None
+            yield stream.push(self.rate.push(piece))
+        yield stream.push(self.rate.flush(leads))
+        self._segments[-1] = self._segments[-1].ended(self.samples)
+        self._last_segment = stream.samples - stream.start
+        yield stream.flush()
+        if open_gap is not None:
+            yield open_gap
 
     def _check_end(self) -> None:
         """After the output of every whole sample: a stream cut inside a sample."""
@@ -112,16 +169,17 @@ class StreamRun:
                 "samples before it were streamed and their output written"
             )
 
-    def _records(self) -> Iterator[np.ndarray]:
-        """The input's (leads, n) float32 chunks, each checked as mV before it is streamed."""
+    def _records(self) -> Iterator[np.ndarray | Gap]:
+        """The input's (leads, n) float32 chunks, each checked as mV before it is streamed,
+        split at NaN runs (records.split_gaps: a sample with NaN on any lead is a gap)."""
         for x in self._chunks:
             try:
-                check_mv(x, self._where, self.samples, self.bundle.leads)
+                check_mv_or_gap(x, self._where, self.samples, self.bundle.leads)
             except DeployError as exc:
                 done = "; the samples before it were streamed" if self.samples else ""
                 raise DeployError(f"{exc}{done}") from None
-            self.samples += x.shape[1]
-            yield x
+            first, self.samples = self.samples, self.samples + x.shape[1]
+            yield from split_gaps(x, first)
 
     @property
     def _where(self) -> str:
@@ -145,7 +203,7 @@ class StreamRun:
             x = as_record(self.bundle, record)
         except DeployError as exc:
             raise DeployError(f"{where}: {exc}") from None
-        check_mv(x, where, 0, self.bundle.leads)  # the whole file, before any output
+        check_mv_or_gap(x, where, 0, self.bundle.leads)  # the whole file, before any output
         for at in range(0, x.shape[1], self.chunk):
             yield x[:, at : at + self.chunk]
 
@@ -167,6 +225,31 @@ def open_run(
     rate = InputRate(fs, bundle.manifest.fs)
     chunk = chunk or bundle.manifest.stream.hop
     return StreamRun(bundle, stream, source, chunk, fs is None, rate)
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The segment of `segment` samples before a gap of `gap` samples has ended."""
+
+    segment: int
+    gap: int
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Where a segment between gaps starts in the model's clock and in the record's, and
+    (once known) how many record samples it holds."""
+
+    model_start: int
+    record_start: int
+    record_samples: int | None = None
+
+    def ended(self, record_end: int) -> Segment:
+        return dataclasses.replace(self, record_samples=record_end - self.record_start)
+
+
+def _beat_line(sample: int, fs: int) -> str:
+    return f"beat {sample} {sample / fs:.3f}"
 
 
 def _rule(bundle: Bundle) -> RPeakRule:

@@ -793,6 +793,24 @@ int mscnn_infer(const float* x, size_t n, float* y, size_t m) {{
 """
 
 
+_SEGMENT_API = """/* Zero the state and the record's clock: call before a record's first hop. */
+void mscnn_reset(void);
+/* Called after each step of mscnn_flush / mscnn_stream_gap: take the step's frames
+ * (mscnn_valid, mscnn_output) as after any step. */
+typedef void (*mscnn_frames_fn)(void* ctx);
+/* The end of a record: the hop at mscnn_input() with its first `n` samples real (those
+ * since the last whole hop, 0 to MSCNN_HOP - 1), then empty hops until the frames stop;
+ * `frames(ctx)` after each step. Then as mscnn_reset(). MSCNN_OK or a step's error. */
+int mscnn_flush(size_t n, mscnn_frames_fn frames, void* ctx);
+/* A gap of `samples` samples (the sensor gave none) after the segment's last `n` samples
+ * (written to mscnn_input() as for mscnn_flush): the segment ends as a record does, the
+ * state is zeroed, and the next segment begins `samples` after its end in the record's
+ * clock (mscnn_segment_start). Beats of each segment are those of a record of it alone. */
+int mscnn_stream_gap(size_t n, uint32_t samples, mscnn_frames_fn frames, void* ctx);
+/* The record's sample where the current segment began: 0, or the end of the last gap. */
+uint32_t mscnn_segment_start(void);"""
+
+
 def emit_stream_header(
     program: Program,
     facts: StreamFacts,
@@ -813,7 +831,8 @@ def emit_stream_header(
  * steps). The state lives in the arena between steps; a refused hop (MSCNN_E_LENGTH,
  * MSCNN_E_NONFINITE) leaves it as it was; after MSCNN_E_KERNEL call mscnn_reset().
  * mscnn_input() lies in the arena: while mscnn_step runs, the arena is the model's; write
- * the next hop there only after it returns (collect samples in a buffer of your own). */
+ * the next hop there only after it returns (collect samples in a buffer of your own).
+ * mscnn_flush() ends a record; mscnn_stream_gap() a segment before a lead-off gap. */
 #ifndef {guard}
 #define {guard}
 
@@ -835,8 +854,7 @@ extern "C" {{
 #define MSCNN_ARENA_BYTES {program.arena_bytes}  /* .bss.mscnn_arena, 64-byte aligned */
 #define MSCNN_WEIGHTS_BYTES {program.weights_bytes}  /* .rodata.mscnn_weights, flash */
 {_input_lines(fs, rule)}{_ERROR_CODES}
-/* Zero the state: call before the first hop of every record. */
-void mscnn_reset(void);
+{_SEGMENT_API}
 /* Where to write a hop (MSCNN_LEADS x MSCNN_HOP floats, lead-major, in the arena). */
 float* mscnn_input(void);
 /* One step on the hop written there; `n`: real samples at its front (<= MSCNN_HOP). */
@@ -870,6 +888,53 @@ static void mscnn_copy_state(uint8_t* to, const uint8_t* from, uint32_t bytes) {
 """
 
 
+_SEGMENTS = """
+static uint32_t mscnn_start, mscnn_stepped; /* the segment's first sample; samples stepped */
+
+static void mscnn_zero_states(void) {
+  for (size_t k = 0; k < sizeof mscnn_states / sizeof mscnn_states[0]; ++k)
+    mscnn_copy_state(mscnn_arena + mscnn_states[k].state, 0, mscnn_states[k].bytes);
+}
+
+void mscnn_reset(void) {
+  mscnn_zero_states();
+  mscnn_start = mscnn_stepped = 0u;
+}
+
+uint32_t mscnn_segment_start(void) { return mscnn_start; }
+
+/* The segment's partial hop of n samples, then empty hops until the frames stop. */
+static int mscnn_end_segment(size_t n, mscnn_frames_fn frames, void* ctx) {
+  if (n == 0u && mscnn_stepped == 0u) return MSCNN_OK; /* nothing streamed */
+  for (size_t step = 0; step < MSCNN_FLUSH_STEPS; ++step) {
+    int rc = mscnn_step(step == 0u ? n : 0u);
+    if (rc != MSCNN_OK) return rc;
+    frames(ctx);
+    size_t start, stop;
+    mscnn_valid(&start, &stop);
+    if (stop < MSCNN_FRAMES_PER_STEP) return MSCNN_OK;
+  }
+  return MSCNN_OK;
+}
+
+int mscnn_flush(size_t n, mscnn_frames_fn frames, void* ctx) {
+  int rc = mscnn_end_segment(n, frames, ctx);
+  if (rc == MSCNN_OK) mscnn_reset();
+  return rc;
+}
+
+int mscnn_stream_gap(size_t n, uint32_t samples, mscnn_frames_fn frames, void* ctx) {
+  int rc = mscnn_end_segment(n, frames, ctx);
+  if (rc != MSCNN_OK) return rc;
+  uint32_t next = mscnn_start + mscnn_stepped + samples;
+  mscnn_zero_states();
+  mscnn_start = next;
+  mscnn_stepped = 0u;
+  return MSCNN_OK;
+}
+"""
+
+
 def emit_stream_entry(program: Program) -> str:
     """The step's entry points, appended to model.c: inputs are (x, n_valid, *states),
     outputs (frames, valid, *next_states); after a step each next state is copied over
@@ -891,12 +956,7 @@ static const struct {{ uint32_t state, next, bytes; }} mscnn_states[] = {{
   {rows or "{0u, 0u, 0u}"}
 }};
 
-{_COPY_STATE}
-void mscnn_reset(void) {{
-  for (size_t k = 0; k < sizeof mscnn_states / sizeof mscnn_states[0]; ++k)
-    mscnn_copy_state(mscnn_arena + mscnn_states[k].state, 0, mscnn_states[k].bytes);
-}}
-
+{_COPY_STATE}{_SEGMENTS}
 float* mscnn_input(void) {{ return (float*)(mscnn_arena + {x.offset}); }}
 
 const float* mscnn_output(void) {{ return (const float*)(mscnn_arena + {frames.offset}); }}
@@ -922,6 +982,7 @@ int mscnn_step(size_t n) {{
   int rc = mscnn_call();
   /* After a kernel error a state updated in place may be half written: reset. */
   if (rc != MSCNN_OK) return rc;
+  mscnn_stepped += (uint32_t)n;
   for (size_t k = 0; k < sizeof mscnn_states / sizeof mscnn_states[0]; ++k) {{
     if (mscnn_states[k].next == mscnn_states[k].state) continue; /* updated in place */
     const uint8_t* from = mscnn_arena + mscnn_states[k].next;

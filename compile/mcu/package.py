@@ -455,7 +455,10 @@ for (;;) {
 /* To end a record of L samples: mscnn_step(L % MSCNN_HOP) on its partial last hop, then
    mscnn_step(0) until stop < MSCNN_FRAMES_PER_STEP (at most MSCNN_FLUSH_STEPS = $flush
    steps); for the beats, mscnn_beats_finish(&beats, L). A device that never stops
-   needs neither. */
+   needs neither. mscnn_flush(n, on_frames, ctx) does these steps, calling on_frames(ctx)
+   after each. Lead-off (no samples for G of them): mscnn_stream_gap(n, G, on_frames,
+   ctx) ends the segment so, zeroes the state and advances the clock by G; beats after it
+   count from mscnn_segment_start() (mscnn_beats_finish, then mscnn_beats_init). */
 ```
 
 ### Who owns `mscnn_input()`

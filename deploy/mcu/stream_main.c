@@ -9,9 +9,13 @@
  * protocol of model.h (whole hops, the partial last hop, empty hops until the frames
  * stop), writes the record's frames to output.f32 frame by frame (frame-major:
  * MSCNN_CHANNELS floats per frame) and prints, for the QRS detector, each R-peak as soon
- * as the rule (rpeaks.h) is certain of it, then a summary:
+ * as the rule (rpeaks.h) is certain of it, then a summary. A run of samples with NaN on
+ * any lead is a gap (the sensor lost contact): the segment before it ends as a record
+ * does (mscnn_stream_gap), the state and the rule restart, and the beats after it keep
+ * the record's clock; the gap is printed once it has ended (Inf is still refused):
  *
  *   mscnn beat sample=1234 ms=2468
+ *   mscnn gap start=2500 samples=750
  *   mscnn stream steps=27 rc=0 ticks=123456 ticks_hi=0 hop_ticks_max=5000 frames=625 beats=12
  *   mscnn calibration instructions=2097152 ticks=52429
  *   mscnn done records=1 stack_peak=1234 stack_size=16384
@@ -48,20 +52,23 @@ static uint32_t ms_of(uint32_t sample) {
 #define WITH_BEATS 1
 static mscnn_beats_t beats;
 static uint32_t beat_count;
+static uint32_t beat_origin; /* the record's sample where the rule's segment began */
 
 static void print_beats(void) {
   int64_t sample;
   while (mscnn_beats_next(&beats, &sample)) {
-    const uint32_t s = BEAT_SAMPLE((uint32_t)sample);
+    uint32_t at = BEAT_SAMPLE(beat_origin + (uint32_t)sample); /* the record's clock */
     sh_print("mscnn beat");
-    sh_print_kv("sample", s);
-    sh_print_kv("ms", ms_of(s));
+    sh_print_kv("sample", at);
+    sh_print_kv("ms", ms_of(at));
     sh_print("\n");
     ++beat_count;
   }
 }
+static void beat_origin_set(uint32_t origin) { beat_origin = origin; }
 #else
 #define WITH_BEATS 0
+static void beat_origin_set(uint32_t origin) { (void)origin; }
 #endif
 
 extern uint32_t __stack_bottom, __stack_top;
@@ -105,20 +112,56 @@ __attribute__((noinline)) static uint64_t calibrate(void) {
   return systick_now() - start;
 }
 
-/* Hop k of the record (samples per lead), zero-padded by mscnn_step past `n`. */
-static size_t read_hop(int in, size_t samples, size_t k) {
-#ifdef MSCNN_RESAMPLE
-  (void)samples, (void)k; /* read in order, through the resampler */
-  return mscnn_input_hop(in, mscnn_input());
-#endif
-  size_t first = k * MSCNN_HOP;
-  size_t n = first >= samples ? 0 : (samples - first < MSCNN_HOP ? samples - first : MSCNN_HOP);
-  float* x = mscnn_input();
+/* Up to `max` samples per lead from sample `first` of the record into `x` (rows of
+ * `stride` floats, lead-major); returns how many. */
+static size_t read_samples(int in, size_t samples, size_t first, float* x, size_t stride,
+                           size_t max) {
+  size_t n = first >= samples ? 0 : (samples - first < max ? samples - first : max);
   for (size_t lead = 0; lead < MSCNN_LEADS && n > 0; ++lead) {
     sh_seek(in, (lead * samples + first) * sizeof(float));
-    sh_read(in, x + lead * MSCNN_HOP, n * sizeof(float));
+    sh_read(in, x + lead * stride, n * sizeof(float));
   }
   return n;
+}
+
+static int is_nan(float v) {
+  union {
+    float f;
+    uint32_t u;
+  } bits = {v};
+  return (bits.u & 0x7fffffffu) > 0x7f800000u;
+}
+
+/* The first of samples [0, n) of `x` with NaN on any lead (a gap), or n. */
+static size_t first_gap(const float* x, size_t stride, size_t n, int want_gap) {
+  for (size_t i = 0; i < n; ++i) {
+    int gap = 0;
+    for (size_t lead = 0; lead < MSCNN_LEADS; ++lead) gap |= is_nan(x[lead * stride + i]);
+    if (gap == want_gap) return i;
+  }
+  return n;
+}
+
+/* The length of the NaN run that starts at sample `first`. */
+static size_t gap_length(int in, size_t samples, size_t first) {
+  static float block[MSCNN_LEADS * 64u];
+  size_t at = first;
+  for (;;) {
+    size_t n = read_samples(in, samples, at, block, 64u, 64u);
+    size_t k = first_gap(block, 64u, n, 0);
+    at += k;
+    if (k < n || n == 0) return at - first;
+  }
+}
+
+/* Samples [first, first + n) of the record into the hop, zero-padded by mscnn_step. */
+static size_t read_hop(int in, size_t samples, size_t first) {
+#ifdef MSCNN_RESAMPLE
+  (void)samples, (void)first; /* read in order, through the resampler */
+  return mscnn_input_hop(in, mscnn_input());
+#else
+  return read_samples(in, samples, first, mscnn_input(), MSCNN_HOP, MSCNN_HOP);
+#endif
 }
 
 static int write_frames(int out) {
@@ -156,38 +199,99 @@ static void report(size_t steps, uint64_t ticks, uint64_t hop_max, size_t frames
   sh_print("\n");
 }
 
-static int stream(int in, int out, size_t samples) {
-  size_t end = samples / MSCNN_HOP, steps = 0, frames = 0;
-  uint64_t total = 0, hop_max = 0;
-  int rc = MSCNN_OK;
-  mscnn_reset();
+typedef struct {
+  int out;
+  size_t steps, frames;
+  uint64_t total, hop_max, mark; /* ticks; `mark`: when the step under way began */
+  int failed;
+} run_t;
+
+/* After each step: its ticks, then its frames written (and their beats). */
+static void took_step(void* ctx) {
+  run_t* r = (run_t*)ctx;
+  uint64_t ticks = systick_now() - r->mark;
+  r->total += ticks;
+  r->hop_max = ticks > r->hop_max ? ticks : r->hop_max;
+  ++r->steps;
+  int written = write_frames(r->out);
+  if (written < 0) r->failed = 1;
+  r->frames += written < 0 ? 0u : (size_t)written;
+  r->mark = systick_now();
+}
+
+static void beats_restart(uint32_t origin) {
 #if WITH_BEATS
   mscnn_beats_init(&beats, MSCNN_RPEAK_THRESHOLD, MSCNN_REDUCTION, MSCNN_RPEAK_MIN_RR,
                    MSCNN_RPEAK_EDGE);
 #endif
-  for (size_t k = 0; k < end + MSCNN_FLUSH_STEPS; ++k) {
-    size_t n = read_hop(in, samples, k);
-    uint64_t start = systick_now();
-    rc = mscnn_step(n);
-    uint64_t ticks = systick_now() - start;
-    total += ticks;
-    hop_max = ticks > hop_max ? ticks : hop_max;
-    ++steps;
-    if (rc != MSCNN_OK) break;
-    int written = write_frames(out);
-    if (written < 0) return 11;
-    frames += (size_t)written;
-    size_t first, stop;
-    mscnn_valid(&first, &stop);
-    if (k >= end && stop < MSCNN_FRAMES_PER_STEP) break;
-  }
+  beat_origin_set(origin);
+}
+
+/* The segment of `length` samples ended: its remaining beats (its end edge applies). */
+static void beats_end(uint32_t length) {
 #if WITH_BEATS
-  if (rc == MSCNN_OK) {
-    mscnn_beats_finish(&beats, (int64_t)samples);
-    print_beats();
-  }
+  mscnn_beats_finish(&beats, (int64_t)length);
+  print_beats();
+#else
+  (void)length;
 #endif
-  report(steps, total, hop_max, frames, rc);
+}
+
+/* A NaN run of `n` samples at `start`, whose segment before ends with `partial` samples
+ * of a hop at mscnn_input(). */
+static int gap(run_t* r, size_t partial, uint32_t start, uint32_t n) {
+  uint32_t origin = mscnn_segment_start();
+  r->mark = systick_now();
+  int rc = mscnn_stream_gap(partial, n, took_step, r);
+  if (rc != MSCNN_OK) return rc;
+  beats_end(start - origin);
+  beats_restart(mscnn_segment_start());
+  sh_print("mscnn gap");
+  sh_print_kv("start", start);
+  sh_print_kv("samples", n);
+  sh_print("\n");
+  return MSCNN_OK;
+}
+
+static int stream(int in, int out, size_t samples) {
+  run_t r = {out, 0, 0, 0, 0, 0, 0};
+  int rc = MSCNN_OK;
+  size_t at = 0, partial = 0; /* the next sample to read; real samples in the last hop */
+  mscnn_reset();
+  beats_restart(0u);
+  while (rc == MSCNN_OK && !r.failed && at < samples) {
+    size_t n = read_hop(in, samples, at);
+    size_t good = first_gap(mscnn_input(), MSCNN_HOP, n, 1);
+#ifdef MSCNN_RESAMPLE /* this example reads gaps at the model's rate only (README) */
+    if (good < n) {
+      rc = MSCNN_E_NONFINITE;
+      break;
+    }
+#endif
+    if (good == MSCNN_HOP) {
+      r.mark = systick_now();
+      rc = mscnn_step(MSCNN_HOP);
+      if (rc == MSCNN_OK) took_step(&r);
+      else ++r.steps; /* the refused step is counted, as it was tried */
+      at += MSCNN_HOP;
+    } else if (good == n) { /* the record's end: its partial last hop */
+      partial = n;
+      at += n;
+    } else {
+      uint32_t length = (uint32_t)gap_length(in, samples, at + good);
+      rc = gap(&r, good, (uint32_t)(at + good), length);
+      at += good + length;
+    }
+  }
+  if (r.failed) return 11;
+  if (rc == MSCNN_OK) {
+    uint32_t origin = mscnn_segment_start();
+    r.mark = systick_now();
+    rc = mscnn_flush(partial, took_step, &r);
+    if (r.failed) return 11;
+    if (rc == MSCNN_OK) beats_end((uint32_t)samples - origin);
+  }
+  report(r.steps, r.total, r.hop_max, r.frames, rc);
   return rc;
 }
 

@@ -211,12 +211,37 @@ def test_stream_keeps_up_but_its_arena_fits_no_stm32h7_region(m7_stream):
 
 
 @pytest.mark.parametrize("which", ["m7_stream", "m7_int8_stream"])
-def test_stream_refuses_nonfinite_samples(which, request, tmp_path):
+def test_stream_refuses_infinite_samples(which, request, tmp_path):
+    """Inf is no sample (NaN marks a gap: test_a_nan_run_is_a_gap)."""
     built = request.getfixturevalue(which)
     x = cpsc2019_records().signals[0:1].copy()
-    x[0, 777] = np.nan
+    x[0, 777] = np.inf
     run = mcu.run_stream_firmware(built.firmware, mcu.BOARDS["mps2-an500"], x, tmp_path)
     assert run.status == MSCNN_E_NONFINITE and run.codes == (MSCNN_E_NONFINITE,), run.log
+
+
+def test_a_nan_run_is_a_gap(m7_stream, detector, tmp_path):
+    """A NaN run in the record (lead-off) is a gap: mscnn_stream_gap ends the segment before
+    it, the state and the rule restart, and the beats keep the record's clock: those of the
+    offline model on each segment alone, offsets added. Its frames are the two segments'."""
+    x = cpsc2019_records().signals[30:31].copy()  # 10 s, as the test above: one more run
+    start, samples = 2321, 1234  # both ends mid-hop (200 samples)
+    x[0, start : start + samples] = np.nan
+    run = mcu.run_stream_firmware(m7_stream.firmware, mcu.BOARDS["mps2-an500"], x, tmp_path)
+    assert run.status == 0 and run.codes == (0,), run.log
+    assert re.findall(r"mscnn gap start=(\d+) samples=(\d+)", run.log) == [("2321", "1234")]
+    rule = RPeakRule(reduction=detector.model.reduction, fs=detector.fs)
+    beats, frames = [], []
+    for a, b in ((0, start), (start + samples, x.shape[1])):
+        with torch.no_grad():
+            want = detector.model(torch.from_numpy(x[None, :, a:b].copy()))[0].numpy()
+        frames.append(want)
+        beats += (detect_rpeaks(want, rule, b - a) + a).tolist()
+    assert len(beats) >= 5 and run.beats == (tuple(beats),)
+    want = np.concatenate(frames)
+    assert compare(run.outputs[0].reshape(want.shape), want, "cpu").passed
+    lines = [m.group(0) for m in re.finditer(r"mscnn (beat|gap) \S+", run.log)]
+    assert lines.index("mscnn gap start=2321") == sum(b < start for b in beats)  # in order
 
 
 @pytest.fixture(scope="module")

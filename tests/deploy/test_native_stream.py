@@ -166,7 +166,7 @@ def test_stream_check_and_frames_equal_the_offline_model(qrs_stream_bundles, tmp
     assert np.abs(got - expected).max() / scale <= TOLERANCES["cpu"] + 1e-6  # %.6g printing
 
 
-def test_a_stream_ending_mid_sample_or_with_nan_is_refused(qrs_stream_bundles, tmp_path):
+def test_a_stream_ending_mid_sample_is_refused_and_nan_is_a_gap(qrs_stream_bundles, tmp_path):
     bundle = qrs_stream_bundles["x86_64"].path
     raw = np.sin(np.arange(1000) / 50).astype("<f4").tobytes()
     (tmp_path / "cut.f32").write_bytes(raw + b"\x00\x01\x02")
@@ -176,11 +176,18 @@ def test_a_stream_ending_mid_sample_or_with_nan_is_refused(qrs_stream_bundles, t
     # ... after the 1000 whole samples were streamed and flushed: all their frames.
     assert len(done.stdout.splitlines()) == 1000 // 8
 
-    bad = np.zeros(3000, "<f4")
-    bad[2345] = np.nan
-    bad.tofile(tmp_path / "nan.f32")
-    error = one_error(run_native("x86_64", bundle, "--stream", "--input", tmp_path / "nan.f32"))
-    assert "sample 2345 (lead 0) is NaN or Inf" in error
+    # NaN is a gap (the sensor gave nothing): the segments' frames and the gap's line.
+    gap = np.zeros(3000, "<f4")
+    gap[2345] = np.nan
+    gap.tofile(tmp_path / "nan.f32")
+    done = run_native("x86_64", bundle, "--stream", "--input", tmp_path / "nan.f32")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[2345 // 8] == "gap 2345 1" and len(lines) == 2345 // 8 + 1 + 654 // 8
+    gap[2346] = np.inf  # Inf is still no sample
+    gap.tofile(tmp_path / "inf.f32")
+    error = one_error(run_native("x86_64", bundle, "--stream", "--input", tmp_path / "inf.f32"))
+    assert "sample 2346 (lead 0) is inf; Inf is no ECG sample (NaN marks a gap)" in error
 
 
 def test_stream_refuses_a_file_that_is_not_raw_samples(qrs_stream_bundles, records, tmp_path):
@@ -299,3 +306,28 @@ def test_arm_stream_detect_and_check_under_qemu(arch, qrs_stream_arm_bundles, fi
     np.save(tmp_path / "rec.npy", np.fromfile(path, "<f4")[:5000])
     error = one_error(run_native(arch, bundle, "--stream", "--input", tmp_path / "rec.npy"))
     assert ".npy header" in error, error
+
+
+def test_stream_gaps_are_pythons(qrs_stream_bundles, records, tmp_path):
+    """NaN runs in the raw input (the sensor lost contact; one lead of two is enough) are
+    gaps: the native runner reports the beats and `gap <start> <samples>` lines of
+    deploy/streaming_cli.py, in the same order, and the same JSON (gaps listed, no RR
+    interval across one in the heart rate)."""
+    from deploy.streaming_cli import open_run
+
+    bundle = qrs_stream_bundles["x86_64"].path
+    x = records.signals[10:16].reshape(-1).astype("<f4")
+    for start, samples in ((0, 40), (4321, 1500), (9999, 1), (20000, 2048), (29990, 10)):
+        x[start : start + samples] = np.nan
+    x.tofile(tmp_path / "gaps.f32")
+    python = list(open_run(bundle, tmp_path / "gaps.f32", chunk=700).lines(detect=True))
+    assert python.count("gap 4321 1500") == 1 and python[-1] == "gap 29990 10"
+    done = run_native("x86_64", bundle, "--stream", "--detect", "--input", tmp_path / "gaps.f32")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == python
+    found = open_run(bundle, tmp_path / "gaps.f32").detection().to_json()
+    done = run_native("x86_64", bundle, "--stream", "--detect", "--json", "--input",
+                      tmp_path / "gaps.f32")  # fmt: skip
+    got = json.loads(done.stdout)
+    assert {k: found[k] for k in got} == got and len(got["gaps"]) == 5
+    assert got["heart_rate_bpm"] != heart_rate_bpm(np.array(got["beats"]))

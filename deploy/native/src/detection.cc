@@ -39,18 +39,27 @@ std::vector<double> WindowLogits(const Array& y, std::size_t b) {
 }
 
 void PrintDetection(const std::vector<std::int64_t>& beats, const DetectRule& rule,
-                    std::int64_t samples, bool json) {
+                    std::int64_t samples, bool json, const std::vector<GapRun>* gaps) {
+  std::vector<std::int64_t> breaks;
+  std::string listed;  // the gaps as JSON objects, as deploy/records.py Gap.to_json
+  for (const GapRun& g : gaps ? *gaps : std::vector<GapRun>{}) {
+    breaks.push_back(g.start);
+    listed += std::string(listed.empty() ? "" : ", ") + "{\"start\": " + std::to_string(g.start) +
+              ", \"samples\": " + std::to_string(g.samples) +
+              ", \"seconds\": " + JsonNumber(double(g.samples) / double(rule.fs)) + "}";
+  }
   double bpm = 0.0;
-  const bool rated = HeartRate(beats, rule.fs, &bpm);
+  const bool rated = HeartRate(beats, rule.fs, &bpm, breaks);
   std::string list;
   for (std::size_t i = 0; i < beats.size(); ++i) {
     list += (json && i ? ", " : " ") + std::to_string(beats[i]);
   }
   if (json) {
     std::printf("{\"beats\": [%s], \"heart_rate_bpm\": %s, \"fs\": %lld, \"samples\": %lld, "
-                "\"seconds\": %s}\n", list.empty() ? "" : list.substr(1).c_str(),
+                "\"seconds\": %s, \"gaps\": [%s]}\n", list.empty() ? "" : list.substr(1).c_str(),
                 rated ? JsonNumber(bpm).c_str() : "null", static_cast<long long>(rule.fs),
-                static_cast<long long>(samples), JsonNumber(double(samples) / rule.fs).c_str());
+                static_cast<long long>(samples), JsonNumber(double(samples) / rule.fs).c_str(),
+                listed.c_str());
     return;
   }
   std::printf("beats: %zu%s\n", beats.size(), list.c_str());

@@ -22,10 +22,16 @@ void RequireDetector(const Manifest& m);
 // The logits of record `b` of a window detector's output (batch, frames, 1), in double.
 std::vector<double> WindowLogits(const Array& y, std::size_t b);
 
+// A run of samples the sensor did not give (NaN in a stream), in the record's clock.
+struct GapRun {
+  std::int64_t start, samples;
+};
+
 // `beats: N s1 s2 ...` and `heart_rate: X bpm` lines, or with `json` one JSON object
-// (beats, heart_rate_bpm, fs, samples, seconds) for a record of `samples` samples.
+// (beats, heart_rate_bpm, fs, samples, seconds, gaps) for a record of `samples` samples.
+// No RR interval across a gap counts towards the heart rate.
 void PrintDetection(const std::vector<std::int64_t>& beats, const DetectRule& rule,
-                    std::int64_t samples, bool json);
+                    std::int64_t samples, bool json, const std::vector<GapRun>* gaps = nullptr);
 
 }  // namespace mscnn
 

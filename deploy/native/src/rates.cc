@@ -110,7 +110,7 @@ void InputRate::PrintDetection(const std::vector<std::int64_t>& beats, const Det
     return;
   }
   std::printf("{\"beats\": [%s], \"heart_rate_bpm\": %s, \"fs\": %lld, \"fs_input\": %lld, "
-              "\"samples\": %lld, \"seconds\": %s}\n", list.empty() ? "" : list.substr(1).c_str(),
+              "\"samples\": %lld, \"seconds\": %s, \"gaps\": []}\n", list.empty() ? "" : list.substr(1).c_str(),
               rated ? JsonNumber(bpm).c_str() : "null", static_cast<long long>(rule.fs),
               static_cast<long long>(fs_), static_cast<long long>(samples),
               JsonNumber(double(samples) / double(fs_)).c_str());

@@ -149,13 +149,13 @@ const std::vector<float>& RawSource::Next() {
   rest_.erase(rest_.begin(), rest_.begin() + std::ptrdiff_t(whole));
   for (std::size_t i = 0; i < samples_.size(); ++i) {
     const float v = samples_[i];
-    if (std::isfinite(v) && std::fabs(v) <= kMaxAbsMillivolts) continue;
+    if (std::isnan(v) || (std::isfinite(v) && std::fabs(v) <= kMaxAbsMillivolts)) continue;
     const std::string where = label_ + ": sample " +
                               std::to_string(seen_ + std::int64_t(i / std::size_t(leads_))) +
                               " (lead " + std::to_string(i % std::size_t(leads_)) + ") is ";
     if (!std::isfinite(v)) {
-      throw Refusal(where + "NaN or Inf; the model needs finite samples: fill gaps "
-                    "(interpolate or zero) first");
+      throw Refusal(where + Number(v) + "; Inf is no ECG sample (NaN marks a gap): clean the "
+                    "record, or write NaN where the sensor gave nothing");
     }
     throw Refusal(where + Number(v) + ", not an ECG in mV (|x| > " + Number(kMaxAbsMillivolts) +
                   "): --stream reads raw little-endian float32 samples in mV; check the "

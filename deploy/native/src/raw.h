@@ -18,9 +18,10 @@ constexpr double kMaxAbsMillivolts = 1e4;
 // Reads raw little-endian float32 samples, leads interleaved, from a file or "-" (stdin)
 // in pieces of about one hop. Refused, with a Refusal that says what was found and what
 // to do: a stream that starts with a .npy header, a zip archive (.npz) or a line of text
-// (CSV, WFDB header), before any sample is taken from it; a NaN or Inf sample, or one
-// beyond kMaxAbsMillivolts, naming it (sample index, lead, value) before any of its piece
-// is streamed.
+// (CSV, WFDB header), before any sample is taken from it; an Inf sample, or one beyond
+// kMaxAbsMillivolts, naming it (sample index, lead, value) before any of its piece is
+// streamed. NaN passes: it marks a gap (the sensor gave nothing), which the stream reads
+// as one (streaming.h).
 class RawSource {
  public:
   RawSource(const std::string& path, std::int64_t leads, std::int64_t hop);

@@ -58,9 +58,18 @@ std::vector<std::int64_t> DetectRpeaks(const std::vector<double>& x, const Detec
   return std::vector<std::int64_t>(kept.begin(), kept.end());
 }
 
-bool HeartRate(const std::vector<std::int64_t>& beats, std::int64_t fs, double* bpm) {
-  if (beats.size() < 2 || beats.back() <= beats.front()) return false;
-  *bpm = 60.0 * double(fs) * double(beats.size() - 1) / double(beats.back() - beats.front());
+bool HeartRate(const std::vector<std::int64_t>& beats, std::int64_t fs, double* bpm,
+               const std::vector<std::int64_t>& breaks) {
+  std::int64_t count = 0, total = 0;
+  std::size_t next = 0;  // the first break not before beats[i]
+  for (std::size_t i = 0; i + 1 < beats.size(); ++i) {
+    while (next < breaks.size() && breaks[next] <= beats[i]) ++next;
+    if (next < breaks.size() && breaks[next] <= beats[i + 1]) continue;  // across a gap
+    ++count;
+    total += beats[i + 1] - beats[i];
+  }
+  if (count == 0 || total <= 0) return false;
+  *bpm = 60.0 * double(fs) * double(count) / double(total);
   return true;
 }
 
@@ -72,7 +81,7 @@ BeatStream::BeatStream(const DetectRule& rule) : rule_(rule) {
   keep_ = std::size_t((2 * horizon_) / r + 1);
 }
 
-std::vector<std::int64_t> BeatStream::Push(const std::vector<double>& logits) {
+std::vector<std::int64_t> BeatStream::PushSegment(const std::vector<double>& logits) {
   const std::size_t piece = std::size_t(std::max<std::int64_t>(1, horizon_ / (4 * rule_.reduction)));
   std::vector<std::int64_t> beats;
   for (std::size_t at = 0; at < logits.size(); at += piece) {
@@ -90,10 +99,37 @@ std::vector<std::int64_t> BeatStream::Push(const std::vector<double>& logits) {
   return beats;
 }
 
-std::vector<std::int64_t> BeatStream::Flush() {
-  const std::int64_t n = (offset_ + std::int64_t(logits_.size())) * rule_.reduction;
-  if (logits_.empty()) return {};
-  return Beats(n, n);
+std::vector<std::int64_t> BeatStream::Push(const std::vector<double>& logits) {
+  std::vector<std::int64_t> beats = PushSegment(logits);
+  for (std::int64_t& s : beats) s += origin_;
+  return beats;
+}
+
+std::vector<std::int64_t> BeatStream::Flush(std::int64_t n_samples) {
+  std::vector<std::int64_t> beats = End(n_samples);
+  origin_ = 0;
+  return beats;
+}
+
+std::vector<std::int64_t> BeatStream::Gap(std::int64_t gap, std::int64_t n_samples) {
+  const std::int64_t length =
+      n_samples < 0 ? (offset_ + std::int64_t(logits_.size())) * rule_.reduction : n_samples;
+  std::vector<std::int64_t> beats = End(length);
+  origin_ += length + gap;
+  return beats;
+}
+
+std::vector<std::int64_t> BeatStream::End(std::int64_t n_samples) {
+  const std::int64_t n = n_samples < 0
+                             ? (offset_ + std::int64_t(logits_.size())) * rule_.reduction
+                             : n_samples;
+  std::vector<std::int64_t> beats;
+  if (!logits_.empty()) beats = Beats(n, n);
+  for (std::int64_t& s : beats) s += origin_;
+  logits_.clear();
+  offset_ = 0;
+  last_ = -1;
+  return beats;
 }
 
 // n_samples < 0: the window ends mid-stream (its length is its frames').

@@ -36,6 +36,17 @@ void StreamRunner::Push(const float* x, std::size_t count, const Emit& emit) {
 }
 
 void StreamRunner::Flush(const Emit& emit) {
+  EndSegment(emit);
+  start_ = 0;
+}
+
+void StreamRunner::Gap(std::int64_t n, const Emit& emit) {
+  const std::int64_t end = start_ + samples_ + n;
+  EndSegment(emit);
+  start_ = end;
+}
+
+void StreamRunner::EndSegment(const Emit& emit) {
   if (samples_ == 0) return;
   const std::int64_t hop = spec_.hop, per_hop = spec_.hop / spec_.reduction;
   for (std::int64_t lead = 0; lead < leads_; ++lead) {

@@ -28,7 +28,14 @@ class StreamRunner {
   // hops until a step returns fewer valid frames than a hop holds (at most flush_steps).
   // Starts a fresh record afterwards.
   void Flush(const Emit& emit);
+  // A gap of `n` samples in the record (the sensor gave none): the segment before it ends
+  // as Flush ends a record, the state restarts, and the next segment begins `n` samples
+  // after the last one's end in the record's clock (start()).
+  void Gap(std::int64_t n, const Emit& emit);
+  // Samples of the current segment pushed so far.
   std::int64_t samples() const { return samples_; }
+  // The record's sample where the current segment began.
+  std::int64_t start() const { return start_; }
 
  private:
   void Reset();
@@ -39,6 +46,8 @@ class StreamRunner {
   Array hop_;  // (1, leads, hop), planar
   std::int64_t fill_ = 0;
   std::int64_t samples_ = 0;
+  std::int64_t start_ = 0;
+  void EndSegment(const Emit& emit);
 };
 
 }  // namespace mscnn

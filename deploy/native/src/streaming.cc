@@ -17,6 +17,31 @@
 #include "text.h"
 
 namespace mscnn {
+namespace {
+
+// Sample `i` of interleaved samples is a gap when any lead is NaN: the model needs every
+// lead (deploy/records.py gap_mask, the same rule).
+bool IsGap(const std::vector<float>& xs, std::size_t i, std::int64_t leads) {
+  for (std::int64_t lead = 0; lead < leads; ++lead) {
+    if (std::isnan(xs[i * std::size_t(leads) + std::size_t(lead)])) return true;
+  }
+  return false;
+}
+
+// With --fs a NaN run (a sensor gap) is refused: the Python runner resamples each segment
+// alone (python -m deploy stream --fs), this one does not yet. `first`: the chunk's first
+// sample in the record's clock.
+void RefuseGapWhenResampled(const std::vector<float>& xs, std::int64_t leads, std::int64_t first) {
+  const std::size_t count = xs.size() / std::size_t(leads);
+  for (std::size_t i = 0; i < count; ++i) {
+    if (!IsGap(xs, i, leads)) continue;
+    throw Refusal("sample " + std::to_string(first + std::int64_t(i)) + " is NaN (a sensor gap); "
+                  "mscnn-run reads gaps only at the bundle's rate: drop --fs and resample "
+                  "first, or use python -m deploy stream --fs, which resamples each segment");
+  }
+}
+
+}  // namespace
 
 int Stream(const Options& o) {
   Bundle bundle = Bundle::Open(o.bundle, TrustedKey(o));
@@ -58,6 +83,7 @@ int Stream(const Options& o) {
     }
   };
   std::vector<std::int64_t> found_all;  // --json: printed as one object at the end
+  std::vector<GapRun> gaps;             // --json: listed in the object
   auto report = [&](const std::vector<std::int64_t>& found) {
     if (o.json) {
       found_all.insert(found_all.end(), found.begin(), found.end());
@@ -72,19 +98,55 @@ int Stream(const Options& o) {
     if (o.detect) report(beats.Push(logits));
     logits.clear();
   };
+  GapRun open{0, 0};  // the NaN run under way (samples 0: none), reported once it ends
+  auto close_gap = [&]() {
+    if (open.samples == 0) return;
+    if (o.json) {
+      gaps.push_back(open);
+    } else {
+      std::printf("gap %lld %lld\n", static_cast<long long>(open.start),
+                  static_cast<long long>(open.samples));
+    }
+    open.samples = 0;
+  };
   for (;;) {
     const std::vector<float>& xs = source.Next();
     if (xs.empty()) break;
-    const std::vector<float>& ys = rate.Push(xs);  // at the bundle's rate
-    runner.Push(ys.data(), ys.size() / std::size_t(leads), emit);
-    drain();
+    if (rate.resampled()) {  // --fs: each segment would need its own resampler; refused
+      RefuseGapWhenResampled(xs, leads, source.samples() - std::int64_t(xs.size()) / leads);
+      const std::vector<float>& ys = rate.Push(xs);  // at the bundle's rate
+      runner.Push(ys.data(), ys.size() / std::size_t(leads), emit);
+      drain();
+      continue;
+    }
+    const std::size_t count = xs.size() / std::size_t(leads);
+    for (std::size_t at = 0, end = 0; at < count; at = end) {
+      const bool gap = IsGap(xs, at, leads);
+      for (end = at + 1; end < count && IsGap(xs, end, leads) == gap;) ++end;
+      const std::int64_t n = std::int64_t(end - at);
+      if (!gap) {
+        close_gap();
+        runner.Push(xs.data() + at * std::size_t(leads), end - at, emit);
+        drain();
+        continue;
+      }
+      const std::int64_t segment = runner.samples();
+      if (open.samples == 0) open.start = runner.start() + segment;
+      open.samples += n;
+      runner.Gap(n, emit);  // the segment before ends: its last frames, then a fresh state
+      drain();
+      if (o.detect) report(beats.Gap(n, segment));
+    }
   }
-  const std::vector<float>& tail = rate.Flush();
+  const std::vector<float>& tail = rate.Flush();  // none when not resampled
   runner.Push(tail.data(), tail.size() / std::size_t(leads), emit);
+  const std::int64_t last = runner.samples();
   runner.Flush(emit);
   drain();
-  if (o.detect) report(beats.Flush());
-  if (o.json) rate.PrintDetection(found_all, m.detect, source.samples(), true);
+  if (o.detect) report(beats.Flush(last));
+  close_gap();
+  if (o.json && rate.resampled()) rate.PrintDetection(found_all, m.detect, source.samples(), true);
+  if (o.json && !rate.resampled()) PrintDetection(found_all, m.detect, source.samples(), true, &gaps);
   std::fflush(stdout);
   if (source.leftover() != 0) {
     throw Refusal(source.label() + ": the stream ended " + std::to_string(source.leftover()) +
