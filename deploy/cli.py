@@ -50,8 +50,10 @@ def _add_check(sub) -> None:
 
 def _check(args) -> int:
     from .predictor import check_bundle
+    from .stream import check_stream
 
-    done = check_bundle(args.bundle)
+    bundle = load_bundle(args.bundle)
+    done = check_stream(bundle) if bundle.manifest.stream else check_bundle(bundle)
     if args.json:
         golden = {k: r.to_json() for k, r in done.cases.items()}
         task = vars(done.task) if done.task else None

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from deploy_cli import deploy as deploy_cli
 
 import compile as compile_package
 import deploy
@@ -37,35 +38,64 @@ def _sources_digest() -> str:
     return digest.hexdigest()[:16]
 
 
+TINY_BACKBONE = {
+    **mscnn.PRESETS["cpsc2019"].config,
+    "scopes": [[[1]], [[2]]],
+    "num_filters": [[8], [8]],
+    "filter_lengths": [[3], [3]],
+    "subsample_lengths": [2, 2],
+    "dropouts": 0,
+}
+
+
 def _build_tiny(out: Path) -> Path:
     from compile import TARGETS, BuildOptions, build, resolve_variant
 
-    config = {
-        **mscnn.PRESETS["cpsc2019"].config,
-        "scopes": [[[1]], [[2]]],
-        "num_filters": [[8], [8]],
-        "filter_lengths": [[3], [3]],
-        "subsample_lengths": [2, 2],
-        "dropouts": 0,
-    }
-    model = mscnn.MultiScopicCNN(1, **config)
+    model = mscnn.MultiScopicCNN(1, **TINY_BACKBONE)
     mscnn.seeded_init(model, 5)
     loaded = mscnn.LoadedModel(model.eval(), None, ("ECG",), 500, "tiny test model")
     options = BuildOptions(samples=SAMPLES, tuning=False)
     return build(loaded, TARGETS["x86_64"], resolve_variant(loaded, "1"), out, options).path
 
 
-@pytest.fixture(scope="session")
-def tiny_bundle(request, tmp_path_factory) -> Path:
+def _build_tiny_detector(out: Path) -> Path:
+    """The tiny backbone with a QRS head, at twice the tiny bundle's length: another
+    model whose library can be swapped into the tiny bundle and back (~8 s)."""
+    from compile import TARGETS, BuildOptions, build, resolve_variant
+
+    base = mscnn.PRESETS["cpsc2019_qrs"].config
+    config = {
+        **base,
+        "cnn": {"name": "multi_scopic", "multi_scopic": TINY_BACKBONE},
+        "clf": {**base["clf"], "out_channels": [8], "dropouts": [0.0, 0.0]},
+    }
+    model = mscnn.ECG_SEQ_LAB_NET(["N"], 1, config)
+    mscnn.seeded_init(model, 5)
+    loaded = mscnn.LoadedModel(model.eval(), None, ("ECG",), 500, "tiny test detector")
+    options = BuildOptions(samples=2 * SAMPLES, tuning=False)
+    return build(loaded, TARGETS["x86_64"], resolve_variant(loaded, "1"), out, options).path
+
+
+def _cached_build(request, tmp_path_factory, stem: str, builder) -> Path:
     cache = getattr(request.config, "cache", None)
     if cache is None:  # pytest's cache disabled: build per session
-        return _build_tiny(tmp_path_factory.mktemp("tiny"))
-    folder = cache.mkdir(f"tiny-bundle-{_sources_digest()}")
-    for stale in folder.parent.glob("tiny-bundle-*"):  # from other sources, unused for an hour
+        return builder(tmp_path_factory.mktemp(stem))
+    folder = cache.mkdir(f"{stem}-{_sources_digest()}")
+    for stale in folder.parent.glob(f"{stem}-*"):  # from other sources, unused for an hour
         if stale != folder and time.time() - stale.stat().st_mtime > 3600:
             shutil.rmtree(stale, ignore_errors=True)
     built = folder / "x86_64" / "custom-1lead"  # where build() publishes it
-    return built if (built / "manifest.json").is_file() else _build_tiny(folder)
+    return built if (built / "manifest.json").is_file() else builder(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(request, tmp_path_factory) -> Path:
+    return _cached_build(request, tmp_path_factory, "tiny-bundle", _build_tiny)
+
+
+@pytest.fixture(scope="session")
+def tiny_detector_bundle(request, tmp_path_factory) -> Path:
+    return _cached_build(request, tmp_path_factory, "tiny-detector", _build_tiny_detector)
 
 
 @pytest.fixture
@@ -388,3 +418,88 @@ def test_the_manifest_file_on_disk_is_never_rewritten_by_loading(tiny):
     load_bundle(tiny)
     after = (tiny / "manifest.json").read_bytes(), os.stat(tiny / "manifest.json").st_mtime_ns
     assert before == after
+
+
+# --------------------------------------------------------------------------------------
+# A library swapped for another model's, its hashes rewritten to match
+
+SWAPPED = "model.so is not the model its manifest describes"
+
+
+def swap_library(into: Path, donor: Path) -> None:
+    shutil.copy(donor / "model.so", into / "model.so")
+    relist(into, "model.so")
+
+
+def one_line_refusal(done, *needles: str) -> str:
+    """Exit 2 and one `error:` line on stderr holding every needle; no traceback."""
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_deploy_check_refuses_a_swapped_library_in_one_line(tiny, tiny_detector_bundle):
+    assert deploy_cli("check", tiny).returncode == 0  # the bundle as built passes
+    swap_library(tiny, tiny_detector_bundle)
+    load_bundle(tiny)  # the rewritten hashes pass: only the library itself can tell
+    done = deploy_cli("check", tiny)
+    one_line_refusal(
+        done,
+        SWAPPED,
+        "its ecg is (1, 1, 128) float32, the manifest's input (1, 1, 64) float32",
+        "rebuild the bundle",
+    )
+    assert done.stdout == ""
+
+
+def test_deploy_run_refuses_a_swapped_library_and_writes_nothing(
+    tiny, tiny_detector_bundle, tmp_path
+):
+    swap_library(tiny, tiny_detector_bundle)
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 1, SAMPLES), np.float32))
+    out = tmp_path / "y.npy"
+    one_line_refusal(deploy_cli("run", tiny, "--input", x, "--output", out), SWAPPED)
+    assert not out.exists()
+
+
+def test_deploy_detect_refuses_a_swapped_library_and_writes_nothing(
+    tiny_detector_bundle, tiny_bundle, tmp_path
+):
+    detector = Path(shutil.copytree(tiny_detector_bundle, tmp_path / "detector"))
+    record = tmp_path / "record.npy"
+    np.save(record, np.random.default_rng(0).standard_normal(2 * SAMPLES).astype(np.float32))
+    assert deploy_cli("detect", detector, "--input", record).returncode == 0  # as built
+    swap_library(detector, tiny_bundle)
+    csv = tmp_path / "beats.csv"
+    done = deploy_cli("detect", detector, "--input", record, "--csv", csv)
+    one_line_refusal(
+        done, SWAPPED, "its ecg is (1, 1, 64) float32, the manifest's input (1, 1, 128) float32"
+    )
+    assert not csv.exists() and done.stdout == ""
+
+
+def test_a_library_whose_output_is_not_the_manifests_is_refused(tiny):
+    """Same input, another output: the probe call compares what came back too."""
+    import tvm
+
+    from deploy.predictor import check_library
+
+    bundle = load_bundle(tiny)
+    device = tvm.cpu(0)
+
+    def main(x):
+        assert tuple(x.shape) == bundle.input_shape
+        return tvm.runtime.tensor(np.zeros((1, 64, 1), np.float32), device)
+
+    with pytest.raises(DeployError) as err:
+        check_library(bundle, main, tvm, device)
+    assert f"{SWAPPED} (its output is (1, 64, 1), the manifest's model gives (1, 16, 32))" in str(
+        err.value
+    )
+    check_library(
+        bundle, lambda x: tvm.runtime.tensor(np.zeros((1, 16, 32), np.float32)), tvm, device
+    )
