@@ -34,6 +34,7 @@ from deploy.bundle import cpu_model
 from mscnn import data as ecg_data
 
 MINUTES = (60, 360, 1440)  # 1, 6 and 24 hours
+RUNNERS = ("python stream", "python window", "native stream")
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,12 @@ def run_length(record: Path, minutes: int, args) -> list[LongRun]:
         "python window": [*python, str(args.window), "--input", str(record), "--json"],
     }
     for name, command in commands.items():
+        if name not in args.runners:
+            continue
         seconds, peak, found = run_child(command)
         runs.append(LongRun(name, minutes, seconds, peak, len(found["beats"])))
-    if args.runner is not None:
-        with open(record, "rb") as f:
+    if args.runner is not None and "native stream" in args.runners:
+        with open(record, "rb", buffering=0) as f:  # unbuffered: the child reads on from here
             header = np.lib.format.read_magic(f) == (1, 0)
             read = (
                 np.lib.format.read_array_header_1_0
@@ -141,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         help="record lengths in minutes (5,30,120 keeps the ratios of 1, 6 and 24 hours)",
     )
     p.add_argument("--out", type=Path, default=Path("build/bench-long"), help="records, JSON")
+    p.add_argument(
+        "--runners",
+        type=lambda text: text.split(","),
+        default=list(RUNNERS),
+        help=f"which to run, from: {', '.join(RUNNERS)}",
+    )
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"CPU: {cpu_model()}; {os.cpu_count()} cores", flush=True)
