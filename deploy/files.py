@@ -175,6 +175,20 @@ def map_npy_fd(fd: int, name: str) -> np.ndarray:
     return array.reshape(shape, order="F" if fortran else "C")
 
 
+def release_pages(array: np.ndarray) -> None:
+    """Let the kernel take back the pages of a mapped array (map_npy_fd) read so far: a
+    mapped page once touched counts as the process's memory until then, so a record read
+    chunk by chunk would otherwise grow to its whole size. Touched again, a page is read
+    again from the file. Does nothing for an array that is not mapped."""
+    import mmap
+
+    base = array
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", getattr(base, "obj", None))
+    if base is not None:
+        base.madvise(mmap.MADV_DONTNEED)
+
+
 def _npy_layout(f, fd: int, name: str):
     """(shape, fortran order, dtype, data bytes) of the .npy file open as `f`, left at its
     first data byte; a DeployError unless the data fill the file exactly."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DeployError
-from .files import show
+from .files import release_pages, show
 from .records import read_record
 
 RECORDS_EXTRA = "pip install 'mscnn-edge[records]'"
@@ -324,7 +324,9 @@ def _open_npy(path: Path) -> RecordSource:
 
     def read(rows: list[int], size: int) -> Iterator[np.ndarray]:
         for at in range(0, x.shape[1], size):
-            yield np.asarray(x[rows, at : at + size], dtype=np.float32)
+            chunk = np.array(x[rows, at : at + size], dtype=np.float32)  # a copy
+            release_pages(x)  # the mapped pages read so far: no longer this process's
+            yield chunk
 
     return RecordSource(path, tuple(map(str, range(len(x)))), None, "npy", x.shape[1], read)
 
