@@ -2,6 +2,8 @@
 bundle's stitched windows equal the model on the whole record (tensors within the fp32
 tolerance, beats equal); and what the detector holds does not grow with the record."""
 
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -137,3 +139,32 @@ def test_peak_memory_of_8_minutes_is_that_of_2(qrs_bundles, qrs_stream_bundles, 
     two, eight = _peak_bytes(bundle, 2), _peak_bytes(bundle, 8)
     assert eight <= two + (64 << 10), (two, eight)
     assert two < 8 * 60 * 500 * 4  # below 8 minutes of the record itself
+
+
+# VmHWM, the peak resident size of this program (ru_maxrss would carry the peak of the
+# process it was forked from, pytest, across the exec)
+READ_ALL = """
+import re, sys
+from deploy.recordings import open_recording
+source = open_recording(sys.argv[1])
+n = sum(chunk.shape[1] for chunk in source.chunks([0]))
+status = open("/proc/self/status").read()
+print(n, re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
+"""
+
+
+def test_a_mapped_npy_read_to_its_end_stays_the_size_of_a_chunk(tmp_path):
+    """A .npy four times as long costs no more resident memory to read through: the
+    mapped pages read are given back (a mapped page once touched would otherwise count as
+    the process's, and a 24 h record is 173 MB)."""
+    peaks = {}
+    for samples in (6_000_000, 24_000_000):  # 24 MB and 96 MB of float32
+        path = tmp_path / f"{samples}.npy"
+        np.lib.format.open_memmap(path, mode="w+", dtype="<f4", shape=(1, samples))[:] = 0.5
+        done = subprocess.run(
+            [sys.executable, "-c", READ_ALL, str(path)], capture_output=True, text=True, check=True
+        )
+        n, peak_kb = map(int, done.stdout.split())
+        assert n == samples
+        peaks[samples] = peak_kb
+    assert peaks[24_000_000] <= peaks[6_000_000] + 8 * 1024, peaks  # within 8 MB
