@@ -431,55 +431,61 @@ def swap_library(into: Path, donor: Path) -> None:
     relist(into, "model.so")
 
 
-def one_line_refusal(done, *needles: str) -> str:
-    """Exit 2 and one `error:` line on stderr holding every needle; no traceback."""
-    assert done.returncode == 2, (done.returncode, done.stderr)
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+def one_line_refusal(args: list, capsys, *needles: str) -> str:
+    """`python -m deploy ARGS` (in process): exit 2 and one `error:` line on stderr holding
+    every needle, nothing on stdout (a traceback would fail the test as an exception)."""
+    from deploy.cli import main
+
+    assert main([str(a) for a in args]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1 and lines[0].startswith("error: "), err
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
 
 
-def test_deploy_check_refuses_a_swapped_library_in_one_line(tiny, tiny_detector_bundle):
-    assert deploy_cli("check", tiny).returncode == 0  # the bundle as built passes
+def test_deploy_check_refuses_a_swapped_library_in_one_line(tiny, tiny_detector_bundle, capsys):
     swap_library(tiny, tiny_detector_bundle)
     load_bundle(tiny)  # the rewritten hashes pass: only the library itself can tell
-    done = deploy_cli("check", tiny)
     one_line_refusal(
-        done,
+        ["check", tiny],
+        capsys,
         SWAPPED,
         "its ecg is (1, 1, 128) float32, the manifest's input (1, 1, 64) float32",
         "rebuild the bundle",
     )
-    assert done.stdout == ""
 
 
 def test_deploy_run_refuses_a_swapped_library_and_writes_nothing(
-    tiny, tiny_detector_bundle, tmp_path
+    tiny, tiny_detector_bundle, tmp_path, capsys
 ):
     swap_library(tiny, tiny_detector_bundle)
     x = tmp_path / "x.npy"
     np.save(x, np.zeros((1, 1, SAMPLES), np.float32))
     out = tmp_path / "y.npy"
-    one_line_refusal(deploy_cli("run", tiny, "--input", x, "--output", out), SWAPPED)
+    one_line_refusal(["run", tiny, "--input", x, "--output", out], capsys, SWAPPED)
     assert not out.exists()
 
 
 def test_deploy_detect_refuses_a_swapped_library_and_writes_nothing(
-    tiny_detector_bundle, tiny_bundle, tmp_path
+    tiny_detector_bundle, tiny_bundle, tmp_path, capsys
 ):
+    """A subprocess as a user runs it, beside the in-process refusals above."""
     detector = Path(shutil.copytree(tiny_detector_bundle, tmp_path / "detector"))
     record = tmp_path / "record.npy"
     np.save(record, np.random.default_rng(0).standard_normal(2 * SAMPLES).astype(np.float32))
-    assert deploy_cli("detect", detector, "--input", record).returncode == 0  # as built
     swap_library(detector, tiny_bundle)
     csv = tmp_path / "beats.csv"
     done = deploy_cli("detect", detector, "--input", record, "--csv", csv)
-    one_line_refusal(
-        done, SWAPPED, "its ecg is (1, 1, 64) float32, the manifest's input (1, 1, 128) float32"
-    )
-    assert not csv.exists() and done.stdout == ""
+    assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: bundle custom-1lead: {SWAPPED} (its ecg is (1, 1, 64)")
+    assert len(done.stderr.strip().splitlines()) == 1 and not csv.exists()
+    swap_library(detector, tiny_detector_bundle)  # its own library back: it runs
+    from deploy.cli import main
+
+    assert main(["detect", str(detector), "--input", str(record), "--csv", str(csv)]) == 0
+    assert csv.read_text().startswith("sample,seconds,rr_ms\n")
 
 
 def test_a_library_whose_output_is_not_the_manifests_is_refused(tiny):

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from deploy_cli import cpsc_record, deploy
+from deploy_cli import cpsc_record
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -32,16 +32,14 @@ def record_360(tmp_path_factory):
     return folder / "100.hea"
 
 
-def test_csv_annotations_and_rate_per_minute(qrs_bundles, record_360, tmp_path):
+def test_csv_annotations_and_rate_per_minute(qrs_bundles, record_360, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     bundle = qrs_bundles["x86_64"].path
-    done = deploy(
-        "detect", bundle, "--input", record_360, "--json", "--csv", out / "beats.csv",
-        "--annotations", out,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    found = json.loads(done.stdout)
+    args = ["detect", bundle, "--input", record_360, "--json", "--csv", out / "beats.csv"]
+    assert main([str(a) for a in [*args, "--annotations", out]]) == 0
+    stdout, stderr = capsys.readouterr()
+    found = json.loads(stdout)
     beats = np.array(found["beats"])
     assert found["fs_input"] == 360 and len(beats) > 60
     # WFDB annotations, read back by wfdb: the beats, in the record's clock and rate
@@ -60,7 +58,7 @@ def test_csv_annotations_and_rate_per_minute(qrs_bundles, record_360, tmp_path):
     for m, rate in enumerate(minutes):
         ending = (beats[1:] >= m * 60 * 360) & (beats[1:] < (m + 1) * 60 * 360)
         assert rate == pytest.approx(60 * 360 / np.diff(beats)[ending].mean(), abs=0.05)
-    assert f"wrote {out / '100.qrs'} (WFDB annotations)" in done.stderr
+    assert f"wrote {out / '100.qrs'} (WFDB annotations)" in stderr
 
 
 @pytest.fixture
