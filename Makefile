@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: help venv test lint format clean distclean build toolchains print-bundles runners \
-        parity package bench tune tflm FORCE
+        parity package bench bench-long tune tflm FORCE
 
 help:
 	@echo "make build   set up, compile the default model for every target and lead variant,"
@@ -30,6 +30,8 @@ help:
 	@echo "             the detector streamed (hops 64/128/512) vs a 10 s window every hop, and"
 	@echo "             int8: ours vs ONNX Runtime int8 and fp32 (latency, accuracy, peaks), with"
 	@echo "             LiteRT and ExecuTorch (XNNPACK) as peers in venvs of their own (PEERS=)"
+	@echo "make bench-long  1, 6 and 24 hours of ECG through the detector: seconds per hour and"
+	@echo "             peak memory, Python (stream and window bundles) and mscnn-run (LONG_MINUTES=)"
 	@echo "make tune TARGET=x86_64   tune the conv kernels, write compile/tuning/<target>/"
 	@echo "             (RPC_TRACKER=host:port RPC_KEY=key: measure on a device)"
 	@echo "make train   retrain the demo QRS detector (deterministic) and check it reproduces"
@@ -309,6 +311,15 @@ bench: | $(STAMP) $(TOOLCHAINS) $(TFLM_STAMP) $(ET_STAMP)
 	  $(foreach h,64 128 512,$(BUILD)/bench/$(STREAM_TARGET)/cpsc2019_qrs-1lead-stream$(h)) \
 	  --threads $(THREADS) --peers $(PEERS) --out $(BUILD)/bench
 	$(PY) -m compile.bench.int8 --threads $(THREADS) --peers $(PEERS) --out $(BUILD)/bench
+
+# Hours of ECG (tiled real records) through the detector, each runner its own process:
+# seconds per hour of ECG and peak memory for each length (compile/bench/long.py).
+LONG_MINUTES ?= 60,360,1440
+LONG_BUNDLE  := $(BUILD)/x86_64/cpsc2019_qrs-1lead
+bench-long: $(LONG_BUNDLE)/manifest.json $(LONG_BUNDLE)-stream$(STREAM_HOP)/manifest.json \
+            $(BUILD)/native/x86_64/mscnn-run
+	$(PY) -m compile.bench.long --window $(LONG_BUNDLE) --stream $(LONG_BUNDLE)-stream$(STREAM_HOP) \
+	  --runner $(BUILD)/native/x86_64/mscnn-run --minutes $(LONG_MINUTES) --out $(BUILD)/bench-long
 
 # --------------------------------------------------------------------------------------
 # The demo QRS detector (preset cpsc2019_qrs) on the CPSC2019 sample in ../shared/data

@@ -53,8 +53,10 @@ def _add_check(sub) -> None:
 
 def _check(args) -> int:
     from .predictor import check_bundle
+    from .stream import check_stream
 
-    done = check_bundle(args.bundle)
+    bundle = load_bundle(args.bundle)
+    done = check_stream(bundle) if bundle.manifest.stream else check_bundle(bundle)
     if args.json:
         golden = {k: r.to_json() for k, r in done.cases.items()}
         task = vars(done.task) if done.task else None
@@ -96,37 +98,104 @@ def _add_detect(sub) -> None:
         "bundle's rate is assumed, and said so)",
     )
     d.add_argument("--json", action="store_true", help="print beats and heart rate as JSON")
+    d.add_argument(
+        "--csv",
+        type=Path,
+        metavar="FILE",
+        help="also write the beats as CSV (sample,seconds,rr_ms; one beat per row, in the "
+        "record's clock); - prints the CSV instead of the summary",
+    )
+    d.add_argument(
+        "--annotations",
+        type=Path,
+        metavar="PATH",
+        help="also write the beats as WFDB annotations (symbol N, wfdb.wrann) for "
+        "PhysioNet's tools: FOLDER/RECORD.EXT, or a folder (the record's name, .qrs)",
+    )
     d.add_argument("--plot", type=Path, help="also draw the record and its beats to this PNG")
+    d.add_argument(
+        "--plot-span",
+        metavar="START:END",
+        help="with --plot: the seconds of the record to draw, at most 600 (default: the "
+        "first 60 s)",
+    )
     d.set_defaults(func=_detect)
 
 
 def _detect(args) -> int:
-    from .detect import detect, plot
-    from .recordings import read_recording, record_rate, select_leads
+    """Plan the outputs, read the record in chunks through the bundle, then write them:
+    a bad output path or option is refused before any work, and nothing is written
+    unless the whole record went through."""
+    from .longrecord import detect_chunks
+    from .outputs import plan_outputs
+    from .recordings import open_recording, record_rate
 
+    plan = plan_outputs(args.csv, args.annotations, args.plot, args.plot_span, args.input)
+    if args.json and plan.csv == Path("-"):
+        raise DeployError("--json and --csv - both print to stdout; give --csv a file name")
     bundle = load_bundle(args.bundle)
-    rec = read_recording(args.input)
-    fs = record_rate(rec, args.fs, args.input)
-    if rec.source != "npy" or args.lead is not None:
-        rec = select_leads(rec, args.lead, tuple(bundle.leads))
-    record = rec.signals
-    found = detect(bundle, record, fs)
+    source = open_recording(args.input)
+    fs = record_rate(source, args.fs, args.input)
+    rows, leads = source.rows(args.lead, tuple(bundle.leads)), bundle.leads
+    if len(rows) != len(leads):
+        raise DeployError(
+            f"record of {len(rows)} leads; this bundle takes {len(leads)} "
+            f"({', '.join(leads)}): give a record of those leads or choose one with --lead"
+        )
+    keep = plan.plot_samples(fs or bundle.manifest.fs)
+    found, span = detect_chunks(bundle, source.chunks(rows), fs, tuple(leads), keep)
+    if span is not None and span.signal.size == 0:
+        raise DeployError(
+            f"--plot-span starts at {plan.span[0]:g} s, after the record's end "
+            f"({found.samples / found.input_fs:g} s); nothing was written"
+        )
     _note_rate(found.fs_assumed, found.fs)
     _note_resampled(found.fs_input, found.fs)
-    if args.json:
-        print(json.dumps(found.to_json()))
-    else:
-        rate = f"{found.heart_rate_bpm:.1f} bpm" if found.heart_rate_bpm else "n/a"
-        seconds = found.samples / found.input_fs
-        print(f"{len(found.beats)} beats in {seconds:g} s, heart rate {rate}")
-        print("R-peaks (samples):", " ".join(map(str, found.beats.tolist())))
-        print("R-peaks (s):", " ".join(f"{b / found.input_fs:.3f}" for b in found.beats))
-        for gap in found.gaps:  # NaN runs: each segment was detected alone
-            print(f"gap {gap.start} {gap.samples}")
-    if args.plot is not None:
-        plot(record, found, args.plot, title=show(args.input.name))
-        print(f"wrote {show(args.plot)}", file=sys.stderr if args.json else sys.stdout)
+    _write_outputs(plan, found, span, show(args.input.name), to=sys.stderr if args.json else None)
+    if plan.csv != Path("-"):
+        _print_detection(found, args.json)
     return EXIT_OK
+
+
+def _print_detection(found, as_json: bool) -> None:
+    from .outputs import per_minute_bpm
+
+    minutes = per_minute_bpm(found.beats, found.input_fs, found.samples)
+    if as_json:
+        print(json.dumps({**found.to_json(), "heart_rate_per_minute": minutes}))
+        return
+    rate = f"{found.heart_rate_bpm:.1f} bpm" if found.heart_rate_bpm else "n/a"
+    seconds = found.samples / found.input_fs
+    print(f"{len(found.beats)} beats in {seconds:g} s, heart rate {rate}")
+    print("heart rate per minute (bpm):", " ".join("-" if r is None else f"{r:g}" for r in minutes))
+    print("R-peaks (samples):", " ".join(map(str, found.beats.tolist())))
+    print("R-peaks (s):", " ".join(f"{b / found.input_fs:.3f}" for b in found.beats))
+    for gap in found.gaps:  # NaN runs: each segment was detected alone
+        print(f"gap {gap.start} {gap.samples}")
+
+
+def _write_outputs(plan, found, span, title: str, to=None) -> None:
+    """The files asked for, each renamed into place once written; `to`: where the
+    "wrote" lines go (stderr when stdout carries JSON or CSV)."""
+    from .detect import plot
+    from .outputs import beats_csv, write_annotations, write_text
+
+    to = sys.stderr if plan.csv == Path("-") else to or sys.stdout
+    if plan.csv is not None:
+        text = beats_csv(found.beats, found.input_fs)
+        if plan.csv == Path("-"):
+            sys.stdout.write(text)
+        else:
+            write_text(plan.csv, text)
+            print(f"wrote {show(plan.csv)} ({len(found.beats)} beats)", file=to)
+    if plan.annotations is not None:
+        if write_annotations(plan.annotations, found.beats, found.input_fs):
+            print(f"wrote {show(plan.annotations)} (WFDB annotations)", file=to)
+        else:
+            print("note: no beats found; no annotation file written", file=sys.stderr)
+    if plan.plot is not None:
+        plot(span.signal, found, plan.plot, title=title, start=span.start)
+        print(f"wrote {show(plan.plot)}", file=to)
 
 
 def _note_rate(assumed: bool, fs: int) -> None:

@@ -229,8 +229,11 @@ def as_record(bundle: Bundle, record: np.ndarray, fs: int | None = None) -> np.n
     return x
 
 
-def plot(record: np.ndarray, detection: Detection, path: Path, title: str = "") -> Path:
-    """The record (first lead) with its detected beats marked, as a PNG."""
+def plot(
+    record: np.ndarray, detection: Detection, path: Path, title: str = "", start: int = 0
+) -> Path:
+    """The record (first lead) with its detected beats marked, as a PNG. `record` may be
+    a span of a long record that starts at its sample `start`."""
     try:
         import matplotlib
     except ImportError:
@@ -242,17 +245,13 @@ def plot(record: np.ndarray, detection: Detection, path: Path, title: str = "") 
     import matplotlib.pyplot as plt
 
     fs = detection.input_fs
-    signal = np.asarray(record, dtype=np.float64).reshape(-1, detection.samples)[0]
-    t = np.arange(detection.samples) / fs
-    fig, ax = plt.subplots(figsize=(max(6, detection.samples / fs), 3))
+    signal = np.asarray(record, dtype=np.float64)
+    signal = signal.reshape(-1, signal.shape[-1])[0]
+    t = (start + np.arange(len(signal))) / fs
+    beats = detection.beats[(detection.beats >= start) & (detection.beats < start + len(signal))]
+    fig, ax = plt.subplots(figsize=(min(40, max(6, len(signal) / fs)), 3))
     ax.plot(t, signal, linewidth=0.8, color="black")
-    ax.plot(
-        detection.beats / fs,
-        signal[detection.beats],
-        "v",
-        color="red",
-        label=f"{len(detection.beats)} beats",
-    )
+    ax.plot(beats / fs, signal[beats - start], "v", color="red", label=f"{len(beats)} beats")
     rate = detection.heart_rate_bpm
     ax.set_title(title + (f"  {rate:.0f} bpm" if rate else ""), fontsize=9)
     ax.set_xlabel("s")

@@ -153,26 +153,62 @@ def check_elf(fd: int, name: str) -> None:
 def read_npy_fd(fd: int, name: str) -> np.ndarray:
     """One little-endian, non-object array from a .npy file, bounded by the file's size:
     the header is capped, its shape must account for every data byte (no more, no less)."""
-    size = os.fstat(fd).st_size
     with os.fdopen(os.dup(fd), "rb") as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            header = _read_npy_header(f, version, name)
-        except DeployError:
-            raise
-        except Exception as exc:  # numpy raises many kinds for a damaged header
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DeployError(f"{name}: not a readable .npy file ({show(reason)[:120]})") from None
-        shape, fortran, dtype = header
-        expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
-        if expected > MAX_NPY_BYTES or expected != size - f.tell():
-            raise DeployError(
-                f"{name}: its header promises {expected} data bytes for shape "
-                f"{shape}, the file holds {size - f.tell()}"
-            )
+        shape, fortran, dtype, expected = _npy_layout(f, fd, name)
         data = f.read(expected)
     array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
     return np.array(array)  # writable, owning its memory
+
+
+def map_npy_fd(fd: int, name: str) -> np.ndarray:
+    """The array of a .npy file, checked as read_npy_fd checks it, mapped read-only
+    rather than read: a record of any length costs only the pages a reader touches."""
+    import mmap
+
+    with os.fdopen(os.dup(fd), "rb") as f:
+        shape, fortran, dtype, expected = _npy_layout(f, fd, name)
+        offset = f.tell()
+    if expected == 0:
+        return np.zeros(shape, dtype)
+    mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    count = expected // dtype.itemsize
+    array = np.frombuffer(mapped, dtype=dtype, count=count, offset=offset)
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Let the kernel take back the pages of a mapped array (map_npy_fd) read so far: a
+    mapped page once touched counts as the process's memory until then, so a record read
+    chunk by chunk would otherwise grow to its whole size. Touched again, a page is read
+    again from the file. Does nothing for an array that is not mapped."""
+    import mmap
+
+    base = array
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", getattr(base, "obj", None))
+    if base is not None:
+        base.madvise(mmap.MADV_DONTNEED)
+
+
+def _npy_layout(f, fd: int, name: str):
+    """(shape, fortran order, dtype, data bytes) of the .npy file open as `f`, left at its
+    first data byte; a DeployError unless the data fill the file exactly."""
+    size = os.fstat(fd).st_size
+    try:
+        version = np.lib.format.read_magic(f)
+        shape, fortran, dtype = _read_npy_header(f, version, name)
+    except DeployError:
+        raise
+    except Exception as exc:  # numpy raises many kinds for a damaged header
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DeployError(f"{name}: not a readable .npy file ({show(reason)[:120]})") from None
+    expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if expected > MAX_NPY_BYTES or expected != size - f.tell():
+        raise DeployError(
+            f"{name}: its header promises {expected} data bytes for shape "
+            f"{shape}, the file holds {size - f.tell()}"
+        )
+    return shape, fortran, dtype, expected
 
 
 def _read_npy_header(f, version, name: str):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,11 +79,72 @@ class Predictor:
             ) from None
         self.main = self._vm["main"]
         self.tvm = tvm
+        check_library(self.bundle, self.main, tvm, self.device)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = validate_input(self.bundle, x)
         out = self.main(self.tvm.runtime.tensor(x, self.device))
         return out.numpy() if hasattr(out, "numpy") else out[0].numpy()
+
+
+def check_library(bundle: Bundle, main, tvm, device) -> None:
+    """The loaded library is the model its manifest describes: one call of `main` on
+    zeros of the manifest's input (a stream bundle's step with zero states) must be
+    accepted and give the manifest's output shape. The hashes prove the files are the
+    ones listed, not that the list describes them: another model's library re-hashed
+    into the manifest passes them, and would otherwise fail later with a TVM traceback."""
+    m = bundle.manifest
+    stream = m.stream
+    x = tvm.runtime.tensor(np.zeros(m.input.shape, np.float32), device)
+    args = [x]
+    if stream is not None:
+        n_valid = tvm.runtime.tensor(np.array([stream.hop], np.int64), device)
+        zeros = [tvm.runtime.tensor(np.zeros(s.shape, s.dtype), device) for s in stream.states]
+        args = [x, n_valid, *zeros]
+    try:
+        out = main(*args)
+    except Exception as exc:  # TVM's signature checks raise its own error kinds
+        raise library_mismatch(bundle, _tvm_mismatch(str(exc), m, len(args))) from None
+    if stream is not None:
+        want = (1, stream.channels, stream.hop // stream.reduction)
+        parts = len(out) if not hasattr(out, "numpy") else 1
+        got = tuple(out[0].shape) if parts == 2 + len(stream.states) else None
+        if got != want:
+            raise library_mismatch(
+                bundle,
+                f"its main returns {parts} values ({got or 'not the step'}), the manifest's "
+                f"step returns frames {want}, valid and {len(stream.states)} states",
+            )
+        return
+    got = tuple((out if hasattr(out, "numpy") else out[0]).shape)
+    if got != m.output.shape:
+        raise library_mismatch(
+            bundle, f"its output is {got}, the manifest's model gives {m.output.shape}"
+        )
+
+
+def library_mismatch(bundle: Bundle, what: str) -> DeployError:
+    """The one refusal of a library that is not its manifest's model."""
+    return DeployError(
+        f"bundle {bundle.name}: {LIBRARY} is not the model its manifest describes ({what}); "
+        "the library was replaced and its hashes rewritten to match: rebuild the bundle "
+        "with `python -m compile build`"
+    )
+
+
+def _tvm_mismatch(message: str, m: Manifest, given: int) -> str:
+    """What TVM's refusal of the probe call says, in one short clause."""
+    arity = re.search(r"expects (\d+) arguments", message)
+    if arity:
+        takes = int(arity.group(1))
+        return f"its main takes {takes} argument{'s' * (takes != 1)}, the manifest's model {given}"
+    shape = re.search(r"param=(\w+), annotation=R\.Tensor\(\((.*?)\), dtype=\"(\w+)\"", message)
+    want = f"{m.input.shape} {m.input.dtype}"
+    if shape:
+        name, dims, dtype = shape.groups()
+        return f"its {name} is ({dims}) {dtype}, the manifest's input {want}"
+    first = next((line for line in message.splitlines() if line.strip()), "")
+    return f"it refuses the manifest's input {want}: {show(first.strip())[:160]}"
 
 
 def set_threads(threads: int, remote=None) -> None:

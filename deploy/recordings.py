@@ -11,14 +11,16 @@ reads a truncated file as garbage or fails with a message that names neither fil
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DeployError
-from .files import show
+from .files import release_pages, show
 from .records import read_record
 
 RECORDS_EXTRA = "pip install 'mscnn-edge[records]'"
@@ -43,16 +45,7 @@ class Recording:
         """The one lead named (or numbered from 0) by `lead`; None keeps every lead."""
         if lead is None:
             return self
-        if lead in self.leads:
-            i = self.leads.index(lead)
-        elif lead.isdigit() and int(lead) < len(self.leads):
-            i = int(lead)
-        else:
-            raise DeployError(
-                f"lead {show(lead)!r} is not in this record; its leads: "
-                f"{', '.join(show(n) for n in self.leads)} (or give an index 0-"
-                f"{len(self.leads) - 1})"
-            )
+        i = _lead_index(self.leads, lead)
         return Recording(self.signals[i : i + 1], (self.leads[i],), self.fs, self.source)
 
 
@@ -226,20 +219,38 @@ def _is_number(text: str) -> bool:
 
 
 def select_leads(rec: Recording, lead: str | None, wanted: tuple[str, ...]) -> Recording:
-    """The leads a bundle taking `wanted` gets: the one `lead` names, else the record as it
-    is when its lead count fits, else the bundle's leads by name; else a DeployError that
-    lists the record's leads and asks for --lead."""
-    if lead is not None:
-        return rec.lead(lead)
-    if len(rec.leads) == len(wanted):
+    """The leads a bundle taking `wanted` gets (lead_rows' choice)."""
+    rows = lead_rows(rec.leads, lead, wanted)
+    if rows == list(range(len(rec.leads))):
         return rec
-    if set(wanted) <= set(rec.leads):
-        rows = [rec.leads.index(name) for name in wanted]
-        return Recording(rec.signals[rows], wanted, rec.fs, rec.source)
+    return Recording(rec.signals[rows], tuple(rec.leads[i] for i in rows), rec.fs, rec.source)
+
+
+def lead_rows(leads: tuple[str, ...], lead: str | None, wanted: tuple[str, ...]) -> list[int]:
+    """The rows a bundle taking `wanted` gets: the one `lead` names, else every row when
+    the lead count fits, else the bundle's leads by name; else a DeployError that lists
+    the record's leads and asks for --lead."""
+    if lead is not None:
+        return [_lead_index(leads, lead)]
+    if len(leads) == len(wanted):
+        return list(range(len(leads)))
+    if set(wanted) <= set(leads):
+        return [leads.index(name) for name in wanted]
     raise DeployError(
-        f"the record has {len(rec.leads)} leads ({', '.join(show(n) for n in rec.leads)}); "
+        f"the record has {len(leads)} leads ({', '.join(show(n) for n in leads)}); "
         f"this bundle takes {len(wanted)} ({', '.join(wanted)}): choose one with --lead "
         "NAME or --lead INDEX"
+    )
+
+
+def _lead_index(leads: tuple[str, ...], lead: str) -> int:
+    if lead in leads:
+        return leads.index(lead)
+    if lead.isdigit() and int(lead) < len(leads):
+        return int(lead)
+    raise DeployError(
+        f"lead {show(lead)!r} is not in this record; its leads: "
+        f"{', '.join(show(n) for n in leads)} (or give an index 0-{len(leads) - 1})"
     )
 
 
@@ -260,3 +271,181 @@ def record_rate(rec: Recording, fs: int | None, path: str | Path) -> int | None:
             "leave out --fs (the header's rate is used) or fix the header"
         )
     return int(stated)
+
+
+# --------------------------------------------------------------------------------------
+# A record of any length, read in chunks
+
+CHUNK_SAMPLES = 1 << 16  # samples per lead read at a time (~2 min at 500 Hz)
+
+
+@dataclass(frozen=True)
+class RecordSource:
+    """A record opened for reading in chunks: what its file says (leads, rate, length
+    where it states one) and `chunks(rows)`, its samples in mV, (len(rows), n) float32 at
+    a time, in order. Memory stays that of one chunk whatever the record's length."""
+
+    path: Path
+    leads: tuple[str, ...]
+    fs: float | None
+    source: str  # wfdb, edf, csv or npy
+    samples: int | None  # None: known only once read (CSV)
+    _read: Callable[[list[int], int], Iterator[np.ndarray]]
+
+    def chunks(self, rows: Sequence[int], size: int = CHUNK_SAMPLES) -> Iterator[np.ndarray]:
+        return self._read(list(rows), size)
+
+    def rows(self, lead: str | None, wanted: tuple[str, ...]) -> list[int]:
+        """The rows a bundle taking `wanted` gets (lead_rows); a .npy without `lead`
+        gives every row, as the record is."""
+        if self.source == "npy" and lead is None:
+            return list(range(len(self.leads)))
+        return lead_rows(self.leads, lead, wanted)
+
+
+def open_recording(path: str | Path) -> RecordSource:
+    """A record file opened for chunked reading, its format by its suffix (as
+    read_recording); the header (or .npy header) is read and checked now."""
+    path = Path(path)
+    kind = FORMATS.get(path.suffix.lower(), "npy")
+    return {"wfdb": _open_wfdb, "edf": _open_edf, "csv": _open_csv}.get(kind, _open_npy)(path)
+
+
+def _open_npy(path: Path) -> RecordSource:
+    x = read_record(path, mapped=True)
+    if x.ndim == 3 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim not in (1, 2) or x.size == 0:
+        raise DeployError(
+            f"{show(path)}: shape {x.shape}; expected (samples,), (leads, samples) or "
+            "(1, leads, samples)"
+        )
+    x = x.reshape(1, -1) if x.ndim == 1 else x
+
+    def read(rows: list[int], size: int) -> Iterator[np.ndarray]:
+        for at in range(0, x.shape[1], size):
+            chunk = np.array(x[rows, at : at + size], dtype=np.float32)  # a copy
+            release_pages(x)  # the mapped pages read so far: no longer this process's
+            yield chunk
+
+    return RecordSource(path, tuple(map(str, range(len(x)))), None, "npy", x.shape[1], read)
+
+
+def _open_wfdb(path: Path) -> RecordSource:
+    wfdb = _need("wfdb", "wfdb==4.3.1", "WFDB records")
+    name, hea = str(path.with_suffix("")), path.with_suffix(".hea")
+    if not hea.is_file():
+        raise DeployError(f"{show(hea)}: no such WFDB header; give the record's .hea file")
+    try:
+        header = wfdb.rdheader(name)
+    except Exception as exc:  # wfdb raises many kinds for a malformed header
+        raise DeployError(
+            f"{show(hea)}: not a readable WFDB header ({show(str(exc))[:120]})"
+        ) from None
+    if not header.n_sig or not header.sig_len:
+        raise DeployError(f"{show(hea)}: the header lists no signals or no samples")
+    _check_wfdb_sizes(header, path.parent, hea)
+    leads = tuple(header.sig_name)
+    scale = [_to_mv(u, f"{show(hea)} lead {n}") for u, n in zip(header.units, leads, strict=True)]
+
+    def read(rows: list[int], size: int) -> Iterator[np.ndarray]:
+        for at in range(0, header.sig_len, size):
+            stop = min(at + size, header.sig_len)
+            try:
+                part = wfdb.rdrecord(name, sampfrom=at, sampto=stop, channels=rows)
+            except Exception as exc:
+                raise DeployError(
+                    f"{show(hea)}: wfdb cannot read samples {at}-{stop} ({show(str(exc))[:120]})"
+                ) from None
+            mv = np.asarray(part.p_signal, np.float64).T * np.asarray(scale)[rows, None]
+            yield mv.astype(np.float32)
+
+    return RecordSource(path, leads, float(header.fs), "wfdb", int(header.sig_len), read)
+
+
+def _open_edf(path: Path) -> RecordSource:
+    pyedflib = _need("pyedflib", "pyedflib==0.1.42", "EDF/BDF records")
+    full = _read_edf_header(pyedflib, path)
+    leads, rate, length, scale = full
+
+    def read(rows: list[int], size: int) -> Iterator[np.ndarray]:
+        reader = pyedflib.EdfReader(str(path))
+        try:
+            for at in range(0, length, size):
+                n = min(size, length - at)
+                yield np.stack(
+                    [reader.readSignal(i, start=at, n=n) * scale[i] for i in rows]
+                ).astype(np.float32)
+        finally:
+            reader.close()
+
+    return RecordSource(path, leads, rate, "edf", length, read)
+
+
+def _read_edf_header(pyedflib, path: Path) -> tuple:
+    """(leads, rate, samples, mV per unit of each lead) from an EDF/BDF header."""
+    try:
+        reader = pyedflib.EdfReader(str(path))
+    except OSError as exc:
+        raise DeployError(
+            f"{show(path)}: not a readable EDF/BDF file ({show(str(exc))[:120]})"
+        ) from None
+    try:
+        n = reader.signals_in_file
+        leads = tuple(reader.getLabel(i).strip() for i in range(n))
+        rates = {float(reader.getSampleFrequency(i)) for i in range(n)}
+        if len(rates) != 1:
+            raise DeployError(
+                f"{show(path)}: leads at different rates ({', '.join(map(str, sorted(rates)))}"
+                " Hz); export the ECG leads at one rate"
+            )
+        length = min(int(k) for k in reader.getNSamples())
+        scale = [
+            _to_mv(reader.getPhysicalDimension(i), f"{show(path)} lead {leads[i]}")
+            for i in range(n)
+        ]
+    finally:
+        reader.close()
+    return leads, rates.pop(), length, scale
+
+
+def _open_csv(path: Path) -> RecordSource:
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            first = f.readline()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DeployError(f"{show(path)}: cannot read as text CSV ({exc})") from None
+    fields = [c.strip() for c in first.split(",")]
+    header = not all(_is_number(c) for c in fields)
+    leads = tuple(fields) if header else tuple(map(str, range(len(fields))))
+
+    def read(rows: list[int], size: int) -> Iterator[np.ndarray]:
+        with open(path, encoding="utf-8-sig") as f:
+            lines = itertools.islice(f, int(header), None)
+            got = 0
+            while block := list(itertools.islice(lines, size)):
+                table = _csv_rows(path, block, len(leads), got + int(header))
+                got += len(block)
+                if len(table):
+                    yield table[:, rows].T.astype(np.float32)
+        if got == 0:
+            raise DeployError(f"{show(path)}: no samples")
+
+    return RecordSource(path, leads, None, "csv", None, read)
+
+
+def _csv_rows(path: Path, block: list[str], columns: int, line: int) -> np.ndarray:
+    """Lines of a CSV as a (rows, columns) table; a DeployError names the line at fault."""
+    try:
+        table = np.loadtxt(block, delimiter=",", dtype=np.float64, ndmin=2)
+    except ValueError as exc:
+        raise DeployError(
+            f"{show(path)}: not a CSV of numbers, one column per lead, after line {line} "
+            f"({show(str(exc).splitlines()[0])[:120]})"
+        ) from None
+    if table.size and table.shape[1] != columns:
+        raise DeployError(
+            f"{show(path)}: the header names {columns} columns, the rows after line {line} "
+            f"hold {table.shape[1]}"
+        )
+    return table

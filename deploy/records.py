@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DeployError
-from .files import open_regular, read_npy_fd, show
+from .files import map_npy_fd, open_regular, read_npy_fd, show
 
 # |x| above this many mV is not an ECG: microvolts, ADC counts or bytes that are no signal
 # (an ECG spans a few mV; 1e4 leaves room for any gain error, not for a unit error). The
@@ -143,9 +143,10 @@ def is_npy(fd: int) -> bool:
     return os.pread(fd, len(NPY_MAGIC), 0) == NPY_MAGIC
 
 
-def read_record(path: str | Path) -> np.ndarray:
+def read_record(path: str | Path, mapped: bool = False) -> np.ndarray:
     """A .npy record file, read without pickles; a .npz or a text file given instead is
-    refused saying what it is and how to convert it (numpy's own error says less)."""
+    refused saying what it is and how to convert it (numpy's own error says less).
+    `mapped`: a read-only view of the mapped file instead of a copy in memory."""
     fd = open_regular(path)
     try:
         head = os.pread(fd, SNIFF_BYTES, 0)
@@ -156,6 +157,6 @@ def read_record(path: str | Path) -> np.ndarray:
                 "save the record with np.save, or stream raw float32 samples with "
                 "`python -m deploy stream BUNDLE --input FILE --detect`"
             )
-        return read_npy_fd(fd, show(path))
+        return (map_npy_fd if mapped else read_npy_fd)(fd, show(path))
     finally:
         os.close(fd)

@@ -105,10 +105,10 @@ def test_deploy_detect_prints_beats_and_heart_rate(qrs_bundles, qrs, tmp_path):
 @pytest.mark.parametrize(
     ("record", "extra", "message"),
     [
-        (np.zeros(4000, "<f4"), (), "record of 4000 samples (8 s); this window bundle takes 5000"),
-        (np.zeros(5000, "<f4"), ("--fs", "250"), "record of 10000 samples (20 s); this window"),
+        (np.zeros(4000, "<f4"), (), "record of 4000 samples (8 s at 500 Hz); this window bundle"),
+        (np.zeros(2000, "<f4"), ("--fs", "250"), "record of 4000 samples (8 s at 500 Hz); this"),
         (np.full(5000, np.nan, "<f4"), (), "NaN or Inf"),
-        (np.zeros((3, 5000), "<f4"), (), "3 leads, expected 1"),
+        (np.zeros((3, 5000), "<f4"), (), "record of 3 leads; this bundle takes 1 (ECG)"),
     ],
     ids=["length", "fs", "nan", "leads"],
 )

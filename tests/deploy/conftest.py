@@ -52,35 +52,64 @@ def _sources_digest() -> str:
     return digest.hexdigest()[:16]
 
 
+TINY_BACKBONE = {
+    **mscnn.PRESETS["cpsc2019"].config,
+    "scopes": [[[1]], [[2]]],
+    "num_filters": [[8], [8]],
+    "filter_lengths": [[3], [3]],
+    "subsample_lengths": [2, 2],
+    "dropouts": 0,
+}
+
+
 def build_tiny(out: Path, **options) -> Path:
     from compile import TARGETS, BuildOptions, build, resolve_variant
 
-    config = {
-        **mscnn.PRESETS["cpsc2019"].config,
-        "scopes": [[[1]], [[2]]],
-        "num_filters": [[8], [8]],
-        "filter_lengths": [[3], [3]],
-        "subsample_lengths": [2, 2],
-        "dropouts": 0,
-    }
-    model = mscnn.MultiScopicCNN(1, **config)
+    model = mscnn.MultiScopicCNN(1, **TINY_BACKBONE)
     mscnn.seeded_init(model, 5)
     loaded = mscnn.LoadedModel(model.eval(), None, ("ECG",), 500, "tiny test model")
     options = BuildOptions(samples=TINY_SAMPLES, tuning=False, **options)
     return build(loaded, TARGETS["x86_64"], resolve_variant(loaded, "1"), out, options).path
 
 
-@pytest.fixture(scope="session")
-def tiny_bundle(request, tmp_path_factory) -> Path:
+def build_tiny_detector(out: Path) -> Path:
+    """The tiny backbone with a QRS head, at twice the tiny bundle's length: another
+    model whose library can be swapped into the tiny bundle and back (~8 s)."""
+    from compile import TARGETS, BuildOptions, build, resolve_variant
+
+    base = mscnn.PRESETS["cpsc2019_qrs"].config
+    config = {
+        **base,
+        "cnn": {"name": "multi_scopic", "multi_scopic": TINY_BACKBONE},
+        "clf": {**base["clf"], "out_channels": [8], "dropouts": [0.0, 0.0]},
+    }
+    model = mscnn.ECG_SEQ_LAB_NET(["N"], 1, config)
+    mscnn.seeded_init(model, 5)
+    loaded = mscnn.LoadedModel(model.eval(), None, ("ECG",), 500, "tiny test detector")
+    options = BuildOptions(samples=2 * TINY_SAMPLES, tuning=False)
+    return build(loaded, TARGETS["x86_64"], resolve_variant(loaded, "1"), out, options).path
+
+
+def _cached_build(request, tmp_path_factory, stem: str, builder) -> Path:
     cache = getattr(request.config, "cache", None)
     if cache is None:  # pytest's cache disabled: build per session
-        return build_tiny(tmp_path_factory.mktemp("tiny"))
-    folder = cache.mkdir(f"tiny-bundle-{_sources_digest()}")
-    for stale in folder.parent.glob("tiny-bundle-*"):  # from other sources, unused for an hour
+        return builder(tmp_path_factory.mktemp(stem))
+    folder = cache.mkdir(f"{stem}-{_sources_digest()}")
+    for stale in folder.parent.glob(f"{stem}-*"):  # from other sources, unused for an hour
         if stale != folder and time.time() - stale.stat().st_mtime > 3600:
             shutil.rmtree(stale, ignore_errors=True)
     built = folder / "x86_64" / "custom-1lead"  # where build() publishes it
-    return built if (built / "manifest.json").is_file() else build_tiny(folder)
+    return built if (built / "manifest.json").is_file() else builder(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(request, tmp_path_factory) -> Path:
+    return _cached_build(request, tmp_path_factory, "tiny-bundle", build_tiny)
+
+
+@pytest.fixture(scope="session")
+def tiny_detector_bundle(request, tmp_path_factory) -> Path:
+    return _cached_build(request, tmp_path_factory, "tiny-detector", build_tiny_detector)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import pytest
 from deploy_cli import RATE_NOTE, cpsc_record, deploy
 
 from deploy.cli import main
+from deploy.detect import detect
 
 pytestmark = pytest.mark.slow
 
@@ -33,21 +34,28 @@ def test_detect_says_which_rate_it_assumed(qrs_bundles, record, tmp_path):
     assert json.loads(given.stdout) == {**found, "fs_assumed": False} and given.stderr == ""
 
 
-def test_a_long_record_names_the_stream_bundle(qrs_bundles, qrs_stream_bundles, record, tmp_path):
-    """The stream bundle named is the one that build command makes (its folder name)."""
-    np.save(tmp_path / "long.npy", np.tile(record, 3))
-    done = deploy("detect", qrs_bundles["x86_64"].path, "--input", tmp_path / "long.npy")
+def test_a_short_record_names_the_stream_bundle(qrs_bundles, qrs_stream_bundles, record, tmp_path):
+    """A window bundle takes a record of its window or longer (stitched windows); a
+    shorter one names the stream bundle that takes it and the command that builds it (its
+    folder name)."""
+    np.save(tmp_path / "short.npy", record[:3000])
+    done = deploy("detect", qrs_bundles["x86_64"].path, "--input", tmp_path / "short.npy")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     stream = qrs_stream_bundles["x86_64"]  # built as --preset cpsc2019_qrs --hop 512
     assert stream.path.name == stream.name == "cpsc2019_qrs-1lead-stream512"
     assert (
-        "error: record of 15000 samples (30 s); this window bundle takes 5000 samples (10 s "
-        "at 500 Hz); for a record of any length use the stream bundle "
+        "error: record of 3000 samples (6 s at 500 Hz); this window bundle takes 5000 samples "
+        "or more; for a record of any length use the stream bundle "
         "cpsc2019_qrs-1lead-stream512, built with `python -m compile build --preset "
         "cpsc2019_qrs --targets x86_64 --variants 1 --hop 512`"
     ) in done.stderr
-    streamed = deploy("detect", stream.path, "--input", tmp_path / "long.npy", "--json")
-    assert streamed.returncode == 0 and json.loads(streamed.stdout)["samples"] == 15000
+    np.save(tmp_path / "long.npy", np.tile(record, 3))
+    windowed = deploy(
+        "detect", qrs_bundles["x86_64"].path, "--input", tmp_path / "long.npy", "--json"
+    )
+    assert windowed.returncode == 0, windowed.stderr
+    found, streamed = json.loads(windowed.stdout), detect(stream.path, np.tile(record, 3))
+    assert found["samples"] == 15000 and found["beats"] == streamed.beats.tolist()
 
 
 def test_detect_names_a_file_of_another_kind(qrs_bundles, record, tmp_path):

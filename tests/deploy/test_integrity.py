@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from deploy_cli import deploy as deploy_cli
 
 from deploy import DeployError, load_bundle
 from deploy import bundle as bundle_module
@@ -338,3 +339,94 @@ def test_the_manifest_file_on_disk_is_never_rewritten_by_loading(tiny):
     load_bundle(tiny)
     after = (tiny / "manifest.json").read_bytes(), os.stat(tiny / "manifest.json").st_mtime_ns
     assert before == after
+
+
+# --------------------------------------------------------------------------------------
+# A library swapped for another model's, its hashes rewritten to match
+
+SWAPPED = "model.so is not the model its manifest describes"
+
+
+def swap_library(into: Path, donor: Path) -> None:
+    shutil.copy(donor / "model.so", into / "model.so")
+    relist(into, "model.so")
+
+
+def one_line_refusal(args: list, capsys, *needles: str) -> str:
+    """`python -m deploy ARGS` (in process): exit 2 and one `error:` line on stderr holding
+    every needle, nothing on stdout (a traceback would fail the test as an exception)."""
+    from deploy.cli import main
+
+    assert main([str(a) for a in args]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_deploy_check_refuses_a_swapped_library_in_one_line(tiny, tiny_detector_bundle, capsys):
+    swap_library(tiny, tiny_detector_bundle)
+    load_bundle(tiny)  # the rewritten hashes pass: only the library itself can tell
+    one_line_refusal(
+        ["check", tiny],
+        capsys,
+        SWAPPED,
+        "its ecg is (1, 1, 128) float32, the manifest's input (1, 1, 64) float32",
+        "rebuild the bundle",
+    )
+
+
+def test_deploy_run_refuses_a_swapped_library_and_writes_nothing(
+    tiny, tiny_detector_bundle, tmp_path, capsys
+):
+    swap_library(tiny, tiny_detector_bundle)
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 1, SAMPLES), np.float32))
+    out = tmp_path / "y.npy"
+    one_line_refusal(["run", tiny, "--input", x, "--output", out], capsys, SWAPPED)
+    assert not out.exists()
+
+
+def test_deploy_detect_refuses_a_swapped_library_and_writes_nothing(
+    tiny_detector_bundle, tiny_bundle, tmp_path, capsys
+):
+    """A subprocess as a user runs it, beside the in-process refusals above."""
+    detector = Path(shutil.copytree(tiny_detector_bundle, tmp_path / "detector"))
+    record = tmp_path / "record.npy"
+    np.save(record, np.random.default_rng(0).standard_normal(2 * SAMPLES).astype(np.float32))
+    swap_library(detector, tiny_bundle)
+    csv = tmp_path / "beats.csv"
+    done = deploy_cli("detect", detector, "--input", record, "--csv", csv)
+    assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: bundle custom-1lead: {SWAPPED} (its ecg is (1, 1, 64)")
+    assert len(done.stderr.strip().splitlines()) == 1 and not csv.exists()
+    swap_library(detector, tiny_detector_bundle)  # its own library back: it runs
+    from deploy.cli import main
+
+    assert main(["detect", str(detector), "--input", str(record), "--csv", str(csv)]) == 0
+    assert csv.read_text().startswith("sample,seconds,rr_ms\n")
+
+
+def test_a_library_whose_output_is_not_the_manifests_is_refused(tiny):
+    """Same input, another output: the probe call compares what came back too."""
+    import tvm
+
+    from deploy.predictor import check_library
+
+    bundle = load_bundle(tiny)
+    device = tvm.cpu(0)
+
+    def main(x):
+        assert tuple(x.shape) == bundle.input_shape
+        return tvm.runtime.tensor(np.zeros((1, 64, 1), np.float32), device)
+
+    with pytest.raises(DeployError) as err:
+        check_library(bundle, main, tvm, device)
+    assert f"{SWAPPED} (its output is (1, 64, 1), the manifest's model gives (1, 16, 32))" in str(
+        err.value
+    )
+    check_library(
+        bundle, lambda x: tvm.runtime.tensor(np.zeros((1, 16, 32), np.float32)), tvm, device
+    )
