@@ -532,9 +532,7 @@ def build_mcu(
     judged = _judge(model, run, inputs, expected, fs, samples, hop is not None, precision, pair)
     parity, beats, own_beats, sample = judged
     footprint = footprint_of(elf, run.stack_peak)
-    clock = get_part(part or _part_for(b.core)).clock_hz
-    per = (hop or samples) / fs  # seconds of ECG per counted run (a window, or one hop)
-    speed = Speed(int(np.median(run.instructions or [0])), per, clock, run.peak_step_instructions)
+    speed = _speed(run, get_part(part or _part_for(b.core)).clock_hz, (hop or samples) / fs)
     profile, speed = _profile(
         out, b, library, lowered, next(iter(inputs.values())), hop, speed, pair
     )
@@ -546,13 +544,25 @@ def build_mcu(
         beats, fits, fs, own_beats, sample, pair.fs_in if pair else None, profile,
     )  # fmt: skip
     (out / REPORT).write_text(report.to_json())
+    _raise_unless_equal(parity, beats, own_beats, out / REPORT)
+    return McuBuild(out, report)
+
+
+def _speed(run, clock_hz: int, seconds: float) -> Speed:
+    """The firmware's instructions per counted run (a window, or one hop: `seconds` of
+    ECG) against the part's clock."""
+    return Speed(
+        int(np.median(run.instructions or [0])), seconds, clock_hz, run.peak_step_instructions
+    )
+
+
+def _raise_unless_equal(parity, beats, own_beats, report: Path) -> None:
     if not parity.passed or beats is False or own_beats is False:
         raise ParityError(
             f"mcu: the firmware under qemu disagrees with its reference: {parity}"
             f"; beats equal: {beats}, the firmware's own beats equal: {own_beats} "
-            f"(see {out / REPORT})"
+            f"(see {report})"
         )
-    return McuBuild(out, report)
 
 
 def _profile(
