@@ -157,12 +157,22 @@ def _detect(args) -> int:
     return EXIT_OK
 
 
+def detection_json(found, minutes: list | None = None) -> dict:
+    """`--json` of deploy detect and deploy stream --detect: the beats, gaps and heart
+    rate, and the heart rate of each minute."""
+    from .outputs import per_minute_bpm
+
+    if minutes is None:
+        minutes = per_minute_bpm(found.beats, found.input_fs, found.samples, found.breaks)
+    return {**found.to_json(), "heart_rate_per_minute": minutes}
+
+
 def _print_detection(found, as_json: bool) -> None:
     from .outputs import per_minute_bpm
 
-    minutes = per_minute_bpm(found.beats, found.input_fs, found.samples)
+    minutes = per_minute_bpm(found.beats, found.input_fs, found.samples, found.breaks)
     if as_json:
-        print(json.dumps({**found.to_json(), "heart_rate_per_minute": minutes}))
+        print(json.dumps(detection_json(found, minutes)))
         return
     rate = f"{found.heart_rate_bpm:.1f} bpm" if found.heart_rate_bpm else "n/a"
     seconds = found.samples / found.input_fs
@@ -263,7 +273,7 @@ def _stream(args) -> int:
     _note_rate(run.fs_assumed, run.fs)
     _note_resampled(run.rate.fs if run.rate.resampled else None, run.fs)
     if args.json:
-        print(json.dumps(run.detection().to_json()))
+        print(json.dumps(detection_json(run.detection())))
         return EXIT_OK
     for line in run.lines(args.detect):
         print(line, flush=True)

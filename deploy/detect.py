@@ -48,6 +48,11 @@ class Detection:
         """The rate of the record's own clock, which `beats` and `samples` count in."""
         return self.fs_input or self.fs
 
+    @property
+    def breaks(self) -> list[int]:
+        """Where each gap starts: no RR interval spans one."""
+        return [g.start for g in self.gaps]
+
     def to_json(self) -> dict:
         return {
             "beats": self.beats.tolist(),

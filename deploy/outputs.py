@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,13 +134,19 @@ def _require(module: str, install: str, option: str) -> None:
 # The outputs
 
 
-def per_minute_bpm(beats: np.ndarray, fs: int, samples: int) -> list[float | None]:
+def per_minute_bpm(
+    beats: np.ndarray, fs: int, samples: int, breaks: Sequence[int] = ()
+) -> list[float | None]:
     """The heart rate of each minute of the record (the last one partial): 60 s over the
     mean RR interval of the beats in that minute (each interval counted in the minute of
-    its later beat); None for a minute with no interval."""
+    its later beat, none that spans one of the gaps starting at `breaks`); None for a
+    minute with no interval."""
     minutes = max(1, -(-samples // (60 * fs)))
     b = np.asarray(beats, np.int64)
-    rr, minute = np.diff(b), b[1:] // (60 * fs)
+    across = np.zeros(max(len(b) - 1, 0), bool)
+    for start in breaks:  # an interval from before a gap's start to after it
+        across |= (b[:-1] < start) & (b[1:] >= start)
+    rr, minute = np.diff(b)[~across], b[1:][~across] // (60 * fs)
     total = np.bincount(minute, weights=rr, minlength=minutes)
     count = np.bincount(minute, minlength=minutes)
     return [round(60.0 * fs * c / t, 1) if c else None for t, c in zip(total, count, strict=True)]
