@@ -210,7 +210,8 @@ def detect_chunks(
 def _refuse_window_gap(m: Manifest, gap: Gap) -> None:
     if m.stream is None:
         raise DeployError(
-            f"record holds a gap (NaN from sample {gap.start}); a window bundle takes "
+            f"record holds a gap (NaN from sample {gap.start}, {gap.samples} samples); a "
+            "window bundle takes "
             "whole windows of samples, while a stream bundle reads NaN runs as sensor "
             "gaps: " + stream_bundle_hint(m)
         )
