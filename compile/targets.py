@@ -73,6 +73,16 @@ _ARMV7 = {
     "fast-math": True,
 }
 
+
+def _qemu(binary: str, sysroot: str) -> tuple[str, ...]:
+    """qemu-user with the cross toolchain's C library, and only it. -L finds its dynamic
+    loader, but that loader reads the host's ld.so.cache, which lists the multiarch C
+    library (libc6:arm64/armhf, pulled in by multiarch packages such as libsodium-dev) when
+    one is installed: a loader and a libc from two builds, and the runner spins forever.
+    LD_LIBRARY_PATH puts the sysroot's libc first."""
+    return (binary, "-L", sysroot, "-E", f"LD_LIBRARY_PATH={sysroot}/lib")
+
+
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
@@ -116,7 +126,7 @@ TARGETS: dict[str, Target] = {
             compiler="aarch64-linux-gnu-g++",
             apt_package="g++-aarch64-linux-gnu",
             run="qemu",
-            qemu=("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"),
+            qemu=_qemu("qemu-aarch64", "/usr/aarch64-linux-gnu"),
             tile=ConvTile(vec=4, t_tile=6, f_vecs=2, registers=32),  # 12 of 32 q regs
             # int8 takes the dot product extension's sdot (Armv8.2: Cortex-A55/A76, Pi 5).
             int8=PrecisionSpec(
@@ -140,7 +150,7 @@ TARGETS: dict[str, Target] = {
             compiler="arm-linux-gnueabihf-g++",
             apt_package="g++-arm-linux-gnueabihf",
             run="qemu",
-            qemu=("qemu-arm", "-L", "/usr/arm-linux-gnueabihf"),
+            qemu=_qemu("qemu-arm", "/usr/arm-linux-gnueabihf"),
             tile=ConvTile(vec=4, t_tile=6, f_vecs=2, registers=16),  # 12 of 16 q regs
             int8=PrecisionSpec(_ARMV7, "generic"),  # NEON widening multiply-accumulates
         ),
