@@ -107,7 +107,8 @@ def test_deploy_detect_prints_beats_and_heart_rate(qrs_bundles, qrs, tmp_path):
     [
         (np.zeros(4000, "<f4"), (), "record of 4000 samples (8 s at 500 Hz); this window bundle"),
         (np.zeros(2000, "<f4"), ("--fs", "250"), "record of 4000 samples (8 s at 500 Hz); this"),
-        (np.full(5000, np.nan, "<f4"), (), "NaN or Inf"),
+        # NaN is a sensor gap, which a window bundle cannot take; it names the stream bundle
+        (np.full(5000, np.nan, "<f4"), (), "record holds a gap (NaN from sample 0"),
         (np.zeros((3, 5000), "<f4"), (), "record of 3 leads; this bundle takes 1 (ECG)"),
     ],
     ids=["length", "fs", "nan", "leads"],
