@@ -154,32 +154,13 @@ def _check_wfdb_sizes(header, folder: Path, hea: Path) -> None:
 
 def _read_edf(path: Path) -> Recording:
     pyedflib = _need("pyedflib", "pyedflib==0.1.42", "EDF/BDF records")
+    leads, rate, length, scale = _read_edf_header(pyedflib, path)
+    reader = pyedflib.EdfReader(str(path))
     try:
-        reader = pyedflib.EdfReader(str(path))
-    except OSError as exc:
-        raise DeployError(
-            f"{show(path)}: not a readable EDF/BDF file ({show(str(exc))[:120]})"
-        ) from None
-    try:
-        n = reader.signals_in_file
-        leads = tuple(reader.getLabel(i).strip() for i in range(n))
-        rates = {float(reader.getSampleFrequency(i)) for i in range(n)}
-        if len(rates) != 1:
-            raise DeployError(
-                f"{show(path)}: leads at different rates ({', '.join(map(str, sorted(rates)))}"
-                " Hz); export the ECG leads at one rate"
-            )
-        lengths = {int(reader.getNSamples()[i]) for i in range(n)}
-        signals = np.stack(
-            [
-                reader.readSignal(i)[: min(lengths)]
-                * _to_mv(reader.getPhysicalDimension(i), f"{show(path)} lead {leads[i]}")
-                for i in range(n)
-            ]
-        )
+        signals = np.stack([reader.readSignal(i)[:length] * scale[i] for i in range(len(leads))])
     finally:
         reader.close()
-    return Recording(signals.astype(np.float32), leads, rates.pop(), "edf")
+    return Recording(signals.astype(np.float32), leads, rate, "edf")
 
 
 def _read_csv(path: Path) -> Recording:
