@@ -192,14 +192,15 @@ def _energy(e) -> str:
         if e.load <= 1
         else f"does not keep up ({100 * e.load:.0f}% of its cycles)"
     )
+    why = e.provenance.split(":", 1)[0] + " (mcu.json: energy.provenance)"
     active = e.active_uj_per_second
     if active is None:
-        return f"{at}: {duty}; no energy: {e.provenance}"
+        return f"{at}: {duty}; no energy estimate: {why}"
     text = f"{active / 1e3:.2f} mJ per s of ECG ({active / 1e3:.2f} mW) on {at}, {duty}"
     if e.average_uw is not None:
         text += f", {e.average_uw / 1e3:.2f} mW with its sleep current"
-    figure = f"{e.active_ua_per_mhz:.1f} µA/MHz at {e.supply_v:g} V, {e.source}"
-    verdict = "confirmed" if e.confirmed else f"NOT CONFIRMED: {e.provenance}"
+    figure = f"{e.active_ua_per_mhz:.1f} µA/MHz at {e.supply_v:g} V from {e.source}"
+    verdict = "confirmed" if e.confirmed else f"NOT CONFIRMED, {why}"
     return f"{text} (estimate: {e.cycles_from} cycles x {figure}; {verdict})"
 
 
