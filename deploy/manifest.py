@@ -1071,17 +1071,17 @@ def _read_energy(root: _Obj) -> McuEnergy | None:
     if root.data.get("energy") is None:
         return None
     e = root.obj("energy")
-    cycles = e.number("cycles_per_second")
-    if cycles < 0:
-        raise e.fail("cycles_per_second", "a number >= 0", cycles)
+    names = ("cycles_per_second", "active_ua_per_mhz", "supply_v", "sleep_ua")
+    figures = [e.number(n, optional=n != "cycles_per_second") for n in names]
+    for name, value in zip(names, figures, strict=True):
+        if value is not None and value < 0:
+            raise e.fail(name, "a number >= 0", value)
     return McuEnergy(
         e.str("part"),
         e.int("clock_hz", minimum=1),
-        cycles,
+        figures[0],
         e.str("cycles_from", choices=("llvm-mca", "instructions")),
-        e.number("active_ua_per_mhz", optional=True),
-        e.number("supply_v", optional=True),
-        e.number("sleep_ua", optional=True),
+        *figures[1:],
         e.str("source"),
         e.bool("confirmed"),
         e.str("provenance"),

@@ -108,6 +108,9 @@ def test_the_report_carries_the_energy_through_json_and_refuses_a_bad_one():
     bad["energy"]["cycles_per_second"] = -1.0
     with pytest.raises(ManifestError, match="energy.cycles_per_second' must be a number >= 0"):
         McuReport.from_json(json.dumps(bad))
+    bad["energy"]["cycles_per_second"], bad["energy"]["supply_v"] = 1.0, -3.0
+    with pytest.raises(ManifestError, match="energy.supply_v' must be a number >= 0"):
+        McuReport.from_json(json.dumps(bad))
     older = json.loads(text)
     del older["energy"]  # a report from before the estimate
     assert McuReport.from_json(json.dumps(older)).energy is None
