@@ -72,16 +72,26 @@ def print_table(bundles: list[Bundle], failures: list[str]) -> None:
         console.print(f"[red]FAILED[/] {failure}", soft_wrap=True)
 
 
+def _milliwatts(r: McuReport) -> str:
+    """The energy estimate per second of ECG in mW (= mJ per s), * if its figure is not
+    confirmed, - without one."""
+    active = r.energy.active_uj_per_second if r.energy is not None else None
+    if active is None:
+        return "-"
+    return f"{active / 1e3:.2f}" + ("" if r.energy.confirmed else "*")
+
+
 def print_mcu_table(reports: list[tuple[Path, McuReport]]) -> None:
     """Footprint, speed estimate, fit and parity of each Cortex-M build."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(
-        title="Cortex-M builds under qemu (load: by instruction count; by llvm-mca cycles)"
+        title="Cortex-M builds under qemu (load: by instruction count; by llvm-mca cycles; "
+        "mW: the energy estimate, * from a figure not confirmed, - none)"
     )
     columns = ("build", "flash KiB (code + weights)", "RAM KiB", "M instr/s", "instr/MAC")
-    for column in (*columns, "load: instr; cycles"):
+    for column in (*columns, "load: instr; cycles", "mW"):
         table.add_column(column, no_wrap=True)
     table.add_column("fits")
     table.add_column("parity")
@@ -101,6 +111,7 @@ def print_mcu_table(reports: list[tuple[Path, McuReport]]) -> None:
             f"{100 * speed.cpu_load:.0f}%"
             + (f"; {100 * speed.cycle_load:.0f}%" if speed.cycles is not None else "")
             + f" @ {speed.clock_hz / 1e6:g} MHz",
+            _milliwatts(r),
             ", ".join(name for name, fit in r.fits.items() if fit.fits) or "none",
             parity,
         )

@@ -147,6 +147,8 @@ def describe_mcu(folder: Path) -> list[tuple[str, str]]:
                                     f"of ECG, {100 * speed.cycle_load:.1f}% at "
                                     f"{speed.clock_hz / 1e6:g} MHz (estimate: "
                                     f"{speed.cycle_method})"))  # fmt: skip
+    if r.energy is not None:
+        lines.insert(-2, ("energy", _energy(r.energy)))
     lines += _profile_lines(r)
     if r.beats_equal is not None:
         lines.append(("beats", "the reference's" if r.beats_equal else "DIFFER"))
@@ -179,6 +181,27 @@ def _profile_lines(r: McuReport) -> list[tuple[str, str]]:
             text += f", {k.cycles_per_instruction:.2f} cycles/instruction"
         lines.append(("", text))
     return lines
+
+
+def _energy(e) -> str:
+    """The energy estimate in one line: µJ per second of ECG and the duty cycle at the
+    part's clock, with the figure's source, or why there is none."""
+    at = f"{e.part} at {e.clock_hz / 1e6:g} MHz"
+    duty = (
+        f"the core sleeps {100 * e.sleep_share:.1f}% of each second"
+        if e.load <= 1
+        else f"does not keep up ({100 * e.load:.0f}% of its cycles)"
+    )
+    why = e.provenance.split(":", 1)[0] + " (mcu.json: energy.provenance)"
+    active = e.active_uj_per_second
+    if active is None:
+        return f"{at}: {duty}; no energy estimate: {why}"
+    text = f"{active / 1e3:.2f} mJ per s of ECG ({active / 1e3:.2f} mW) on {at}, {duty}"
+    if e.average_uw is not None:
+        text += f", {e.average_uw / 1e3:.2f} mW with its sleep current"
+    figure = f"{e.active_ua_per_mhz:.1f} µA/MHz at {e.supply_v:g} V from {e.source}"
+    verdict = "confirmed" if e.confirmed else f"NOT CONFIRMED, {why}"
+    return f"{text} (estimate: {e.cycles_from} cycles x {figure}; {verdict})"
 
 
 def _figure(value: float | None) -> str:

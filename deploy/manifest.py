@@ -885,6 +885,55 @@ class McuSpeed:
 
 
 @dataclass(frozen=True)
+class McuEnergy:
+    """Energy per second of ECG, *estimated*: the cycles one second of ECG takes (the
+    cycle estimate, or qemu's instructions at one per cycle) times the part's published
+    active current per MHz and its supply voltage. µA/MHz x M cycles x V = µJ, so the
+    energy per second of ECG is the core's average power while it keeps up, in µW; at
+    the part's clock it sleeps the rest of each second (`sleep_share`). The figure's
+    source and whether it was confirmed travel with it; an unconfirmed or missing
+    figure gives no energy (None)."""
+
+    part: str
+    clock_hz: int
+    cycles_per_second: float  # per second of ECG
+    cycles_from: str  # "llvm-mca" (the cycle estimate) or "instructions" (1 per cycle)
+    active_ua_per_mhz: float | None  # the part's published active current per MHz
+    supply_v: float | None
+    sleep_ua: float | None  # its sleep current, where published
+    source: str  # the document, revision and table the figures come from
+    confirmed: bool  # every figure read in the source as cited
+    provenance: str  # what was found, and what could not be confirmed
+
+    @property
+    def load(self) -> float:
+        """Share of the part's cycles that real time takes (> 1: it does not keep up)."""
+        return self.cycles_per_second / self.clock_hz
+
+    @property
+    def sleep_share(self) -> float:
+        """Share of each second the core can sleep at the part's clock (0 if it cannot
+        keep up)."""
+        return max(0.0, 1.0 - self.load)
+
+    @property
+    def active_uj_per_second(self) -> float | None:
+        """µJ the core's work takes per second of ECG (= its average µW for that work)."""
+        if self.active_ua_per_mhz is None or self.supply_v is None:
+            return None
+        return self.cycles_per_second / 1e6 * self.active_ua_per_mhz * self.supply_v
+
+    @property
+    def average_uw(self) -> float | None:
+        """The work's energy plus the sleep current for the rest of each second, µW
+        (None without a published sleep current)."""
+        active = self.active_uj_per_second
+        if active is None or self.sleep_ua is None:
+            return None
+        return active + self.sleep_share * self.sleep_ua * self.supply_v
+
+
+@dataclass(frozen=True)
 class McuKernel:
     """One kernel call of a Cortex-M build's per-kernel profile (its firmware's SysTick
     read before each call under qemu -icount), per window or stream step."""
@@ -961,6 +1010,7 @@ class McuReport:
     # firmware takes and resamples to `fs`; beats are in its clock. None: it takes `fs`
     input_fs: int | None = None
     profile: tuple[McuKernel, ...] | None = None  # per kernel call; older reports: None
+    energy: McuEnergy | None = None  # the energy estimate; older reports: None
 
     @property
     def macs(self) -> int | None:
@@ -1008,7 +1058,34 @@ def _write_mcu(r: McuReport) -> dict[str, Any]:
         "input_fs": r.input_fs,
         "macs": r.macs,
         "profile": None if r.profile is None else [_write_kernel(k) for k in r.profile],
+        "energy": None if r.energy is None else _write_energy(r.energy),
     }
+
+
+def _write_energy(e: McuEnergy) -> dict[str, Any]:
+    derived = ("load", "sleep_share", "active_uj_per_second", "average_uw")
+    return {**dict(vars(e)), **{name: getattr(e, name) for name in derived}}
+
+
+def _read_energy(root: _Obj) -> McuEnergy | None:
+    if root.data.get("energy") is None:
+        return None
+    e = root.obj("energy")
+    names = ("cycles_per_second", "active_ua_per_mhz", "supply_v", "sleep_ua")
+    figures = [e.number(n, optional=n != "cycles_per_second") for n in names]
+    for name, value in zip(names, figures, strict=True):
+        if value is not None and value < 0:
+            raise e.fail(name, "a number >= 0", value)
+    return McuEnergy(
+        e.str("part"),
+        e.int("clock_hz", minimum=1),
+        figures[0],
+        e.str("cycles_from", choices=("llvm-mca", "instructions")),
+        *figures[1:],
+        e.str("source"),
+        e.bool("confirmed"),
+        e.str("provenance"),
+    )
 
 
 def _write_kernel(k: McuKernel) -> dict[str, Any]:
@@ -1048,6 +1125,7 @@ def _read_mcu(root: _Obj) -> McuReport:
         sample=_read_sample(sample) if sample else None,
         input_fs=root.int("input_fs", optional=True, minimum=1),
         profile=_read_profile(root),
+        energy=_read_energy(root),
     )
 
 

@@ -98,8 +98,9 @@ class Program:
 
 
 def kernel_macs(lowered: Lowered) -> dict[str, int]:
-    """The multiply-accumulates per call of each kernel that states them (the int8 convs:
-    compile/int8/kernels.py's MACS_ATTR), by name."""
+    """The multiply-accumulates per call of each kernel that states them (MACS_ATTR: the
+    int8 convs, compile/int8/kernels.py; the fp32 convs and matmuls, `block_macs`), by
+    name."""
     from ..int8.kernels import MACS_ATTR
 
     out = {}
@@ -414,6 +415,8 @@ def schedule_kernel(func):
     import tvm
     from tvm import tirx
 
+    from ..int8.kernels import MACS_ATTR
+
     sch = tvm.s_tir.Schedule(func)
     root = sch.get_sblock("root")
 
@@ -422,12 +425,34 @@ def schedule_kernel(func):
 
     blocks = list(sch.get_child_blocks(root))
     reductions = [b for b in blocks if reduces(b)]
+    macs = sum(block_macs(sch.get(b)) for b in reductions)
     for block in blocks[:-1]:
         if block not in reductions:
             sch.compute_inline(block)
     if len(reductions) == 1:
         _tile_reduction(sch, reductions[0], list(sch.get_child_blocks(root)))
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    scheduled = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    return scheduled.with_attr(MACS_ATTR, macs) if macs else scheduled
+
+
+def block_macs(block) -> int:
+    """The multiply-accumulates of one reduction block, before it is scheduled: a block
+    whose body is `out[...] = out[...] + a * b` (conv, matmul, linear) runs it once
+    per point of its iteration domain (spatial x reduction axes: frames x filters x
+    input channels per group x kernel taps for a conv, as the int8 kernels count them);
+    any other reduction (a sum, a max) computes none."""
+    from tvm import tirx
+
+    body = block.body
+    if not (isinstance(body, tirx.BufferStore) and isinstance(body.value, tirx.Add)):
+        return 0
+    acc, product = body.value.a, body.value.b
+    loaded = getattr(acc, "source", getattr(acc, "buffer", None))  # a load of the stored
+    if loaded is None or not loaded.same_as(body.buffer):  # buffer (TensorLoad.source)
+        return 0
+    if not isinstance(product, tirx.Mul):
+        return 0
+    return math.prod(int(iv.dom.extent) for iv in block.iter_vars)
 
 
 def _tile_reduction(sch, red, blocks) -> None:

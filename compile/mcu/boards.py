@@ -31,6 +31,11 @@ class Core:
         default_factory=lambda: {"int16": "dsp", "int8": "dsp-int8w"}
     )
 
+    def target(self, precision: str) -> dict[str, Any]:
+        """The TVM target of a build: an fp32 build's kernels fuse each multiply and
+        add into one `vfma.f32` (FP_CONTRACT), the int8 build's are integer code."""
+        return {**self.tvm, **FUSED_MULTIPLY_ADD} if precision == "fp32" else dict(self.tvm)
+
 
 @dataclass(frozen=True)
 class Board:
@@ -72,6 +77,21 @@ class Region:
 
 
 @dataclass(frozen=True)
+class PowerFigure:
+    """A part's published active current per MHz and supply voltage (and its sleep
+    current, where given), with where each came from. `confirmed` is True only when
+    every number was read in the source as cited; a figure that could not be confirmed
+    is None (no energy is estimated from it), and `provenance` says what was found."""
+
+    active_ua_per_mhz: float | None
+    supply_v: float | None
+    sleep_ua: float | None
+    source: str  # document, revision, section or table
+    confirmed: bool
+    provenance: str
+
+
+@dataclass(frozen=True)
 class Part:
     """A class of microcontroller a model must fit: its memory regions. The code and
     weights go to the largest flash region; the arena (.bss.mscnn_arena) to the RAM
@@ -84,6 +104,7 @@ class Part:
     regions: tuple[Region, ...]
     clock_hz: int  # the clock the speed estimate assumes
     arena_in: str | None = None  # the arena's region; None: the largest RAM region
+    power: PowerFigure | None = None  # the energy estimate's figures (PowerFigure)
 
     def _of(self, kind: str) -> tuple[Region, ...]:
         return tuple(r for r in self.regions if r.kind == kind)
@@ -109,6 +130,13 @@ class Part:
     @property
     def ram_bytes(self) -> int:
         return sum(r.size for r in self.ram_regions)
+
+
+# LLVM contracts a*b+c into a fused multiply-add only when told it may (fp-contract),
+# and its Cortex-M4/M7 models mark VFMA slow (`slowfpvfmx`), so without both the fp32
+# kernels are vmul.f32 + vadd.f32 pairs: one instruction more per MAC. The fused result
+# rounds once instead of twice (docs/microcontrollers.md, "fp32 with fused multiply-add").
+FUSED_MULTIPLY_ADD: dict[str, Any] = {"fast-math-contract": True, "mattr": ["-slowfpvfmx"]}
 
 
 def _thumb(mcpu: str, triple: str = "thumbv7em-none-eabihf") -> dict[str, Any]:
@@ -180,6 +208,17 @@ PARTS: dict[str, Part] = {
                 Region("SRAM4", "ram", 0x3800_0000, 64 * KiB),
             ),
             480_000_000,
+            power=PowerFigure(
+                None,
+                None,
+                None,
+                "STM32H742xI/G STM32H743xI/G datasheet (DS12110), section 6.3.6 "
+                "'Supply current characteristics', Run-mode tables",
+                False,
+                "not confirmed: the Run-mode current tables of DS12110 were not in the "
+                "reference material searched (only its Table 21 'Current characteristics', "
+                "Rev 5 p. 99, absolute maximum ratings); no figure is used",
+            ),
         ),
         Part(
             "nrf52840",
@@ -190,6 +229,20 @@ PARTS: dict[str, Part] = {
                 Region("RAM", "ram", 0x2000_0000, 256 * KiB),
             ),
             64_000_000,
+            power=PowerFigure(
+                8.1 * 1000 / 64,  # 8.1 mA typical at 64 MHz: 126.6 uA/MHz
+                3.0,
+                None,
+                "nRF52840 Product Specification (docs.nordicsemi.com, current revision), "
+                "Electrical specification, 'Compounded', IS0",
+                False,
+                "an upper bound, not the CPU alone: IS0 is 'CPU running CoreMark from "
+                "flash, Radio transmitting @ 0 dBm output power, 1 Mbps BLE mode, Clock = "
+                "HFXO, Regulator = DC/DC', 8.1 mA typ., read as published; the CPU-only "
+                "table ('CPU running') and the sleep currents were not in the reference "
+                "material searched; the 3.0 V supply is the specification's typical "
+                "condition, not confirmed there",
+            ),
         ),
         Part(
             # A class, not a chip: real M55 parts split their RAM into TCMs and SRAM
@@ -202,6 +255,17 @@ PARTS: dict[str, Part] = {
                 Region("SRAM", "ram", 0x2000_0000, 1 * MiB),
             ),
             400_000_000,
+            power=PowerFigure(
+                None,
+                None,
+                None,
+                "none: a class of part, not a chip (e.g. Alif Ensemble RTSS-HP, "
+                "Cortex-M55 at up to 400 MHz)",
+                False,
+                "not confirmed: no Cortex-M55 part's run current per MHz was found in the "
+                "reference material searched (Alif's power white paper names the 400 MHz "
+                "core without a figure); no figure is used",
+            ),
         ),
     )
 }

@@ -47,6 +47,7 @@ import numpy as np
 from deploy.describe import MCU_REPORT
 from deploy.manifest import (
     MCU_PRECISIONS,
+    McuEnergy,
     McuKernel,
     McuReport,
     McuSample,
@@ -74,7 +75,19 @@ from .aot import (
     lower,
     lower_module,
 )
-from .boards import BOARDS, CORES, PARTS, TOOLS, Board, Core, KiB, Part, get_board, get_part
+from .boards import (
+    BOARDS,
+    CORES,
+    PARTS,
+    TOOLS,
+    Board,
+    Core,
+    KiB,
+    Part,
+    PowerFigure,
+    get_board,
+    get_part,
+)
 from .estimate import estimate_cycles, kernel_loops, method
 
 log = logging.getLogger(__name__)
@@ -532,7 +545,8 @@ def build_mcu(
     judged = _judge(model, run, inputs, expected, fs, samples, hop is not None, precision, pair)
     parity, beats, own_beats, sample = judged
     footprint = footprint_of(elf, run.stack_peak)
-    speed = _speed(run, get_part(part or _part_for(b.core)).clock_hz, (hop or samples) / fs)
+    clocked = get_part(part or _part_for(b.core))  # the part whose clock the speed assumes
+    speed = _speed(run, clocked.clock_hz, (hop or samples) / fs)
     profile, speed = _profile(
         out, b, library, lowered, next(iter(inputs.values())), hop, speed, pair
     )
@@ -542,10 +556,26 @@ def build_mcu(
         b.name, core.name, precision, weights if precision == "int8" else None, samples, hop,
         facts, footprint, speed, verdict(parity, f"qemu-system-arm -M {b.qemu_machine}"),
         beats, fits, fs, own_beats, sample, pair.fs_in if pair else None, profile,
+        energy_of(speed, clocked),
     )  # fmt: skip
     (out / REPORT).write_text(report.to_json())
     _raise_unless_equal(parity, beats, own_beats, out / REPORT)
     return McuBuild(out, report)
+
+
+def energy_of(speed: Speed, part: Part) -> McuEnergy:
+    """The energy estimate at `part`'s clock: the cycle estimate per second of ECG (or,
+    without one, the instructions at one per cycle) with the part's power figures
+    (boards.PowerFigure); the figures' absence leaves the energy None in the report."""
+    power = part.power or PowerFigure(None, None, None, "none", False, "no figure for this part")
+    cycles, basis = speed.cycles, "llvm-mca"
+    if cycles is None:
+        cycles, basis = speed.instructions, "instructions"
+    return McuEnergy(
+        part.name, part.clock_hz, cycles / speed.window_seconds, basis,
+        power.active_ua_per_mhz, power.supply_v, power.sleep_ua,
+        power.source, power.confirmed, power.provenance,
+    )  # fmt: skip
 
 
 def _speed(run, clock_hz: int, seconds: float) -> Speed:
@@ -751,22 +781,23 @@ def _build_library(
     Returns the library and the stream's facts (None for a window)."""
     from ..export import export_onnx
 
+    target = core.target("int8" if qm is not None else "fp32")
     if qm is not None:
         mod, facts = _int8_program(model, qm, core, samples, hop, isa)
-        lowered = lower_module(mod, core.tvm, STATES_FROM if hop else None)
+        lowered = lower_module(mod, target, STATES_FROM if hop else None)
         what = f"the int8 stream step at a hop of {hop} samples" if hop else "the int8 model"
     elif hop is None:
         onnx_path = export_onnx(model, out / "model.onnx", batch=1, samples=samples)
         what, facts = f"the model at {samples} samples", None
-        lowered = lower(onnx_path, core.tvm)
+        lowered = lower(onnx_path, target)
     else:
         onnx_path, facts = _export_step(model, hop, out / "step.onnx")
         what = f"the stream step at a hop of {hop} samples"
-        lowered = lower(onnx_path, core.tvm, STATES_FROM)
+        lowered = lower(onnx_path, target, STATES_FROM)
     program = lowered.program
     floor = Footprint(0, program.weights_bytes, program.arena_bytes, 0, STACK_BYTES)
     check_fit(floor, budget, f"{what} (memory plan)")
-    kernels = compile_kernels(lowered, core.tvm, out / "kernels.o")
+    kernels = compile_kernels(lowered, target, out / "kernels.o")
     write_c(lowered, kernels, out, facts, fs, rule)
     library = compile_library(out, core, kernels)
     check_fit(library_footprint(library, STACK_BYTES), budget, what)

@@ -392,6 +392,26 @@ def test_per_kernel_profile_and_cycle_estimate(m7_int8_stream, qdetector):
     assert any(line.startswith("smlad") for line in loops[hottest.kernel].lines)
 
 
+def test_fp32_stream_profile_counts_macs(m7_stream, m7_int8_stream, detector):
+    """fp32 builds' profile has MACs too, counted from the kernels' TIR (a conv or
+    matmul's iteration domain): one MAC kernel call per conv and linear layer, and the
+    same MACs per step as the int8 step states for its own kernels. The loop llvm-mca
+    times in the costliest MAC kernel is its fused multiply-add (vfma.f32)."""
+    report = m7_stream.report
+    layers = [
+        m for m in detector.model.modules() if isinstance(m, torch.nn.Conv1d | torch.nn.Linear)
+    ]
+    counted = [k for k in report.profile if k.macs]
+    assert len(counted) == len(layers), [k.kernel for k in counted]
+    assert report.macs == m7_int8_stream.report.macs  # 12.65 M per 0.4 s hop
+    assert 1.0 < m7_stream.speed.instructions / report.macs < 3
+    hottest = max(counted, key=lambda k: k.instructions)
+    loops = estimate.kernel_loops(
+        m7_stream.folder / "kernels.o", [hottest.kernel], mcu.CORES["cortex-m7"].tvm
+    )
+    assert any(line.startswith("vfma.f32") for line in loops[hottest.kernel].lines)
+
+
 def _smlad_per_loaded_word(lines) -> list[int]:
     """For each word the loop loads (ldr, ldrd), how many smlad multiply it before its
     register is written again (the loop read as straight code)."""
@@ -443,9 +463,30 @@ def test_int8_stream_equals_the_int8_reference_on_an_unseen_record(
 
 
 def test_cortex_m4(detector, tmp_path):
+    """An M4 fp32 window, and its energy estimate at the nRF52840's 64 MHz: the cycle
+    estimate per second of ECG times the part's figure (boards.PowerFigure), carried in
+    mcu.json with the figure's source and provenance."""
     built = mcu.build_mcu(detector, "mps2-an386", tmp_path, samples=1200, records=1)
     assert built.core == "cortex-m4"
     assert built.parity.passed and built.beats_equal is True
+    energy, power = built.report.energy, mcu.PARTS["nrf52840"].power
+    assert McuReport.from_json((tmp_path / mcu.REPORT).read_bytes()).energy == energy
+    assert (energy.part, energy.cycles_from, energy.clock_hz) == ("nrf52840", "llvm-mca", 64e6)
+    assert energy.cycles_per_second == built.speed.cycles / built.speed.window_seconds
+    want = energy.cycles_per_second / 1e6 * power.active_ua_per_mhz * power.supply_v
+    assert energy.active_uj_per_second == pytest.approx(want, rel=1e-12)
+    assert energy.load == pytest.approx(built.speed.cycle_load, rel=1e-12)
+    assert energy.source == power.source and "upper bound" in energy.provenance
+    # the M4's fp32 kernels fuse multiply and add (FUSED_MULTIPLY_ADD; LLVM's M4 model
+    # alone would emit vmul.f32 + vadd.f32 pairs), and state their MACs
+    asm = subprocess.run(
+        ["arm-none-eabi-objdump", "-d", "--no-show-raw-insn", str(tmp_path / "kernels.o")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    mnemonics = [line.split()[1] for line in asm.splitlines() if re.match(r"^\s+[0-9a-f]+:", line)]
+    fused, plain = mnemonics.count("vfma.f32"), mnemonics.count("vmul.f32")
+    assert fused >= 1000 and fused > 10 * plain, (fused, plain)
+    assert built.report.macs and 1.0 < built.speed.instructions / built.report.macs < 2.5
 
 
 REPOSITORY_PATHS = re.compile(r"compile/|deploy/|mscnn/|\.py\b")
@@ -573,6 +614,9 @@ def test_deploy_info_describes_a_cortex_m_build(m7_int8_stream, tmp_path, capsys
     assert "% at 480 MHz (estimate: llvm-mca" in out and "instructions/MAC" in out
     kernels = out.split("kernels", 1)[1].split("beats", 1)[0].strip().splitlines()[1:]
     assert len(kernels) == 3 and all("M instructions" in k and "/MAC" in k for k in kernels)
+    # the energy line: the STM32H7's figure could not be confirmed, so none, and why
+    assert re.search(r"energy +stm32h7 at 480 MHz: the core sleeps \d+\.\d% of each", out)
+    assert "no energy estimate: not confirmed (mcu.json: energy.provenance)" in out
     # a tampered report is one clear line, not a traceback
     report = (m7_int8_stream.folder / mcu.REPORT).read_text()
     (tmp_path / mcu.REPORT).write_text(report.replace('"weights": "int16"', '"weights": null'))
