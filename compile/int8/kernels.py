@@ -144,9 +144,10 @@ ISAS: dict[str, Isa] = {
             "dsp",
             "dsp",
             CORTEX_M,
-            # 2 x 2 tiles: 4 accumulators and 4 operand words stay in the core's 13 free
-            # registers (each loaded word feeds two smlad); a 4 x 2 tile spills them
-            Dot(1, 2, "int16", "int16", "mscnn_smlad", registers=4),
+            # 2 x 2 tiles: 4 accumulators and the operand words stay in the core's 13 free
+            # registers (each loaded word feeds two smlad); a 4 x 2 tile spills them. Two
+            # pairs of input channels per step (the input layer's one lead: one pair)
+            Dot(1, 4, "int16", "int16", "mscnn_smlad_pairs", registers=4),
             Dot(1, 2, "int16", "int16", "mscnn_smlad", registers=4),
             "smlad",
             parallel=False,
@@ -347,6 +348,37 @@ def _smlad():
     return _one_lane_desc(2, "int16", lambda k: k), impl
 
 
+def _smlad_pairs():
+    """(description, implementation) of two `smlad` on four int16 products into one
+    int32 accumulator: each operand's two int16 pairs are read as one 64-bit value. LLVM
+    splits it into two word loads and pairs those into one `ldrd` (or `ldm`) where their
+    alignment and offset allow it: the weights, packed per tile (`ConvKernel.block`)."""
+    from tvm.script import tirx as T
+
+    def words(buf, index):  # (low word, high word) of four int16 loaded as one int64
+        both = T.reinterpret(buf.vload(index, dtype="int16x4"), dtype="int64")
+        return T.Cast("int32", both), T.Cast("int32", T.shift_right(both, T.int64(32)))
+
+    def smlad(a, b, c):
+        return T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.arm.smlad"), a, b, c, dtype="int32"
+        )
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "int16", offset_factor=1),
+        B: T.Buffer((1, 4), "int16", offset_factor=1),
+        C: T.Buffer((1,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:1], A[0:4], B[0:1, 0:4])
+            T.writes(C[0:1])
+            (a0, a1), (b0, b1) = words(A, [0]), words(B, [0, 0])
+            C[0] = smlad(a1, b1, smlad(a0, b0, C[0]))
+
+    return _one_lane_desc(4, "int16", lambda k: k), impl
+
+
 def _vmlava(group: int, dtype: str):
     """(description, implementation) of Helium's `vmlava` (MVE, Armv8.1-M): the products
     of a vector of `group` activations and weights of `dtype`, summed across the vector
@@ -469,6 +501,7 @@ def register_intrinsics() -> None:
         TensorIntrin.register(name, *_intrinsic(*args), override=True)
     TensorIntrin.register("mscnn_avx2_bytes", *_avx2_bytes(), override=True)
     TensorIntrin.register("mscnn_smlad", *_smlad(), override=True)
+    TensorIntrin.register("mscnn_smlad_pairs", *_smlad_pairs(), override=True)
     TensorIntrin.register("mscnn_smlad_sxtb16", *_smlad_sxtb16(), override=True)
     TensorIntrin.register("mscnn_vmlava_s8", *_vmlava(16, "int8"), override=True)
     TensorIntrin.register("mscnn_vmlava_s16", *_vmlava(8, "int16"), override=True)
@@ -557,6 +590,19 @@ class ConvKernel:
         f = self.conv.weight.shape[0]
         return -(-f // self.dot.lanes) * self.dot.lanes
 
+    def tile(self, serial: bool) -> tuple[int, int]:
+        """(time steps, channel vectors) of the register tile (`_tile`)."""
+        budget = min(self.dot.registers, (STACK_BYTES - 1) // (4 * self.dot.lanes))
+        vectors = self.padded_out // self.dot.lanes
+        return _tile(self.length, vectors, budget, self.pool, serial)
+
+    @property
+    def block(self) -> int:
+        """Output channels whose weights are packed side by side: a one-lane dot's tile
+        (serial, microcontrollers), so the tile's weight words are adjacent in flash
+        (small offsets, paired loads); 1 elsewhere."""
+        return self.tile(serial=True)[1] if self.dot.lanes == 1 and self.dot.intrin else 1
+
     @property
     def padded_group_in(self) -> int:
         cg = self.conv.weight.shape[1]
@@ -571,6 +617,9 @@ class ConvKernel:
         w = np.zeros((fp, cgp, k), dtype=np.int64)
         w[:f, :cg] = conv.weight
         packed = w.reshape(fp // lanes, lanes, cgp // group, group, k).transpose(0, 4, 2, 1, 3)
+        if self.block > 1:  # [F / block, K, C / group, block, lanes, group]
+            shape = (fp // lanes // self.block, self.block, k, cgp // group, lanes, group)
+            packed = packed.reshape(shape).transpose(0, 2, 3, 1, 4, 5)
         if dot.interleave:
             packed = packed[..., [interleaved(j) for j in range(group)]]
         _, offset = _operand_offset(conv.in_dtype, dot)
@@ -620,7 +669,9 @@ def _conv_te(kc: ConvKernel):
     operand, off = _operand_offset(conv.in_dtype, dot)
     t_in = kc.in_length
     x = te.placeholder((b, t_in, c), conv.in_dtype, name="x")
-    w = te.placeholder((fp // lanes, k, cgp // group, lanes, group), dot.weight, name="w")
+    nb = kc.block
+    wshape = (fp // lanes // nb, k, cgp // group, *([nb] if nb > 1 else []), lanes, group)
+    w = te.placeholder(wshape, dot.weight, name="w")
     bias = te.placeholder((fp,), "int32", name="bias")
 
     def pad(n, i, j):
@@ -638,11 +689,16 @@ def _conv_te(kc: ConvKernel):
     def channel(f, rc):
         return rc if g == 1 else (f // fg) * cgp + rc
 
+    def weight(f, rk, rc):
+        v, j = f // lanes, lane(rc % group)
+        if nb > 1:
+            return w[v // nb, rk, rc // group, v % nb, f % lanes, j]
+        return w[v, rk, rc // group, f % lanes, j]
+
     acc = te.compute(
         (b, t, fp),
         lambda n, i, f: te.sum(
-            xp[n, i + d * rk, channel(f, rc)].astype("int32")
-            * w[f // lanes, rk, rc // group, f % lanes, lane(rc % group)].astype("int32"),
+            xp[n, i + d * rk, channel(f, rc)].astype("int32") * weight(f, rk, rc).astype("int32"),
             axis=[rk, rc],
         ),
         name="acc",
@@ -743,8 +799,7 @@ def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
     # The accumulators are a tile-sized buffer, which TVM puts on the stack (where LLVM
     # keeps it in registers) only below 1 KiB; larger ones become a heap workspace
     # allocated, zeroed and freed in every tile.
-    budget = min(dot.registers, (STACK_BYTES - 1) // (4 * dot.lanes))
-    tt, fv = _tile(kc.length, kc.padded_out // dot.lanes, budget, kc.pool, not parallel)
+    tt, fv = kc.tile(not parallel)
     to, ti = sch.split(i, [None, tt])
     fo, fu, fi = sch.split(f, [None, fv, dot.lanes])
     # One thread (a microcontroller): time tiles outermost, so that the padded input is
