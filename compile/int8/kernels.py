@@ -66,6 +66,7 @@ from .quantize import RANGES, QConv, QuantizedModel, check_calibration
 log = logging.getLogger(__name__)
 
 MACS_ATTR = "mscnn.macs"  # a conv kernel's multiply-accumulates per call (PrimFunc attr)
+UNROLL_REDUCTION = 16  # one-lane dots: input channel steps unrolled (all of them up to this)
 STACK_BYTES = 1024  # TVM's kMaxStackAlloca: larger per-tile buffers go to the heap
 
 # The x86-64 target with AVX-512 VNNI (Cascade Lake, Ice Lake, Zen 4 and newer). The
@@ -771,6 +772,8 @@ def _tile(
         if vectors % fv == 0 and tt * fv <= budget
     ]
     several = [o for o in options if o[0] > 1] if serial else []
+    if serial and not several and length > 1:  # no small divisor (25 frames): one time
+        several = [o for o in options if o[1] > 1]  # step by several channel vectors
     if serial and not several and length > 1:  # the serial epilogue needs a time loop
         several = [(next(t for t in range(max(2, pool), length + 1) if length % t == 0), 1)]
     return max(several or options, key=lambda o: (o[0] * o[1], -(o[0] + o[1])))
@@ -808,6 +811,8 @@ def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
     if dot.group > 1:
         rco, rci = sch.split(rc, [None, dot.group])
         sch.reorder(*outer, rk, rco, ti, fu, fi, rci)
+        if not parallel and dot.lanes == 1 and int(sch.get(rco).extent) <= UNROLL_REDUCTION:
+            sch.unroll(rco)  # straight code: operands at fixed offsets, no loop counter
     else:
         sch.reorder(*outer, rk, rc, ti, fu, fi)
     epilogue = [sch.get_sblock("requant")] if kc.lut is not None else []
