@@ -137,7 +137,9 @@ ISAS: dict[str, Isa] = {
             "mve",
             ("thumbv8.1m",),
             Dot(1, 16, "int8", "int8", "mscnn_vmlava_s8", registers=8),
-            Dot(1, 8, "int16", "int16", "mscnn_vmlava_s16", registers=8),
+            # the input layer (one lead: a vmlava would multiply seven padding lanes):
+            # plain loops over output channels, vmla of 4 int32 lanes by one input sample
+            Dot(4, 1, None, "int8", None, registers=4),
             "vmlava",
             parallel=False,
         ),
@@ -657,9 +659,9 @@ class ConvKernel:
         return (self.batch, self.length // self.pool, f), dtype
 
 
-def _conv_te(kc: ConvKernel):
+def _conv_te(kc: ConvKernel, narrow: bool = False):
     """The TE stages of a conv kernel: pad (and convert to the operand), accumulate,
-    epilogue. Returns (args, names of the stages)."""
+    epilogue (`narrow`: `_epilogue`'s). Returns (args, names of the stages)."""
     from tvm import te, tirx
 
     conv, dot = kc.conv, kc.dot
@@ -704,12 +706,18 @@ def _conv_te(kc: ConvKernel):
         ),
         name="acc",
     )
-    args, out = _epilogue(kc, acc, bias)
+    args, out = _epilogue(kc, acc, bias, narrow)
     return [x, w, bias, *args, out]
 
 
-def _epilogue(kc: ConvKernel, acc, bias):
-    """Requantization (and activation table) or, for the last linear, the float output."""
+def _epilogue(kc: ConvKernel, acc, bias, narrow: bool = False):
+    """Requantization (and activation table) or, for the last linear, the float output.
+
+    `narrow` (a 32-bit core): where every channel's shift s is at least 32, the 64-bit
+    sum P = A x multiplier + rounding is shifted by 32 and then, as int32, by s - 32:
+    floor(floor(P / 2^32) / 2^(s - 32)) = floor(P / 2^s), the same integer. LLVM then
+    keeps one multiply-accumulate into a register pair (`smlal`) and takes its high
+    word, not a 64-bit shift by a variable amount and a 64-bit clamp."""
     from tvm import te, tirx
 
     conv = kc.conv
@@ -733,8 +741,14 @@ def _epilogue(kc: ConvKernel, acc, bias):
         a = a + bias[f]
         if rq.relu:
             a = tirx.max(a, 0)
-        y = tirx.shift_right(a.astype("int64") * mul[f].astype("int64") + rnd[f], sh[f])
-        y = tirx.max(tirx.min(y, tirx.const(rq.hi, "int64")), tirx.const(rq.lo, "int64"))
+        y = a.astype("int64") * mul[f].astype("int64") + rnd[f]
+        wide = "int32" if narrow and int(rq.shift.min()) >= 32 else "int64"
+        if wide == "int32":
+            high = tirx.shift_right(y, tirx.const(32, "int64")).astype("int32")
+            y = tirx.shift_right(high, (sh[f] - 32).astype("int32"))
+        else:
+            y = tirx.shift_right(y, sh[f])
+        y = tirx.max(tirx.min(y, tirx.const(rq.hi, wide)), tirx.const(rq.lo, wide))
         return y.astype(conv.out_dtype)
 
     def pooled(n, i, f):
@@ -1150,7 +1164,8 @@ class Builder:
     def conv(self, name: str, h, kc: ConvKernel):
         from tvm import te
 
-        func = _schedule_conv(te.create_prim_func(_conv_te(kc)), kc, self.isa.parallel)
+        te_args = _conv_te(kc, narrow=not self.isa.parallel)  # microcontrollers: 32-bit
+        func = _schedule_conv(te.create_prim_func(te_args), kc, self.isa.parallel)
         func = func.with_attr(MACS_ATTR, kc.macs)  # the per-kernel profile's MACs
         return self.call(name, func, [h, *kc.constants()], *kc.output())
 
