@@ -362,6 +362,12 @@ def _smlad_pairs():
         both = T.reinterpret(buf.vload(index, dtype="int16x4"), dtype="int64")
         return T.Cast("int32", both), T.Cast("int32", T.shift_right(both, T.int64(32)))
 
+    def low(a, b):
+        return words(a, [0])[0], words(b, [0, 0])[0]
+
+    def high(a, b):
+        return words(a, [0])[1], words(b, [0, 0])[1]
+
     def smlad(a, b, c):
         return T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id("llvm.arm.smlad"), a, b, c, dtype="int32"
@@ -376,8 +382,8 @@ def _smlad_pairs():
         with T.sblock("root"):
             T.reads(C[0:1], A[0:4], B[0:1, 0:4])
             T.writes(C[0:1])
-            (a0, a1), (b0, b1) = words(A, [0]), words(B, [0, 0])
-            C[0] = smlad(a1, b1, smlad(a0, b0, C[0]))
+            # no named values: TVMScript would allocate each as a workspace buffer
+            C[0] = smlad(*high(A, B), smlad(*low(A, B), C[0]))
 
     return _one_lane_desc(4, "int16", lambda k: k), impl
 
