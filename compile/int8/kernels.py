@@ -66,6 +66,7 @@ from .quantize import RANGES, QConv, QuantizedModel, check_calibration
 log = logging.getLogger(__name__)
 
 MACS_ATTR = "mscnn.macs"  # a conv kernel's multiply-accumulates per call (PrimFunc attr)
+UNROLL_REDUCTION = 16  # one-lane dots: input channel steps unrolled (all of them up to this)
 STACK_BYTES = 1024  # TVM's kMaxStackAlloca: larger per-tile buffers go to the heap
 
 # The x86-64 target with AVX-512 VNNI (Cascade Lake, Ice Lake, Zen 4 and newer). The
@@ -136,7 +137,9 @@ ISAS: dict[str, Isa] = {
             "mve",
             ("thumbv8.1m",),
             Dot(1, 16, "int8", "int8", "mscnn_vmlava_s8", registers=8),
-            Dot(1, 8, "int16", "int16", "mscnn_vmlava_s16", registers=8),
+            # the input layer (one lead: a vmlava would multiply seven padding lanes):
+            # plain loops over output channels, vmla of 4 int32 lanes by one input sample
+            Dot(4, 1, None, "int8", None, registers=4),
             "vmlava",
             parallel=False,
         ),
@@ -144,9 +147,10 @@ ISAS: dict[str, Isa] = {
             "dsp",
             "dsp",
             CORTEX_M,
-            # 2 x 2 tiles: 4 accumulators and 4 operand words stay in the core's 13 free
-            # registers (each loaded word feeds two smlad); a 4 x 2 tile spills them
-            Dot(1, 2, "int16", "int16", "mscnn_smlad", registers=4),
+            # 2 x 2 tiles: 4 accumulators and the operand words stay in the core's 13 free
+            # registers (each loaded word feeds two smlad); a 4 x 2 tile spills them. Two
+            # pairs of input channels per step (the input layer's one lead: one pair)
+            Dot(1, 4, "int16", "int16", "mscnn_smlad_pairs", registers=4),
             Dot(1, 2, "int16", "int16", "mscnn_smlad", registers=4),
             "smlad",
             parallel=False,
@@ -347,6 +351,43 @@ def _smlad():
     return _one_lane_desc(2, "int16", lambda k: k), impl
 
 
+def _smlad_pairs():
+    """(description, implementation) of two `smlad` on four int16 products into one
+    int32 accumulator: each operand's two int16 pairs are read as one 64-bit value. LLVM
+    splits it into two word loads and pairs those into one `ldrd` (or `ldm`) where their
+    alignment and offset allow it: the weights, packed per tile (`ConvKernel.block`)."""
+    from tvm.script import tirx as T
+
+    def words(buf, index):  # (low word, high word) of four int16 loaded as one int64
+        both = T.reinterpret(buf.vload(index, dtype="int16x4"), dtype="int64")
+        return T.Cast("int32", both), T.Cast("int32", T.shift_right(both, T.int64(32)))
+
+    def low(a, b):
+        return words(a, [0])[0], words(b, [0, 0])[0]
+
+    def high(a, b):
+        return words(a, [0])[1], words(b, [0, 0])[1]
+
+    def smlad(a, b, c):
+        return T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.arm.smlad"), a, b, c, dtype="int32"
+        )
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "int16", offset_factor=1),
+        B: T.Buffer((1, 4), "int16", offset_factor=1),
+        C: T.Buffer((1,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:1], A[0:4], B[0:1, 0:4])
+            T.writes(C[0:1])
+            # no named values: TVMScript would allocate each as a workspace buffer
+            C[0] = smlad(*high(A, B), smlad(*low(A, B), C[0]))
+
+    return _one_lane_desc(4, "int16", lambda k: k), impl
+
+
 def _vmlava(group: int, dtype: str):
     """(description, implementation) of Helium's `vmlava` (MVE, Armv8.1-M): the products
     of a vector of `group` activations and weights of `dtype`, summed across the vector
@@ -469,6 +510,7 @@ def register_intrinsics() -> None:
         TensorIntrin.register(name, *_intrinsic(*args), override=True)
     TensorIntrin.register("mscnn_avx2_bytes", *_avx2_bytes(), override=True)
     TensorIntrin.register("mscnn_smlad", *_smlad(), override=True)
+    TensorIntrin.register("mscnn_smlad_pairs", *_smlad_pairs(), override=True)
     TensorIntrin.register("mscnn_smlad_sxtb16", *_smlad_sxtb16(), override=True)
     TensorIntrin.register("mscnn_vmlava_s8", *_vmlava(16, "int8"), override=True)
     TensorIntrin.register("mscnn_vmlava_s16", *_vmlava(8, "int16"), override=True)
@@ -557,6 +599,19 @@ class ConvKernel:
         f = self.conv.weight.shape[0]
         return -(-f // self.dot.lanes) * self.dot.lanes
 
+    def tile(self, serial: bool) -> tuple[int, int]:
+        """(time steps, channel vectors) of the register tile (`_tile`)."""
+        budget = min(self.dot.registers, (STACK_BYTES - 1) // (4 * self.dot.lanes))
+        vectors = self.padded_out // self.dot.lanes
+        return _tile(self.length, vectors, budget, self.pool, serial)
+
+    @property
+    def block(self) -> int:
+        """Output channels whose weights are packed side by side: a one-lane dot's tile
+        (serial, microcontrollers), so the tile's weight words are adjacent in flash
+        (small offsets, paired loads); 1 elsewhere."""
+        return self.tile(serial=True)[1] if self.dot.lanes == 1 and self.dot.intrin else 1
+
     @property
     def padded_group_in(self) -> int:
         cg = self.conv.weight.shape[1]
@@ -571,6 +626,9 @@ class ConvKernel:
         w = np.zeros((fp, cgp, k), dtype=np.int64)
         w[:f, :cg] = conv.weight
         packed = w.reshape(fp // lanes, lanes, cgp // group, group, k).transpose(0, 4, 2, 1, 3)
+        if self.block > 1:  # [F / block, K, C / group, block, lanes, group]
+            shape = (fp // lanes // self.block, self.block, k, cgp // group, lanes, group)
+            packed = packed.reshape(shape).transpose(0, 2, 3, 1, 4, 5)
         if dot.interleave:
             packed = packed[..., [interleaved(j) for j in range(group)]]
         _, offset = _operand_offset(conv.in_dtype, dot)
@@ -607,9 +665,9 @@ class ConvKernel:
         return (self.batch, self.length // self.pool, f), dtype
 
 
-def _conv_te(kc: ConvKernel):
+def _conv_te(kc: ConvKernel, narrow: bool = False):
     """The TE stages of a conv kernel: pad (and convert to the operand), accumulate,
-    epilogue. Returns (args, names of the stages)."""
+    epilogue (`narrow`: `_epilogue`'s). Returns (args, names of the stages)."""
     from tvm import te, tirx
 
     conv, dot = kc.conv, kc.dot
@@ -620,7 +678,9 @@ def _conv_te(kc: ConvKernel):
     operand, off = _operand_offset(conv.in_dtype, dot)
     t_in = kc.in_length
     x = te.placeholder((b, t_in, c), conv.in_dtype, name="x")
-    w = te.placeholder((fp // lanes, k, cgp // group, lanes, group), dot.weight, name="w")
+    nb = kc.block
+    wshape = (fp // lanes // nb, k, cgp // group, *([nb] if nb > 1 else []), lanes, group)
+    w = te.placeholder(wshape, dot.weight, name="w")
     bias = te.placeholder((fp,), "int32", name="bias")
 
     def pad(n, i, j):
@@ -638,21 +698,32 @@ def _conv_te(kc: ConvKernel):
     def channel(f, rc):
         return rc if g == 1 else (f // fg) * cgp + rc
 
+    def weight(f, rk, rc):
+        v, j = f // lanes, lane(rc % group)
+        if nb > 1:
+            return w[v // nb, rk, rc // group, v % nb, f % lanes, j]
+        return w[v, rk, rc // group, f % lanes, j]
+
     acc = te.compute(
         (b, t, fp),
         lambda n, i, f: te.sum(
-            xp[n, i + d * rk, channel(f, rc)].astype("int32")
-            * w[f // lanes, rk, rc // group, f % lanes, lane(rc % group)].astype("int32"),
+            xp[n, i + d * rk, channel(f, rc)].astype("int32") * weight(f, rk, rc).astype("int32"),
             axis=[rk, rc],
         ),
         name="acc",
     )
-    args, out = _epilogue(kc, acc, bias)
+    args, out = _epilogue(kc, acc, bias, narrow)
     return [x, w, bias, *args, out]
 
 
-def _epilogue(kc: ConvKernel, acc, bias):
-    """Requantization (and activation table) or, for the last linear, the float output."""
+def _epilogue(kc: ConvKernel, acc, bias, narrow: bool = False):
+    """Requantization (and activation table) or, for the last linear, the float output.
+
+    `narrow` (a 32-bit core): where every channel's shift s is at least 32, the 64-bit
+    sum P = A x multiplier + rounding is shifted by 32 and then, as int32, by s - 32:
+    floor(floor(P / 2^32) / 2^(s - 32)) = floor(P / 2^s), the same integer. LLVM then
+    keeps one multiply-accumulate into a register pair (`smlal`) and takes its high
+    word, not a 64-bit shift by a variable amount and a 64-bit clamp."""
     from tvm import te, tirx
 
     conv = kc.conv
@@ -676,8 +747,14 @@ def _epilogue(kc: ConvKernel, acc, bias):
         a = a + bias[f]
         if rq.relu:
             a = tirx.max(a, 0)
-        y = tirx.shift_right(a.astype("int64") * mul[f].astype("int64") + rnd[f], sh[f])
-        y = tirx.max(tirx.min(y, tirx.const(rq.hi, "int64")), tirx.const(rq.lo, "int64"))
+        y = a.astype("int64") * mul[f].astype("int64") + rnd[f]
+        wide = "int32" if narrow and int(rq.shift.min()) >= 32 else "int64"
+        if wide == "int32":
+            high = tirx.shift_right(y, tirx.const(32, "int64")).astype("int32")
+            y = tirx.shift_right(high, (sh[f] - 32).astype("int32"))
+        else:
+            y = tirx.shift_right(y, sh[f])
+        y = tirx.max(tirx.min(y, tirx.const(rq.hi, wide)), tirx.const(rq.lo, wide))
         return y.astype(conv.out_dtype)
 
     def pooled(n, i, f):
@@ -715,6 +792,8 @@ def _tile(
         if vectors % fv == 0 and tt * fv <= budget
     ]
     several = [o for o in options if o[0] > 1] if serial else []
+    if serial and not several and length > 1:  # no small divisor (25 frames): one time
+        several = [o for o in options if o[1] > 1]  # step by several channel vectors
     if serial and not several and length > 1:  # the serial epilogue needs a time loop
         several = [(next(t for t in range(max(2, pool), length + 1) if length % t == 0), 1)]
     return max(several or options, key=lambda o: (o[0] * o[1], -(o[0] + o[1])))
@@ -743,8 +822,7 @@ def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
     # The accumulators are a tile-sized buffer, which TVM puts on the stack (where LLVM
     # keeps it in registers) only below 1 KiB; larger ones become a heap workspace
     # allocated, zeroed and freed in every tile.
-    budget = min(dot.registers, (STACK_BYTES - 1) // (4 * dot.lanes))
-    tt, fv = _tile(kc.length, kc.padded_out // dot.lanes, budget, kc.pool, not parallel)
+    tt, fv = kc.tile(not parallel)
     to, ti = sch.split(i, [None, tt])
     fo, fu, fi = sch.split(f, [None, fv, dot.lanes])
     # One thread (a microcontroller): time tiles outermost, so that the padded input is
@@ -753,6 +831,8 @@ def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
     if dot.group > 1:
         rco, rci = sch.split(rc, [None, dot.group])
         sch.reorder(*outer, rk, rco, ti, fu, fi, rci)
+        if not parallel and dot.lanes == 1 and int(sch.get(rco).extent) <= UNROLL_REDUCTION:
+            sch.unroll(rco)  # straight code: operands at fixed offsets, no loop counter
     else:
         sch.reorder(*outer, rk, rc, ti, fu, fi)
     epilogue = [sch.get_sblock("requant")] if kc.lut is not None else []
@@ -1090,7 +1170,8 @@ class Builder:
     def conv(self, name: str, h, kc: ConvKernel):
         from tvm import te
 
-        func = _schedule_conv(te.create_prim_func(_conv_te(kc)), kc, self.isa.parallel)
+        te_args = _conv_te(kc, narrow=not self.isa.parallel)  # microcontrollers: 32-bit
+        func = _schedule_conv(te.create_prim_func(te_args), kc, self.isa.parallel)
         func = func.with_attr(MACS_ATTR, kc.macs)  # the per-kernel profile's MACs
         return self.call(name, func, [h, *kc.constants()], *kc.output())
 
