@@ -13,7 +13,8 @@ batch 1), `x`, `calibration` (the records our int8 is calibrated on) and `held_o
   (`to_edge_transform_and_lower` with the XnnpackPartitioner), `to_executorch`;
 - `executorch-int8`: PT2E post-training quantization with the XNNPACK quantizer
   (symmetric, per-channel int8 weights, static int8 activations, the quantizer's default
-  min/max observers), calibrated on `calibration`, exported again and lowered the same way.
+  min/max observers), calibrated on `calibration` clipped at its 99.9th percentile
+  (`peer_serve.clipped`, as LiteRT's), exported again and lowered the same way.
   Before quantization each batch norm becomes the same affine as a depthwise 1x1 conv
   (`batch_norms_as_convs`: the model's follow its ReLU, where no conv absorbs them);
   Mish, which the quantizer does not annotate, stays in float outside the delegate.
@@ -128,7 +129,7 @@ def main(argv: list[str]) -> int:
     exported = torch.export.load(str(data["program"]))
     sources = {
         "executorch-fp32": lambda: exported,
-        "executorch-int8": lambda: quantized(exported, data["calibration"]),
+        "executorch-int8": lambda: quantized(exported, peer_serve.clipped(data["calibration"])),
     }
     outside_counts = {}
 

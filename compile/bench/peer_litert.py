@@ -13,7 +13,7 @@ against PyTorch, then converted twice:
 - `litert-fp32`: the float flatbuffer;
 - `litert-int8`: full-integer post-training quantization (int8 kernels only,
   `TFLITE_BUILTINS_INT8`; float input and output, as ours), calibrated on `calibration`
-  clipped at its 99.9th percentile (`clipped`), Mish written as
+  clipped at its 99.9th percentile (`peer_serve.clipped`), Mish written as
   `tflm_runner.bounded_mish`; where an op has no int8 kernel the converter's error is
   the row's reason;
 - `litert-int8-mixed`: the quantization `make tflm` makes for TFLM (Keras's Mish, EXP and
@@ -41,7 +41,6 @@ import peer_serve  # a sibling script, importable once its folder is on the path
 import tflm_runner
 
 MODELS = ("litert-fp32", "litert-int8", "litert-int8-mixed")
-CALIBRATION_PERCENTILE = 99.9  # as compile/int8/quantize.py's default
 
 
 def convert(model, calibration: np.ndarray | None) -> bytes:
@@ -62,15 +61,6 @@ def convert(model, calibration: np.ndarray | None) -> bytes:
         converter.inference_input_type = tf.float32
         converter.inference_output_type = tf.float32
     return bytes(converter.convert())
-
-
-def clipped(calibration: np.ndarray) -> np.ndarray:
-    """The calibration records clipped at the CALIBRATION_PERCENTILE-th percentile of their
-    magnitudes: TFLite's calibration takes each tensor's min and max, and two CPSC2019
-    records clip at 33 mV (artefacts), ten times the ordinary beat; our int8 takes that
-    percentile for every tensor, the converter offers none, so its input gets it here."""
-    bound = np.percentile(np.abs(calibration), CALIBRATION_PERCENTILE)
-    return np.clip(calibration, -bound, bound)
 
 
 def interpreter_call(flatbuffer: bytes, threads: int):
@@ -110,7 +100,7 @@ def main(argv: list[str]) -> int:
     calibration = data["calibration"]
     sources = {
         "litert-fp32": lambda: convert(model, None),
-        "litert-int8": lambda: convert(keras_model(data, True), clipped(calibration)),
+        "litert-int8": lambda: convert(keras_model(data, True), peer_serve.clipped(calibration)),
         "litert-int8-mixed": lambda: tflm_runner.to_int8(
             model, json.loads(str(data["spec"])), calibration
         ),

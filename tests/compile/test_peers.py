@@ -148,3 +148,17 @@ def test_executorch_int8_takes_batch_norms_as_depthwise_convs_computing_the_same
     assert torch.ops.aten.batch_norm.default not in targets
     assert targets.count(torch.ops.aten.conv1d.default) == 2
     assert torch.allclose(rewritten(x), expected, atol=1e-6)
+
+
+def test_peers_calibrate_on_records_clipped_at_the_percentile_ours_takes():
+    """An artefact (33 mV among 1 mV beats) sets no peer's input range: it is clipped at
+    the 99.9th percentile of the magnitudes, as our calibration clips every tensor; the
+    ordinary samples are kept as they are."""
+    rng = np.random.default_rng(0)
+    records = rng.normal(0, 0.5, (4, 1, 5000)).astype(np.float32)
+    records[1, 0, 100:110] = 33.0  # 0.05% of the samples
+    got = peer_serve.clipped(records)
+    bound = np.percentile(np.abs(records), peer_serve.CALIBRATION_PERCENTILE)
+    assert 1.0 < bound < 3.0 and np.abs(got).max() == np.float32(bound)
+    ordinary = np.abs(records) <= bound
+    assert ordinary.mean() >= 0.999 and np.array_equal(got[ordinary], records[ordinary])
