@@ -513,7 +513,8 @@ def select_isa(tvm_target: Mapping[str, Any], require: str | None = None) -> Isa
             raise CompileError(
                 f"target {dict(tvm_target)} has no {isa.feature} ({isa.arch}): the int8 "
                 f"kernels asked for need its {isa.instruction} instruction; give a CPU that "
-                f"has it (e.g. mcpu cascadelake or znver4 for avx512vnni, mattr +dotprod)"
+                f"has it (e.g. mcpu cascadelake or znver4 for avx512vnni, alderlake for "
+                f"avxvnni, mattr +dotprod)"
             )
         return ISAS[require]
     isa = usable[0]

@@ -153,6 +153,10 @@ def test_a_target_without_the_isa_asked_for_is_refused_naming_the_feature(qdetec
         int8.build_int8(qdetector, haswell, require="avx512vnni")
     with pytest.raises(CompileError, match="has no dotprod"):
         int8.select_isa(int8.X86_VNNI, require="dotprod")
+    with pytest.raises(CompileError, match="has no avxvnni .* alderlake for avxvnni"):
+        int8.select_isa(haswell, require="avxvnni")  # AVX2 alone
+    assert int8.select_isa(int8.X86_AVXVNNI).name == "avxvnni"  # by its LLVM feature
+    assert int8.select_isa(int8.X86_VNNI).name == "avx512vnni"  # cascadelake: no avxvnni
 
 
 # -- the TVM program ---------------------------------------------------------------------
