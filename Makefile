@@ -141,7 +141,7 @@ PRECISION ?=
 ifneq ($(filter-out fp32 int8 fp16,$(PRECISION)),)
   $(error PRECISION=$(PRECISION): choose fp32, int8 or fp16, or leave it unset for all)
 endif
-INT8_TARGETS := x86_64 x86_64-avx512 aarch64 armv7
+INT8_TARGETS := x86_64 x86_64-avx512 x86_64-avxvnni aarch64 armv7
 FP16_TARGETS := aarch64
 FP32_PRESETS := $(if $(filter int8 fp16,$(PRECISION)),,$(BUILD_PRESETS))
 reduced_presets = $(if $(PRECISION),$(if $(filter $(1),$(PRECISION)),$(BUILD_PRESETS)),\
@@ -193,7 +193,7 @@ $(foreach t,$(call targets_in,$(FP16_TARGETS)),$(foreach p,$(FP16_PRESETS),\
 # stream bundles at STREAM_HOP samples per step for the CPU targets in TARGETS, fp32 and
 # int8 (PRECISION= picks one); build/<target>/cpsc2019_qrs-1lead-stream<hop>[-int8]/.
 STREAM_HOP ?= 512
-STREAM_TARGETS := x86_64 x86_64-avx512 aarch64 armv7
+STREAM_TARGETS := x86_64 x86_64-avx512 x86_64-avxvnni aarch64 armv7
 STREAM_PRECISIONS := $(if $(PRECISION),$(filter fp32 int8,$(PRECISION)),fp32 int8)
 stream_name = cpsc2019_qrs-1lead-stream$(STREAM_HOP)$(if $(filter int8,$(1)),-int8)
 STREAMS := $(if $(filter cpsc2019_qrs,$(BUILD_PRESETS)),$(foreach t,$(call targets_in,$(STREAM_TARGETS)),\

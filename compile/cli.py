@@ -21,7 +21,7 @@ from deploy.signing import read_signing_key
 
 from .bundles import PRECISIONS
 from .errors import CompileError, ParityError
-from .targets import TARGETS, get_target, runnable_here
+from .targets import TARGETS, default_targets, get_target, runnable_here
 
 
 def _csv(value: str) -> list[str]:
@@ -122,8 +122,9 @@ def _add_build(sub, formatter) -> None:
     b.add_argument(
         "--targets",
         type=_csv,
-        default=list(TARGETS),
-        help=f"comma-separated, from: {', '.join(TARGETS)}",
+        default=default_targets(),
+        help=f"comma-separated, from: {', '.join(TARGETS)} (default: all but "
+        f"{', '.join(n for n in TARGETS if n not in default_targets())})",
     )
     b.add_argument(
         "--variants",

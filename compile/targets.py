@@ -51,6 +51,9 @@ class Target:
     tile: ConvTile | None = None  # our conv schedule's register tile (CPU targets)
     int8: PrecisionSpec | None = None  # its int8 bundles (None: it has none)
     fp16: PrecisionSpec | None = None  # its fp16 bundles
+    # in the default matrix (make build, `compile build` without --targets, the tests'
+    # bundles); False: built only when named
+    default: bool = True
 
     @property
     def elf_machine(self) -> int:
@@ -62,6 +65,7 @@ class Target:
 
 
 _X86_HOST = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}
+_X86_AVXVNNI = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "alderlake"}
 _AARCH64_HOST = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
 # LLVM emits f32 NEON vector code only under fast-math (NEON is not IEEE-exact for
 # denormals); without it the loops stay scalar VFP.
@@ -116,6 +120,22 @@ TARGETS: dict[str, Target] = {
                 "avx512vnni",
                 ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"),
             ),
+        ),
+        Target(
+            "x86_64-avxvnni",
+            "x86-64 with AVX2, FMA and AVX-VNNI, no AVX-512 (Alder Lake and newer client "
+            "cores, Gracemont Atoms, Zen 5): built only when named",
+            _X86_AVXVNNI,
+            arch="x86_64",
+            device="cpu",
+            compiler="g++",
+            apt_package="g++",
+            run="native",
+            cpu_flags=("avx2", "fma"),
+            tile=ConvTile(vec=8, t_tile=6, f_vecs=2, registers=16),  # 12 of 16 ymm, as x86_64
+            # int8 takes vpdpbusd in its VEX form on ymm (cpuinfo flag avx_vnni)
+            int8=PrecisionSpec(_X86_AVXVNNI, "avxvnni", ("avx2", "fma", "avx_vnni")),
+            default=False,
         ),
         Target(
             "aarch64",
@@ -178,6 +198,11 @@ TARGETS: dict[str, Target] = {
         ),
     )
 }
+
+
+def default_targets() -> list[str]:
+    """The targets built when none are named (the others only on request)."""
+    return [name for name, t in TARGETS.items() if t.default]
 
 
 def get_target(name: str) -> Target:

@@ -56,14 +56,15 @@ PEERS = {
         "peer_litert.py",
         ("litert-fp32", "litert-int8", "litert-int8-mixed"),
         "LiteRT (tf.lite.Interpreter 2.21, XNNPACK delegate), the detector rebuilt in Keras; "
-        "int8-mixed keeps Mish's EXP and LOG in float",
+        "int8 with Mish's intermediates bounded; int8-mixed keeps Keras's EXP and LOG in float",
     ),
     "executorch": Peer(
         "executorch",
         ".venv-executorch",
         "peer_executorch.py",
         ("executorch-fp32", "executorch-int8"),
-        "ExecuTorch 1.5.1 (torch.export, XNNPACK backend, PT2E int8), its Python runtime",
+        "ExecuTorch 1.5.1 (torch.export, XNNPACK backend, PT2E int8 with batch norms as "
+        "depthwise convs), its Python runtime",
     ),
 }
 

@@ -38,8 +38,20 @@ MAX_ARENA = 1 << 29  # 512 MB: a model that cannot be prepared in this never wil
 KERAS_TOLERANCE = 1e-4  # of the largest output: the Keras network is the PyTorch one
 
 
-def build_keras(spec: dict, arrays):
-    """The network of `spec` in Keras, input (1, samples, leads), output (1, frames, C)."""
+def bounded_mish(x):
+    """Mish, x tanh(softplus(x)), with softplus as relu(x) + log(1 + exp(-|x|)): equal in
+    float, and every intermediate bounded (exp in (0, 1], log in (0, ln 2]), so each keeps
+    its precision when quantized to int8. Keras's own Mish takes log(exp(x) + 1), whose
+    int8 EXP output must span exp(largest input) (10^26 on the detector's calibration):
+    every ordinary value rounds to 0, Mish to a constant, and so does the output."""
+    from keras import ops
+
+    return x * ops.tanh(ops.relu(x) + ops.log(1.0 + ops.exp(-ops.abs(x))))
+
+
+def build_keras(spec: dict, arrays, int8_mish: bool = False):
+    """The network of `spec` in Keras, input (1, samples, leads), output (1, frames, C);
+    with `int8_mish`, Mish as `bounded_mish` (for full-integer quantization)."""
     import keras
     from keras import layers
 
@@ -66,7 +78,10 @@ def build_keras(spec: dict, arrays):
     h = layers.Concatenate()(ends) if len(ends) > 1 else ends[0]
     for dense in spec["head"]:
         w = arrays[dense["weight"]]  # (out, in)
-        layer = layers.Dense(w.shape[0], activation=dense["activation"])
+        activation = dense["activation"]
+        if int8_mish and activation == "mish":
+            activation = bounded_mish
+        layer = layers.Dense(w.shape[0], activation=activation)
         h = layer(h)
         layer.set_weights([w.T, arrays[dense["bias"]]])
     return keras.Model(x, h)

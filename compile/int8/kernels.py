@@ -27,6 +27,8 @@ features, never by its name):
 - `avx512vnni` (x86-64): `vpdpbusd` multiplies 4 unsigned bytes of input by 4 signed
   bytes of weight into each of 16 int32 lanes; `vpdpwssd` does 2 int16 pairs (the int16
   input layer).
+- `avxvnni` (x86-64 with AVX-VNNI, no AVX-512): the same two in their VEX form on 8
+  int32 lanes (ymm).
 - `avx2` (x86-64 without VNNI): `vpmaddubsw` multiplies unsigned by signed bytes into
   int16 pairs, `vpmaddwd` by ones sums those into 8 int32 lanes. The unsigned operand
   is |a| and the signed one w with a's sign (`vpsignb`), so with symmetric weights no
@@ -72,6 +74,8 @@ STACK_BYTES = 1024  # TVM's kMaxStackAlloca: larger per-tile buffers go to the h
 # The x86-64 target with AVX-512 VNNI (Cascade Lake, Ice Lake, Zen 4 and newer). The
 # project's x86_64-avx512 target names skylake-avx512, which has no VNNI.
 X86_VNNI = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake"}
+# AVX-VNNI without AVX-512 (Alder Lake and newer client cores, Gracemont, Zen 5 client).
+X86_AVXVNNI = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "alderlake"}
 AARCH64_DOTPROD = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]}
 
 
@@ -114,6 +118,14 @@ ISAS: dict[str, Isa] = {
             "x86_64",
             Dot(16, 4, "uint8", "int8", "mscnn_vpdpbusd"),
             Dot(16, 2, "int16", "int16", "mscnn_vpdpwssd"),
+            "vpdpbusd",
+        ),
+        Isa(  # AVX-VNNI: the same dot in VEX form on ymm (Alder Lake, Gracemont, Zen 5)
+            "avxvnni",
+            "avxvnni",
+            "x86_64",
+            Dot(8, 4, "uint8", "int8", "mscnn_vpdpbusd_ymm", registers=12),
+            Dot(8, 2, "int16", "int16", "mscnn_vpdpwssd_ymm", registers=12),
             "vpdpbusd",
         ),
         Isa(  # AVX2 (Haswell, Zen and newer; Atom/Celeron/Pentium since Gracemont)
@@ -503,6 +515,9 @@ def register_intrinsics() -> None:
     table = {
         "mscnn_vpdpbusd": (16, 4, "uint8", "int8", "llvm.x86.avx512.vpdpbusd.512", "int8x64"),
         "mscnn_vpdpwssd": (16, 2, "int16", "int16", "llvm.x86.avx512.vpdpwssd.512", "int16x32"),
+        # AVX-VNNI: LLVM selects the VEX encoding from the 256-bit forms without AVX-512VL
+        "mscnn_vpdpbusd_ymm": (8, 4, "uint8", "int8", "llvm.x86.avx512.vpdpbusd.256", "int8x32"),
+        "mscnn_vpdpwssd_ymm": (8, 2, "int16", "int16", "llvm.x86.avx512.vpdpwssd.256", "int16x16"),
         "mscnn_sdot": (4, 4, "int8", "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8", "int8x16"),
         "mscnn_vpmaddwd": (8, 2, "int16", "int16", "llvm.x86.avx2.pmadd.wd", "int16x16"),
     }
@@ -540,7 +555,8 @@ def select_isa(tvm_target: Mapping[str, Any], require: str | None = None) -> Isa
             raise CompileError(
                 f"target {dict(tvm_target)} has no {isa.feature} ({isa.arch}): the int8 "
                 f"kernels asked for need its {isa.instruction} instruction; give a CPU that "
-                f"has it (e.g. mcpu cascadelake or znver4 for avx512vnni, mattr +dotprod)"
+                f"has it (e.g. mcpu cascadelake or znver4 for avx512vnni, alderlake for "
+                f"avxvnni, mattr +dotprod)"
             )
         return ISAS[require]
     isa = usable[0]

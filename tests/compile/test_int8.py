@@ -153,6 +153,10 @@ def test_a_target_without_the_isa_asked_for_is_refused_naming_the_feature(qdetec
         int8.build_int8(qdetector, haswell, require="avx512vnni")
     with pytest.raises(CompileError, match="has no dotprod"):
         int8.select_isa(int8.X86_VNNI, require="dotprod")
+    with pytest.raises(CompileError, match="has no avxvnni .* alderlake for avxvnni"):
+        int8.select_isa(haswell, require="avxvnni")  # AVX2 alone
+    assert int8.select_isa(int8.X86_AVXVNNI).name == "avxvnni"  # by its LLVM feature
+    assert int8.select_isa(int8.X86_VNNI).name == "avx512vnni"  # cascadelake: no avxvnni
 
 
 # -- the TVM program ---------------------------------------------------------------------
@@ -170,6 +174,22 @@ def test_x86_kernels_use_vpdpbusd(vnni_program):
     asm = vnni_program.asm()
     assert asm.count("vpdpbusd") >= 100  # every 8-bit conv and linear
     assert "vpdpwssd" in asm  # the int16 input layer
+
+
+@pytest.mark.slow
+def test_avxvnni_kernels_compile_to_vex_vpdpbusd_on_ymm(qdetector):
+    """x86_64-avxvnni: compiled only (no CPU here has AVX-VNNI without AVX-512, so it is
+    not run): every 8-bit dot is vpdpbusd in its VEX form on ymm, none on zmm (which
+    would need AVX-512), and the int16 input layer vpdpwssd likewise."""
+    from compile.targets import TARGETS, int8_target
+
+    target = int8_target(TARGETS["x86_64-avxvnni"])
+    program = int8.build_int8(qdetector, target.tvm, batch=1, samples=256)
+    assert program.isa.name == "avxvnni" and "avx_vnni" in target.cpu_flags
+    dots = [line.split() for line in program.asm().splitlines() if "vpdp" in line]
+    assert sum(d[:2] == ["{vex}", "vpdpbusd"] for d in dots) >= 100  # every conv and linear
+    assert any(d[:2] == ["{vex}", "vpdpwssd"] for d in dots)
+    assert all(d[0] == "{vex}" and "%zmm" not in " ".join(d) and "%ymm" in d[-1] for d in dots)
 
 
 @pytest.mark.slow

@@ -65,11 +65,14 @@ def test_unknown_peer_is_a_clear_error(capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("peer", "models"),
-    [("litert", ("litert-fp32", "litert-int8")), ("executorch", ("executorch-fp32",))],
+    [
+        ("litert", ("litert-fp32", "litert-int8")),
+        ("executorch", ("executorch-fp32", "executorch-int8")),
+    ],
 )
 def test_peers_compute_what_pytorch_computes(tmp_path, peer, models):
     """Each peer, on the detector at SAMPLES: fp32 within FP32_TOLERANCE of PyTorch on
-    held-out records; LiteRT's int8 runs them too; the child times calls on request."""
+    held-out records; each one's int8 runs them too; the child times calls on request."""
     venv = peers.PEERS[peer]
     if not venv.python.is_file():
         pytest.skip(
@@ -94,8 +97,8 @@ def test_peers_compute_what_pytorch_computes(tmp_path, peer, models):
         got = runs[f"{peer}-fp32"](held)
         assert got.shape == expected.shape
         assert np.abs(got - expected).max() / scale <= FP32_TOLERANCE, peer
-        if "litert-int8" in models:
-            int8 = runs["litert-int8"](held)
+        if f"{peer}-int8" in models:
+            int8 = runs[f"{peer}-int8"](held)
             assert int8.shape == expected.shape and np.isfinite(int8).all()
             assert not np.array_equal(int8, got)  # really quantized
         ms = processes[peer].timer(f"{peer}-fp32")(3)
@@ -125,3 +128,37 @@ def test_litert_refuses_a_model_the_keras_rebuild_does_not_map_in_one_line(tmp_p
     specs, status = peers.window_spec(detector, np.zeros((8, 1, 256), np.float32), tmp_path,
                                       ("litert",))  # fmt: skip
     assert specs == {} and "batch 1, not 8" in status["litert-fp32"]["error"]
+
+
+def test_executorch_int8_takes_batch_norms_as_depthwise_convs_computing_the_same():
+    """XNNPACK cannot lower a quantized input into a batch norm's float weights: the peer
+    rewrites each (here after a ReLU, as the detector's) as a depthwise 1x1 conv."""
+    from compile.bench import peer_executorch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv1d(1, 4, 3), torch.nn.ReLU(), torch.nn.BatchNorm1d(4))
+    with torch.no_grad():
+        net[2].running_mean.uniform_(-1, 1), net[2].running_var.uniform_(0.5, 2)
+        net[2].weight.uniform_(-2, 2), net[2].bias.uniform_(-1, 1)
+    x = torch.randn(1, 1, 64)
+    module = torch.export.export(net.eval(), (x,)).module()
+    expected = module(x)
+    rewritten = peer_executorch.batch_norms_as_convs(module)
+    targets = [n.target for n in rewritten.graph.nodes if n.op == "call_function"]
+    assert torch.ops.aten.batch_norm.default not in targets
+    assert targets.count(torch.ops.aten.conv1d.default) == 2
+    assert torch.allclose(rewritten(x), expected, atol=1e-6)
+
+
+def test_peers_calibrate_on_records_clipped_at_the_percentile_ours_takes():
+    """An artefact (33 mV among 1 mV beats) sets no peer's input range: it is clipped at
+    the 99.9th percentile of the magnitudes, as our calibration clips every tensor; the
+    ordinary samples are kept as they are."""
+    rng = np.random.default_rng(0)
+    records = rng.normal(0, 0.5, (4, 1, 5000)).astype(np.float32)
+    records[1, 0, 100:110] = 33.0  # 0.05% of the samples
+    got = peer_serve.clipped(records)
+    bound = np.percentile(np.abs(records), peer_serve.CALIBRATION_PERCENTILE)
+    assert 1.0 < bound < 3.0 and np.abs(got).max() == np.float32(bound)
+    ordinary = np.abs(records) <= bound
+    assert ordinary.mean() >= 0.999 and np.array_equal(got[ordinary], records[ordinary])

@@ -14,7 +14,7 @@ from compile.lowering.schedule import kernel_kind, schedule_pass
 from compile.targets import tvm_target
 from deploy import Predictor, compare
 
-CPU_TARGETS = [name for name, t in TARGETS.items() if t.tile is not None]
+CPU_TARGETS = [name for name, t in TARGETS.items() if t.tile is not None and t.default]
 
 
 def scheduled_module(model, target, folder, samples=256, path=None):
