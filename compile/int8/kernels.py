@@ -815,15 +815,31 @@ def _tile(
     return max(several or options, key=lambda o: (o[0] * o[1], -(o[0] + o[1])))
 
 
+STACK_READS = 3  # a stack scratch may re-read the halo up to this many times per row
+
+
 def _pad_chunk(sch, to, tt: int, kc: ConvKernel):
     """The loop over chunks of time tiles under which a single-threaded conv pads its
-    input: each chunk re-reads the dilation halo, d x (k - 1) rows, so a chunk spans at
-    least twice that (at most a third more reads); scratch is chunk plus halo rows."""
+    input: each chunk re-reads the dilation halo, d x (k - 1) rows; scratch is chunk
+    plus halo rows. Where some chunk's scratch fits TVM's stack (below 1 KiB) with at
+    most `STACK_READS` reads per row, the largest such, for `smlad` pairs: LLVM then
+    knows the scratch's alignment (a workspace pointer it sees as 2-byte aligned) and
+    pairs the input words into `ldrd`. Otherwise a chunk spans at least the halo."""
     halo = kc.conv.dilation * (kc.conv.kernel - 1)
     tiles = kc.length // tt
+    row = kc.in_channels * np.dtype(_operand_offset(kc.conv.in_dtype, kc.dot)[0]).itemsize
+    pairs = kc.dot.intrin == "mscnn_smlad_pairs"  # the loads that pair
+    stack = [
+        c
+        for c in range(1, tiles + 1)
+        if pairs
+        and tiles % c == 0
+        and (c * tt + halo) * row < STACK_BYTES
+        and c * tt + halo <= STACK_READS * c * tt
+    ]
     want = -(-halo // tt)
     chunk = next((c for c in range(max(1, want), tiles + 1) if tiles % c == 0), tiles)
-    return sch.split(to, [None, chunk])[0]
+    return sch.split(to, [None, max(stack, default=chunk)])[0]
 
 
 def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
