@@ -126,12 +126,14 @@ def load_recipe(path: Path) -> Recipe:
             raise MscnnError(f"recipe {path}: key {key!r} is missing")
         if not isinstance(data[key], kind) or isinstance(data[key], bool):
             raise MscnnError(
-                f"recipe {path}: key {key!r} is {data[key]!r}, expected a {kind.__name__}"
+                f"recipe {path}: key {key!r} is {data[key]!r}, expected "
+                f"{_ARTICLE[kind.__name__] if kind is not dict else 'a'} {kind.__name__}"
             )
     return Recipe(config_from_dict(data["config"], f"recipe {path}"), data["seed"], data["sha256"])
 
 
 _FIELD_KINDS = {"str": (str,), "int": (int,), "float": (int, float)}
+_ARTICLE = {"str": "a", "int": "an", "float": "a"}
 
 
 def config_from_dict(values: dict, where: str) -> TrainConfig:
@@ -159,7 +161,7 @@ def config_from_dict(values: dict, where: str) -> TrainConfig:
             ok = isinstance(value, kinds) and not isinstance(value, bool)
             ok = ok and (f.type == "str" or value >= least)
         if not ok:
-            wanted = "[low, high] gains" if kinds is None else f"a {f.type}"
+            wanted = "[low, high] gains" if kinds is None else f"{_ARTICLE[f.type]} {f.type}"
             wanted += "" if kinds is None or f.type == "str" else f" >= {least}"
             raise MscnnError(f"{where}: config key {f.name!r} is {value!r}, expected {wanted}")
     get_detector(values["preset"])  # names the models it knows
