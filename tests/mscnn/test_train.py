@@ -184,8 +184,8 @@ def test_crnns_are_the_cnn_with_an_lstm_between_backbone_and_classifier():
             k: v for k, v in cnn.config.items() if k != "rnn"
         }
         assert cnn.config["rnn"] == {"name": "none"}
-        # the CRNNs take the CNN's recipe: only the model differs
-        assert replace(MODELS[model], preset=cnn.name) == MODELS["cnn"]
+        # the CRNNs take the CNN's recipe: only the model and the epochs differ
+        assert replace(MODELS[model], preset=cnn.name, epochs=80) == MODELS["cnn"]
     with pytest.raises(MscnnError, match="unknown model 'cpsc2019'.*cpsc2019_qrs_bilstm"):
         get_detector("cpsc2019")  # a backbone detects nothing
 
