@@ -8,9 +8,12 @@ per-frame classifier (torch_ecg's ECG_SEQ_LAB_NET with `rnn.name` lstm, no atten
 - `cpsc2019_qrs_lstm`: unidirectional, 64 units. Every frame sees only the past (and the
   backbone's receptive field), so it streams exactly with h and c as its state.
 
-Both are small on purpose (25k and 33k LSTM parameters beside the backbone's 254k): a
-wearable runs the detector continuously, and torch_ecg's default (two bidirectional layers
-of 256) would be ~10x the CNN's multiply-adds per second of ECG. They are not presets
+Both are small on purpose: 58k and 66k LSTM parameters (279k and 287k in all, against the
+CNN's 254k, since the classifier's first layer now reads 64 features, not the backbone's
+192) and 33.2M and 33.7M multiply-adds per second of ECG against the CNN's 31.6M. A
+wearable runs the detector continuously; torch_ecg's default (two bidirectional layers of
+256, no attention) would hold 2.5M LSTM parameters and need 192M multiply-adds per
+second, 6x the CNN. They are not presets
 (`mscnn.presets`): a trained checkpoint carries its config, so it loads with
 `mscnn.load_checkpoint` and builds with no `--preset`.
 """
