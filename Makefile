@@ -35,7 +35,9 @@ help:
 	@echo "make tune TARGET=x86_64   tune the conv kernels, write compile/tuning/<target>/"
 	@echo "             (RPC_TRACKER=host:port RPC_KEY=key: measure on a device)"
 	@echo "make train   retrain the demo QRS detector (deterministic) and check it reproduces"
-	@echo "             mscnn/weights/cpsc2019_qrs.pt; make evaluate: its 5-fold cross-validation"
+	@echo "             mscnn/weights/cpsc2019_qrs.pt (MODEL=crnn: the detector with a small"
+	@echo "             bidirectional LSTM head, MODEL=crnn-uni: unidirectional); make evaluate:"
+	@echo "             5-fold cross-validation of EVAL_MODELS=cnn,crnn on the same folds"
 	@echo "make test    set up .venv and run the test suite"
 	@echo "make mutation  mutation testing of the fast tests (MUTATION_BUDGET= seconds)"
 	@echo "make lint    ruff lint and format check"
@@ -327,11 +329,21 @@ bench-long: $(LONG_BUNDLE)/manifest.json $(LONG_BUNDLE)-stream$(STREAM_HOP)/mani
 # $(BUILD)/train and says whether it reproduces the committed checkpoint's sha256;
 # `make evaluate` cross-validates the recipe (5 folds, 5 trainings) and writes JSON.
 .PHONY: train evaluate
+# MODEL=cnn|crnn|crnn-uni picks the detector (mscnn.train --model); where its recipe is
+# committed, the recipe drives the training and its sha256 is checked.
+# EVAL_MODELS: the models `make evaluate` compares on the same folds.
+MODEL ?= cnn
+EVAL_MODELS ?= cnn,crnn
+TRAIN_NAME_cnn := cpsc2019_qrs
+TRAIN_NAME_crnn := cpsc2019_qrs_bilstm
+TRAIN_NAME_crnn-uni := cpsc2019_qrs_lstm
+TRAIN_RECIPE = mscnn/weights/$(TRAIN_NAME_$(MODEL)).json
 train: | $(STAMP)
-	$(PY) -m mscnn.train --out $(BUILD)/train/cpsc2019_qrs.pt --expect mscnn/weights/cpsc2019_qrs.json
+	$(PY) -m mscnn.train --out $(BUILD)/train/$(or $(TRAIN_NAME_$(MODEL)),$(MODEL)).pt \
+	  $(if $(and $(TRAIN_NAME_$(MODEL)),$(wildcard $(TRAIN_RECIPE))),--recipe $(TRAIN_RECIPE),--model $(MODEL))
 
 evaluate: | $(STAMP)
-	$(PY) -m compile.bench.evaluate --out $(BUILD)/evaluate
+	$(PY) -m compile.bench.evaluate --models $(EVAL_MODELS) --out $(BUILD)/evaluate
 
 # --------------------------------------------------------------------------------------
 # Mutation testing (not in CI): mutmut changes the code whose mistakes are silent (parity

@@ -2,17 +2,32 @@
 finds the real beats of its records through the deployed post-processing."""
 
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mscnn
 from deploy.rpeaks import RPeakRule, detect_rpeaks, score_rpeaks
 from mscnn import MscnnError
 from mscnn import data as ecg_data
-from mscnn.train import CHECKPOINT, TrainConfig, frame_labels, main, sha256_of, train
+from mscnn.detectors import CRNNS, get_detector, seeded_lstm_init
+from mscnn.heads import build_model
+from mscnn.train import (
+    CHECKPOINT,
+    MODELS,
+    TrainConfig,
+    checkpoint_path,
+    config_from_dict,
+    frame_labels,
+    load_recipe,
+    main,
+    sha256_of,
+    train,
+)
 
 RECIPE = CHECKPOINT.with_suffix(".json")
 HAVE_DATA = (ecg_data.data_dir() / ecg_data.CPSC2019_FILE).is_file()
@@ -138,4 +153,137 @@ def test_cli_refuses_an_unwritable_output_before_training(capsys):
 def test_cli_refuses_a_non_positive_count():
     with pytest.raises(SystemExit) as exit_info:
         main(["--threads", "0"])
+    assert exit_info.value.code == 2
+
+
+# --- the CRNN detectors and the recipes ---------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["crnn", "crnn-uni"])
+def test_crnn_recipe_trains_deterministically(synthetic, model):
+    signals, peaks = synthetic[0][:2], synthetic[1][:2]  # one step of two 512-sample crops
+    tiny = replace(MODELS[model], epochs=1, batch_size=2, crop_samples=512)
+    first, second = train(signals, peaks, tiny, seed=5), train(signals, peaks, tiny, seed=5)
+    untrained = train(signals, peaks, replace(tiny, epochs=0), seed=5)
+    a, b, init = first.state_dict(), second.state_dict(), untrained.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lstm = [k for k in a if k.startswith("rnn.") and "weight_hh" in k]
+    assert lstm and all(not torch.equal(a[k], init[k]) for k in lstm)  # the LSTM trained
+    with torch.no_grad():
+        x = torch.from_numpy(signals[:1, None])
+        assert torch.equal(first(x), second(x)) and first(x).shape == (1, 2048 // 8, 1)
+
+
+def test_crnns_are_the_cnn_with_an_lstm_between_backbone_and_classifier():
+    cnn = get_detector(MODELS["cnn"].preset)
+    assert {c.preset for c in MODELS.values()} == {cnn.name, *CRNNS}
+    for model, bidirectional, hidden in (("crnn", True, 32), ("crnn-uni", False, 64)):
+        crnn = get_detector(MODELS[model].preset)
+        lstm = crnn.config["rnn"]["lstm"]
+        assert (lstm["bidirectional"], lstm["hidden_sizes"]) == (bidirectional, [hidden])
+        assert {k: v for k, v in crnn.config.items() if k != "rnn"} == {
+            k: v for k, v in cnn.config.items() if k != "rnn"
+        }
+        assert cnn.config["rnn"] == {"name": "none"}
+        # the CRNNs take the CNN's recipe: only the model and the epochs differ
+        assert replace(MODELS[model], preset=cnn.name, epochs=80) == MODELS["cnn"]
+    with pytest.raises(MscnnError, match="unknown model 'cpsc2019'.*cpsc2019_qrs_bilstm"):
+        get_detector("cpsc2019")  # a backbone detects nothing
+
+
+def test_lstm_init_is_seeded_not_global():
+    crnn = get_detector(MODELS["crnn"].preset)
+    models = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        models.append(build_model(crnn.head, crnn.in_channels, crnn.config, crnn.classes))
+        seeded_lstm_init(models[-1], seed=7)
+    a, b = (m.rnn.state_dict() for m in models)
+    assert a.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    seeded_lstm_init(models[1], seed=8)
+    assert not any(torch.equal(a[k], v) for k, v in models[1].rnn.state_dict().items())
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_each_model_has_its_recipe_committed(model):
+    """Every model's recipe JSON is committed and says what `MODELS` trains; where its
+    checkpoint ships (the CNN; a CRNN only where it earns its place, see
+    docs/whole-models.md), the recipe's sha256 is the checkpoint's."""
+    config = MODELS[model]
+    recipe = load_recipe(checkpoint_path(config).with_suffix(".json"))
+    assert recipe.config == config and recipe.seed == 0
+    data = json.loads(checkpoint_path(config).with_suffix(".json").read_text())
+    assert data["checkpoint"] == checkpoint_path(config).name
+    assert data["parameters"] == sum(p.numel() for p in train_model(config).parameters())
+    if model == "cnn":
+        assert recipe.sha256 == sha256_of(checkpoint_path(config))
+
+
+def train_model(config):
+    d = get_detector(config.preset)
+    return build_model(d.head, d.in_channels, d.config, d.classes)
+
+
+def _recipe(tmp_path, **change):
+    data = json.loads(RECIPE.read_text())
+    config = {**data["config"], **change.pop("config", {})}
+    for key in [k for k, v in change.items() if v is None]:
+        del data[key]
+        change.pop(key)
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps({**data, **change, "config": config}))
+    return path
+
+
+@pytest.mark.parametrize("key", [f.name for f in fields(TrainConfig)])
+def test_a_recipe_missing_a_config_key_is_refused_naming_it(tmp_path, key):
+    data = json.loads(RECIPE.read_text())
+    del data["config"][key]
+    (tmp_path / "r.json").write_text(json.dumps(data))
+    with pytest.raises(MscnnError, match=f"config key '{key}' is missing"):
+        load_recipe(tmp_path / "r.json")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"config": {"epoch": 3}}, "config key 'epoch' is unknown; a recipe config has exactly"),
+        ({"config": {"epochs": "80"}}, "config key 'epochs' is '80', expected an int >= 0"),
+        ({"config": {"batch_size": 0}}, "config key 'batch_size' is 0, expected an int >= 1"),
+        ({"config": {"lr": -1.0}}, "config key 'lr' is -1.0, expected a float >= 0"),
+        ({"config": {"threads": True}}, "config key 'threads' is True"),
+        ({"config": {"gain_range": [2.0, 0.5]}}, "'gain_range' is \\[2.0, 0.5\\]"),
+        ({"config": {"preset": "cpsc2019"}}, "unknown model 'cpsc2019' to train"),
+        ({"seed": "0"}, "key 'seed' is '0', expected an int"),
+        ({"sha256": None}, "key 'sha256' is missing"),
+        ({"format": "other"}, "'format' is 'other', expected 'mscnn-edge/train-recipe'"),
+    ],
+)
+def test_a_malformed_recipe_is_refused_naming_the_key(tmp_path, change, message):
+    with pytest.raises(MscnnError, match=message):
+        load_recipe(_recipe(tmp_path, **change))
+
+
+@given(st.dictionaries(st.sampled_from([f.name for f in fields(TrainConfig)]), st.none()))
+@settings(max_examples=30, deadline=None)
+def test_a_recipe_config_with_a_null_value_is_refused(nulls):
+    defaults = MODELS["cnn"].to_dict()
+    values = {**defaults, **nulls}
+    if not nulls:
+        assert config_from_dict(values, "here") == MODELS["cnn"]
+        return
+    first = next(f.name for f in fields(TrainConfig) if f.name in nulls)
+    with pytest.raises(MscnnError, match=f"here: config key '{first}' is None"):
+        config_from_dict(values, "here")
+
+
+def test_cli_refuses_a_malformed_recipe_before_training(tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    recipe = _recipe(tmp_path, config={"crop_sample": 4000})
+    assert main(["--recipe", str(recipe), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: recipe") and "'crop_sample' is unknown" in err
+    assert err.count("\n") == 1 and not out.exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", "rnn"])
     assert exit_info.value.code == 2
