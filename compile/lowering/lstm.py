@@ -9,16 +9,19 @@ the importer while a file is imported (`import_onnx`) and lowers each LSTM node 
 
     P_d = X @ W_d^T + (Wb_d + Rb_d)            one matmul per direction: (T, B, 4H),
                                                scheduled and fused like any other
-    Y_d, C_d = lstm_recurrence(P_d, R_d^T)     call_tir: for each frame t (backwards for
-                                               the reverse direction) and batch row b,
+    Y_d, C_d = lstm_recurrence(P_d, R_d^T,     call_tir: for each frame t (backwards for
+                   H0_d, C0_d)                 the reverse direction) and batch row b,
                                                g = P_d[t, b] + h @ R_d^T (4H lanes, k outer
                                                so the inner loop is a contiguous vector
                                                FMA over the gates), then ONNX's gate
-                                               equations (order i, o, f, c); h and c stay
+                                               equations (order i, o, f, c); h and c start
+                                               from the initial state (zero in a window, the
+                                               carried h and c in a stream step) and stay
                                                in the kernel's own buffers
     Y = stack(Y_d) (T, D, B, H), Y_h = Y at the last step of each direction, Y_c = C_d
 
-Only what torch's exporter writes is accepted (zero initial states, no sequence lengths,
+Only what torch's exporter writes is accepted (initial states zero, constant or a graph
+tensor, as a stream step passes its carried h and c; no sequence lengths,
 default activations, no clip, layout 0, no peepholes); anything else is refused naming
 the attribute. The recurrence kernel is marked scheduled, so our conv schedule leaves it
 alone. On a GPU target it takes its GPU form (`recurrence_func_gpu`): a thread block per
@@ -61,8 +64,8 @@ def _check_attrs(attrs: dict) -> tuple[int, str]:
 
 def recurrence_func(steps: int, batch: int, hidden: int, reverse: bool):
     """The TIR kernel: p (steps, batch, 4H) projected inputs with both biases, rt (H, 4H)
-    the recurrent weights transposed -> y (steps, batch, H) every h, c (batch, H) the last
-    cell state. Zero initial state."""
+    the recurrent weights transposed, h0 and c0 (batch, H) the initial state -> y (steps,
+    batch, H) every h, c (batch, H) the last cell state."""
     from tvm.script import tirx as T
 
     gates = 4 * hidden
@@ -73,6 +76,8 @@ def recurrence_func(steps: int, batch: int, hidden: int, reverse: bool):
     def lstm_recurrence(
         p: T.Buffer((steps, batch, gates), "float32"),
         rt: T.Buffer((hidden, gates), "float32"),
+        h0: T.Buffer((batch, hidden), "float32"),
+        c0: T.Buffer((batch, hidden), "float32"),
         y: T.Buffer((steps, batch, hidden), "float32"),
         c: T.Buffer((batch, hidden), "float32"),
     ):
@@ -81,8 +86,8 @@ def recurrence_func(steps: int, batch: int, hidden: int, reverse: bool):
         acc = T.alloc_buffer((gates,), "float32")
         for b in range(batch):
             for j in range(hidden):
-                h[j] = T.float32(0)
-                c[b, j] = T.float32(0)
+                h[j] = h0[b, j]
+                c[b, j] = c0[b, j]
             for s in range(steps):
                 for g in range(gates):
                     acc[g] = p[s + back * (steps - 1 - 2 * s), b, g]
@@ -116,6 +121,8 @@ def recurrence_func_gpu(steps: int, batch: int, hidden: int, reverse: bool):
     def lstm_recurrence(
         p: T.Buffer((steps, batch, gates), "float32"),
         rt: T.Buffer((hidden, gates), "float32"),
+        h0: T.Buffer((batch, hidden), "float32"),
+        c0: T.Buffer((batch, hidden), "float32"),
         y: T.Buffer((steps, batch, hidden), "float32"),
         c: T.Buffer((batch, hidden), "float32"),
     ):
@@ -125,8 +132,8 @@ def recurrence_func_gpu(steps: int, batch: int, hidden: int, reverse: bool):
                 h = T.alloc_buffer((hidden,), "float32", scope="shared")
                 acc = T.alloc_buffer((4,), "float32", scope="local")
                 cell = T.alloc_buffer((1,), "float32", scope="local")
-                h[j] = T.float32(0)
-                cell[0] = T.float32(0)
+                h[j] = h0[b, j]
+                cell[0] = c0[b, j]
                 T.tvm_storage_sync("shared")
                 for s in range(steps):
                     for q in range(4):
@@ -161,29 +168,29 @@ class LstmConverter:
         x, w, r, bias = inputs[0], inputs[1], inputs[2], inputs[3] if len(inputs) > 3 else None
         w, r = _constant(w, "W"), _constant(r, "R")
         bias = _constant(bias, "B")
-        for i, name in ((4, "sequence_lens"), (5, "initial_h"), (6, "initial_c"), (7, "P")):
+        for i, name in ((4, "sequence_lens"), (7, "P")):
             value = inputs[i] if len(inputs) > i else None
             if value is None:
                 continue
             array = _constant(value, name) if name != "sequence_lens" else None
             if array is None or array.any():
-                raise CompileError(f"ONNX LSTM: input {name} is not supported (zero states only)")
+                raise CompileError(f"ONNX LSTM: input {name} is not supported")
         steps, batch, _ = (int(d) for d in x.ty.shape)
         dirs = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
+        if cls.gpu and hidden > 1024:
+            raise CompileError(f"ONNX LSTM: hidden size {hidden}; a GPU block holds 1024")
         ys, hs, cs = [], [], []
         for d, reverse in enumerate(dirs):
             b = np.zeros(8 * hidden, np.float32) if bias is None else bias[d]
             proj = bb.emit(relax.op.matmul(x, relax.const(np.ascontiguousarray(w[d].T))))
             proj = bb.emit(relax.op.add(proj, relax.const(b[: 4 * hidden] + b[4 * hidden :])))
-            if cls.gpu and hidden > 1024:
-                raise CompileError(f"ONNX LSTM: hidden size {hidden}; a GPU block holds 1024")
             make = recurrence_func_gpu if cls.gpu else recurrence_func
-            func = make(steps, batch, hidden, reverse)
-            gv = bb.add_func(func, "lstm_recurrence")
+            gv = bb.add_func(make(steps, batch, hidden, reverse), "lstm_recurrence")
+            h0, c0 = (_initial(bb, inputs, i, d, batch, hidden) for i in (5, 6))
             out = bb.emit(
                 relax.call_tir(
                     gv,
-                    [proj, relax.const(np.ascontiguousarray(r[d].T))],
+                    [proj, relax.const(np.ascontiguousarray(r[d].T)), h0, c0],
                     [
                         relax.TensorType((steps, batch, hidden), "float32"),
                         relax.TensorType((batch, hidden), "float32"),
@@ -202,6 +209,21 @@ class LstmConverter:
                 bb.emit(relax.op.concat(cs, axis=0)),
             ]
         )
+
+
+def _initial(bb, inputs, i: int, d: int, batch: int, hidden: int):
+    """Direction d's initial state (batch, H) from ONNX's initial_h / initial_c (input i,
+    (directions, batch, H)): zeros when absent, a constant, or a tensor of the graph (a
+    stream step's carried state)."""
+    from tvm import relax
+
+    value = inputs[i] if len(inputs) > i else None
+    if value is None:
+        return relax.const(np.zeros((batch, hidden), np.float32))
+    if hasattr(getattr(value, "value", None), "numpy"):
+        return relax.const(np.ascontiguousarray(value.value.numpy()[d], np.float32))
+    one = bb.emit(relax.op.strided_slice(value, [0], [d], [d + 1]))
+    return bb.emit(relax.op.squeeze(one, [0]))
 
 
 @contextlib.contextmanager
