@@ -31,11 +31,12 @@ with warnings.catch_warnings():
 SAMPLES = 512
 
 
-def seq_lab_crnn(bidirectional=True):
+def seq_lab_crnn(bidirectional=True, attn="se"):
     config = copy.deepcopy(ECG_SEQ_LAB_NET_CONFIG)
     config.cnn.multi_scopic.num_filters = [[4, 4, 8]] * 3  # a quick backbone under qemu
     config.rnn.lstm.hidden_sizes = [32, 32]
     config.rnn.lstm.bidirectional = bidirectional
+    config.attn.name = attn
     model = mscnn.ECG_SEQ_LAB_NET(["qrs"], 1, config)
     mscnn.seeded_init(model, 5)
     return model.eval()
@@ -56,11 +57,15 @@ def crnn_bundles(tmp_path_factory, crnn):
     return {n: build(crnn, TARGETS[n], variant, out, options) for n in ("x86_64", "aarch64")}
 
 
-def real_windows(n=4):
+def cpsc_signals():
     try:
-        signals = ecg_data.cpsc2019_records().signals
+        return ecg_data.cpsc2019_records().signals
     except mscnn.MscnnError as exc:
         pytest.skip(f"the CPSC2019 records are not here: {exc}")
+
+
+def real_windows(n=4):
+    signals = cpsc_signals()
     starts = (0, 1500, 3000, 4400)[:n]
     return [
         signals[k * 7][None, None, s : s + SAMPLES].astype(np.float32) for k, s in enumerate(starts)
@@ -135,3 +140,42 @@ def test_int8_refuses_an_lstm_head_naming_it():
 
     with pytest.raises(CompileError, match=r"int8: rnn 'lstm' has no integer form"):
         quantize.check_quantizable(seq_lab_crnn())
+
+
+# --------------------------------------------------------------------------------------
+# A unidirectional LSTM detector streams: its step carries h and c per layer
+
+
+@pytest.fixture(scope="module")
+def uni_stream(tmp_path_factory):
+    """The small CRNN with a unidirectional LSTM and no SE (SE needs the whole record):
+    its step for hops of 512 samples, x86_64 only (about 35 s to build on 2 busy cores)."""
+    out = tmp_path_factory.mktemp("uni_stream")
+    mscnn.save_checkpoint(
+        out / "uni.pt", seq_lab_crnn(bidirectional=False, attn="none"), leads=["II"], fs=500
+    )
+    loaded = mscnn.load_checkpoint(out / "uni.pt")
+    variant = resolve_variant(loaded, "1")
+    return loaded, build(loaded, TARGETS["x86_64"], variant, out, BuildOptions(hop=512))
+
+
+@pytest.mark.slow
+def test_unidirectional_lstm_stream_bundle_equals_the_offline_model(uni_stream):
+    """The build streamed its golden record (the 50 CPSC2019 records back to back) through
+    the native runner: within tolerance, the same beats. Here the Python runtime streams
+    20 s of other real ECG in uneven chunks: the offline model's logits."""
+    from deploy.parity import compare
+    from deploy.stream import open_stream
+
+    loaded, bundle = uni_stream
+    m = bundle.manifest
+    names = {s.name: s.shape for s in m.stream.states}
+    assert names["rnn.lstm_1.h"] == names["rnn.lstm_2.c"] == (1, 1, 32)
+    assert m.parity.tvm.passed and m.parity.tvm.how == "native" and m.parity.task.passed
+    x = cpsc_signals()[[2, 33]].reshape(1, -1).astype(np.float32)
+    stream = open_stream(bundle)
+    parts = [stream.push(x[:, a:b]) for a, b in ((0, 700), (700, 4321), (4321, 10_000))]
+    got = np.concatenate([*parts, stream.flush()], axis=1)
+    with torch.no_grad():
+        expected = loaded.model(torch.from_numpy(x)[None])[0].numpy().T
+    assert compare(got, expected, "cpu").passed, compare(got, expected, "cpu")
