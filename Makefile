@@ -127,9 +127,13 @@ DEFAULT_VARIANTS_multi_scopic          := 12 6 4 3 2
 DEFAULT_VARIANTS_cpsc2019              := 1
 DEFAULT_VARIANTS_cpsc2019_qrs          := 1
 DEFAULT_VARIANTS_leadwise_classifier   := 12 6 4 3 2
+DEFAULT_VARIANTS_seq_lab_crnn          := 1
+DEFAULT_VARIANTS_leadwise_crnn         := 12 3
 # The default matrix: the lead-wise backbone with every CinC lead set, the 1-lead
 # backbone and the demo QRS detector (trained weights, mscnn/weights/); the lead-wise
-# classifier builds on request (PRESET=leadwise_classifier).
+# classifier and the two LSTM models (torch_ecg's default seq-lab CRNN, the lead-wise
+# CRNN with the full and a 3-lead variant) build on request (PRESET=leadwise_classifier,
+# PRESET=seq_lab_crnn,leadwise_crnn): they are not in the default build's time budget.
 BUILD_PRESETS := $(or $(subst $(comma), ,$(PRESET)),multi_scopic_leadwise cpsc2019 cpsc2019_qrs)
 variants_of    = $(or $(subst $(comma), ,$(VARIANTS)),$(DEFAULT_VARIANTS_$(1)))
 # Reduced precision, for the detector by default: int8 bundles (compile/bundles/int8_window.py:
