@@ -175,15 +175,19 @@ class LstmConverter:
             array = _constant(value, name) if name != "sequence_lens" else None
             if array is None or array.any():
                 raise CompileError(f"ONNX LSTM: input {name} is not supported")
-        steps, batch, _ = (int(d) for d in x.ty.shape)
+        steps, batch, features = (int(d) for d in x.ty.shape)
+        rows = bb.emit(relax.op.reshape(x, (1, steps * batch, features)))
         dirs = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
         if cls.gpu and hidden > 1024:
             raise CompileError(f"ONNX LSTM: hidden size {hidden}; a GPU block holds 1024")
         ys, hs, cs = [], [], []
         for d, reverse in enumerate(dirs):
             b = np.zeros(8 * hidden, np.float32) if bias is None else bias[d]
-            proj = bb.emit(relax.op.matmul(x, relax.const(np.ascontiguousarray(w[d].T))))
+            # (1, T * B, I) x (I, 4H): the frames are the matmul schedule's rows, so its
+            # register tile reuses each weight vector over several frames
+            proj = bb.emit(relax.op.matmul(rows, relax.const(np.ascontiguousarray(w[d].T))))
             proj = bb.emit(relax.op.add(proj, relax.const(b[: 4 * hidden] + b[4 * hidden :])))
+            proj = bb.emit(relax.op.reshape(proj, (steps, batch, 4 * hidden)))
             make = recurrence_func_gpu if cls.gpu else recurrence_func
             gv = bb.add_func(make(steps, batch, hidden, reverse), "lstm_recurrence")
             h0, c0 = (_initial(bb, inputs, i, d, batch, hidden) for i in (5, 6))
