@@ -131,6 +131,15 @@ def test_the_lstm_models_build_on_request_for_all_six_targets():
     )
 
 
+def test_bench_times_the_seq_lab_crnn():
+    """`make bench` builds torch_ecg's default seq-lab CRNN into the folder it then times
+    beside ONNX Runtime and PyTorch (a dry run: nothing is built)."""
+    lines = make("-n", "bench", "BUILD=b").stdout.splitlines()
+    built = [i for i, line in enumerate(lines) if "--preset seq_lab_crnn --out b/bench" in line]
+    timed = [i for i, line in enumerate(lines) if "-m compile bench b/bench" in line]
+    assert built and timed and built[0] < timed[0]
+
+
 @pytest.mark.slow
 def test_incremental_and_parallel(tmp_path):
     common = [f"BUILD={tmp_path}", "PRESET=cpsc2019", "TARGETS=x86_64,aarch64"]
