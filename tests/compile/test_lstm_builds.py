@@ -1,7 +1,7 @@
 """Whole models with an LSTM head compile: the ONNX LSTM lowered to one input-projection
-matmul per direction plus a TIR recurrence kernel (compile/lowering/lstm.py), checked
+matmul per layer plus a TIR recurrence kernel (compile/lowering/lstm.py), checked
 against PyTorch on real ECG in process (x86_64) and under qemu with the native runner
-(aarch64), the CUDA library built (no GPU here); refused for Cortex-M with its cost.
+(aarch64, armv7), the CUDA library built (no GPU here); refused for Cortex-M with its cost.
 
 The model is torch_ecg's default ECG_SEQ_LAB_NET_CONFIG (multi_scopic backbone,
 bidirectional LSTM, SE, 256-64 classifier) with 4/4/8 filters per branch and hidden sizes
@@ -54,7 +54,8 @@ def crnn_bundles(tmp_path_factory, crnn):
     out = tmp_path_factory.mktemp("crnn_bundles")
     variant = resolve_variant(crnn, "1")
     options = BuildOptions(samples=SAMPLES)
-    return {n: build(crnn, TARGETS[n], variant, out, options) for n in ("x86_64", "aarch64")}
+    targets = ("x86_64", "aarch64", "armv7")  # armv7: ~21 s more, its qemu check ~8 s
+    return {n: build(crnn, TARGETS[n], variant, out, options) for n in targets}
 
 
 def cpsc_signals():
@@ -90,13 +91,14 @@ def test_x86_bundle_equals_pytorch_on_real_ecg(crnn_bundles, crnn):
 
 @pytest.mark.slow
 @pytest.mark.cross
-def test_aarch64_bundle_passes_its_golden_cases_under_qemu(crnn_bundles, monkeypatch):
+@pytest.mark.parametrize("arch", ["aarch64", "armv7"])
+def test_arm_bundles_pass_their_golden_cases_under_qemu(crnn_bundles, arch, monkeypatch):
     """The device's own output (mscnn-run --check under qemu) on every golden case: the
     50 CPSC2019 records (their first 512 samples) and PyTorch's beats on them. One TVM
     thread: on a loaded 2-core host the runtime's spinning workers under qemu made a
     single window take minutes."""
     monkeypatch.setenv("TVM_NUM_THREADS", "1")
-    done = run_native("aarch64", crnn_bundles["aarch64"].path, "--check")
+    done = run_native(arch, crnn_bundles[arch].path, "--check")
     assert done.returncode == 0, done.stdout + done.stderr
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("check: pass 52/52") and "beats=50/50" in last
