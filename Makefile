@@ -26,7 +26,7 @@ help:
 	@echo "make runners build the native runner for x86_64, aarch64 and armv7"
 	@echo "make tflm    the detector through TensorFlow Lite Micro beside our int8 build (build/tflm/)"
 	@echo "make bench   PyTorch vs ONNX Runtime vs ExecuTorch vs LiteRT vs TVM latency on this"
-	@echo "             machine (THREADS=, PEERS=litert,executorch), and"
+	@echo "             machine (THREADS=, PEERS=litert,executorch; the CRNN seq_lab_crnn too), and"
 	@echo "             the detector streamed (hops 64/128/512) vs a 10 s window every hop, and"
 	@echo "             int8: ours vs ONNX Runtime int8 and fp32 (latency, accuracy, peaks), with"
 	@echo "             LiteRT and ExecuTorch (XNNPACK) as peers in venvs of their own (PEERS=)"
@@ -129,9 +129,13 @@ DEFAULT_VARIANTS_multi_scopic          := 12 6 4 3 2
 DEFAULT_VARIANTS_cpsc2019              := 1
 DEFAULT_VARIANTS_cpsc2019_qrs          := 1
 DEFAULT_VARIANTS_leadwise_classifier   := 12 6 4 3 2
+DEFAULT_VARIANTS_seq_lab_crnn          := 1
+DEFAULT_VARIANTS_leadwise_crnn         := 12 3
 # The default matrix: the lead-wise backbone with every CinC lead set, the 1-lead
 # backbone and the demo QRS detector (trained weights, mscnn/weights/); the lead-wise
-# classifier builds on request (PRESET=leadwise_classifier).
+# classifier and the two LSTM models (torch_ecg's default seq-lab CRNN, the lead-wise
+# CRNN with the full and a 3-lead variant) build on request (PRESET=leadwise_classifier,
+# PRESET=seq_lab_crnn,leadwise_crnn): they are not in the default build's time budget.
 BUILD_PRESETS := $(or $(subst $(comma), ,$(PRESET)),multi_scopic_leadwise cpsc2019 cpsc2019_qrs)
 variants_of    = $(or $(subst $(comma), ,$(VARIANTS)),$(DEFAULT_VARIANTS_$(1)))
 # Reduced precision, for the detector by default: int8 bundles (compile/bundles/int8_window.py:
@@ -293,7 +297,9 @@ tune: | $(STAMP) $(TOOLCHAINS)
 
 # --------------------------------------------------------------------------------------
 # Latency side by side (PyTorch eager, ONNX Runtime, TVM) on this machine, batch 1 for
-# every preset and lead variant, and batch 8 for two of them. Table, JSON and PNG.
+# every preset and lead variant, and batch 8 for two of them; and torch_ecg's default
+# seq-lab CRNN (BiLSTM 256/256: ONNX Runtime runs its LSTM as one fused kernel, TVM as
+# compile/lowering/lstm.py's projection matmul and recurrence). Table, JSON and PNG.
 BENCH_TARGETS ?= x86_64,x86_64-avx512
 STREAM_TARGET ?= $(lastword $(subst $(comma), ,$(BENCH_TARGETS)))
 THREADS ?= $(shell nproc)
@@ -303,6 +309,7 @@ bench: | $(STAMP) $(TOOLCHAINS) $(TFLM_STAMP) $(ET_STAMP)
 	$(BENCH_BUILD) --preset multi_scopic_leadwise --out $(BUILD)/bench
 	$(BENCH_BUILD) --preset cpsc2019 --out $(BUILD)/bench
 	$(BENCH_BUILD) --preset multi_scopic --variants 12 --out $(BUILD)/bench
+	$(BENCH_BUILD) --preset seq_lab_crnn --out $(BUILD)/bench
 	$(BENCH_BUILD) --preset cpsc2019 --batch 8 --out $(BUILD)/bench-batch8
 	$(BENCH_BUILD) --preset multi_scopic_leadwise --variants 12 --batch 8 --out $(BUILD)/bench-batch8
 	$(PY) -m compile bench $(BUILD)/bench $(BUILD)/bench-batch8 --targets $(BENCH_TARGETS) \

@@ -16,6 +16,13 @@ ECG_SEQ_LAB_NET / ECG_CRNN config shape, see `mscnn.heads`):
   ECG_CRNN defaults), one logit per class for a set of PhysioNet/CinC 2021 scored
   diagnoses (`CINC2021_CLASSES`, SNOMED CT codes). Lead-wise, so its reduced-lead
   variants are exact.
+- `seq_lab_crnn`: torch_ecg's default ECG_SEQ_LAB_NET_CONFIG unchanged, the CRNN a
+  torch_ecg user trains for QRS detection: the `cpsc2019` backbone, a two-layer
+  bidirectional LSTM (256, 256), SE attention, classifier 256 -> 64 -> 1; 1 lead.
+- `leadwise_crnn`: `leadwise_classifier` with torch_ecg's ECG_CRNN_CONFIG LSTM
+  (bidirectional, 192, 192, dropout 0.2) between the backbone and SE; 12 CinC leads, its
+  reduced-lead variants exact (the dropped leads' constant inputs kept, see
+  `mscnn.ConstantInputsModel`).
 """
 
 from __future__ import annotations
@@ -133,6 +140,13 @@ _SEQ_LAB_CLF = {
 }
 _CRNN_CLF = {"out_channels": [1024], "activation": "mish", "bias": True, "dropouts": [0.2, 0.0]}
 
+
+def _lstm(hidden: list[int], dropouts: float) -> dict[str, Any]:
+    """torch_ecg's StackedLSTM config (bidirectional, every frame returned)."""
+    lstm = {"hidden_sizes": hidden, "bias": True, "dropouts": dropouts}
+    return {"name": "lstm", "lstm": {**lstm, "bidirectional": True, "retseq": True}}
+
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -194,6 +208,51 @@ PRESETS: dict[str, Preset] = {
                 global_pool="max",
                 global_pool_size=1,
             ),
+            head="ECG_CRNN",
+            task="classification",
+            classes=tuple(CINC2021_CLASSES),
+            class_names=CINC2021_CLASSES,
+        ),
+        Preset(
+            "seq_lab_crnn",
+            "1-lead QRS detector CRNN: torch_ecg's default ECG_SEQ_LAB_NET_CONFIG (cpsc2019 "
+            "backbone, BiLSTM 256/256, SE, classifier 256-64); seeded weights",
+            ("ECG",),
+            500,
+            {
+                **_whole(
+                    "multi_scopic",
+                    _layout([16, 32, 64], groups=1),
+                    "se",
+                    clf=_SEQ_LAB_CLF,
+                    global_pool="none",
+                    global_pool_size=1,
+                    recover_length=False,
+                ),
+                "rnn": _lstm([256, 256], 0.0),
+            },
+            head="ECG_SEQ_LAB_NET",
+            task="qrs_detection",
+            classes=tuple(QRS_CLASSES),
+            class_names=QRS_CLASSES,
+        ),
+        Preset(
+            "leadwise_crnn",
+            "12-lead CinC 2021 classifier CRNN: ECG_CRNN on the multi_scopic_leadwise "
+            "backbone, BiLSTM 192/192, SE, global max pooling; exact reduced-lead variants",
+            LEADS_12,
+            500,
+            {
+                **_whole(
+                    "multi_scopic_leadwise",
+                    _layout([192, 384, 768], groups=12),
+                    "se",
+                    clf=_CRNN_CLF,
+                    global_pool="max",
+                    global_pool_size=1,
+                ),
+                "rnn": _lstm([192, 192], 0.2),
+            },
             head="ECG_CRNN",
             task="classification",
             classes=tuple(CINC2021_CLASSES),

@@ -30,7 +30,9 @@ The step (`StepModule`, pure, static shapes, exportable):
   done) and `clock.length` (real samples so far), both (1,) int64; the record has
   ended once length < step * hop. The rest are float32 (1, channels, n): per conv the
   last n = dilation * (kernel - 1) samples of its input, per down-sampler and branch the
-  few samples that align pooling windows and the branches' delays.
+  few samples that align pooling windows and the branches' delays; for a unidirectional
+  LSTM head the frames that align its hops with offline frame 0, then h and c
+  (1, 1, hidden) per layer.
 - `frames` (1, channels, m) (classes for a head), m = hop / R; `valid` (2,) int64
   [start, stop): `frames[..., start:stop]` are the next offline frames, in order. The
   step lags `delay_frames` frames behind its input (look-ahead plus alignment), so the
@@ -40,7 +42,7 @@ The step (`StepModule`, pure, static shapes, exportable):
 this step, so the reference and a compiled step share one semantics.
 
 Refused, naming the layer and why: anything with global context (SE attention, global
-pooling, recurrent layers, normalisation over time, interpolation back to the input
+pooling, bidirectional LSTMs, normalisation over time, interpolation back to the input
 length), training mode, and layers this module does not know.
 """
 
@@ -269,6 +271,52 @@ class DelayOp(StreamOp):
         return x[..., : self.n]
 
 
+class LstmOp(StreamOp):
+    """A unidirectional StackedLstm (one nn.LSTM per layer): its state is h and c per
+    layer, carried from hop to hop and zero at the start (torch_ecg starts every layer
+    from zero state). A delay line of (-delay) mod m frames (m frames per hop) makes each
+    hop's frames start at a multiple of m, so the frames before offline frame 0 (the
+    step's lag) fill whole hops, and those hops leave h and c at zero. Frames past the
+    record's end come after its last frame, which they cannot change (the LSTM is causal)."""
+
+    def __init__(self, name: str, rate: int, delay: int, channels: int, rnn: StackedLstm):
+        super().__init__(name, rate, delay, channels)
+        lstms = [(n, m) for n, m in rnn.named_children() if isinstance(m, nn.LSTM)]
+        self.layers = [(f"{name}.{n}", m) for n, m in lstms]
+        self.lstms = nn.ModuleList(m for _, m in self.layers)
+        self.channels_out = rnn.spec.out_features
+        self.align = 0
+
+    def aligned(self, frames: int) -> None:
+        """Fix the delay line for hops of `frames` frames (before the ops after it plan)."""
+        self.align = (-self.delay_in) % frames
+        self.delay_out = self.delay_in + self.align
+
+    def states(self):
+        out = [(f"{self.name}.align", (1, self.channels, self.align))] if self.align else []
+        for name, lstm in self.layers:
+            shape = (1, 1, lstm.hidden_size)
+            out += [(f"{name}.h", shape), (f"{name}.c", shape)]
+        return out
+
+    def macs(self):
+        return self.n * sum(4 * m.hidden_size * (m.input_size + m.hidden_size) for m in self.lstms)
+
+    def forward(self, x: Tensor, length: Tensor, ctx: _Ctx) -> Tensor:
+        if self.align:
+            x = torch.cat([ctx.take(), x], dim=-1)
+            ctx.give(x[..., self.n :])
+            x = x[..., : self.n]
+        started = ctx.positions(self.n, self.delay_out)[:1] >= 0  # the whole hop, once aligned
+        seq = x.permute(2, 0, 1)  # (frames, 1, channels), as nn.LSTM wants
+        for lstm in self.lstms:  # dropout between layers: identity in eval mode
+            h0, c0 = ctx.take(), ctx.take()
+            seq, (h, c) = lstm(seq, (h0, c0))
+            ctx.give(torch.where(started, h, h0))
+            ctx.give(torch.where(started, c, c0))
+        return seq.permute(1, 2, 0)
+
+
 # --------------------------------------------------------------------------------------
 # The layer walk: module structure -> stream ops, refusing what cannot stream.
 
@@ -414,8 +462,9 @@ def _plan_branch(cnn: MultiScopicCNN, prefix: str, name: str, by: int):
     return ops + more, end
 
 
-def _plan_model(model: nn.Module):
-    """(branches, head ops, (reduction, delay, channels), backbone) of a streamable model."""
+def _plan_model(model: nn.Module, hop: Any):
+    """(branches, head ops, (reduction, delay, channels), backbone) of a streamable model
+    (the hop fixes an LSTM's delay line; it is checked in full by the caller)."""
     if isinstance(model, MultiScopicCNN):
         branches, end = _plan_backbone(model, "")
         return branches, [], end, model
@@ -439,7 +488,7 @@ def _plan_model(model: nn.Module):
     branches, end = _plan_backbone(model.cnn, "cnn.")
     rnn_ops: list[StreamOp] = []
     if isinstance(model.rnn, StackedLstm):
-        raise _refuse_lstm(model.rnn)
+        rnn_ops, end = _plan_lstm(model.rnn, end, hop)
     if isinstance(model.rnn, FrameMlp):  # per frame, like the classifier
         rnn_ops, end = _plan_sequence(model.rnn, "rnn", end, per_frame=True)
     if isinstance(model.attn, GlobalContext | NonLocal):
@@ -456,17 +505,18 @@ def _plan_model(model: nn.Module):
     return branches, rnn_ops + head, end, model.cnn
 
 
-def _refuse_lstm(rnn: StackedLstm) -> MscnnError:
-    name = f"rnn.{rnn.spec.layer_names()[0]}"
+def _plan_lstm(rnn: StackedLstm, cursor, hop: Any) -> tuple[list[StreamOp], tuple]:
+    """The LSTM's op, its delay line fixed for the hop; a bidirectional one is refused."""
     if rnn.spec.bidirectional:
         why = (
             "runs backwards from the end of the record, so the first frame needs the "
             "whole record; see docs/streaming.md for the look-ahead a bounded "
             "approximation would need, or train a unidirectional LSTM"
         )
-    else:
-        why = "carries state (h, c) from frame to frame, which the step does not hold yet"
-    return _refuse(name, "LSTM", why)
+        raise _refuse(f"rnn.{rnn.spec.layer_names()[0]}", "LSTM", why)
+    op = LstmOp("rnn", *cursor, rnn)
+    op.aligned(_check_hop(hop, cursor[0]) // cursor[0])
+    return [op], (op.rate_out, op.delay_out, op.channels_out)
 
 
 def _backbone_of(model: nn.Module) -> MultiScopicCNN:
@@ -514,7 +564,7 @@ class StepModule(nn.Module):
     def __init__(self, model: nn.Module, hop: int) -> None:
         super().__init__()
         _check_eval(model)
-        branches, head, (reduction, delay, channels), backbone = _plan_model(model)
+        branches, head, (reduction, delay, channels), backbone = _plan_model(model, hop)
         self.hop = _check_hop(hop, reduction)
         self.reduction, self.delay_frames, self.leads = reduction, delay, backbone.in_channels
         self.frames_per_step = self.hop // reduction
@@ -536,7 +586,7 @@ class StepModule(nn.Module):
     def state_specs(self) -> list[StateSpec]:
         """Names, shapes and dtypes of the states, in the order forward takes them."""
         specs = [StateSpec("clock.step", (1,), "int64"), StateSpec("clock.length", (1,), "int64")]
-        for ops in self.branches:
+        for ops in [*self.branches, self.head]:  # the order forward takes them in
             specs += [StateSpec(n, s, "float32") for op in ops for n, s in op.states()]
         return specs
 

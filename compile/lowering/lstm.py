@@ -7,22 +7,30 @@ as ONNX's own LSTM op (ONNX Runtime runs it as one fused kernel, and the ONNX fi
 checked against PyTorch through it like every other export); `lstm_converter` is lent to
 the importer while a file is imported (`import_onnx`) and lowers each LSTM node to:
 
-    P_d = X @ W_d^T + (Wb_d + Rb_d)            one matmul per direction: (T, B, 4H),
+    P = X @ [W_1^T .. W_D^T] + biases          one matmul for every direction, the frames
+                                               as its rows: (1, T * B, I) x (I, D * 4H),
                                                scheduled and fused like any other
-    Y_d, C_d = lstm_recurrence(P_d, R_d^T)     call_tir: for each frame t (backwards for
-                                               the reverse direction) and batch row b,
-                                               g = P_d[t, b] + h @ R_d^T (4H lanes, k outer
-                                               so the inner loop is a contiguous vector
-                                               FMA over the gates), then ONNX's gate
-                                               equations (order i, o, f, c); h and c stay
+    Y, C = lstm_recurrence(P, R^T, H0, C0)     call_tir, every direction in one call and
+                                               the directions in parallel (a BiLSTM's two
+                                               recurrences on two threads): for each
+                                               frame t (backwards for the reverse
+                                               direction) and batch row b,
+                                               g = P[t, b, d] + h @ R_d^T (4H lanes, k
+                                               outer so the inner loop is a contiguous
+                                               vector FMA over the gates), then ONNX's gate
+                                               equations (order i, o, f, c); h and c start
+                                               from the initial state (zero in a window, the
+                                               carried h and c in a stream step) and stay
                                                in the kernel's own buffers
-    Y = stack(Y_d) (T, D, B, H), Y_h = Y at the last step of each direction, Y_c = C_d
+    Y (T, D, B, H) as ONNX's, Y_h = Y at the last step of each direction, Y_c = C
 
-Only what torch's exporter writes is accepted (zero initial states, no sequence lengths,
+Only what torch's exporter writes is accepted (initial states zero, constant or a graph
+tensor, as a stream step passes its carried h and c; no sequence lengths,
 default activations, no clip, layout 0, no peepholes); anything else is refused naming
 the attribute. The recurrence kernel is marked scheduled, so our conv schedule leaves it
-alone. On a GPU target it takes its GPU form (`recurrence_func_gpu`): a thread block per
-batch row, a thread per hidden unit, h in shared memory; the frames stay sequential.
+alone. On a GPU target it takes its GPU form (`recurrence_func_gpu`, one call per
+direction): a thread block per batch row, a thread per hidden unit, h in shared memory;
+the frames stay sequential.
 """
 
 from __future__ import annotations
@@ -59,46 +67,52 @@ def _check_attrs(attrs: dict) -> tuple[int, str]:
     return int(attrs["hidden_size"]), direction
 
 
-def recurrence_func(steps: int, batch: int, hidden: int, reverse: bool):
-    """The TIR kernel: p (steps, batch, 4H) projected inputs with both biases, rt (H, 4H)
-    the recurrent weights transposed -> y (steps, batch, H) every h, c (batch, H) the last
-    cell state. Zero initial state."""
+def recurrence_func(steps: int, batch: int, hidden: int, directions: int, reverse: bool):
+    """The TIR kernel, every direction of a layer in one call: p (steps, batch, D * 4H)
+    projected inputs with both biases (direction d at d * 4H), rt (D, H, 4H) the recurrent
+    weights transposed, h0 and c0 (D, batch, H) the initial state -> y (steps, D, batch,
+    H) every h (ONNX's Y), c (D, batch, H) the last cell state. Direction d runs backwards
+    when d + reverse is 1 (a bidirectional layer's second; ONNX's `reverse`); the
+    directions run in parallel (a BiLSTM's two recurrences on two threads)."""
     from tvm.script import tirx as T
 
     gates = 4 * hidden
     lanes = 8 if hidden % 2 == 0 else 4
-    back = 1 if reverse else 0
+    back0 = 1 if reverse else 0
+    loop = T.parallel if directions > 1 else T.serial
 
     @T.prim_func(private=True)
     def lstm_recurrence(
-        p: T.Buffer((steps, batch, gates), "float32"),
-        rt: T.Buffer((hidden, gates), "float32"),
-        y: T.Buffer((steps, batch, hidden), "float32"),
-        c: T.Buffer((batch, hidden), "float32"),
+        p: T.Buffer((steps, batch, directions * gates), "float32"),
+        rt: T.Buffer((directions, hidden, gates), "float32"),
+        h0: T.Buffer((directions, batch, hidden), "float32"),
+        c0: T.Buffer((directions, batch, hidden), "float32"),
+        y: T.Buffer((steps, directions, batch, hidden), "float32"),
+        c: T.Buffer((directions, batch, hidden), "float32"),
     ):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        h = T.alloc_buffer((hidden,), "float32")
-        acc = T.alloc_buffer((gates,), "float32")
-        for b in range(batch):
-            for j in range(hidden):
-                h[j] = T.float32(0)
-                c[b, j] = T.float32(0)
-            for s in range(steps):
-                for g in range(gates):
-                    acc[g] = p[s + back * (steps - 1 - 2 * s), b, g]
-                for k in range(hidden):
-                    for go in range(gates // lanes):
-                        for gi in T.vectorized(lanes):
-                            acc[go * lanes + gi] = (
-                                acc[go * lanes + gi] + h[k] * rt[k, go * lanes + gi]
-                            )
+        h = T.alloc_buffer((directions, hidden), "float32")
+        acc = T.alloc_buffer((directions, gates), "float32")
+        for d in loop(directions):
+            for b in range(batch):
                 for j in range(hidden):
-                    cell = T.sigmoid(acc[2 * hidden + j]) * c[b, j] + T.sigmoid(acc[j]) * T.tanh(
-                        acc[3 * hidden + j]
-                    )
-                    c[b, j] = cell
-                    h[j] = T.sigmoid(acc[hidden + j]) * T.tanh(cell)
-                    y[s + back * (steps - 1 - 2 * s), b, j] = h[j]
+                    h[d, j] = h0[d, b, j]
+                    c[d, b, j] = c0[d, b, j]
+                for s in range(steps):
+                    for g in range(gates):
+                        acc[d, g] = p[s + (back0 + d) * (steps - 1 - 2 * s), b, d * gates + g]
+                    for k in range(hidden):
+                        for go in range(gates // lanes):
+                            for gi in T.vectorized(lanes):
+                                acc[d, go * lanes + gi] = (
+                                    acc[d, go * lanes + gi] + h[d, k] * rt[d, k, go * lanes + gi]
+                                )
+                    for j in range(hidden):
+                        c[d, b, j] = T.sigmoid(acc[d, 2 * hidden + j]) * c[d, b, j] + T.sigmoid(
+                            acc[d, j]
+                        ) * T.tanh(acc[d, 3 * hidden + j])
+                        h[d, j] = T.sigmoid(acc[d, hidden + j]) * T.tanh(c[d, b, j])
+                        y[s + (back0 + d) * (steps - 1 - 2 * s), d, b, j] = h[d, j]
 
     return lstm_recurrence
 
@@ -116,6 +130,8 @@ def recurrence_func_gpu(steps: int, batch: int, hidden: int, reverse: bool):
     def lstm_recurrence(
         p: T.Buffer((steps, batch, gates), "float32"),
         rt: T.Buffer((hidden, gates), "float32"),
+        h0: T.Buffer((batch, hidden), "float32"),
+        c0: T.Buffer((batch, hidden), "float32"),
         y: T.Buffer((steps, batch, hidden), "float32"),
         c: T.Buffer((batch, hidden), "float32"),
     ):
@@ -125,8 +141,8 @@ def recurrence_func_gpu(steps: int, batch: int, hidden: int, reverse: bool):
                 h = T.alloc_buffer((hidden,), "float32", scope="shared")
                 acc = T.alloc_buffer((4,), "float32", scope="local")
                 cell = T.alloc_buffer((1,), "float32", scope="local")
-                h[j] = T.float32(0)
-                cell[0] = T.float32(0)
+                h[j] = h0[b, j]
+                cell[0] = c0[b, j]
                 T.tvm_storage_sync("shared")
                 for s in range(steps):
                     for q in range(4):
@@ -161,47 +177,120 @@ class LstmConverter:
         x, w, r, bias = inputs[0], inputs[1], inputs[2], inputs[3] if len(inputs) > 3 else None
         w, r = _constant(w, "W"), _constant(r, "R")
         bias = _constant(bias, "B")
-        for i, name in ((4, "sequence_lens"), (5, "initial_h"), (6, "initial_c"), (7, "P")):
+        for i, name in ((4, "sequence_lens"), (7, "P")):
             value = inputs[i] if len(inputs) > i else None
             if value is None:
                 continue
             array = _constant(value, name) if name != "sequence_lens" else None
             if array is None or array.any():
-                raise CompileError(f"ONNX LSTM: input {name} is not supported (zero states only)")
-        steps, batch, _ = (int(d) for d in x.ty.shape)
+                raise CompileError(f"ONNX LSTM: input {name} is not supported")
+        if cls.gpu and hidden > 1024:
+            raise CompileError(f"ONNX LSTM: hidden size {hidden}; a GPU block holds 1024")
+        steps, batch, features = (int(d) for d in x.ty.shape)
         dirs = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
-        ys, hs, cs = [], [], []
-        for d, reverse in enumerate(dirs):
-            b = np.zeros(8 * hidden, np.float32) if bias is None else bias[d]
-            proj = bb.emit(relax.op.matmul(x, relax.const(np.ascontiguousarray(w[d].T))))
-            proj = bb.emit(relax.op.add(proj, relax.const(b[: 4 * hidden] + b[4 * hidden :])))
-            if cls.gpu and hidden > 1024:
-                raise CompileError(f"ONNX LSTM: hidden size {hidden}; a GPU block holds 1024")
-            make = recurrence_func_gpu if cls.gpu else recurrence_func
-            func = make(steps, batch, hidden, reverse)
-            gv = bb.add_func(func, "lstm_recurrence")
-            out = bb.emit(
-                relax.call_tir(
-                    gv,
-                    [proj, relax.const(np.ascontiguousarray(r[d].T))],
-                    [
-                        relax.TensorType((steps, batch, hidden), "float32"),
-                        relax.TensorType((batch, hidden), "float32"),
-                    ],
-                )
-            )
-            y = bb.emit(relax.TupleGetItem(out, 0))
-            ys.append(bb.emit(relax.op.expand_dims(y, 1)))
-            last = 0 if reverse else steps - 1
-            hs.append(bb.emit(relax.op.strided_slice(y, [0], [last], [last + 1])))
-            cs.append(bb.emit(relax.op.expand_dims(relax.TupleGetItem(out, 1), 0)))
-        return relax.Tuple(
+        if bias is None:
+            bias = np.zeros((len(dirs), 8 * hidden), np.float32)
+        # (1, T * B, I) x (I, D * 4H), every direction in one matmul: the frames are the
+        # matmul schedule's rows, so its register tile reuses each weight vector over frames
+        rows = bb.emit(relax.op.reshape(x, (1, steps * batch, features)))
+        weights = np.concatenate([w[d].T for d in range(len(dirs))], axis=1)
+        biases = np.concatenate([b[: 4 * hidden] + b[4 * hidden :] for b in bias])
+        proj = bb.emit(relax.op.matmul(rows, relax.const(np.ascontiguousarray(weights))))
+        proj = bb.emit(relax.op.add(proj, relax.const(biases)))
+        proj = bb.emit(relax.op.reshape(proj, (steps, batch, len(dirs) * 4 * hidden)))
+        shape = (steps, batch, hidden)
+        if cls.gpu:
+            return _recurrences_gpu(bb, proj, r, inputs, dirs, shape)
+        return _recurrence_cpu(bb, proj, r, inputs, dirs, shape)
+
+
+def _recurrence_cpu(bb, proj, r, inputs, dirs, shape):
+    """One call of the CPU kernel for every direction; ONNX's (Y, Y_h, Y_c)."""
+    from tvm import relax
+
+    steps, batch, hidden = shape
+    n = len(dirs)
+    func = recurrence_func(steps, batch, hidden, n, dirs == [True])
+    gv = bb.add_func(func, "lstm_recurrence")
+    rt = relax.const(np.ascontiguousarray(r.transpose(0, 2, 1)))
+    h0, c0 = (_initial_all(inputs, i, n, batch, hidden) for i in (5, 6))
+    out = bb.emit(
+        relax.call_tir(
+            gv,
+            [proj, rt, h0, c0],
             [
-                bb.emit(relax.op.concat(ys, axis=1)),
-                bb.emit(relax.op.concat(hs, axis=0)),
-                bb.emit(relax.op.concat(cs, axis=0)),
-            ]
+                relax.TensorType((steps, n, batch, hidden), "float32"),
+                relax.TensorType((n, batch, hidden), "float32"),
+            ],
         )
+    )
+    y = bb.emit(relax.TupleGetItem(out, 0))
+    hs = []
+    for d, reverse in enumerate(dirs):
+        last = 0 if reverse else steps - 1
+        one = bb.emit(relax.op.strided_slice(y, [0, 1], [last, d], [last + 1, d + 1]))
+        hs.append(bb.emit(relax.op.reshape(one, (1, batch, hidden))))
+    y_h = hs[0] if n == 1 else bb.emit(relax.op.concat(hs, axis=0))
+    return relax.Tuple([y, y_h, bb.emit(relax.TupleGetItem(out, 1))])
+
+
+def _recurrences_gpu(bb, proj, r, inputs, dirs, shape):
+    """One GPU kernel call per direction; ONNX's (Y, Y_h, Y_c)."""
+    from tvm import relax
+
+    steps, batch, hidden = shape
+    ys, hs, cs = [], [], []
+    for d, reverse in enumerate(dirs):
+        p_d = bb.emit(relax.op.strided_slice(proj, [2], [d * 4 * hidden], [(d + 1) * 4 * hidden]))
+        gv = bb.add_func(recurrence_func_gpu(steps, batch, hidden, reverse), "lstm_recurrence")
+        h0, c0 = (_initial(bb, inputs, i, d, batch, hidden) for i in (5, 6))
+        out = bb.emit(
+            relax.call_tir(
+                gv,
+                [p_d, relax.const(np.ascontiguousarray(r[d].T)), h0, c0],
+                [
+                    relax.TensorType((steps, batch, hidden), "float32"),
+                    relax.TensorType((batch, hidden), "float32"),
+                ],
+            )
+        )
+        y = bb.emit(relax.TupleGetItem(out, 0))
+        ys.append(bb.emit(relax.op.expand_dims(y, 1)))
+        last = 0 if reverse else steps - 1
+        hs.append(bb.emit(relax.op.strided_slice(y, [0], [last], [last + 1])))
+        cs.append(bb.emit(relax.op.expand_dims(relax.TupleGetItem(out, 1), 0)))
+    return relax.Tuple(
+        [
+            bb.emit(relax.op.concat(ys, axis=1)),
+            bb.emit(relax.op.concat(hs, axis=0)),
+            bb.emit(relax.op.concat(cs, axis=0)),
+        ]
+    )
+
+
+def _initial(bb, inputs, i: int, d: int, batch: int, hidden: int):
+    """Direction d's initial state (batch, H) for the GPU kernel, from ONNX's initial_h /
+    initial_c (input i): zeros when absent, a constant, or a tensor of the graph."""
+    from tvm import relax
+
+    value = inputs[i] if len(inputs) > i else None
+    if value is None:
+        return relax.const(np.zeros((batch, hidden), np.float32))
+    if hasattr(getattr(value, "value", None), "numpy"):
+        return relax.const(np.ascontiguousarray(value.value.numpy()[d], np.float32))
+    one = bb.emit(relax.op.strided_slice(value, [0], [d], [d + 1]))
+    return bb.emit(relax.op.squeeze(one, [0]))
+
+
+def _initial_all(inputs, i: int, directions: int, batch: int, hidden: int):
+    """ONNX's initial_h / initial_c (input i, (directions, batch, H)) for the CPU kernel:
+    zeros when absent, else the constant or the graph's tensor (a stream step's state)."""
+    from tvm import relax
+
+    value = inputs[i] if len(inputs) > i else None
+    if value is None:
+        return relax.const(np.zeros((directions, batch, hidden), np.float32))
+    return value
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """Whole models with an LSTM head compile: the ONNX LSTM lowered to one input-projection
-matmul per direction plus a TIR recurrence kernel (compile/lowering/lstm.py), checked
+matmul per layer plus a TIR recurrence kernel (compile/lowering/lstm.py), checked
 against PyTorch on real ECG in process (x86_64) and under qemu with the native runner
-(aarch64), the CUDA library built (no GPU here); refused for Cortex-M with its cost.
+(aarch64, armv7), the CUDA library built (no GPU here); refused for Cortex-M with its cost.
 
 The model is torch_ecg's default ECG_SEQ_LAB_NET_CONFIG (multi_scopic backbone,
 bidirectional LSTM, SE, 256-64 classifier) with 4/4/8 filters per branch and hidden sizes
@@ -31,11 +31,12 @@ with warnings.catch_warnings():
 SAMPLES = 512
 
 
-def seq_lab_crnn(bidirectional=True):
+def seq_lab_crnn(bidirectional=True, attn="se"):
     config = copy.deepcopy(ECG_SEQ_LAB_NET_CONFIG)
     config.cnn.multi_scopic.num_filters = [[4, 4, 8]] * 3  # a quick backbone under qemu
     config.rnn.lstm.hidden_sizes = [32, 32]
     config.rnn.lstm.bidirectional = bidirectional
+    config.attn.name = attn
     model = mscnn.ECG_SEQ_LAB_NET(["qrs"], 1, config)
     mscnn.seeded_init(model, 5)
     return model.eval()
@@ -53,14 +54,19 @@ def crnn_bundles(tmp_path_factory, crnn):
     out = tmp_path_factory.mktemp("crnn_bundles")
     variant = resolve_variant(crnn, "1")
     options = BuildOptions(samples=SAMPLES)
-    return {n: build(crnn, TARGETS[n], variant, out, options) for n in ("x86_64", "aarch64")}
+    targets = ("x86_64", "aarch64", "armv7")  # armv7: ~21 s more, its qemu check ~8 s
+    return {n: build(crnn, TARGETS[n], variant, out, options) for n in targets}
+
+
+def cpsc_signals():
+    try:
+        return ecg_data.cpsc2019_records().signals
+    except mscnn.MscnnError as exc:
+        pytest.skip(f"the CPSC2019 records are not here: {exc}")
 
 
 def real_windows(n=4):
-    try:
-        signals = ecg_data.cpsc2019_records().signals
-    except mscnn.MscnnError as exc:
-        pytest.skip(f"the CPSC2019 records are not here: {exc}")
+    signals = cpsc_signals()
     starts = (0, 1500, 3000, 4400)[:n]
     return [
         signals[k * 7][None, None, s : s + SAMPLES].astype(np.float32) for k, s in enumerate(starts)
@@ -85,13 +91,14 @@ def test_x86_bundle_equals_pytorch_on_real_ecg(crnn_bundles, crnn):
 
 @pytest.mark.slow
 @pytest.mark.cross
-def test_aarch64_bundle_passes_its_golden_cases_under_qemu(crnn_bundles, monkeypatch):
+@pytest.mark.parametrize("arch", ["aarch64", "armv7"])
+def test_arm_bundles_pass_their_golden_cases_under_qemu(crnn_bundles, arch, monkeypatch):
     """The device's own output (mscnn-run --check under qemu) on every golden case: the
     50 CPSC2019 records (their first 512 samples) and PyTorch's beats on them. One TVM
     thread: on a loaded 2-core host the runtime's spinning workers under qemu made a
     single window take minutes."""
     monkeypatch.setenv("TVM_NUM_THREADS", "1")
-    done = run_native("aarch64", crnn_bundles["aarch64"].path, "--check")
+    done = run_native(arch, crnn_bundles[arch].path, "--check")
     assert done.returncode == 0, done.stdout + done.stderr
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("check: pass 52/52") and "beats=50/50" in last
@@ -135,3 +142,42 @@ def test_int8_refuses_an_lstm_head_naming_it():
 
     with pytest.raises(CompileError, match=r"int8: rnn 'lstm' has no integer form"):
         quantize.check_quantizable(seq_lab_crnn())
+
+
+# --------------------------------------------------------------------------------------
+# A unidirectional LSTM detector streams: its step carries h and c per layer
+
+
+@pytest.fixture(scope="module")
+def uni_stream(tmp_path_factory):
+    """The small CRNN with a unidirectional LSTM and no SE (SE needs the whole record):
+    its step for hops of 512 samples, x86_64 only (about 35 s to build on 2 busy cores)."""
+    out = tmp_path_factory.mktemp("uni_stream")
+    mscnn.save_checkpoint(
+        out / "uni.pt", seq_lab_crnn(bidirectional=False, attn="none"), leads=["II"], fs=500
+    )
+    loaded = mscnn.load_checkpoint(out / "uni.pt")
+    variant = resolve_variant(loaded, "1")
+    return loaded, build(loaded, TARGETS["x86_64"], variant, out, BuildOptions(hop=512))
+
+
+@pytest.mark.slow
+def test_unidirectional_lstm_stream_bundle_equals_the_offline_model(uni_stream):
+    """The build streamed its golden record (the 50 CPSC2019 records back to back) through
+    the native runner: within tolerance, the same beats. Here the Python runtime streams
+    20 s of other real ECG in uneven chunks: the offline model's logits."""
+    from deploy.parity import compare
+    from deploy.stream import open_stream
+
+    loaded, bundle = uni_stream
+    m = bundle.manifest
+    names = {s.name: s.shape for s in m.stream.states}
+    assert names["rnn.lstm_1.h"] == names["rnn.lstm_2.c"] == (1, 1, 32)
+    assert m.parity.tvm.passed and m.parity.tvm.how == "native" and m.parity.task.passed
+    x = cpsc_signals()[[2, 33]].reshape(1, -1).astype(np.float32)
+    stream = open_stream(bundle)
+    parts = [stream.push(x[:, a:b]) for a, b in ((0, 700), (700, 4321), (4321, 10_000))]
+    got = np.concatenate([*parts, stream.flush()], axis=1)
+    with torch.no_grad():
+        expected = loaded.model(torch.from_numpy(x)[None])[0].numpy().T
+    assert compare(got, expected, "cpu").passed, compare(got, expected, "cpu")

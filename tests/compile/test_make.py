@@ -130,6 +130,29 @@ def test_the_classifier_builds_on_request():
     }
 
 
+def test_the_lstm_models_build_on_request_for_all_six_targets():
+    """torch_ecg's default seq-lab CRNN and the lead-wise CRNN: not in the default build,
+    every bundle target on request (their int8 and stream bundles are not asked for)."""
+    default = make("print-bundles", "BUILD=b").stdout.split()
+    assert not [b for b in default if "crnn" in b]
+    done = make("print-bundles", "BUILD=b", "PRESET=seq_lab_crnn,leadwise_crnn")
+    targets = ("x86_64", "x86_64-avx512", "aarch64", "armv7", "cuda", "jetson-orin")
+    assert sorted(done.stdout.split()) == sorted(
+        f"b/{t}/{name}/manifest.json"
+        for t in targets
+        for name in ("seq_lab_crnn-1lead", "leadwise_crnn-12lead", "leadwise_crnn-3lead")
+    )
+
+
+def test_bench_times_the_seq_lab_crnn():
+    """`make bench` builds torch_ecg's default seq-lab CRNN into the folder it then times
+    beside ONNX Runtime and PyTorch (a dry run: nothing is built)."""
+    lines = make("-n", "bench", "BUILD=b").stdout.splitlines()
+    built = [i for i, line in enumerate(lines) if "--preset seq_lab_crnn --out b/bench" in line]
+    timed = [i for i, line in enumerate(lines) if "-m compile bench b/bench" in line]
+    assert built and timed and built[0] < timed[0]
+
+
 @pytest.mark.slow
 def test_incremental_and_parallel(tmp_path):
     common = [f"BUILD={tmp_path}", "PRESET=cpsc2019", "TARGETS=x86_64,aarch64"]

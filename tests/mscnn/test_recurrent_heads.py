@@ -3,6 +3,7 @@
 real ECG, refusals that name the key, streaming refused (or exact) per layer."""
 
 import copy
+import itertools
 import warnings
 
 import numpy as np
@@ -257,6 +258,64 @@ def test_bidirectional_lstm_is_refused_for_streaming_naming_the_layer():
         r"backwards.*docs/streaming\.md",
     ):
         StreamingModel(model, 80)
+
+
+def uni_lstm_detector():
+    """A small unidirectional two-layer LSTM detector (no attention: SE needs the record)."""
+    config = seq_lab(
+        rnn={"hidden_sizes": [16, 8], "bidirectional": False, "dropouts": [0.2, 0]},
+        attn="none",
+        backbone=small_backbone(),
+    )
+    model = ECG_SEQ_LAB_NET(CLASSES, 1, config)
+    seeded_init(model, seed=11)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def uni_lstm():
+    return uni_lstm_detector()
+
+
+@pytest.fixture(scope="module")
+def cpsc_20s():
+    """Two CPSC2019 records back to back: 20 s of real ECG (mV)."""
+    return torch.from_numpy(ecg_data.cpsc2019_records().signals[[4, 21]].reshape(1, -1).copy())
+
+
+def test_unidirectional_lstm_state_is_h_and_c_per_layer(uni_lstm):
+    step = mscnn.StepModule(uni_lstm, 512)
+    specs = {s.name: s.shape for s in step.state_specs()}
+    for layer, hidden in (("lstm_1", 16), ("lstm_2", 8)):
+        assert specs[f"rnn.{layer}.h"] == specs[f"rnn.{layer}.c"] == (1, 1, hidden)
+    # The LSTM's hops start at offline frame 0: the step's lag is whole hops.
+    assert step.delay_frames % step.frames_per_step == 0
+
+
+@needs_data
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    hop=st.sampled_from([160, 512, 1024]),
+    cuts=st.lists(st.integers(0, 10_000), min_size=1, max_size=4),
+)
+def test_unidirectional_lstm_streams_exactly_on_real_ecg(uni_lstm, cpsc_20s, hop, cuts):
+    """20 s of real ECG pushed in chunks cut anywhere, at any hop: the offline model's
+    logits (h and c carried between hops, zero at offline frame 0). One torch thread, as
+    StreamingModel advises for its many small ops."""
+    x = cpsc_20s
+    bounds = [0, *sorted(cuts), x.shape[-1]]
+    s = StreamingModel(uni_lstm, hop)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        parts = [s.push(x[:, a:b]) for a, b in itertools.pairwise(bounds)]
+        streamed = torch.cat([*parts, s.flush()], dim=-1)
+    finally:
+        torch.set_num_threads(threads)
+    with torch.no_grad():
+        expected = uni_lstm(x[None])[0].T
+    assert streamed.shape == expected.shape
+    assert (streamed - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
 
 
 @pytest.mark.parametrize("attn", ["gc", "nl"])

@@ -167,20 +167,52 @@ def test_default_model_leaves_global_rng_alone():
 def torch_ecg_whole_model(preset: str) -> torch.nn.Module:
     """torch_ecg's own default config, with only the choices the preset names changed."""
     p = PRESETS[preset]
-    if preset == "cpsc2019_qrs":
-        config = copy.deepcopy(ECG_SEQ_LAB_NET_CONFIG)
-        config.rnn.name = "none"
-        config.attn.name = "none"
+    config = torch_ecg_config(preset)
+    if p.head == "ECG_SEQ_LAB_NET":
         return TorchEcgSeqLab(list(p.classes), p.in_channels, config)
+    return TorchEcgCRNN(list(p.classes), p.in_channels, config)
+
+
+def torch_ecg_config(preset: str):
+    if preset in ("cpsc2019_qrs", "seq_lab_crnn"):
+        config = copy.deepcopy(ECG_SEQ_LAB_NET_CONFIG)
+        if preset == "cpsc2019_qrs":
+            config.rnn.name = "none"
+            config.attn.name = "none"
+        return config
     config = copy.deepcopy(ECG_CRNN_CONFIG)
     config.cnn.name = "multi_scopic_leadwise"
-    return TorchEcgCRNN(list(p.classes), p.in_channels, config)
+    if preset == "leadwise_crnn":
+        config.rnn.name = "lstm"
+    return config
+
+
+@pytest.mark.parametrize("preset", ["seq_lab_crnn", "leadwise_crnn"])
+def test_crnn_presets_are_torch_ecg_defaults(preset):
+    """The CRNN presets resolve to the same model as torch_ecg's default ECG_SEQ_LAB_NET
+    config unchanged, and its ECG_CRNN config on multi_scopic_leadwise with its default
+    LSTM (that those configs give torch_ecg's logits: tests/mscnn/test_recurrent_heads.py)."""
+    from mscnn.heads import resolve_head_config
+
+    p = PRESETS[preset]
+    theirs, _ = resolve_head_config(p.head, p.in_channels, p.classes, torch_ecg_config(preset))
+    ours, _ = resolve_head_config(p.head, p.in_channels, p.classes, p.config)
+    assert ours == theirs
+    assert (
+        ours.rnn.bidirectional
+        and ours.rnn.hidden_sizes
+        == {
+            "seq_lab_crnn": (256, 256),
+            "leadwise_crnn": (192, 192),
+        }[preset]
+    )
 
 
 @pytest.mark.parametrize("preset", ["cpsc2019_qrs", "leadwise_classifier"])
 def test_whole_model_presets_are_torch_ecg_defaults(preset, tmp_path):
     """The whole-model presets are torch_ecg's default ECG_SEQ_LAB_NET (rnn and attention
-    none) and ECG_CRNN (multi_scopic_leadwise): torch_ecg's config builds the preset's
+    none; and unchanged: the CRNN) and ECG_CRNN (multi_scopic_leadwise; and with its
+    default LSTM): torch_ecg's config builds the preset's
     layers, and a bare torch_ecg state dict loads with the preset, giving its logits."""
     p = PRESETS[preset]
     theirs = torch_ecg_whole_model(preset)
