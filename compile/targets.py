@@ -124,7 +124,7 @@ TARGETS: dict[str, Target] = {
         Target(
             "x86_64-avxvnni",
             "x86-64 with AVX2, FMA and AVX-VNNI, no AVX-512 (Alder Lake and newer client "
-            "cores, Gracemont Atoms, Zen 5): built only when named",
+            "cores, Gracemont Atoms): built only when named; Zen 5 has AVX-512, so x86_64-avx512",
             _X86_AVXVNNI,
             arch="x86_64",
             device="cpu",
