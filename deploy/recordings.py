@@ -59,7 +59,13 @@ def read_recording(path: str | Path) -> Recording:
         return _read_edf(path)
     if kind == "csv":
         return _read_csv(path)
-    x = read_record(path)
+    x = _leads_by_samples(read_record(path), path)
+    return Recording(x, tuple(map(str, range(len(x)))), None, "npy")
+
+
+def _leads_by_samples(x: np.ndarray, path: Path) -> np.ndarray:
+    """A .npy record as (leads, samples): (samples,) and (1, leads, samples) reshaped
+    (a memory map stays one), any other shape refused."""
     if x.ndim == 3 and x.shape[0] == 1:
         x = x[0]
     if x.ndim not in (1, 2) or x.size == 0:
@@ -67,8 +73,7 @@ def read_recording(path: str | Path) -> Recording:
             f"{show(path)}: shape {x.shape}; expected (samples,), (leads, samples) or "
             "(1, leads, samples)"
         )
-    x = x.reshape(1, -1) if x.ndim == 1 else x
-    return Recording(x, tuple(map(str, range(len(x)))), None, "npy")
+    return x.reshape(1, -1) if x.ndim == 1 else x
 
 
 def _need(module: str, pin: str, what: str):
@@ -293,15 +298,7 @@ def open_recording(path: str | Path) -> RecordSource:
 
 
 def _open_npy(path: Path) -> RecordSource:
-    x = read_record(path, mapped=True)
-    if x.ndim == 3 and x.shape[0] == 1:
-        x = x[0]
-    if x.ndim not in (1, 2) or x.size == 0:
-        raise DeployError(
-            f"{show(path)}: shape {x.shape}; expected (samples,), (leads, samples) or "
-            "(1, leads, samples)"
-        )
-    x = x.reshape(1, -1) if x.ndim == 1 else x
+    x = _leads_by_samples(read_record(path, mapped=True), path)
 
     def read(rows: list[int], size: int) -> Iterator[np.ndarray]:
         for at in range(0, x.shape[1], size):
