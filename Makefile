@@ -16,7 +16,8 @@ help:
 	@echo "             check parity, print the summary (TARGETS= VARIANTS= PRESET= CHECKPOINT="
 	@echo "             PRECISION=fp32|int8|fp16; default: fp32, plus the detector in int8 and fp16)"
 	@echo "make parity  check every bundle in build/: x86 in-process, ARM under qemu with"
-	@echo "             the native runner, CUDA only where a GPU is present"
+	@echo "             the native runner, CUDA only where a GPU is present (QEMU_CASES=N:"
+	@echo "             the first N golden cases of each bundle under qemu, for large models)"
 	@echo "make package TARGET=aarch64   a tarball of the runner, runtime and bundles"
 	@echo "             (SIGNING_KEY=KEY: signed bundles, a runner that trusts KEY.pub alone,"
 	@echo "             TARBALL.sig; make build SIGNING_KEY=KEY signs each bundle's manifest)"
@@ -246,8 +247,11 @@ $(BUILD)/native/%/mscnn-run: $(NATIVE_SOURCES) | $(STAMP) $(TOOLCHAINS)
 
 runners: $(RUNNERS)
 
+# QEMU_CASES=N: under qemu, the first N golden cases of each bundle (a full-size LSTM
+# model takes tens of seconds a case there); in-process checks run every case.
+QEMU_CASES ?=
 parity: $(RUNNERS)
-	$(PY) -m deploy parity $(BUILD) --runners $(BUILD)/native
+	$(PY) -m deploy parity $(BUILD) --runners $(BUILD)/native $(if $(QEMU_CASES),--qemu-cases $(QEMU_CASES))
 
 # make package TARGET=aarch64: the runner, the runtime and that target's bundles.
 # make package TARGET=cortex-m7: the streaming detector (MCU_HOP samples per step) for a

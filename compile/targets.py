@@ -186,6 +186,18 @@ TARGETS: dict[str, Target] = {
             host=_X86_HOST,
         ),
         Target(
+            "cuda-hopper",
+            "NVIDIA Hopper GPU (sm_90: H100, H200) on an x86-64 host: built only when named",
+            {"kind": "cuda", "arch": "sm_90"},
+            arch="x86_64",
+            device="cuda",
+            compiler="g++",
+            apt_package="g++",
+            run="gpu",
+            host=_X86_HOST,
+            default=False,
+        ),
+        Target(
             "jetson-orin",
             "NVIDIA Jetson Orin (CUDA sm_87) with its aarch64 host",
             {"kind": "cuda", "arch": "sm_87"},

@@ -317,13 +317,20 @@ def _add_parity(sub) -> None:
         default=Path("build/native"),
         help="folder of native runners, one per architecture",
     )
+    s.add_argument(
+        "--qemu-cases",
+        type=positive,
+        metavar="N",
+        help="under qemu, check only the first N golden cases of each bundle (a large "
+        "model takes seconds a case there); in-process checks run them all",
+    )
     s.set_defaults(func=_sweep)
 
 
 def _sweep(args) -> int:
     from .sweep import format_table, sweep
 
-    rows = sweep(args.folder, args.runners)
+    rows = sweep(args.folder, args.runners, qemu_cases=args.qemu_cases)
     if not rows:
         raise DeployError(f"no bundles under {show(args.folder)}/; run `make build` first")
     print(format_table(rows))

@@ -27,20 +27,25 @@ class SweepRow:
     task: str = "-"  # whole models: "50/50 beats" (identical to PyTorch's), or "-"
 
 
-def sweep(folder: Path, runners: Path, timeout: float = 1800) -> list[SweepRow]:
-    """Check every bundle under `folder` (`<target>/<bundle>/manifest.json`)."""
+def sweep(
+    folder: Path, runners: Path, timeout: float = 1800, qemu_cases: int | None = None
+) -> list[SweepRow]:
+    """Check every bundle under `folder` (`<target>/<bundle>/manifest.json`); under qemu,
+    only the first `qemu_cases` golden cases of each bundle when given."""
     rows = []
     for manifest in sorted(Path(folder).glob(f"*/*/{MANIFEST}")):
         path = manifest.parent
         label = f"{path.parent.name}/{path.name}"
         try:
-            rows.append(_one(label, path, runners, timeout))
+            rows.append(_one(label, path, runners, timeout, qemu_cases))
         except DeployError as exc:
             rows.append(SweepRow(label, str(exc), None, "unusable"))
     return rows
 
 
-def _one(label: str, path: Path, runners: Path, timeout: float) -> SweepRow:
+def _one(
+    label: str, path: Path, runners: Path, timeout: float, qemu_cases: int | None
+) -> SweepRow:
     bundle = load_bundle(path)
     target = bundle.target
     runs, why = can_run_here(target.arch, target.device, target.cpu_flags)
@@ -59,13 +64,17 @@ def _one(label: str, path: Path, runners: Path, timeout: float) -> SweepRow:
         return SweepRow(
             label, f"not run: no {target.arch} runner at {runner} (make runners)", None, "not run"
         )
+    limit = ["--cases", str(qemu_cases)] if qemu_cases else []
     done = subprocess.run(
-        [*emulator, str(runner), str(path), "--check", *runner_args(current_trust())],
+        [*emulator, str(runner), str(path), "--check", *limit, *runner_args(current_trust())],
         capture_output=True,
         text=True,
         timeout=timeout,
     )
     how = f"{emulator[0]} + {RUNNER}"
+    part = re.search(r"\(the first (\d+) of (\d+) golden cases\)", done.stdout)
+    if part:
+        how += f", {part.group(1)} of {part.group(2)} cases"
     found = re.search(r"worst_normalised=(\S+)", done.stdout)
     normalised = float(found.group(1)) if found else None
     task = re.search(r"(beats|decisions)=(\d+)/(\d+)", done.stdout)

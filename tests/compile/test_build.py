@@ -68,7 +68,7 @@ def test_bundle_per_target(cpsc_bundles, bundle_samples, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n, t in TARGETS.items() if t.device == "cuda"])
+@pytest.mark.parametrize("name", [n for n, t in TARGETS.items() if t.is_gpu and t.default])
 def test_cuda_bundles_hold_compiled_kernels(cpsc_bundles, name):
     """Not CUDA source: an embedded cubin (ELF for EM_CUDA) of the target's SM."""
     library = cpsc_bundles[name].path / "model.so"

@@ -62,13 +62,18 @@ def test_default_matrix_matches_the_python_defaults():
 
 def test_a_target_outside_the_default_matrix_builds_when_named():
     """x86_64-avxvnni (AVX-VNNI, which few machines here run) is in no default build,
-    and `make build TARGETS=x86_64-avxvnni` makes its fp32 and int8 detector."""
+    and `make build TARGETS=x86_64-avxvnni` makes its fp32 and int8 detector; likewise
+    cuda-hopper, the sm_90 GPU target, its fp32 detector."""
     assert "x86_64-avxvnni" in TARGETS and "x86_64-avxvnni" not in DEFAULT
     done = make("print-bundles", "BUILD=b", "TARGETS=x86_64-avxvnni", "PRESET=cpsc2019_qrs")
     assert set(done.stdout.split()) == {
         f"b/x86_64-avxvnni/cpsc2019_qrs-1lead{s}/manifest.json"
         for s in ("", "-int8", "-stream512", "-stream512-int8")
     }
+    # cuda-hopper (sm_90, H100/H200): outside the default matrix, fp32 window bundles only
+    assert "cuda-hopper" in TARGETS and "cuda-hopper" not in DEFAULT
+    done = make("print-bundles", "BUILD=b", "TARGETS=cuda-hopper", "PRESET=cpsc2019_qrs")
+    assert done.stdout.split() == ["b/cuda-hopper/cpsc2019_qrs-1lead/manifest.json"]
 
 
 def test_the_default_build_holds_the_detectors_stream_bundles():

@@ -714,6 +714,12 @@ ROWS: list[Row] = [
         ("--fs (the record's rate) goes with --stream or --detect",)),
     Row("--fs a fraction", args(lambda s, f: [str(s.base), "--stream", "--fs", "360.5"]), 2,
         ("--fs 360.5: expected the record's sampling rate as a whole, positive number",)),
+    Row("--cases 1 checks the first case alone", args(lambda s, f: [str(s.base), "--check",
+        "--cases", "1"]), 0, ("check: pass 1/1", "(the first 1 of ")),
+    Row("--cases 0", args(lambda s, f: [str(s.base), "--check", "--cases", "0"]), 2,
+        ("--cases needs a whole number of at least 1, not '0'",)),
+    Row("--cases with --info", args(lambda s, f: [str(s.base), "--info", "--cases", "2"]), 2,
+        ("--cases (how many golden cases to check) goes with --check",)),
 ]
 # fmt: on
 

@@ -96,13 +96,17 @@ std::string BeatsText(const Manifest& m, int identical, int cases) {
 // The check's last line and exit status. fp16 bundles report their beats: their golden
 // outputs are fp32 PyTorch's, and a reduced precision is judged on accuracy (held-out
 // records), not on identity.
-int Conclude(const Manifest& m, int passed, std::size_t cases, double worst, int same_beats,
-             int beat_cases) {
+// `listed`: how many golden cases the bundle holds (more than `cases` under --cases).
+int Conclude(const Manifest& m, int passed, std::size_t cases, std::size_t listed, double worst,
+             int same_beats, int beat_cases) {
   const bool beats_gate = m.precision != "fp16";
   const bool ok = passed == int(cases) && (same_beats == beat_cases || !beats_gate);
-  std::printf("check: %s %d/%zu worst_normalised=%.3g%s%s\n", ok ? "pass" : "FAIL", passed,
+  const std::string part = cases < listed ? " (the first " + std::to_string(cases) + " of " +
+                                                std::to_string(listed) + " golden cases)"
+                                          : "";
+  std::printf("check: %s %d/%zu worst_normalised=%.3g%s%s%s\n", ok ? "pass" : "FAIL", passed,
               cases, worst, BeatsText(m, same_beats, beat_cases).c_str(),
-              beats_gate || !m.has_detect ? "" : " (reported, not judged: fp16)");
+              beats_gate || !m.has_detect ? "" : " (reported, not judged: fp16)", part.c_str());
   std::fflush(stdout);
   return ok ? 0 : 1;
 }
@@ -146,7 +150,7 @@ Array StreamRecord(StreamRunner& runner, const Array& record) {
 // A stream bundle's golden case is a whole record (leads, samples) with the offline
 // model's frames (channels, frames): streamed hop by hop, the step must give them (and,
 // for a detector, the same beats).
-int CheckStream(Bundle& bundle, const std::string& device, double tolerance) {
+int CheckStream(Bundle& bundle, const std::string& device, double tolerance, std::int64_t limit) {
   const Manifest& m = bundle.manifest();
   const std::int64_t leads = std::int64_t(m.leads.size());
   struct Case {
@@ -168,6 +172,8 @@ int CheckStream(Bundle& bundle, const std::string& device, double tolerance) {
     }
     cases.push_back(std::move(c));
   }
+  const std::size_t listed = cases.size();
+  if (limit > 0 && std::size_t(limit) < listed) cases.resize(std::size_t(limit));
   const auto load_start = std::chrono::steady_clock::now();
   Model model(bundle.LibraryPath(), "model.so in " + bundle.dir(), device, RuntimeDir());
   StreamRunner runner(model, m.stream, leads);
@@ -193,7 +199,7 @@ int CheckStream(Bundle& bundle, const std::string& device, double tolerance) {
     }
   }
   const int beat_cases = m.has_detect ? int(cases.size()) : 0;
-  return Conclude(m, passed, cases.size(), worst, same_beats, beat_cases);
+  return Conclude(m, passed, cases.size(), listed, worst, same_beats, beat_cases);
 }
 
 }  // namespace
@@ -208,7 +214,8 @@ int Check(const Options& o) {
     throw Refusal("bundle " + Clip(m.name) + " lists no golden data, so there is nothing to check; "
                   "rebuild the bundle with `python -m compile build`");
   }
-  if (m.has_stream) return CheckStream(bundle, device, tolerance);
+  if (m.has_stream) return CheckStream(bundle, device, tolerance, o.cases);
+  const std::int64_t limit = o.cases;
 
   struct Case {
     const GoldenPair* pair;
@@ -226,6 +233,8 @@ int Check(const Options& o) {
     cases.push_back(std::move(c));
   }
 
+  const std::size_t listed = cases.size();
+  if (limit > 0 && std::size_t(limit) < listed) cases.resize(std::size_t(limit));
   const auto load_start = std::chrono::steady_clock::now();
   Model model(bundle.LibraryPath(), "model.so in " + bundle.dir(), device, RuntimeDir());
   const double load_ms = Millis(std::chrono::steady_clock::now() - load_start);
@@ -248,7 +257,7 @@ int Check(const Options& o) {
       if (SameBeats(got, c.expected, m.detect, m.input.shape[2])) ++same_beats;
     }
   }
-  return Conclude(m, passed, cases.size(), worst, same_beats, beat_cases);
+  return Conclude(m, passed, cases.size(), listed, worst, same_beats, beat_cases);
 }
 
 int Tolerances(const Options&) {

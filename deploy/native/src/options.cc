@@ -12,7 +12,7 @@ namespace {
 constexpr const char* kVersion = "0.1.0";
 
 constexpr const char* kUsage =
-    "usage: mscnn-run BUNDLE --check [--device cpu|cuda]\n"
+    "usage: mscnn-run BUNDLE --check [--device cpu|cuda] [--cases N]\n"
     "       mscnn-run BUNDLE --input X.npy --output Y.npy [--device cpu|cuda]\n"
     "       mscnn-run BUNDLE --input X.npy --detect [--json] [--fs HZ]  (R-peak detectors)\n"
     "       mscnn-run BUNDLE --stream [--input FILE|-] [--detect [--json]] [--fs HZ]\n"
@@ -28,13 +28,25 @@ constexpr const char* kUsage =
     "golden/). Every file the manifest lists is checked against its SHA-256 before\n"
     "model.so is loaded. --fs HZ: the record's sampling rate (default: the bundle's); a\n"
     "record at another is resampled to the bundle's and its beats are reported in its\n"
-    "own samples. Exit codes: 0 ok, 1 golden mismatch, 2 refused (see stderr).\n";
+    "own samples. --cases N: check only the first N golden cases (under an emulator a\n"
+    "large model takes seconds a case). Exit codes: 0 ok, 1 golden mismatch, 2 refused\n"
+    "(see stderr).\n";
 
 void SetMode(Options* o, const std::string& mode) {
   if (!o->mode.empty() && o->mode != mode) {
     throw Refusal("--" + o->mode + " and --" + mode + " cannot be combined; run mscnn-run --help");
   }
   o->mode = mode;
+}
+
+// --cases N: a whole number of at least 1.
+std::int64_t ParseCount(const std::string& text) {
+  std::int64_t n = 0;
+  const bool digits = !text.empty() && text.size() <= 9 &&
+                      text.find_first_not_of("0123456789") == std::string::npos;
+  if (digits) n = std::stoll(text);
+  if (n < 1) throw Refusal("--cases needs a whole number of at least 1, not '" + text + "'");
+  return n;
 }
 
 }  // namespace
@@ -83,6 +95,8 @@ Options ParseArgs(int argc, char** argv) {
       have_output = true;
     } else if (arg == "--fs") {
       o.fs = ParseRate(take_value("--fs"), "--fs");
+    } else if (arg == "--cases") {
+      o.cases = ParseCount(take_value("--cases"));
     } else if (arg == "--trust") {
       o.trust = take_value("--trust");
       if (o.trust.empty()) throw Refusal("--trust needs a public key file (KEY.pub)");
@@ -141,6 +155,9 @@ Options ParseArgs(int argc, char** argv) {
   if (o.fs != 0 && o.mode != "stream" && o.mode != "detect") {
     throw Refusal("--fs (the record's rate) goes with --stream or --detect --input X.npy, "
                   "not --" + o.mode);
+  }
+  if (o.cases != 0 && o.mode != "check") {
+    throw Refusal("--cases (how many golden cases to check) goes with --check, not --" + o.mode);
   }
   if (!o.device.empty() && o.mode != "check" && o.mode != "run" && o.mode != "detect" &&
       o.mode != "stream") {

@@ -14,6 +14,7 @@ struct Options {
   std::string output;
   std::string device;
   std::int64_t fs = 0;  // --fs: the record's rate in Hz (0: the bundle's is assumed)
+  std::int64_t cases = 0;  // --cases N: --check runs the first N golden cases (0: all)
   bool detect = false;
   bool json = false;
   std::string trust;               // --trust KEY.pub: run only bundles that key signed
