@@ -43,9 +43,7 @@ def sweep(
     return rows
 
 
-def _one(
-    label: str, path: Path, runners: Path, timeout: float, qemu_cases: int | None
-) -> SweepRow:
+def _one(label: str, path: Path, runners: Path, timeout: float, qemu_cases: int | None) -> SweepRow:
     bundle = load_bundle(path)
     target = bundle.target
     runs, why = can_run_here(target.arch, target.device, target.cpu_flags)
