@@ -571,6 +571,92 @@ def workspace_bytes(llvm_ir: str) -> int:
     return worst
 
 
+def _aligned_workspace(stmt, mask):
+    """`stmt` with every workspace buffer's data pointer taken through `llvm.ptrmask`
+    with `mask` (None where nothing changed). TVM hands LLVM the pointer that
+    __TVMBackendAllocWorkspace returns, of unknown alignment, so LLVM knows the scratch
+    only as its element type's (2 bytes for int16) and reads no two words of it with
+    one `ldrd`. Our pool gives out `ALIGN`-byte blocks (deploy/mcu/mscnn_rt.c), so the
+    mask clears bits that are clear: the same pointer, its alignment now stated. Every
+    access of the buffer (the padding's stores, the conv's loads, the null check and
+    the free) goes through that one value, so no load can be moved past a store."""
+    import tvm
+    from tvm import tirx
+
+    kind = type(stmt).__name__
+    if kind == "DeclBuffer":
+        data = stmt.data
+        if isinstance(data, tvm.ir.Call) and data.op.name == "tirx.TVMBackendAllocWorkspace":
+            masked = tirx.call_llvm_pure_intrin(
+                "handle", "llvm.ptrmask", data, tirx.const(mask, "int32")
+            )
+            return tirx.DeclBuffer(stmt.buffer, data=masked)
+        return None
+    if kind == "SeqStmt":
+        seq = [_aligned_workspace(s, mask) for s in stmt.seq]
+        if all(s is None for s in seq):
+            return None
+        return tirx.SeqStmt([new or old for new, old in zip(seq, stmt.seq, strict=True)])
+    if kind == "IfThenElse":
+        then, other = stmt.then_case, stmt.else_case
+        parts = [_aligned_workspace(then, mask), other and _aligned_workspace(other, mask)]
+        if parts == [None, None]:
+            return None
+        return tirx.IfThenElse(stmt.condition, parts[0] or then, parts[1] or other)
+    body = _aligned_workspace(stmt.body, mask) if kind in ("For", "AttrStmt") else None
+    if body is None:
+        return None
+    if kind == "AttrStmt":
+        return tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, body)
+    return tirx.For(
+        stmt.loop_var,
+        stmt.min,
+        stmt.extent,
+        stmt.kind,
+        body,
+        stmt.thread_binding,
+        stmt.annotations,
+        stmt.step,
+    )
+
+
+def align_workspace_pass():
+    """The PrimFunc pass of `_aligned_workspace` (after TVM's LowerTVMBuiltin, which
+    turns scratch buffers into workspace calls), stating `ALIGN`."""
+    import tvm
+
+    @tvm.tirx.transform.prim_func_pass(opt_level=0, name="mscnn_align_workspace")
+    def run(func, _mod, _ctx):
+        body = _aligned_workspace(func.body, -ALIGN)
+        return func if body is None else func.with_body(body)
+
+    return run
+
+
+def _pipeline():
+    """TVM's default TIR pipeline with `align_workspace_pass` after LowerTVMBuiltin:
+    the name `compile_kernels` builds with."""
+    import tvm
+    from tvm.tirx import compilation_pipeline
+
+    def factory():
+        lower, _, device = tvm.tirx.get_tir_pipeline("default")
+
+        def host():
+            return tvm.ir.transform.Sequential(
+                [
+                    tvm.tirx.transform.LowerTVMBuiltin(),
+                    align_workspace_pass(),
+                    tvm.tirx.transform.LowerIntrin(),
+                ]
+            )
+
+        return lower, host, device
+
+    compilation_pipeline.register_tir_pipeline("mscnn_mcu", factory)
+    return "mscnn_mcu"
+
+
 def compile_kernels(lowered: Lowered, tvm_target: Mapping[str, Any], path: Path) -> Kernels:
     """The PrimFuncs as one Thumb-2 object file (TVM's LLVM backend).
 
@@ -583,7 +669,7 @@ def compile_kernels(lowered: Lowered, tvm_target: Mapping[str, Any], path: Path)
 
     target = tvm.target.Target(dict(tvm_target))
     with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
-        lib = tvm.tirx.build(lowered.kernels, target=target)
+        lib = tvm.tirx.build(lowered.kernels, target=target, pipeline=_pipeline())
     lib.write_to_file(str(path))
     return Kernels(path, workspace_bytes(lib.inspect_source("ll")))
 
