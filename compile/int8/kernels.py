@@ -92,6 +92,9 @@ class Dot:
     # Weights packed [w0, w2, w1, w3] per group of 4: Arm's sxtb16 then unpacks one word
     # into the int16 pairs (w0, w1) and (w2, w3) that smlad multiplies.
     interleave: bool = False
+    # Output channels requantized as one vector (Helium: 4 int32 lanes, `_requant_mulh`);
+    # 1: the requantization per channel, as the dot leaves it
+    requant_lanes: int = 1
 
 
 @dataclass(frozen=True)
@@ -148,10 +151,10 @@ ISAS: dict[str, Isa] = {
             "mve",
             "mve",
             ("thumbv8.1m",),
-            Dot(1, 16, "int8", "int8", "mscnn_vmlava_s8", registers=8),
+            Dot(1, 16, "int8", "int8", "mscnn_vmlava_s8", registers=8, requant_lanes=4),
             # the input layer (one lead: a vmlava would multiply seven padding lanes):
             # plain loops over output channels, vmla of 4 int32 lanes by one input sample
-            Dot(4, 1, None, "int8", None, registers=4),
+            Dot(4, 1, None, "int8", None, registers=4, requant_lanes=4),
             "vmlava",
             parallel=False,
         ),
@@ -660,12 +663,31 @@ class ConvKernel:
         def padded(v: np.ndarray, dtype, fill: int) -> np.ndarray:  # padding lanes unused
             return np.concatenate([v, np.full(fp - f, fill, dtype=v.dtype)]).astype(dtype)
 
-        out += [
-            padded(rq.multiplier, np.int32, 0),
-            padded(rq.rounding, np.int64, 0),
-            padded(rq.shift, np.int64, 1),
-        ]
+        if self.mulh:  # r = hi * 2^32 + lo; the shift past the high word's 32 bits
+            rounding = rq.rounding.astype(np.int64)
+            out += [
+                padded(rq.multiplier, np.int32, 0),
+                padded(rounding >> 32, np.int32, 0),
+                padded(~(rounding & 0xFFFFFFFF).astype(np.uint32).view(np.int32), np.int32, -1),
+                padded(rq.shift - 32, np.int32, 0),
+            ]
+        else:
+            out += [
+                padded(rq.multiplier, np.int32, 0),
+                padded(rq.rounding, np.int64, 0),
+                padded(rq.shift, np.int64, 1),
+            ]
         return out + ([self.lut] if self.lut is not None else [])
+
+    @property
+    def mulh(self) -> bool:
+        """Whether the requantization runs on vectors of output channels by their high
+        products (`_requant_mulh`): the Dot asks for it, the register tile holds whole
+        vectors of output channels and every shift is at least 32."""
+        rq, lanes = self.conv.requant, self.dot.requant_lanes
+        if lanes == 1 or rq is None or int(rq.shift.min()) < 32:
+            return False
+        return self.tile(serial=True)[1] * self.dot.lanes % lanes == 0
 
     @property
     def macs(self) -> int:
@@ -756,13 +778,21 @@ def _epilogue(kc: ConvKernel, acc, bias, narrow: bool = False):
     rq = conv.requant
     # The multiplier fits int32: a 32 x 32 -> 64-bit multiply (vpmuldq, smull), not 64 x 64.
     mul = te.placeholder((fp,), "int32", name="mul")
-    rnd, sh = (te.placeholder((fp,), "int64", name=nm) for nm in ("rnd", "sh"))
+    if kc.mulh:
+        rq_args = [mul, *_requant_mulh_args(fp)]
+    else:
+        rq_args = [mul, *(te.placeholder((fp,), "int64", name=nm) for nm in ("rnd", "sh"))]
+    rnd, sh = rq_args[1], rq_args[-1]
     lut = te.placeholder((256,), str(kc.lut.dtype), name="lut") if kc.lut is not None else None
 
     def requant(a, f):
         a = a + bias[f]
         if rq.relu:
             a = tirx.max(a, 0)
+        if kc.mulh:
+            y = _requant_mulh(a, f, *rq_args)
+            y = tirx.max(tirx.min(y, tirx.const(rq.hi, "int32")), tirx.const(rq.lo, "int32"))
+            return y.astype(conv.out_dtype)
         y = a.astype("int64") * mul[f].astype("int64") + rnd[f]
         wide = "int32" if narrow and int(rq.shift.min()) >= 32 else "int64"
         if wide == "int32":
@@ -784,12 +814,41 @@ def _epilogue(kc: ConvKernel, acc, bias, narrow: bool = False):
         return requant(tirx.Select(mul[f] >= 0, top, bottom), f)
 
     if lut is None:
-        return [mul, rnd, sh], te.compute(shape, pooled, name="out")
+        return rq_args, te.compute(shape, pooled, name="out")
     # The table lookup in a stage of its own: the requantization stays vectorised, the
     # lookup (a gather, which TVM would scalarise lane by lane) runs as plain scalar code.
     q = te.compute(shape, pooled, name="requant")
     out = te.compute(shape, lambda n, i, f: lut[q[n, i, f].astype("int32") + 128], name="out")
-    return [mul, rnd, sh, lut], out
+    return [*rq_args, lut], out
+
+
+def _requant_mulh_args(fp: int):
+    """The placeholders of `_requant_mulh`'s per-channel constants after the multiplier:
+    the rounding's high word, its low word's complement (unsigned, stored as int32), the
+    shift less 32."""
+    from tvm import te
+
+    return [
+        te.placeholder((fp,), "int32", name="rnd_hi"),
+        te.placeholder((fp,), "int32", name="rnd_lo_not"),  # its bits: read as uint32
+        te.placeholder((fp,), "int32", name="sh32"),
+    ]
+
+
+def _requant_mulh(a, f, mul, rnd_hi, rnd_lo_not, sh32):
+    """floor((a * m + r) / 2^s) for s >= 32 in 32-bit lanes, the same integer as the int64
+    form: with a * m = H * 2^32 + L and r = R * 2^32 + l (L, l in [0, 2^32)), it is
+    floor((H + R + c) / 2^(s - 32)), c the carry of L + l: L > ~l, unsigned (not L + l < L,
+    which TVM's simplifier takes for l < 0). H is the high product (Helium's `vmulh`), L
+    the low one (`vmul`, unsigned: it wraps), so four output channels requantize as one
+    vector, where the int64 form leaves one `smlal` per channel."""
+    from tvm import tirx
+
+    doubled = tirx.call_llvm_pure_intrin("int32", "llvm.arm.mve.vqdmulh", a, mul[f])
+    high = tirx.shift_right(doubled, tirx.const(1, "int32"))
+    low = a.astype("uint32") * mul[f].astype("uint32")
+    carry = (low > rnd_lo_not[f].astype("uint32")).astype("int32")
+    return tirx.shift_right(high + rnd_hi[f] + carry, sh32[f])
 
 
 def _tile(
@@ -872,8 +931,9 @@ def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
         sch.reverse_compute_at(block, tile)
         o_t, o_f = sch.get_loops(block)[-2:]
         lookup = block == out and bool(epilogue)  # the table lookup stays scalar
-        if int(sch.get(o_f).extent) % dot.lanes == 0 and not lookup:
-            o_fo, o_fi = sch.split(o_f, [None, dot.lanes])
+        lanes = dot.requant_lanes if kc.mulh else dot.lanes  # Helium: 4 channels a vector
+        if int(sch.get(o_f).extent) % lanes == 0 and not lookup:
+            o_fo, o_fi = sch.split(o_f, [None, lanes])
             sch.vectorize(o_fi)
             sch.unroll(o_fo)
         if not sch.get(o_t).same_as(sch.get(tile)):  # (a fused pool can leave one frame)
