@@ -95,6 +95,9 @@ class Dot:
     # Output channels requantized as one vector (Helium: 4 int32 lanes, `_requant_mulh`);
     # 1: the requantization per channel, as the dot leaves it
     requant_lanes: int = 1
+    # One thread: the taps unrolled too where taps x groups of input channels is at most
+    # this (Helium: longer straight code spilled operands; a loop keeps them in registers)
+    unroll_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -151,10 +154,11 @@ ISAS: dict[str, Isa] = {
             "mve",
             "mve",
             ("thumbv8.1m",),
-            Dot(1, 16, "int8", "int8", "mscnn_vmlava_s8", registers=8, requant_lanes=4),
+            Dot(1, 16, "int8", "int8", "mscnn_vmlava_s8", 8, requant_lanes=4, unroll_steps=10),
             # the input layer (one lead: a vmlava would multiply seven padding lanes):
             # plain loops over output channels, vmla of 4 int32 lanes by one input sample
-            Dot(4, 1, None, "int8", None, registers=4, requant_lanes=4),
+            # (an int32 operand: the sample splat from one register, not widened per use)
+            Dot(4, 1, "int32", "int8", None, registers=4, requant_lanes=4),
             "vmlava",
             parallel=False,
         ),
@@ -583,6 +587,7 @@ def _operand_offset(stored: str, dot: Dot) -> tuple[str, int]:
     operand = dot.operand or stored
     offsets = {("int8", "uint8"): 128, ("uint8", "int8"): -128}
     offsets |= {(small, "int16"): 0 for small in ("int8", "uint8")}  # widening: exact
+    offsets |= {(small, "int32"): 0 for small in ("int8", "uint8", "int16")}
     if stored != operand and (stored, operand) not in offsets:
         raise CompileError(f"int8: no {operand} operand for a {stored} tensor")
     return operand, offsets.get((stored, operand), 0)
@@ -924,6 +929,8 @@ def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
         sch.reorder(*outer, rk, rco, ti, fu, fi, rci)
         if not parallel and dot.lanes == 1 and int(sch.get(rco).extent) <= UNROLL_REDUCTION:
             sch.unroll(rco)  # straight code: operands at fixed offsets, no loop counter
+            if int(sch.get(rco).extent) * int(sch.get(rk).extent) <= dot.unroll_steps:
+                sch.unroll(rk)  # and the taps: no loop, its accumulators stay in registers
     else:
         sch.reorder(*outer, rk, rc, ti, fu, fi)
     epilogue = [sch.get_sblock("requant")] if kc.lut is not None else []

@@ -31,10 +31,15 @@ class Core:
         default_factory=lambda: {"int16": "dsp", "int8": "dsp-int8w"}
     )
 
+    # LLVM options for the int8 kernels (the M55's: no low-overhead loops, below)
+    int8_llvm: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
     def target(self, precision: str) -> dict[str, Any]:
         """The TVM target of a build: an fp32 build's kernels fuse each multiply and
         add into one `vfma.f32` (FP_CONTRACT), the int8 build's are integer code."""
-        return {**self.tvm, **FUSED_MULTIPLY_ADD} if precision == "fp32" else dict(self.tvm)
+        if precision == "fp32":
+            return {**self.tvm, **FUSED_MULTIPLY_ADD}
+        return {**self.tvm, **self.int8_llvm}
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,10 @@ CORES: dict[str, Core] = {
             _thumb("cortex-m55", "thumbv8.1m.main-none-eabihf"),
             ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"),
             {"int8": "mve", "int16": "dsp"},
+            # vmlava accumulates into even registers only (r0, r2, ..., r12, lr): a
+            # low-overhead loop's `le` holds lr, so a 2 x 4 tile's eighth accumulator
+            # spilled; a counted loop (subs, bne) costs one instruction per iteration
+            {"cl-opt": ["-disable-arm-loloops"]},
         ),
     )
 }
