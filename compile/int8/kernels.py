@@ -95,9 +95,6 @@ class Dot:
     # Output channels requantized as one vector (Helium: 4 int32 lanes, `_requant_mulh`);
     # 1: the requantization per channel, as the dot leaves it
     requant_lanes: int = 1
-    # One thread: the taps unrolled too where taps x groups of input channels is at most
-    # this (Helium: longer straight code spilled operands; a loop keeps them in registers)
-    unroll_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -154,7 +151,7 @@ ISAS: dict[str, Isa] = {
             "mve",
             "mve",
             ("thumbv8.1m",),
-            Dot(1, 16, "int8", "int8", "mscnn_vmlava_s8", 8, requant_lanes=4, unroll_steps=10),
+            Dot(1, 16, "int8", "int8", "mscnn_vmlava_s8", registers=8, requant_lanes=4),
             # the input layer (one lead: a vmlava would multiply seven padding lanes):
             # plain loops over output channels, vmla of 4 int32 lanes by one input sample
             # (an int32 operand: the sample splat from one register, not widened per use)
@@ -929,8 +926,6 @@ def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
         sch.reorder(*outer, rk, rco, ti, fu, fi, rci)
         if not parallel and dot.lanes == 1 and int(sch.get(rco).extent) <= UNROLL_REDUCTION:
             sch.unroll(rco)  # straight code: operands at fixed offsets, no loop counter
-            if int(sch.get(rco).extent) * int(sch.get(rk).extent) <= dot.unroll_steps:
-                sch.unroll(rk)  # and the taps: no loop, its accumulators stay in registers
     else:
         sch.reorder(*outer, rk, rc, ti, fu, fi)
     epilogue = [sch.get_sblock("requant")] if kc.lut is not None else []
@@ -953,6 +948,11 @@ def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
     sch.unroll(fu)
     if dot.intrin is None:  # vectorise before decompose_reduction, not after
         sch.vectorize(fi)
+    if kc.mulh and dot.lanes == 1:  # accumulators channel-major: the vector requantization
+        # gathers them (4 scalar moves after the loop), so LLVM keeps each in a scalar
+        # register; time-major, its vector loads made the loop carry them in vectors
+        # (a move out and in of each accumulator per tap)
+        sch.transform_layout(acc, ("write", 0), lambda n, i, f: (n, f, i))
     init = sch.decompose_reduction(acc, rk)
     if dot.intrin is not None:
         sch.vectorize(sch.get_loops(init)[-1])
