@@ -665,14 +665,8 @@ class ConvKernel:
         def padded(v: np.ndarray, dtype, fill: int) -> np.ndarray:  # padding lanes unused
             return np.concatenate([v, np.full(fp - f, fill, dtype=v.dtype)]).astype(dtype)
 
-        if self.mulh:  # r = hi * 2^32 + lo; the shift past the high word's 32 bits
-            rounding = rq.rounding.astype(np.int64)
-            out += [
-                padded(rq.multiplier, np.int32, 0),
-                padded(rounding >> 32, np.int32, 0),
-                padded(~(rounding & 0xFFFFFFFF).astype(np.uint32).view(np.int32), np.int32, -1),
-                padded(rq.shift - 32, np.int32, 0),
-            ]
+        if self.mulh:  # padding lanes: m = 0, so 0 whatever the rest
+            out += [padded(v, np.int32, 0) for v in mulh_constants(rq)]
         else:
             out += [
                 padded(rq.multiplier, np.int32, 0),
@@ -822,6 +816,20 @@ def _epilogue(kc: ConvKernel, acc, bias, narrow: bool = False):
     q = te.compute(shape, pooled, name="requant")
     out = te.compute(shape, lambda n, i, f: lut[q[n, i, f].astype("int32") + 128], name="out")
     return [*rq_args, lut], out
+
+
+def mulh_constants(rq: quantize.Requant) -> tuple[np.ndarray, ...]:
+    """`_requant_mulh`'s per-channel constants, int32: the multiplier m, the rounding's
+    high word R and the complement of its low word l (a uint32's bits), r = R * 2^32 + l,
+    and the shift less 32."""
+    rounding = rq.rounding.astype(np.int64)
+    low = (rounding & 0xFFFFFFFF).astype(np.uint32)
+    return (
+        rq.multiplier.astype(np.int32),
+        (rounding >> 32).astype(np.int32),
+        (~low).view(np.int32),
+        (rq.shift - 32).astype(np.int32),
+    )
 
 
 def _requant_mulh_args(fp: int):
