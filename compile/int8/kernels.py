@@ -761,7 +761,6 @@ def _epilogue(kc: ConvKernel, acc, bias, narrow: bool = False):
     from tvm import te, tirx
 
     conv = kc.conv
-    fp = kc.padded_out
     shape, _ = kc.output()
     if conv.requant is None:
         scale = te.placeholder((kc.classes,), "float32", name="scale")
@@ -772,14 +771,10 @@ def _epilogue(kc: ConvKernel, acc, bias, narrow: bool = False):
         )
         return [scale], out
     rq = conv.requant
-    # The multiplier fits int32: a 32 x 32 -> 64-bit multiply (vpmuldq, smull), not 64 x 64.
-    mul = te.placeholder((fp,), "int32", name="mul")
-    if kc.mulh:
-        rq_args = [mul, *_requant_mulh_args(fp)]
-    else:
-        rq_args = [mul, *(te.placeholder((fp,), "int64", name=nm) for nm in ("rnd", "sh"))]
-    rnd, sh = rq_args[1], rq_args[-1]
+    rq_args = _requant_args(kc)
+    mul, rnd, sh = rq_args[0], rq_args[1], rq_args[-1]
     lut = te.placeholder((256,), str(kc.lut.dtype), name="lut") if kc.lut is not None else None
+    wide = "int32" if kc.mulh or (narrow and int(rq.shift.min()) >= 32) else "int64"
 
     def requant(a, f):
         a = a + bias[f]
@@ -787,15 +782,12 @@ def _epilogue(kc: ConvKernel, acc, bias, narrow: bool = False):
             a = tirx.max(a, 0)
         if kc.mulh:
             y = _requant_mulh(a, f, *rq_args)
-            y = tirx.max(tirx.min(y, tirx.const(rq.hi, "int32")), tirx.const(rq.lo, "int32"))
-            return y.astype(conv.out_dtype)
-        y = a.astype("int64") * mul[f].astype("int64") + rnd[f]
-        wide = "int32" if narrow and int(rq.shift.min()) >= 32 else "int64"
-        if wide == "int32":
+        elif wide == "int32":
+            y = a.astype("int64") * mul[f].astype("int64") + rnd[f]
             high = tirx.shift_right(y, tirx.const(32, "int64")).astype("int32")
             y = tirx.shift_right(high, (sh[f] - 32).astype("int32"))
         else:
-            y = tirx.shift_right(y, sh[f])
+            y = tirx.shift_right(a.astype("int64") * mul[f].astype("int64") + rnd[f], sh[f])
         y = tirx.max(tirx.min(y, tirx.const(rq.hi, wide)), tirx.const(rq.lo, wide))
         return y.astype(conv.out_dtype)
 
@@ -832,17 +824,19 @@ def mulh_constants(rq: quantize.Requant) -> tuple[np.ndarray, ...]:
     )
 
 
-def _requant_mulh_args(fp: int):
-    """The placeholders of `_requant_mulh`'s per-channel constants after the multiplier:
-    the rounding's high word, its low word's complement (unsigned, stored as int32), the
-    shift less 32."""
+def _requant_args(kc: ConvKernel) -> list:
+    """The requantization's per-channel placeholders, the multiplier first (int32: a
+    32 x 32 -> 64-bit multiply, vpmuldq or smull, not 64 x 64): the rounding and shift
+    (int64), or `_requant_mulh`'s rounding high word, low word's complement (a uint32's
+    bits) and shift less 32 (int32)."""
     from tvm import te
 
-    return [
-        te.placeholder((fp,), "int32", name="rnd_hi"),
-        te.placeholder((fp,), "int32", name="rnd_lo_not"),  # its bits: read as uint32
-        te.placeholder((fp,), "int32", name="sh32"),
-    ]
+    fp = kc.padded_out
+    mul = te.placeholder((fp,), "int32", name="mul")
+    if kc.mulh:
+        names = ("rnd_hi", "rnd_lo_not", "sh32")
+        return [mul, *(te.placeholder((fp,), "int32", name=nm) for nm in names)]
+    return [mul, *(te.placeholder((fp,), "int64", name=nm) for nm in ("rnd", "sh"))]
 
 
 def _requant_mulh(a, f, mul, rnd_hi, rnd_lo_not, sh32):
@@ -956,11 +950,8 @@ def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
     sch.unroll(fu)
     if dot.intrin is None:  # vectorise before decompose_reduction, not after
         sch.vectorize(fi)
-    if kc.mulh and dot.lanes == 1:  # accumulators channel-major: the vector requantization
-        # gathers them (4 scalar moves after the loop), so LLVM keeps each in a scalar
-        # register; time-major, its vector loads made the loop carry them in vectors
-        # (a move out and in of each accumulator per tap)
-        sch.transform_layout(acc, ("write", 0), lambda n, i, f: (n, f, i))
+    if kc.mulh and dot.lanes == 1:  # one-lane dots, vector requantization (Helium)
+        _channel_major(sch, acc)
     init = sch.decompose_reduction(acc, rk)
     if dot.intrin is not None:
         sch.vectorize(sch.get_loops(init)[-1])
@@ -974,6 +965,14 @@ def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
     if width is not None and kc.padded_group_in == kc.conv.weight.shape[1]:
         sch.vectorize(sch.split(j, [None, width])[1])  # the condition is on time only
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def _channel_major(sch, acc) -> None:
+    """The accumulators channel-major: the vector requantization gathers them (scalar
+    moves after the loop), so LLVM keeps each in a scalar register through the loop;
+    time-major, its vector reads made the loop carry them in vector registers, moved out
+    and in at every tap."""
+    sch.transform_layout(acc, ("write", 0), lambda n, i, f: (n, f, i))
 
 
 def spatial(outputs, inputs, parallel: bool = True, vector: int = 16):
