@@ -92,6 +92,9 @@ class Dot:
     # Weights packed [w0, w2, w1, w3] per group of 4: Arm's sxtb16 then unpacks one word
     # into the int16 pairs (w0, w1) and (w2, w3) that smlad multiplies.
     interleave: bool = False
+    # Output channels requantized as one vector (Helium: 4 int32 lanes, `_requant_mulh`);
+    # 1: the requantization per channel, as the dot leaves it
+    requant_lanes: int = 1
 
 
 @dataclass(frozen=True)
@@ -148,10 +151,11 @@ ISAS: dict[str, Isa] = {
             "mve",
             "mve",
             ("thumbv8.1m",),
-            Dot(1, 16, "int8", "int8", "mscnn_vmlava_s8", registers=8),
+            Dot(1, 16, "int8", "int8", "mscnn_vmlava_s8", registers=8, requant_lanes=4),
             # the input layer (one lead: a vmlava would multiply seven padding lanes):
             # plain loops over output channels, vmla of 4 int32 lanes by one input sample
-            Dot(4, 1, None, "int8", None, registers=4),
+            # (an int32 operand: the sample splat from one register, not widened per use)
+            Dot(4, 1, "int32", "int8", None, registers=4, requant_lanes=4),
             "vmlava",
             parallel=False,
         ),
@@ -580,6 +584,7 @@ def _operand_offset(stored: str, dot: Dot) -> tuple[str, int]:
     operand = dot.operand or stored
     offsets = {("int8", "uint8"): 128, ("uint8", "int8"): -128}
     offsets |= {(small, "int16"): 0 for small in ("int8", "uint8")}  # widening: exact
+    offsets |= {(small, "int32"): 0 for small in ("int8", "uint8", "int16")}
     if stored != operand and (stored, operand) not in offsets:
         raise CompileError(f"int8: no {operand} operand for a {stored} tensor")
     return operand, offsets.get((stored, operand), 0)
@@ -660,12 +665,25 @@ class ConvKernel:
         def padded(v: np.ndarray, dtype, fill: int) -> np.ndarray:  # padding lanes unused
             return np.concatenate([v, np.full(fp - f, fill, dtype=v.dtype)]).astype(dtype)
 
-        out += [
-            padded(rq.multiplier, np.int32, 0),
-            padded(rq.rounding, np.int64, 0),
-            padded(rq.shift, np.int64, 1),
-        ]
+        if self.mulh:  # padding lanes: m = 0, so 0 whatever the rest
+            out += [padded(v, np.int32, 0) for v in mulh_constants(rq)]
+        else:
+            out += [
+                padded(rq.multiplier, np.int32, 0),
+                padded(rq.rounding, np.int64, 0),
+                padded(rq.shift, np.int64, 1),
+            ]
         return out + ([self.lut] if self.lut is not None else [])
+
+    @property
+    def mulh(self) -> bool:
+        """Whether the requantization runs on vectors of output channels by their high
+        products (`_requant_mulh`): the Dot asks for it, the register tile holds whole
+        vectors of output channels and every shift is at least 32."""
+        rq, lanes = self.conv.requant, self.dot.requant_lanes
+        if lanes == 1 or rq is None or int(rq.shift.min()) < 32:
+            return False
+        return self.tile(serial=True)[1] * self.dot.lanes % lanes == 0
 
     @property
     def macs(self) -> int:
@@ -743,7 +761,6 @@ def _epilogue(kc: ConvKernel, acc, bias, narrow: bool = False):
     from tvm import te, tirx
 
     conv = kc.conv
-    fp = kc.padded_out
     shape, _ = kc.output()
     if conv.requant is None:
         scale = te.placeholder((kc.classes,), "float32", name="scale")
@@ -754,22 +771,23 @@ def _epilogue(kc: ConvKernel, acc, bias, narrow: bool = False):
         )
         return [scale], out
     rq = conv.requant
-    # The multiplier fits int32: a 32 x 32 -> 64-bit multiply (vpmuldq, smull), not 64 x 64.
-    mul = te.placeholder((fp,), "int32", name="mul")
-    rnd, sh = (te.placeholder((fp,), "int64", name=nm) for nm in ("rnd", "sh"))
+    rq_args = _requant_args(kc)
+    mul, rnd, sh = rq_args[0], rq_args[1], rq_args[-1]
     lut = te.placeholder((256,), str(kc.lut.dtype), name="lut") if kc.lut is not None else None
+    wide = "int32" if kc.mulh or (narrow and int(rq.shift.min()) >= 32) else "int64"
 
     def requant(a, f):
         a = a + bias[f]
         if rq.relu:
             a = tirx.max(a, 0)
-        y = a.astype("int64") * mul[f].astype("int64") + rnd[f]
-        wide = "int32" if narrow and int(rq.shift.min()) >= 32 else "int64"
-        if wide == "int32":
+        if kc.mulh:
+            y = _requant_mulh(a, f, *rq_args)
+        elif wide == "int32":
+            y = a.astype("int64") * mul[f].astype("int64") + rnd[f]
             high = tirx.shift_right(y, tirx.const(32, "int64")).astype("int32")
             y = tirx.shift_right(high, (sh[f] - 32).astype("int32"))
         else:
-            y = tirx.shift_right(y, sh[f])
+            y = tirx.shift_right(a.astype("int64") * mul[f].astype("int64") + rnd[f], sh[f])
         y = tirx.max(tirx.min(y, tirx.const(rq.hi, wide)), tirx.const(rq.lo, wide))
         return y.astype(conv.out_dtype)
 
@@ -784,12 +802,57 @@ def _epilogue(kc: ConvKernel, acc, bias, narrow: bool = False):
         return requant(tirx.Select(mul[f] >= 0, top, bottom), f)
 
     if lut is None:
-        return [mul, rnd, sh], te.compute(shape, pooled, name="out")
+        return rq_args, te.compute(shape, pooled, name="out")
     # The table lookup in a stage of its own: the requantization stays vectorised, the
     # lookup (a gather, which TVM would scalarise lane by lane) runs as plain scalar code.
     q = te.compute(shape, pooled, name="requant")
     out = te.compute(shape, lambda n, i, f: lut[q[n, i, f].astype("int32") + 128], name="out")
-    return [mul, rnd, sh, lut], out
+    return [*rq_args, lut], out
+
+
+def mulh_constants(rq: quantize.Requant) -> tuple[np.ndarray, ...]:
+    """`_requant_mulh`'s per-channel constants, int32: the multiplier m, the rounding's
+    high word R and the complement of its low word l (a uint32's bits), r = R * 2^32 + l,
+    and the shift less 32."""
+    rounding = rq.rounding.astype(np.int64)
+    low = (rounding & 0xFFFFFFFF).astype(np.uint32)
+    return (
+        rq.multiplier.astype(np.int32),
+        (rounding >> 32).astype(np.int32),
+        (~low).view(np.int32),
+        (rq.shift - 32).astype(np.int32),
+    )
+
+
+def _requant_args(kc: ConvKernel) -> list:
+    """The requantization's per-channel placeholders, the multiplier first (int32: a
+    32 x 32 -> 64-bit multiply, vpmuldq or smull, not 64 x 64): the rounding and shift
+    (int64), or `_requant_mulh`'s rounding high word, low word's complement (a uint32's
+    bits) and shift less 32 (int32)."""
+    from tvm import te
+
+    fp = kc.padded_out
+    mul = te.placeholder((fp,), "int32", name="mul")
+    if kc.mulh:
+        names = ("rnd_hi", "rnd_lo_not", "sh32")
+        return [mul, *(te.placeholder((fp,), "int32", name=nm) for nm in names)]
+    return [mul, *(te.placeholder((fp,), "int64", name=nm) for nm in ("rnd", "sh"))]
+
+
+def _requant_mulh(a, f, mul, rnd_hi, rnd_lo_not, sh32):
+    """floor((a * m + r) / 2^s) for s >= 32 in 32-bit lanes, the same integer as the int64
+    form: with a * m = H * 2^32 + L and r = R * 2^32 + l (L, l in [0, 2^32)), it is
+    floor((H + R + c) / 2^(s - 32)), c the carry of L + l: L > ~l, unsigned (not L + l < L,
+    which TVM's simplifier takes for l < 0). H is the high product (Helium's `vmulh`), L
+    the low one (`vmul`, unsigned: it wraps), so four output channels requantize as one
+    vector, where the int64 form leaves one `smlal` per channel."""
+    from tvm import tirx
+
+    doubled = tirx.call_llvm_pure_intrin("int32", "llvm.arm.mve.vqdmulh", a, mul[f])
+    high = tirx.shift_right(doubled, tirx.const(1, "int32"))
+    low = a.astype("uint32") * mul[f].astype("uint32")
+    carry = (low > rnd_lo_not[f].astype("uint32")).astype("int32")
+    return tirx.shift_right(high + rnd_hi[f] + carry, sh32[f])
 
 
 def _tile(
@@ -872,8 +935,9 @@ def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
         sch.reverse_compute_at(block, tile)
         o_t, o_f = sch.get_loops(block)[-2:]
         lookup = block == out and bool(epilogue)  # the table lookup stays scalar
-        if int(sch.get(o_f).extent) % dot.lanes == 0 and not lookup:
-            o_fo, o_fi = sch.split(o_f, [None, dot.lanes])
+        lanes = dot.requant_lanes if kc.mulh else dot.lanes  # Helium: 4 channels a vector
+        if int(sch.get(o_f).extent) % lanes == 0 and not lookup:
+            o_fo, o_fi = sch.split(o_f, [None, lanes])
             sch.vectorize(o_fi)
             sch.unroll(o_fo)
         if not sch.get(o_t).same_as(sch.get(tile)):  # (a fused pool can leave one frame)
@@ -886,6 +950,8 @@ def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
     sch.unroll(fu)
     if dot.intrin is None:  # vectorise before decompose_reduction, not after
         sch.vectorize(fi)
+    if kc.mulh and dot.lanes == 1:  # one-lane dots, vector requantization (Helium)
+        _channel_major(sch, acc)
     init = sch.decompose_reduction(acc, rk)
     if dot.intrin is not None:
         sch.vectorize(sch.get_loops(init)[-1])
@@ -899,6 +965,14 @@ def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
     if width is not None and kc.padded_group_in == kc.conv.weight.shape[1]:
         sch.vectorize(sch.split(j, [None, width])[1])  # the condition is on time only
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def _channel_major(sch, acc) -> None:
+    """The accumulators channel-major: the vector requantization gathers them (scalar
+    moves after the loop), so LLVM keeps each in a scalar register through the loop;
+    time-major, its vector reads made the loop carry them in vector registers, moved out
+    and in at every tap."""
+    sch.transform_layout(acc, ("write", 0), lambda n, i, f: (n, f, i))
 
 
 def spatial(outputs, inputs, parallel: bool = True, vector: int = 16):

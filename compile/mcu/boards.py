@@ -34,13 +34,18 @@ class Core:
     # own: the same instructions (Armv7E-M), another order (`INT8_SCHEDULE`).
     int8_schedule: str | None = None
 
+    # LLVM options for the int8 kernels (the M55's: no low-overhead loops, below)
+    int8_llvm: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
     def target(self, precision: str) -> dict[str, Any]:
         """The TVM target of a build: an fp32 build's kernels fuse each multiply and
         add into one `vfma.f32` (FP_CONTRACT), the int8 build's are integer code,
-        scheduled by `int8_schedule`'s model where the core names one."""
+        scheduled by `int8_schedule`'s model where the core names one, with the core's
+        `int8_llvm` options."""
         if precision == "fp32":
             return {**self.tvm, **FUSED_MULTIPLY_ADD}
-        return {**self.tvm, **({"mcpu": self.int8_schedule} if self.int8_schedule else {})}
+        schedule = {"mcpu": self.int8_schedule} if self.int8_schedule else {}
+        return {**self.tvm, **schedule, **self.int8_llvm}
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,10 @@ CORES: dict[str, Core] = {
             _thumb("cortex-m55", "thumbv8.1m.main-none-eabihf"),
             ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"),
             {"int8": "mve", "int16": "dsp"},
+            # vmlava accumulates into even registers only (r0, r2, ..., r12, lr): a
+            # low-overhead loop's `le` holds lr, so a 2 x 4 tile's eighth accumulator
+            # spilled; a counted loop (subs, bne) costs one instruction per iteration
+            {"cl-opt": ["-disable-arm-loloops"]},
         ),
     )
 }

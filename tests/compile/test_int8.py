@@ -5,6 +5,8 @@ the generated code, refusals, and the detector's accuracy against fp32 on held-o
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mscnn
 from compile.errors import CompileError
@@ -66,6 +68,38 @@ def test_requantization_matches_a_hand_computed_example():
     # an offset of 10 output units (a folded BatchNorm shift) is added before rounding
     shifted = make_requant(np.array([0.75]), np.array([10.0]), relu=False, lo=-128, hi=127)
     assert requantize(acc.T, shifted).ravel().tolist() == [127, 12, 8, 12, 9, 15]
+
+
+def _helium_requant(acc: np.ndarray, rq: Requant) -> np.ndarray:
+    """What the Helium kernels' vector requantization computes, instruction by
+    instruction (int32 lanes): vqdmulh (the doubled high product), a shift by one, vmul
+    (the low product, wrapping), an unsigned compare for the carry, the shift left."""
+    m, high_r, low_not, sh32 = (v.astype(np.int64) for v in int8.mulh_constants(rq))
+    a = np.maximum(acc, 0) if rq.relu else acc
+    doubled = np.clip((2 * a * m) >> 32, -(2**31), 2**31 - 1)  # vqdmulh.s32
+    low = (a * m) & 0xFFFFFFFF  # vmul.i32, as unsigned
+    carry = low > (low_not & 0xFFFFFFFF)  # vcmp.u32 hi
+    y = ((doubled >> 1) + high_r + carry) >> sh32
+    assert (np.abs((doubled >> 1) + high_r + carry) < 2**31).all()  # no lane overflows
+    return np.clip(y, rq.lo, rq.hi)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    real=st.floats(1e-9, 0.4999),
+    offset=st.floats(-300.0, 300.0),
+    relu=st.booleans(),
+    acc=st.lists(st.integers(-(2**31) + 1, 2**31 - 1), min_size=1, max_size=64),
+)
+def test_helium_vector_requantization_is_the_int64_one(real, offset, relu, acc):
+    """Helium requantizes four output channels as one vector from the 32-bit high and
+    low products (`kernels._requant_mulh`, for shifts of at least 32): the same integers
+    as the int64 reference for any accumulator, multiplier and folded offset."""
+    lo, hi = (0, 255) if relu else (-128, 127)
+    rq = make_requant(np.array([real]), np.array([offset]), relu=relu, lo=lo, hi=hi)
+    assert int(rq.shift[0]) >= 32  # multipliers below 1/2 (the kernels' int64 form below)
+    a = np.array(acc, dtype=np.int64)[None]
+    assert (_helium_requant(a, rq) == requantize(a, rq)).all()
 
 
 def test_input_quantization_rounds_half_to_even():

@@ -705,6 +705,31 @@ def test_m55_helium_int8_stream_is_bit_exact_and_uses_vmlava(m55_helium, detecto
     assert built.footprint.flash_weights < 0.6 * dsp.footprint.flash_weights
 
 
+def test_m55_helium_conv_loop_keeps_its_tile_in_registers(m55_helium):
+    """The costliest vmlava conv's innermost loop (by qemu's per-kernel count): a 2 x 4
+    register tile, its eight accumulators in eight registers, nothing spilled to the
+    stack, each loaded vector feeding more than one vmlava; the requantization on
+    vectors of channels (vqdmulh); the stream under 0.2 instructions per MAC."""
+    built = m55_helium
+    convs = [k for k in built.profile if k.kernel.endswith("_conv") and k.macs]
+    hottest = max(
+        (k for k in convs if k.instructions_per_mac < 1), key=lambda k: k.instructions
+    ).kernel  # fmt: skip
+    asm = subprocess.run(
+        ["arm-none-eabi-objdump", "-d", "--no-show-raw-insn", "-m", "armv8.1-m.main",
+         str(built.folder / "kernels.o")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    loop = estimate.innermost_loop(estimate.functions(asm)[f"{hottest}_compute_"])
+    macs = [ops.split(",")[0] for _, m, ops in loop if m == "vmlava.s8"]
+    loads = [m for _, m, _ in loop if m.startswith("vldr")]
+    assert len(macs) >= 32 and len(set(macs)) == 8, loop
+    assert 4 * len(loads) <= 3 * len(macs)  # 2 inputs + 4 weights per 8 vmlava
+    assert not [ops for _, _, ops in loop if re.search(r"\bsp\b", ops)], loop
+    assert "vqdmulh.s32" in _mnemonics(built.folder / "kernels.o")
+    assert built.speed.instructions / built.macs <= 0.2
+
+
 def test_m55_fp32_window(detector, tmp_path):
     built = mcu.build_mcu(detector, "mps3-an547", tmp_path, samples=1200, records=1)
     assert built.core == "cortex-m55" and built.parity.passed and built.beats_equal is True
