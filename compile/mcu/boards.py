@@ -193,7 +193,7 @@ CORES: dict[str, Core] = {
             # vmlava accumulates into even registers only (r0, r2, ..., r12, lr): a
             # low-overhead loop's `le` holds lr, so a 2 x 4 tile's eighth accumulator
             # spilled; a counted loop (subs, bne) costs one instruction per iteration
-            {"cl-opt": ["-disable-arm-loloops"]},
+            int8_llvm={"cl-opt": ["-disable-arm-loloops"]},
         ),
     )
 }
