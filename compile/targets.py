@@ -87,6 +87,23 @@ def _qemu(binary: str, sysroot: str) -> tuple[str, ...]:
     return (binary, "-L", sysroot, "-E", f"LD_LIBRARY_PATH={sysroot}/lib")
 
 
+def _gpu(name: str, description: str, sm: str, arch: str = "x86_64", default: bool = True):
+    """A CUDA target: kernels for the GPU `sm`, host code for `arch` (x86_64 or aarch64)."""
+    aarch64 = arch == "aarch64"
+    return Target(
+        name,
+        description,
+        {"kind": "cuda", "arch": sm},
+        arch=arch,
+        device="cuda",
+        compiler="aarch64-linux-gnu-g++" if aarch64 else "g++",
+        apt_package="g++-aarch64-linux-gnu" if aarch64 else "g++",
+        run="gpu",
+        host=_AARCH64_HOST if aarch64 else _X86_HOST,
+        default=default,
+    )
+
+
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
@@ -174,39 +191,18 @@ TARGETS: dict[str, Target] = {
             tile=ConvTile(vec=4, t_tile=6, f_vecs=2, registers=16),  # 12 of 16 q regs
             int8=PrecisionSpec(_ARMV7, "generic"),  # NEON widening multiply-accumulates
         ),
-        Target(
-            "cuda",
-            "NVIDIA GPU (sm_86: RTX 30xx, A10/A40) on an x86-64 host",
-            {"kind": "cuda", "arch": "sm_86"},
-            arch="x86_64",
-            device="cuda",
-            compiler="g++",
-            apt_package="g++",
-            run="gpu",
-            host=_X86_HOST,
-        ),
-        Target(
+        _gpu("cuda", "NVIDIA GPU (sm_86: RTX 30xx, A10/A40) on an x86-64 host", "sm_86"),
+        _gpu(
             "cuda-hopper",
             "NVIDIA Hopper GPU (sm_90: H100, H200) on an x86-64 host: built only when named",
-            {"kind": "cuda", "arch": "sm_90"},
-            arch="x86_64",
-            device="cuda",
-            compiler="g++",
-            apt_package="g++",
-            run="gpu",
-            host=_X86_HOST,
+            "sm_90",
             default=False,
         ),
-        Target(
+        _gpu(
             "jetson-orin",
             "NVIDIA Jetson Orin (CUDA sm_87) with its aarch64 host",
-            {"kind": "cuda", "arch": "sm_87"},
+            "sm_87",
             arch="aarch64",
-            device="cuda",
-            compiler="aarch64-linux-gnu-g++",
-            apt_package="g++-aarch64-linux-gnu",
-            run="gpu",
-            host=_AARCH64_HOST,
         ),
     )
 }
