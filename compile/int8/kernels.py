@@ -736,7 +736,8 @@ def _conv_te(kc: ConvKernel, narrow: bool = False):
 def _epilogue(kc: ConvKernel, acc, bias, narrow: bool = False):
     """Requantization (and activation table) or, for the last linear, the float output.
 
-    `narrow` (a 32-bit core): where every channel's shift s is at least 32, the 64-bit
+    `narrow` (a 32-bit core; AVX2, which has no 64-bit arithmetic shift by a variable
+    amount, takes it too): where every channel's shift s is at least 32, the 64-bit
     sum P = A x multiplier + rounding is shifted by 32 and then, as int32, by s - 32:
     floor(floor(P / 2^32) / 2^(s - 32)) = floor(P / 2^s), the same integer. LLVM then
     keeps one multiply-accumulate into a register pair (`smlal`) and takes its high
@@ -1227,7 +1228,9 @@ class Builder:
     def conv(self, name: str, h, kc: ConvKernel):
         from tvm import te
 
-        te_args = _conv_te(kc, narrow=not self.isa.parallel)  # microcontrollers: 32-bit
+        # microcontrollers (32-bit) and AVX2 (no 64-bit arithmetic shift): the int32 tail
+        narrow = not self.isa.parallel or self.isa.name == "avx2"
+        te_args = _conv_te(kc, narrow=narrow)
         func = _schedule_conv(te.create_prim_func(te_args), kc, self.isa.parallel)
         func = func.with_attr(MACS_ATTR, kc.macs)  # the per-kernel profile's MACs
         return self.call(name, func, [h, *kc.constants()], *kc.output())
