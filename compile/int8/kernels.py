@@ -862,11 +862,14 @@ def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
     # One thread (a microcontroller): time tiles outermost, so that the padded input is
     # computed per time tile (a few rows of scratch, not a padded copy of the tensor).
     outer, tile = ((n, fo, to), to) if parallel else ((n, to, fo), fo)
+    red = rk  # the outermost reduction loop
     if dot.group > 1:
         rco, rci = sch.split(rc, [None, dot.group])
         sch.reorder(*outer, rk, rco, ti, fu, fi, rci)
         if not parallel and dot.lanes == 1 and int(sch.get(rco).extent) <= UNROLL_REDUCTION:
             sch.unroll(rco)  # straight code: operands at fixed offsets, no loop counter
+        elif dot.intrin == "mscnn_vpmaddwd" and int(sch.get(rco).extent) < 16:
+            red = sch.fuse(rk, rco)  # AVX2: LLVM unrolled a short one in full, spilling
     else:
         sch.reorder(*outer, rk, rc, ti, fu, fi)
     epilogue = [sch.get_sblock("requant")] if kc.lut is not None else []
@@ -888,7 +891,7 @@ def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
     sch.unroll(fu)
     if dot.intrin is None:  # vectorise before decompose_reduction, not after
         sch.vectorize(fi)
-    init = sch.decompose_reduction(acc, rk)
+    init = sch.decompose_reduction(acc, red)
     if dot.intrin is not None:
         sch.vectorize(sch.get_loops(init)[-1])
         # One lane: the lane loop vanishes from the block, the pair loop is the intrinsic.
