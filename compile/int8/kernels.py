@@ -1195,10 +1195,11 @@ def unsigned_pairs_fit(conv: QConv, span: int) -> bool:
 
 def byte_dot(isa: Isa, conv: QConv, low: int | None = None, high: int | None = None):
     """(Dot, operand offset or None) for a conv of 8-bit input whose values lie in [low,
-    high] (None: its dtype's range): the ISA's unsigned-byte dot with the input offset by
-    -low where its pairs cannot saturate (`unsigned_pairs_fit`), else its byte dot."""
+    high] (None: its dtype's range; widened to hold the padding's 0): the ISA's
+    unsigned-byte dot with the input offset by -low where its pairs cannot saturate
+    (`unsigned_pairs_fit`), else its byte dot."""
     lo, hi = RANGES[conv.in_dtype]
-    lo, hi = lo if low is None else low, hi if high is None else high
+    lo, hi = min(lo if low is None else low, 0), max(hi if high is None else high, 0)  # pads
     unsigned = isa.unsigned is not None and conv.groups == 1 and hi - lo <= 255
     if unsigned and unsigned_pairs_fit(conv, hi - lo):
         return isa.unsigned, -lo
