@@ -29,10 +29,14 @@ features, never by its name):
   input layer).
 - `avxvnni` (x86-64 with AVX-VNNI, no AVX-512): the same two in their VEX form on 8
   int32 lanes (ymm).
-- `avx2` (x86-64 without VNNI): `vpmaddubsw` multiplies unsigned by signed bytes into
-  int16 pairs, `vpmaddwd` by ones sums those into 8 int32 lanes. The unsigned operand
-  is |a| and the signed one w with a's sign (`vpsignb`), so with symmetric weights no
-  pair can saturate (`_avx2_bytes`); `vpmaddwd` alone does the int16 input layer.
+- `avx2` (x86-64 without VNNI): `vpmaddwd` on int16 pairs into 8 int32 lanes, the
+  activations widened to int16 in the padding stage (once per element). Where a layer's
+  input range is known narrower than its dtype (the head's layers after an activation
+  table) and its weights keep every pair's sum inside int16 (`unsigned_pairs_fit`),
+  `vpmaddubsw` multiplies the unsigned activations (offset to start at 0) by the signed
+  weights into int16 pairs and `vpmaddwd` by ones sums those: 32 products in 3 uops
+  where int16 takes 4. Signed bytes into `vpmaddubsw` (|a| and w with a's sign by
+  `vpsignb`, per time step and channel vector) measured slower than int16 on Zen 4.
 - `dotprod` (aarch64 +dotprod): `sdot`, 4 signed bytes into each of 4 int32 lanes.
 - `generic`: plain loops that LLVM vectorises (widening multiply-adds), for any CPU.
 
@@ -108,6 +112,9 @@ class Isa:
     word: Dot
     instruction: str | None  # what the asm must contain
     parallel: bool = True  # False: one thread, scalar stages (microcontrollers)
+    # unsigned bytes (AVX2's vpmaddubsw) for a layer whose input range and weights keep
+    # the instruction's int16 pair sums from saturating (`byte_dot`); None: `byte` always
+    unsigned: Dot | None = None
 
 
 CORTEX_M = ("thumbv7em", "thumbv8.1m")  # Armv7E-M and Armv8.1-M: the DSP extension
@@ -135,9 +142,10 @@ ISAS: dict[str, Isa] = {
             "avx2",
             "avx2",
             "x86_64",
-            Dot(8, 4, "int8", "int8", "mscnn_avx2_bytes", registers=12),
+            Dot(8, 2, "int16", "int16", "mscnn_vpmaddwd", registers=12),
             Dot(8, 2, "int16", "int16", "mscnn_vpmaddwd", registers=12),
             "vpmaddubsw",
+            unsigned=Dot(8, 4, "uint8", "int8", "mscnn_vpmaddubsw", registers=12),
         ),
         Isa(
             "dotprod",
@@ -287,15 +295,11 @@ def _vpmaddwd(lanes: int, group: int):
     return impl
 
 
-def _avx2_bytes():
-    """(description, implementation) of 8 lanes x 4 int8 products with AVX2, exactly.
-
-    `vpmaddubsw` multiplies unsigned by signed bytes and adds pairs into int16 with
-    saturation; `vpmaddwd` by ones then adds pairs of those into int32. Activations are
-    int8 (a in [-128, 127]) and weights symmetric (w in [-127, 127]): the unsigned operand
-    is |a| (`vpsignb a, a`: -128 gives 0x80, i.e. 128 unsigned) and the signed one w with
-    a's sign (`vpsignb w, a`: never -(-128)). A pair is then at most 2 x 128 x 127 =
-    32,512 in magnitude, inside int16: no saturation, the same integers as `run_int8`."""
+def _vpmaddubsw():
+    """(description, implementation) of 8 lanes x 4 products of unsigned activations by
+    signed weights with AVX2: `vpmaddubsw` multiplies the bytes and adds pairs into int16
+    with saturation, `vpmaddwd` by ones adds pairs of those into int32. Exact only where
+    no pair can saturate: `unsigned_pairs_fit` decides which layers take it."""
     from tvm.script import tirx as T
 
     def x86(name: str, dtype: str, *args):
@@ -303,7 +307,7 @@ def _avx2_bytes():
 
     @T.prim_func(s_tir=True)
     def impl(
-        A: T.Buffer((4,), "int8", offset_factor=1),
+        A: T.Buffer((4,), "uint8", offset_factor=1),
         B: T.Buffer((8, 4), "int8", offset_factor=1),
         C: T.Buffer((8,), "int32", offset_factor=1),
     ) -> None:
@@ -316,23 +320,13 @@ def _avx2_bytes():
                 x86(
                     "llvm.x86.avx2.pmadd.ub.sw",
                     "int16x16",
-                    x86(
-                        "llvm.x86.avx2.psign.b",
-                        "int8x32",
-                        _broadcast_a(A, "int8", 4, 8, "int8x32"),
-                        _broadcast_a(A, "int8", 4, 8, "int8x32"),
-                    ),
-                    x86(
-                        "llvm.x86.avx2.psign.b",
-                        "int8x32",
-                        B.vload([0, 0], dtype="int8x32"),
-                        _broadcast_a(A, "int8", 4, 8, "int8x32"),
-                    ),
+                    _broadcast_a(A, "uint8", 4, 8, "int8x32"),
+                    B.vload([0, 0], dtype="int8x32"),
                 ),
                 T.broadcast(T.int16(1), 16),
             )
 
-    return _broadcast_desc(8, 4, "int8", "int8"), impl
+    return _broadcast_desc(8, 4, "uint8", "int8"), impl
 
 
 def interleaved(j):
@@ -527,7 +521,7 @@ def register_intrinsics() -> None:
     }
     for name, args in table.items():
         TensorIntrin.register(name, *_intrinsic(*args), override=True)
-    TensorIntrin.register("mscnn_avx2_bytes", *_avx2_bytes(), override=True)
+    TensorIntrin.register("mscnn_vpmaddubsw", *_vpmaddubsw(), override=True)
     TensorIntrin.register("mscnn_smlad", *_smlad(), override=True)
     TensorIntrin.register("mscnn_smlad_pairs", *_smlad_pairs(), override=True)
     TensorIntrin.register("mscnn_smlad_sxtb16", *_smlad_sxtb16(), override=True)
@@ -604,6 +598,13 @@ class ConvKernel:
     pool: int = 1  # a max-pool fused into the epilogue (its tile holds whole windows)
     pad: int | None = None  # zero padding per side; None: the conv's "same" padding,
     # 0: a stream step's conv, its input the span of context plus `length` samples
+    offset: int | None = None  # the operand offset where the input's range is known
+    # narrower than its dtype (`byte_dot`); None: `_operand_offset`'s
+
+    def operand(self) -> tuple[str, int]:
+        """(operand dtype, o): the instruction sees the stored value + o."""
+        operand, off = _operand_offset(self.conv.in_dtype, self.dot)
+        return operand, off if self.offset is None else self.offset
 
     @property
     def padding(self) -> int:
@@ -652,7 +653,7 @@ class ConvKernel:
             packed = packed.reshape(shape).transpose(0, 2, 3, 1, 4, 5)
         if dot.interleave:
             packed = packed[..., [interleaved(j) for j in range(group)]]
-        _, offset = _operand_offset(conv.in_dtype, dot)
+        _, offset = self.operand()
         bias = np.zeros(fp, dtype=np.int64)
         bias[:f] = conv.bias.astype(np.int64) - offset * conv.weight.astype(np.int64).sum((1, 2))
         if np.abs(bias).max() >= 2**31:
@@ -709,7 +710,7 @@ def _conv_te(kc: ConvKernel, narrow: bool = False):
     g, k, d, p = conv.groups, conv.kernel, conv.dilation, kc.padding
     cg, cgp, fp = c // g, kc.padded_group_in, kc.padded_out
     fg, lanes, group = fp // g, dot.lanes, dot.group
-    operand, off = _operand_offset(conv.in_dtype, dot)
+    operand, off = kc.operand()
     t_in = kc.in_length
     x = te.placeholder((b, t_in, c), conv.in_dtype, name="x")
     nb = kc.block
@@ -753,7 +754,8 @@ def _conv_te(kc: ConvKernel, narrow: bool = False):
 def _epilogue(kc: ConvKernel, acc, bias, narrow: bool = False):
     """Requantization (and activation table) or, for the last linear, the float output.
 
-    `narrow` (a 32-bit core): where every channel's shift s is at least 32, the 64-bit
+    `narrow` (a 32-bit core; AVX2, which has no 64-bit arithmetic shift by a variable
+    amount, takes it too): where every channel's shift s is at least 32, the 64-bit
     sum P = A x multiplier + rounding is shifted by 32 and then, as int32, by s - 32:
     floor(floor(P / 2^32) / 2^(s - 32)) = floor(P / 2^s), the same integer. LLVM then
     keeps one multiply-accumulate into a register pair (`smlal`) and takes its high
@@ -890,7 +892,7 @@ def _pad_chunk(sch, to, tt: int, kc: ConvKernel):
     pairs the input words into `ldrd`. Otherwise a chunk spans at least the halo."""
     halo = kc.conv.dilation * (kc.conv.kernel - 1)
     tiles = kc.length // tt
-    row = kc.in_channels * np.dtype(_operand_offset(kc.conv.in_dtype, kc.dot)[0]).itemsize
+    row = kc.in_channels * np.dtype(kc.operand()[0]).itemsize
     pairs = kc.dot.intrin == "mscnn_smlad_pairs"  # the loads that pair
     stack = [
         c
@@ -923,25 +925,17 @@ def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
     # One thread (a microcontroller): time tiles outermost, so that the padded input is
     # computed per time tile (a few rows of scratch, not a padded copy of the tensor).
     outer, tile = ((n, fo, to), to) if parallel else ((n, to, fo), fo)
+    red = rk  # the outermost reduction loop
     if dot.group > 1:
         rco, rci = sch.split(rc, [None, dot.group])
         sch.reorder(*outer, rk, rco, ti, fu, fi, rci)
         if not parallel and dot.lanes == 1 and int(sch.get(rco).extent) <= UNROLL_REDUCTION:
             sch.unroll(rco)  # straight code: operands at fixed offsets, no loop counter
+        elif dot.intrin == "mscnn_vpmaddwd" and int(sch.get(rco).extent) < 16:
+            red = sch.fuse(rk, rco)  # AVX2: LLVM unrolled a short one in full, spilling
     else:
         sch.reorder(*outer, rk, rc, ti, fu, fi)
-    epilogue = [sch.get_sblock("requant")] if kc.lut is not None else []
-    for block in [*epilogue, out]:
-        sch.reverse_compute_at(block, tile)
-        o_t, o_f = sch.get_loops(block)[-2:]
-        lookup = block == out and bool(epilogue)  # the table lookup stays scalar
-        lanes = dot.requant_lanes if kc.mulh else dot.lanes  # Helium: 4 channels a vector
-        if int(sch.get(o_f).extent) % lanes == 0 and not lookup:
-            o_fo, o_fi = sch.split(o_f, [None, lanes])
-            sch.vectorize(o_fi)
-            sch.unroll(o_fo)
-        if not sch.get(o_t).same_as(sch.get(tile)):  # (a fused pool can leave one frame)
-            sch.unroll(o_t)
+    _epilogue_on_tile(sch, kc, out, tile)
     if parallel:
         sch.parallel(sch.fuse(n, fo, to))
     else:  # the padded input per chunk of time tiles (before tensorize replaces its reader)
@@ -952,7 +946,7 @@ def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
         sch.vectorize(fi)
     if kc.mulh and dot.lanes == 1:  # one-lane dots, vector requantization (Helium)
         _channel_major(sch, acc)
-    init = sch.decompose_reduction(acc, rk)
+    init = sch.decompose_reduction(acc, red)
     if dot.intrin is not None:
         sch.vectorize(sch.get_loops(init)[-1])
         # One lane: the lane loop vanishes from the block, the pair loop is the intrinsic.
@@ -965,6 +959,24 @@ def _schedule_conv(func, kc: ConvKernel, parallel: bool = True):
     if width is not None and kc.padded_group_in == kc.conv.weight.shape[1]:
         sch.vectorize(sch.split(j, [None, width])[1])  # the condition is on time only
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def _epilogue_on_tile(sch, kc: ConvKernel, out, tile) -> None:
+    """The requantization (and its table lookup) computed at the register tile, channel
+    vectors stored whole."""
+    dot = kc.dot
+    epilogue = [sch.get_sblock("requant")] if kc.lut is not None else []
+    for block in [*epilogue, out]:
+        sch.reverse_compute_at(block, tile)
+        o_t, o_f = sch.get_loops(block)[-2:]
+        lookup = block == out and bool(epilogue)  # the table lookup stays scalar
+        lanes = dot.requant_lanes if kc.mulh else dot.lanes  # Helium: 4 channels a vector
+        if int(sch.get(o_f).extent) % lanes == 0 and not lookup:
+            o_fo, o_fi = sch.split(o_f, [None, lanes])
+            sch.vectorize(o_fi)
+            sch.unroll(o_fo)
+        if not sch.get(o_t).same_as(sch.get(tile)):  # (a fused pool can leave one frame)
+            sch.unroll(o_t)
 
 
 def _channel_major(sch, acc) -> None:
@@ -1250,6 +1262,31 @@ def fit_groups(dot: Dot, conv: QConv) -> Dot:
     return Dot(math.gcd(per_group, 16), 1, None, "int8", None, registers=12)
 
 
+def unsigned_pairs_fit(conv: QConv, span: int) -> bool:
+    """Whether `vpmaddubsw` on unsigned activations in [0, span] cannot saturate: each
+    int16 lane sums the products of one pair of consecutive input channels (one tap, one
+    output channel), so span x the pair's positive weights and span x its negative ones
+    must stay inside int16."""
+    w = conv.weight.astype(np.int64)
+    f, cg, k = w.shape
+    w = np.concatenate([w, np.zeros((f, cg % 2, k), np.int64)], axis=1).reshape(f, -1, 2, k)
+    up, down = np.clip(w, 0, None).sum(axis=2), np.clip(-w, 0, None).sum(axis=2)
+    return span * int(up.max()) <= 2**15 - 1 and span * int(down.max()) <= 2**15
+
+
+def byte_dot(isa: Isa, conv: QConv, low: int | None = None, high: int | None = None):
+    """(Dot, operand offset or None) for a conv of 8-bit input whose values lie in [low,
+    high] (None: its dtype's range; widened to hold the padding's 0): the ISA's
+    unsigned-byte dot with the input offset by -low where its pairs cannot saturate
+    (`unsigned_pairs_fit`), else its byte dot."""
+    lo, hi = RANGES[conv.in_dtype]
+    lo, hi = min(lo if low is None else low, 0), max(hi if high is None else high, 0)  # pads
+    unsigned = isa.unsigned is not None and conv.groups == 1 and hi - lo <= 255
+    if unsigned and unsigned_pairs_fit(conv, hi - lo):
+        return isa.unsigned, -lo
+    return fit_groups(isa.byte, conv), None
+
+
 class Builder:
     """Emits one call_tir per kernel into a Relax dataflow block; counts constants."""
 
@@ -1276,7 +1313,9 @@ class Builder:
     def conv(self, name: str, h, kc: ConvKernel):
         from tvm import te
 
-        te_args = _conv_te(kc, narrow=not self.isa.parallel)  # microcontrollers: 32-bit
+        # microcontrollers (32-bit) and AVX2 (no 64-bit arithmetic shift): the int32 tail
+        narrow = not self.isa.parallel or self.isa.name == "avx2"
+        te_args = _conv_te(kc, narrow=narrow)
         func = _schedule_conv(te.create_prim_func(te_args), kc, self.isa.parallel)
         func = func.with_attr(MACS_ATTR, kc.macs)  # the per-kernel profile's MACs
         return self.call(name, func, [h, *kc.constants()], *kc.output())
@@ -1285,10 +1324,14 @@ class Builder:
         """The branch's convs and pools up to (not including) its last pool."""
         for k, block in enumerate(branch):
             for c, conv in enumerate(block.convs):
-                dot = fit_groups(self.isa.word if conv.in_dtype == "int16" else self.isa.byte, conv)
+                dot, offset = (
+                    (fit_groups(self.isa.word, conv), None)
+                    if conv.in_dtype == "int16"
+                    else byte_dot(self.isa, conv)
+                )
                 last = c == len(block.convs) - 1 and k < len(branch) - 1
                 pool = block.pool if last and _fusable(length, block.pool, dot) else 1
-                kc = ConvKernel(conv, self.batch, length, channels, dot, pool=pool)
+                kc = ConvKernel(conv, self.batch, length, channels, dot, pool=pool, offset=offset)
                 h = self.conv(f"branch{b}_block{k}_conv{c}", h, kc)
                 channels = conv.weight.shape[0]
                 length //= pool
@@ -1384,11 +1427,17 @@ def _classifier(build: Builder, qm: QuantizedModel, h, frames: int, channels: in
 
 
 def mlp_kernels(build: Builder, prefix: str, layers, h, channels: int, frames: int = 1):
-    """Linear kernels over (batch, frames, channels): (the last one's output, its width)."""
+    """Linear kernels over (batch, frames, channels): (the last one's output, its width).
+    A layer after an activation table takes inputs in the table's range (`byte_dot`)."""
+    low = high = None
     for i, lin in enumerate(layers):
         width = lin.conv.weight.shape[0]
         classes = width if lin.conv.requant is None else None
-        kc = ConvKernel(lin.conv, build.batch, frames, channels, build.isa.byte, lin.lut, classes)
+        dot, offset = byte_dot(build.isa, lin.conv, low, high)
+        kc = ConvKernel(
+            lin.conv, build.batch, frames, channels, dot, lin.lut, classes, offset=offset
+        )
         h = build.conv(f"{prefix}{i}", h, kc)
         channels = width
+        low, high = (None, None) if lin.lut is None else (int(lin.lut.min()), int(lin.lut.max()))
     return h, channels

@@ -2,10 +2,12 @@
 program bit for bit against the reference on real records, the dot-product instructions in
 the generated code, refusals, and the detector's accuracy against fp32 on held-out records."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import mscnn
@@ -254,6 +256,57 @@ def test_x86_kernels_without_vnni_are_bit_exact(qdetector, mcpu, isa, instructio
     x = real(("ECG",), [26, 3])  # record 3 clips at 33 mV: the widest activations
     for i in range(len(x)):
         assert np.array_equal(program(x[i : i + 1]), quantize.run_int8(qdetector, x[i : i + 1]))
+
+
+def vpmaddubsw_dot(u: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """What AVX2's `vpmaddubsw` then `vpmaddwd` by ones give for unsigned bytes u and
+    signed bytes w over their last axis (a multiple of 4): each pair of products summed
+    and saturated to int16, then the pairs added in int32."""
+    p = u.astype(np.int64) * w.astype(np.int64)
+    return np.clip(p[..., 0::2] + p[..., 1::2], -(2**15), 2**15 - 1).sum(-1)
+
+
+@given(
+    weights=st.lists(st.integers(-127, 127), min_size=24, max_size=24),
+    span=st.integers(1, 255),
+    seed=st.integers(0, 2**16),
+)
+@example(weights=[64, 0, 0, 64] + [0] * 20, span=255, seed=0)  # 255 x 128: fits
+@example(weights=[64, 0, 0, 65] + [0] * 20, span=255, seed=0)  # 255 x 129: saturates
+@example(weights=[0] * 12 + [-64, 0, 0, -65] + [0] * 8, span=254, seed=0)  # -32766: fits
+@example(weights=[0] * 12 + [-65, 0, 0, -65] + [0] * 8, span=255, seed=0)  # -33150
+def test_unsigned_pairs_fit_exactly_when_no_pair_saturates(weights, span, seed):
+    """The check that lets a layer take `vpmaddubsw`: it passes exactly when the
+    activations in [0, span] that push some pair furthest (span where the weight has the
+    pair's sign, 0 elsewhere) leave every int16 pair sum unsaturated, and then random
+    activations give the exact dot product too."""
+    w = np.array(weights, dtype=np.int8).reshape(2, 4, 3)  # (out, in, kernel)
+    conv = SimpleNamespace(weight=w)
+    rows = w.transpose(0, 2, 1).reshape(-1, 4)  # one instruction's 4 weights per row
+    extremes = np.stack([span * (rows > 0), span * (rows < 0)])  # the furthest pairs
+    exact = (extremes * rows.astype(np.int64)).sum(-1)
+    fits = int8.unsigned_pairs_fit(conv, span)
+    assert fits == np.array_equal(vpmaddubsw_dot(extremes, rows), exact)
+    if fits:
+        u = np.random.default_rng(seed).integers(0, span, size=(50, 1, 4), endpoint=True)
+        assert np.array_equal(vpmaddubsw_dot(u, rows), (u * rows.astype(np.int64)).sum(-1))
+
+
+def test_avx2_takes_unsigned_bytes_only_where_the_pairs_fit(qdetector):
+    """On AVX2 a head layer after an activation table takes `vpmaddubsw` with its input
+    offset to start at 0 where the table's range and the weights allow, else int16 pairs
+    (`vpmaddwd`); other ISAs keep their byte dot."""
+    avx2, vnni = int8.ISAS["avx2"], int8.ISAS["avx512vnni"]
+    for prev, lin in zip(qdetector.head, qdetector.head[1:], strict=False):
+        low, high = int(prev.lut.min()), int(prev.lut.max())
+        dot, offset = int8.byte_dot(avx2, lin.conv, low, high)
+        if int8.unsigned_pairs_fit(lin.conv, high - low):
+            assert (dot.intrin, dot.operand, offset) == ("mscnn_vpmaddubsw", "uint8", -low)
+        else:
+            assert (dot.intrin, offset) == ("mscnn_vpmaddwd", None)
+        assert int8.byte_dot(vnni, lin.conv, low, high) == (vnni.byte, None)
+    conv = qdetector.branches[0][1].convs[0]  # full int8 range: 255 x pairs of 127
+    assert int8.byte_dot(avx2, conv)[0].intrin == "mscnn_vpmaddwd"
 
 
 @pytest.mark.slow
