@@ -30,22 +30,17 @@ class Core:
     int8: Mapping[str, str] = dataclasses.field(
         default_factory=lambda: {"int16": "dsp", "int8": "dsp-int8w"}
     )
-    # The LLVM CPU whose scheduling model compiles the int8 kernels, where not the core's
-    # own: the same instructions (Armv7E-M), another order (`INT8_SCHEDULE`).
-    int8_schedule: str | None = None
-
-    # LLVM options for the int8 kernels (the M55's: no low-overhead loops, below)
+    # What the int8 kernels' TVM target changes of the core's: the M7's the scheduling
+    # model (`INT8_SCHEDULE`), the M55's an LLVM option (no low-overhead loops, below)
     int8_llvm: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def target(self, precision: str) -> dict[str, Any]:
         """The TVM target of a build: an fp32 build's kernels fuse each multiply and
-        add into one `vfma.f32` (FP_CONTRACT), the int8 build's are integer code,
-        scheduled by `int8_schedule`'s model where the core names one, with the core's
-        `int8_llvm` options."""
+        add into one `vfma.f32` (FP_CONTRACT), the int8 build's are integer code, with
+        the core's `int8_llvm` changes."""
         if precision == "fp32":
             return {**self.tvm, **FUSED_MULTIPLY_ADD}
-        schedule = {"mcpu": self.int8_schedule} if self.int8_schedule else {}
-        return {**self.tvm, **schedule, **self.int8_llvm}
+        return {**self.tvm, **self.int8_llvm}
 
 
 @dataclass(frozen=True)
@@ -176,7 +171,7 @@ CORES: dict[str, Core] = {
             "Arm Cortex-M7, FPv5 double-precision FPU, hard float",
             _thumb("cortex-m7"),
             ("-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-d16", "-mfloat-abi=hard"),
-            int8_schedule=INT8_SCHEDULE,
+            int8_llvm={"mcpu": INT8_SCHEDULE},
         ),
         Core(
             "cortex-m4",
