@@ -18,7 +18,8 @@ the importer while a file is imported (`import_onnx`) and lowers each LSTM node 
                                                g = P[t, b, d] + h @ R_d^T (4H lanes, k
                                                outer so the inner loop is a contiguous
                                                vector FMA over the gates), then ONNX's gate
-                                               equations (order i, o, f, c); h and c start
+                                               equations (order i, o, f, c), vectorised
+                                               with our own exp (`_exp`); h and c start
                                                from the initial state (zero in a window, the
                                                carried h and c in a stream step) and stay
                                                in the kernel's own buffers
@@ -67,6 +68,56 @@ def _check_attrs(attrs: dict) -> tuple[int, str]:
     return int(attrs["hidden_size"]), direction
 
 
+# exp(x) = 2^n * e^r with n = round(x / ln 2) and |r| <= ln(2) / 2: r by Cody and Waite's
+# two-part ln 2 (its high part exact in float32), e^r by a degree-7 polynomial (the
+# classic single-precision minimax coefficients, within about 1 ulp of expf), 2^n built
+# in the exponent bits. The same arithmetic at every lane: LLVM vectorises it, where the
+# `exp` TVM's own sigmoid and tanh lower to is a scalar libm call per lane.
+_LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4
+_EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2)
+_EXP_POLY += (1.6666665459e-1, 5.0000001201e-1)
+
+
+def _f32(value: float):
+    from tvm import tirx
+
+    return tirx.const(value, "float32")
+
+
+def _exp(x):
+    from tvm import tirx
+
+    x = tirx.max(tirx.min(x, _f32(88.0)), _f32(-87.0))  # 2^n stays a normal float
+    n = tirx.floor(x * _f32(1.4426950408889634) + _f32(0.5))
+    r = x - n * _f32(_LN2_HI) - n * _f32(_LN2_LO)
+    poly = _f32(_EXP_POLY[0])
+    for coefficient in _EXP_POLY[1:]:
+        poly = poly * r + _f32(coefficient)
+    scale = tirx.reinterpret("float32", tirx.shift_left(tirx.Cast("int32", n) + 127, 23))
+    return (poly * r * r + r + _f32(1.0)) * scale
+
+
+def _sigmoid(x):
+    return _f32(1.0) / (_f32(1.0) + _exp(-x))
+
+
+def _tanh(x):
+    """tanh as TVM lowers it (from exp(-2|x|), the sign put back), with our `_exp`."""
+    from tvm import tirx
+
+    e = _exp(_f32(-2.0) * tirx.abs(x))
+    t = (_f32(1.0) - e) / (_f32(1.0) + e)
+    return tirx.Select(x >= _f32(0.0), t, -t)
+
+
+def _lanes(n: int, most: int) -> int:
+    """The widest power of two up to `most` that divides n."""
+    lanes = most
+    while n % lanes:
+        lanes //= 2
+    return lanes
+
+
 def recurrence_func(steps: int, batch: int, hidden: int, directions: int, reverse: bool):
     """The TIR kernel, every direction of a layer in one call: p (steps, batch, D * 4H)
     projected inputs with both biases (direction d at d * 4H), rt (D, H, 4H) the recurrent
@@ -78,6 +129,7 @@ def recurrence_func(steps: int, batch: int, hidden: int, directions: int, revers
 
     gates = 4 * hidden
     lanes = 8 if hidden % 2 == 0 else 4
+    vec = _lanes(hidden, 16)
     back0 = 1 if reverse else 0
     loop = T.parallel if directions > 1 else T.serial
 
@@ -107,12 +159,20 @@ def recurrence_func(steps: int, batch: int, hidden: int, directions: int, revers
                                 acc[d, go * lanes + gi] = (
                                     acc[d, go * lanes + gi] + h[d, k] * rt[d, k, go * lanes + gi]
                                 )
-                    for j in range(hidden):
-                        c[d, b, j] = T.sigmoid(acc[d, 2 * hidden + j]) * c[d, b, j] + T.sigmoid(
-                            acc[d, j]
-                        ) * T.tanh(acc[d, 3 * hidden + j])
-                        h[d, j] = T.sigmoid(acc[d, hidden + j]) * T.tanh(c[d, b, j])
-                        y[s + (back0 + d) * (steps - 1 - 2 * s), d, b, j] = h[d, j]
+                    for jo in range(hidden // vec):
+                        for ji in T.vectorized(vec):
+                            c[d, b, jo * vec + ji] = _sigmoid(
+                                acc[d, 2 * hidden + jo * vec + ji]
+                            ) * c[d, b, jo * vec + ji] + _sigmoid(acc[d, jo * vec + ji]) * _tanh(
+                                acc[d, 3 * hidden + jo * vec + ji]
+                            )
+                        for ji in T.vectorized(vec):
+                            h[d, jo * vec + ji] = _sigmoid(acc[d, hidden + jo * vec + ji]) * _tanh(
+                                c[d, b, jo * vec + ji]
+                            )
+                            y[s + (back0 + d) * (steps - 1 - 2 * s), d, b, jo * vec + ji] = h[
+                                d, jo * vec + ji
+                            ]
 
     return lstm_recurrence
 
