@@ -112,8 +112,8 @@ def test_converter_refuses_what_torch_does_not_export():
 @pytest.mark.parametrize("target", ["x86_64-avx512", "x86_64"])
 def test_the_recurrences_vectorised_sigmoid_and_tanh_match_float64(target):
     """The gate nonlinearities (our exp, vectorised) over [-100, 100] and at the float32
-    extremes: within 1.5e-7 of float64 (TVM's own scalar sigmoid and tanh, by libm: 8.9e-8), saturated exactly where the true
-    value rounds to 0 or +-1, never NaN."""
+    extremes: within 1.5e-7 of float64 (TVM's own scalar ones, by libm: 8.9e-8),
+    saturated exactly where the true value rounds to 0 or +-1, never NaN."""
     import tvm
     from tvm.script import tirx as T
 
