@@ -17,8 +17,11 @@ the importer while a file is imported (`import_onnx`) and lowers each LSTM node 
                                                direction) and batch row b,
                                                g = P[t, b, d] + h @ R_d^T (4H lanes, k
                                                outer so the inner loop is a contiguous
-                                               vector FMA over the gates), then ONNX's gate
-                                               equations (order i, o, f, c), vectorised
+                                               vector FMA over the gates; R's rows in
+                                               zig-zag order, forwards at even frames and
+                                               backwards at odd ones, so a frame starts on
+                                               the rows the last one left in cache), then
+                                               ONNX's gate equations (order i, o, f, c), vectorised
                                                with our own exp (`_exp`); h and c start
                                                from the initial state (zero in a window, the
                                                carried h and c in a stream step) and stay
@@ -153,11 +156,13 @@ def recurrence_func(steps: int, batch: int, hidden: int, directions: int, revers
                 for s in range(steps):
                     for g in range(gates):
                         acc[d, g] = p[s + (back0 + d) * (steps - 1 - 2 * s), b, d * gates + g]
-                    for k in range(hidden):
+                    for k0 in range(hidden):  # R's rows forwards, then backwards: zig-zag
                         for go in range(gates // lanes):
                             for gi in T.vectorized(lanes):
                                 acc[d, go * lanes + gi] = (
-                                    acc[d, go * lanes + gi] + h[d, k] * rt[d, k, go * lanes + gi]
+                                    acc[d, go * lanes + gi]
+                                    + h[d, k0 + s % 2 * (hidden - 1 - 2 * k0)]
+                                    * rt[d, k0 + s % 2 * (hidden - 1 - 2 * k0), go * lanes + gi]
                                 )
                     for jo in range(hidden // vec):
                         for ji in T.vectorized(vec):
