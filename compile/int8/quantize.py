@@ -59,8 +59,10 @@ and judged on `HELD_OUT_RECORDS`, never both.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -479,14 +481,63 @@ def _calibrate(model: nn.Module, x: np.ndarray, ranges: _Ranges, batch: int = 5)
             h.remove()
 
 
+# One process builds the same model's int8 for several targets (`make build`, the
+# tests' fixtures): its quantization and the int8 reference's outputs do not depend on
+# the target, so they are computed once. Quantizations are keyed by the model's weights
+# (a digest of its state dict), reference outputs by the quantized model (dropped with
+# it) and a digest of the input.
+_CALIBRATED: dict[tuple, tuple[QuantizedModel, np.ndarray]] = {}
+_CALIBRATED_KEPT = 8
+_OUTPUTS: dict[int, dict] = {}
+_OUTPUTS_KEPT = 512  # per quantized model
+
+
+def _digest(*arrays: np.ndarray) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.digest()
+
+
+def _weights_digest(model: nn.Module) -> bytes:
+    state = model.state_dict()
+    h = hashlib.blake2b(type(model).__qualname__.encode(), digest_size=16)
+    for name, tensor in state.items():
+        h.update(name.encode())
+        h.update(_digest(tensor.detach().cpu().numpy()))
+    return h.digest()
+
+
+def _memo(qm: QuantizedModel) -> dict:
+    """The reference's memo of one quantized model: emptied when the model is collected."""
+    key = id(qm)
+    if key not in _OUTPUTS:
+        _OUTPUTS[key] = {}
+        weakref.finalize(qm, _OUTPUTS.pop, key, None)
+    memo = _OUTPUTS[key]
+    if len(memo) > _OUTPUTS_KEPT:
+        memo.clear()
+    return memo
+
+
 def calibrated(
     model: nn.Module, leads: Sequence[str], preset: str | None = None
 ) -> tuple[QuantizedModel, np.ndarray]:
     """`model` quantized on the calibration records (CALIBRATION_RECORDS) of `leads`, and
-    that calibration set: the one calibration every int8 build (bundles, Cortex-M) uses."""
-    records = CALIBRATION_RECORDS
-    calibration = real_ecg(leads, records)
-    return quantize_model(model, calibration, preset=preset, record_ids=records), calibration
+    that calibration set: the one calibration every int8 build (bundles, Cortex-M) uses.
+    Computed once per process for the same weights, leads and preset (the calibration
+    array is shared: read it, do not write it)."""
+    key = (_weights_digest(model), tuple(leads), preset)
+    if key not in _CALIBRATED:
+        records = CALIBRATION_RECORDS
+        calibration = real_ecg(leads, records)
+        calibration.flags.writeable = False
+        qm = quantize_model(model, calibration, preset=preset, record_ids=records)
+        while len(_CALIBRATED) >= _CALIBRATED_KEPT:
+            del _CALIBRATED[next(iter(_CALIBRATED))]
+        _CALIBRATED[key] = qm, calibration
+    return _CALIBRATED[key]
 
 
 def check_calibration(x: object, in_channels: int, what: str = "calibration set") -> np.ndarray:
@@ -756,6 +807,15 @@ def run_int8(qm: QuantizedModel, x: np.ndarray, seen: list | None = None) -> np.
     frames), the detector (batch, frames, classes) logits, a classifier (batch, classes).
     `seen`, if a list, is given each layer's LayerSaturation."""
     x = check_calibration(x, qm.in_channels, "input")
+    if seen is None:  # the same input again (another target's build): the same integers
+        memo, key = _memo(qm), _digest(x)
+        if key not in memo:
+            memo[key] = _run_int8(qm, x, None)
+        return memo[key].copy()
+    return _run_int8(qm, x, seen)
+
+
+def _run_int8(qm: QuantizedModel, x: np.ndarray, seen: list | None) -> np.ndarray:
     if seen is not None:
         wide = np.rint(x.astype(np.float32) * qm.input_inv_scale)
         lo, hi = RANGES[qm.input_dtype]
@@ -939,10 +999,13 @@ def dropped_constants(qm: QuantizedModel, samples: int) -> tuple[np.ndarray, np.
 def saturation(qm: QuantizedModel, x: np.ndarray) -> list[LayerSaturation]:
     """Per layer, how many values the int8 model clips on `x`: calibration that fits the
     data clips few or none; a layer that clips much is where precision is lost."""
-    seen: list[LayerSaturation] = []
-    run_int8(qm, x, seen)
+    memo, key = _memo(qm), ("saturation", _digest(x))
+    if key not in memo:
+        seen: list[LayerSaturation] = []
+        run_int8(qm, x, seen)
+        memo[key] = tuple(seen)
     merged: dict[str, LayerSaturation] = {}
-    for s in seen:
+    for s in memo[key]:
         old = merged.get(s.name, LayerSaturation(s.name, 0, 0))
         merged[s.name] = LayerSaturation(s.name, old.clipped + s.clipped, old.total + s.total)
     for s in merged.values():

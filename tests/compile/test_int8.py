@@ -2,6 +2,7 @@
 program bit for bit against the reference on real records, the dot-product instructions in
 the generated code, refusals, and the detector's accuracy against fp32 on held-out records."""
 
+import copy
 from types import SimpleNamespace
 
 import numpy as np
@@ -138,6 +139,27 @@ def test_reference_conv_is_the_integer_convolution():
 
 
 # -- the quantized model -----------------------------------------------------------------
+
+
+def test_a_quantization_and_its_reference_outputs_are_computed_once_per_weights(detector):
+    """Builds of one model for several targets share its quantization and the int8
+    reference's outputs; a caller's writes do not reach the memo; changed weights
+    quantize again."""
+    model = copy.deepcopy(detector.model).eval()
+    real(detector.leads, quantize.CALIBRATION_RECORDS)  # skips where the records are not
+    first, calibration = quantize.calibrated(model, detector.leads, "cpsc2019_qrs")
+    again, _ = quantize.calibrated(model, detector.leads, "cpsc2019_qrs")
+    assert again is first and not calibration.flags.writeable
+    x = np.array(calibration[:1])
+    y = quantize.run_int8(first, x)
+    fresh = quantize._run_int8(first, x, None)
+    assert np.array_equal(y, fresh) and np.abs(fresh).max() > 0
+    y[...] = 0
+    assert np.array_equal(quantize.run_int8(first, x), fresh)
+    with torch.no_grad():
+        next(model.parameters()).mul_(0.5)
+    changed, _ = quantize.calibrated(model, detector.leads, "cpsc2019_qrs")
+    assert changed is not first
 
 
 def test_weights_are_int8_and_four_times_smaller(qdetector, detector):
