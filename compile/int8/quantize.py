@@ -473,7 +473,7 @@ def _calibrate(model: nn.Module, x: np.ndarray, ranges: _Ranges, batch: int = 5)
     try:
         with torch.no_grad():
             for i in range(0, len(x), batch):
-                chunk = torch.from_numpy(np.ascontiguousarray(x[i : i + batch]))
+                chunk = torch.from_numpy(np.array(x[i : i + batch]))  # a copy: x may be read-only
                 ranges.add("input", chunk)
                 model(chunk)
     finally:
@@ -913,6 +913,13 @@ def reduce_leads(qm: QuantizedModel, leads: Sequence[int]) -> QuantizedModel:
     leads = tuple(int(i) for i in leads)
     if leads == tuple(range(qm.in_channels)):
         return qm
+    memo = _memo(qm)  # one variant object per leads, so its reference outputs are shared
+    if ("reduced", leads) not in memo:
+        memo["reduced", leads] = _reduce_leads(qm, leads)
+    return memo["reduced", leads]
+
+
+def _reduce_leads(qm: QuantizedModel, leads: tuple[int, ...]) -> QuantizedModel:
     if qm.lead_map is not None:
         raise CompileError("int8: reduce the full model's leads, not a variant's")
     if (
