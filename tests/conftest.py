@@ -24,6 +24,25 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_collection_finish(session):
+    """Where the collected tests run the native runner, start building it now, in the
+    background (tests/native_runner.py), unless MSCNN_PREBUILD_RUNNERS=0."""
+    import native_runner
+
+    if session.config.option.collectonly or os.environ.get("MSCNN_PREBUILD_RUNNERS") == "0":
+        return
+    uses = (native_runner.run_native, native_runner.runner_for, native_runner.resample_tool)
+    modules = {item.module for item in session.items if getattr(item, "module", None)}
+    if any(getattr(m, name.__name__, None) is name for m in modules for name in uses):
+        native_runner.prebuild()
+
+
+def pytest_sessionfinish(session):
+    import native_runner
+
+    native_runner.stop_prebuild()
+
+
 @pytest.fixture
 def rng():
     """A seeded generator per test: never the global RNG state."""

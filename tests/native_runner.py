@@ -4,6 +4,7 @@ into build/native/<arch>), run natively or under the target's qemu-user."""
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,58 @@ TOOLS = {
     "armv7": ["arm-linux-gnueabihf-g++", "qemu-arm"],
 }
 _built: dict[str, Path] = {}
+# Runners built in the background while the first tests run (`prebuild`): the armv7
+# runner compiles the TVM runtime from source, minutes of CPU that would otherwise stop
+# the suite at the first test that needs it.
+_prebuilt: dict[str, threading.Event] = {}
+_prebuilding: list[subprocess.Popen] = []
+
+
+def _make(arch: str, jobs: int) -> list[str]:
+    return [
+        "make",
+        f"-j{jobs}",
+        "-C",
+        str(ROOT / "deploy" / "native"),
+        f"ARCH={arch}",
+        f"OUT={ROOT / 'build' / 'native' / arch}",
+        f"PYTHON={sys.executable}",
+    ]
+
+
+def prebuild(archs=("x86_64", "aarch64", "armv7")) -> None:
+    """Build the runners of `archs` (those whose tools are here) one after another, one
+    job at a time at low priority, in a background thread; `runner_for` waits for an
+    architecture's turn before its own make (then incremental: nothing left to do, or
+    the build's error, reported by the test that needs it). `stop_prebuild` ends it."""
+    archs = [a for a in archs if all(shutil.which(t) for t in TOOLS[a])]
+    for arch in archs:
+        _prebuilt[arch] = threading.Event()
+
+    def work():
+        for arch in archs:
+            try:
+                with subprocess.Popen(
+                    ["nice", "-n", "10", *_make(arch, 1)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                ) as proc:
+                    _prebuilding[:] = [proc]
+                    proc.wait(timeout=1800)
+            except (OSError, subprocess.SubprocessError):
+                pass  # runner_for's own make says what went wrong
+            finally:
+                _prebuilt[arch].set()
+
+    threading.Thread(target=work, name="prebuild-runners", daemon=True).start()
+
+
+def stop_prebuild() -> None:
+    """End a background build still running (make removes its half-written target)."""
+    for proc in _prebuilding:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
 
 
 def runner_for(arch: str) -> Path:
@@ -28,23 +81,11 @@ def runner_for(arch: str) -> Path:
                 f"{arch} runner needs {', '.join(missing)}: run `make toolchains` as "
                 "root (make test does)"
             )
-        out = ROOT / "build" / "native" / arch
-        done = subprocess.run(
-            [
-                "make",
-                "-j2",
-                "-C",
-                str(ROOT / "deploy" / "native"),
-                f"ARCH={arch}",
-                f"OUT={out}",
-                f"PYTHON={sys.executable}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=1200,
-        )
+        if arch in _prebuilt:
+            _prebuilt[arch].wait(timeout=1800)
+        done = subprocess.run(_make(arch, 2), capture_output=True, text=True, timeout=1200)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        _built[arch] = out / "mscnn-run"
+        _built[arch] = ROOT / "build" / "native" / arch / "mscnn-run"
     return _built[arch]
 
 
@@ -63,6 +104,8 @@ def resample_tool() -> Path:
     """mscnn-resample (deploy/native/tools): the runner's resampler alone, for x86_64; two
     source files, no TVM runtime, built in a second or two."""
     if "resample" not in _built:
+        if "x86_64" in _prebuilt:  # the same folders as the x86_64 runner's
+            _prebuilt["x86_64"].wait(timeout=1800)
         out = ROOT / "build" / "native" / "x86_64"
         done = subprocess.run(
             ["make", "-C", str(ROOT / "deploy" / "native"), "resample-tool", "ARCH=x86_64",

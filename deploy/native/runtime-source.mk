@@ -40,7 +40,9 @@ RT_SHIM_HEADERS := $(shell find $(HERE)/runtime/include -name '*.h')
 FFI_OBJECTS := $(patsubst %.cc,$(OBJ)/ffi/%.o,$(FFI_SOURCES))
 TVM_RUNTIME_OBJECTS := $(patsubst %.cc,$(OBJ)/tvm/%.o,$(TVM_RUNTIME_SOURCES))
 
-RT_CXXFLAGS := -std=c++17 -O2 -g -fPIC -fno-fast-math $(ARCH_CXXFLAGS) -w \
+# No -g: this is the wheels' own code, shipped stripped; without debug info the armv7
+# build takes about a third less time (vm/builtin.cc: 21.6 -> 14.0 s).
+RT_CXXFLAGS := -std=c++17 -O2 -fPIC -fno-fast-math $(ARCH_CXXFLAGS) -w \
   -isystem $(TVM_FFI_SRC)/include -isystem $(TVM_FFI_SRC)/3rdparty/dlpack/include
 FFI_CXXFLAGS := $(RT_CXXFLAGS) -DTVM_FFI_EXPORTS -DTVM_FFI_USE_LIBBACKTRACE=0 \
   -DTVM_FFI_BACKTRACE_ON_SEGFAULT=0 -I$(FFI_DIR)
