@@ -200,7 +200,7 @@ def apply_matmul(sch, tile: ConvTile, pack: bool = False) -> None:
     With `pack`, its weight (`matmul_weight`, a constant the caller repacks with `_pack`)
     is read as [N / vec, K, vec], so the tile's weight vectors stream contiguously over K
     (the second BiLSTM 256 layer's projection of 625 frames: 14.8 -> 12.2 ms, one thread,
-    with the wider tile below)."""
+    under load, with the wider tile below)."""
     vec = tile.vec
     blocks = _blocks(sch)
     names = [sch.get(b).name_hint for b in blocks]
