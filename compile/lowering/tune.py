@@ -17,12 +17,15 @@ that module, never the search).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import platform
+import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,29 +207,14 @@ def _search(
 ):
     """MetaSchedule's evolutionary search over each kernel's tile space: the database of
     measurements and the tuning contexts (one per kernel)."""
-    import tvm
     from tvm.s_tir import meta_schedule as ms
 
     tile = target.tile
     space = functools.partial(_sample_tile, tile=tile)
     sizes = [_space_size(k.func, tile) for k in kernels]
     per_task = max(sizes) if max_trials is None else max_trials
-    contexts = [
-        ms.TuneContext(
-            mod=tvm.IRModule({"main": k.func.with_attr("global_symbol", "main")}),
-            target=tv,
-            space_generator=ms.space_generator.ScheduleFn(
-                space, sch_rules=[], postprocs=[], mutator_probs={}
-            ),
-            search_strategy=ms.search_strategy.EvolutionarySearch(
-                population_size=64, init_measured_ratio=0.0
-            ),
-            task_name=k.name,
-            num_threads=threads,
-            rand_state=0,
-        )
-        for k in kernels
-    ]
+    with _no_tensor_intrinsics():
+        contexts = _contexts(ms, kernels, tv, space, threads)
     artifacts = work_dir / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     builder = ms.builder.LocalBuilder(
@@ -250,6 +238,47 @@ def _search(
         cost_model="random",
     )
     return database, contexts
+
+
+def _contexts(ms, kernels: list[Kernel], tv, space, threads: int) -> list:
+    """One MetaSchedule tuning context per kernel, each sampling our tile space."""
+    import tvm
+
+    return [
+        ms.TuneContext(
+            mod=tvm.IRModule({"main": k.func.with_attr("global_symbol", "main")}),
+            target=tv,
+            space_generator=ms.space_generator.ScheduleFn(
+                space, sch_rules=[], postprocs=[], mutator_probs={}
+            ),
+            search_strategy=ms.search_strategy.EvolutionarySearch(
+                population_size=64, init_measured_ratio=0.0
+            ),
+            task_name=k.name,
+            num_threads=threads,
+            rand_state=0,
+        )
+        for k in kernels
+    ]
+
+
+@contextlib.contextmanager
+def _no_tensor_intrinsics():
+    """TuneContext imports tvm.s_tir.tensor_intrin to register tensor-core and dot-product
+    intrinsics for tensorizing rules; our space has none. That import parses ~250
+    TVMScript functions, each walking the Python stack through inspect, and takes 28 s in
+    a process that has torch loaded (more under pytest's deeper stack). An empty module
+    stands in while the contexts are made, and leaves, so a later real import (dlight's
+    GPU matmul) still gets the real one."""
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        yield
+        return
+    sys.modules[name] = types.ModuleType(name, "stand-in: our tile space tensorizes nothing")
+    try:
+        yield
+    finally:
+        del sys.modules[name]
 
 
 def _sample_tile(sch, tile):
