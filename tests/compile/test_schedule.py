@@ -146,3 +146,68 @@ def test_no_global_rng_use(tmp_path):
     torch.manual_seed(3)
     scheduled_module(mscnn.load_model("cpsc2019").model, TARGETS["x86_64"], tmp_path)
     assert torch.equal(torch.rand(2), expected)
+
+
+def _layout_kernels():
+    """TE kernels shaped like a CRNN's glue: (name, PrimFunc, numpy reference of its output
+    from its inputs). The transposes are the BiLSTM -> SE and SE -> classifier moves."""
+    from tvm import te, topi
+
+    lstm = te.placeholder((625, 2, 1, 256), name="lstm")
+    gate = te.placeholder((1, 512), name="gate")
+    channels = te.placeholder((1, 512, 625), name="channels")
+    small = te.placeholder((4, 2, 1, 16), name="small")
+
+    def to_channels(x):  # (T, 2, 1, H) -> (1, 2H, T)
+        t, d, _, h = (int(v) for v in x.shape)
+        return topi.transpose(
+            topi.reshape(topi.transpose(x, (0, 2, 1, 3)), (t, 1, d * h)), (1, 2, 0)
+        )
+
+    scaled = topi.transpose(topi.multiply(channels, topi.expand_dims(gate, 2)), (0, 2, 1))
+    mean = topi.divide(topi.sum(channels, axis=2, keepdims=True), 625.0)
+    flat = topi.reshape(topi.transpose(lstm, (0, 2, 1, 3)), (1, 625, 512))
+    return [
+        ("transpose", [lstm, to_channels(lstm)], lambda x: x.reshape(625, 512).T[None]),
+        ("scaled", [channels, gate, scaled], lambda c, g: (c * g[:, :, None]).transpose(0, 2, 1)),
+        ("copy", [lstm, flat], lambda x: x.reshape(1, 625, 512)),
+        ("small", [small, to_channels(small)], lambda x: x.reshape(4, 32).T[None]),
+        ("mean", [channels, mean], lambda c: c.mean(axis=2, keepdims=True)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5), ids=["transpose", "scaled", "copy", "small", "mean"])
+def test_layout_kernels_run_in_parallel_and_compute_the_same(case):
+    """The data-movement and reduction kernels between a BiLSTM's layers and around its SE
+    block run on every thread (tiled where they transpose) and compute what TVM's default
+    loops compute; a kernel too small to gain keeps its loops."""
+    import tvm
+    from tvm import te
+
+    from compile.lowering.schedule import _reduce, schedule_layout
+
+    name, tensors, reference = _layout_kernels()[case]
+    func = te.create_prim_func(tensors)
+    kind = kernel_kind(func)
+    assert kind == ("reduce" if name == "mean" else "layout")
+    schedule = schedule_layout if kind == "layout" else _reduce
+    if name == "small":
+        with pytest.raises(ValueError, match="too small"):
+            schedule(func)
+        return
+    scheduled = schedule(func)
+    assert "T.parallel" in scheduled.script()
+    target = TARGETS["x86_64"].tvm
+    rng = np.random.default_rng(2)
+    inputs = [
+        rng.standard_normal([int(d) for d in t.shape]).astype("float32") for t in tensors[:-1]
+    ]
+    out = tensors[-1]
+    results = []
+    for f in (func, scheduled):
+        library = tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target)
+        result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "float32"))
+        library(*[tvm.runtime.tensor(x) for x in inputs], result)
+        results.append(result.numpy())
+    np.testing.assert_array_equal(results[1], results[0])
+    np.testing.assert_allclose(results[1], reference(*inputs), rtol=1e-5, atol=1e-6)
