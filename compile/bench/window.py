@@ -14,6 +14,14 @@ warm-up, then up to `runs` timed calls per round (fewer for a runtime whose call
 long: a round gets about a second; untuned TVM takes seconds per call); median, p90 and
 min over all calls. Achieved GFLOP/s = 2 x the model's conv MACs / median time. Timings
 are never asserted in tests.
+
+Beside the ratio of medians, each runtime's ratio to ONNX Runtime is also taken round by
+round (its median in a round over ONNX Runtime's in the same round, the two timed one
+after the other) and the median of those is reported as the paired ratio. On a small
+virtual machine the host switches both cores between a fast and a slow mode every few
+seconds (ONNX Runtime at 31.5 and 40.8 ms, TVM at 29 and 33.5 ms, in consecutive rounds
+of one run): a ratio of medians over all rounds then depends on which runtime's rounds
+the slow spells fell on, a paired one much less.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ class Timing:
     runs: int
     gflops: float
     ratio_to_ort: float | None = None
+    paired_ratio_to_ort: float | None = None  # median over rounds of the rounds' ratios
 
 
 @dataclass
@@ -104,7 +113,8 @@ def bench_bundle(
     x, _ = predictor.bundle.golden["ecg"]
     calls = _calls(predictor, model, threads, x, runtimes)
     timers = {name: local_timer(call) for name, call in calls.items()}
-    samples = time_timers({**timers, **(peer_timers or {})}, rounds, runs, pause)
+    by_round: dict[str, list[list[float]]] = {}
+    samples = time_timers({**timers, **(peer_timers or {})}, rounds, runs, pause, by_round)
     row = _row(m, model)
     for name, values in samples.items():
         median = statistics.median(values)
@@ -116,9 +126,18 @@ def bench_bundle(
             len(values),
             2 * row.macs / median / 1e6,
         )
-    for t in row.timings.values():
+    for name, t in row.timings.items():
         t.ratio_to_ort = t.median_ms / row.timings["onnxruntime"].median_ms
+        t.paired_ratio_to_ort = paired_ratio(by_round[name], by_round["onnxruntime"])
     return row
+
+
+def paired_ratio(ours: list[list[float]], theirs: list[list[float]]) -> float:
+    """The median over rounds of (our median in a round / theirs in the same round)."""
+    ratios = [
+        statistics.median(a) / statistics.median(b) for a, b in zip(ours, theirs, strict=True)
+    ]
+    return statistics.median(ratios)
 
 
 def _calls(predictor, model, threads: int, x: np.ndarray, runtimes) -> dict:
@@ -170,10 +189,15 @@ def local_timer(call):
     return lambda n: _time(call, n)
 
 
-def time_timers(timers: dict, rounds: int, runs: int, pause: float) -> dict[str, list[float]]:
+def time_timers(
+    timers: dict, rounds: int, runs: int, pause: float, by_round: dict | None = None
+) -> dict[str, list[float]]:
     """time_rounds over timers (n -> n call times in ms): a runtime timed in another
-    process (compile.bench.peers) takes its turn in the same rounds as ours."""
+    process (compile.bench.peers) takes its turn in the same rounds as ours. `by_round`,
+    where given, receives each runtime's samples round by round."""
     samples: dict[str, list[float]] = {name: [] for name in timers}
+    rounds_of = by_round if by_round is not None else {}
+    rounds_of.update({name: [] for name in timers})
     per_round = {}
     for name, timer in timers.items():  # warm-up; a slow runtime gets fewer calls per round
         warm = min(timer(2))
@@ -181,7 +205,8 @@ def time_timers(timers: dict, rounds: int, runs: int, pause: float) -> dict[str,
     for _ in range(rounds):
         for name, timer in timers.items():
             time.sleep(pause)
-            samples[name] += timer(per_round[name])
+            rounds_of[name].append(timer(per_round[name]))
+            samples[name] += rounds_of[name][-1]
     return samples
 
 
@@ -392,7 +417,8 @@ def table(rows: list[BenchRow], threads: int):
 
     peak, _ = peak_gflops(threads)
     out = Table(
-        title=f"median ms ({threads} threads); TVM as built (tuned) / ONNX Runtime; "
+        title=f"median ms ({threads} threads); TVM as built (tuned) / ONNX Runtime, as a "
+        "ratio of medians and paired (the median of the rounds' ratios); "
         f"GFLOP/s of a {peak:.0f} GFLOP/s nominal peak"
     )
     peers = [n for n in PEER_RUNTIMES if any(n in r.timings for r in rows)]  # columns if run
@@ -409,6 +435,7 @@ def table(rows: list[BenchRow], threads: int):
         *(PEER_LABELS[n] for n in peers),
         "tuned kernels",
         "TVM/ORT",
+        "paired",
         "TVM GFLOP/s",
         "library",
         "weights",
@@ -425,6 +452,7 @@ def table(rows: list[BenchRow], threads: int):
             *(f"{t[n].median_ms:.2f}" if n in t else "-" for n in (*RUNTIMES, *peers)),
             r.tuned_kernels,
             f"{t['tvm'].ratio_to_ort:.2f}",
+            f"{t['tvm'].paired_ratio_to_ort:.2f}",
             f"{t['tvm'].gflops:.0f}",
             f"{r.library_bytes / 2**20:.1f} MiB",
             f"{r.weights_bytes / 2**20:.1f} MiB",

@@ -61,6 +61,9 @@ def test_bench_writes_table_json_and_chart(cpsc_bundles, tmp_path):
         "tvm-untuned",
     }
     assert row["timings"]["onnxruntime"]["ratio_to_ort"] == 1.0
+    assert row["timings"]["onnxruntime"]["paired_ratio_to_ort"] == 1.0
+    assert all(t["paired_ratio_to_ort"] > 0 for t in row["timings"].values())
+    assert "paired" in done.stdout
     assert all(
         t["runs"] == 2 and t["min_ms"] <= t["median_ms"] <= t["p90_ms"]
         for t in row["timings"].values()

@@ -2,6 +2,7 @@
 PyTorch computes, so `make bench` compares equal work; a peer that cannot run says why in
 one line. The peers' venvs are made by `make test` (and `make bench`)."""
 
+import statistics
 import time
 
 import numpy as np
@@ -53,6 +54,30 @@ def test_timers_alternate_in_rounds():
     samples = time_timers({"a": timer("a"), "b": timer("b")}, rounds=3, runs=4, pause=0)
     assert [name for name, n in order[2:]] == ["a", "b"] * 3  # after each one's warm-up
     assert {name: len(v) for name, v in samples.items()} == {"a": 12, "b": 12}
+
+
+def test_timers_report_their_rounds_and_pair_them():
+    """Each runtime's samples round by round; the paired ratio takes the rounds' ratios,
+    so a slow spell that falls on one runtime's round only moves it less than it moves
+    the ratio of the medians."""
+    from compile.bench.window import paired_ratio
+
+    times = {  # the warm-up's two calls, then three rounds of one
+        "a": iter([[1.0, 1.0], [9.0], [18.0], [18.0]]),
+        "b": iter([[2.0, 2.0], [10.0], [10.0], [20.0]]),
+    }
+    by_round = {}
+    samples = time_timers(
+        {name: (lambda n, name=name: next(times[name])) for name in times},
+        rounds=3,
+        runs=1,
+        pause=0,
+        by_round=by_round,
+    )
+    assert by_round == {"a": [[9.0], [18.0], [18.0]], "b": [[10.0], [10.0], [20.0]]}
+    assert samples == {"a": [9.0, 18.0, 18.0], "b": [10.0, 10.0, 20.0]}
+    assert paired_ratio(by_round["a"], by_round["b"]) == pytest.approx(0.9)
+    assert statistics.median(samples["a"]) / statistics.median(samples["b"]) == 1.8
 
 
 def test_unknown_peer_is_a_clear_error(capsys):
