@@ -267,7 +267,15 @@ def _add_bench(sub, formatter) -> None:
 def _bench(args) -> int:
     from rich.console import Console
 
-    from .bench.window import bundle_paths, peak_note, run_bench, save, table
+    from .bench.window import (
+        bundle_paths,
+        goals,
+        measured_fma_peak,
+        peak_note,
+        run_bench,
+        save,
+        table,
+    )
 
     paths = bundle_paths(args.folders, args.targets)
     if not paths:
@@ -292,8 +300,13 @@ def _bench(args) -> int:
     refusals = {(n, why): r.variant for r in rows for n, why in r.peer_refusals.items()}
     for (name, why), variant in refusals.items():
         out.print(f"{name} cannot run {variant}: {why}", markup=False)
-    json_path, png_path = save(rows, args.threads, args.out)
+    fma_peak = measured_fma_peak(args.threads)
+    lines = goals(rows, fma_peak, args.threads)
+    extra = {"measured_fma_gflops": fma_peak, "goals": lines}
+    json_path, png_path = save(rows, args.threads, args.out, extra)
     out.print(peak_note(rows, args.threads))
+    for line in lines:
+        out.print(line, markup=False)
     out.print(f"saved {json_path} and {png_path}")
     return 0
 

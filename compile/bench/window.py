@@ -249,8 +249,11 @@ def _compiled(bundle_path: Path, manifest, schedule: str, x: np.ndarray, tile=No
     return lambda: main(tvm.runtime.tensor(x)).numpy()
 
 
-def save(rows: list[BenchRow], threads: int, out: Path) -> tuple[Path, Path]:
-    """JSON with every figure, and a PNG chart of the ratios to ONNX Runtime."""
+def save(
+    rows: list[BenchRow], threads: int, out: Path, extra: dict | None = None
+) -> tuple[Path, Path]:
+    """JSON with every figure (and `extra`'s keys), and a PNG chart of the ratios to ONNX
+    Runtime."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -264,6 +267,7 @@ def save(rows: list[BenchRow], threads: int, out: Path) -> tuple[Path, Path]:
         "peak_derivation": how,
         "machine": os.uname().machine,
         "rows": [asdict(r) for r in rows],
+        **(extra or {}),
     }
     json_path = out / "bench.json"
     json_path.write_text(json.dumps(data, indent=2) + "\n")
@@ -459,6 +463,55 @@ def table(rows: list[BenchRow], threads: int):
             f"{r.activation_bytes / 2**20:.1f} MiB" if r.activation_bytes else "-",
         )
     return out
+
+
+GOAL_PEERS = ("onnxruntime", *PEER_RUNTIMES)  # the fp32 runtimes a user would pick instead
+PEAK_GOAL = ("multi_scopic_leadwise-12lead", 0.80)  # the variant held to a share of the peak
+
+
+def measured_fma_peak(threads: int) -> float | None:
+    """GFLOP/s of compile.bench.int8's 512-bit FMA loop on `threads` threads, the best
+    of two (None on a CPU without AVX-512, where that loop cannot run)."""
+    from deploy.bundle import cpu_flags
+
+    if "avx512f" not in cpu_flags():
+        return None
+    from ..int8 import kernels as int8
+    from .int8 import measure_peak
+
+    return max(measure_peak("fma", threads, int8.X86_VNNI) for _ in range(2))
+
+
+def goals(rows: list[BenchRow], fma_peak: float | None, threads: int) -> list[str]:
+    """The fp32 goals of the avx512 window bundles at batch 1, computed: TVM against the
+    fastest fp32 runtime a user would pick instead (ratio of medians, and paired), and
+    the 12-lead lead-wise model's share of the measured FMA peak."""
+    lines = []
+    for r in rows:
+        t = r.timings
+        if r.target != "x86_64-avx512" or r.batch != 1 or "tvm" not in t:
+            continue
+        peers = {n: t[n] for n in GOAL_PEERS if n in t}
+        name = min(peers, key=lambda n: peers[n].median_ms)
+        ratio = t["tvm"].median_ms / peers[name].median_ms
+        paired = t["tvm"].paired_ratio_to_ort if name == "onnxruntime" else None
+        lines.append(
+            f"goal: {r.variant} TVM / fastest fp32 peer ({name}) = {ratio:.2f}"
+            + (f", paired {paired:.2f}" if paired is not None else "")
+            + " (<= 1.0)"
+        )
+        variant, share = PEAK_GOAL
+        if r.variant != variant:
+            continue
+        if fma_peak is None:
+            lines.append(f"goal: {variant}'s share of the FMA peak not measured: no AVX-512")
+        else:
+            lines.append(
+                f"goal: {variant} TVM at {100 * t['tvm'].gflops / fma_peak:.0f}% of the "
+                f"measured FMA peak ({fma_peak:.0f} GFLOP/s on {threads} threads) "
+                f"(>= {100 * share:.0f}%)"
+            )
+    return lines
 
 
 def peak_note(rows: list[BenchRow], threads: int) -> str:

@@ -92,3 +92,34 @@ def test_bench_skips_stream_and_reduced_precision_bundles(qrs_stream_bundles, qr
     assert run_bench(paths, threads=1, rounds=1, runs=1, say=said.append) == []
     assert any("stream bundles are timed by bench-stream" in s for s in said), said
     assert any("int8 bundles are timed by" in s for s in said), said
+
+
+def test_the_fp32_goals_are_computed_against_the_fastest_peer_and_the_measured_peak():
+    from compile.bench.window import BenchRow, Timing, goals
+
+    def row(variant, target, ms, batch=1):
+        timings = {
+            name: Timing(name, median, median, median, 5, 2 * 3.3e9 / median / 1e6)
+            for name, median in ms.items()
+        }
+        timings["tvm"].paired_ratio_to_ort = 0.95
+        return BenchRow("p", variant, target, batch, 5000, int(3.3e9), 1, 1, 1, "", timings)
+
+    rows = [
+        row(
+            "multi_scopic_leadwise-12lead",
+            "x86_64-avx512",
+            {"onnxruntime": 40.0, "litert-fp32": 36.0, "tvm": 33.0},
+        ),
+        row("cpsc2019-1lead", "x86_64-avx512", {"onnxruntime": 4.0, "tvm": 5.0}),
+        row("cpsc2019-1lead", "x86_64", {"onnxruntime": 4.0, "tvm": 1.0}),  # AVX2: no goal
+        row("cpsc2019-1lead", "x86_64-avx512", {"onnxruntime": 4.0, "tvm": 1.0}, batch=8),
+    ]
+    lines = goals(rows, fma_peak=250.0, threads=2)
+    assert lines == [
+        "goal: multi_scopic_leadwise-12lead TVM / fastest fp32 peer (litert-fp32) = 0.92 (<= 1.0)",
+        "goal: multi_scopic_leadwise-12lead TVM at 80% of the measured FMA peak "
+        "(250 GFLOP/s on 2 threads) (>= 80%)",
+        "goal: cpsc2019-1lead TVM / fastest fp32 peer (onnxruntime) = 1.25, paired 0.95 (<= 1.0)",
+    ]
+    assert "not measured: no AVX-512" in goals(rows, None, 2)[1]
