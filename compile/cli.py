@@ -267,15 +267,8 @@ def _add_bench(sub, formatter) -> None:
 def _bench(args) -> int:
     from rich.console import Console
 
-    from .bench.window import (
-        bundle_paths,
-        goals,
-        measured_fma_peak,
-        peak_note,
-        run_bench,
-        save,
-        table,
-    )
+    from .bench.int8 import measured_fma_peak
+    from .bench.window import bundle_paths, goals, peak_note, run_bench, save, table
 
     paths = bundle_paths(args.folders, args.targets)
     if not paths:

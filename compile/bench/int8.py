@@ -105,6 +105,18 @@ def measure_peak(kind: str, threads: int, target: dict) -> float:
     return threads * PEAK_ITERATIONS * PEAK_CHAINS * per_step / best / 1e9
 
 
+def measured_fma_peak(threads: int) -> float | None:
+    """GFLOP/s of the 512-bit FMA loop on `threads` threads, the best of two passes (None
+    on a CPU without AVX-512, where that loop cannot run)."""
+    from deploy.bundle import cpu_flags
+
+    from ..int8 import kernels as int8
+
+    if "avx512f" not in cpu_flags():
+        return None
+    return max(measure_peak("fma", threads, int8.X86_VNNI) for _ in range(2))
+
+
 def _seconds(fn) -> float:
     start = time.perf_counter()
     fn()

@@ -249,11 +249,8 @@ def _compiled(bundle_path: Path, manifest, schedule: str, x: np.ndarray, tile=No
     return lambda: main(tvm.runtime.tensor(x)).numpy()
 
 
-def save(
-    rows: list[BenchRow], threads: int, out: Path, extra: dict | None = None
-) -> tuple[Path, Path]:
-    """JSON with every figure (and `extra`'s keys), and a PNG chart of the ratios to ONNX
-    Runtime."""
+def save(rows: list[BenchRow], threads: int, out: Path, extra=None) -> tuple[Path, Path]:
+    """JSON with every figure (and `extra`'s), a PNG chart of the ratios to ORT."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -467,19 +464,6 @@ def table(rows: list[BenchRow], threads: int):
 
 GOAL_PEERS = ("onnxruntime", *PEER_RUNTIMES)  # the fp32 runtimes a user would pick instead
 PEAK_GOAL = ("multi_scopic_leadwise-12lead", 0.80)  # the variant held to a share of the peak
-
-
-def measured_fma_peak(threads: int) -> float | None:
-    """GFLOP/s of compile.bench.int8's 512-bit FMA loop on `threads` threads, the best
-    of two (None on a CPU without AVX-512, where that loop cannot run)."""
-    from deploy.bundle import cpu_flags
-
-    if "avx512f" not in cpu_flags():
-        return None
-    from ..int8 import kernels as int8
-    from .int8 import measure_peak
-
-    return max(measure_peak("fma", threads, int8.X86_VNNI) for _ in range(2))
 
 
 def goals(rows: list[BenchRow], fma_peak: float | None, threads: int) -> list[str]:
