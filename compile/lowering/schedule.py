@@ -277,7 +277,7 @@ def _schedule_spatial(func):
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-LAYOUT_MIN_ELEMENTS = 16384  # below this, a parallel region costs more than the copy
+LAYOUT_MIN_ELEMENTS = 16384  # a floor: a smaller copy takes microseconds, kept in one loop
 LAYOUT_TILE = 32  # at most this many elements a side of a transposing kernel's tile
 
 
@@ -307,7 +307,7 @@ def schedule_layout(func):
         *outer, a, b = loops
         ao, ai = sch.split(a, [None, _largest_divisor_at_most(extents[-2], LAYOUT_TILE)])
         bo, bi = sch.split(b, [None, _largest_divisor_at_most(extents[-1], LAYOUT_TILE)])
-        if extents[-1] % 256:  # the output's rows far apart but not on one cache set
+        if extents[-1] % 256:  # output rows (256 float32 = 1 KiB) not aliasing one set
             sch.reorder(ao, bo, bi, ai)
         else:  # rows a multiple of 1 KiB apart alias in the cache: write along them
             sch.reorder(ao, bo, ai, bi)
