@@ -21,7 +21,7 @@ after the other) and the median of those is reported as the paired ratio. On a s
 virtual machine the host switches both cores between a fast and a slow mode every few
 seconds (ONNX Runtime at 31.5 and 40.8 ms, TVM at 29 and 33.5 ms, in consecutive rounds
 of one run): a ratio of medians over all rounds then depends on which runtime's rounds
-the slow spells fell on, a paired one much less.
+the slow spells fell on, a paired one less so.
 """
 
 from __future__ import annotations
