@@ -105,16 +105,25 @@ def measure_peak(kind: str, threads: int, target: dict) -> float:
     return threads * PEAK_ITERATIONS * PEAK_CHAINS * per_step / best / 1e9
 
 
-def measured_fma_peak(threads: int) -> float | None:
-    """GFLOP/s of the 512-bit FMA loop on `threads` threads, the best of two passes (None
-    on a CPU without AVX-512, where that loop cannot run)."""
-    from deploy.bundle import cpu_flags
+def best_peak(kind: str, threads: int) -> float:
+    """measure_peak on the AVX-512 VNNI target, the best of two passes: on the 2-core VMs
+    the first parallel loop of a process sometimes ran at one core's rate (117 against 230
+    GFLOP/s a moment later). TVM's pool is set to `threads` first: left as TVM starts it,
+    the loop ran on one core here (117 GFLOP/s for 2 threads, 235 after set_threads)."""
+    from deploy.predictor import set_threads
 
     from ..int8 import kernels as int8
 
-    if "avx512f" not in cpu_flags():
-        return None
-    return max(measure_peak("fma", threads, int8.X86_VNNI) for _ in range(2))
+    set_threads(threads)
+    return max(measure_peak(kind, threads, int8.X86_VNNI) for _ in range(2))
+
+
+def measured_fma_peak(threads: int) -> float | None:
+    """GFLOP/s of the 512-bit FMA loop on `threads` threads (None on a CPU without
+    AVX-512, where that loop cannot run)."""
+    from deploy.bundle import cpu_flags
+
+    return best_peak("fma", threads) if "avx512f" in cpu_flags() else None
 
 
 def _seconds(fn) -> float:
@@ -414,17 +423,14 @@ def _measure(loaded, qm, calls, processes, x, how, program) -> Int8Bench:
     """Peaks, the timing rounds (ours and the peers') and the held-out accuracy."""
     import os
 
-    from ..int8 import kernels as int8
     from .peers import model_calls
 
     threads, rounds, runs = how
     peer_timers, peer_runs = model_calls(processes)
     macs = loaded.model.count_macs(x.shape[2])
     log.info("peaks: timing an FMA and a VNNI loop on %d thread(s)", threads)
-    # The best of two passes: on the 2-core VMs the first parallel loop of a process
-    # sometimes ran at one core's rate (117 against 230 GFLOP/s a moment later).
     peaks = {
-        name: max(measure_peak(kind, threads, int8.X86_VNNI) for _ in range(2))
+        name: best_peak(kind, threads)
         for name, kind in (("fp32-fma", "fma"), ("int8-vnni", "vnni"))
     }
     log.info("latency: %d rounds of %s", rounds, ", ".join([*TIMED, *peer_timers]))

@@ -149,8 +149,9 @@ def test_no_global_rng_use(tmp_path):
 
 
 def _layout_kernels():
-    """TE kernels shaped like a CRNN's glue: (name, PrimFunc, numpy reference of its output
-    from its inputs). The transposes are the BiLSTM -> SE and SE -> classifier moves."""
+    """TE kernels shaped like a CRNN's glue: (name, its tensors with the output last, numpy
+    reference of the output from the inputs). The transposes are the BiLSTM -> SE and
+    SE -> classifier moves."""
     from tvm import te, topi
 
     lstm = te.placeholder((625, 2, 1, 256), name="lstm")
