@@ -202,7 +202,8 @@ def seeded_init(model: nn.Module, seed: int) -> None:
     """Re-draw every weight and running statistic from a generator seeded with `seed`.
 
     Convs get He-normal weights; linear layers (the heads) normal weights of variance
-    1 / fan-in, so logits stay near unit scale; biases are small but not zero; norms get
+    1 / fan-in, so logits stay near unit scale; LSTMs uniform weights and biases in
+    PyTorch's own +-1/sqrt(hidden); biases are small but not zero; norms get
     weights near 1, biases near 0 and running means/variances away from the 0/1 defaults,
     like a trained model's. Modules are visited in order, so the backbone of a whole model
     gets the same weights as the backbone preset with the same seed.
@@ -219,6 +220,10 @@ def seeded_init(model: nn.Module, seed: int) -> None:
                 module.weight.normal_(0.0, math.sqrt(1.0 / module.in_features), generator=g)
                 if module.bias is not None:
                     module.bias.uniform_(-0.1, 0.1, generator=g)
+            elif isinstance(module, nn.LSTM):  # PyTorch's own range, drawn from g
+                bound = 1.0 / math.sqrt(module.hidden_size)
+                for weight in module.parameters(recurse=False):
+                    weight.uniform_(-bound, bound, generator=g)
             elif isinstance(module, nn.BatchNorm1d | nn.GroupNorm | nn.InstanceNorm1d):
                 if getattr(module, "weight", None) is not None:
                     module.weight.uniform_(0.5, 1.5, generator=g)
