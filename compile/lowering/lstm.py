@@ -10,17 +10,17 @@ the importer while a file is imported (`import_onnx`) and lowers each LSTM node 
     P = X @ [W_1^T .. W_D^T] + biases          one matmul for every direction, the frames
                                                as its rows: (1, T * B, I) x (I, D * 4H),
                                                scheduled and fused like any other
-    Y, C = lstm_recurrence(P, R^T, H0, C0)     call_tir, every direction in one call and
+    Y, C = lstm_recurrence(P, R, H0, C0)       call_tir, every direction in one call and
                                                the directions in parallel (a BiLSTM's two
                                                recurrences on two threads): for each
                                                frame t (backwards for the reverse
                                                direction) and batch row b,
-                                               g = P[t, b, d] + h @ R_d^T (4H lanes, k
-                                               outer so the inner loop is a contiguous
-                                               vector FMA over the gates; R's rows in
-                                               zig-zag order, forwards at even frames and
-                                               backwards at odd ones, so a frame starts on
-                                               the rows the last one left in cache), then
+                                               g = P[t, b, d] + h @ R_d^T, one register
+                                               tile of gates at a time (R packed tile by
+                                               tile; tiles and k in zig-zag order,
+                                               forwards at even frames and backwards at
+                                               odd ones, so a frame starts on the weights
+                                               the last one left in cache), then
                                                ONNX's gate equations (order i, o, f, c), vectorised
                                                with our own exp (`_exp`); h and c start
                                                from the initial state (zero in a window, the
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -121,17 +122,63 @@ def _lanes(n: int, most: int) -> int:
     return lanes
 
 
-def recurrence_func(steps: int, batch: int, hidden: int, directions: int, reverse: bool):
+@dataclass(frozen=True)
+class RecurrenceTile:
+    """The CPU recurrence's register tile: `vectors` accumulators of `lanes` floats."""
+
+    lanes: int
+    vectors: int
+
+    @property
+    def width(self) -> int:
+        return self.lanes * self.vectors
+
+
+# Without a target's conv tile (a Cortex-M import, which refuses an LSTM anyway): 4 x 4.
+_DEFAULT_VEC, _DEFAULT_REGISTERS = 4, 8
+
+
+def recurrence_tile(hidden: int, vec: int, registers: int) -> RecurrenceTile:
+    """Half the ISA's vector registers as accumulators (the rest hold R's vectors and
+    h's broadcast): 16 zmm on AVX-512, 8 ymm on AVX2, 16 / 8 q registers on aarch64 /
+    armv7; fewer lanes or vectors where 4H does not divide."""
+    gates = 4 * hidden
+    lanes = _lanes(gates, vec)
+    vectors = gates // lanes
+    return RecurrenceTile(lanes, next(v for v in range(registers // 2, 0, -1) if vectors % v == 0))
+
+
+def pack_recurrent_weights(r: np.ndarray, tile: RecurrenceTile) -> np.ndarray:
+    """ONNX's R (D, 4H, H) -> (D, 4H / width, H, width): tile by tile, each tile's rows
+    over k contiguous, so the kernel streams one tile's weights in order."""
+    directions, gates, hidden = r.shape
+    tiles = gates // tile.width
+    rt = r.transpose(0, 2, 1).reshape(directions, hidden, tiles, tile.width)
+    return np.ascontiguousarray(rt.transpose(0, 2, 1, 3), dtype=np.float32)
+
+
+def recurrence_func(
+    steps: int, batch: int, hidden: int, directions: int, reverse: bool, tile: RecurrenceTile
+):
     """The TIR kernel, every direction of a layer in one call: p (steps, batch, D * 4H)
-    projected inputs with both biases (direction d at d * 4H), rt (D, H, 4H) the recurrent
-    weights transposed, h0 and c0 (D, batch, H) the initial state -> y (steps, D, batch,
-    H) every h (ONNX's Y), c (D, batch, H) the last cell state. Direction d runs backwards
-    when d + reverse is 1 (a bidirectional layer's second; ONNX's `reverse`); the
-    directions run in parallel (a BiLSTM's two recurrences on two threads)."""
+    projected inputs with both biases (direction d at d * 4H), rt (D, 4H / width, H,
+    width) the recurrent weights as `pack_recurrent_weights` lays them out, h0 and c0 (D,
+    batch, H) the initial state -> y (steps, D, batch, H) every h (ONNX's Y), c (D,
+    batch, H) the last cell state. Direction d runs backwards when d + reverse is 1 (a
+    bidirectional layer's second; ONNX's `reverse`); the directions run in parallel (a
+    BiLSTM's two recurrences on two threads).
+
+    Each frame's matvec g = P[t] + h @ R^T runs one register tile of gates at a time:
+    the tile's accumulators start from P, take one FMA per weight vector over k (h[k]
+    broadcast), and are stored once. Without the tile, every FMA loaded and stored its
+    accumulator, and the stores bound the loop. The tiles go forwards at even frames and
+    backwards at odd ones, k too (zig-zag), so a frame starts on the weights the last
+    one left in cache; the sums are those of the untiled kernel, in the same order."""
     from tvm.script import tirx as T
 
     gates = 4 * hidden
-    lanes = 8 if hidden % 2 == 0 else 4
+    lanes, vectors, width = tile.lanes, tile.vectors, tile.width
+    tiles = gates // width
     vec = _lanes(hidden, 16)
     back0 = 1 if reverse else 0
     loop = T.parallel if directions > 1 else T.serial
@@ -139,7 +186,7 @@ def recurrence_func(steps: int, batch: int, hidden: int, directions: int, revers
     @T.prim_func(private=True)
     def lstm_recurrence(
         p: T.Buffer((steps, batch, directions * gates), "float32"),
-        rt: T.Buffer((directions, hidden, gates), "float32"),
+        rt: T.Buffer((directions, tiles, hidden, width), "float32"),
         h0: T.Buffer((directions, batch, hidden), "float32"),
         c0: T.Buffer((directions, batch, hidden), "float32"),
         y: T.Buffer((steps, directions, batch, hidden), "float32"),
@@ -149,21 +196,30 @@ def recurrence_func(steps: int, batch: int, hidden: int, directions: int, revers
         h = T.alloc_buffer((directions, hidden), "float32")
         acc = T.alloc_buffer((directions, gates), "float32")
         for d in loop(directions):
+            reg = T.alloc_buffer((width,), "float32", scope="local")
             for b in range(batch):
                 for j in range(hidden):
                     h[d, j] = h0[d, b, j]
                     c[d, b, j] = c0[d, b, j]
                 for s in range(steps):
-                    for g in range(gates):
-                        acc[d, g] = p[s + (back0 + d) * (steps - 1 - 2 * s), b, d * gates + g]
-                    for k0 in range(hidden):  # R's rows forwards, then backwards: zig-zag
-                        for go in range(gates // lanes):
+                    frame = s + (back0 + d) * (steps - 1 - 2 * s)
+                    for t0 in range(tiles):  # zig-zag: forwards, then backwards
+                        t = t0 + s % 2 * (tiles - 1 - 2 * t0)
+                        for v in T.unroll(vectors):
                             for gi in T.vectorized(lanes):
-                                acc[d, go * lanes + gi] = (
-                                    acc[d, go * lanes + gi]
-                                    + h[d, k0 + s % 2 * (hidden - 1 - 2 * k0)]
-                                    * rt[d, k0 + s % 2 * (hidden - 1 - 2 * k0), go * lanes + gi]
-                                )
+                                reg[v * lanes + gi] = p[
+                                    frame, b, d * gates + t * width + v * lanes + gi
+                                ]
+                        for k0 in range(hidden):
+                            k = k0 + s % 2 * (hidden - 1 - 2 * k0)
+                            for v in T.unroll(vectors):
+                                for gi in T.vectorized(lanes):
+                                    reg[v * lanes + gi] = (
+                                        reg[v * lanes + gi] + h[d, k] * rt[d, t, k, v * lanes + gi]
+                                    )
+                        for v in T.unroll(vectors):
+                            for gi in T.vectorized(lanes):
+                                acc[d, t * width + v * lanes + gi] = reg[v * lanes + gi]
                     for jo in range(hidden // vec):
                         for ji in T.vectorized(vec):
                             c[d, b, jo * vec + ji] = _sigmoid(
@@ -175,9 +231,7 @@ def recurrence_func(steps: int, batch: int, hidden: int, directions: int, revers
                             h[d, jo * vec + ji] = _sigmoid(acc[d, hidden + jo * vec + ji]) * _tanh(
                                 c[d, b, jo * vec + ji]
                             )
-                            y[s + (back0 + d) * (steps - 1 - 2 * s), d, b, jo * vec + ji] = h[
-                                d, jo * vec + ji
-                            ]
+                            y[frame, d, b, jo * vec + ji] = h[d, jo * vec + ji]
 
     return lstm_recurrence
 
@@ -229,6 +283,7 @@ class LstmConverter:
     """The Relax ONNX importer's converter interface (`get_converter(opset)`)."""
 
     gpu = False
+    vec, registers = _DEFAULT_VEC, _DEFAULT_REGISTERS  # the target's vector lanes and registers
 
     @classmethod
     def get_converter(cls, opset):
@@ -266,18 +321,20 @@ class LstmConverter:
         shape = (steps, batch, hidden)
         if cls.gpu:
             return _recurrences_gpu(bb, proj, r, inputs, dirs, shape)
-        return _recurrence_cpu(bb, proj, r, inputs, dirs, shape)
+        return _recurrence_cpu(bb, proj, r, inputs, dirs, shape, (cls.vec, cls.registers))
 
 
-def _recurrence_cpu(bb, proj, r, inputs, dirs, shape):
-    """One call of the CPU kernel for every direction; ONNX's (Y, Y_h, Y_c)."""
+def _recurrence_cpu(bb, proj, r, inputs, dirs, shape, isa):
+    """One call of the CPU kernel for every direction; ONNX's (Y, Y_h, Y_c). `isa`: the
+    target's (vector lanes, vector registers), which size the register tile."""
     from tvm import relax
 
     steps, batch, hidden = shape
     n = len(dirs)
-    func = recurrence_func(steps, batch, hidden, n, dirs == [True])
+    tile = recurrence_tile(hidden, *isa)
+    func = recurrence_func(steps, batch, hidden, n, dirs == [True], tile)
     gv = bb.add_func(func, "lstm_recurrence")
-    rt = relax.const(np.ascontiguousarray(r.transpose(0, 2, 1)))
+    rt = relax.const(pack_recurrent_weights(r, tile))
     h0, c0 = (_initial_all(inputs, i, n, batch, hidden) for i in (5, 6))
     out = bb.emit(
         relax.call_tir(
@@ -359,13 +416,17 @@ def _initial_all(inputs, i: int, directions: int, batch: int, hidden: int):
 
 
 @contextlib.contextmanager
-def lstm_converter(gpu: bool = False) -> Iterator[None]:
-    """Lend the importer our LSTM converter while a file is imported."""
+def lstm_converter(gpu: bool = False, isa: tuple[int, int] | None = None) -> Iterator[None]:
+    """Lend the importer our LSTM converter while a file is imported. `isa`: the CPU
+    target's (vector lanes, vector registers), as its conv tile states them."""
     from tvm.relax.frontend.onnx import onnx_frontend
 
     original = onnx_frontend._get_convert_map
+    vec, registers = isa or (_DEFAULT_VEC, _DEFAULT_REGISTERS)
     converter = type(
-        "LstmConverterGpu" if gpu else "LstmConverterCpu", (LstmConverter,), {"gpu": gpu}
+        "LstmConverterGpu" if gpu else "LstmConverterCpu",
+        (LstmConverter,),
+        {"gpu": gpu, "vec": vec, "registers": registers},
     )
     onnx_frontend._get_convert_map = lambda: {**original(), "LSTM": converter}
     try:

@@ -100,12 +100,12 @@ def pipeline_for(
     return run
 
 
-def import_onnx(onnx_path: Path, shape=None, gpu: bool = False):
+def import_onnx(onnx_path: Path, shape=None, gpu: bool = False, tile=None):
     """The ONNX file as a Relax module, every input at the static shape and dtype the file
     declares (a window model's one input, or a stream step's input and states); `shape`,
     where given, is the ECG input's. The one ONNX importer of bundles and Cortex-M builds.
     ONNX LSTM nodes are lowered by our converter (compile/lowering/lstm.py; `gpu` picks
-    its GPU form)."""
+    its GPU form, and a CPU target's conv `tile` sizes the recurrence's register tile)."""
     import onnx
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -123,7 +123,7 @@ def import_onnx(onnx_path: Path, shape=None, gpu: bool = False):
         raise CompileError(f"input {', '.join(dynamic)} of {onnx_path} has no static shape")
     with warnings.catch_warnings():  # state names hold dots, which Relax renames: expected
         warnings.filterwarnings("ignore", "Renaming name", UserWarning)
-        with lstm_converter(gpu):
+        with lstm_converter(gpu, tile and (tile.vec, tile.registers)):
             mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes)
     return relax.transform.DecomposeOpsForInference()(mod)  # batch_norm -> scale and shift
 
@@ -209,7 +209,7 @@ def compile_executable(
     from tvm import relax
 
     seen: dict[str, Any] = {}
-    mod = import_onnx(onnx_path, shape, gpu=target.is_gpu)
+    mod = import_onnx(onnx_path, shape, gpu=target.is_gpu, tile=target.tile)
     if precision == "fp16":
         mod = relax.transform.ToMixedPrecision(out_dtype="float32")(mod)
     elif precision != "fp32":

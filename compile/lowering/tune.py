@@ -73,7 +73,7 @@ def conv_kernels(models: Mapping[str, tuple[Path, tuple[int, ...]]], target: Tar
     tv = tvm_target(target)
     kernels: dict[str, Kernel] = {}
     for label, (onnx_path, shape) in models.items():
-        mod = import_onnx(onnx_path, shape)
+        mod = import_onnx(onnx_path, shape, tile=target.tile)
         with tv:
             mod = tvm.transform.Sequential(front_passes(tv))(mod)
         for gv, func in mod.functions.items():

@@ -23,9 +23,9 @@ def outputs_equal(a, b):
 
 @pytest.mark.parametrize("preset", sorted(set(mscnn.PRESETS) - {"cpsc2019_qrs"}))
 def test_a_seeded_preset_is_the_same_model_whatever_the_global_rng(preset):
-    """"seeded initialisation (seed 0)" names every weight: an LSTM's too (its
-    constructor draws from the global RNG, which once left the CRNN presets' recurrent
-    weights different in every process)."""
+    """A seeded preset's "seeded initialisation (seed 0)" names every weight: an LSTM's
+    too (its constructor draws from the global RNG, which once left the CRNN presets'
+    recurrent weights different in every process)."""
     torch.manual_seed(1)
     first = load_model(preset, seed=0).model.state_dict()
     torch.manual_seed(2)
