@@ -190,6 +190,7 @@ def load_model(
         return loaded
     model = _build(p)
     seeded_init(model, seed)
+    seeded_lstm_init(model, seed)  # as a training run's fresh model (mscnn.train)
     return LoadedModel(model.eval(), preset, p.leads, p.fs, f"seeded initialisation (seed {seed})")
 
 
@@ -202,8 +203,7 @@ def seeded_init(model: nn.Module, seed: int) -> None:
     """Re-draw every weight and running statistic from a generator seeded with `seed`.
 
     Convs get He-normal weights; linear layers (the heads) normal weights of variance
-    1 / fan-in, so logits stay near unit scale; LSTMs uniform weights and biases in
-    PyTorch's own +-1/sqrt(hidden); biases are small but not zero; norms get
+    1 / fan-in, so logits stay near unit scale; biases are small but not zero; norms get
     weights near 1, biases near 0 and running means/variances away from the 0/1 defaults,
     like a trained model's. Modules are visited in order, so the backbone of a whole model
     gets the same weights as the backbone preset with the same seed.
@@ -220,10 +220,6 @@ def seeded_init(model: nn.Module, seed: int) -> None:
                 module.weight.normal_(0.0, math.sqrt(1.0 / module.in_features), generator=g)
                 if module.bias is not None:
                     module.bias.uniform_(-0.1, 0.1, generator=g)
-            elif isinstance(module, nn.LSTM):  # PyTorch's own range, drawn from g
-                bound = 1.0 / math.sqrt(module.hidden_size)
-                for weight in module.parameters(recurse=False):
-                    weight.uniform_(-bound, bound, generator=g)
             elif isinstance(module, nn.BatchNorm1d | nn.GroupNorm | nn.InstanceNorm1d):
                 if getattr(module, "weight", None) is not None:
                     module.weight.uniform_(0.5, 1.5, generator=g)
@@ -232,6 +228,20 @@ def seeded_init(model: nn.Module, seed: int) -> None:
                     module.running_mean.normal_(0.0, 0.5, generator=g)
                     module.running_var.uniform_(0.5, 2.0, generator=g)
                     module.num_batches_tracked.fill_(1000)
+
+
+def seeded_lstm_init(model: nn.Module, seed: int) -> None:
+    """Draw every LSTM weight and bias from U(-1/sqrt(H), 1/sqrt(H)) (PyTorch's own rule)
+    with a generator seeded by `seed`: `seeded_init` leaves LSTMs as constructed (from the
+    global RNG), and neither a seeded preset nor a training run may depend on its state.
+    A generator of its own, so that `seeded_init`'s draws stay what they were."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.LSTM):
+                bound = 1.0 / math.sqrt(module.hidden_size)
+                for param in module.parameters():
+                    param.uniform_(-bound, bound, generator=g)
 
 
 def _read(path: Path) -> Any:

@@ -21,13 +21,9 @@ second, 6x the CNN. They are not presets
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-import torch
-from torch import nn
 
 from .errors import MscnnError
 from .presets import PRESETS, get_preset
@@ -83,16 +79,3 @@ def get_detector(name: str) -> Detector:
     raise MscnnError(
         f"unknown model {name!r} to train; choose from: {', '.join([*wholes, *CRNNS])}"
     )
-
-
-def seeded_lstm_init(model: nn.Module, seed: int) -> None:
-    """Draw every LSTM weight and bias from U(-1/sqrt(H), 1/sqrt(H)) (PyTorch's own rule)
-    with a generator seeded by `seed`: `checkpoint.seeded_init` leaves LSTMs as constructed,
-    and a training run must not depend on the global RNG's state."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.LSTM):
-                bound = 1.0 / math.sqrt(module.hidden_size)
-                for param in module.parameters():
-                    param.uniform_(-bound, bound, generator=g)

@@ -50,8 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as ecg_data
-from .checkpoint import save_checkpoint, seeded_init
-from .detectors import get_detector, seeded_lstm_init
+from .checkpoint import save_checkpoint, seeded_init, seeded_lstm_init
+from .detectors import get_detector
 from .errors import MscnnError
 from .heads import build_model
 from .presets import PRESETS

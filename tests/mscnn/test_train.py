@@ -14,7 +14,8 @@ import mscnn
 from deploy.rpeaks import RPeakRule, detect_rpeaks, score_rpeaks
 from mscnn import MscnnError
 from mscnn import data as ecg_data
-from mscnn.detectors import CRNNS, get_detector, seeded_lstm_init
+from mscnn.checkpoint import seeded_lstm_init
+from mscnn.detectors import CRNNS, get_detector
 from mscnn.heads import build_model
 from mscnn.train import (
     CHECKPOINT,
