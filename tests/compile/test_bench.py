@@ -125,3 +125,30 @@ def test_the_fp32_goals_are_computed_against_the_fastest_peer_and_the_measured_p
         "goal: cpsc2019-1lead TVM / fastest fp32 peer (onnxruntime) = 1.25, paired 0.95 (<= 1.0)",
     ]
     assert "not measured: no AVX-512" in goals(rows, None, 2)[1]
+
+
+def test_the_int8_goals_are_computed_against_the_peers_the_vnni_peak_and_avx2_fp32():
+    from compile.bench.int8 import Int8Bench
+
+    def timing(ms):
+        return {"median_ms": ms, "p90_ms": ms, "min_ms": ms, "runs": 5, "gops": 2 * 316 / ms}
+
+    ms = {"ort-fp32": 5.0, "ort-int8": 4.0, "tvm-fp32": 3.0, "tvm-int8": 1.0}
+    ms |= {"tvm-fp32-avx2": 5.0, "tvm-int8-avx2": 2.5, "litert-fp32": 4.0, "litert-int8": 2.0}
+    timings = {name: timing(v) for name, v in ms.items()}
+    for r in timings.values():
+        for key in ("vs_ort_fp32", "vs_ort_int8", "min_vs_ort_fp32", "min_vs_ort_int8"):
+            r[key] = 1.0
+    peaks = {"fp32-fma": 234.0, "int8-vnni": 1000.0}
+    accuracy = {"tvm-int8": {"score": 0.9, "f1": 0.98, "fp": 1, "fn": 1, "normalized_error": 0}}
+    bench = Int8Bench("CPU", 2, 5000, 316_000_000, peaks, timings, accuracy, {}, (0, 0, 0))
+    assert bench.goals() == [
+        "goal: tvm-fp32 / fastest fp32 peer (litert-fp32) = 0.75 (<= 1.0)",
+        "goal: tvm-int8 / fastest int8 peer (litert-int8) = 0.50 (<= 1.0)",
+        "goal: tvm-int8 at 63% of the measured VNNI peak (1000 GOP/s on 2 threads) (>= 60%)",
+        "goal: tvm-int8-avx2 / tvm-fp32-avx2 = 0.50 (<= 0.6)",
+    ]
+    table = bench.table()
+    assert all(line in table for line in bench.goals())
+    avx2_row = next(line for line in table.splitlines() if line.startswith("tvm-int8-avx2"))
+    assert avx2_row.split()[5] == "-"  # no share of a 512-bit peak for an AVX2 row
