@@ -15,9 +15,12 @@ refuses an operator) reports one line, its own error, in place of a timing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import select
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,10 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+# a line of a Python traceback's end or a fatal error from C: what a dead child's log says
+ERROR_LINE = re.compile(
+    r"^([\w.]+(Error|Exception|Interrupt)\b|Fatal|Segmentation fault|terminate)"
+)
 START_SECONDS = 900  # conversion and calibration in the child (minutes on 2 busy cores)
 REQUEST_SECONDS = 600
 
@@ -91,10 +98,29 @@ class PeerProcess:
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline() if ready else ""
         if not line:
-            self.close()
-            tail = self.log_path.read_text().strip().splitlines()[-1:] or ["no output"]
-            raise CompileError(f"peer {self.peer.name} stopped: {tail[0][:300]}")
+            raise CompileError(self._stopped(timeout, closed=bool(ready)))
         return json.loads(line)
+
+    def _stopped(self, timeout: float, closed: bool) -> str:
+        """Why the child gave no answer, in one line: none in time (it is stopped), or
+        how it ended (its output `closed`) and the last error its log holds, else its
+        last line (a converter's warnings end many logs)."""
+        code = None
+        if not closed:
+            self.proc.kill()  # still converting after `timeout`: no more waiting
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            code = self.proc.wait(timeout=30) if closed else None
+        self.close()
+        lines = [line.strip() for line in self.log_path.read_text().splitlines() if line.strip()]
+        errors = [line for line in lines if ERROR_LINE.match(line)]
+        said = (errors or lines or ["no output"])[-1][:300]
+        name = self.peer.name
+        if code is None:
+            return f"peer {name} gave no answer in {timeout:.0f} s; stopped (its log: {said})"
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        if code == -signal.SIGKILL:  # what the kernel's out-of-memory killer sends
+            how += ", as the out-of-memory killer stops a process: see dmesg"
+        return f"peer {name} stopped ({how}): {said}"
 
     def request(self, **request) -> dict:
         self.proc.stdin.write(json.dumps(request) + "\n")

@@ -13,6 +13,7 @@ import mscnn
 from compile.bench import int8 as int8_bench
 from compile.bench import peer_serve, peers
 from compile.bench.window import time_timers
+from compile.errors import CompileError
 
 SAMPLES = 1000  # a 2 s window: the detector's frames (125) and every layer, at a fifth of the cost
 # fp32 peers sum in another order (XNNPACK's kernels, TFLite's NHWC layout) than PyTorch:
@@ -27,6 +28,30 @@ def test_a_peer_without_its_venv_is_refused_with_the_make_target(tmp_path):
     assert process is None
     assert set(status) == {"a", "b"}
     assert all(not s["ok"] and "make bench" in s["error"] for s in status.values())
+
+
+@pytest.mark.parametrize(
+    "ending,expected",
+    [
+        ("raise MemoryError('converting')", r"stopped \(exit status 1\): MemoryError: converting"),
+        ("os.kill(os.getpid(), signal.SIGKILL)", r"stopped \(signal SIGKILL, as the out-of-memory"),
+        ("time.sleep(30)", r"gave no answer in 1 s; stopped \(its log: still converting\)"),
+    ],
+)
+def test_a_peer_that_dies_or_hangs_is_refused_saying_how(tmp_path, ending, expected):
+    """The child's end in one line: its last error (not a warning's source line, which a
+    converter's log ends with), the signal that killed it, or no answer in time."""
+    script = tmp_path / "peer.py"
+    script.write_text(
+        "import os, signal, sys, time\n"
+        "print('FutureWarning: deprecated\\n  return cls.__new__(cls)', file=sys.stderr)\n"
+        "print('still converting', file=sys.stderr, flush=True)\n" + ending + "\n"
+    )
+    peer = peers.Peer("fake", ".venv", str(script), ("fake-fp32",), "a peer that fails")
+    process = peers.PeerProcess(peer, tmp_path / "spec.npz", tmp_path, 1)
+    with pytest.raises(CompileError, match=expected):
+        process._read(1 if "sleep" in ending else 60)
+    assert process.proc.poll() is not None  # stopped, not left running
 
 
 def test_a_model_the_peer_refuses_is_one_line_of_its_own_error():
