@@ -124,7 +124,12 @@ def _lanes(n: int, most: int) -> int:
 
 @dataclass(frozen=True)
 class RecurrenceTile:
-    """The CPU recurrence's register tile: `vectors` accumulators of `lanes` floats."""
+    """The CPU recurrence's register tile. Each frame's matvec g = P[t] + h @ R^T runs
+    `vectors` accumulators of `lanes` floats at a time: they start from P, take one FMA
+    per weight vector over k (h[k] broadcast) and are stored once (untiled, every FMA
+    also loaded and stored its accumulator). Tiles and k go forwards at even frames and
+    backwards at odd ones (zig-zag), so a frame starts on the weights the last one left
+    in cache; each gate's sum keeps the untiled kernel's order."""
 
     lanes: int
     vectors: int
@@ -160,27 +165,12 @@ def pack_recurrent_weights(r: np.ndarray, tile: RecurrenceTile) -> np.ndarray:
 def recurrence_func(
     steps: int, batch: int, hidden: int, directions: int, reverse: bool, tile: RecurrenceTile
 ):
-    """The TIR kernel, every direction of a layer in one call: p (steps, batch, D * 4H)
-    projected inputs with both biases (direction d at d * 4H), rt (D, 4H / width, H,
-    width) the recurrent weights as `pack_recurrent_weights` lays them out, h0 and c0 (D,
-    batch, H) the initial state -> y (steps, D, batch, H) every h (ONNX's Y), c (D,
-    batch, H) the last cell state. Direction d runs backwards when d + reverse is 1 (a
-    bidirectional layer's second; ONNX's `reverse`); the directions run in parallel (a
-    BiLSTM's two recurrences on two threads).
-
-    Each frame's matvec g = P[t] + h @ R^T runs one register tile of gates at a time:
-    the tile's accumulators start from P, take one FMA per weight vector over k (h[k]
-    broadcast), and are stored once. Without the tile, every FMA loaded and stored its
-    accumulator, and the stores bound the loop. The tiles go forwards at even frames and
-    backwards at odd ones, k too (zig-zag), so a frame starts on the weights the last
-    one left in cache; the sums are those of the untiled kernel, in the same order."""
+    """The TIR kernel of a layer, its directions in parallel (d backwards when d + reverse
+    is 1): p, rt (packed), h0, c0 -> y (steps, D, batch, H), c; as the module says."""
     from tvm.script import tirx as T
 
-    gates = 4 * hidden
-    lanes, vectors, width = tile.lanes, tile.vectors, tile.width
-    tiles = gates // width
-    vec = _lanes(hidden, 16)
-    back0 = 1 if reverse else 0
+    gates, lanes, vectors, width = 4 * hidden, tile.lanes, tile.vectors, tile.width
+    tiles, vec, back0 = gates // width, _lanes(hidden, 16), int(reverse)
     loop = T.parallel if directions > 1 else T.serial
 
     @T.prim_func(private=True)
@@ -205,11 +195,10 @@ def recurrence_func(
                     frame = s + (back0 + d) * (steps - 1 - 2 * s)
                     for t0 in range(tiles):  # zig-zag: forwards, then backwards
                         t = t0 + s % 2 * (tiles - 1 - 2 * t0)
+                        o = d * gates + t * width
                         for v in T.unroll(vectors):
                             for gi in T.vectorized(lanes):
-                                reg[v * lanes + gi] = p[
-                                    frame, b, d * gates + t * width + v * lanes + gi
-                                ]
+                                reg[v * lanes + gi] = p[frame, b, o + v * lanes + gi]
                         for k0 in range(hidden):
                             k = k0 + s % 2 * (hidden - 1 - 2 * k0)
                             for v in T.unroll(vectors):
@@ -221,17 +210,16 @@ def recurrence_func(
                             for gi in T.vectorized(lanes):
                                 acc[d, t * width + v * lanes + gi] = reg[v * lanes + gi]
                     for jo in range(hidden // vec):
+                        u = jo * vec
                         for ji in T.vectorized(vec):
-                            c[d, b, jo * vec + ji] = _sigmoid(
-                                acc[d, 2 * hidden + jo * vec + ji]
-                            ) * c[d, b, jo * vec + ji] + _sigmoid(acc[d, jo * vec + ji]) * _tanh(
-                                acc[d, 3 * hidden + jo * vec + ji]
-                            )
+                            c[d, b, u + ji] = _sigmoid(acc[d, 2 * hidden + u + ji]) * c[
+                                d, b, u + ji
+                            ] + _sigmoid(acc[d, u + ji]) * _tanh(acc[d, 3 * hidden + u + ji])
                         for ji in T.vectorized(vec):
-                            h[d, jo * vec + ji] = _sigmoid(acc[d, hidden + jo * vec + ji]) * _tanh(
-                                c[d, b, jo * vec + ji]
+                            h[d, u + ji] = _sigmoid(acc[d, hidden + u + ji]) * _tanh(
+                                c[d, b, u + ji]
                             )
-                            y[frame, d, b, jo * vec + ji] = h[d, jo * vec + ji]
+                            y[frame, d, b, u + ji] = h[d, u + ji]
 
     return lstm_recurrence
 
