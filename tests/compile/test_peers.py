@@ -164,7 +164,7 @@ def test_a_peer_that_dies_before_it_is_ready_is_refused_with_its_last_words(tmp_
     assert status == {}
     process, status = peers.ready(process)
     assert process is None and not status["m"]["ok"]
-    assert status["m"]["error"].startswith("peer broken stopped:")
+    assert status["m"]["error"].startswith("peer broken stopped (exit status 2):")
     assert "no_such_peer.py" in status["m"]["error"]  # the interpreter's own complaint
 
 
