@@ -105,12 +105,13 @@ class PeerProcess:
         """Why the child gave no answer, in one line: none in time (it is stopped), or
         how it ended (its output `closed`) and the last error its log holds, else its
         last line (a converter's warnings end many logs)."""
-        code = None
-        if not closed:
+        if closed:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=30)
+        else:
             self.proc.kill()  # still converting after `timeout`: no more waiting
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            code = self.proc.wait(timeout=30) if closed else None
         self.close()
+        code = self.proc.returncode if closed else None
         lines = [line.strip() for line in self.log_path.read_text().splitlines() if line.strip()]
         errors = [line for line in lines if ERROR_LINE.match(line)]
         said = (errors or lines or ["no output"])[-1][:300]
