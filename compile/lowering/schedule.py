@@ -12,7 +12,9 @@ Applied after FuseTIR, to kernels recognised by their block names:
 - fused matmul (a whole model's per-frame linear layers: `matmul` -> bias -> ReLU or
   Mish epilogue): the same register tile over frames x output-feature vectors; a
   constant weight [K, N] is repacked to [N/vec, K, vec] so the tile's vectors stream.
-- max-pool and concat: parallel over channels.
+- a max-pool whose window is its stride, after a conv that nothing else reads: merged into
+  that conv's kernel (compile/lowering/pools.py), each tile's pooling windows reduced in
+  registers; other max-pools and concat: parallel over channels.
 - data movement (a whole model's transposes and reshapes between layers, with any
   elementwise scaling fused in): inlined into one loop nest, parallel, tiled where it
   transposes; a reduction outside conv and matmul (SE's mean) parallel over channels.
@@ -24,10 +26,13 @@ target table (`Target.tile`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from .pools import POOL_BLOCK, fuse_pools
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +141,25 @@ def _accumulate_locally(sch, block, epilogue):
     return sch.cache_write(block, 0, "local")
 
 
-def _store_tile(sch, o_t, o_f, vec: int) -> None:
-    """The tile's output loops (time outer, channels inner): channel vectors stored whole."""
+def _store_tile(sch, out, to, vec: int) -> None:
+    """The tile's output loops, block `out` under the tile's loop `to`: time outer,
+    channels inner, channel vectors stored whole. A max-pool merged in (pools.py) runs
+    over each pooling window between them; a loop of one step is no loop (a tile of one
+    window), hence the count."""
+    loops = sch.get_loops(out)
+    at = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(to)))
+    o_f, *o_ts = loops[at + 1 :]  # (channels, time) or (channels, [windows], window)
+    sch.reorder(*o_ts, o_f)
+    _store_vectors(sch, o_ts, o_f, vec)
+
+
+def _store_vectors(sch, o_ts, o_f, vec: int) -> None:
+    """Output loops `o_ts` (time) unrolled around `o_f` (channels), split into vectors."""
     o_fu, o_fv = sch.split(o_f, [None, vec])
     sch.vectorize(o_fv)
     sch.unroll(o_fu)
-    sch.unroll(o_t)
+    for loop in o_ts:
+        sch.unroll(loop)
 
 
 def apply_conv(sch, tile: ConvTile, t_tile=None, f_vecs=None) -> int:
@@ -171,6 +189,8 @@ def apply_conv(sch, tile: ConvTile, t_tile=None, f_vecs=None) -> int:
     sch.transform_layout(conv, ("write", 0), lambda a, b, d: (a, d, b))
     t_tile = default_t if t_tile is None else t_tile
     f_vecs = default_f if f_vecs is None else f_vecs
+    if names[-1] == POOL_BLOCK and isinstance(t_tile, int) and t_tile % _window(sch, blocks[-1]):
+        raise ValueError(f"a tile of {t_tile} time steps splits a pooling window")
     fo, fu, fv = sch.split(f, [None, f_vecs, vec])
     to, ti = sch.split(t, [None, t_tile])
     sch.reorder(n, fo, to, c, k, ti, fu, fv)
@@ -178,14 +198,19 @@ def apply_conv(sch, tile: ConvTile, t_tile=None, f_vecs=None) -> int:
     sch.vectorize(fv)  # vectorise and unroll before decompose_reduction, not after
     sch.unroll(fu)
     sch.unroll(ti)
-    o_f, o_t = sch.get_loops(out)[-2:]
-    sch.reorder(o_t, o_f)
-    _store_tile(sch, o_t, o_f, vec)
+    _store_tile(sch, out, to, vec)
     sch.parallel(sch.fuse(n, fo, to))
     sch.decompose_reduction(conv, c)
     for pad in pads:
         sch.parallel(sch.fuse(*sch.get_loops(pad)[:-1]))
     return weight_param
+
+
+def _window(sch, pool) -> int:
+    from tvm import tirx
+
+    (reduce,) = (v for v in sch.get(pool).iter_vars if v.iter_type == tirx.IterVar.CommReduce)
+    return int(reduce.dom.extent)
 
 
 def _matmul_f_vecs(channels: int, t_tile: int, tile: ConvTile) -> int:
@@ -236,7 +261,8 @@ def apply_matmul(sch, tile: ConvTile, pack: bool = False) -> None:
     sch.vectorize(fv)
     sch.unroll(fu)
     sch.unroll(ti)
-    _store_tile(sch, *sch.get_loops(out)[-2:], vec)
+    o_t, o_f = sch.get_loops(out)[-2:]
+    _store_vectors(sch, [o_t], o_f, vec)
     sch.parallel(sch.fuse(n, fo, to))
     sch.decompose_reduction(matmul, k)
 
@@ -376,17 +402,45 @@ class KernelCounts:
 
 
 def schedule_pass(
-    tile: ConvTile, records=None, on_done: Callable[[KernelCounts], None] | None = None
+    tile: ConvTile,
+    records=None,
+    on_done: Callable[[KernelCounts], None] | None = None,
+    pools: bool = True,
 ):
     """The module pass: schedule the kernels, repack the constant weights their callers pass.
 
     `records` maps a conv kernel's workload_key to its tuned (t_tile, f_vecs); kernels
     without a record get `tile`'s. `on_done` (if given) is told the counts when the pass
-    has run (a pass runs inside tvm.compile: the caller collects them there)."""
+    has run (a pass runs inside tvm.compile: the caller collects them there). `pools`:
+    merge each max-pool into the conv before it where it can (pools.py); without, every
+    pool keeps a kernel of its own (for comparison)."""
     import tvm
-    from tvm import relax
 
     records = records or {}
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+
+    @tvm.transform.module_pass(opt_level=0, name="mscnn_schedule")
+    def run(mod, _ctx):
+        fits = functools.partial(_holds_windows, tile, records)
+        mod, pooled = fuse_pools(mod, fits) if pools else (mod, {})
+        keys = {name: workload_key(conv) for name, conv in pooled.items()}
+        constants = _constant_weights(mod, call_tir)
+        updates, packed, counts, skipped = _schedule_kernels(mod, tile, records, constants, keys)
+        if skipped:
+            log.info("default loops kept for %d kernel(s): %s", len(skipped), "; ".join(skipped))
+        if on_done is not None:
+            on_done(KernelCounts(counts["tuned"], counts["default"], len(skipped)))
+        return _with_scheduled(mod, updates, packed, tile.vec)
+
+    return run
+
+
+def _with_scheduled(mod, updates: dict, packed: dict, vec: int):
+    """`mod` calling the scheduled kernels `updates` (by GlobalVar) in place of the old,
+    with the weight argument `packed` names for a kernel repacked for `vec` lanes."""
+    import tvm
+    from tvm import relax
 
     call_tir = tvm.ir.Op.get("relax.call_tir")
 
@@ -405,7 +459,7 @@ def schedule_pass(
             if name in self.packed:
                 index = self.packed[name]
                 weights = args[index].value.numpy()
-                args[index] = relax.const(_pack(weights, tile.vec), str(weights.dtype))
+                args[index] = relax.const(_pack(weights, vec), str(weights.dtype))
             return relax.Call(
                 call.op,
                 [self.renamed[name], relax.Tuple(args), *call.args[2:]],
@@ -413,32 +467,34 @@ def schedule_pass(
                 call.ty_args,
             )
 
-    @tvm.transform.module_pass(opt_level=0, name="mscnn_schedule")
-    def run(mod, _ctx):
-        constants = _constant_weights(mod, call_tir)
-        updates, packed, counts, skipped = _schedule_kernels(mod, tile, records, constants)
-        if skipped:
-            log.info("default loops kept for %d kernel(s): %s", len(skipped), "; ".join(skipped))
-        if on_done is not None:
-            on_done(KernelCounts(counts["tuned"], counts["default"], len(skipped)))
-        # A GlobalVar carries its callee's type: re-add the changed kernels under new names.
-        builder = relax.BlockBuilder(mod)
-        renamed = {
-            gv.name_hint: builder.add_func(f, gv.name_hint + "_s") for gv, f in updates.items()
-        }
-        mod = builder.get()
-        repack = _Repack(mod, packed, renamed)
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = repack.visit_expr(func)
-        return relax.transform.DeadCodeElimination()(mod)
-
-    return run
+    # A GlobalVar carries its callee's type: re-add the changed kernels under new names.
+    builder = relax.BlockBuilder(mod)
+    renamed = {gv.name_hint: builder.add_func(f, gv.name_hint + "_s") for gv, f in updates.items()}
+    mod = builder.get()
+    repack = _Repack(mod, packed, renamed)
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = repack.visit_expr(func)
+    return relax.transform.DeadCodeElimination()(mod)
 
 
-def _schedule_kernels(mod, tile: ConvTile, records: dict, constants: set):
+def _holds_windows(tile: ConvTile, records: dict, conv, window: int) -> bool:
+    """Whether `conv` is a conv kernel whose register tile (tuned or the default) holds
+    whole pooling windows of `window` time steps, so a max-pool can merge into it."""
+    if kernel_kind(conv) != "conv":
+        return False
+    tuned = records.get(workload_key(conv))
+    try:
+        t_tile = tuned[0] if tuned else default_tile(conv, tile)[0]
+    except ValueError:  # our schedule does not take the conv
+        return False
+    return t_tile % window == 0
+
+
+def _schedule_kernels(mod, tile: ConvTile, records: dict, constants: set, keys: dict):
     """Scheduled copies of the module's conv, matmul and spatial kernels: (new functions
-    by GlobalVar, the weight argument to repack by kernel name, counts, skipped)."""
+    by GlobalVar, the weight argument to repack by kernel name, counts, skipped). `keys`
+    holds the record key of a kernel whose own is not (a conv with a pool merged in)."""
     from tvm import tirx
 
     packed, updates, skipped = {}, {}, []
@@ -451,7 +507,7 @@ def _schedule_kernels(mod, tile: ConvTile, records: dict, constants: set):
         kind = kernel_kind(func)
         try:
             if kind == "conv":
-                tuned = records.get(workload_key(func))
+                tuned = records.get(keys.get(gv.name_hint) or workload_key(func))
                 new, index = schedule_conv(func, tile, *(tuned or (None, None)))
                 if (gv.name_hint, index) not in constants:
                     raise ValueError("its weights are not a compile-time constant")
