@@ -22,6 +22,7 @@ import re
 import select
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,11 @@ ERROR_LINE = re.compile(
 )
 START_SECONDS = 900  # conversion and calibration in the child (minutes on 2 busy cores)
 REQUEST_SECONDS = 600
+# A child holding more than this share of the machine's memory is stopped, before the
+# kernel's out-of-memory killer picks a process (ExecuTorch's export of the seq_lab_crnn
+# LSTM grew past 21 GB of 24 and was killed there); checked every POLL_SECONDS.
+MEMORY_SHARE = 0.75
+POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -95,11 +101,34 @@ class PeerProcess:
         return self.status
 
     def _read(self, timeout: float) -> dict:
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        deadline = time.monotonic() + timeout
+        limit = memory_limit()
+        while True:
+            left = deadline - time.monotonic()
+            wait = max(0.0, min(left, POLL_SECONDS))
+            ready, _, _ = select.select([self.proc.stdout], [], [], wait)
+            held = resident_bytes(self.proc.pid)
+            if not ready and limit is not None and held > limit:
+                self.proc.kill()
+                self.close()
+                raise CompileError(
+                    f"peer {self.peer.name} held {held / 2**30:.1f} GiB, more than "
+                    f"{limit / 2**30:.1f} GiB ({MEMORY_SHARE:.0%} of this machine's memory); "
+                    f"stopped (its log: {self.last_words()})"
+                )
+            if ready or left <= POLL_SECONDS:
+                break
         line = self.proc.stdout.readline() if ready else ""
         if not line:
             raise CompileError(self._stopped(timeout, closed=bool(ready)))
         return json.loads(line)
+
+    def last_words(self) -> str:
+        """The last error line of the child's log, else its last line (a converter's
+        warnings end many logs), at most 300 characters."""
+        lines = [line.strip() for line in self.log_path.read_text().splitlines() if line.strip()]
+        errors = [line for line in lines if ERROR_LINE.match(line)]
+        return (errors or lines or ["no output"])[-1][:300]
 
     def _stopped(self, timeout: float, closed: bool) -> str:
         """Why the child gave no answer, in one line: none in time (it is stopped), or
@@ -112,9 +141,7 @@ class PeerProcess:
             self.proc.kill()  # still converting after `timeout`: no more waiting
         self.close()
         code = self.proc.returncode if closed else None
-        lines = [line.strip() for line in self.log_path.read_text().splitlines() if line.strip()]
-        errors = [line for line in lines if ERROR_LINE.match(line)]
-        said = (errors or lines or ["no output"])[-1][:300]
+        said = self.last_words()
         name = self.peer.name
         if code is None:
             return f"peer {name} gave no answer in {timeout:.0f} s; stopped (its log: {said})"
@@ -150,6 +177,31 @@ class PeerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self._log.close()
+
+
+def memory_limit() -> int | None:
+    """MEMORY_SHARE of this machine's memory in bytes (None where /proc does not say)."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^MemTotal:\s+(\d+) kB", meminfo, re.M)
+    return int(MEMORY_SHARE * int(found.group(1)) * 1024) if found else None
+
+
+def resident_bytes(pid: int) -> int:
+    """The resident memory of process `pid` and every process under it, in bytes (0 for
+    one that has ended)."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{current}/status").read_text()
+            found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+            total += int(found.group(1)) * 1024 if found else 0
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return total
 
 
 def refused(peer: Peer, why: str) -> dict[str, dict]:

@@ -54,6 +54,29 @@ def test_a_peer_that_dies_or_hangs_is_refused_saying_how(tmp_path, ending, expec
     assert process.proc.poll() is not None  # stopped, not left running
 
 
+def test_a_peer_holding_too_much_memory_is_stopped_saying_so(tmp_path, monkeypatch):
+    """A child past its share of the machine's memory is killed by us, with a message
+    naming what it held, before the kernel's out-of-memory killer picks a process."""
+    limit = 200 * 2**20
+    monkeypatch.setattr(peers, "MEMORY_SHARE", limit / (peers.memory_limit() / peers.MEMORY_SHARE))
+    script = tmp_path / "peer.py"
+    script.write_text(
+        "import sys, time\n"
+        "print('converting', file=sys.stderr, flush=True)\n"
+        "held = bytearray(b'x' * (400 * 2**20))\n"
+        "time.sleep(60)\n"
+    )
+    peer = peers.Peer("fake", ".venv", str(script), ("fake-fp32",), "a peer that grows")
+    process = peers.PeerProcess(peer, tmp_path / "spec.npz", tmp_path, 1)
+    with pytest.raises(
+        CompileError,
+        match=r"peer fake held 0\.\d GiB, more than 0\.2 GiB \(.*\(its log: converting\)",
+    ):
+        process._read(50)
+    assert process.proc.poll() is not None  # stopped, not left running
+    assert peers.resident_bytes(process.proc.pid) == 0
+
+
 def test_a_model_the_peer_refuses_is_one_line_of_its_own_error():
     def refuses():
         raise RuntimeError("Weight and Input should both be quantized\n  at op_conv2d.py:126")
