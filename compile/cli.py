@@ -267,7 +267,7 @@ def _add_bench(sub, formatter) -> None:
 def _bench(args) -> int:
     from rich.console import Console
 
-    from .bench.int8 import measured_fma_peak
+    from .bench.peaks import measured_fma_peak
     from .bench.window import PEAK_GOAL, bundle_paths, goals, peak_note, run_bench, save, table
 
     paths = bundle_paths(args.folders, args.targets)

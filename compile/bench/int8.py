@@ -38,102 +38,16 @@ import logging
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CompileError
+from .peaks import best_peak, peak_call
 from .peers import PEERS, close_all, start_detector_peers
 
 log = logging.getLogger(__name__)
-
-PEAK_ITERATIONS = 200_000
-PEAK_CHAINS = 12  # independent accumulators: enough to cover the FMA / VNNI latency
-
-
-# --------------------------------------------------------------------------------------
-# Peaks, measured
-
-
-def _peak_func(kind: str, threads: int):
-    """A TIR kernel whose `threads` parallel workers each run PEAK_CHAINS independent
-    512-bit FMA (kind "fma") or vpdpbusd (kind "vnni") chains for PEAK_ITERATIONS steps."""
-    from tvm.script import tirx as T
-
-    n, chains = PEAK_ITERATIONS, PEAK_CHAINS
-    dtype = "float32" if kind == "fma" else "int32"
-
-    @T.prim_func(s_tir=True)
-    def func(out: T.Buffer((threads, chains * 16), dtype)):
-        for p in T.parallel(threads):
-            acc = T.alloc_buffer((chains * 16,), dtype, scope="local")
-            for j in range(chains * 16):
-                acc[j] = T.Cast(dtype, j + p)
-            for _i in range(n):
-                for r in T.unroll(chains):
-                    if kind == "fma":
-                        acc[T.ramp(r * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                            T.llvm_lookup_intrinsic_id("llvm.fma.v16f32"),
-                            acc[T.ramp(r * 16, 1, 16)],
-                            T.broadcast(T.float32(0.999), 16),
-                            T.broadcast(T.float32(0.001), 16),
-                            dtype="float32x16",
-                        )
-                    else:
-                        acc[T.ramp(r * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                            acc[T.ramp(r * 16, 1, 16)],
-                            T.broadcast(T.int8(3), 64),
-                            T.broadcast(T.int8(-2), 64),
-                            dtype="int32x16",
-                        )
-            for j in range(chains * 16):
-                out[p, j] = acc[j]
-
-    return func
-
-
-def measure_peak(kind: str, threads: int, target: dict) -> float:
-    """GOP/s (fp32 FLOP/s for "fma", int8 OP/s for "vnni") of the loop, best of 5."""
-    import tvm
-
-    lib = tvm.compile(tvm.IRModule({"main": _peak_func(kind, threads)}), target=target)
-    dtype = "float32" if kind == "fma" else "int32"
-    out = tvm.runtime.empty((threads, PEAK_CHAINS * 16), dtype, tvm.cpu())
-    lib(out)
-    best = min(_seconds(lambda: lib(out)) for _ in range(5))
-    per_step = 16 * 2 if kind == "fma" else 64 * 2  # an FMA: 2 FLOP x 16; vpdpbusd: 2 x 64
-    return threads * PEAK_ITERATIONS * PEAK_CHAINS * per_step / best / 1e9
-
-
-def best_peak(kind: str, threads: int) -> float:
-    """measure_peak on the AVX-512 VNNI target, the best of two passes: on the 2-core VMs
-    the first parallel loop of a process sometimes ran at one core's rate (117 against 230
-    GFLOP/s a moment later). TVM's pool is set to `threads` first: left as TVM starts it,
-    the loop ran on one core here (117 GFLOP/s for 2 threads, 235 after set_threads)."""
-    from deploy.predictor import set_threads
-
-    from ..int8 import kernels as int8
-
-    set_threads(threads)
-    return max(measure_peak(kind, threads, int8.X86_VNNI) for _ in range(2))
-
-
-def measured_fma_peak(threads: int) -> float | None:
-    """GFLOP/s of the 512-bit FMA loop on `threads` threads (None on a CPU without
-    AVX-512, where that loop cannot run)."""
-    from deploy.bundle import cpu_flags
-
-    return best_peak("fma", threads) if "avx512f" in cpu_flags() else None
-
-
-def _seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
 
 # --------------------------------------------------------------------------------------
 # The runtimes
@@ -185,6 +99,7 @@ def ort_int8_model(fp32_onnx: Path, out: Path, calibration: np.ndarray, method: 
 
 
 TIMED = ("ort-fp32", "ort-int8", "tvm-fp32", "tvm-int8", "tvm-fp32-avx2", "tvm-int8-avx2")
+PEAK_TIMER = "vnni-peak"  # the VNNI loop's timer, right after tvm-int8's in each round
 JUDGED = ("tvm-fp32", "tvm-int8", "tvm-int8-avx2", "ort-int8", "ort-int8-minmax")
 # The int8 goals: the VNNI program's share of the measured VNNI peak, and the AVX2 int8
 # program against our own AVX2 fp32 build (the FMA and VNNI loops are 512-bit: an AVX2
@@ -256,10 +171,12 @@ class Int8Bench:
                 lines.append(f"goal: {ours} / fastest {kind} peer ({name}) = {ratio:.2f} (<= 1.0)")
         if "tvm-int8" in t and self.peaks.get("int8-vnni"):
             share = t["tvm-int8"]["gops"] / self.peaks["int8-vnni"]
+            paired = t["tvm-int8"].get("paired_peak_share")
             lines.append(
                 f"goal: tvm-int8 at {100 * share:.0f}% of the measured VNNI peak "
-                f"({self.peaks['int8-vnni']:.0f} GOP/s on {self.threads} threads) "
-                f"(>= {100 * VNNI_PEAK_GOAL:.0f}%)"
+                f"({self.peaks['int8-vnni']:.0f} GOP/s on {self.threads} threads)"
+                + (f", paired {100 * paired:.0f}%" if paired is not None else "")
+                + f" (>= {100 * VNNI_PEAK_GOAL:.0f}%)"
             )
         if "tvm-int8-avx2" in t and "tvm-fp32-avx2" in t:
             ratio = t["tvm-int8-avx2"]["median_ms"] / t["tvm-fp32-avx2"]["median_ms"]
@@ -318,12 +235,23 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def _timings(calls: dict, x: np.ndarray, rounds: int, runs: int, macs: int, peers: dict) -> dict:
-    """Our runtimes (`calls` on `x`) and the peers' timers (on the same `x`), in rounds."""
-    from .window import local_timer, time_timers
+def _timings(calls: dict, x: np.ndarray, how, macs: int, peers: dict, peak=None) -> dict:
+    """Our runtimes (`calls` on `x`) and the peers' timers (on the same `x`), in rounds
+    (`how`: rounds, calls per round). `peak`, where given, is (a call of the VNNI loop,
+    its OPs), timed right after tvm-int8 in every round for the paired peak share."""
+    from .window import local_timer, paired_peak_share, time_timers
 
-    timers = {n: local_timer((lambda f: lambda: f(x))(calls[n])) for n in TIMED}
-    samples = time_timers({**timers, **peers}, rounds, runs, pause=0.5)
+    timers = {}
+    for name in TIMED:
+        timers[name] = local_timer((lambda f: lambda: f(x))(calls[name]))
+        if name == "tvm-int8" and peak is not None:
+            timers[PEAK_TIMER] = local_timer(peak[0])
+    by_round: dict[str, list[list[float]]] = {}
+    samples = time_timers({**timers, **peers}, *how, pause=0.5, by_round=by_round)
+    shared = None
+    if peak is not None:
+        del samples[PEAK_TIMER]
+        shared = paired_peak_share(by_round["tvm-int8"], by_round[PEAK_TIMER], 2 * macs, peak[1])
     out = {}
     for name, values in samples.items():
         median = statistics.median(values)
@@ -340,6 +268,8 @@ def _timings(calls: dict, x: np.ndarray, rounds: int, runs: int, macs: int, peer
         # minima too: on a shared machine they are the calls least disturbed by others
         r["min_vs_ort_fp32"] = r["min_ms"] / out["ort-fp32"]["min_ms"]
         r["min_vs_ort_int8"] = r["min_ms"] / out["ort-int8"]["min_ms"]
+    if shared is not None:
+        out["tvm-int8"]["paired_peak_share"] = shared
     return out
 
 
@@ -451,6 +381,7 @@ def _measure(loaded, qm, calls, processes, x, how, program) -> Int8Bench:
     """Peaks, the timing rounds (ours and the peers') and the held-out accuracy."""
     import os
 
+    from ..int8 import kernels as int8
     from .peers import model_calls
 
     threads, rounds, runs = how
@@ -462,7 +393,8 @@ def _measure(loaded, qm, calls, processes, x, how, program) -> Int8Bench:
         for name, kind in (("fp32-fma", "fma"), ("int8-vnni", "vnni"))
     }
     log.info("latency: %d rounds of %s", rounds, ", ".join([*TIMED, *peer_timers]))
-    timings = _timings(calls, x, rounds, runs, macs, peer_timers)
+    vnni = peak_call("vnni", threads, int8.X86_VNNI)
+    timings = _timings(calls, x, (rounds, runs), macs, peer_timers, vnni)
     load = os.getloadavg()
     judged = {**{n: calls[n] for n in JUDGED}, **peer_runs}
     if loaded.model.task == "qrs_detection":

@@ -125,6 +125,21 @@ def test_the_fp32_goals_are_computed_against_the_fastest_peer_and_the_measured_p
         "goal: cpsc2019-1lead TVM / fastest fp32 peer (onnxruntime) = 1.25, paired 0.95 (<= 1.0)",
     ]
     assert "not measured: no AVX-512" in goals(rows, None, 2)[1]
+    rows[0].paired_peak_share = 0.8149
+    assert goals(rows, fma_peak=250.0, threads=2)[1].endswith("threads), paired 81% (>= 80%)")
+
+
+def test_the_paired_peak_share_compares_each_round_with_the_loop_in_the_same_spell():
+    """Rounds where the host ran slow slow both TVM and the FMA loop timed right after it:
+    the share is the same in every round, where one peak measured once would not say so."""
+    from compile.bench.window import paired_peak_share
+
+    # TVM: 2 GFLOP in 10 ms (fast) or 15 ms (slow); the loop: 1 GFLOP in 4 or 6 ms
+    ours = [[10.0, 10.2, 9.9], [15.0, 15.1, 14.8], [15.2, 15.0, 15.3]]
+    loop = [[4.0, 4.1], [6.0, 6.2], [6.0, 6.05]]
+    assert paired_peak_share(ours, loop, 2e9, 1e9) == pytest.approx(0.8, rel=0.02)
+    # against the fast loop in every round, the slow rounds read as a third less
+    assert paired_peak_share(ours, [[4.0, 4.1]] * 3, 2e9, 1e9) == pytest.approx(0.53, rel=0.02)
 
 
 def test_the_int8_goals_are_computed_against_the_peers_the_vnni_peak_and_avx2_fp32():
@@ -148,6 +163,8 @@ def test_the_int8_goals_are_computed_against_the_peers_the_vnni_peak_and_avx2_fp
         "goal: tvm-int8 at 63% of the measured VNNI peak (1000 GOP/s on 2 threads) (>= 60%)",
         "goal: tvm-int8-avx2 / tvm-fp32-avx2 = 0.50 (<= 0.6)",
     ]
+    timings["tvm-int8"]["paired_peak_share"] = 0.7049
+    assert bench.goals()[2].endswith("GOP/s on 2 threads), paired 70% (>= 60%)")
     table = bench.table()
     assert all(line in table for line in bench.goals())
     avx2_row = next(line for line in table.splitlines() if line.startswith("tvm-int8-avx2"))
