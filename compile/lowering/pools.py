@@ -37,15 +37,28 @@ def pool_window(func) -> int | None:
     node = sch.get(block)
     source, pooled = ([int(d) for d in p.ty.shape] for p in func.params)
     iters = node.iter_vars
-    reduce = [iv for iv in iters if iv.iter_type == tirx.IterVar.CommReduce]
-    if node.name_hint != POOL_BLOCK or len(iters) != 4 or len(reduce) != 1 or len(source) != 3:
+    reduce = _reduced(node)
+    if node.name_hint != POOL_BLOCK or len(iters) != 4 or reduce is None or len(source) != 3:
         return None
-    window = int(reduce[0].dom.extent)
+    window = int(reduce.dom.extent)
     (read,) = node.reads
     index = read.region[-1].min  # the input position read: out * stride + r
-    steps = [_at(index, iters, iters[2].var), _at(index, iters, reduce[0].var)]
+    steps = [_at(index, iters, iters[2].var), _at(index, iters, reduce.var)]
     exact = source[:2] == pooled[:2] and source[2] == window * pooled[2]
     return window if window > 1 and exact and steps == [window, 1] else None
+
+
+def window_of(node) -> int:
+    """The window of a merged kernel's `pool_max` block (its one reduction's extent)."""
+    return int(_reduced(node).dom.extent)
+
+
+def _reduced(node):
+    """The block's one reduction iteration variable, None unless it has exactly one."""
+    from tvm import tirx
+
+    reduce = [iv for iv in node.iter_vars if iv.iter_type == tirx.IterVar.CommReduce]
+    return reduce[0] if len(reduce) == 1 else None
 
 
 def _at(expr, iters, one) -> int | None:

@@ -32,7 +32,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .pools import POOL_BLOCK, fuse_pools
+from .pools import POOL_BLOCK, fuse_pools, window_of
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,11 @@ def apply_conv(sch, tile: ConvTile, t_tile=None, f_vecs=None) -> int:
     sch.transform_layout(conv, ("write", 0), lambda a, b, d: (a, d, b))
     t_tile = default_t if t_tile is None else t_tile
     f_vecs = default_f if f_vecs is None else f_vecs
-    if names[-1] == POOL_BLOCK and isinstance(t_tile, int) and t_tile % _window(sch, blocks[-1]):
+    if (
+        names[-1] == POOL_BLOCK
+        and isinstance(t_tile, int)
+        and t_tile % window_of(sch.get(blocks[-1]))
+    ):
         raise ValueError(f"a tile of {t_tile} time steps splits a pooling window")
     fo, fu, fv = sch.split(f, [None, f_vecs, vec])
     to, ti = sch.split(t, [None, t_tile])
@@ -204,13 +208,6 @@ def apply_conv(sch, tile: ConvTile, t_tile=None, f_vecs=None) -> int:
     for pad in pads:
         sch.parallel(sch.fuse(*sch.get_loops(pad)[:-1]))
     return weight_param
-
-
-def _window(sch, pool) -> int:
-    from tvm import tirx
-
-    (reduce,) = (v for v in sch.get(pool).iter_vars if v.iter_type == tirx.IterVar.CommReduce)
-    return int(reduce.dom.extent)
 
 
 def _matmul_f_vecs(channels: int, t_tile: int, tile: ConvTile) -> int:

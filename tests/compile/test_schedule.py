@@ -278,3 +278,30 @@ def test_a_pool_that_is_not_its_strides_window_keeps_its_own_kernel(tmp_path):
     with torch.no_grad():
         expected = pooled(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(_run(after, target, x), expected, rtol=1e-5, atol=1e-6)
+
+
+class _SharedConv(torch.nn.Module):
+    """A conv whose output a max-pool and a strided slice both read."""
+
+    in_channels = 1
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool = torch.nn.Conv1d(1, 16, 5, padding=2), torch.nn.MaxPool1d(2, 2)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        return torch.cat([self.pool(y), y[:, :, ::2] * 2.0], 1)
+
+
+def test_a_conv_output_another_kernel_reads_keeps_its_pool_apart(tmp_path):
+    """Merged, the conv's whole output would no longer exist for its other reader."""
+    model = _SharedConv().eval()
+    target = TARGETS["x86_64"]
+    _, after = scheduled_module(model, target, tmp_path, samples=256)
+    kernels = [gv.name_hint for gv in after.functions]
+    assert sum(n.startswith("max_pool") for n in kernels) == 1, kernels
+    x = np.random.default_rng(4).standard_normal((1, 1, 256), np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(_run(after, target, x), expected, rtol=1e-5, atol=1e-6)
